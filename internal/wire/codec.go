@@ -1,0 +1,142 @@
+package wire
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"reflect"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+)
+
+// handle is configured once and never changed afterwards (the codec requires it).
+var handle = newHandle()
+
+func newHandle() *codec.MsgpackHandle {
+	h := &codec.MsgpackHandle{}
+	h.WriteExt = true
+	h.Canonical = true // map keys sorted: one encoding per value
+	h.RawToString = true
+	h.SignedInteger = true
+	h.MapType = reflect.TypeOf(map[string]any(nil))
+	h.SliceType = reflect.TypeOf([]any(nil))
+	// Entry -> ops array -> op -> fields map -> value: four levels above a
+	// field value, plus one for slack.
+	h.MaxDepth = MaxDepth + 5
+	h.MaxInitLen = 1024
+	h.InterfaceReset = true
+	h.MapValueReset = true
+	h.SliceElementReset = true
+	return h
+}
+
+// Marshal encodes v canonically. It is for ppsync's own message types.
+func Marshal(v any) ([]byte, error) {
+	var b []byte
+	if err := codec.NewEncoderBytes(&b, handle).Encode(v); err != nil {
+		return nil, fmt.Errorf("wire: encode %T: %w", v, err)
+	}
+	return b, nil
+}
+
+// Unmarshal decodes untrusted bytes into v. The caller bounds len(b).
+func Unmarshal(b []byte, v any) (err error) {
+	defer func() {
+		if r := recover(); r != nil { // the codec should not panic; belt and braces for untrusted input
+			err = fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, r)
+		}
+	}()
+	if err := codec.NewDecoderBytes(b, handle).Decode(v); err != nil {
+		return fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, err)
+	}
+	return nil
+}
+
+// Envelope is an entry as it travels and is stored: the canonical body bytes
+// and the signature over their hash.
+type Envelope struct {
+	Body []byte `codec:"b"`
+	Sig  []byte `codec:"s"`
+}
+
+// Signed is a decoded, validated entry together with its wire form. It is what
+// the packages pass around once bytes have been checked.
+type Signed struct {
+	Entry
+	Hash Hash   // SHA-256 of Body
+	Body []byte // canonical body bytes
+	Sig  []byte // Ed25519 signature over Hash
+}
+
+// EncodeBody encodes an entry's body canonically. It validates first.
+func EncodeBody(e *Entry) ([]byte, error) {
+	if err := e.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(b)+ed25519.SignatureSize+16 > MaxEntryBytes {
+		return nil, fmt.Errorf("%w: entry %s encodes to %d bytes, the limit is %d", ErrTooLarge, e.ID(), len(b), MaxEntryBytes)
+	}
+	return b, nil
+}
+
+// Sign builds the body of e, hashes it and signs the hash with key.
+func Sign(e *Entry, key ed25519.PrivateKey) (*Signed, error) {
+	body, err := EncodeBody(e)
+	if err != nil {
+		return nil, err
+	}
+	h := HashOf(body)
+	return &Signed{Entry: *e, Hash: h, Body: body, Sig: ed25519.Sign(key, h[:])}, nil
+}
+
+// Verify checks s's signature against the writer's public key.
+func (s *Signed) Verify(pub ed25519.PublicKey) error {
+	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, s.Hash[:], s.Sig) {
+		return fmt.Errorf("%w: entry %s (%s) is not signed by the key of site %q epoch %d", ErrSignature, s.ID(), s.Hash.Short(), s.Site, s.Epoch)
+	}
+	return nil
+}
+
+// Marshal encodes the envelope of s.
+func (s *Signed) Marshal() []byte {
+	b, err := Marshal(&Envelope{Body: s.Body, Sig: s.Sig})
+	if err != nil {
+		// Encoding two byte slices cannot fail; a failure is a programming error.
+		panic(fmt.Sprintf("wire: encode envelope: %v", err))
+	}
+	return b
+}
+
+// DecodeEnvelope decodes and validates untrusted envelope bytes. It does not
+// check the signature: that needs the writer's key (see Signed.Verify).
+func DecodeEnvelope(b []byte) (*Signed, error) {
+	if len(b) > MaxEntryBytes {
+		return nil, fmt.Errorf("%w: entry is %d bytes, the limit is %d", ErrTooLarge, len(b), MaxEntryBytes)
+	}
+	var env Envelope
+	if err := Unmarshal(b, &env); err != nil {
+		return nil, err
+	}
+	return DecodeBody(env.Body, env.Sig)
+}
+
+// DecodeBody decodes and validates untrusted body bytes with their signature.
+func DecodeBody(body, sig []byte) (*Signed, error) {
+	if len(body) > MaxEntryBytes {
+		return nil, fmt.Errorf("%w: entry body is %d bytes, the limit is %d", ErrTooLarge, len(body), MaxEntryBytes)
+	}
+	if len(sig) != ed25519.SignatureSize {
+		return nil, fmt.Errorf("%w: signature is %d bytes, want %d", ErrMalformed, len(sig), ed25519.SignatureSize)
+	}
+	s := &Signed{Body: body, Sig: sig, Hash: HashOf(body)}
+	if err := Unmarshal(body, &s.Entry); err != nil {
+		return nil, err
+	}
+	if err := s.Entry.Validate(); err != nil {
+		return nil, fmt.Errorf("entry %s: %w", s.ID(), err)
+	}
+	return s, nil
+}

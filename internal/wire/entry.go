@@ -1,0 +1,166 @@
+package wire
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+)
+
+// SchemaVersion is the newest entry schema this build can apply. Entries with a
+// newer schema are stored and forwarded but applied only after an upgrade.
+const SchemaVersion = 1
+
+// OpKind says what an operation does.
+type OpKind uint8
+
+// Operation kinds.
+const (
+	OpPut    OpKind = 1 // set the given fields of a record (other fields are kept)
+	OpDelete OpKind = 2 // delete a whole record
+)
+
+func (k OpKind) String() string {
+	switch k {
+	case OpPut:
+		return "put"
+	case OpDelete:
+		return "delete"
+	}
+	return fmt.Sprintf("op(%d)", uint8(k))
+}
+
+// Op is one operation of an entry. Fields holds JSON-compatible values only
+// (see NormalizeValue); it is nil for a delete.
+type Op struct {
+	Kind   OpKind         `codec:"k"`
+	Table  string         `codec:"t"`
+	Key    string         `codec:"y"`
+	Fields map[string]any `codec:"f,omitempty"`
+}
+
+// Hash is the SHA-256 hash of an entry's canonical body.
+type Hash [32]byte
+
+// HashOf returns the hash of encoded body bytes.
+func HashOf(body []byte) Hash { return sha256.Sum256(body) }
+
+// IsZero reports whether h is the zero hash (the "previous hash" of seq 1).
+func (h Hash) IsZero() bool { return h == Hash{} }
+
+func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+
+// Short returns the first 12 hex digits, for people.
+func (h Hash) Short() string { return hex.EncodeToString(h[:6]) }
+
+// ParseHash parses a 64-digit hex hash.
+func ParseHash(s string) (Hash, error) {
+	var h Hash
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(h) {
+		return h, fmt.Errorf("%w: %q is not a 64-digit hex hash", ErrMalformed, s)
+	}
+	copy(h[:], b)
+	return h, nil
+}
+
+// Entry is one transaction of one site: the unit that is signed, chained,
+// stored, gossiped and applied. The zero Prev marks the first entry (seq 1).
+type Entry struct {
+	Family string            `codec:"fa"` // family ID (hex)
+	Site   string            `codec:"si"` // writing site
+	Epoch  uint64            `codec:"ep"` // certificate epoch of the writer
+	Seq    uint64            `codec:"sq"` // 1, 2, 3, ... without gaps per site
+	Prev   Hash              `codec:"pv"` // hash of the site's entry seq-1 (zero for seq 1)
+	HLC    uint64            `codec:"hl"` // hybrid logical clock timestamp (see package hlc)
+	Schema uint32            `codec:"sc"` // schema version of the ops
+	Deps   map[string]uint64 `codec:"dp,omitempty"` // writer's frontier: site -> highest contiguous seq held
+	Ops    []Op              `codec:"op"`
+}
+
+// ID names an entry: (site, seq). It is unique unless the site forked.
+type ID struct {
+	Site string
+	Seq  uint64
+}
+
+func (id ID) String() string { return fmt.Sprintf("%s#%d", id.Site, id.Seq) }
+
+// ID returns the entry's (site, seq).
+func (e *Entry) ID() ID { return ID{Site: e.Site, Seq: e.Seq} }
+
+// Validate checks every rule an entry must meet apart from its signature and
+// its place in the chain: names, limits, op kinds and field values. It
+// normalizes field values in place (see NormalizeValue).
+func (e *Entry) Validate() error {
+	if err := ValidateSiteID(e.Site); err != nil {
+		return err
+	}
+	if e.Family == "" || len(e.Family) > 128 {
+		return fmt.Errorf("%w: entry %s has no valid family ID", ErrInvalid, e.ID())
+	}
+	if e.Seq == 0 {
+		return fmt.Errorf("%w: entry of site %q has seq 0 (seqs start at 1)", ErrInvalid, e.Site)
+	}
+	if e.Epoch == 0 {
+		return fmt.Errorf("%w: entry %s has epoch 0 (epochs start at 1)", ErrInvalid, e.ID())
+	}
+	if e.Seq == 1 && !e.Prev.IsZero() {
+		return fmt.Errorf("%w: entry %s is the first of its site but names a previous hash", ErrInvalid, e.ID())
+	}
+	if e.Seq > 1 && e.Prev.IsZero() {
+		return fmt.Errorf("%w: entry %s has no previous hash", ErrInvalid, e.ID())
+	}
+	if e.Schema == 0 {
+		return fmt.Errorf("%w: entry %s has schema version 0", ErrInvalid, e.ID())
+	}
+	if len(e.Deps) > MaxDeps {
+		return fmt.Errorf("%w: entry %s names %d sites in its deps, the limit is %d", ErrTooLarge, e.ID(), len(e.Deps), MaxDeps)
+	}
+	for s := range e.Deps {
+		if err := ValidateSiteID(s); err != nil {
+			return fmt.Errorf("entry %s deps: %w", e.ID(), err)
+		}
+	}
+	return ValidateOps(e.Ops)
+}
+
+// ValidateOps checks a transaction's operations and normalizes their field
+// values in place. It is what a writer calls before an entry is stamped.
+func ValidateOps(ops []Op) error {
+	if len(ops) == 0 {
+		return fmt.Errorf("%w: a transaction needs at least one operation", ErrInvalid)
+	}
+	if len(ops) > MaxOps {
+		return fmt.Errorf("%w: a transaction has %d operations, the limit is %d", ErrTooLarge, len(ops), MaxOps)
+	}
+	for i := range ops {
+		op := &ops[i]
+		if err := ValidateName("table name", op.Table); err != nil {
+			return fmt.Errorf("operation %d: %w", i+1, err)
+		}
+		if err := ValidateName("record key", op.Key); err != nil {
+			return fmt.Errorf("operation %d: %w", i+1, err)
+		}
+		switch op.Kind {
+		case OpPut:
+			for name, v := range op.Fields {
+				if err := ValidateName("field name", name); err != nil {
+					return fmt.Errorf("operation %d (%s/%s): %w", i+1, op.Table, op.Key, err)
+				}
+				nv, err := NormalizeValue(v)
+				if err != nil {
+					return fmt.Errorf("operation %d (%s/%s) field %q: %w", i+1, op.Table, op.Key, name, err)
+				}
+				op.Fields[name] = nv
+			}
+		case OpDelete:
+			if len(op.Fields) != 0 {
+				return fmt.Errorf("%w: operation %d deletes %s/%s but carries fields", ErrInvalid, i+1, op.Table, op.Key)
+			}
+			op.Fields = nil
+		default:
+			return fmt.Errorf("%w: operation %d has unknown kind %d (want put or delete)", ErrInvalid, i+1, op.Kind)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package txlog
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+func signHash(id *Identity, h wire.Hash) []byte { return ed25519.Sign(id.Key, h[:]) }
+
+// Write commits one own transaction: it is stamped (next seq, previous hash,
+// HLC, deps), signed, stored and applied, durably, before Write returns.
+func (l *Log) Write(ctx context.Context, ops []wire.Op) (*wire.Signed, error) {
+	out, err := l.WriteMany(ctx, [][]wire.Op{ops})
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// WriteMany commits several own transactions, one entry each, all or none, in
+// one durable batch. It is how bulk imports reach thousands per second.
+func (l *Log) WriteMany(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed, error) {
+	if l.cfg.Self == nil {
+		return nil, ErrReadOnly
+	}
+	if len(txs) == 0 {
+		return nil, nil
+	}
+	for i, ops := range txs {
+		if err := wire.ValidateOps(ops); err != nil {
+			if len(txs) > 1 {
+				return nil, fmt.Errorf("transaction %d: %w", i+1, err)
+			}
+			return nil, err
+		}
+	}
+	r := &request{own: txs}
+	if err := l.submit(ctx, r); err != nil {
+		return nil, err
+	}
+	return r.out, nil
+}
+
+// AppendRemote takes one entry received from a peer (gossip): it checks the
+// family and the signature against the site's certificate of that epoch, then
+// appends it if it is the next of its site.
+func (l *Log) AppendRemote(ctx context.Context, s *wire.Signed) (RunResult, error) {
+	if err := l.checkFamily(s); err != nil {
+		return RunResult{}, err
+	}
+	if err := l.verify(s); err != nil {
+		return RunResult{}, err
+	}
+	r := &request{run: []*wire.Signed{s}}
+	err := l.submit(ctx, r)
+	return r.res, err
+}
+
+// AppendRun takes a contiguous run of one site's entries (a catch-up batch). It
+// checks every hash link and the signature of the last entry of each epoch in
+// the run (the chain binds the rest to it), so catch-up is not limited by
+// signature checks, then appends the part this node lacks.
+func (l *Log) AppendRun(ctx context.Context, run []*wire.Signed) (RunResult, error) {
+	if len(run) == 0 {
+		return RunResult{}, nil
+	}
+	for i, s := range run {
+		if err := l.checkFamily(s); err != nil {
+			return RunResult{}, err
+		}
+		if i == 0 {
+			continue
+		}
+		p := run[i-1]
+		if s.Site != p.Site {
+			return RunResult{}, fmt.Errorf("txlog: a run mixes sites %q and %q", p.Site, s.Site)
+		}
+		if s.Seq != p.Seq+1 || s.Prev != p.Hash {
+			return RunResult{}, fmt.Errorf("%w: %s does not follow %s in the run", ErrChain, s.ID(), p.ID())
+		}
+		if s.Epoch < p.Epoch {
+			return RunResult{}, fmt.Errorf("%w: %s has epoch %d after epoch %d", ErrEpoch, s.ID(), s.Epoch, p.Epoch)
+		}
+		if s.Epoch != p.Epoch {
+			if err := l.verify(p); err != nil {
+				return RunResult{}, err
+			}
+		}
+	}
+	if err := l.verify(run[len(run)-1]); err != nil {
+		return RunResult{}, err
+	}
+	r := &request{run: run}
+	err := l.submit(ctx, r)
+	return r.res, err
+}
+
+func (l *Log) checkFamily(s *wire.Signed) error {
+	if s.Family != l.cfg.Family {
+		return fmt.Errorf("%w: %s is for family %.12s…, this node is in %.12s…", ErrWrongFamily, s.ID(), s.Family, l.cfg.Family)
+	}
+	return nil
+}
+
+func (l *Log) verify(s *wire.Signed) error {
+	key, err := l.cfg.Keys.SiteKey(s.Site, s.Epoch)
+	if err != nil {
+		return fmt.Errorf("txlog: verify %s: %w", s.ID(), err)
+	}
+	return s.Verify(key)
+}

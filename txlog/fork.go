@@ -1,0 +1,161 @@
+package txlog
+
+import (
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/internal/hlc"
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+func hlcTimestamp(v uint64) hlc.Timestamp { return hlc.Timestamp(v) }
+
+// Fork records that a site signed two different entries for one seq.
+type Fork struct {
+	Site    string    `codec:"s"`
+	Seq     uint64    `codec:"q"` // the seq held with two different hashes
+	Held    wire.Hash `codec:"h"` // the hash this node holds at Seq
+	Offered wire.Hash `codec:"o"` // the other hash (or the hash an entry at Seq+1 names as its predecessor)
+	// Evidence names the stored envelope that proves the other branch: the
+	// entry (Site, EvidenceSeq) with hash Offered, or the successor that names it.
+	EvidenceSeq  uint64    `codec:"es"`
+	EvidenceHash wire.Hash `codec:"eh"`
+}
+
+func (f Fork) marshal() []byte {
+	b, err := wire.Marshal(&f)
+	if err != nil {
+		panic(fmt.Sprintf("txlog: encode fork record: %v", err)) // fixed-size fields cannot fail
+	}
+	return b
+}
+
+func (l *Log) loadForks() error {
+	p := spacePrefix(spaceFork)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return fmt.Errorf("txlog: load forks: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("txlog: load forks: %w", err)
+		}
+		var f Fork
+		if err := wire.Unmarshal(v, &f); err != nil {
+			return fmt.Errorf("%w: fork record %x: %v", ErrDamaged, it.Key(), err)
+		}
+		l.forks[f.Site] = f
+	}
+	return it.Error()
+}
+
+// Forks returns every fork known here.
+func (l *Log) Forks() []Fork {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]Fork, 0, len(l.forks))
+	for _, f := range l.forks {
+		out = append(out, f)
+	}
+	sortForks(out)
+	return out
+}
+
+func sortForks(fs []Fork) {
+	for i := 1; i < len(fs); i++ {
+		for j := i; j > 0 && fs[j].Site < fs[j-1].Site; j-- {
+			fs[j], fs[j-1] = fs[j-1], fs[j]
+		}
+	}
+}
+
+// fork handles a run that disagrees with the held chain: it finds where, checks
+// the offered entry's own signature (a forged entry proves nothing and is
+// rejected), stores the proof, and quarantines the rest of the run.
+func (l *Log) fork(g *group, run []*wire.Signed, head Head) (RunResult, error) {
+	var res RunResult
+	site := run[0].Site
+	idx := -1
+	var forkSeq uint64
+	var held wire.Hash
+	for i, s := range run {
+		if s.Seq > head.Seq {
+			break
+		}
+		h, err := l.hashAt(g, site, s.Seq)
+		if err != nil {
+			return res, err
+		}
+		if h != s.Hash {
+			idx, forkSeq, held = i, s.Seq, h
+			break
+		}
+		res.Duplicates++
+	}
+	offered := wire.Hash{}
+	if idx >= 0 {
+		offered = run[idx].Hash
+	} else {
+		// The first new entry names another predecessor than the held head.
+		for i, s := range run {
+			if s.Seq == head.Seq+1 {
+				idx = i
+				break
+			}
+		}
+		if idx < 0 {
+			return res, fmt.Errorf("txlog: internal: fork without a differing entry in %s#%d..", site, run[0].Seq)
+		}
+		forkSeq, held, offered = head.Seq, head.Hash, run[idx].Prev
+	}
+	ev := run[idx]
+	key, err := l.cfg.Keys.SiteKey(ev.Site, ev.Epoch)
+	if err != nil {
+		return res, fmt.Errorf("txlog: check conflicting entry %s: %w", ev.ID(), err)
+	}
+	if err := ev.Verify(key); err != nil {
+		return res, fmt.Errorf("txlog: conflicting entry offered for %s: %w", ev.ID(), err)
+	}
+	if err := g.b.Set(hashKey(spaceEvidence, site, ev.Seq, ev.Hash), ev.Marshal(), nil); err != nil {
+		return res, fmt.Errorf("txlog: store fork evidence: %w", err)
+	}
+	f := Fork{Site: site, Seq: forkSeq, Held: held, Offered: offered, EvidenceSeq: ev.Seq, EvidenceHash: ev.Hash}
+	g.forks[site] = f
+	for _, s := range run[idx+1:] {
+		if err := g.b.Set(hashKey(spaceQuarantine, site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
+		}
+		res.Quarantined++
+	}
+	return res, &ForkError{Site: site, Seq: forkSeq, Held: held, Offered: offered}
+}
+
+// quarantine stores a forked site's offered entries without applying them.
+func (l *Log) quarantine(g *group, run []*wire.Signed, head Head) (RunResult, error) {
+	var res RunResult
+	site := run[0].Site
+	for _, s := range run {
+		if s.Seq <= head.Seq {
+			h, err := l.hashAt(g, site, s.Seq)
+			if err != nil {
+				return res, err
+			}
+			if h == s.Hash {
+				res.Duplicates++
+				continue
+			}
+		}
+		if err := g.b.Set(hashKey(spaceQuarantine, site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
+		}
+		res.Quarantined++
+	}
+	if res.Quarantined == 0 {
+		return res, nil
+	}
+	return res, fmt.Errorf("%w: site %q has forked; %d of its entries were stored for support to examine and not applied", ErrQuarantined, site, res.Quarantined)
+}

@@ -1,0 +1,279 @@
+package txlog
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/internal/hlc"
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// Sentinel errors.
+var (
+	ErrClosed      = errors.New("txlog: log is closed")
+	ErrReadOnly    = errors.New("txlog: this node writes no entries of its own (relay role)")
+	ErrChain       = errors.New("txlog: entry does not link to the previous entry of its site")
+	ErrForked      = errors.New("txlog: site has forked")
+	ErrQuarantined = errors.New("txlog: entry quarantined")
+	ErrWrongFamily = errors.New("txlog: entry belongs to another family")
+	ErrEpoch       = errors.New("txlog: entry epoch goes backwards")
+	ErrDamaged     = errors.New("txlog: stored log is damaged")
+)
+
+// GapError says that an entry skipped ahead of the site's log: the caller
+// should fetch the range starting at Have+1.
+type GapError struct {
+	Site string
+	Have uint64 // highest contiguous seq held
+	Got  uint64 // seq offered
+}
+
+func (e *GapError) Error() string {
+	return fmt.Sprintf("txlog: entry %s#%d arrived before %s#%d (this node holds up to %d): fetch the missing range", e.Site, e.Got, e.Site, e.Have+1, e.Have)
+}
+
+// ForkError says that an entry conflicts with a different entry already held
+// for the same (site, seq). Both are kept as evidence.
+type ForkError struct {
+	Site   string
+	Seq    uint64
+	Held   wire.Hash
+	Offered wire.Hash
+}
+
+func (e *ForkError) Error() string {
+	return fmt.Sprintf("txlog: site %q forked at seq %d: this node holds %s, a peer offered %s (two copies of the site are writing; support must resolve it)", e.Site, e.Seq, e.Held.Short(), e.Offered.Short())
+}
+
+func (e *ForkError) Unwrap() error { return ErrForked }
+
+// KeyResolver answers which public key signs a site's entries of an epoch. The
+// node satisfies it from the family roster.
+type KeyResolver interface {
+	SiteKey(site string, epoch uint64) (ed25519.PublicKey, error)
+}
+
+// Applier applies an entry to the materialized state inside the log's batch.
+// b is an indexed batch: reads through it see earlier entries of the batch.
+// Apply is called from one goroutine at a time, exactly once per entry, each
+// site's entries in seq order.
+type Applier interface {
+	Apply(b *pebble.Batch, e *wire.Signed) error
+}
+
+// Identity is the signing identity of the node's own site.
+type Identity struct {
+	Site  string
+	Epoch uint64
+	Key   ed25519.PrivateKey
+}
+
+// Config configures a Log.
+type Config struct {
+	DB      *pebble.DB  // the node's database (required)
+	Family  string      // family ID every entry must carry (required)
+	Self    *Identity   // own site; nil for a relay, which writes nothing
+	Keys    KeyResolver // verifies remote entries (required)
+	Apply   Applier     // the state (required)
+	Clock   *hlc.Clock  // the node's clock (required)
+	Logger  *slog.Logger
+	// MaxBatch bounds how many entries one group commit carries (default 1024).
+	MaxBatch int
+	// QueueSize bounds the requests waiting for the committer (default 1024);
+	// callers block when it is full (backpressure).
+	QueueSize int
+	// Schema is the newest schema this build applies (default wire.SchemaVersion).
+	Schema uint32
+	// NoSync skips fsync. Only for benchmarks that measure everything else.
+	NoSync bool
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.DB == nil:
+		return errors.New("txlog: config has no database")
+	case c.Family == "":
+		return errors.New("txlog: config has no family ID")
+	case c.Keys == nil:
+		return errors.New("txlog: config has no key resolver")
+	case c.Apply == nil:
+		return errors.New("txlog: config has no applier")
+	case c.Clock == nil:
+		return errors.New("txlog: config has no clock")
+	}
+	if c.Self != nil {
+		if err := wire.ValidateSiteID(c.Self.Site); err != nil {
+			return fmt.Errorf("txlog: own identity: %w", err)
+		}
+		if c.Self.Epoch == 0 || len(c.Self.Key) != ed25519.PrivateKeySize {
+			return errors.New("txlog: own identity needs an epoch and an Ed25519 private key")
+		}
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 1024
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = 1024
+	}
+	if c.Schema == 0 {
+		c.Schema = wire.SchemaVersion
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Log is the transaction log. All methods are safe for concurrent use.
+type Log struct {
+	cfg   Config
+	db    *pebble.DB
+	reqs  chan *request
+	stop  chan struct{}
+	done  chan struct{}
+	write *pebble.WriteOptions
+
+	mu       sync.Mutex
+	closed   bool
+	pending  sync.WaitGroup // submitted requests not yet answered
+	heads    map[string]Head
+	forks    map[string]Fork
+	ownFork  bool
+}
+
+// Open loads the log's heads (no replay: start-up does not depend on the log's
+// length), applies held entries this build now supports, and starts the
+// committer. Close stops it.
+func Open(cfg Config) (*Log, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	l := &Log{
+		cfg:   cfg,
+		db:    cfg.DB,
+		reqs:  make(chan *request, cfg.QueueSize),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+		write: pebble.Sync,
+		heads: map[string]Head{},
+		forks: map[string]Fork{},
+	}
+	if cfg.NoSync {
+		l.write = pebble.NoSync
+	}
+	if err := l.loadHeads(); err != nil {
+		return nil, err
+	}
+	if err := l.loadForks(); err != nil {
+		return nil, err
+	}
+	if err := l.applyHeld(); err != nil {
+		return nil, err
+	}
+	if s := cfg.Self; s != nil {
+		if _, ok := l.forks[s.Site]; ok {
+			l.ownFork = true
+		}
+	}
+	go l.run()
+	return l, nil
+}
+
+// Close stops accepting calls, waits for every submitted call to be answered
+// (in-flight writes finish or fail, nothing is half-written) and stops the
+// committer.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.mu.Unlock()
+	l.pending.Wait()
+	close(l.stop)
+	<-l.done
+	return nil
+}
+
+// submit hands r to the committer and waits for its answer. Once submitted, a
+// request is always answered, even if ctx ends: an answer is never ambiguous.
+func (l *Log) submit(ctx context.Context, r *request) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.pending.Add(1)
+	l.mu.Unlock()
+	defer l.pending.Done()
+	r.done = make(chan struct{})
+	select {
+	case l.reqs <- r:
+	case <-ctx.Done():
+		return fmt.Errorf("txlog: waiting for the committer: %w", ctx.Err())
+	}
+	<-r.done
+	return r.err
+}
+
+// Heads returns a copy of every site's head.
+func (l *Log) Heads() map[string]Head {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]Head, len(l.heads))
+	for s, h := range l.heads {
+		out[s] = h
+	}
+	return out
+}
+
+// Head returns one site's head (zero if nothing is held).
+func (l *Log) Head(site string) Head {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.heads[site]
+}
+
+// Frontier returns site -> highest contiguous seq held.
+func (l *Log) Frontier() map[string]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]uint64, len(l.heads))
+	for s, h := range l.heads {
+		out[s] = h.Seq
+	}
+	return out
+}
+
+func (l *Log) loadHeads() error {
+	p := spacePrefix(spaceHead)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return fmt.Errorf("txlog: load heads: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		site, _, err := parseSiteKey(it.Key())
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrDamaged, err)
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("txlog: load head of %q: %w", site, err)
+		}
+		h, err := unmarshalHead(v)
+		if err != nil {
+			return fmt.Errorf("%w: head of %q: %v", ErrDamaged, site, err)
+		}
+		l.heads[site] = h
+	}
+	return it.Error()
+}

@@ -1,0 +1,361 @@
+package txlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// ErrNotFound says the log holds no such entry.
+var ErrNotFound = errors.New("txlog: no such entry")
+
+// Get returns the held entry (site, seq).
+func (l *Log) Get(site string, seq uint64) (*wire.Signed, error) {
+	v, closer, err := l.db.Get(entryKey(site, seq))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s#%d", ErrNotFound, site, seq)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("txlog: read %s#%d: %w", site, seq, err)
+	}
+	defer closer.Close()
+	s, err := wire.DecodeEnvelope(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s#%d: %v", ErrDamaged, site, seq, err)
+	}
+	return s, nil
+}
+
+// RawRange calls fn with the stored envelope of each entry of site from seq
+// from to seq to (inclusive), in order, until fn returns an error or stop is
+// true. The bytes passed to fn are valid only during the call. It is what
+// catch-up serves from: no decoding.
+func (l *Log) RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (stop bool, err error)) error {
+	if to == 0 || to == math.MaxUint64 {
+		to = math.MaxUint64 - 1
+	}
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(site, from), UpperBound: entryKey(site, to+1)})
+	if err != nil {
+		return fmt.Errorf("txlog: read %s#%d..%d: %w", site, from, to, err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		_, seq, err := parseSeqKey(it.Key())
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrDamaged, err)
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("txlog: read %s#%d: %w", site, seq, err)
+		}
+		stop, err := fn(seq, v)
+		if err != nil || stop {
+			return err
+		}
+	}
+	return it.Error()
+}
+
+// Range returns up to limit decoded entries of site starting at seq from.
+func (l *Log) Range(site string, from uint64, limit int) ([]*wire.Signed, error) {
+	var out []*wire.Signed
+	err := l.RawRange(site, from, 0, func(seq uint64, env []byte) (bool, error) {
+		s, err := wire.DecodeEnvelope(env)
+		if err != nil {
+			return true, fmt.Errorf("%w: %s#%d: %v", ErrDamaged, site, seq, err)
+		}
+		out = append(out, s)
+		return limit > 0 && len(out) >= limit, nil
+	})
+	return out, err
+}
+
+// Quarantined returns the quarantined entries of a site, by seq.
+func (l *Log) Quarantined(site string) ([]*wire.Signed, error) {
+	return l.scanEnvelopes(siteKey(spaceQuarantine, site))
+}
+
+// Evidence returns the stored proof of a site's fork.
+func (l *Log) Evidence(site string) ([]*wire.Signed, error) {
+	return l.scanEnvelopes(siteKey(spaceEvidence, site))
+}
+
+func (l *Log) scanEnvelopes(prefix []byte) ([]*wire.Signed, error) {
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: store.PrefixEnd(prefix)})
+	if err != nil {
+		return nil, fmt.Errorf("txlog: scan: %w", err)
+	}
+	defer it.Close()
+	var out []*wire.Signed
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, fmt.Errorf("txlog: scan: %w", err)
+		}
+		s, err := wire.DecodeEnvelope(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %x: %v", ErrDamaged, it.Key(), err)
+		}
+		out = append(out, s)
+	}
+	return out, it.Error()
+}
+
+// applyHeld applies, at Open, the held entries whose schema this build now
+// supports, and forgets their held marks, in one durable batch.
+func (l *Log) applyHeld() error {
+	p := spacePrefix(spaceHeld)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return fmt.Errorf("txlog: load held entries: %w", err)
+	}
+	var ids []wire.ID
+	for ok := it.First(); ok; ok = it.Next() {
+		site, seq, err := parseSeqKey(it.Key())
+		if err != nil {
+			it.Close()
+			return fmt.Errorf("%w: %v", ErrDamaged, err)
+		}
+		ids = append(ids, wire.ID{Site: site, Seq: seq})
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("txlog: load held entries: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	b := l.db.NewIndexedBatch()
+	defer b.Close()
+	applied := 0
+	for _, id := range ids {
+		s, err := l.Get(id.Site, id.Seq)
+		if err != nil {
+			return err
+		}
+		if s.Schema > l.cfg.Schema {
+			continue
+		}
+		if err := l.cfg.Apply.Apply(b, s); err != nil {
+			return fmt.Errorf("txlog: apply held %s: %w", id, err)
+		}
+		if err := b.Delete(seqKey(spaceHeld, id.Site, id.Seq), nil); err != nil {
+			return fmt.Errorf("txlog: unhold %s: %w", id, err)
+		}
+		applied++
+	}
+	if applied == 0 {
+		return nil
+	}
+	if err := b.Commit(l.write); err != nil {
+		return fmt.Errorf("txlog: apply held entries: %w", err)
+	}
+	l.cfg.Logger.Info("applied entries held for a newer schema", "entries", applied)
+	return nil
+}
+
+// Held returns how many entries wait for a newer build to be applied.
+func (l *Log) Held() (int, error) {
+	p := spacePrefix(spaceHeld)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return 0, fmt.Errorf("txlog: count held entries: %w", err)
+	}
+	defer it.Close()
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		n++
+	}
+	return n, it.Error()
+}
+
+// Progress reports how far a long operation has come.
+type Progress func(done, total uint64)
+
+// Replay applies every applicable entry of every site's log to a through
+// batches of batchSize, in each site's seq order. It is the state rebuild: the
+// caller clears the state first. It runs exclusively: writes wait meanwhile.
+func (l *Log) Replay(ctx context.Context, a Applier, batchSize int, progress Progress) error {
+	if batchSize <= 0 {
+		batchSize = 1000
+	}
+	total := uint64(0)
+	for _, h := range l.Heads() {
+		total += h.Seq
+	}
+	r := &request{fn: func() error { return l.replay(ctx, a, batchSize, total, progress) }}
+	return l.submit(ctx, r)
+}
+
+func (l *Log) replay(ctx context.Context, a Applier, batchSize int, total uint64, progress Progress) error {
+	p := spacePrefix(spaceEntry)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return fmt.Errorf("txlog: replay: %w", err)
+	}
+	defer it.Close()
+	b := l.db.NewIndexedBatch()
+	n, done := 0, uint64(0)
+	flush := func(opts *pebble.WriteOptions) error {
+		if err := b.Commit(opts); err != nil {
+			return fmt.Errorf("txlog: replay commit: %w", err)
+		}
+		b.Close()
+		b = l.db.NewIndexedBatch()
+		n = 0
+		if progress != nil {
+			progress(done, total)
+		}
+		return ctx.Err()
+	}
+	defer func() { b.Close() }()
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("txlog: replay read: %w", err)
+		}
+		s, err := wire.DecodeEnvelope(v)
+		if err != nil {
+			return fmt.Errorf("%w: %x: %v", ErrDamaged, it.Key(), err)
+		}
+		done++
+		if s.Schema > l.cfg.Schema {
+			continue
+		}
+		if err := a.Apply(b, s); err != nil {
+			return fmt.Errorf("txlog: replay apply %s: %w", s.ID(), err)
+		}
+		if n++; n >= batchSize {
+			if err := flush(pebble.NoSync); err != nil {
+				return err
+			}
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("txlog: replay: %w", err)
+	}
+	return flush(pebble.Sync)
+}
+
+// Damage is one problem Verify found.
+type Damage struct {
+	Site    string
+	Seq     uint64
+	Problem string
+}
+
+func (d Damage) String() string {
+	if d.Seq == 0 {
+		return fmt.Sprintf("site %s: %s", d.Site, d.Problem)
+	}
+	return fmt.Sprintf("%s#%d: %s", d.Site, d.Seq, d.Problem)
+}
+
+// Report is what Verify found.
+type Report struct {
+	Sites   int
+	Entries uint64
+	Damage  []Damage
+}
+
+// Verify re-checks every site's chain end to end: each entry decodes, seqs have
+// no gaps, each links to its predecessor, each signature is valid for its
+// epoch's certificate, and the stored head matches the last entry. It reads
+// only; damage is reported, never repaired, and never panics.
+func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
+	var rep Report
+	heads := l.Heads()
+	total := uint64(0)
+	for _, h := range heads {
+		total += h.Seq
+	}
+	p := spacePrefix(spaceEntry)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return rep, fmt.Errorf("txlog: verify: %w", err)
+	}
+	defer it.Close()
+	var (
+		site    string
+		prev    wire.Hash
+		prevSeq uint64
+		epoch   uint64
+		seen    = map[string]Head{}
+	)
+	add := func(s string, seq uint64, format string, a ...any) {
+		if len(rep.Damage) < 1000 {
+			rep.Damage = append(rep.Damage, Damage{Site: s, Seq: seq, Problem: fmt.Sprintf(format, a...)})
+		}
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		ks, seq, err := parseSeqKey(it.Key())
+		if err != nil {
+			add("?", 0, "unreadable key %x", it.Key())
+			continue
+		}
+		if ks != site {
+			site, prev, prevSeq, epoch = ks, wire.Hash{}, 0, 0
+			rep.Sites++
+		}
+		rep.Entries++
+		if rep.Entries%10000 == 0 {
+			if progress != nil {
+				progress(rep.Entries, total)
+			}
+			if err := ctx.Err(); err != nil {
+				return rep, err
+			}
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			add(site, seq, "cannot be read: %v", err)
+			continue
+		}
+		s, err := wire.DecodeEnvelope(v)
+		if err != nil {
+			add(site, seq, "does not decode: %v", err)
+			prevSeq = seq
+			continue
+		}
+		if s.Site != site || s.Seq != seq {
+			add(site, seq, "is stored under the wrong key (it says %s)", s.ID())
+		}
+		if seq != prevSeq+1 {
+			add(site, seq, "follows seq %d: entries %d..%d are missing", prevSeq, prevSeq+1, seq-1)
+		} else if s.Prev != prev {
+			add(site, seq, "does not link to the entry before it (the chain is broken)")
+		}
+		if s.Epoch < epoch {
+			add(site, seq, "has epoch %d after epoch %d", s.Epoch, epoch)
+		}
+		if key, err := l.cfg.Keys.SiteKey(s.Site, s.Epoch); err != nil {
+			add(site, seq, "has no certificate to check its signature against: %v", err)
+		} else if err := s.Verify(key); err != nil {
+			add(site, seq, "has an invalid signature")
+		}
+		prev, prevSeq, epoch = s.Hash, seq, s.Epoch
+		seen[site] = Head{Seq: seq, Hash: s.Hash, Epoch: s.Epoch}
+	}
+	if err := it.Error(); err != nil {
+		add("?", 0, "reading the log failed: %v", err)
+	}
+	for s, h := range heads {
+		if got := seen[s]; got.Seq != h.Seq || got.Hash != h.Hash {
+			add(s, 0, "the recorded head (seq %d) does not match the log's last entry (seq %d)", h.Seq, got.Seq)
+		}
+	}
+	for s := range seen {
+		if _, ok := heads[s]; !ok {
+			add(s, 0, "has entries but no recorded head")
+		}
+	}
+	if progress != nil {
+		progress(rep.Entries, total)
+	}
+	return rep, nil
+}
