@@ -12,13 +12,13 @@ import (
 
 // request is one call waiting for the committer.
 type request struct {
-	own [][]wire.Op     // own transactions, one entry each
-	run []*wire.Signed  // remote: a verified contiguous run of one site
-	fn  func() error    // exclusive work run between groups (replay)
+	own [][]wire.Op    // own transactions, one entry each
+	run []*wire.Signed // remote: a verified contiguous run of one site
+	fn  func() error   // exclusive work run between groups (replay)
 
-	out []*wire.Signed // own: the committed entries
-	res RunResult      // remote: what happened
-	err error
+	out  []*wire.Signed // own: the committed entries
+	res  RunResult      // remote: what happened
+	err  error
 	done chan struct{}
 }
 
@@ -41,11 +41,11 @@ type RunResult struct {
 
 // group is one group commit under construction.
 type group struct {
-	b      *pebble.Batch
-	heads  map[string]Head // heads as of this group (copy-on-write over l.heads)
-	forks  map[string]Fork // forks found in this group
-	writes []*wire.Signed  // new entries to store and apply, in order
-	unsigned []*wire.Signed // own entries still to sign
+	b        *pebble.Batch
+	heads    map[string]Head // heads as of this group (copy-on-write over l.heads)
+	forks    map[string]Fork // forks found in this group
+	writes   []*wire.Signed  // new entries to store and apply, in order
+	unsigned []*wire.Signed  // own entries still to sign
 }
 
 func (l *Log) run() {
@@ -329,4 +329,3 @@ func (l *Log) hashAt(g *group, site string, seq uint64) (wire.Hash, error) {
 	}
 	return s.Hash, nil
 }
-

@@ -42,9 +42,9 @@ func (e *GapError) Error() string {
 // ForkError says that an entry conflicts with a different entry already held
 // for the same (site, seq). Both are kept as evidence.
 type ForkError struct {
-	Site   string
-	Seq    uint64
-	Held   wire.Hash
+	Site    string
+	Seq     uint64
+	Held    wire.Hash
 	Offered wire.Hash
 }
 
@@ -77,13 +77,13 @@ type Identity struct {
 
 // Config configures a Log.
 type Config struct {
-	DB      *pebble.DB  // the node's database (required)
-	Family  string      // family ID every entry must carry (required)
-	Self    *Identity   // own site; nil for a relay, which writes nothing
-	Keys    KeyResolver // verifies remote entries (required)
-	Apply   Applier     // the state (required)
-	Clock   *hlc.Clock  // the node's clock (required)
-	Logger  *slog.Logger
+	DB     *pebble.DB  // the node's database (required)
+	Family string      // family ID every entry must carry (required)
+	Self   *Identity   // own site; nil for a relay, which writes nothing
+	Keys   KeyResolver // verifies remote entries (required)
+	Apply  Applier     // the state (required)
+	Clock  *hlc.Clock  // the node's clock (required)
+	Logger *slog.Logger
 	// MaxBatch bounds how many entries one group commit carries (default 1024).
 	MaxBatch int
 	// QueueSize bounds the requests waiting for the committer (default 1024);
@@ -140,12 +140,12 @@ type Log struct {
 	done  chan struct{}
 	write *pebble.WriteOptions
 
-	mu       sync.Mutex
-	closed   bool
-	pending  sync.WaitGroup // submitted requests not yet answered
-	heads    map[string]Head
-	forks    map[string]Fork
-	ownFork  bool
+	mu      sync.Mutex
+	closed  bool
+	pending sync.WaitGroup // submitted requests not yet answered
+	heads   map[string]Head
+	forks   map[string]Fork
+	ownFork bool
 }
 
 // Open loads the log's heads (no replay: start-up does not depend on the log's

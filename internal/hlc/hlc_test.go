@@ -11,7 +11,7 @@ type fakeTime struct {
 	t  time.Time
 }
 
-func (f *fakeTime) now() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.t }
+func (f *fakeTime) now() time.Time  { f.mu.Lock(); defer f.mu.Unlock(); return f.t }
 func (f *fakeTime) set(t time.Time) { f.mu.Lock(); f.t = t; f.mu.Unlock() }
 
 func TestMonotonicWhenWallClockStandsStillOrGoesBack(t *testing.T) {

@@ -66,13 +66,13 @@ func ParseHash(s string) (Hash, error) {
 // Entry is one transaction of one site: the unit that is signed, chained,
 // stored, gossiped and applied. The zero Prev marks the first entry (seq 1).
 type Entry struct {
-	Family string            `codec:"fa"` // family ID (hex)
-	Site   string            `codec:"si"` // writing site
-	Epoch  uint64            `codec:"ep"` // certificate epoch of the writer
-	Seq    uint64            `codec:"sq"` // 1, 2, 3, ... without gaps per site
-	Prev   Hash              `codec:"pv"` // hash of the site's entry seq-1 (zero for seq 1)
-	HLC    uint64            `codec:"hl"` // hybrid logical clock timestamp (see package hlc)
-	Schema uint32            `codec:"sc"` // schema version of the ops
+	Family string            `codec:"fa"`           // family ID (hex)
+	Site   string            `codec:"si"`           // writing site
+	Epoch  uint64            `codec:"ep"`           // certificate epoch of the writer
+	Seq    uint64            `codec:"sq"`           // 1, 2, 3, ... without gaps per site
+	Prev   Hash              `codec:"pv"`           // hash of the site's entry seq-1 (zero for seq 1)
+	HLC    uint64            `codec:"hl"`           // hybrid logical clock timestamp (see package hlc)
+	Schema uint32            `codec:"sc"`           // schema version of the ops
 	Deps   map[string]uint64 `codec:"dp,omitempty"` // writer's frontier: site -> highest contiguous seq held
 	Ops    []Op              `codec:"op"`
 }
