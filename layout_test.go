@@ -1,0 +1,122 @@
+package ppsync
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/ppsync/ppsync"
+
+type pkgInfo struct {
+	ImportPath string
+	Doc        string
+	Imports    []string
+	Deps       []string
+}
+
+func listPackages(t *testing.T) []pkgInfo {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json", "-deps=false", module+"/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkgInfo
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p pkgInfo
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+// layer returns the top-level component of a package of this module: "cmd",
+// "node", "mesh", "txlog", "state", "lock", "family", "internal", "integration".
+func layer(path string) string {
+	rest := strings.TrimPrefix(strings.TrimPrefix(path, module), "/")
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		return rest[:i]
+	}
+	return rest
+}
+
+// allowed lists, per layer, the layers of this module it may depend on
+// (directly or not): cmd -> node -> {mesh, txlog, state, lock, family} -> internal.
+var allowed = map[string][]string{
+	"cmd":         {"node", "family", "mesh", "txlog", "state", "lock", "internal"},
+	"node":        {"mesh", "txlog", "state", "lock", "family", "internal"},
+	"mesh":        {"internal"},
+	"txlog":       {"internal"},
+	"state":       {"internal"},
+	"lock":        {"internal"},
+	"family":      {"internal"},
+	"internal":    {"internal"},
+	"integration": {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "internal"},
+	"":            {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "internal", "integration"},
+}
+
+// directAllowed restricts what cmd may import directly: node, and family for
+// offline administration (plus internal helpers).
+var directAllowed = map[string][]string{
+	"cmd": {"node", "family", "internal"},
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestImportRule enforces DESIGN.md's direction of imports with go list -deps,
+// and that no production package links the testing package.
+func TestImportRule(t *testing.T) {
+	for _, p := range listPackages(t) {
+		from := layer(p.ImportPath)
+		ok, known := allowed[from]
+		if !known {
+			t.Errorf("%s: top-level directory %q is not in the layout of DESIGN.md; add it to the rule", p.ImportPath, from)
+			continue
+		}
+		for _, d := range p.Deps {
+			if d == "testing" && from != "integration" {
+				t.Errorf("%s links the testing package (production code must not)", p.ImportPath)
+			}
+			if !strings.HasPrefix(d, module+"/") {
+				continue
+			}
+			to := layer(d)
+			if to == from && from != "internal" {
+				continue
+			}
+			if !contains(ok, to) {
+				t.Errorf("%s depends on %s: %s may not depend on %s", p.ImportPath, d, from, to)
+			}
+		}
+		if direct, ok := directAllowed[from]; ok {
+			for _, d := range p.Imports {
+				if strings.HasPrefix(d, module+"/") && layer(d) != from && !contains(direct, layer(d)) {
+					t.Errorf("%s imports %s directly; %s may import only %v", p.ImportPath, d, from, direct)
+				}
+			}
+		}
+	}
+}
+
+// TestEveryPackageHasDoc checks that every package has a package doc comment.
+func TestEveryPackageHasDoc(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if p.ImportPath == module {
+			continue // the root holds only this test and the tools file
+		}
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("%s has no package doc comment", p.ImportPath)
+		}
+	}
+}
