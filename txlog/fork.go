@@ -108,7 +108,7 @@ func (l *Log) fork(g *group, run []*wire.Signed, head Head) (RunResult, error) {
 			}
 		}
 		if idx < 0 {
-			return res, fmt.Errorf("txlog: internal: fork without a differing entry in %s#%d..", site, run[0].Seq)
+			return res, fmt.Errorf("txlog: internal: fork without a differing entry in the run from %s#%d", site, run[0].Seq)
 		}
 		forkSeq, held, offered = head.Seq, head.Hash, run[idx].Prev
 	}
