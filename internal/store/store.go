@@ -15,6 +15,7 @@ import (
 	"log/slog"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -38,7 +39,7 @@ type Options struct {
 // Open opens (creating if needed) the Pebble database in dir.
 func Open(dir string, o Options) (*pebble.DB, error) {
 	if o.CacheSize == 0 {
-		o.CacheSize = 32 << 20
+		o.CacheSize = 128 << 20
 	}
 	po := &pebble.Options{
 		// Explicit: new stores get the newest format; pebble's default is the oldest.
@@ -48,6 +49,11 @@ func Open(dir string, o Options) (*pebble.DB, error) {
 		MaxOpenFiles:       256,
 		Logger:             pebbleLogger{o.Logger},
 		FS:                 o.FS,
+	}
+	// Bloom filters on every level: applying an entry looks up records that
+	// often do not exist yet, and without filters each miss reads every level.
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"fmt"
 	"reflect"
@@ -59,12 +60,15 @@ type Envelope struct {
 }
 
 // Signed is a decoded, validated entry together with its wire form. It is what
-// the packages pass around once bytes have been checked.
+// the packages pass around once bytes have been checked. Treat it as immutable
+// once built: one decoded from bytes remembers them (see Marshal).
 type Signed struct {
 	Entry
 	Hash Hash   // SHA-256 of Body
 	Body []byte // canonical body bytes
 	Sig  []byte // Ed25519 signature over Hash
+
+	env []byte // the envelope as decoded, when it came from bytes
 }
 
 // EncodeBody encodes an entry's body canonically. It validates first.
@@ -100,8 +104,12 @@ func (s *Signed) Verify(pub ed25519.PublicKey) error {
 	return nil
 }
 
-// Marshal encodes the envelope of s.
+// Marshal encodes the envelope of s. An entry decoded from an envelope returns
+// those bytes without encoding again.
 func (s *Signed) Marshal() []byte {
+	if s.env != nil {
+		return s.env
+	}
 	b, err := Marshal(&Envelope{Body: s.Body, Sig: s.Sig})
 	if err != nil {
 		// Encoding two byte slices cannot fail; a failure is a programming error.
@@ -120,7 +128,12 @@ func DecodeEnvelope(b []byte) (*Signed, error) {
 	if err := Unmarshal(b, &env); err != nil {
 		return nil, err
 	}
-	return DecodeBody(env.Body, env.Sig)
+	s, err := DecodeBody(env.Body, env.Sig)
+	if err != nil {
+		return nil, err
+	}
+	s.env = bytes.Clone(b)
+	return s, nil
 }
 
 // DecodeBody decodes and validates untrusted body bytes with their signature.
