@@ -48,8 +48,17 @@ type group struct {
 	unsigned []*wire.Signed  // own entries still to sign
 }
 
+// run is the committer: it builds each group, makes it visible with an
+// unsynced commit, and hands it to the syncer, which makes it durable and only
+// then answers the callers. While one group waits for its fsync the next is
+// already being stamped, signed and applied, so the disk's sync latency and the
+// CPU work overlap. Reads that others can see (heads, ranges) advance only
+// once a group is durable.
 func (l *Log) run() {
 	defer close(l.done)
+	syncDone := make(chan struct{})
+	go l.syncer(syncDone)
+	defer func() { close(l.syncq); <-syncDone }()
 	for {
 		var first *request
 		select {
@@ -57,23 +66,17 @@ func (l *Log) run() {
 		case <-l.stop:
 			return
 		}
-		if first.fn != nil {
-			first.err = first.fn()
-			close(first.done)
-			continue
-		}
 		grp := []*request{first}
 		n := first.size()
 	fill:
-		for n < l.cfg.MaxBatch {
+		for n < l.cfg.MaxBatch && first.fn == nil {
 			select {
 			case r := <-l.reqs:
 				if r.fn != nil { // exclusive work waits for the group before it
 					l.commitGroup(grp)
-					r.err = r.fn()
-					close(r.done)
 					grp, n = nil, 0
-					continue
+					l.exclusive(r)
+					break fill
 				}
 				grp = append(grp, r)
 				n += r.size()
@@ -81,32 +84,147 @@ func (l *Log) run() {
 				break fill
 			}
 		}
-		if len(grp) > 0 {
-			l.commitGroup(grp)
+		if len(grp) == 0 {
+			continue
+		}
+		if first.fn != nil {
+			l.exclusive(first)
+			continue
+		}
+		l.commitGroup(grp)
+	}
+}
+
+// exclusive runs r.fn once every earlier group is durable, with nothing else
+// writing meanwhile.
+func (l *Log) exclusive(r *request) {
+	barrier := make(chan struct{})
+	l.syncq <- &pending{barrier: barrier}
+	<-barrier
+	if err := l.brokenErr(); err != nil {
+		r.err = err
+	} else {
+		r.err = r.fn()
+	}
+	close(r.done)
+}
+
+// pending is a group committed without sync, waiting for the syncer.
+type pending struct {
+	grp     []*request
+	heads   map[string]Head
+	forks   map[string]Fork
+	barrier chan struct{} // set for a barrier: closed once all before it are durable
+}
+
+// syncer makes committed groups durable with one WAL sync for everything
+// queued, then publishes their heads and answers their callers.
+func (l *Log) syncer(done chan struct{}) {
+	defer close(done)
+	for p := range l.syncq {
+		batch := []*pending{p}
+	drain:
+		for {
+			select {
+			case q, ok := <-l.syncq:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, q)
+			default:
+				break drain
+			}
+		}
+		var err error
+		if needsSync(batch) {
+			if err = l.db.LogData(nil, l.write); err != nil {
+				err = fmt.Errorf("txlog: the disk failed to save the last writes (%v); they are not acknowledged; restart the node", err)
+				l.mu.Lock()
+				if l.broken == nil {
+					l.broken = err
+				}
+				l.mu.Unlock()
+				l.cfg.Logger.Error("sync failed", "err", err)
+			}
+		}
+		for _, p := range batch {
+			if err == nil {
+				l.publish(p)
+			}
+			for _, r := range p.grp {
+				if err != nil && r.err == nil {
+					r.err, r.out, r.res = err, nil, RunResult{}
+				}
+				close(r.done)
+			}
+			if p.barrier != nil {
+				close(p.barrier)
+			}
 		}
 	}
 }
 
+func needsSync(batch []*pending) bool {
+	for _, p := range batch {
+		if len(p.grp) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// publish makes a durable group's heads and forks visible.
+func (l *Log) publish(p *pending) {
+	l.mu.Lock()
+	for s, h := range p.heads {
+		l.heads[s] = h
+	}
+	for s, f := range p.forks {
+		l.forks[s] = f
+	}
+	l.mu.Unlock()
+	for _, f := range p.forks {
+		l.cfg.Logger.Error("fork detected: two different entries for the same site and seq",
+			"site", f.Site, "seq", f.Seq, "held", f.Held.Short(), "offered", f.Offered.Short())
+	}
+}
+
+func (l *Log) brokenErr() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.broken
+}
+
+// head returns a site's head as the committer sees it: including groups
+// committed but not yet durable.
 func (l *Log) head(g *group, site string) Head {
 	if h, ok := g.heads[site]; ok {
 		return h
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.heads[site]
+	return l.prep[site]
 }
 
 func (l *Log) forkOf(g *group, site string) (Fork, bool) {
 	if f, ok := g.forks[site]; ok {
 		return f, true
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	f, ok := l.forks[site]
+	f, ok := l.prepForks[site]
 	return f, ok
 }
 
 func (l *Log) commitGroup(grp []*request) {
+	answer := func(err error) {
+		for _, r := range grp {
+			if r.err == nil {
+				r.err, r.out, r.res = err, nil, RunResult{}
+			}
+			close(r.done)
+		}
+	}
+	if err := l.brokenErr(); err != nil {
+		answer(err)
+		return
+	}
 	g := &group{b: l.db.NewIndexedBatch(), heads: map[string]Head{}, forks: map[string]Fork{}}
 	defer g.b.Close()
 	for _, r := range grp {
@@ -116,40 +234,23 @@ func (l *Log) commitGroup(grp []*request) {
 			r.res, r.err = l.addRun(g, r.run)
 		}
 	}
-	err := l.signAll(g.unsigned)
-	if err == nil {
-		err = l.writeAll(g)
-	}
+	err := l.writeAll(g, l.signAll(g.unsigned))
 	if err == nil && !g.b.Empty() {
-		err = g.b.Commit(l.write)
-		if err != nil {
+		if err = g.b.Commit(pebble.NoSync); err != nil {
 			err = fmt.Errorf("txlog: commit: %w", err)
 		}
 	}
-	if err == nil {
-		l.mu.Lock()
-		for s, h := range g.heads {
-			l.heads[s] = h
-		}
-		for s, f := range g.forks {
-			l.forks[s] = f
-			if l.cfg.Self != nil && s == l.cfg.Self.Site {
-				l.ownFork = true
-			}
-		}
-		l.mu.Unlock()
-		for _, f := range g.forks {
-			l.cfg.Logger.Error("fork detected: two different entries for the same site and seq", "site", f.Site, "seq", f.Seq, "held", f.Held.Short(), "offered", f.Offered.Short())
-		}
+	if err != nil {
+		answer(err)
+		return
 	}
-	for _, r := range grp {
-		if err != nil && r.err == nil {
-			r.err = err
-			r.out = nil
-			r.res = RunResult{}
-		}
-		close(r.done)
+	for s, h := range g.heads {
+		l.prep[s] = h
 	}
+	for s, f := range g.forks {
+		l.prepForks[s] = f
+	}
+	l.syncq <- &pending{grp: grp, heads: g.heads, forks: g.forks}
 }
 
 // stampOwn turns own transactions into entries: next seq, previous hash, HLC,
@@ -159,10 +260,7 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	if self == nil {
 		return ErrReadOnly
 	}
-	l.mu.Lock()
-	ownFork := l.ownFork
-	l.mu.Unlock()
-	if _, ok := g.forks[self.Site]; ok || ownFork {
+	if _, ok := l.forkOf(g, self.Site); ok {
 		return fmt.Errorf("%w: another copy of this site (%q) has written entries this node did not; writes are stopped until support resolves it", ErrForked, self.Site)
 	}
 	head := l.head(g, self.Site)
@@ -170,7 +268,7 @@ func (l *Log) stampOwn(g *group, r *request) error {
 		return fmt.Errorf("%w: this node's certificate has epoch %d but its site's log is at epoch %d: the site was moved to another machine", ErrEpoch, self.Epoch, head.Epoch)
 	}
 	deps := map[string]uint64{}
-	for s, h := range l.Heads() {
+	for s, h := range l.prep {
 		if s != self.Site && h.Seq > 0 {
 			deps[s] = h.Seq
 		}
@@ -208,20 +306,18 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	return nil
 }
 
-// signAll signs own entries, spreading the work over the machine's cores when
-// there are enough of them to be worth it.
-func (l *Log) signAll(ss []*wire.Signed) error {
+// signAll starts signing own entries on the machine's cores and returns a
+// function that waits until every signature is set. The committer applies the
+// group to the state meanwhile: applying does not need the signatures.
+func (l *Log) signAll(ss []*wire.Signed) (wait func()) {
 	key := l.cfg.Self
-	if len(ss) == 0 {
-		return nil
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(ss)/8)
-	if workers <= 1 {
+	if len(ss) < 8 {
 		for _, s := range ss {
 			s.Sig = signHash(key, s.Hash)
 		}
-		return nil
+		return func() {}
 	}
+	workers := min(runtime.GOMAXPROCS(0), len(ss)/4)
 	var wg sync.WaitGroup
 	per := (len(ss) + workers - 1) / workers
 	for w := 0; w < workers; w++ {
@@ -232,17 +328,15 @@ func (l *Log) signAll(ss []*wire.Signed) error {
 			}
 		})
 	}
-	wg.Wait()
-	return nil
+	return wg.Wait
 }
 
-// writeAll stores every new entry of the group and applies it (or marks it
-// held), then records the heads and forks.
-func (l *Log) writeAll(g *group) error {
+// writeAll applies every new entry of the group to the state (or marks it
+// held), waits for the signatures, stores the entries, then records the heads
+// and forks.
+func (l *Log) writeAll(g *group, signed func()) error {
+	defer signed() // never leave signers running past the group
 	for _, s := range g.writes {
-		if err := g.b.Set(entryKey(s.Site, s.Seq), s.Marshal(), nil); err != nil {
-			return fmt.Errorf("txlog: store %s: %w", s.ID(), err)
-		}
 		if s.Schema > l.cfg.Schema {
 			if err := g.b.Set(seqKey(spaceHeld, s.Site, s.Seq), nil, nil); err != nil {
 				return fmt.Errorf("txlog: hold %s: %w", s.ID(), err)
@@ -251,6 +345,12 @@ func (l *Log) writeAll(g *group) error {
 		}
 		if err := l.cfg.Apply.Apply(g.b, s); err != nil {
 			return fmt.Errorf("txlog: apply %s: %w", s.ID(), err)
+		}
+	}
+	signed()
+	for _, s := range g.writes {
+		if err := g.b.Set(entryKey(s.Site, s.Seq), s.Marshal(), nil); err != nil {
+			return fmt.Errorf("txlog: store %s: %w", s.ID(), err)
 		}
 	}
 	for s, h := range g.heads {

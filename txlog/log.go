@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -136,16 +137,22 @@ type Log struct {
 	cfg   Config
 	db    *pebble.DB
 	reqs  chan *request
+	syncq chan *pending // committed groups waiting for their fsync
 	stop  chan struct{}
 	done  chan struct{}
 	write *pebble.WriteOptions
 
 	mu      sync.Mutex
 	closed  bool
-	pending sync.WaitGroup // submitted requests not yet answered
-	heads   map[string]Head
+	pending sync.WaitGroup  // submitted requests not yet answered
+	heads   map[string]Head // durable heads: what others may see and be served
 	forks   map[string]Fork
-	ownFork bool
+	broken  error // set when a sync failed: nothing more is accepted
+
+	// Owned by the committer goroutine: heads and forks including groups
+	// committed but not yet durable.
+	prep      map[string]Head
+	prepForks map[string]Fork
 }
 
 // Open loads the log's heads (no replay: start-up does not depend on the log's
@@ -159,6 +166,7 @@ func Open(cfg Config) (*Log, error) {
 		cfg:   cfg,
 		db:    cfg.DB,
 		reqs:  make(chan *request, cfg.QueueSize),
+		syncq: make(chan *pending, 4),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 		write: pebble.Sync,
@@ -177,11 +185,7 @@ func Open(cfg Config) (*Log, error) {
 	if err := l.applyHeld(); err != nil {
 		return nil, err
 	}
-	if s := cfg.Self; s != nil {
-		if _, ok := l.forks[s.Site]; ok {
-			l.ownFork = true
-		}
-	}
+	l.prep, l.prepForks = maps.Clone(l.heads), maps.Clone(l.forks)
 	go l.run()
 	return l, nil
 }

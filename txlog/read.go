@@ -15,8 +15,11 @@ import (
 // ErrNotFound says the log holds no such entry.
 var ErrNotFound = errors.New("txlog: no such entry")
 
-// Get returns the held entry (site, seq).
+// Get returns the held entry (site, seq). Only durable entries are returned.
 func (l *Log) Get(site string, seq uint64) (*wire.Signed, error) {
+	if seq > l.Head(site).Seq {
+		return nil, fmt.Errorf("%w: %s#%d", ErrNotFound, site, seq)
+	}
 	v, closer, err := l.db.Get(entryKey(site, seq))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s#%d", ErrNotFound, site, seq)
@@ -39,6 +42,12 @@ func (l *Log) Get(site string, seq uint64) (*wire.Signed, error) {
 func (l *Log) RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (stop bool, err error)) error {
 	if to == 0 || to == math.MaxUint64 {
 		to = math.MaxUint64 - 1
+	}
+	// Serve only what is durable: an entry served before its fsync could be
+	// lost here in a crash and then signed anew with other content.
+	to = min(to, l.Head(site).Seq)
+	if from > to {
+		return nil
 	}
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(site, from), UpperBound: entryKey(site, to+1)})
 	if err != nil {

@@ -1,0 +1,305 @@
+package integration
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/internal/hlc"
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/state"
+	"github.com/ppsync/ppsync/txlog"
+)
+
+const benchFamily = "bench-family"
+
+type keys map[string]ed25519.PrivateKey
+
+func (k keys) SiteKey(site string, _ uint64) (ed25519.PublicKey, error) {
+	p, ok := k[site]
+	if !ok {
+		return nil, fmt.Errorf("unknown site %q", site)
+	}
+	return p.Public().(ed25519.PublicKey), nil
+}
+
+func newKey(tb testing.TB) ed25519.PrivateKey {
+	_, p, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// core is one node's data core: a Pebble store, the state and the log.
+type core struct {
+	db  *pebble.DB
+	st  *state.State
+	log *txlog.Log
+}
+
+func openCore(tb testing.TB, dir, site string, k keys, noSync bool) *core {
+	tb.Helper()
+	db, err := store.Open(dir, store.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st, err := state.Open(db, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var self *txlog.Identity
+	if site != "" {
+		self = &txlog.Identity{Site: site, Epoch: 1, Key: k[site]}
+	}
+	l, err := txlog.Open(txlog.Config{DB: db, Family: benchFamily, Self: self, Keys: k, Apply: st,
+		Clock: hlc.New(time.Now), NoSync: noSync})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &core{db: db, st: st, log: l}
+}
+
+func (c *core) close() { c.log.Close(); c.db.Close() }
+
+// patient returns a single-op transaction of about 200 encoded bytes.
+func patient(i int) []wire.Op {
+	return []wire.Op{{Kind: wire.OpPut, Table: "patients", Key: fmt.Sprintf("p%08d", i), Fields: map[string]any{
+		"name": fmt.Sprintf("Patient %d", i), "dob": "1984-03-12", "phone": "+41 31 555 01 23",
+		"city": "Bern", "balance": int64(i % 1000), "note": "recall in six months",
+	}}}
+}
+
+// BenchmarkDurableAppend64 compares 64 concurrent writers committing
+// single-op transactions through the log (stamp, sign, store, apply, fsync)
+// with the raw Pebble synced-commit rate at the same concurrency.
+func BenchmarkDurableAppend64(b *testing.B) {
+	const writers, perWriter = 64, 300
+	value := make([]byte, 200)
+	for b.Loop() {
+		// Baseline: raw Pebble, one synced Set per commit, 64 goroutines.
+		db, err := store.Open(b.TempDir(), store.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var n atomic.Uint64
+		start := time.Now()
+		var wg sync.WaitGroup
+		for w := 0; w < writers; w++ {
+			wg.Go(func() {
+				for i := 0; i < perWriter; i++ {
+					k := binary.BigEndian.AppendUint64([]byte("k"), n.Add(1))
+					if err := db.Set(k, value, pebble.Sync); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		raw := float64(writers*perWriter) / time.Since(start).Seconds()
+		db.Close()
+
+		// Second baseline: the same, plus one Ed25519 signature per commit
+		// (the floor that per-entry signing puts under any signed log).
+		db, err = store.Open(b.TempDir(), store.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		key := newKey(b)
+		start = time.Now()
+		for w := 0; w < writers; w++ {
+			wg.Go(func() {
+				for i := 0; i < perWriter; i++ {
+					k := binary.BigEndian.AppendUint64([]byte("k"), n.Add(1))
+					sig := ed25519.Sign(key, k)
+					if err := db.Set(k, append(value[:len(value):len(value)], sig...), pebble.Sync); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		rawSigned := float64(writers*perWriter) / time.Since(start).Seconds()
+		db.Close()
+
+		k := keys{"a": newKey(b)}
+		c := openCore(b, b.TempDir(), "a", k, false)
+		start = time.Now()
+		var idx atomic.Int64
+		for w := 0; w < writers; w++ {
+			wg.Go(func() {
+				for i := 0; i < perWriter; i++ {
+					if _, err := c.log.Write(context.Background(), patient(int(idx.Add(1)))); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		ours := float64(writers*perWriter) / time.Since(start).Seconds()
+		c.close()
+		b.ReportMetric(raw, "raw-pebble-commits/s")
+		b.ReportMetric(rawSigned, "raw-pebble+sign-commits/s")
+		b.ReportMetric(ours, "ppsync-tx/s")
+		b.ReportMetric(ours/raw, "ratio")
+		b.ReportMetric(ours/rawSigned, "ratio-to-signed")
+	}
+}
+
+// BenchmarkCatchUpIngest measures catch-up: decoding received envelopes,
+// checking the chain and last signature, appending and applying contiguous
+// batches of 1,000 with one fsync each, against raw Pebble storing the same
+// bytes in the same synced batches.
+func BenchmarkCatchUpIngest(b *testing.B) {
+	const total, batch = 100_000, 1000
+	k := keys{"w": newKey(b), "r": newKey(b)}
+	src := openCore(b, b.TempDir(), "w", k, true)
+	txs := make([][]wire.Op, 0, batch)
+	for i := 0; i < total; i++ {
+		txs = append(txs, patient(i))
+		if len(txs) == batch {
+			if _, err := src.log.WriteMany(context.Background(), txs); err != nil {
+				b.Fatal(err)
+			}
+			txs = txs[:0]
+		}
+	}
+	var envs [][]byte
+	if err := src.log.RawRange("w", 1, 0, func(_ uint64, env []byte) (bool, error) {
+		envs = append(envs, append([]byte(nil), env...))
+		return false, nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	src.close()
+	if len(envs) != total {
+		b.Fatalf("source holds %d entries", len(envs))
+	}
+	for b.Loop() {
+		db, err := store.Open(b.TempDir(), store.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for i := 0; i < total; i += batch {
+			bt := db.NewBatch()
+			for j := i; j < i+batch; j++ {
+				bt.Set(binary.BigEndian.AppendUint64([]byte("l"), uint64(j)), envs[j], nil)
+			}
+			if err := bt.Commit(pebble.Sync); err != nil {
+				b.Fatal(err)
+			}
+			bt.Close()
+		}
+		raw := float64(total) / time.Since(start).Seconds()
+		db.Close()
+
+		dst := openCore(b, b.TempDir(), "r", k, false)
+		start = time.Now()
+		run := make([]*wire.Signed, 0, batch)
+		for i := 0; i < total; i += batch {
+			run = run[:0]
+			for j := i; j < i+batch; j++ {
+				s, err := wire.DecodeEnvelope(envs[j])
+				if err != nil {
+					b.Fatal(err)
+				}
+				run = append(run, s)
+			}
+			if res, err := dst.log.AppendRun(context.Background(), run); err != nil || res.Appended != batch {
+				b.Fatalf("append run: %+v %v", res, err)
+			}
+		}
+		ours := float64(total) / time.Since(start).Seconds()
+		dst.close()
+		b.ReportMetric(raw, "raw-pebble-entries/s")
+		b.ReportMetric(ours, "ppsync-entries/s")
+		b.ReportMetric(ours/raw, "ratio")
+	}
+}
+
+// BenchmarkRebuild1M builds a log of 1,000,000 single-op entries (1,000,000
+// records), then measures the state digest and the maintenance rebuild
+// (clear the state, replay every log entry, digest again), with peak heap.
+func BenchmarkRebuild1M(b *testing.B) {
+	const total, batch = 1_000_000, 1000
+	k := keys{"a": newKey(b)}
+	c := openCore(b, b.TempDir(), "a", k, true)
+	defer c.close()
+	txs := make([][]wire.Op, 0, batch)
+	for i := 0; i < total; i++ {
+		txs = append(txs, patient(i))
+		if len(txs) == batch {
+			if _, err := c.log.WriteMany(context.Background(), txs); err != nil {
+				b.Fatal(err)
+			}
+			txs = txs[:0]
+		}
+	}
+	for b.Loop() {
+		peak := trackPeakHeap()
+		start := time.Now()
+		before, err := c.st.Digest()
+		if err != nil {
+			b.Fatal(err)
+		}
+		digestSecs := time.Since(start).Seconds()
+		start = time.Now()
+		if err := c.st.Clear(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.log.Replay(context.Background(), c.st, 1000, nil); err != nil {
+			b.Fatal(err)
+		}
+		after, err := c.st.Digest()
+		if err != nil {
+			b.Fatal(err)
+		}
+		rebuildSecs := time.Since(start).Seconds()
+		if before != after {
+			b.Fatalf("rebuild changed the digest: %s -> %s", before, after)
+		}
+		b.ReportMetric(digestSecs, "digest-s")
+		b.ReportMetric(rebuildSecs, "rebuild+digest-s")
+		b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MiB")
+	}
+}
+
+// trackPeakHeap samples the heap until the returned function is called, and
+// returns the highest in-use heap seen.
+func trackPeakHeap() func() uint64 {
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() uint64 { close(stop); <-done; return peak.Load() }
+}
