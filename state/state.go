@@ -1,0 +1,359 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// ErrSchema is returned by Apply for an entry whose schema version is newer
+// than this build supports. Such entries are kept by the log and applied after
+// an upgrade; Apply changes nothing for them.
+var ErrSchema = errors.New("state: entry schema is newer than this build supports")
+
+// State is the materialized state of one node. Its read methods are safe for
+// concurrent use with each other and with Apply. Apply must be called by one
+// goroutine at a time, and Clear must not run concurrently with Apply.
+type State struct {
+	db  *pebble.DB
+	log *slog.Logger
+
+	// Counters handed out by Apply. They only grow: when a batch is discarded
+	// the values it used are skipped, never reused.
+	cursor     atomic.Uint64 // last change-feed cursor handed out
+	conflictID atomic.Uint64 // last conflict ID handed out
+}
+
+// storedFloor survives Clear so that cursors and conflict IDs keep growing
+// across a rebuild. Encoded as three big-endian uint64s.
+type storedFloor struct {
+	Cursor    uint64 // feed cursor reached
+	Conflict  uint64 // conflict ID reached
+	ClearedAt uint64 // feed cursor when Clear last ran (0: never)
+}
+
+// storedCounts are maintained by Apply through the batch. Encoded as two
+// big-endian uint64s.
+type storedCounts struct {
+	Records   uint64
+	Conflicts uint64
+}
+
+// Open returns the state kept in db under store.PrefixState. It starts no
+// goroutines and needs no Close: the caller owns db.
+func Open(db *pebble.DB, logger *slog.Logger) (*State, error) {
+	if db == nil {
+		return nil, errors.New("state: open: no database")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &State{db: db, log: logger}
+	floor, err := loadFloor(db, "open")
+	if err != nil {
+		return nil, fmt.Errorf("state: open: %w", err)
+	}
+	lastFeed, err := lastSeqKey(db, spaceFeed)
+	if err != nil {
+		return nil, fmt.Errorf("state: open: %w", err)
+	}
+	lastConflict, err := lastSeqKey(db, spaceConflict)
+	if err != nil {
+		return nil, fmt.Errorf("state: open: %w", err)
+	}
+	s.cursor.Store(max(floor.Cursor, lastFeed))
+	s.conflictID.Store(max(floor.Conflict, lastConflict))
+	logger.Debug("state opened", "cursor", s.cursor.Load(), "conflict_id", s.conflictID.Load())
+	return s, nil
+}
+
+// getCopy returns a copy of the value under key, or nil, false.
+func getCopy(r pebble.Reader, key []byte) ([]byte, bool, error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	out := slices.Clone(v)
+	if out == nil {
+		out = []byte{}
+	}
+	return out, true, closer.Close()
+}
+
+func loadFloor(r pebble.Reader, op string) (storedFloor, error) {
+	var f storedFloor
+	v, ok, err := getCopy(r, metaKey(metaFloor))
+	if err != nil || !ok {
+		return f, err
+	}
+	if err := decodeUints(v, &f.Cursor, &f.Conflict, &f.ClearedAt); err != nil {
+		return f, damaged(op, "the change-feed floor", err)
+	}
+	return f, nil
+}
+
+func loadCounts(r pebble.Reader, op string) (storedCounts, error) {
+	var c storedCounts
+	v, ok, err := getCopy(r, metaKey(metaCounts))
+	if err != nil || !ok {
+		return c, err
+	}
+	if err := decodeUints(v, &c.Records, &c.Conflicts); err != nil {
+		return c, damaged(op, "the record counts", err)
+	}
+	return c, nil
+}
+
+// lastSeqKey returns the number in the last key of a feed or conflict space.
+func lastSeqKey(r pebble.Reader, space byte) (uint64, error) {
+	p := spacePrefix(space)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	if it.Last() {
+		n, err = seqOfKey(it.Key())
+		if err != nil {
+			err = damaged("open", fmt.Sprintf("key %x", it.Key()), err)
+		}
+	}
+	return n, errors.Join(err, it.Close())
+}
+
+// Apply applies one verified entry into b, an indexed batch
+// (pebble.DB.NewIndexedBatch), reading through b so that the effects of
+// earlier entries in the same batch are seen.
+//
+// Callers apply each entry exactly once, each site's entries in seq order,
+// one Apply at a time, and commit batches in the order of their Apply calls
+// (the change feed relies on it). Should an entry be applied twice anyway,
+// the second Apply changes nothing: every merge compares versions strictly, so
+// a write meets itself and loses, no change is fed, and a conflict is
+// recorded once per field and pair of entries.
+//
+// An entry with a schema newer than wire.SchemaVersion is refused with
+// ErrSchema. An error leaves b partly written: discard it.
+func (s *State) Apply(b *pebble.Batch, e *wire.Signed) error {
+	if b == nil || e == nil {
+		return errors.New("state: apply: nil batch or entry")
+	}
+	if e.Schema > wire.SchemaVersion {
+		return fmt.Errorf("state: apply %s: %w (entry schema %d, supported %d)", e.ID(), ErrSchema, e.Schema, wire.SchemaVersion)
+	}
+	a := applier{s: s, b: b, e: e}
+	for i := range e.Ops {
+		if err := a.applyOp(i, &e.Ops[i]); err != nil {
+			return err
+		}
+	}
+	if err := a.finish(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// applier holds the work of one Apply.
+type applier struct {
+	s *State
+	b *pebble.Batch
+	e *wire.Signed
+
+	won          bool // the entry became the writer of something
+	recordsDelta int64
+	conflicts    uint64
+	changed      []touched       // records whose visible content changed, in first-change order
+	changedSet   map[string]bool // record keys in changed, once it is long
+	deps         map[wire.ID]map[string]uint64
+}
+
+type touched struct {
+	table, key string
+	wasStored  bool // stored before this Apply touched it
+}
+
+// fail wraps err with the operation; it returns nil for nil.
+func (a *applier) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := errors.AsType[*DamagedError](err); ok {
+		return err
+	}
+	return fmt.Errorf("state: apply %s: %w", a.e.ID(), err)
+}
+
+func (a *applier) applyOp(i int, op *wire.Op) error {
+	key := recordKey(op.Table, op.Key)
+	raw, stored, err := getCopy(a.b, key)
+	if err != nil {
+		return a.fail(err)
+	}
+	var rec storedRecord
+	if stored {
+		if rec, err = decodeRecord(raw); err != nil {
+			return damaged("apply", recordName(op.Table, op.Key), err)
+		}
+	}
+	existed := rec.exists()
+	v := Version{HLC: a.e.HLC, Site: a.e.Site, Seq: a.e.Seq, Op: uint32(i)}
+
+	var changed, visible bool
+	switch op.Kind {
+	case wire.OpPut:
+		names := make([]string, 0, len(op.Fields))
+		for name := range op.Fields {
+			names = append(names, name)
+		}
+		slices.Sort(names)
+		raw := make([]any, len(names))
+		for j, name := range names {
+			raw[j] = op.Fields[name]
+		}
+		vals, err := encodeValues(raw)
+		if err != nil {
+			return a.fail(fmt.Errorf("operation %d (%s/%s): %w", i+1, op.Table, op.Key, err))
+		}
+		if err := a.putConflicts(op, &rec, v, names, vals); err != nil {
+			return err
+		}
+		changed = rec.put(v, names, vals)
+		visible = changed
+	case wire.OpDelete:
+		if err := a.deleteConflicts(op, &rec, v); err != nil {
+			return err
+		}
+		changed, visible = rec.del(v)
+	default:
+		return a.fail(fmt.Errorf("operation %d has unknown kind %v", i+1, op.Kind))
+	}
+	if !changed {
+		return nil
+	}
+	a.won = true
+	if err := a.b.Set(key, rec.encode(), nil); err != nil {
+		return a.fail(err)
+	}
+	if existed != rec.exists() {
+		if rec.exists() {
+			a.recordsDelta++
+		} else {
+			a.recordsDelta--
+		}
+	}
+	if visible {
+		a.noteChange(touched{table: op.Table, key: op.Key, wasStored: stored}, key)
+	}
+	return nil
+}
+
+// noteChange adds t to the records changed by this Apply, once.
+func (a *applier) noteChange(t touched, key []byte) {
+	const scan = 8 // below this many, a linear scan beats a map
+	if a.changedSet == nil {
+		if slices.ContainsFunc(a.changed, func(c touched) bool { return c.table == t.table && c.key == t.key }) {
+			return
+		}
+		if len(a.changed) == scan {
+			a.changedSet = make(map[string]bool, 2*scan)
+			for _, c := range a.changed {
+				a.changedSet[string(recordKey(c.table, c.key))] = true
+			}
+		}
+	}
+	if a.changedSet != nil {
+		if a.changedSet[string(key)] {
+			return
+		}
+		a.changedSet[string(key)] = true
+	}
+	a.changed = append(a.changed, t)
+}
+
+// finish writes what one Apply adds besides records: the entry's deps, the
+// change feed and the counters.
+func (a *applier) finish() error {
+	if a.won {
+		if deps := otherDeps(a.e); len(deps) > 0 {
+			if err := a.b.Set(depsKey(a.e.Site, a.e.Seq), encodeDeps(deps), nil); err != nil {
+				return a.fail(err)
+			}
+		}
+	}
+	for _, t := range a.changed {
+		if err := a.feed(t); err != nil {
+			return err
+		}
+	}
+	if a.recordsDelta == 0 && a.conflicts == 0 {
+		return nil
+	}
+	c, err := loadCounts(a.b, "apply")
+	if err != nil {
+		return a.fail(err)
+	}
+	switch {
+	case a.recordsDelta >= 0:
+		c.Records += uint64(a.recordsDelta)
+	case uint64(-a.recordsDelta) > c.Records:
+		c.Records = 0
+	default:
+		c.Records -= uint64(-a.recordsDelta)
+	}
+	c.Conflicts += a.conflicts
+	return a.fail(a.b.Set(metaKey(metaCounts), encodeUints(c.Records, c.Conflicts), nil))
+}
+
+// feed appends a change of t under a new cursor and drops the record's
+// previous feed entry, so the feed holds one entry per record: its latest
+// change.
+func (a *applier) feed(t touched) error {
+	lk := lastKey(t.table, t.key)
+	if t.wasStored {
+		old, ok, err := getCopy(a.b, lk)
+		if err != nil {
+			return a.fail(err)
+		}
+		if ok {
+			if len(old) != 8 {
+				return damaged("apply", "the change-feed index of "+recordName(t.table, t.key), fmt.Errorf("%d bytes, want 8", len(old)))
+			}
+			if err := a.b.Delete(append(spacePrefix(spaceFeed), old...), nil); err != nil {
+				return a.fail(err)
+			}
+		}
+	}
+	fk := feedKey(a.s.cursor.Add(1))
+	if err := a.b.Set(fk, feedValue(t.table, t.key), nil); err != nil {
+		return a.fail(err)
+	}
+	return a.fail(a.b.Set(lk, fk[2:], nil))
+}
+
+// otherDeps returns e's deps without its own site: conflict checks only ask
+// whether an entry saw entries of other sites.
+func otherDeps(e *wire.Signed) map[string]uint64 {
+	if len(e.Deps) == 0 {
+		return nil
+	}
+	if _, own := e.Deps[e.Site]; !own {
+		return e.Deps
+	}
+	m := make(map[string]uint64, len(e.Deps)-1)
+	for site, seq := range e.Deps {
+		if site != e.Site {
+			m[site] = seq
+		}
+	}
+	return m
+}
