@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"reflect"
+	"sync"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 )
@@ -30,10 +31,22 @@ func newHandle() *codec.MsgpackHandle {
 	return h
 }
 
+// encoders recycles encoders: building one costs more than encoding a small
+// entry. Pooled encoders hold no data between uses.
+var encoders = sync.Pool{New: func() any {
+	var b []byte
+	return codec.NewEncoderBytes(&b, handle)
+}}
+
+var decoders = sync.Pool{New: func() any { return codec.NewDecoderBytes(nil, handle) }}
+
 // Marshal encodes v canonically. It is for ppsync's own message types.
 func Marshal(v any) ([]byte, error) {
+	enc := encoders.Get().(*codec.Encoder)
+	defer encoders.Put(enc)
 	var b []byte
-	if err := codec.NewEncoderBytes(&b, handle).Encode(v); err != nil {
+	enc.ResetBytes(&b)
+	if err := enc.Encode(v); err != nil {
 		return nil, fmt.Errorf("wire: encode %T: %w", v, err)
 	}
 	return b, nil
@@ -46,7 +59,11 @@ func Unmarshal(b []byte, v any) (err error) {
 			err = fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, r)
 		}
 	}()
-	if err := codec.NewDecoderBytes(b, handle).Decode(v); err != nil {
+	dec := decoders.Get().(*codec.Decoder)
+	dec.ResetBytes(b)
+	err = dec.Decode(v)
+	decoders.Put(dec) // not reached after a panic: a decoder in an unknown state is dropped
+	if err != nil {
 		return fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, err)
 	}
 	return nil
