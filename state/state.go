@@ -145,20 +145,60 @@ func lastSeqKey(r pebble.Reader, space byte) (uint64, error) {
 // An entry with a schema newer than wire.SchemaVersion is refused with
 // ErrSchema. An error leaves b partly written: discard it.
 func (s *State) Apply(b *pebble.Batch, e *wire.Signed) error {
-	if b == nil || e == nil {
-		return errors.New("state: apply: nil batch or entry")
+	return s.ApplyAll(b, []*wire.Signed{e})
+}
+
+// ApplyAll applies entries in order into b, as Apply does for each, and
+// updates the record and conflict counts once for all of them. It is how the
+// log applies a whole group commit.
+func (s *State) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
+	if b == nil {
+		return errors.New("state: apply: nil batch")
 	}
-	if e.Schema > wire.SchemaVersion {
-		return fmt.Errorf("state: apply %s: %w (entry schema %d, supported %d)", e.ID(), ErrSchema, e.Schema, wire.SchemaVersion)
-	}
-	a := applier{s: s, b: b, e: e}
-	for i := range e.Ops {
-		if err := a.applyOp(i, &e.Ops[i]); err != nil {
+	var recordsDelta int64
+	var conflicts uint64
+	for _, e := range es {
+		if e == nil {
+			return errors.New("state: apply: nil entry")
+		}
+		if e.Schema > wire.SchemaVersion {
+			return fmt.Errorf("state: apply %s: %w (entry schema %d, supported %d)", e.ID(), ErrSchema, e.Schema, wire.SchemaVersion)
+		}
+		a := applier{s: s, b: b, e: e}
+		for i := range e.Ops {
+			if err := a.applyOp(i, &e.Ops[i]); err != nil {
+				return err
+			}
+		}
+		if err := a.finish(); err != nil {
 			return err
 		}
+		recordsDelta += a.recordsDelta
+		conflicts += a.conflicts
 	}
-	if err := a.finish(); err != nil {
-		return err
+	return s.addCounts(b, recordsDelta, conflicts)
+}
+
+// addCounts adds to the stored record and conflict counts inside b.
+func (s *State) addCounts(b *pebble.Batch, recordsDelta int64, conflicts uint64) error {
+	if recordsDelta == 0 && conflicts == 0 {
+		return nil
+	}
+	c, err := loadCounts(b, "apply")
+	if err != nil {
+		return fmt.Errorf("state: apply: %w", err)
+	}
+	switch {
+	case recordsDelta >= 0:
+		c.Records += uint64(recordsDelta)
+	case uint64(-recordsDelta) > c.Records:
+		c.Records = 0
+	default:
+		c.Records -= uint64(-recordsDelta)
+	}
+	c.Conflicts += conflicts
+	if err := b.Set(metaKey(metaCounts), encodeUints(c.Records, c.Conflicts), nil); err != nil {
+		return fmt.Errorf("state: apply: %w", err)
 	}
 	return nil
 }
@@ -295,23 +335,7 @@ func (a *applier) finish() error {
 			return err
 		}
 	}
-	if a.recordsDelta == 0 && a.conflicts == 0 {
-		return nil
-	}
-	c, err := loadCounts(a.b, "apply")
-	if err != nil {
-		return a.fail(err)
-	}
-	switch {
-	case a.recordsDelta >= 0:
-		c.Records += uint64(a.recordsDelta)
-	case uint64(-a.recordsDelta) > c.Records:
-		c.Records = 0
-	default:
-		c.Records -= uint64(-a.recordsDelta)
-	}
-	c.Conflicts += a.conflicts
-	return a.fail(a.b.Set(metaKey(metaCounts), encodeUints(c.Records, c.Conflicts), nil))
+	return nil
 }
 
 // feed appends a change of t under a new cursor and drops the record's

@@ -336,15 +336,19 @@ func (l *Log) signAll(ss []*wire.Signed) (wait func()) {
 // and forks.
 func (l *Log) writeAll(g *group, signed func()) error {
 	defer signed() // never leave signers running past the group
+	apply := make([]*wire.Signed, 0, len(g.writes))
 	for _, s := range g.writes {
-		if s.Schema > l.cfg.Schema {
-			if err := g.b.Set(seqKey(spaceHeld, s.Site, s.Seq), nil, nil); err != nil {
-				return fmt.Errorf("txlog: hold %s: %w", s.ID(), err)
-			}
+		if s.Schema <= l.cfg.Schema {
+			apply = append(apply, s)
 			continue
 		}
-		if err := l.cfg.Apply.Apply(g.b, s); err != nil {
-			return fmt.Errorf("txlog: apply %s: %w", s.ID(), err)
+		if err := g.b.Set(seqKey(spaceHeld, s.Site, s.Seq), nil, nil); err != nil {
+			return fmt.Errorf("txlog: hold %s: %w", s.ID(), err)
+		}
+	}
+	if len(apply) > 0 {
+		if err := l.cfg.Apply.ApplyAll(g.b, apply); err != nil {
+			return fmt.Errorf("txlog: apply: %w", err)
 		}
 	}
 	signed()

@@ -63,16 +63,21 @@ func markKey(id wire.ID) []byte {
 	return append([]byte{store.PrefixState, 'm'}, fmt.Sprintf("%s/%020d", id.Site, id.Seq)...)
 }
 
-func (m *marks) Apply(b *pebble.Batch, e *wire.Signed) error {
+func (m *marks) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
 	m.mu.Lock()
-	m.calls++
+	m.calls += len(es)
 	m.mu.Unlock()
-	k := markKey(e.ID())
-	if _, c, err := b.Get(k); err == nil {
-		c.Close()
-		return fmt.Errorf("entry %s applied twice", e.ID())
+	for _, e := range es {
+		k := markKey(e.ID())
+		if _, c, err := b.Get(k); err == nil {
+			c.Close()
+			return fmt.Errorf("entry %s applied twice", e.ID())
+		}
+		if err := b.Set(k, e.Hash[:], nil); err != nil {
+			return err
+		}
 	}
-	return b.Set(k, e.Hash[:], nil)
+	return nil
 }
 
 func (m *marks) count() int { m.mu.Lock(); defer m.mu.Unlock(); return m.calls }

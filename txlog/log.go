@@ -61,12 +61,12 @@ type KeyResolver interface {
 	SiteKey(site string, epoch uint64) (ed25519.PublicKey, error)
 }
 
-// Applier applies an entry to the materialized state inside the log's batch.
-// b is an indexed batch: reads through it see earlier entries of the batch.
-// Apply is called from one goroutine at a time, exactly once per entry, each
-// site's entries in seq order.
+// Applier applies entries to the materialized state inside the log's batch.
+// b is an indexed batch: reads through it see earlier writes of the batch.
+// ApplyAll is called from one goroutine at a time, with each entry exactly
+// once, each site's entries in seq order; batches commit in call order.
 type Applier interface {
-	Apply(b *pebble.Batch, e *wire.Signed) error
+	ApplyAll(b *pebble.Batch, es []*wire.Signed) error
 }
 
 // Identity is the signing identity of the node's own site.

@@ -440,4 +440,4 @@ func TestCloseAnswersEveryWriter(t *testing.T) {
 
 type counter struct{ calls int }
 
-func (c *counter) Apply(*pebble.Batch, *wire.Signed) error { c.calls++; return nil }
+func (c *counter) ApplyAll(_ *pebble.Batch, es []*wire.Signed) error { c.calls += len(es); return nil }

@@ -141,7 +141,7 @@ func (l *Log) applyHeld() error {
 	}
 	b := l.db.NewIndexedBatch()
 	defer b.Close()
-	applied := 0
+	var apply []*wire.Signed
 	for _, id := range ids {
 		s, err := l.Get(id.Site, id.Seq)
 		if err != nil {
@@ -150,16 +150,17 @@ func (l *Log) applyHeld() error {
 		if s.Schema > l.cfg.Schema {
 			continue
 		}
-		if err := l.cfg.Apply.Apply(b, s); err != nil {
-			return fmt.Errorf("txlog: apply held %s: %w", id, err)
-		}
+		apply = append(apply, s)
 		if err := b.Delete(seqKey(spaceHeld, id.Site, id.Seq), nil); err != nil {
 			return fmt.Errorf("txlog: unhold %s: %w", id, err)
 		}
-		applied++
 	}
+	applied := len(apply)
 	if applied == 0 {
 		return nil
+	}
+	if err := l.cfg.Apply.ApplyAll(b, apply); err != nil {
+		return fmt.Errorf("txlog: apply held entries: %w", err)
 	}
 	if err := b.Commit(l.write); err != nil {
 		return fmt.Errorf("txlog: apply held entries: %w", err)
@@ -209,14 +210,18 @@ func (l *Log) replay(ctx context.Context, a Applier, batchSize int, total uint64
 	}
 	defer it.Close()
 	b := l.db.NewIndexedBatch()
-	n, done := 0, uint64(0)
+	chunk := make([]*wire.Signed, 0, batchSize)
+	done := uint64(0)
 	flush := func(opts *pebble.WriteOptions) error {
+		if err := a.ApplyAll(b, chunk); err != nil {
+			return fmt.Errorf("txlog: replay apply: %w", err)
+		}
+		chunk = chunk[:0]
 		if err := b.Commit(opts); err != nil {
 			return fmt.Errorf("txlog: replay commit: %w", err)
 		}
 		b.Close()
 		b = l.db.NewIndexedBatch()
-		n = 0
 		if progress != nil {
 			progress(done, total)
 		}
@@ -236,10 +241,7 @@ func (l *Log) replay(ctx context.Context, a Applier, batchSize int, total uint64
 		if s.Schema > l.cfg.Schema {
 			continue
 		}
-		if err := a.Apply(b, s); err != nil {
-			return fmt.Errorf("txlog: replay apply %s: %w", s.ID(), err)
-		}
-		if n++; n >= batchSize {
+		if chunk = append(chunk, s); len(chunk) >= batchSize {
 			if err := flush(pebble.NoSync); err != nil {
 				return err
 			}
