@@ -6,8 +6,9 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # Native fuzz targets run briefly by `make check` (package:target).
 FUZZ_TARGETS := ./internal/wire:FuzzDecodeEnvelope \
-	./family:FuzzParseCertificate ./family:FuzzParseJoinRequest ./family:FuzzParseRevocation ./family:FuzzParseInfo
-FUZZTIME ?= 4s
+	./family:FuzzParseCertificate ./family:FuzzParseJoinRequest ./family:FuzzParseRevocation ./family:FuzzParseInfo \
+	./family:FuzzParseInstallable ./state:FuzzDecodeRecord ./state:FuzzDecodeDeps ./state:FuzzMsgpackValue
+FUZZTIME ?= 3s
 BENCHTIME ?= 1x
 
 .PHONY: help build check fmt vet staticcheck test fuzz cross tidy bench demo clean
@@ -48,7 +49,7 @@ cross: ## pure-Go builds for linux/amd64, windows/amd64, darwin/arm64
 		echo "build $$p"; CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -o /dev/null ./...; done
 
 bench: ## benchmarks with figures (BENCHTIME=1x; try BENCHTIME=3x)
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./txlog/ ./state/ ./internal/wire/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./integration/ ./state/ ./internal/wire/
 
 demo: build ## the main job: a demo family syncing on this machine
 	./bin/ppsync demo
