@@ -1,0 +1,204 @@
+package node
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// The local API's request and response bodies. docs/api.md documents them;
+// the JSON field names are a stable contract.
+
+// APIError is the body of every error response.
+type APIError struct {
+	Error string `json:"error"`          // one plain-language line: what happened and what to do
+	Code  string `json:"code,omitempty"` // machine-readable: bad_request, unauthorized, forbidden, not_found, too_large, catching_up, forked, read_only, internal
+}
+
+// OpJSON is one operation as the API takes and shows it.
+type OpJSON struct {
+	Op     string         `json:"op"` // "put" or "delete"
+	Table  string         `json:"table"`
+	Key    string         `json:"key"`
+	Fields map[string]any `json:"fields,omitempty"`
+}
+
+// TxRequest is one transaction: POST /v1/transactions, and one line of a batch.
+type TxRequest struct {
+	Ops []OpJSON `json:"ops"`
+}
+
+// TxResult answers POST /v1/transactions (and `ppsync put`/`delete`).
+type TxResult struct {
+	Site string `json:"site"`
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// BatchRequest is POST /v1/transactions/batch: many transactions, one entry
+// each, committed all or none.
+type BatchRequest struct {
+	Transactions []TxRequest `json:"transactions"`
+}
+
+// BatchResult answers POST /v1/transactions/batch (and `ppsync import`).
+type BatchResult struct {
+	Transactions int    `json:"transactions"`
+	LastSeq      uint64 `json:"last_seq"`
+}
+
+// RecordJSON is one record.
+type RecordJSON struct {
+	Table   string         `json:"table,omitempty"`
+	Key     string         `json:"key"`
+	Fields  map[string]any `json:"fields"`
+	Deleted bool           `json:"deleted,omitempty"`
+	Version *VersionJSON   `json:"version,omitempty"`
+}
+
+// VersionJSON says which entry wrote something.
+type VersionJSON struct {
+	Site string    `json:"site"`
+	Seq  uint64    `json:"seq"`
+	HLC  uint64    `json:"hlc"`
+	Time time.Time `json:"time"` // wall-clock part of the HLC
+}
+
+// ListResult answers GET /v1/records/{table}.
+type ListResult struct {
+	Records []RecordJSON `json:"records"`
+	Next    *string      `json:"next"` // pass as ?after= for the next page; null at the end
+}
+
+// ChangeJSON is one change feed item.
+type ChangeJSON struct {
+	Cursor uint64 `json:"cursor"`
+	RecordJSON
+}
+
+// ChangesResult answers GET /v1/changes.
+type ChangesResult struct {
+	Changes []ChangeJSON `json:"changes"`
+	Next    uint64       `json:"next"`       // pass as ?after= to follow on
+	Cleared uint64       `json:"cleared_at"` // cursor at the last state rebuild (0: never)
+}
+
+// DigestResult answers GET /v1/digest.
+type DigestResult struct {
+	Digest string `json:"digest"`
+}
+
+// EntryJSON is one log entry, as `ppsync log` shows it.
+type EntryJSON struct {
+	Site   string            `json:"site"`
+	Seq    uint64            `json:"seq"`
+	Epoch  uint64            `json:"epoch"`
+	Hash   string            `json:"hash"`
+	Prev   string            `json:"prev"`
+	HLC    uint64            `json:"hlc"`
+	Time   time.Time         `json:"time"`
+	Schema uint32            `json:"schema"`
+	Deps   map[string]uint64 `json:"deps,omitempty"`
+	Ops    []OpJSON          `json:"ops"`
+}
+
+// LogResult answers GET /v1/log.
+type LogResult struct {
+	Entries []EntryJSON `json:"entries"` // newest last
+}
+
+// ConflictSideJSON is one side of a conflict.
+type ConflictSideJSON struct {
+	Site    string    `json:"site"`
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Deleted bool      `json:"deleted,omitempty"`
+	Value   any       `json:"value"`
+}
+
+// ConflictJSON is one recorded conflict.
+type ConflictJSON struct {
+	ID       uint64           `json:"id"`
+	Table    string           `json:"table"`
+	Key      string           `json:"key"`
+	Field    string           `json:"field"` // "" when a delete raced a write of the whole record
+	Incoming ConflictSideJSON `json:"incoming"`
+	Existing ConflictSideJSON `json:"existing"`
+	Winner   string           `json:"winner"` // "site#seq"
+}
+
+// ConflictsResult answers GET /v1/conflicts.
+type ConflictsResult struct {
+	Conflicts []ConflictJSON `json:"conflicts"` // newest first
+}
+
+// ForkJSON describes a detected fork.
+type ForkJSON struct {
+	Site    string `json:"site"`
+	Seq     uint64 `json:"seq"`
+	Held    string `json:"held"`
+	Offered string `json:"offered"`
+}
+
+// Status answers GET /v1/status and is `ppsync status --json`.
+type Status struct {
+	Site            string            `json:"site"` // "" for a relay
+	Role            string            `json:"role"`
+	PeerID          string            `json:"peer_id"`
+	Version         string            `json:"version"`
+	FamilyID        string            `json:"family_id"`
+	FamilyName      string            `json:"family_name"`
+	Epoch           uint64            `json:"epoch"`
+	Online          bool              `json:"online"`
+	OfflineReason   string            `json:"offline_reason,omitempty"`
+	Frontier        map[string]uint64 `json:"frontier"`
+	Peers           int               `json:"peers"`
+	Pending         uint64            `json:"pending"`
+	VersionMismatch bool              `json:"version_mismatch"`
+	Forks           []ForkJSON        `json:"forks"`
+	LastSync        *time.Time        `json:"last_sync"`
+	Records         uint64            `json:"records"`
+	Conflicts       uint64            `json:"conflicts"`
+	Held            int               `json:"held"` // entries waiting for a newer ppsync
+	SyncInterval    string            `json:"sync_interval"`
+	StartedAt       time.Time         `json:"started_at"`
+	DataDir         string            `json:"data_dir"`
+	API             string            `json:"api"`
+	Writable        bool              `json:"writable"`
+	WriteBlocked    string            `json:"write_blocked,omitempty"` // why writes are refused, if they are
+}
+
+// Settings answers GET /v1/settings; PUT /v1/settings takes the fields to
+// change (absent fields are kept) and saves them to ppsync.toml.
+type Settings struct {
+	SyncInterval      string `json:"sync_interval,omitempty"`
+	ConnectivityCheck *bool  `json:"connectivity_check,omitempty"`
+	LogLevel          string `json:"log_level,omitempty"`
+}
+
+// InstallResult answers POST /v1/install (body: a certificate or revocation
+// file) and is what `ppsync install` prints.
+type InstallResult struct {
+	Installed string `json:"installed"` // "certificate" or "revocation"
+	Site      string `json:"site"`
+	Epoch     uint64 `json:"epoch"`
+	Changed   bool   `json:"changed"` // false when it was already installed
+	Running   bool   `json:"running"` // installed into a running node
+}
+
+// Runtime is DATA/runtime.json, written once the node is ready and removed on
+// a clean stop.
+type Runtime struct {
+	PID    int      `json:"pid"`
+	API    string   `json:"api"` // "http://127.0.0.1:PORT"
+	PeerID string   `json:"peer_id"`
+	Addrs  []string `json:"addrs"`
+}
+
+// Event is one item of GET /v1/events (server-sent events: "id: N",
+// "event: TYPE", "data: JSON").
+type Event struct {
+	ID   uint64          `json:"id"`
+	Type string          `json:"type"`
+	Time time.Time       `json:"time"`
+	Data json.RawMessage `json:"data,omitempty"`
+}

@@ -1,0 +1,217 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Files in a node's data directory.
+const (
+	ConfigFile      = "ppsync.toml"
+	NodeKeyFile     = "node.key"
+	APIKeyFile      = "api.key"
+	FamilyFile      = "family.json"
+	JoinRequestFile = "join-request.json"
+	RuntimeFile     = "runtime.json"
+	CertsDir        = "certs"
+	DBDir           = "db"
+)
+
+// Defaults of the settings in ppsync.toml.
+const (
+	DefaultAPI          = "127.0.0.1:7474"
+	DefaultSyncInterval = 30 * time.Second
+	DefaultListen       = "/ip4/0.0.0.0/tcp/7475"
+)
+
+// Config is a node's configuration: DATA/ppsync.toml, then flags. Only the
+// cmd package reads flags and the environment; it fills the fields here.
+type Config struct {
+	// DataDir is the node's data directory (required).
+	DataDir string `toml:"-"`
+	// Listen are the libp2p addresses the node listens on.
+	Listen []string `toml:"listen"`
+	// API is the HOST:PORT of the local HTTP API; 127.0.0.1 keeps it on this machine.
+	API string `toml:"api"`
+	// Bootstrap are extra addresses of family members (usually the relay),
+	// added to those in family.json.
+	Bootstrap []string `toml:"bootstrap"`
+	// SyncInterval is how often the node runs a sync round with its peers.
+	SyncInterval Duration `toml:"sync_interval"`
+	// ConnectivityCheck lets the node judge itself offline by probing; turn it
+	// off where antivirus or a firewall breaks the probe.
+	ConnectivityCheck bool `toml:"connectivity_check"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `toml:"log_level"`
+
+	// Set by the program, not the file.
+	Version string              `toml:"-"` // software version, gossiped to peers
+	Logger  *slog.Logger        `toml:"-"`
+	Env     func(string) string `toml:"-"` // environment (PPSYNC_MACHINE_ID); nil: empty
+	Now     func() time.Time    `toml:"-"` // clock; nil: time.Now
+}
+
+// Duration is a time.Duration written as "30s" in TOML and JSON.
+type Duration time.Duration
+
+// MarshalText writes the duration as Go's time.Duration does.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText parses "30s", "5m", "1h".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write it like 30s, 5m or 1h)", string(b))
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// DefaultConfig returns the defaults for a data directory.
+func DefaultConfig(dataDir string) Config {
+	return Config{
+		DataDir:           dataDir,
+		Listen:            []string{DefaultListen},
+		API:               DefaultAPI,
+		SyncInterval:      Duration(DefaultSyncInterval),
+		ConnectivityCheck: true,
+		LogLevel:          "info",
+	}
+}
+
+// Validate checks every setting and says which one is wrong and how to fix it.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("node: no data directory given (use --data DIR)")
+	}
+	host, port, err := net.SplitHostPort(c.API)
+	if err != nil || port == "" {
+		return fmt.Errorf("node: api address %q is not HOST:PORT (for example 127.0.0.1:7474)", c.API)
+	}
+	if host == "" {
+		return fmt.Errorf("node: api address %q has no host; use 127.0.0.1 to keep the API on this machine", c.API)
+	}
+	if d := time.Duration(c.SyncInterval); d < time.Second || d > 24*time.Hour {
+		return fmt.Errorf("node: sync_interval %s is out of range (1s to 24h)", d)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("node: log_level %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	for _, a := range append(append([]string(nil), c.Listen...), c.Bootstrap...) {
+		if !strings.HasPrefix(a, "/") {
+			return fmt.Errorf("node: address %q is not a multiaddress (like /ip4/0.0.0.0/tcp/7475)", a)
+		}
+	}
+	return nil
+}
+
+// LoadConfig reads DATA/ppsync.toml over the defaults. A missing file gives
+// the defaults; a damaged one gives an error that names the file and line.
+func LoadConfig(dataDir string) (Config, error) {
+	c := DefaultConfig(dataDir)
+	path := filepath.Join(dataDir, ConfigFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(dataDir); serr != nil {
+			return c, fmt.Errorf("node: data directory %s does not exist; create it with `ppsync init --data %s ...`", dataDir, dataDir)
+		}
+		return c, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("node: read %s: %w", path, err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return c, fmt.Errorf("node: %s line %d column %d: %s; fix the file or delete it to get the defaults", path, row, col, de.Error())
+		}
+		var se *toml.StrictMissingError
+		if errors.As(err, &se) {
+			return c, fmt.Errorf("node: %s has a setting ppsync does not know: %s", path, strings.TrimSpace(se.String()))
+		}
+		return c, fmt.Errorf("node: %s is not valid: %v; fix the file or delete it to get the defaults", path, err)
+	}
+	c.DataDir = dataDir
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("%w (in %s)", err, path)
+	}
+	return c, nil
+}
+
+var configTemplate = template.Must(template.New("toml").Parse(`# ppsync node settings. Command-line flags override these;
+# ` + "`ppsync set`" + ` changes them for the running node and saves them here.
+
+# libp2p addresses this node listens on for its family's peers.
+listen = [{{range $i, $a := .Listen}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]
+
+# The local API and sync page (HOST:PORT). 127.0.0.1 keeps it on this machine.
+api = {{printf "%q" .API}}
+
+# Addresses of family members to dial (the relay), in addition to family.json's.
+bootstrap = [{{range $i, $a := .Bootstrap}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]
+
+# How often the node runs a sync round with its peers (30s, 5m, 1h).
+sync_interval = {{printf "%q" .SyncIntervalText}}
+
+# Probe the network to judge whether this node is online. Turn off where an
+# antivirus or firewall breaks the probe and the node wrongly shows offline.
+connectivity_check = {{.ConnectivityCheck}}
+
+# debug, info, warn or error.
+log_level = {{printf "%q" .LogLevel}}
+`))
+
+// SaveConfig writes c to DATA/ppsync.toml, every setting present and commented.
+func SaveConfig(c Config) error {
+	var buf bytes.Buffer
+	data := struct {
+		Config
+		SyncIntervalText string
+	}{c, time.Duration(c.SyncInterval).String()}
+	if err := configTemplate.Execute(&buf, data); err != nil {
+		return fmt.Errorf("node: render config: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(c.DataDir, ConfigFile), buf.Bytes(), 0o644)
+}
+
+// writeFileAtomic writes data to path through a synced temporary file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("node: write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("node: write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("node: write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("node: write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("node: write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("node: write %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/lock"
+)
+
+// InitOptions are the inputs of `ppsync init`.
+type InitOptions struct {
+	DataDir    string
+	FamilyFile string // the family's family.json
+	Site       string
+	Role       string              // "site" (default) or "relay"
+	Env        func(string) string // environment (PPSYNC_MACHINE_ID); nil: empty
+	Now        func() time.Time
+}
+
+// InitResult says what Init created.
+type InitResult struct {
+	JoinRequest string // path of the join request to send to support
+	PeerID      string
+	DatabaseID  string
+	Fingerprint string
+}
+
+// Init sets up a new node in opts.DataDir: its key, API key, database and
+// database ID, machine fingerprint, config file, a copy of family.json, and
+// the join request that support turns into a certificate.
+func Init(opts InitOptions) (InitResult, error) {
+	var res InitResult
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Env == nil {
+		opts.Env = func(string) string { return "" }
+	}
+	if opts.Role == "" {
+		opts.Role = string(family.RoleSite)
+	}
+	role := family.Role(opts.Role)
+	if err := role.Validate(); err != nil {
+		return res, err
+	}
+	if err := wire.ValidateSiteID(opts.Site); err != nil {
+		return res, err
+	}
+	info, err := family.LoadInfo(opts.FamilyFile)
+	if err != nil {
+		return res, err
+	}
+	if opts.DataDir == "" {
+		return res, errors.New("node: no data directory given (use --data DIR)")
+	}
+	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+		return res, fmt.Errorf("node: create data directory: %w", err)
+	}
+	lk, err := lock.Acquire(opts.DataDir)
+	if err != nil {
+		return res, err
+	}
+	defer lk.Release()
+	if id, err := readIdentity(opts.DataDir); err == nil {
+		return res, fmt.Errorf("node: %s already holds the node of site %q; use an empty directory for a new node", opts.DataDir, id.Site)
+	}
+
+	fp, err := lock.Fingerprint(info.FamilyID, opts.Env)
+	if err != nil {
+		return res, err
+	}
+	priv, err := writeNodeKey(filepath.Join(opts.DataDir, NodeKeyFile))
+	if err != nil {
+		return res, err
+	}
+	pid, err := family.PeerIDOf(priv.Public().(ed25519PublicKey))
+	if err != nil {
+		return res, err
+	}
+	if err := writeAPIKey(filepath.Join(opts.DataDir, APIKeyFile)); err != nil {
+		return res, err
+	}
+	if err := family.SaveInfo(filepath.Join(opts.DataDir, FamilyFile), info); err != nil {
+		return res, err
+	}
+	db, err := store.Open(filepath.Join(opts.DataDir, DBDir), store.Options{})
+	if err != nil {
+		return res, err
+	}
+	dbID, err := lock.CreateDatabaseID(db)
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("node: close database: %w", cerr)
+	}
+	if err != nil {
+		return res, err
+	}
+	if err := os.MkdirAll(filepath.Join(opts.DataDir, CertsDir), 0o700); err != nil {
+		return res, fmt.Errorf("node: create %s: %w", CertsDir, err)
+	}
+	req, err := family.NewJoinRequest(info, opts.Site, role, priv.Public().(ed25519PublicKey), fp, dbID, opts.Now())
+	if err != nil {
+		return res, err
+	}
+	rb, err := req.Marshal()
+	if err != nil {
+		return res, err
+	}
+	res.JoinRequest = filepath.Join(opts.DataDir, JoinRequestFile)
+	if err := writeFileAtomic(res.JoinRequest, rb, 0o644); err != nil {
+		return res, err
+	}
+	if err := SaveConfig(DefaultConfig(opts.DataDir)); err != nil {
+		return res, err
+	}
+	idb, err := json.MarshalIndent(identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
+		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second)}, "", "  ")
+	if err != nil {
+		return res, fmt.Errorf("node: encode identity: %w", err)
+	}
+	// node.json last: its presence marks a complete setup.
+	if err := writeFileAtomic(filepath.Join(opts.DataDir, NodeFile), append(idb, '\n'), 0o644); err != nil {
+		return res, err
+	}
+	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), dbID, fp
+	return res, nil
+}

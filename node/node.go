@@ -1,0 +1,240 @@
+package node
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/hlc"
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/lock"
+	"github.com/ppsync/ppsync/state"
+	"github.com/ppsync/ppsync/txlog"
+)
+
+// Node is one running ppsync node. Open starts it, Run serves until its
+// context ends, Close stops everything Open started and waits for it.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	id     identity
+	key    ed25519.PrivateKey
+	apiKey string
+	roster *family.Roster
+	cert   *family.Certificate // own current certificate
+	lock   *lock.Lock
+	db     *pebble.DB
+	state  *state.State
+	txlog  *txlog.Log
+	clock  *hlc.Clock
+	ln     net.Listener
+	srv    *http.Server
+	start  time.Time
+
+	mu       sync.Mutex // guards the fields below and ppsync.toml
+	settings Config
+	closed   bool
+}
+
+// Open checks that this node may run here (lock, certificate, machine and
+// database binding), opens its database, log and state, and binds the API.
+func Open(ctx context.Context, cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Env == nil {
+		cfg.Env = func(string) string { return "" }
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now()}
+	ok := false
+	defer func() {
+		if !ok {
+			n.closeAll()
+		}
+	}()
+	if err := n.open(ctx); err != nil {
+		return nil, err
+	}
+	ok = true
+	return n, nil
+}
+
+func (n *Node) open(ctx context.Context) error {
+	dir := n.cfg.DataDir
+	id, err := readIdentity(dir)
+	if err != nil {
+		return err
+	}
+	n.id = id
+	if n.lock, err = lock.Acquire(dir); err != nil {
+		return err
+	}
+	if n.key, err = readNodeKey(filepath.Join(dir, NodeKeyFile)); err != nil {
+		return err
+	}
+	if n.apiKey, err = readAPIKey(dir); err != nil {
+		return err
+	}
+	if n.roster, err = loadRoster(dir); err != nil {
+		return err
+	}
+	if n.roster.FamilyID() != id.FamilyID {
+		return fmt.Errorf("node: %s belongs to family %.16s…, but its family.json is for family %.16s…; restore the right family.json", dir, id.FamilyID, n.roster.FamilyID())
+	}
+	if n.cert, err = n.ownCertificate(); err != nil {
+		return err
+	}
+	fp, err := lock.Fingerprint(id.FamilyID, n.cfg.Env)
+	if err != nil {
+		return err
+	}
+	if n.db, err = store.Open(filepath.Join(dir, DBDir), store.Options{Logger: n.log}); err != nil {
+		return err
+	}
+	dbID, found, err := lock.DatabaseID(n.db)
+	if err != nil {
+		return err
+	}
+	if !found {
+		dbID = "missing" // the store was replaced or recreated: not the database the certificate names
+	}
+	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID},
+		lock.Binding{Fingerprint: fp, DatabaseID: dbID}); err != nil {
+		return err
+	}
+	if n.state, err = state.Open(n.db, n.log); err != nil {
+		return err
+	}
+	n.clock = hlc.New(n.cfg.Now)
+	var self *txlog.Identity
+	if n.cert.Role == family.RoleSite {
+		self = &txlog.Identity{Site: n.cert.Site, Epoch: n.cert.Epoch, Key: n.key}
+	}
+	n.txlog, err = txlog.Open(txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: rosterKeys{n.roster},
+		Apply: n.state, Clock: n.clock, Logger: n.log})
+	if err != nil {
+		return err
+	}
+	if n.ln, err = net.Listen("tcp", n.cfg.API); err != nil {
+		return fmt.Errorf("node: the API cannot listen on %s (%v); choose another address with --api HOST:PORT or in %s", n.cfg.API, err, ConfigFile)
+	}
+	n.srv = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	return nil
+}
+
+// ownCertificate finds this node's current certificate and refuses to run
+// when its site was moved elsewhere or revoked.
+func (n *Node) ownCertificate() (*family.Certificate, error) {
+	var mine *family.Certificate
+	for _, c := range n.roster.Certificates() {
+		if c.Site == n.id.Site && c.PeerID.String() == n.id.PeerID && (mine == nil || c.Epoch > mine.Epoch) {
+			mine = c
+		}
+	}
+	if mine == nil && n.roster.Status(n.id.Site).State == family.StateRevoked {
+		return nil, refused(n.id.Site, fmt.Errorf("%w: site %q", family.ErrRevoked, n.id.Site))
+	}
+	if mine == nil {
+		return nil, fmt.Errorf("%w for site %q: send %s to support and install the certificate they return with `ppsync install --data %s CERT`",
+			ErrNoCertificate, n.id.Site, filepath.Join(n.cfg.DataDir, JoinRequestFile), n.cfg.DataDir)
+	}
+	if err := n.roster.Check(mine); err != nil {
+		return nil, refused(n.id.Site, err)
+	}
+	return mine, nil
+}
+
+// rosterKeys lets the log verify entries against the family roster.
+type rosterKeys struct{ r *family.Roster }
+
+func (k rosterKeys) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error) {
+	return k.r.KeyFor(site, epoch)
+}
+
+// Run serves the API and writes DATA/runtime.json until ctx ends.
+func (n *Node) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- n.srv.Serve(n.ln) }()
+	rt := Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: []string{}}
+	b, err := json.MarshalIndent(rt, "", "  ")
+	if err != nil {
+		return fmt.Errorf("node: encode runtime: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(n.cfg.DataDir, RuntimeFile), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	n.log.Info("ppsync node running", "site", n.id.Site, "role", n.id.Role, "api", rt.API, "version", n.cfg.Version)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("node: API server: %w", err)
+	}
+}
+
+// Close stops the API (in-flight requests finish), the log (in-flight writes
+// finish or fail, nothing half-written), closes the database, removes
+// runtime.json and releases the lock.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	return n.closeAll()
+}
+
+func (n *Node) closeAll() error {
+	var errs []error
+	if n.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := n.srv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("node: stop API: %w", err))
+		}
+		cancel()
+	} else if n.ln != nil {
+		n.ln.Close()
+	}
+	if n.txlog != nil {
+		errs = append(errs, n.txlog.Close())
+	}
+	if n.db != nil {
+		errs = append(errs, n.db.Close())
+	}
+	if n.lock != nil {
+		if n.srv != nil {
+			os.Remove(filepath.Join(n.cfg.DataDir, RuntimeFile))
+		}
+		errs = append(errs, n.lock.Release())
+	}
+	return errors.Join(errs...)
+}
+
+// Addr returns the API's listening address.
+func (n *Node) Addr() string { return n.ln.Addr().String() }

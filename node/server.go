@@ -1,0 +1,487 @@
+package node
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/txlog"
+)
+
+// Request limits of the API.
+const (
+	maxTxBody     = 1 << 20  // one transaction (an entry is at most 512 KiB)
+	maxBatchBody  = 64 << 20 // one batch
+	maxBatchTxs   = 10000
+	maxListLimit  = 10000
+	defaultListN  = 1000
+	defaultLogN   = 100
+	maxInstallLen = 64 << 10
+)
+
+func (n *Node) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", n.getStatus)
+	mux.HandleFunc("POST /v1/transactions", n.postTransaction)
+	mux.HandleFunc("POST /v1/transactions/batch", n.postBatch)
+	mux.HandleFunc("GET /v1/records/{table}/{key}", n.getRecord)
+	mux.HandleFunc("GET /v1/records/{table}", n.listRecords)
+	mux.HandleFunc("GET /v1/changes", n.getChanges)
+	mux.HandleFunc("GET /v1/digest", n.getDigest)
+	mux.HandleFunc("GET /v1/log", n.getLog)
+	mux.HandleFunc("GET /v1/conflicts", n.getConflicts)
+	mux.HandleFunc("GET /v1/settings", n.getSettings)
+	mux.HandleFunc("PUT /v1/settings", n.putSettings)
+	mux.HandleFunc("POST /v1/install", n.postInstall)
+	return n.guard(mux)
+}
+
+// guard authenticates every request with the API key and, when the API is
+// bound to loopback, refuses requests from anywhere else.
+func (n *Node) guard(next http.Handler) http.Handler {
+	loopbackOnly := isLoopbackHost(n.cfg.API)
+	want := []byte("Bearer " + n.apiKey)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if loopbackOnly && !isLoopbackRemote(r.RemoteAddr) {
+			writeError(w, http.StatusForbidden, "forbidden", "this API only answers requests from this machine")
+			return
+		}
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func isLoopbackHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func isLoopbackRemote(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the client went away: nothing to do
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, APIError{Error: msg, Code: code})
+}
+
+// writeErr maps an error to a status and a plain message.
+func (n *Node) writeErr(w http.ResponseWriter, err error) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the request is larger than %d bytes", mbe.Limit))
+	case errors.Is(err, wire.ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
+	case errors.Is(err, wire.ErrInvalid), errors.Is(err, wire.ErrMalformed), errors.Is(err, errBadRequest):
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+	case errors.Is(err, txlog.ErrReadOnly):
+		writeError(w, http.StatusConflict, "read_only", "this node is a relay: it stores and forwards the family's logs but writes no transactions of its own")
+	case errors.Is(err, txlog.ErrForked):
+		writeError(w, http.StatusConflict, "forked", err.Error())
+	case errors.Is(err, txlog.ErrEpoch), errors.Is(err, ErrRefused):
+		writeError(w, http.StatusConflict, "refused", err.Error())
+	case errors.Is(err, family.ErrWrongFamily), errors.Is(err, family.ErrBadSignature), errors.Is(err, family.ErrFormat),
+		errors.Is(err, family.ErrSuperseded), errors.Is(err, family.ErrRevoked), errors.Is(err, family.ErrConflict):
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+	case errors.Is(err, txlog.ErrClosed):
+		writeError(w, http.StatusServiceUnavailable, "stopping", "the node is stopping; try again once it runs")
+	default:
+		n.log.Error("API request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+	}
+}
+
+var errBadRequest = errors.New("bad request")
+
+func badRequest(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", errBadRequest, fmt.Sprintf(format, a...))
+}
+
+// decodeBody reads a JSON body of at most limit bytes into v, keeping numbers
+// exact and refusing unknown fields.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.UseNumber()
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return badRequest("the request body is not valid JSON: %v", err)
+	}
+	if dec.More() {
+		return badRequest("the request body holds more than one JSON value")
+	}
+	return nil
+}
+
+// toOps converts API operations to entry operations, checking each.
+func toOps(in []OpJSON) ([]wire.Op, error) {
+	if len(in) == 0 {
+		return nil, badRequest(`a transaction needs at least one operation: {"ops":[{"op":"put","table":"T","key":"K","fields":{...}}]}`)
+	}
+	out := make([]wire.Op, len(in))
+	for i, o := range in {
+		switch o.Op {
+		case "put":
+			if o.Fields == nil {
+				return nil, badRequest("operation %d puts %s/%s without \"fields\"", i+1, o.Table, o.Key)
+			}
+			out[i] = wire.Op{Kind: wire.OpPut, Table: o.Table, Key: o.Key, Fields: o.Fields}
+		case "delete":
+			if len(o.Fields) != 0 {
+				return nil, badRequest("operation %d deletes %s/%s but carries fields", i+1, o.Table, o.Key)
+			}
+			out[i] = wire.Op{Kind: wire.OpDelete, Table: o.Table, Key: o.Key}
+		default:
+			return nil, badRequest("operation %d has \"op\": %q; use \"put\" or \"delete\"", i+1, o.Op)
+		}
+	}
+	if err := wire.ValidateOps(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
+	var req TxRequest
+	if err := decodeBody(w, r, maxTxBody, &req); err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	ops, err := toOps(req.Ops)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	s, err := n.txlog.Write(r.Context(), ops)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()})
+}
+
+func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
+	var req BatchRequest
+	if err := decodeBody(w, r, maxBatchBody, &req); err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	if len(req.Transactions) == 0 {
+		n.writeErr(w, badRequest("the batch holds no transactions"))
+		return
+	}
+	if len(req.Transactions) > maxBatchTxs {
+		n.writeErr(w, fmt.Errorf("%w: the batch holds %d transactions, the limit is %d", wire.ErrTooLarge, len(req.Transactions), maxBatchTxs))
+		return
+	}
+	txs := make([][]wire.Op, len(req.Transactions))
+	for i, t := range req.Transactions {
+		ops, err := toOps(t.Ops)
+		if err != nil {
+			n.writeErr(w, fmt.Errorf("transaction %d: %w", i+1, err))
+			return
+		}
+		txs[i] = ops
+	}
+	out, err := n.txlog.WriteMany(r.Context(), txs)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
+}
+
+func (n *Node) getRecord(w http.ResponseWriter, r *http.Request) {
+	table, key := r.PathValue("table"), r.PathValue("key")
+	rec, ok, err := n.state.Get(table, key)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no record %q in table %q", key, table))
+		return
+	}
+	writeJSON(w, http.StatusOK, recordJSON(rec))
+}
+
+func intParam(r *http.Request, name string, def, max int) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	i, err := strconv.Atoi(v)
+	if err != nil || i < 1 {
+		return 0, badRequest("%s=%q is not a positive number", name, v)
+	}
+	return min(i, max), nil
+}
+
+func (n *Node) listRecords(w http.ResponseWriter, r *http.Request) {
+	limit, err := intParam(r, "limit", defaultListN, maxListLimit)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	recs, err := n.state.List(r.PathValue("table"), r.URL.Query().Get("after"), limit+1)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	res := ListResult{Records: make([]RecordJSON, 0, len(recs))}
+	if len(recs) > limit {
+		recs = recs[:limit]
+		next := recs[limit-1].Key
+		res.Next = &next
+	}
+	for _, rec := range recs {
+		j := recordJSON(rec)
+		j.Table, j.Version = "", nil
+		res.Records = append(res.Records, j)
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (n *Node) getChanges(w http.ResponseWriter, r *http.Request) {
+	limit, err := intParam(r, "limit", defaultListN, maxListLimit)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	var after uint64
+	if v := r.URL.Query().Get("after"); v != "" {
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			n.writeErr(w, badRequest("after=%q is not a cursor (a number from a previous answer's \"next\")", v))
+			return
+		}
+	}
+	chs, next, err := n.state.Changes(after, limit)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	st, err := n.state.Stats()
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	res := ChangesResult{Changes: make([]ChangeJSON, 0, len(chs)), Next: next, Cleared: st.ClearedAt}
+	for _, c := range chs {
+		res.Changes = append(res.Changes, ChangeJSON{Cursor: c.Cursor, RecordJSON: recordJSON(c.Record)})
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (n *Node) getDigest(w http.ResponseWriter, r *http.Request) {
+	d, err := n.state.Digest()
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, DigestResult{Digest: d.String()})
+}
+
+func (n *Node) getConflicts(w http.ResponseWriter, r *http.Request) {
+	limit, err := intParam(r, "limit", defaultListN, maxListLimit)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	cs, err := n.state.Conflicts(limit)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	res := ConflictsResult{Conflicts: make([]ConflictJSON, 0, len(cs))}
+	for _, c := range cs {
+		res.Conflicts = append(res.Conflicts, conflictJSON(c))
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (n *Node) getSettings(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, n.currentSettings())
+}
+
+func (n *Node) currentSettings() Settings {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cc := n.settings.ConnectivityCheck
+	return Settings{SyncInterval: time.Duration(n.settings.SyncInterval).String(), ConnectivityCheck: &cc, LogLevel: n.settings.LogLevel}
+}
+
+func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
+	var req Settings
+	if err := decodeBody(w, r, maxTxBody, &req); err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	n.mu.Lock()
+	next := n.settings
+	if req.SyncInterval != "" {
+		if err := next.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
+			n.mu.Unlock()
+			n.writeErr(w, badRequest("sync_interval: %v", err))
+			return
+		}
+	}
+	if req.ConnectivityCheck != nil {
+		next.ConnectivityCheck = *req.ConnectivityCheck
+	}
+	if req.LogLevel != "" {
+		next.LogLevel = req.LogLevel
+	}
+	err := next.Validate()
+	if err == nil {
+		err = SaveConfig(next)
+	}
+	if err == nil {
+		n.settings = next
+	}
+	n.mu.Unlock()
+	if err != nil {
+		n.writeErr(w, badRequest("%v", err))
+		return
+	}
+	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
+	writeJSON(w, http.StatusOK, n.currentSettings())
+}
+
+func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInstallLen))
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	res, err := installFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	res.Running = true
+	n.log.Info("installed", "kind", res.Installed, "site", res.Site, "epoch", res.Epoch, "changed", res.Changed)
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (n *Node) getLog(w http.ResponseWriter, r *http.Request) {
+	limit, err := intParam(r, "limit", defaultLogN, maxListLimit)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	sites := []string{}
+	if s := r.URL.Query().Get("site"); s != "" {
+		sites = append(sites, s)
+	} else {
+		for s := range n.txlog.Heads() {
+			sites = append(sites, s)
+		}
+	}
+	var all []EntryJSON
+	for _, s := range sites {
+		h := n.txlog.Head(s)
+		from := uint64(1)
+		if h.Seq > uint64(limit) {
+			from = h.Seq - uint64(limit) + 1
+		}
+		es, err := n.txlog.Range(s, from, limit)
+		if err != nil {
+			n.writeErr(w, err)
+			return
+		}
+		for _, e := range es {
+			all = append(all, entryJSON(e))
+		}
+	}
+	sortEntries(all)
+	if len(all) > limit {
+		all = all[len(all)-limit:]
+	}
+	if all == nil {
+		all = []EntryJSON{}
+	}
+	writeJSON(w, http.StatusOK, LogResult{Entries: all})
+}
+
+func (n *Node) getStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := n.Status()
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// Status reports the node's state (GET /v1/status, `ppsync status`).
+func (n *Node) Status() (Status, error) {
+	s := Status{
+		Site: n.id.Site, Role: string(n.id.Role), PeerID: n.id.PeerID, Version: n.cfg.Version,
+		FamilyID: n.id.FamilyID, FamilyName: n.roster.Info().Name, Epoch: n.cert.Epoch,
+		Frontier: n.txlog.Frontier(), Forks: []ForkJSON{}, StartedAt: n.start.UTC(),
+		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(),
+		Online: false, OfflineReason: "no mesh: this build syncs no peers yet",
+	}
+	if n.id.Role == family.RoleRelay {
+		s.Site = ""
+	}
+	s.SyncInterval = n.currentSettings().SyncInterval
+	for _, f := range n.txlog.Forks() {
+		s.Forks = append(s.Forks, ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})
+	}
+	if n.id.Role == family.RoleSite {
+		s.Pending = n.txlog.Head(n.id.Site).Seq // no peer is known to hold anything yet
+		s.Writable = true
+		for _, f := range s.Forks {
+			if f.Site == n.id.Site {
+				s.Writable, s.WriteBlocked = false, "another copy of this site wrote entries this node did not: support must resolve the fork"
+			}
+		}
+	} else {
+		s.WriteBlocked = "relay: writes no transactions of its own"
+	}
+	st, err := n.state.Stats()
+	if err != nil {
+		return s, err
+	}
+	s.Records, s.Conflicts = st.Records, st.Conflicts
+	if s.Held, err = n.txlog.Held(); err != nil {
+		return s, err
+	}
+	return s, nil
+}
