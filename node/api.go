@@ -165,6 +165,7 @@ type Status struct {
 	API             string            `json:"api"`
 	Writable        bool              `json:"writable"`
 	WriteBlocked    string            `json:"write_blocked,omitempty"` // why writes are refused, if they are
+	Warnings        []string          `json:"warnings"`                // plain-language problems to show prominently
 }
 
 // Settings answers GET /v1/settings; PUT /v1/settings takes the fields to

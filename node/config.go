@@ -53,6 +53,11 @@ type Config struct {
 	ConnectivityCheck bool `toml:"connectivity_check"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `toml:"log_level"`
+	// MDNS finds family members on the local network (multicast DNS).
+	MDNS bool `toml:"lan_discovery"`
+	// HeartbeatInterval is how often the node gossips its heartbeat (tests
+	// shorten it; default 5s).
+	HeartbeatInterval time.Duration `toml:"-"`
 
 	// Set by the program, not the file.
 	Version string              `toml:"-"` // software version, gossiped to peers
@@ -86,6 +91,7 @@ func DefaultConfig(dataDir string) Config {
 		SyncInterval:      Duration(DefaultSyncInterval),
 		ConnectivityCheck: true,
 		LogLevel:          "info",
+		MDNS:              true,
 	}
 }
 
@@ -173,6 +179,10 @@ connectivity_check = {{.ConnectivityCheck}}
 
 # debug, info, warn or error.
 log_level = {{printf "%q" .LogLevel}}
+
+# Find family members on the local network (multicast DNS), so sites in one
+# building sync directly even without the internet.
+lan_discovery = {{.MDNS}}
 `))
 
 // SaveConfig writes c to DATA/ppsync.toml, every setting present and commented.

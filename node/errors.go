@@ -20,6 +20,8 @@ var (
 	ErrLocked = lock.ErrHeld
 	// ErrNoCertificate: the node has no certificate installed yet.
 	ErrNoCertificate = errors.New("node: no certificate installed")
+	// ErrCatchingUp: own writes wait until the node's own log has caught up.
+	ErrCatchingUp = errors.New("node: catching up")
 )
 
 // refused wraps a certificate problem (superseded, revoked) as a refusal.

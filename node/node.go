@@ -19,7 +19,9 @@ import (
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
+	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -42,10 +44,32 @@ type Node struct {
 	ln     net.Listener
 	srv    *http.Server
 	start  time.Time
+	mesh   *mesh.Mesh
+	sync   *syncer
+
+	ctx    context.Context // ends when the node closes
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // goroutines started by goTracked
 
 	mu       sync.Mutex // guards the fields below and ppsync.toml
 	settings Config
+	refused  error // set when the node's own certificate stopped being current
 	closed   bool
+}
+
+// goTracked runs f on a goroutine that Close waits for.
+func (n *Node) goTracked(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+func (n *Node) currentConfig() Config {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.settings
 }
 
 // Open checks that this node may run here (lock, certificate, machine and
@@ -67,6 +91,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now()}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
 		if !ok {
@@ -136,6 +161,9 @@ func (n *Node) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := n.startMesh(ctx); err != nil {
+		return err
+	}
 	if n.ln, err = net.Listen("tcp", n.cfg.API); err != nil {
 		return fmt.Errorf("node: the API cannot listen on %s (%v); choose another address with --api HOST:PORT or in %s", n.cfg.API, err, ConfigFile)
 	}
@@ -176,7 +204,7 @@ func (k rosterKeys) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error
 func (n *Node) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- n.srv.Serve(n.ln) }()
-	rt := Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: []string{}}
+	rt := Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: n.mesh.Addrs()}
 	b, err := json.MarshalIndent(rt, "", "  ")
 	if err != nil {
 		return fmt.Errorf("node: encode runtime: %w", err)
@@ -221,6 +249,11 @@ func (n *Node) closeAll() error {
 	} else if n.ln != nil {
 		n.ln.Close()
 	}
+	n.cancel()
+	if n.mesh != nil {
+		errs = append(errs, n.mesh.Close())
+	}
+	n.wg.Wait()
 	if n.txlog != nil {
 		errs = append(errs, n.txlog.Close())
 	}
@@ -238,3 +271,70 @@ func (n *Node) closeAll() error {
 
 // Addr returns the API's listening address.
 func (n *Node) Addr() string { return n.ln.Addr().String() }
+
+// startMesh joins the family's network and starts the sync loop.
+func (n *Node) startMesh(ctx context.Context) error {
+	n.sync = newSyncer(n)
+	boot := append(append([]string(nil), n.cfg.Bootstrap...), n.roster.Info().Bootstrap...)
+	var err error
+	n.mesh, err = mesh.New(n.ctx, mesh.Config{
+		Key: n.key, Listen: n.cfg.Listen, Bootstrap: boot, Relay: n.id.Role == family.RoleRelay,
+		Family: members{n}, Log: n.txlog, Handler: n.sync, Logger: n.log, MDNS: n.cfg.MDNS,
+		HeartbeatInterval: n.cfg.HeartbeatInterval, Heartbeat: n.heartbeat,
+	})
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	n.goTracked(func() { n.sync.loop(n.ctx) })
+	n.goTracked(func() { n.sync.publishLoop(n.ctx) })
+	return nil
+}
+
+// heartbeat is what this node gossips about itself.
+func (n *Node) heartbeat() mesh.Heartbeat {
+	status := "ok"
+	if n.txlog != nil {
+		for _, f := range n.txlog.Forks() {
+			if f.Site == n.id.Site {
+				status = "forked"
+			}
+		}
+	}
+	hb := mesh.Heartbeat{Site: n.id.Site, Role: string(n.id.Role), Version: n.cfg.Version, Protocol: mesh.ProtocolVersion,
+		Schema: wire.SchemaVersion, Wall: n.cfg.Now().UTC(), Status: status}
+	if n.txlog != nil {
+		hb.Frontier = n.txlog.Frontier()
+	}
+	return hb
+}
+
+// recheckCertificate runs when membership changed: a node whose own
+// certificate was superseded or revoked stops writing at once.
+func (n *Node) recheckCertificate() {
+	if _, err := n.ownCertificate(); err != nil && errors.Is(err, ErrRefused) {
+		n.mu.Lock()
+		first := n.refused == nil
+		n.refused = err
+		n.mu.Unlock()
+		if first {
+			n.log.Error("this node may no longer write", "err", err)
+		}
+	}
+}
+
+// writeBlocked says why own writes are refused now, or nil.
+func (n *Node) writeBlocked() error {
+	n.mu.Lock()
+	refusedErr := n.refused
+	n.mu.Unlock()
+	if refusedErr != nil {
+		return refusedErr
+	}
+	if n.id.Role == family.RoleRelay {
+		return nil // the log refuses a relay's writes with its own message
+	}
+	if why := n.sync.writeGate(); why != "" {
+		return fmt.Errorf("%w: %s", ErrCatchingUp, why)
+	}
+	return nil
+}

@@ -80,6 +80,8 @@ func (f *fixture) config() Config {
 		f.t.Fatal(err)
 	}
 	c.API = "127.0.0.1:0"
+	c.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	c.MDNS = false
 	c.Env = f.getenv
 	c.Version = "test"
 	return c
@@ -371,7 +373,7 @@ func TestSetupErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := LoadConfig(d)
-	c.API, c.Env = "127.0.0.1:0", f.getenv
+	c.API, c.Env, c.MDNS, c.Listen = "127.0.0.1:0", f.getenv, false, []string{"/ip4/127.0.0.1/tcp/0"}
 	if _, err := Open(context.Background(), c); !errors.Is(err, ErrNoCertificate) {
 		t.Fatalf("no certificate: %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ppsync/ppsync/family"
@@ -42,6 +43,8 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("GET /v1/settings", n.getSettings)
 	mux.HandleFunc("PUT /v1/settings", n.putSettings)
 	mux.HandleFunc("POST /v1/install", n.postInstall)
+	mux.HandleFunc("GET /v1/peers", n.getPeers)
+	mux.HandleFunc("POST /v1/sync", n.postSync)
 	return n.guard(mux)
 }
 
@@ -107,6 +110,8 @@ func (n *Node) writeErr(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
 	case errors.Is(err, wire.ErrInvalid), errors.Is(err, wire.ErrMalformed), errors.Is(err, errBadRequest):
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+	case errors.Is(err, ErrCatchingUp):
+		writeError(w, http.StatusConflict, "catching_up", err.Error())
 	case errors.Is(err, txlog.ErrReadOnly):
 		writeError(w, http.StatusConflict, "read_only", "this node is a relay: it stores and forwards the family's logs but writes no transactions of its own")
 	case errors.Is(err, txlog.ErrForked):
@@ -188,11 +193,16 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
+	if err := n.writeBlocked(); err != nil {
+		n.writeErr(w, err)
+		return
+	}
 	s, err := n.txlog.Write(r.Context(), ops)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
+	n.sync.published([]*wire.Signed{s})
 	writeJSON(w, http.StatusOK, TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()})
 }
 
@@ -219,11 +229,16 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		txs[i] = ops
 	}
+	if err := n.writeBlocked(); err != nil {
+		n.writeErr(w, err)
+		return
+	}
 	out, err := n.txlog.WriteMany(r.Context(), txs)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
+	n.sync.published(out)
 	writeJSON(w, http.StatusOK, BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
 }
 
@@ -379,6 +394,7 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, badRequest("%v", err))
 		return
 	}
+	n.sync.post(r.Context(), syncEvent{kind: "interval", interval: time.Duration(next.SyncInterval)})
 	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
 	writeJSON(w, http.StatusOK, n.currentSettings())
 }
@@ -454,9 +470,55 @@ func (n *Node) Status() (Status, error) {
 		Site: n.id.Site, Role: string(n.id.Role), PeerID: n.id.PeerID, Version: n.cfg.Version,
 		FamilyID: n.id.FamilyID, FamilyName: n.roster.Info().Name, Epoch: n.cert.Epoch,
 		Frontier: n.txlog.Frontier(), Forks: []ForkJSON{}, StartedAt: n.start.UTC(),
-		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(),
-		Online: false, OfflineReason: "no mesh: this build syncs no peers yet",
+		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
 	}
+	cfg := n.currentConfig()
+	peers := n.sync.peers()
+	var own uint64
+	if n.id.Role == family.RoleSite {
+		own = n.txlog.Head(n.id.Site).Seq
+	}
+	var held uint64 // the most of this site's log any member is known to hold
+	versions := map[string][]string{}
+	for _, p := range peers {
+		if p.Connected {
+			s.Peers++
+		}
+		held = max(held, p.Frontier[n.id.Site])
+		if p.Version != "" && p.Version != n.cfg.Version {
+			versions[p.Version] = append(versions[p.Version], p.Site)
+		}
+		if p.ClockSkew != "" {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("the clock of %s differs from this machine's by %s: check both machines' time settings", p.Site, p.ClockSkew))
+		}
+	}
+	if len(versions) > 0 {
+		s.VersionMismatch = true
+		msg := fmt.Sprintf("systems are on different versions: this node runs %s", n.cfg.Version)
+		for v, sites := range versions {
+			msg += fmt.Sprintf("; %s run%s %s", strings.Join(sites, ", "), map[bool]string{true: "s", false: ""}[len(sites) == 1], v)
+		}
+		s.Warnings = append(s.Warnings, msg)
+	}
+	switch {
+	case s.Peers > 0:
+		s.Online = true
+	case !cfg.ConnectivityCheck:
+		s.Online, s.OfflineReason = true, "connectivity check is off: no family member is connected right now"
+	case len(peers) == 0:
+		s.OfflineReason = "no other member is known yet: install their certificates or connect to the relay"
+	default:
+		s.OfflineReason = "no family member is reachable (no internet, or the relay is unreachable)"
+	}
+	if own > held {
+		s.Pending = own - held
+	}
+	n.sync.mu.Lock()
+	if !n.sync.lastSync.IsZero() {
+		t := n.sync.lastSync.UTC()
+		s.LastSync = &t
+	}
+	n.sync.mu.Unlock()
 	if n.id.Role == family.RoleRelay {
 		s.Site = ""
 	}
@@ -464,9 +526,14 @@ func (n *Node) Status() (Status, error) {
 	for _, f := range n.txlog.Forks() {
 		s.Forks = append(s.Forks, ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})
 	}
+	for _, f := range s.Forks {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("fork: site %s wrote two different entries at seq %d (two copies of one site are writing); its later entries are quarantined until support resolves it", f.Site, f.Seq))
+	}
 	if n.id.Role == family.RoleSite {
-		s.Pending = n.txlog.Head(n.id.Site).Seq // no peer is known to hold anything yet
 		s.Writable = true
+		if err := n.writeBlocked(); err != nil {
+			s.Writable, s.WriteBlocked = false, err.Error()
+		}
 		for _, f := range s.Forks {
 			if f.Site == n.id.Site {
 				s.Writable, s.WriteBlocked = false, "another copy of this site wrote entries this node did not: support must resolve the fork"
@@ -484,4 +551,33 @@ func (n *Node) Status() (Status, error) {
 		return s, err
 	}
 	return s, nil
+}
+
+func (n *Node) getPeers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"peers": n.sync.peers()})
+}
+
+// SyncRequest is the body of POST /v1/sync.
+type SyncRequest struct {
+	Wait string `json:"wait,omitempty"` // e.g. "30s": wait for every member to catch up
+}
+
+func (n *Node) postSync(w http.ResponseWriter, r *http.Request) {
+	var req SyncRequest
+	if r.ContentLength != 0 {
+		if err := decodeBody(w, r, maxTxBody, &req); err != nil {
+			n.writeErr(w, err)
+			return
+		}
+	}
+	var wait time.Duration
+	if req.Wait != "" {
+		d, err := time.ParseDuration(req.Wait)
+		if err != nil || d < 0 || d > time.Hour {
+			n.writeErr(w, badRequest("wait=%q is not a duration between 0 and 1h (like 30s)", req.Wait))
+			return
+		}
+		wait = d
+	}
+	writeJSON(w, http.StatusOK, n.sync.syncNow(r.Context(), wait))
 }

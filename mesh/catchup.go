@@ -1,0 +1,215 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+const (
+	catchupProto     protocol.ID = "/ppsync/catchup/1"
+	batchEntries                 = 1000
+	batchBytes                   = 1 << 20
+	maxFrame                     = 8 << 20  // compressed frame
+	maxBatchDecoded              = 16 << 20 // decompressed frame
+	catchupIdle                  = 30 * time.Second
+	maxCatchupRequest            = 1 << 20
+)
+
+// catchupRequest asks a peer for every entry after Have, per site.
+type catchupRequest struct {
+	Family string            `codec:"fa"`
+	Have   map[string]uint64 `codec:"hv"` // site -> highest contiguous seq the asker holds
+	Sites  []string          `codec:"si"` // only these sites (empty: all)
+}
+
+// catchupBatch is one compressed frame of a response: a contiguous run.
+type catchupBatch struct {
+	Site    string   `codec:"si"`
+	First   uint64   `codec:"fi"`
+	Entries [][]byte `codec:"en"`
+}
+
+// FetchStats says what a catch-up session brought.
+type FetchStats struct {
+	Entries  int // entries received
+	Appended int // of those, new here
+	Bytes    int // compressed bytes received
+}
+
+type codecs struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+func newCodecs() (*codecs, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, fmt.Errorf("mesh: zstd encoder: %w", err)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(2), zstd.WithDecoderMaxMemory(maxBatchDecoded), zstd.WithDecoderMaxWindow(maxBatchDecoded))
+	if err != nil {
+		return nil, fmt.Errorf("mesh: zstd decoder: %w", err)
+	}
+	return &codecs{enc: enc, dec: dec}, nil
+}
+
+// handleCatchup serves a member every entry it lacks, site by site, in
+// compressed batches read straight from the log.
+func (m *Mesh) handleCatchup(s network.Stream) {
+	p := s.Conn().RemotePeer()
+	if _, ok := m.cfg.Family.Member(p); !ok {
+		m.count("catchup_non_member")
+		s.Reset()
+		return
+	}
+	defer s.Close()
+	_ = s.SetReadDeadline(time.Now().Add(catchupIdle))
+	b, err := readFrame(bufio.NewReader(s), maxCatchupRequest)
+	if err != nil {
+		m.count("catchup_bad_request")
+		s.Reset()
+		return
+	}
+	var req catchupRequest
+	if err := wire.Unmarshal(b, &req); err != nil || req.Family != m.cfg.Family.ID() {
+		m.count("catchup_bad_request")
+		s.Reset()
+		return
+	}
+	if err := m.serveCatchup(s, req); err != nil {
+		m.log.Debug("catch-up serving stopped", "peer", p, "err", err)
+		s.Reset()
+	}
+}
+
+func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
+	front := m.cfg.Log.Frontier()
+	sites := req.Sites
+	if len(sites) == 0 {
+		for site := range front {
+			sites = append(sites, site)
+		}
+	}
+	sort.Strings(sites)
+	w := bufio.NewWriterSize(s, 64<<10)
+	for _, site := range sites {
+		head, from := front[site], req.Have[site]+1
+		if head < from {
+			continue
+		}
+		batch := catchupBatch{Site: site, First: from}
+		size := 0
+		flush := func() error {
+			if len(batch.Entries) == 0 {
+				return nil
+			}
+			raw, err := wire.Marshal(&batch)
+			if err != nil {
+				return err
+			}
+			_ = s.SetWriteDeadline(time.Now().Add(catchupIdle))
+			if err := writeFrame(w, m.codecs.enc.EncodeAll(raw, nil)); err != nil {
+				return err
+			}
+			batch.First += uint64(len(batch.Entries))
+			batch.Entries, size = batch.Entries[:0], 0
+			return nil
+		}
+		err := m.cfg.Log.RawRange(site, from, head, func(_ uint64, env []byte) (bool, error) {
+			batch.Entries = append(batch.Entries, append([]byte(nil), env...))
+			size += len(env)
+			if len(batch.Entries) >= batchEntries || size >= batchBytes {
+				return false, flush()
+			}
+			return false, nil
+		})
+		if err != nil {
+			return err
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	return w.Flush()
+}
+
+// Fetch runs one catch-up session with p: it sends this node's frontier and
+// hands every run received to the Handler, batch by batch, so an interrupted
+// session keeps what it committed and the next one resumes from there.
+func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, sites []string) (FetchStats, error) {
+	var st FetchStats
+	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "catch-up"), p, catchupProto)
+	if err != nil {
+		return st, fmt.Errorf("mesh: open catch-up stream: %w", err)
+	}
+	defer s.Close()
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	req, err := wire.Marshal(&catchupRequest{Family: m.cfg.Family.ID(), Have: have, Sites: sites})
+	if err != nil {
+		return st, err
+	}
+	if err := writeFrame(s, req); err != nil {
+		return st, fmt.Errorf("mesh: send catch-up request: %w", err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		return st, fmt.Errorf("mesh: send catch-up request: %w", err)
+	}
+	r := bufio.NewReaderSize(s, 64<<10)
+	skip := map[string]bool{} // sites whose runs the handler refused this session
+	for {
+		_ = s.SetReadDeadline(time.Now().Add(catchupIdle))
+		frame, err := readFrame(r, maxFrame)
+		if errors.Is(err, io.EOF) {
+			return st, nil
+		}
+		if err != nil {
+			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, err)
+		}
+		st.Bytes += len(frame)
+		raw, err := m.codecs.dec.DecodeAll(frame, nil)
+		if err != nil {
+			m.count("catchup_bad_frame")
+			return st, fmt.Errorf("mesh: catch-up from %s: bad frame: %w", p, err)
+		}
+		var b catchupBatch
+		if err := wire.Unmarshal(raw, &b); err != nil {
+			m.count("catchup_bad_frame")
+			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, err)
+		}
+		if skip[b.Site] || len(b.Entries) == 0 {
+			continue
+		}
+		run := make([]*wire.Signed, 0, len(b.Entries))
+		for i, env := range b.Entries {
+			e, err := wire.DecodeEnvelope(env)
+			if err != nil || e.Site != b.Site || e.Seq != b.First+uint64(i) || e.Family != m.cfg.Family.ID() {
+				m.count("catchup_bad_entry")
+				return st, fmt.Errorf("mesh: catch-up from %s: entry %d of a batch of %s is not what it claims", p, i, b.Site)
+			}
+			run = append(run, e)
+		}
+		st.Entries += len(run)
+		n, err := m.cfg.Handler.Entries(ctx, p, run, false)
+		st.Appended += n
+		if err != nil {
+			if ctx.Err() != nil {
+				return st, ctx.Err()
+			}
+			m.log.Debug("catch-up run not taken", "site", b.Site, "from", b.First, "err", err)
+			skip[b.Site] = true
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+const frontierProto protocol.ID = "/ppsync/frontier/1"
+
+// handleFrontier answers a member with this node's durable frontier: how
+// Sync Now checks, precisely and at once, what each member holds.
+func (m *Mesh) handleFrontier(s network.Stream) {
+	if _, ok := m.cfg.Family.Member(s.Conn().RemotePeer()); !ok {
+		m.count("frontier_non_member")
+		s.Reset()
+		return
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := wire.Marshal(m.cfg.Log.Frontier())
+	if err != nil {
+		s.Reset()
+		return
+	}
+	if err := writeFrame(s, b); err != nil {
+		s.Reset()
+	}
+}
+
+// FrontierOf asks member p for its durable frontier.
+func (m *Mesh) FrontierOf(ctx context.Context, p peer.ID) (map[string]uint64, error) {
+	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "frontier"), p, frontierProto)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: ask %s for its frontier: %w", p, err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	b, err := readFrame(bufio.NewReader(s), 1<<20)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: frontier of %s: %w", p, err)
+	}
+	out := map[string]uint64{}
+	if err := wire.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("mesh: frontier of %s: %w", p, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,245 @@
+package mesh
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+const maxHeartbeat = 256 << 10
+
+func (m *Mesh) topicName(kind string) string {
+	return fmt.Sprintf("/ppsync/%s/%s/1", m.cfg.Family.ID(), kind)
+}
+
+// startGossip joins the family's two topics: entries (each committed entry,
+// published once) and heartbeats.
+func (m *Mesh) startGossip() error {
+	isMember := func(p peer.ID) bool { _, ok := m.cfg.Family.Member(p); return ok }
+	ps, err := pubsub.NewGossipSub(m.ctx, m.host,
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
+		pubsub.WithMessageIdFn(func(msg *pb.Message) string {
+			sum := sha256.Sum256(msg.Data)
+			return string(sum[:16])
+		}),
+		pubsub.WithFloodPublish(true),
+		pubsub.WithPeerOutboundQueueSize(4096),
+		pubsub.WithValidateQueueSize(4096),
+		pubsub.WithMaxMessageSize(wire.MaxEntryBytes+64<<10),
+		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return isMember(p) }),
+		pubsub.WithPeerScore(scoreParams(m.topicName("entries"), m.topicName("heartbeat"), isMember), scoreThresholds()),
+	)
+	if err != nil {
+		return fmt.Errorf("mesh: start gossip: %w", err)
+	}
+	m.ps = ps
+	if err := ps.RegisterTopicValidator(m.topicName("entries"), m.validateEntry); err != nil {
+		return fmt.Errorf("mesh: entry validator: %w", err)
+	}
+	if err := ps.RegisterTopicValidator(m.topicName("heartbeat"), m.validateHeartbeat, pubsub.WithValidatorInline(true)); err != nil {
+		return fmt.Errorf("mesh: heartbeat validator: %w", err)
+	}
+	if m.ent, err = ps.Join(m.topicName("entries")); err != nil {
+		return fmt.Errorf("mesh: join entries topic: %w", err)
+	}
+	if m.hbt, err = ps.Join(m.topicName("heartbeat")); err != nil {
+		return fmt.Errorf("mesh: join heartbeat topic: %w", err)
+	}
+	es, err := m.ent.Subscribe(pubsub.WithBufferSize(4096))
+	if err != nil {
+		return fmt.Errorf("mesh: subscribe entries: %w", err)
+	}
+	hs, err := m.hbt.Subscribe(pubsub.WithBufferSize(1024))
+	if err != nil {
+		return fmt.Errorf("mesh: subscribe heartbeats: %w", err)
+	}
+	m.goTracked(func() { m.readEntries(es) })
+	m.goTracked(func() { m.readHeartbeats(hs) })
+	m.goTracked(m.heartbeatLoop)
+	return nil
+}
+
+func scoreParams(entries, heartbeat string, isMember func(peer.ID) bool) *pubsub.PeerScoreParams {
+	topic := func() *pubsub.TopicScoreParams {
+		return &pubsub.TopicScoreParams{
+			SkipAtomicValidation:           true,
+			TopicWeight:                    1,
+			TimeInMeshQuantum:              time.Second, // divides; must not be zero even with weight 0
+			TimeInMeshCap:                  1,
+			InvalidMessageDeliveriesWeight: -100,
+			InvalidMessageDeliveriesDecay:  pubsub.ScoreParameterDecay(time.Hour),
+		}
+	}
+	return &pubsub.PeerScoreParams{
+		SkipAtomicValidation: true,
+		Topics:               map[string]*pubsub.TopicScoreParams{entries: topic(), heartbeat: topic()},
+		AppSpecificScore: func(p peer.ID) float64 {
+			if isMember(p) {
+				return 0
+			}
+			return -1000
+		},
+		AppSpecificWeight: 1,
+		DecayInterval:     time.Second,
+		DecayToZero:       0.01,
+	}
+}
+
+func scoreThresholds() *pubsub.PeerScoreThresholds {
+	return &pubsub.PeerScoreThresholds{GossipThreshold: -100, PublishThreshold: -200, GraylistThreshold: -300}
+}
+
+// validateEntry accepts an entry only from a member, of this family, well
+// formed, within the limits and signed by its site's key of its epoch.
+func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if from == m.host.ID() && msg.GetFrom() == m.host.ID() {
+		return pubsub.ValidationAccept
+	}
+	if _, ok := m.cfg.Family.Member(from); !ok {
+		m.count("gossip_from_non_member")
+		return pubsub.ValidationReject
+	}
+	if _, ok := m.cfg.Family.Member(msg.GetFrom()); !ok {
+		m.count("gossip_author_non_member")
+		return pubsub.ValidationReject
+	}
+	s, err := wire.DecodeEnvelope(msg.Data)
+	if err != nil {
+		if errors.Is(err, wire.ErrTooLarge) {
+			m.count("gossip_oversized")
+		} else {
+			m.count("gossip_malformed")
+		}
+		return pubsub.ValidationReject
+	}
+	if s.Family != m.cfg.Family.ID() {
+		m.count("gossip_wrong_family")
+		return pubsub.ValidationReject
+	}
+	key, err := m.cfg.Family.SiteKey(s.Site, s.Epoch)
+	if err != nil {
+		m.count("gossip_unknown_signer")
+		return pubsub.ValidationReject
+	}
+	if err := s.Verify(key); err != nil {
+		m.count("gossip_bad_signature")
+		return pubsub.ValidationReject
+	}
+	msg.ValidatorData = s
+	return pubsub.ValidationAccept
+}
+
+func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if from == m.host.ID() {
+		return pubsub.ValidationAccept
+	}
+	if _, ok := m.cfg.Family.Member(msg.GetFrom()); !ok {
+		m.count("heartbeat_non_member")
+		return pubsub.ValidationReject
+	}
+	if len(msg.Data) > maxHeartbeat {
+		m.count("heartbeat_oversized")
+		return pubsub.ValidationReject
+	}
+	var hb Heartbeat
+	if err := wire.Unmarshal(msg.Data, &hb); err != nil {
+		m.count("heartbeat_malformed")
+		return pubsub.ValidationReject
+	}
+	msg.ValidatorData = hb
+	return pubsub.ValidationAccept
+}
+
+func (m *Mesh) readEntries(sub *pubsub.Subscription) {
+	defer sub.Cancel()
+	for {
+		msg, err := sub.Next(m.ctx)
+		if err != nil {
+			return
+		}
+		if msg.ReceivedFrom == m.host.ID() {
+			continue
+		}
+		s, ok := msg.ValidatorData.(*wire.Signed)
+		if !ok {
+			continue
+		}
+		if _, err := m.cfg.Handler.Entries(m.ctx, msg.ReceivedFrom, []*wire.Signed{s}, true); err != nil {
+			m.log.Debug("gossiped entry not appended", "entry", s.ID(), "err", err)
+		}
+	}
+}
+
+func (m *Mesh) readHeartbeats(sub *pubsub.Subscription) {
+	defer sub.Cancel()
+	for {
+		msg, err := sub.Next(m.ctx)
+		if err != nil {
+			return
+		}
+		if msg.GetFrom() == m.host.ID() {
+			continue
+		}
+		hb, ok := msg.ValidatorData.(Heartbeat)
+		if !ok {
+			continue
+		}
+		from := msg.GetFrom()
+		m.mu.Lock()
+		if ps := m.peers[from]; ps != nil {
+			ps.lastSeen = time.Now()
+			hbc := hb
+			ps.heartbeat = &hbc
+		}
+		m.mu.Unlock()
+		m.addAddrs(from, hb.Addrs)
+		m.cfg.Handler.Heartbeat(from, hb)
+	}
+}
+
+func (m *Mesh) heartbeatLoop() {
+	t := time.NewTicker(m.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		m.PublishHeartbeat()
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// PublishHeartbeat gossips this node's heartbeat now.
+func (m *Mesh) PublishHeartbeat() {
+	hb := m.cfg.Heartbeat()
+	hb.Addrs = nil
+	for _, a := range m.host.Addrs() {
+		hb.Addrs = append(hb.Addrs, a.String())
+	}
+	b, err := wire.Marshal(&hb)
+	if err != nil {
+		m.log.Error("encode heartbeat", "err", err)
+		return
+	}
+	if err := m.hbt.Publish(m.ctx, b); err != nil && m.ctx.Err() == nil {
+		m.log.Debug("publish heartbeat", "err", err)
+	}
+}
+
+// Publish gossips one committed entry (its envelope) once. Gossip is best
+// effort: catch-up delivers whatever it drops.
+func (m *Mesh) Publish(ctx context.Context, env []byte) error {
+	if err := m.ent.Publish(ctx, env); err != nil {
+		return fmt.Errorf("mesh: publish: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,248 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+const (
+	helloProto   protocol.ID = "/ppsync/hello/1"
+	helloTimeout             = 10 * time.Second
+	maxHello                 = 4 << 20
+	maxDocs                  = 10000
+)
+
+// hello is what two nodes exchange on every new connection: who they are and
+// every certificate and revocation they hold, so membership spreads.
+type hello struct {
+	Family   string      `codec:"fa"`
+	Version  string      `codec:"ve"`
+	Protocol uint32      `codec:"pr"`
+	Schema   uint32      `codec:"sc"`
+	Docs     [][]byte    `codec:"do"`
+	Addrs    []string    `codec:"ad"` // the sender's own addresses
+	Known    []knownPeer `codec:"kn"` // members the sender is connected to, with addresses
+}
+
+type knownPeer struct {
+	ID    string   `codec:"id"`
+	Addrs []string `codec:"ad"`
+}
+
+func (m *Mesh) myHello() hello {
+	hb := m.cfg.Heartbeat()
+	h := hello{Family: m.cfg.Family.ID(), Version: hb.Version, Protocol: ProtocolVersion, Schema: hb.Schema,
+		Docs: m.cfg.Family.Documents()}
+	for _, a := range m.host.Addrs() {
+		h.Addrs = append(h.Addrs, a.String())
+	}
+	for _, p := range m.host.Network().Peers() {
+		if _, ok := m.cfg.Family.Member(p); !ok {
+			continue
+		}
+		k := knownPeer{ID: p.String()}
+		for _, a := range m.host.Peerstore().Addrs(p) {
+			k.Addrs = append(k.Addrs, a.String())
+		}
+		h.Known = append(h.Known, k)
+	}
+	return h
+}
+
+// onConnected starts the hello exchange on connections this node opened, and
+// puts inbound connections from peers that are not members yet on probation.
+func (m *Mesh) onConnected(c network.Conn) {
+	p := c.RemotePeer()
+	if c.Stat().Direction == network.DirOutbound {
+		m.goTracked(func() { m.sayHello(p) })
+	}
+	if _, ok := m.cfg.Family.Member(p); !ok {
+		m.goTracked(func() { m.probation(p) })
+	}
+}
+
+func (m *Mesh) onDisconnected(c network.Conn) {
+	p := c.RemotePeer()
+	if m.host.Network().Connectedness(p) == network.Connected {
+		return // another connection to the peer remains
+	}
+	m.mu.Lock()
+	ps, ok := m.peers[p]
+	if ok {
+		ps.hello = false
+	}
+	m.mu.Unlock()
+	if ok {
+		m.cfg.Handler.PeerChanged(p, false)
+	}
+}
+
+// probation disconnects a peer that has not proved a current membership
+// within helloTimeout.
+func (m *Mesh) probation(p peer.ID) {
+	t := time.NewTimer(helloTimeout)
+	defer t.Stop()
+	select {
+	case <-m.ctx.Done():
+		return
+	case <-t.C:
+	}
+	if _, ok := m.cfg.Family.Member(p); ok {
+		return
+	}
+	if m.host.Network().Connectedness(p) == network.Connected {
+		m.count("no_certificate")
+		m.log.Warn("disconnected a peer that is not a member of the family", "peer", p)
+		m.host.Network().ClosePeer(p)
+	}
+}
+
+// sayHello opens a hello stream to p, sends this node's hello and reads p's.
+func (m *Mesh) sayHello(p peer.ID) {
+	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
+	defer cancel()
+	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "hello"), p, helloProto)
+	if err != nil {
+		m.log.Debug("hello failed", "peer", p, "err", err)
+		return
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(helloTimeout))
+	if err := m.sendHello(s); err != nil {
+		s.Reset()
+		return
+	}
+	theirs, err := readHello(s)
+	if err != nil {
+		m.count("bad_hello")
+		s.Reset()
+		return
+	}
+	m.acceptHello(p, theirs)
+}
+
+func (m *Mesh) handleHello(s network.Stream) {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(helloTimeout))
+	theirs, err := readHello(s)
+	if err != nil {
+		m.count("bad_hello")
+		s.Reset()
+		return
+	}
+	if err := m.sendHello(s); err != nil {
+		s.Reset()
+		return
+	}
+	m.acceptHello(s.Conn().RemotePeer(), theirs)
+}
+
+func (m *Mesh) sendHello(s network.Stream) error {
+	b, err := wire.Marshal(m.myHello())
+	if err != nil {
+		return err
+	}
+	return writeFrame(s, b)
+}
+
+func readHello(s network.Stream) (hello, error) {
+	var h hello
+	b, err := readFrame(bufio.NewReader(s), maxHello)
+	if err != nil {
+		return h, err
+	}
+	if err := wire.Unmarshal(b, &h); err != nil {
+		return h, err
+	}
+	if len(h.Docs) > maxDocs || len(h.Known) > maxDocs {
+		return h, fmt.Errorf("mesh: hello lists too much")
+	}
+	return h, nil
+}
+
+// acceptHello learns the peer's certificates and revocations, then keeps the
+// connection only if the peer is a current member of this family.
+func (m *Mesh) acceptHello(p peer.ID, h hello) {
+	if h.Family != m.cfg.Family.ID() {
+		m.count("wrong_family")
+		m.log.Warn("disconnected a node of another family", "peer", p)
+		m.host.Network().ClosePeer(p)
+		return
+	}
+	changed := false
+	for _, d := range h.Docs {
+		c, err := m.cfg.Family.Learn(d)
+		if err != nil {
+			m.log.Debug("ignored a certificate from a peer", "peer", p, "err", err)
+			continue
+		}
+		changed = changed || c
+	}
+	if changed {
+		m.DocumentsUpdated()
+	}
+	mem, ok := m.cfg.Family.Member(p)
+	if !ok {
+		m.count("not_member")
+		m.log.Warn("disconnected a peer that is not a current member", "peer", p)
+		m.host.Network().ClosePeer(p)
+		return
+	}
+	m.addAddrs(p, h.Addrs)
+	for _, k := range h.Known {
+		id, err := peer.Decode(k.ID)
+		if err != nil || id == m.host.ID() {
+			continue
+		}
+		if _, ok := m.cfg.Family.Member(id); ok {
+			m.addAddrs(id, k.Addrs)
+		}
+	}
+	m.mu.Lock()
+	ps := m.peers[p]
+	if ps == nil {
+		ps = &peerState{}
+		m.peers[p] = ps
+	}
+	first := !ps.hello
+	ps.member, ps.hello, ps.lastSeen = mem, true, time.Now()
+	m.mu.Unlock()
+	if first {
+		m.log.Info("member connected", "site", mem.Site, "peer", p, "version", h.Version)
+		m.cfg.Handler.PeerChanged(p, true)
+	}
+}
+
+func (m *Mesh) addAddrs(p peer.ID, addrs []string) {
+	for _, a := range addrs {
+		if ad, err := ma.NewMultiaddr(a); err == nil {
+			m.host.Peerstore().AddAddr(p, ad, peerstore.RecentlyConnectedAddrTTL)
+		}
+	}
+}
+
+// DocumentsUpdated applies a change of membership: peers that are no longer
+// members are disconnected, and every connected member hears the news.
+func (m *Mesh) DocumentsUpdated() {
+	for _, p := range m.host.Network().Peers() {
+		if _, ok := m.cfg.Family.Member(p); !ok && m.cfg.Family.Banned(p) {
+			m.count("membership_ended")
+			m.host.Network().ClosePeer(p)
+			continue
+		}
+		if _, ok := m.cfg.Family.Member(p); ok {
+			m.goTracked(func() { m.sayHello(p) })
+		}
+	}
+	m.cfg.Handler.DocumentsChanged()
+}

@@ -1,0 +1,78 @@
+package mesh
+
+import (
+	"context"
+	"crypto/ed25519"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// Member is a current member of the family.
+type Member struct {
+	Site   string
+	Relay  bool
+	PeerID peer.ID
+	Epoch  uint64
+}
+
+// Family is what the mesh needs to know about membership. The node satisfies
+// it from its roster.
+type Family interface {
+	// ID is the family ID.
+	ID() string
+	// Member reports whether p is a current member.
+	Member(p peer.ID) (Member, bool)
+	// Members lists the current members.
+	Members() []Member
+	// Banned reports a peer ID that must never connect: revoked, or the old
+	// machine of a site that moved.
+	Banned(p peer.ID) bool
+	// SiteKey returns the key that signs a site's entries of an epoch.
+	SiteKey(site string, epoch uint64) (ed25519.PublicKey, error)
+	// Documents returns every certificate and revocation held, as file bytes.
+	Documents() [][]byte
+	// Learn installs a certificate or revocation received from a peer.
+	Learn(doc []byte) (changed bool, err error)
+}
+
+// Log is what the mesh needs of the transaction log to serve catch-up.
+type Log interface {
+	// Frontier returns site -> highest contiguous durable seq.
+	Frontier() map[string]uint64
+	// RawRange calls fn with each stored envelope of site from..to, in order.
+	RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (stop bool, err error)) error
+}
+
+// Handler receives what the mesh brings in. Calls may come from several
+// goroutines at once.
+type Handler interface {
+	// Entries takes a contiguous run of one site's entries, from gossip (one
+	// entry) or catch-up (a batch), after the mesh checked their format and
+	// family. It returns how many were new.
+	Entries(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (appended int, err error)
+	// Heartbeat reports a member's heartbeat.
+	Heartbeat(from peer.ID, hb Heartbeat)
+	// PeerChanged reports a member connecting or disconnecting.
+	PeerChanged(p peer.ID, connected bool)
+	// DocumentsChanged reports that a certificate or revocation was learned.
+	DocumentsChanged()
+}
+
+// Heartbeat is what every member gossips periodically about itself.
+type Heartbeat struct {
+	Site     string            `codec:"si"`
+	Role     string            `codec:"ro"`
+	Version  string            `codec:"ve"` // software version
+	Protocol uint32            `codec:"pr"` // sync protocol version
+	Schema   uint32            `codec:"sc"` // newest entry schema it applies
+	Frontier map[string]uint64 `codec:"fr"`
+	Wall     time.Time         `codec:"wa"` // its wall clock when sent
+	Status   string            `codec:"st"` // "ok", "forked", "catching-up", ...
+	Addrs    []string          `codec:"ad,omitempty"`
+}
+
+// ProtocolVersion is the version of the sync protocol this build speaks.
+const ProtocolVersion = 1

@@ -1,0 +1,211 @@
+package mesh
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// Config configures the mesh.
+type Config struct {
+	Key       ed25519.PrivateKey // the node's identity (required)
+	Listen    []string           // multiaddrs to listen on
+	Bootstrap []string           // multiaddrs of members to dial (with /p2p/ID), usually the relay
+	Relay     bool               // run the members-only circuit relay (the relay role)
+	Family    Family             // membership (required)
+	Log       Log                // serves catch-up (required)
+	Handler   Handler            // receives entries and events (required)
+	Logger    *slog.Logger
+	// MDNS enables LAN discovery. Off in tests (it multicasts on the LAN).
+	MDNS bool
+	// HeartbeatInterval is how often this node gossips its heartbeat (default 5s).
+	HeartbeatInterval time.Duration
+	// Heartbeat returns this node's current heartbeat (required).
+	Heartbeat func() Heartbeat
+	// RedialInterval is how often unreachable members are dialed again (default 10s).
+	RedialInterval time.Duration
+}
+
+// Mesh is the node's presence in its family's network.
+type Mesh struct {
+	cfg  Config
+	log  *slog.Logger
+	host host.Host
+	ps   *pubsub.PubSub
+	ent  *pubsub.Topic
+	hbt  *pubsub.Topic
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	codecs *codecs
+	redial chan struct{}
+
+	mu      sync.Mutex
+	peers   map[peer.ID]*peerState
+	counts  map[string]uint64 // rejections by reason
+	bootAIs []peer.AddrInfo   // bootstrap members
+}
+
+type peerState struct {
+	member    Member
+	hello     bool      // the hello exchange completed
+	lastSeen  time.Time // last heartbeat or hello
+	heartbeat *Heartbeat
+}
+
+// New starts the mesh: it listens, joins the family's topics and begins
+// dialing members. Close stops it.
+func New(ctx context.Context, cfg Config) (*Mesh, error) {
+	if cfg.Key == nil || cfg.Family == nil || cfg.Log == nil || cfg.Handler == nil || cfg.Heartbeat == nil {
+		return nil, errors.New("mesh: config needs a key, family, log, handler and heartbeat")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.RedialInterval <= 0 {
+		cfg.RedialInterval = 10 * time.Second
+	}
+	priv, err := crypto.UnmarshalEd25519PrivateKey(cfg.Key)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: node key: %w", err)
+	}
+	m := &Mesh{cfg: cfg, log: cfg.Logger, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1)}
+	if m.codecs, err = newCodecs(); err != nil {
+		return nil, err
+	}
+	m.ctx, m.cancel = context.WithCancel(ctx)
+
+	for _, a := range cfg.Bootstrap {
+		ai, err := peer.AddrInfoFromString(a)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: bootstrap address %q: %v (it must end in /p2p/PEER_ID)", a, err)
+		}
+		m.bootAIs = append(m.bootAIs, *ai)
+	}
+	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, fmt.Errorf("mesh: connection manager: %w", err)
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(priv),
+		libp2p.ListenAddrStrings(cfg.Listen...),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.ConnectionGater(&gater{m: m}),
+		libp2p.ConnectionManager(cm),
+		libp2p.DisableMetrics(),
+		libp2p.UserAgent("ppsync"),
+		libp2p.EnableRelay(),
+	}
+	if cfg.Relay {
+		opts = append(opts,
+			libp2p.ForceReachabilityPublic(),
+			libp2p.EnableRelayService(relayv2.WithResources(relayResources()), relayv2.WithACL(relayACL{m: m})),
+		)
+	} else {
+		opts = append(opts, libp2p.ForceReachabilityPrivate(), libp2p.EnableHolePunching())
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: start libp2p host: %w", err)
+	}
+	m.host = h
+	if err := m.start(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *Mesh) start() error {
+	m.host.SetStreamHandler(helloProto, m.handleHello)
+	m.host.SetStreamHandler(catchupProto, m.handleCatchup)
+	m.host.SetStreamHandler(frontierProto, m.handleFrontier)
+	m.host.Network().Notify(&network.NotifyBundle{
+		ConnectedF:    func(_ network.Network, c network.Conn) { m.onConnected(c) },
+		DisconnectedF: func(_ network.Network, c network.Conn) { m.onDisconnected(c) },
+	})
+	if err := m.startGossip(); err != nil {
+		return err
+	}
+	m.goTracked(m.dialLoop)
+	if m.cfg.MDNS {
+		if err := m.startMDNS(); err != nil {
+			m.log.Warn("LAN discovery off", "err", err)
+		}
+	}
+	return nil
+}
+
+// goTracked runs f on a goroutine that Close waits for.
+func (m *Mesh) goTracked(f func()) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
+}
+
+// Close leaves the family's network and waits for every goroutine.
+func (m *Mesh) Close() error {
+	m.cancel()
+	err := m.host.Close()
+	m.wg.Wait()
+	return err
+}
+
+// ID returns this node's peer ID.
+func (m *Mesh) ID() peer.ID { return m.host.ID() }
+
+// Addrs returns this node's addresses, each ending in /p2p/ID.
+func (m *Mesh) Addrs() []string {
+	var out []string
+	for _, a := range m.host.Addrs() {
+		out = append(out, a.Encapsulate(ma.StringCast("/p2p/"+m.host.ID().String())).String())
+	}
+	return out
+}
+
+// count records a rejection by reason.
+func (m *Mesh) count(reason string) {
+	m.mu.Lock()
+	m.counts[reason]++
+	m.mu.Unlock()
+}
+
+// Rejections returns the count of rejected connections, streams and messages
+// by reason.
+func (m *Mesh) Rejections() map[string]uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]uint64, len(m.counts))
+	for k, v := range m.counts {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,222 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ppsync/ppsync/family"
+)
+
+// testFamily is an authority with a relay and sites, all running in this
+// process on 127.0.0.1.
+type testFamily struct {
+	t       *testing.T
+	authDir string
+	auth    *family.Authority
+	env     map[string]string
+	nodes   map[string]*famNode
+	relay   string // relay bootstrap address
+}
+
+type famNode struct {
+	site string
+	data string
+	cert []byte
+	r    *running
+}
+
+func (tf *testFamily) getenv(k string) string { return tf.env[k] }
+
+func newTestFamily(t *testing.T) *testFamily {
+	t.Helper()
+	tf := &testFamily{t: t, authDir: t.TempDir(), env: map[string]string{"PPSYNC_MACHINE_ID": "test-machine"}, nodes: map[string]*famNode{}}
+	var err error
+	if tf.auth, _, err = family.CreateFamily(tf.authDir, "Test Practice", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return tf
+}
+
+// add initialises and admits a node; installs the given sites' certificates.
+func (tf *testFamily) add(site, role string, know ...string) *famNode {
+	tf.t.Helper()
+	fn := &famNode{site: site, data: filepath.Join(tf.t.TempDir(), site)}
+	res, err := Init(InitOptions{DataDir: fn.data, FamilyFile: filepath.Join(tf.authDir, family.InfoFile), Site: site, Role: role, Env: tf.getenv})
+	if err != nil {
+		tf.t.Fatal(err)
+	}
+	b, _ := os.ReadFile(res.JoinRequest)
+	req, err := family.ParseJoinRequest(b)
+	if err != nil {
+		tf.t.Fatal(err)
+	}
+	c, err := tf.auth.Admit(tf.authDir, req, time.Now())
+	if err != nil {
+		tf.t.Fatal(err)
+	}
+	fn.cert, _ = c.Marshal()
+	tf.install(fn, fn.cert)
+	for _, k := range know {
+		tf.install(fn, tf.nodes[k].cert)
+	}
+	tf.nodes[site] = fn
+	return fn
+}
+
+func (tf *testFamily) install(fn *famNode, doc []byte) {
+	tf.t.Helper()
+	if _, err := InstallOffline(fn.data, doc); err != nil {
+		tf.t.Fatal(err)
+	}
+}
+
+func (tf *testFamily) config(fn *famNode) Config {
+	c, err := LoadConfig(fn.data)
+	if err != nil {
+		tf.t.Fatal(err)
+	}
+	c.API, c.Listen, c.MDNS, c.Env, c.Version = "127.0.0.1:0", []string{"/ip4/127.0.0.1/tcp/0"}, false, tf.getenv, "test"
+	c.HeartbeatInterval = 200 * time.Millisecond
+	c.SyncInterval = Duration(time.Second)
+	if tf.relay != "" && fn.site != "relay" {
+		c.Bootstrap = []string{tf.relay}
+	}
+	return c
+}
+
+func (tf *testFamily) start(site string) *running {
+	tf.t.Helper()
+	fn := tf.nodes[site]
+	n, err := Open(context.Background(), tf.config(fn))
+	if err != nil {
+		tf.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
+	r.key, _ = readAPIKey(fn.data)
+	go func() { r.done <- n.Run(ctx) }()
+	fn.r = r
+	tf.t.Cleanup(r.stop)
+	if site == "relay" {
+		for _, a := range n.mesh.Addrs() {
+			tf.relay = a // loopback TCP: the only listen address
+		}
+	}
+	return r
+}
+
+func (tf *testFamily) stop(site string) {
+	if r := tf.nodes[site].r; r != nil {
+		r.stop()
+		tf.nodes[site].r = nil
+	}
+}
+
+func (tf *testFamily) digest(site string) string {
+	d, err := tf.nodes[site].r.n.state.Digest()
+	if err != nil {
+		tf.t.Fatal(err)
+	}
+	return d.String()
+}
+
+// waitConverged polls until every running node holds the same frontier and
+// digest, or fails after the deadline.
+func (tf *testFamily) waitConverged(d time.Duration, sites ...string) {
+	tf.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var first string
+		same := true
+		var detail string
+		for _, s := range sites {
+			dg := tf.digest(s)
+			detail += fmt.Sprintf(" %s=%v/%s", s, tf.nodes[s].r.n.txlog.Frontier(), dg[:8])
+			if first == "" {
+				first = dg
+			} else if dg != first {
+				same = false
+			}
+		}
+		if same {
+			return
+		}
+		if time.Now().After(deadline) {
+			tf.t.Fatalf("not converged after %s:%s", d, detail)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (tf *testFamily) write(site string, n int, table string) {
+	tf.t.Helper()
+	r := tf.nodes[site].r
+	for i := 0; i < n; i++ {
+		body := fmt.Sprintf(`{"ops":[{"op":"put","table":%q,"key":"%s-%d","fields":{"site":%q,"i":%d}}]}`, table, site, i, site, i)
+		var tx TxResult
+		if code := r.call(tf.t, "POST", "/v1/transactions", body, &tx); code != 200 {
+			tf.t.Fatalf("write at %s: %d", site, code)
+		}
+	}
+}
+
+func TestFamilyConvergesThroughRelay(t *testing.T) {
+	tf := newTestFamily(t)
+	tf.add("relay", "relay")
+	for _, s := range []string{"clinic-a", "clinic-b", "clinic-c"} {
+		tf.add(s, "site", "relay") // each site knows only the relay's certificate
+	}
+	tf.start("relay")
+	for _, s := range []string{"clinic-a", "clinic-b", "clinic-c"} {
+		tf.start(s)
+	}
+	var wg sync.WaitGroup
+	for _, s := range []string{"clinic-a", "clinic-b", "clinic-c"} {
+		wg.Go(func() { tf.write(s, 100, "patients") })
+	}
+	wg.Wait()
+	// Concurrent writes to the same record from every site.
+	for _, s := range []string{"clinic-a", "clinic-b", "clinic-c"} {
+		r := tf.nodes[s].r
+		r.call(t, "POST", "/v1/transactions", fmt.Sprintf(`{"ops":[{"op":"put","table":"shared","key":"k","fields":{"by":%q}}]}`, s), nil)
+	}
+	tf.waitConverged(30*time.Second, "relay", "clinic-a", "clinic-b", "clinic-c")
+	st, _ := tf.nodes["clinic-a"].r.n.Status()
+	if st.Peers < 1 || !st.Online {
+		t.Fatalf("status: peers %d online %v", st.Peers, st.Online)
+	}
+}
+
+func TestOfflineSiteCatchesUp(t *testing.T) {
+	tf := newTestFamily(t)
+	tf.add("relay", "relay")
+	for _, s := range []string{"clinic-a", "clinic-b"} {
+		tf.add(s, "site", "relay")
+	}
+	tf.start("relay")
+	tf.start("clinic-a")
+	tf.start("clinic-b")
+	tf.write("clinic-b", 10, "patients")
+	tf.waitConverged(20*time.Second, "relay", "clinic-a", "clinic-b")
+	tf.stop("clinic-b")
+	// clinic-a writes thousands while clinic-b is off.
+	var req BatchRequest
+	for i := 0; i < 3000; i++ {
+		req.Transactions = append(req.Transactions, TxRequest{Ops: []OpJSON{{Op: "put", Table: "appointments", Key: fmt.Sprintf("a%05d", i), Fields: map[string]any{"slot": i}}}})
+	}
+	if code := tf.nodes["clinic-a"].r.call(t, "POST", "/v1/transactions/batch", req, nil); code != 200 {
+		t.Fatalf("batch: %d", code)
+	}
+	tf.waitConverged(20*time.Second, "relay", "clinic-a")
+	tf.stop("clinic-a") // the two sites are never online together from here
+	tf.start("clinic-b")
+	tf.waitConverged(30*time.Second, "relay", "clinic-b")
+	if got := tf.nodes["clinic-b"].r.n.txlog.Frontier()["clinic-a"]; got != 3000 {
+		t.Fatalf("clinic-b holds %d of clinic-a's entries", got)
+	}
+}

@@ -1,0 +1,373 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/txlog"
+)
+
+// clockSkewLimit is how far a member's clock may be from this node's before
+// every status surface reports it.
+const clockSkewLimit = 2 * time.Minute
+
+// syncEvent is one input of the sync loop.
+type syncEvent struct {
+	kind     string // up, down, heartbeat, gap, done, syncnow, interval
+	peer     peer.ID
+	frontier map[string]uint64
+	ok       bool
+	interval time.Duration
+}
+
+// peerView is what the node knows of a member from its heartbeats.
+type peerView struct {
+	hb       mesh.Heartbeat
+	seen     time.Time // when the heartbeat arrived (this node's clock)
+	skew     time.Duration
+	warnedOn string // version already warned about
+}
+
+// syncer owns the engine and everything the mesh reports.
+type syncer struct {
+	n      *Node
+	events chan syncEvent
+	pubq   chan []byte
+
+	mu       sync.Mutex
+	views    map[peer.ID]*peerView
+	lastSync time.Time
+	dropped  uint64 // gossip publishes dropped because the queue was full
+	caughtUp bool   // own log has caught up with what the family holds of it
+}
+
+func newSyncer(n *Node) *syncer {
+	// A node at its site's first epoch may write at once; one that was moved
+	// here first catches up its site's log from the family.
+	return &syncer{n: n, events: make(chan syncEvent, 4096), pubq: make(chan []byte, 8192), views: map[peer.ID]*peerView{},
+		caughtUp: n.cert.Epoch <= 1}
+}
+
+// post hands an event to the loop. Heartbeats are dropped when the loop is
+// behind (the next one carries the same news); other events wait.
+func (s *syncer) post(ctx context.Context, ev syncEvent) {
+	if ev.kind == "heartbeat" {
+		select {
+		case s.events <- ev:
+		default:
+		}
+		return
+	}
+	select {
+	case s.events <- ev:
+	case <-ctx.Done():
+	}
+}
+
+// loop runs the engine until ctx ends.
+func (s *syncer) loop(ctx context.Context) {
+	eng := newEngine(engineConfig{Interval: time.Duration(s.n.currentConfig().SyncInterval)})
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var acts []fetchAction
+		now := s.n.cfg.Now()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			acts = eng.tick(now)
+		case ev := <-s.events:
+			id := ev.peer.String()
+			switch ev.kind {
+			case "up":
+				acts = eng.peerUp(id, now)
+			case "down":
+				eng.peerDown(id)
+			case "heartbeat":
+				acts = eng.heartbeat(id, ev.frontier, s.n.txlog.Frontier(), now)
+			case "gap":
+				acts = eng.gap(id, now)
+			case "done":
+				acts = eng.done(id, ev.ok, now)
+			case "syncnow":
+				acts = eng.syncNow(now)
+			case "interval":
+				eng.setInterval(ev.interval)
+			}
+		}
+		for _, a := range acts {
+			p, err := peer.Decode(a.Peer)
+			if err != nil {
+				continue
+			}
+			s.n.goTracked(func() { s.fetch(ctx, p, a.Reason) })
+		}
+	}
+}
+
+// fetch runs one catch-up session and reports back to the loop.
+func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	start := time.Now()
+	st, err := s.n.mesh.Fetch(fctx, p, s.n.txlog.Frontier(), nil)
+	if err != nil && ctx.Err() == nil {
+		s.n.log.Debug("catch-up session failed", "peer", p, "reason", reason, "err", err)
+	}
+	if st.Appended > 0 {
+		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", time.Since(start).Round(time.Millisecond))
+	}
+	if err == nil {
+		s.mu.Lock()
+		s.lastSync = s.n.cfg.Now()
+		s.mu.Unlock()
+	}
+	s.updateCaughtUp()
+	s.post(ctx, syncEvent{kind: "done", peer: p, ok: err == nil})
+}
+
+// publishLoop gossips own entries, once each, in the order committed.
+func (s *syncer) publishLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case env := <-s.pubq:
+			if err := s.n.mesh.Publish(ctx, env); err != nil && ctx.Err() == nil {
+				s.n.log.Debug("gossip publish failed (catch-up will deliver)", "err", err)
+			}
+		}
+	}
+}
+
+// published queues committed own entries for gossip. It never blocks a
+// writer: when the queue is full the entry is left to catch-up.
+func (s *syncer) published(es []*wire.Signed) {
+	for _, e := range es {
+		select {
+		case s.pubq <- e.Marshal():
+		default:
+			s.mu.Lock()
+			s.dropped++
+			s.mu.Unlock()
+		}
+	}
+}
+
+// Entries is the mesh.Handler side: runs received from peers.
+func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
+	var res txlog.RunResult
+	var err error
+	if gossip && len(run) == 1 {
+		res, err = s.n.txlog.AppendRemote(ctx, run[0])
+	} else {
+		res, err = s.n.txlog.AppendRun(ctx, run)
+	}
+	var gap *txlog.GapError
+	if errors.As(err, &gap) {
+		s.post(ctx, syncEvent{kind: "gap", peer: from})
+	}
+	var fork *txlog.ForkError
+	if errors.As(err, &fork) {
+		s.n.log.Error("fork detected: two copies of a site wrote different entries", "site", fork.Site, "seq", fork.Seq, "peer", from)
+	}
+	return res.Appended, err
+}
+
+// Heartbeat is the mesh.Handler side: a member's heartbeat.
+func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
+	now := s.n.cfg.Now()
+	skew := hb.Wall.Sub(now)
+	s.mu.Lock()
+	v := s.views[from]
+	if v == nil {
+		v = &peerView{}
+		s.views[from] = v
+	}
+	v.hb, v.seen, v.skew = hb, now, skew
+	warn := hb.Version != s.n.cfg.Version && v.warnedOn != hb.Version
+	if warn {
+		v.warnedOn = hb.Version
+	}
+	s.mu.Unlock()
+	if warn {
+		s.n.log.Warn("systems are on different versions", "site", hb.Site, "peer_version", hb.Version, "this_version", s.n.cfg.Version)
+	}
+	if skew > clockSkewLimit || skew < -clockSkewLimit {
+		s.n.log.Warn("clock skew with a member", "site", hb.Site, "skew", skew.Round(time.Second))
+	}
+	s.updateCaughtUp()
+	s.post(s.n.ctx, syncEvent{kind: "heartbeat", peer: from, frontier: hb.Frontier})
+}
+
+// PeerChanged is the mesh.Handler side: a member connected or left.
+func (s *syncer) PeerChanged(p peer.ID, up bool) {
+	kind := "down"
+	if up {
+		kind = "up"
+	}
+	s.post(s.n.ctx, syncEvent{kind: kind, peer: p})
+}
+
+// DocumentsChanged is the mesh.Handler side: membership changed.
+func (s *syncer) DocumentsChanged() { s.n.recheckCertificate() }
+
+// updateCaughtUp: the own log has caught up when no member is known to hold
+// more of this site than this node does.
+func (s *syncer) updateCaughtUp() {
+	site := s.n.id.Site
+	own := s.n.txlog.Head(site).Seq
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range s.views {
+		if v.hb.Frontier[site] > own {
+			s.caughtUp = false
+			return
+		}
+	}
+	if !s.lastSync.IsZero() || s.n.cert.Epoch <= 1 {
+		s.caughtUp = true
+	}
+}
+
+// writeGate says why own writes must wait, or "" when they may go ahead.
+func (s *syncer) writeGate() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.caughtUp {
+		return ""
+	}
+	if s.n.cert.Epoch > 1 {
+		return "this node was moved here and is catching up its site's log from the family before it accepts writes; try again in a moment"
+	}
+	return "another node holds newer entries of this site than this node does; this node is catching up before it accepts writes; try again in a moment"
+}
+
+// PeerJSON is one row of GET /v1/peers and `ppsync peers`.
+type PeerJSON struct {
+	Site      string            `json:"site"`
+	Role      string            `json:"role"`
+	PeerID    string            `json:"peer_id"`
+	Connected bool              `json:"connected"`
+	Via       string            `json:"via"` // direct, relay or "" when not connected
+	Version   string            `json:"version"`
+	Frontier  map[string]uint64 `json:"frontier"`
+	Lag       uint64            `json:"lag"` // entries this node holds that the member does not
+	LastSeen  *time.Time        `json:"last_seen"`
+	ClockSkew string            `json:"clock_skew,omitempty"` // set when over 2 minutes
+}
+
+// peers lists every other member as this node sees it.
+func (s *syncer) peers() []PeerJSON {
+	local := s.n.txlog.Frontier()
+	var out []PeerJSON
+	for _, pi := range s.n.mesh.Peers() {
+		row := PeerJSON{Site: pi.Member.Site, Role: "site", PeerID: pi.Member.PeerID.String(), Connected: pi.Connected, Via: pi.Via, Frontier: map[string]uint64{}}
+		if pi.Member.Relay {
+			row.Role = "relay"
+		}
+		s.mu.Lock()
+		if v := s.views[pi.Member.PeerID]; v != nil {
+			row.Version, row.Frontier = v.hb.Version, v.hb.Frontier
+			seen := v.seen.UTC()
+			row.LastSeen = &seen
+			if v.skew > clockSkewLimit || v.skew < -clockSkewLimit {
+				row.ClockSkew = v.skew.Round(time.Second).String()
+			}
+		}
+		s.mu.Unlock()
+		for site, n := range local {
+			if n > row.Frontier[site] {
+				row.Lag += n - row.Frontier[site]
+			}
+		}
+		out = append(out, row)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
+	return out
+}
+
+// Receipt is the answer of POST /v1/sync: per member, caught up or why not.
+type Receipt struct {
+	CaughtUp bool            `json:"caught_up"` // every member holds everything this node holds
+	Members  []ReceiptMember `json:"members"`
+	Waited   string          `json:"waited"`
+}
+
+// ReceiptMember is one member's line of a receipt.
+type ReceiptMember struct {
+	Site     string `json:"site"`
+	PeerID   string `json:"peer_id"`
+	CaughtUp bool   `json:"caught_up"`
+	Behind   uint64 `json:"behind"` // entries it lacks
+	Reason   string `json:"reason,omitempty"`
+}
+
+// syncNow starts a round now and, with wait > 0, waits until every member
+// holds everything this node holds or the time runs out.
+func (s *syncer) syncNow(ctx context.Context, wait time.Duration) Receipt {
+	start := time.Now()
+	s.n.mesh.Redial()
+	s.n.mesh.PublishHeartbeat()
+	s.post(ctx, syncEvent{kind: "syncnow"})
+	deadline := start.Add(wait)
+	for {
+		rc := s.receipt(ctx)
+		if rc.CaughtUp || !time.Now().Before(deadline) || ctx.Err() != nil {
+			rc.Waited = time.Since(start).Round(time.Millisecond).String()
+			return rc
+		}
+		t := time.NewTimer(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		s.n.mesh.PublishHeartbeat()
+	}
+}
+
+func (s *syncer) receipt(ctx context.Context) Receipt {
+	local := s.n.txlog.Frontier()
+	rc := Receipt{CaughtUp: true}
+	for _, pi := range s.n.mesh.Peers() {
+		m := ReceiptMember{Site: pi.Member.Site, PeerID: pi.Member.PeerID.String()}
+		switch {
+		case !pi.Connected:
+			m.Reason = "not reachable"
+			if !pi.LastSeen.IsZero() {
+				m.Reason = fmt.Sprintf("not reachable (last seen %s)", pi.LastSeen.UTC().Format(time.RFC3339))
+			}
+		default:
+			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			theirs, err := s.n.mesh.FrontierOf(fctx, pi.Member.PeerID)
+			cancel()
+			if err != nil {
+				m.Reason = "did not answer: " + err.Error()
+				break
+			}
+			for site, n := range local {
+				if n > theirs[site] {
+					m.Behind += n - theirs[site]
+				}
+			}
+			if m.Behind == 0 {
+				m.CaughtUp = true
+			} else {
+				m.Reason = fmt.Sprintf("still %d entries behind", m.Behind)
+			}
+		}
+		rc.CaughtUp = rc.CaughtUp && m.CaughtUp
+		rc.Members = append(rc.Members, m)
+	}
+	return rc
+}
