@@ -18,13 +18,13 @@ import (
 )
 
 const (
-	catchupProto     protocol.ID = "/ppsync/catchup/1"
-	batchEntries                 = 1000
-	batchBytes                   = 1 << 20
-	maxFrame                     = 8 << 20  // compressed frame
-	maxBatchDecoded              = 16 << 20 // decompressed frame
-	catchupIdle                  = 30 * time.Second
-	maxCatchupRequest            = 1 << 20
+	catchupProto      protocol.ID = "/ppsync/catchup/1"
+	batchEntries                  = 1000
+	batchBytes                    = 1 << 20
+	maxFrame                      = 8 << 20  // compressed frame
+	maxBatchDecoded               = 16 << 20 // decompressed frame
+	catchupIdle                   = 30 * time.Second
+	maxCatchupRequest             = 1 << 20
 )
 
 // catchupRequest asks a peer for every entry after Have, per site.

@@ -53,6 +53,17 @@ func (m *Mesh) startGossip() error {
 	if m.hbt, err = ps.Join(m.topicName("heartbeat")); err != nil {
 		return fmt.Errorf("mesh: join heartbeat topic: %w", err)
 	}
+	if err := ps.RegisterTopicValidator(m.topicName("forks"), m.validateForkProof); err != nil {
+		return fmt.Errorf("mesh: fork validator: %w", err)
+	}
+	if m.fkt, err = ps.Join(m.topicName("forks")); err != nil {
+		return fmt.Errorf("mesh: join forks topic: %w", err)
+	}
+	fs, err := m.fkt.Subscribe(pubsub.WithBufferSize(64))
+	if err != nil {
+		return fmt.Errorf("mesh: subscribe forks: %w", err)
+	}
+	m.goTracked(func() { m.readForkProofs(fs) })
 	es, err := m.ent.Subscribe(pubsub.WithBufferSize(4096))
 	if err != nil {
 		return fmt.Errorf("mesh: subscribe entries: %w", err)
@@ -240,6 +251,68 @@ func (m *Mesh) PublishHeartbeat() {
 func (m *Mesh) Publish(ctx context.Context, env []byte) error {
 	if err := m.ent.Publish(ctx, env); err != nil {
 		return fmt.Errorf("mesh: publish: %w", err)
+	}
+	return nil
+}
+
+// forkProof is what the forks topic carries: two envelopes of one site that
+// cannot both belong to its chain.
+type forkProof struct {
+	A []byte `codec:"a"`
+	B []byte `codec:"b"`
+}
+
+func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if from == m.host.ID() {
+		return pubsub.ValidationAccept
+	}
+	if _, ok := m.cfg.Family.Member(msg.GetFrom()); !ok {
+		m.count("forkproof_non_member")
+		return pubsub.ValidationReject
+	}
+	if len(msg.Data) > 2*wire.MaxEntryBytes+1024 {
+		m.count("forkproof_oversized")
+		return pubsub.ValidationReject
+	}
+	var fp forkProof
+	if err := wire.Unmarshal(msg.Data, &fp); err != nil {
+		m.count("forkproof_malformed")
+		return pubsub.ValidationReject
+	}
+	a, errA := wire.DecodeEnvelope(fp.A)
+	b, errB := wire.DecodeEnvelope(fp.B)
+	if errA != nil || errB != nil || a.Family != m.cfg.Family.ID() || b.Family != m.cfg.Family.ID() {
+		m.count("forkproof_malformed")
+		return pubsub.ValidationReject
+	}
+	msg.ValidatorData = [2]*wire.Signed{a, b}
+	return pubsub.ValidationAccept
+}
+
+func (m *Mesh) readForkProofs(sub *pubsub.Subscription) {
+	defer sub.Cancel()
+	for {
+		msg, err := sub.Next(m.ctx)
+		if err != nil {
+			return
+		}
+		if msg.GetFrom() == m.host.ID() {
+			continue
+		}
+		if p, ok := msg.ValidatorData.([2]*wire.Signed); ok {
+			m.cfg.Handler.ForkProof(msg.GetFrom(), p[0], p[1])
+		}
+	}
+}
+
+// PublishForkProof gossips the proof of a fork so every member shows it.
+func (m *Mesh) PublishForkProof(ctx context.Context, a, b *wire.Signed) error {
+	data, err := wire.Marshal(&forkProof{A: a.Marshal(), B: b.Marshal()})
+	if err != nil {
+		return err
+	}
+	if err := m.fkt.Publish(ctx, data); err != nil {
+		return fmt.Errorf("mesh: publish fork proof: %w", err)
 	}
 	return nil
 }

@@ -59,6 +59,8 @@ type Handler interface {
 	PeerChanged(p peer.ID, connected bool)
 	// DocumentsChanged reports that a certificate or revocation was learned.
 	DocumentsChanged()
+	// ForkProof reports two signed entries a member says prove a site's fork.
+	ForkProof(from peer.ID, a, b *wire.Signed)
 }
 
 // Heartbeat is what every member gossips periodically about itself.

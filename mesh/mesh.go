@@ -52,6 +52,7 @@ type Mesh struct {
 	ps   *pubsub.PubSub
 	ent  *pubsub.Topic
 	hbt  *pubsub.Topic
+	fkt  *pubsub.Topic
 
 	ctx    context.Context
 	cancel context.CancelFunc

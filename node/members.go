@@ -2,10 +2,14 @@ package node
 
 import (
 	"crypto/ed25519"
+	"fmt"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/hlc"
+	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
 )
 
@@ -82,4 +86,17 @@ func (m members) Learn(doc []byte) (bool, error) {
 		m.n.log.Info("learned from a peer", "kind", res.Installed, "site", res.Site, "epoch", res.Epoch)
 	}
 	return res.Changed, nil
+}
+
+// Fenced: an entry written under an old epoch of its site after a newer
+// epoch's certificate was issued comes from the site's old machine after the
+// move; it is kept as evidence and never applied.
+func (m members) Fenced(e *wire.Signed) error {
+	wall := hlc.Timestamp(e.HLC).Time()
+	for _, c := range m.n.roster.Certificates() {
+		if c.Site == e.Site && c.Epoch > e.Epoch && c.IssuedAt.Before(wall) {
+			return fmt.Errorf("site %q moved (epoch %d issued %s) before this epoch-%d entry was written", e.Site, c.Epoch, c.IssuedAt.UTC().Format(time.RFC3339), e.Epoch)
+		}
+	}
+	return nil
 }

@@ -156,7 +156,7 @@ func (n *Node) open(ctx context.Context) error {
 	if n.cert.Role == family.RoleSite {
 		self = &txlog.Identity{Site: n.cert.Site, Epoch: n.cert.Epoch, Key: n.key}
 	}
-	n.txlog, err = txlog.Open(txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: rosterKeys{n.roster},
+	n.txlog, err = txlog.Open(txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: members{n},
 		Apply: n.state, Clock: n.clock, Logger: n.log})
 	if err != nil {
 		return err

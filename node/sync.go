@@ -179,8 +179,33 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 	var fork *txlog.ForkError
 	if errors.As(err, &fork) {
 		s.n.log.Error("fork detected: two copies of a site wrote different entries", "site", fork.Site, "seq", fork.Seq, "peer", from)
+		s.n.goTracked(func() { s.spreadFork(fork.Site) })
 	}
 	return res.Appended, err
+}
+
+// spreadFork gossips the proof of a site's fork.
+func (s *syncer) spreadFork(site string) {
+	a, b, err := s.n.txlog.ForkProof(site)
+	if err != nil {
+		s.n.log.Error("cannot build the proof of a fork", "site", site, "err", err)
+		return
+	}
+	if err := s.n.mesh.PublishForkProof(s.n.ctx, a, b); err != nil && s.n.ctx.Err() == nil {
+		s.n.log.Warn("fork proof not gossiped", "site", site, "err", err)
+	}
+}
+
+// ForkProof is the mesh.Handler side: a member's proof of a fork.
+func (s *syncer) ForkProof(from peer.ID, a, b *wire.Signed) {
+	added, err := s.n.txlog.AddForkProof(s.n.ctx, a, b)
+	if err != nil {
+		s.n.log.Warn("a member sent a fork proof that does not hold", "peer", from, "err", err)
+		return
+	}
+	if added {
+		s.n.log.Error("fork reported by a member: two copies of a site wrote different entries", "site", a.Site, "seq", a.Seq, "peer", from)
+	}
 }
 
 // Heartbeat is the mesh.Handler side: a member's heartbeat.
@@ -209,11 +234,15 @@ func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 	s.post(s.n.ctx, syncEvent{kind: "heartbeat", peer: from, frontier: hb.Frontier})
 }
 
-// PeerChanged is the mesh.Handler side: a member connected or left.
+// PeerChanged is the mesh.Handler side: a member connected or left. A member
+// that connects hears of every fork this node knows.
 func (s *syncer) PeerChanged(p peer.ID, up bool) {
 	kind := "down"
 	if up {
 		kind = "up"
+		for _, f := range s.n.txlog.Forks() {
+			s.n.goTracked(func() { s.spreadFork(f.Site) })
+		}
 	}
 	s.post(s.n.ctx, syncEvent{kind: kind, peer: p})
 }

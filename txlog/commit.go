@@ -12,9 +12,10 @@ import (
 
 // request is one call waiting for the committer.
 type request struct {
-	own [][]wire.Op    // own transactions, one entry each
-	run []*wire.Signed // remote: a verified contiguous run of one site
-	fn  func() error   // exclusive work run between groups (replay)
+	own   [][]wire.Op      // own transactions, one entry each
+	run   []*wire.Signed   // remote: a verified contiguous run of one site
+	proof *[2]*wire.Signed // a fork proof from a peer (checked)
+	fn    func() error     // exclusive work run between groups (replay)
 
 	out  []*wire.Signed // own: the committed entries
 	res  RunResult      // remote: what happened
@@ -28,6 +29,8 @@ func (r *request) size() int {
 		return len(r.own)
 	case r.run != nil:
 		return len(r.run)
+	case r.proof != nil:
+		return 2
 	}
 	return 1
 }
@@ -228,9 +231,12 @@ func (l *Log) commitGroup(grp []*request) {
 	g := &group{b: l.db.NewIndexedBatch(), heads: map[string]Head{}, forks: map[string]Fork{}}
 	defer g.b.Close()
 	for _, r := range grp {
-		if r.own != nil {
+		switch {
+		case r.own != nil:
 			r.err = l.stampOwn(g, r)
-		} else {
+		case r.proof != nil:
+			r.res.Appended, r.err = l.addProof(g, r.proof[0], r.proof[1])
+		default:
 			r.res, r.err = l.addRun(g, r.run)
 		}
 	}
@@ -407,6 +413,24 @@ func (l *Log) addRun(g *group, run []*wire.Signed) (RunResult, error) {
 	if run[0].Epoch < head.Epoch {
 		return res, fmt.Errorf("%w: %s has epoch %d, the site's log is already at epoch %d", ErrEpoch, run[0].ID(), run[0].Epoch, head.Epoch)
 	}
+	var fenced []*wire.Signed
+	if f, ok := l.cfg.Keys.(Fencer); ok {
+		for i, s := range run {
+			if err := f.Fenced(s); err != nil {
+				run, fenced = run[:i], run[i:]
+				break
+			}
+		}
+	}
+	for _, s := range fenced {
+		if err := g.b.Set(hashKey(spaceQuarantine, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
+		}
+		res.Quarantined++
+	}
+	if len(run) == 0 {
+		return res, fmt.Errorf("%w: %s was written by the site's old machine after the site moved; it is kept as evidence and not applied", ErrFenced, fenced[0].ID())
+	}
 	var maxHLC uint64
 	for _, s := range run {
 		maxHLC = max(maxHLC, s.HLC)
@@ -416,6 +440,9 @@ func (l *Log) addRun(g *group, run []*wire.Signed) (RunResult, error) {
 	end := run[len(run)-1]
 	g.heads[site] = Head{Seq: end.Seq, Hash: end.Hash, Epoch: end.Epoch}
 	res.Appended = len(run)
+	if len(fenced) > 0 {
+		return res, fmt.Errorf("%w: %s was written by the site's old machine after the site moved; it is kept as evidence and not applied", ErrFenced, fenced[0].ID())
+	}
 	return res, nil
 }
 

@@ -1,6 +1,7 @@
 package txlog
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -22,6 +23,9 @@ type Fork struct {
 	// entry (Site, EvidenceSeq) with hash Offered, or the successor that names it.
 	EvidenceSeq  uint64    `codec:"es"`
 	EvidenceHash wire.Hash `codec:"eh"`
+	// HeldEntry is the envelope of the entry at Seq when this node learned of
+	// the fork from a peer's proof (its own log may not hold it).
+	HeldEntry []byte `codec:"he,omitempty"`
 }
 
 func (f Fork) marshal() []byte {
@@ -158,4 +162,82 @@ func (l *Log) quarantine(g *group, run []*wire.Signed, head Head) (RunResult, er
 		return res, nil
 	}
 	return res, fmt.Errorf("%w: site %q has forked; %d of its entries were stored for support to examine and not applied", ErrQuarantined, site, res.Quarantined)
+}
+
+// ForkProof returns two validly signed entries that prove a site's fork: the
+// entry held at the fork's seq and the other entry (at the same seq, or at the
+// next seq naming another predecessor). Peers check and record it.
+func (l *Log) ForkProof(site string) (held, other *wire.Signed, err error) {
+	l.mu.Lock()
+	f, ok := l.forks[site]
+	l.mu.Unlock()
+	if !ok {
+		return nil, nil, fmt.Errorf("txlog: no fork of site %q", site)
+	}
+	ev, err := l.scanEnvelopes(hashKey(spaceEvidence, site, f.EvidenceSeq, f.EvidenceHash))
+	if err != nil || len(ev) == 0 {
+		return nil, nil, fmt.Errorf("%w: the evidence of the fork of %q is missing", ErrDamaged, site)
+	}
+	if f.HeldEntry != nil {
+		held, err = wire.DecodeEnvelope(f.HeldEntry)
+	} else {
+		held, err = l.Get(site, f.Seq)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return held, ev[0], nil
+}
+
+// checkProof verifies that a and b prove a fork of one site.
+func (l *Log) checkProof(a, b *wire.Signed) error {
+	if a.Site != b.Site {
+		return fmt.Errorf("%w: the entries are of different sites", ErrNoProof)
+	}
+	if err := l.checkFamily(a); err != nil {
+		return err
+	}
+	if err := l.checkFamily(b); err != nil {
+		return err
+	}
+	switch {
+	case a.Seq == b.Seq && a.Hash != b.Hash:
+	case b.Seq == a.Seq+1 && b.Prev != a.Hash:
+	default:
+		return fmt.Errorf("%w: %s and %s do not conflict", ErrNoProof, a.ID(), b.ID())
+	}
+	if err := l.verify(a); err != nil {
+		return err
+	}
+	return l.verify(b)
+}
+
+// AddForkProof records a fork proven by a peer: two validly signed entries
+// of one site that cannot both belong to its chain. The site's log stops
+// growing here too, and status surfaces show the fork.
+func (l *Log) AddForkProof(ctx context.Context, a, b *wire.Signed) (bool, error) {
+	if err := l.checkProof(a, b); err != nil {
+		return false, err
+	}
+	r := &request{proof: &[2]*wire.Signed{a, b}}
+	err := l.submit(ctx, r)
+	return r.res.Appended > 0, err
+}
+
+// addProof records a checked proof unless the site is already known forked.
+func (l *Log) addProof(g *group, a, b *wire.Signed) (int, error) {
+	if _, ok := l.forkOf(g, a.Site); ok {
+		return 0, nil
+	}
+	for _, s := range []*wire.Signed{a, b} {
+		if err := g.b.Set(hashKey(spaceEvidence, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+			return 0, fmt.Errorf("txlog: store fork evidence: %w", err)
+		}
+	}
+	f := Fork{Site: a.Site, Seq: a.Seq, Held: a.Hash, Offered: b.Hash, EvidenceSeq: b.Seq, EvidenceHash: b.Hash, HeldEntry: a.Marshal()}
+	if b.Seq == a.Seq+1 {
+		f.Offered = b.Prev
+	}
+	g.forks[a.Site] = f
+	return 1, nil
 }

@@ -159,7 +159,7 @@ func chain(t testing.TB, site string, epoch uint64, key ed25519.PrivateKey, prev
 		seq := prevSeq + uint64(i) + 1
 		e := &wire.Entry{
 			Family: testFamily, Site: site, Epoch: epoch, Seq: seq, Prev: prev,
-			HLC: uint64(hlc.Make(time.Now().UnixMilli(), 0)), Schema: wire.SchemaVersion,
+			HLC: uint64(hlc.Make(time.Now().UnixMilli(), uint16(seq))), Schema: wire.SchemaVersion,
 			Ops: put("patients", fmt.Sprintf("%s-%d", site, seq), map[string]any{"n": int64(seq), "salt": salt}),
 		}
 		s, err := wire.Sign(e, key)

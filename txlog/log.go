@@ -26,6 +26,8 @@ var (
 	ErrWrongFamily = errors.New("txlog: entry belongs to another family")
 	ErrEpoch       = errors.New("txlog: entry epoch goes backwards")
 	ErrDamaged     = errors.New("txlog: stored log is damaged")
+	ErrFenced      = errors.New("txlog: entry fenced")
+	ErrNoProof     = errors.New("txlog: not a proof of a fork")
 )
 
 // GapError says that an entry skipped ahead of the site's log: the caller
@@ -59,6 +61,14 @@ func (e *ForkError) Unwrap() error { return ErrForked }
 // node satisfies it from the family roster.
 type KeyResolver interface {
 	SiteKey(site string, epoch uint64) (ed25519.PublicKey, error)
+}
+
+// Fencer is optionally implemented by the KeyResolver. Fenced reports an
+// entry that its site's old machine wrote after the site moved (a newer
+// epoch's certificate was issued before the entry's time): such entries are
+// quarantined, never applied.
+type Fencer interface {
+	Fenced(e *wire.Signed) error
 }
 
 // Applier applies entries to the materialized state inside the log's batch.

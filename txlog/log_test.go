@@ -441,3 +441,84 @@ func TestCloseAnswersEveryWriter(t *testing.T) {
 type counter struct{ calls int }
 
 func (c *counter) ApplyAll(_ *pebble.Batch, es []*wire.Signed) error { c.calls += len(es); return nil }
+
+func TestForkProofSpreads(t *testing.T) {
+	// Node 1 sees both branches and records the fork; node 2 holds only one
+	// branch and learns of the fork from node 1's proof.
+	e1 := newEnv(t, "a", nil)
+	bKey := e1.keys.add(t, "b", 1)
+	main := chain(t, "b", 1, bKey, 0, wire.Hash{}, 4, "main")
+	branch := chain(t, "b", 1, bKey, 1, main[0].Hash, 2, "clone")
+	e1.log.AppendRun(bg, main)
+	if _, err := e1.log.AppendRun(bg, branch); !errors.Is(err, ErrForked) {
+		t.Fatalf("fork: %v", err)
+	}
+	held, other, err := e1.log.ForkProof("b")
+	if err != nil || held.Seq != 2 || other.Seq != 2 || held.Hash == other.Hash {
+		t.Fatalf("proof: %v %v %v", held, other, err)
+	}
+
+	e2 := newEnv(t, "a", nil)
+	e2.keys.keys["b"] = e1.keys.keys["b"]
+	e2.log.AppendRun(bg, main[:3])
+	// Not proofs: the same entry twice, a forged entry, unrelated seqs.
+	if _, err := e2.log.AddForkProof(bg, held, held); !errors.Is(err, ErrNoProof) {
+		t.Fatalf("same entry: %v", err)
+	}
+	forged := wire.Signed{Entry: other.Entry, Hash: other.Hash, Body: other.Body, Sig: make([]byte, 64)}
+	if _, err := e2.log.AddForkProof(bg, held, &forged); !errors.Is(err, wire.ErrSignature) {
+		t.Fatalf("forged proof: %v", err)
+	}
+	if _, err := e2.log.AddForkProof(bg, main[0], main[2]); !errors.Is(err, ErrNoProof) {
+		t.Fatalf("unrelated: %v", err)
+	}
+	added, err := e2.log.AddForkProof(bg, held, other)
+	if err != nil || !added {
+		t.Fatalf("proof: %v %v", added, err)
+	}
+	if fs := e2.log.Forks(); len(fs) != 1 || fs[0].Site != "b" || fs[0].Seq != 2 {
+		t.Fatalf("forks after proof: %+v", fs)
+	}
+	// The site's log stops growing.
+	if _, err := e2.log.AppendRun(bg, main[3:]); !errors.Is(err, ErrQuarantined) {
+		t.Fatalf("after proof: %v", err)
+	}
+	// And the proof can be passed on from here.
+	if h, o, err := e2.log.ForkProof("b"); err != nil || h.Hash != held.Hash || o.Hash != other.Hash {
+		t.Fatalf("re-proof: %v", err)
+	}
+}
+
+// fencingKeys fences entries of site b's epoch 1 written after time fence.
+type fencingKeys struct {
+	*keyring
+	fence uint64
+}
+
+func (f fencingKeys) Fenced(e *wire.Signed) error {
+	if e.Site == "b" && e.Epoch == 1 && e.HLC > f.fence {
+		return errors.New("written after the move")
+	}
+	return nil
+}
+
+func TestMovedSiteOldMachineFenced(t *testing.T) {
+	var fk fencingKeys
+	e := newEnv(t, "a", func(c *Config) {
+		fk = fencingKeys{keyring: c.Keys.(*keyring)}
+		c.Keys = &fk
+	})
+	bKey := e.keys.add(t, "b", 1)
+	run := chain(t, "b", 1, bKey, 0, wire.Hash{}, 6, "")
+	fk.fence = run[3].HLC // the move was issued after entry 4 was written
+	res, err := e.log.AppendRun(bg, run)
+	if !errors.Is(err, ErrFenced) || res.Appended != 4 || res.Quarantined != 2 {
+		t.Fatalf("fenced run: %+v %v", res, err)
+	}
+	if e.log.Head("b").Seq != 4 || e.applied(run[4].ID()) {
+		t.Fatal("a fenced entry was applied")
+	}
+	if q, _ := e.log.Quarantined("b"); len(q) != 2 {
+		t.Fatalf("fenced entries kept: %d", len(q))
+	}
+}
