@@ -411,6 +411,10 @@ func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res.Running = true
+	if res.Changed {
+		// Spread it: peers hear of it now, and peers it ends are cut off.
+		n.goTracked(n.mesh.DocumentsUpdated)
+	}
 	n.log.Info("installed", "kind", res.Installed, "site", res.Site, "epoch", res.Epoch, "changed", res.Changed)
 	writeJSON(w, http.StatusOK, res)
 }

@@ -54,8 +54,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 // main dispatches args to a command and turns its error into an exit code.
 func (c *cli) main(args []string) int {
 	if len(args) == 0 {
-		writeOverview(c.stderr)
-		return exitUsage
+		return c.fail(usageErrorf("", "no command given"))
 	}
 	name, rest := args[0], args[1:]
 	switch name {
