@@ -15,7 +15,7 @@ import (
 // testFamily is an authority with a relay and sites, all running in this
 // process on 127.0.0.1.
 type testFamily struct {
-	t       *testing.T
+	t       testing.TB
 	authDir string
 	auth    *family.Authority
 	env     map[string]string
@@ -32,7 +32,7 @@ type famNode struct {
 
 func (tf *testFamily) getenv(k string) string { return tf.env[k] }
 
-func newTestFamily(t *testing.T) *testFamily {
+func newTestFamily(t testing.TB) *testFamily {
 	t.Helper()
 	tf := &testFamily{t: t, authDir: t.TempDir(), env: map[string]string{"PPSYNC_MACHINE_ID": "test-machine"}, nodes: map[string]*famNode{}}
 	var err error

@@ -46,6 +46,7 @@ type Node struct {
 	start  time.Time
 	mesh   *mesh.Mesh
 	sync   *syncer
+	events *eventHub
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
@@ -92,6 +93,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.events = newEventHub(cfg.Now)
 	ok := false
 	defer func() {
 		if !ok {

@@ -130,7 +130,7 @@ func (r *running) stop() {
 	r.cancel = nil
 }
 
-func (r *running) call(t *testing.T, method, path string, body any, out any) int {
+func (r *running) call(t testing.TB, method, path string, body any, out any) int {
 	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {

@@ -45,6 +45,8 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("POST /v1/install", n.postInstall)
 	mux.HandleFunc("GET /v1/peers", n.getPeers)
 	mux.HandleFunc("POST /v1/sync", n.postSync)
+	mux.HandleFunc("GET /v1/events", n.getEvents)
+	mux.HandleFunc("GET /v1/activity", n.getActivity)
 	return n.guard(mux)
 }
 
@@ -203,6 +205,7 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.sync.published([]*wire.Signed{s})
+	n.events.emit(EvCommitted, map[string]any{"site": s.Site, "from": s.Seq, "to": s.Seq})
 	writeJSON(w, http.StatusOK, TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()})
 }
 
@@ -239,6 +242,7 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.sync.published(out)
+	n.events.emit(EvCommitted, map[string]any{"site": out[0].Site, "from": out[0].Seq, "to": out[len(out)-1].Seq})
 	writeJSON(w, http.StatusOK, BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
 }
 
@@ -395,6 +399,7 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.sync.post(r.Context(), syncEvent{kind: "interval", interval: time.Duration(next.SyncInterval)})
+	n.events.emit(EvSettings, n.currentSettings())
 	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
 	writeJSON(w, http.StatusOK, n.currentSettings())
 }
@@ -415,6 +420,7 @@ func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {
 		// Spread it: peers hear of it now, and peers it ends are cut off.
 		n.goTracked(n.mesh.DocumentsUpdated)
 	}
+	n.events.emit(EvInstalled, res)
 	n.log.Info("installed", "kind", res.Installed, "site", res.Site, "epoch", res.Epoch, "changed", res.Changed)
 	writeJSON(w, http.StatusOK, res)
 }
@@ -583,5 +589,6 @@ func (n *Node) postSync(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = d
 	}
+	n.events.emit(EvSyncNow, map[string]any{"wait": wait.String()})
 	writeJSON(w, http.StatusOK, n.sync.syncNow(r.Context(), wait))
 }

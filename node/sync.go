@@ -123,6 +123,7 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	if err != nil && ctx.Err() == nil {
 		s.n.log.Debug("catch-up session failed", "peer", p, "reason", reason, "err", err)
 	}
+	s.n.events.emit(EvCatchUp, map[string]any{"peer": p.String(), "reason": reason, "entries": st.Appended, "bytes": st.Bytes, "ok": err == nil})
 	if st.Appended > 0 {
 		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", time.Since(start).Round(time.Millisecond))
 	}
@@ -172,6 +173,14 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 	} else {
 		res, err = s.n.txlog.AppendRun(ctx, run)
 	}
+	if res.Appended > 0 {
+		via := "catch-up"
+		if gossip {
+			via = "gossip"
+		}
+		last := run[len(run)-1]
+		s.n.events.emit(EvReceived, map[string]any{"site": last.Site, "from": last.Seq - uint64(res.Appended) + 1, "to": last.Seq, "peer": from.String(), "via": via})
+	}
 	var gap *txlog.GapError
 	if errors.As(err, &gap) {
 		s.post(ctx, syncEvent{kind: "gap", peer: from})
@@ -179,6 +188,7 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 	var fork *txlog.ForkError
 	if errors.As(err, &fork) {
 		s.n.log.Error("fork detected: two copies of a site wrote different entries", "site", fork.Site, "seq", fork.Seq, "peer", from)
+		s.n.events.emit(EvFork, map[string]any{"site": fork.Site, "seq": fork.Seq, "peer": from.String()})
 		s.n.goTracked(func() { s.spreadFork(fork.Site) })
 	}
 	return res.Appended, err
@@ -204,6 +214,7 @@ func (s *syncer) ForkProof(from peer.ID, a, b *wire.Signed) {
 		return
 	}
 	if added {
+		s.n.events.emit(EvFork, map[string]any{"site": a.Site, "seq": a.Seq, "peer": from.String()})
 		s.n.log.Error("fork reported by a member: two copies of a site wrote different entries", "site", a.Site, "seq", a.Seq, "peer", from)
 	}
 }
@@ -238,6 +249,11 @@ func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 // that connects hears of every fork this node knows.
 func (s *syncer) PeerChanged(p peer.ID, up bool) {
 	kind := "down"
+	site := ""
+	if m, ok := s.n.roster.Member(p); ok {
+		site = m.Site
+	}
+	s.n.events.emit(EvPeer, map[string]any{"peer": p.String(), "site": site, "connected": up})
 	if up {
 		kind = "up"
 		for _, f := range s.n.txlog.Forks() {
