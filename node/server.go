@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -232,17 +233,11 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		txs[i] = ops
 	}
-	if err := n.writeBlocked(); err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	out, err := n.txlog.WriteMany(r.Context(), txs)
+	out, err := n.writeBatch(r.Context(), txs)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	n.sync.published(out)
-	n.events.emit(EvCommitted, map[string]any{"site": out[0].Site, "from": out[0].Seq, "to": out[len(out)-1].Seq})
 	writeJSON(w, http.StatusOK, BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
 }
 
@@ -591,4 +586,19 @@ func (n *Node) postSync(w http.ResponseWriter, r *http.Request) {
 	}
 	n.events.emit(EvSyncNow, map[string]any{"wait": wait.String()})
 	writeJSON(w, http.StatusOK, n.sync.syncNow(r.Context(), wait))
+}
+
+// writeBatch commits own transactions (one entry each, all or none), then
+// queues them for gossip and reports them to the activity feed.
+func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed, error) {
+	if err := n.writeBlocked(); err != nil {
+		return nil, err
+	}
+	out, err := n.txlog.WriteMany(ctx, txs)
+	if err != nil {
+		return nil, err
+	}
+	n.sync.published(out)
+	n.events.emit(EvCommitted, map[string]any{"site": out[0].Site, "from": out[0].Seq, "to": out[len(out)-1].Seq})
+	return out, nil
 }
