@@ -1,0 +1,275 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/ppsync/ppsync/node"
+)
+
+// Control commands: set, verify, and the mesh commands this build does not
+// have yet (peers, sync-now, demo).
+
+// settingNames lists what `ppsync set` changes, in help order.
+const settingNames = "sync-interval DURATION, connectivity-check on|off, log-level debug|info|warn|error"
+
+func setCommand() *command {
+	var data string
+	var asJSON bool
+	return &command{
+		name:     "set",
+		synopsis: "--data DATA SETTING VALUE",
+		summary:  "change a setting of the running node and save it to ppsync.toml",
+		detail: `Settings:
+  sync-interval DURATION     how often the node runs a sync round (like 30s, 5m, 1h)
+  connectivity-check on|off  whether the node probes the network to judge itself online
+  log-level LEVEL            debug, info, warn or error
+--json prints every setting after the change (the answer of PUT /v1/settings).`,
+		flags: func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			jsonFlag(fs, &asJSON)
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			pos, err := c.parseArgs(cmd, newFlagSet(cmd), args, 2, 2, "SETTING VALUE")
+			if err != nil {
+				return err
+			}
+			dir, err := c.dataDir(cmd, data)
+			if err != nil {
+				return err
+			}
+			change, show, err := parseSetting(cmd, pos[0], pos[1])
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(dir)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			got, err := cl.UpdateSettings(c.ctx, change)
+			if err != nil {
+				return apiError(dir, err)
+			}
+			if asJSON {
+				return writeJSONLine(c.stdout, got)
+			}
+			fmt.Fprintf(c.stdout, "%s = %s (saved to ppsync.toml)\n", pos[0], show(got))
+			return nil
+		},
+	}
+}
+
+// parseSetting checks a setting and its value, and returns the change to
+// send and how to show the setting's new value.
+func parseSetting(cmd *command, name, value string) (node.Settings, func(node.Settings) string, error) {
+	switch name {
+	case "sync-interval":
+		d, err := time.ParseDuration(value)
+		if err != nil || d <= 0 {
+			return node.Settings{}, nil, usageErrorf(cmd.name, "sync-interval %q is not a positive duration (write it like 30s, 5m or 1h)", value)
+		}
+		return node.Settings{SyncInterval: d.String()}, func(s node.Settings) string { return s.SyncInterval }, nil
+	case "connectivity-check":
+		var on bool
+		switch value {
+		case "on", "true", "yes":
+			on = true
+		case "off", "false", "no":
+		default:
+			return node.Settings{}, nil, usageErrorf(cmd.name, "connectivity-check is %q; it must be on or off", value)
+		}
+		return node.Settings{ConnectivityCheck: &on}, func(s node.Settings) string {
+			if s.ConnectivityCheck == nil {
+				return "?"
+			}
+			if *s.ConnectivityCheck {
+				return "on"
+			}
+			return "off"
+		}, nil
+	case "log-level":
+		if _, err := parseLevel(value); err != nil {
+			return node.Settings{}, nil, usageErrorf(cmd.name, "log-level is %q; it must be debug, info, warn or error", value)
+		}
+		return node.Settings{LogLevel: value}, func(s node.Settings) string { return s.LogLevel }, nil
+	}
+	return node.Settings{}, nil, usageErrorf(cmd.name, "unknown setting %q; the settings are %s", name, settingNames)
+}
+
+func verifyCommand() *command {
+	var data string
+	var asJSON, progress bool
+	return &command{
+		name:     "verify",
+		synopsis: "--data DATA [--json]",
+		summary:  "re-check every chain and signature and rebuild the state (node stopped); exit 1 on damage",
+		detail: `The maintenance "re-index": with the node stopped, re-checks every site's log end to end
+(decoding, gaps, hash links, signatures, heads), rebuilds the records from the logs and
+compares the state digest before and after. Prints what it found; exit 1 on any damage,
+5 when the node is running (stop it first). Progress is shown on stderr when it is a terminal,
+or with --progress.`,
+		flags: func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			jsonFlag(fs, &asJSON)
+			fs.BoolVar(&progress, "progress", false, "show progress on stderr even when it is not a terminal")
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
+				return err
+			}
+			dir, err := c.dataDir(cmd, data)
+			if err != nil {
+				return err
+			}
+			p := &progressLine{w: c.stderr, tty: isTerminal(c.stderr), now: c.now}
+			var report func(string, uint64, uint64)
+			if p.tty || progress {
+				report = p.update
+			}
+			rep, err := node.Verify(c.ctx, dir, report)
+			p.finish()
+			if err != nil {
+				return err
+			}
+			if rep.Damage == nil {
+				rep.Damage = []string{}
+			}
+			if asJSON {
+				if err := writeJSONLine(c.stdout, rep); err != nil {
+					return err
+				}
+			} else {
+				writeVerify(c.stdout, rep)
+			}
+			if len(rep.Damage) > 0 {
+				return &exitCodeError{code: exitError, msg: fmt.Sprintf("verify found %d problems in %s (listed above); keep a copy of the directory and call support", len(rep.Damage), dir)}
+			}
+			return nil
+		},
+	}
+}
+
+func writeVerify(w io.Writer, r node.VerifyReport) {
+	tw := newTable(w)
+	fmt.Fprintf(tw, "Sites\t%d\n", r.Sites)
+	fmt.Fprintf(tw, "Entries\t%d checked\n", r.Entries)
+	fmt.Fprintf(tw, "Digest before\t%s\n", r.DigestBefore)
+	after := r.DigestAfter
+	if r.DigestAfter == r.DigestBefore {
+		after += " (unchanged)"
+	}
+	fmt.Fprintf(tw, "Digest after\t%s\n", after)
+	fmt.Fprintf(tw, "State rebuilt\t%s\n", yesNo(r.Rebuilt))
+	if r.Repaired {
+		fmt.Fprintf(tw, "Repaired\tyes: the rebuilt state differs from what was stored\n")
+	}
+	if len(r.Damage) == 0 {
+		fmt.Fprintf(tw, "Damage\tnone\n")
+	}
+	tw.Flush()
+	if len(r.Damage) > 0 {
+		fmt.Fprintf(w, "Damage (%d):\n", len(r.Damage))
+		for _, d := range r.Damage {
+			fmt.Fprintf(w, "  - %s\n", oneLine(d))
+		}
+	}
+}
+
+// progressLine shows a long operation's progress on stderr: rewritten in
+// place on a terminal, otherwise one line per stage and at most every 2 s.
+type progressLine struct {
+	w     io.Writer
+	tty   bool
+	now   func() time.Time
+	mu    sync.Mutex // the callback may come from another goroutine
+	stage string
+	last  time.Time
+	shown bool
+}
+
+func (p *progressLine) update(stage string, done, total uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	every := 2 * time.Second
+	if p.tty {
+		every = 200 * time.Millisecond
+	}
+	if stage == p.stage && now.Sub(p.last) < every && done != total {
+		return
+	}
+	p.stage, p.last = stage, now
+	text := fmt.Sprintf("verify: %s %d", stage, done)
+	if total > 0 {
+		text = fmt.Sprintf("verify: %s %d/%d (%d%%)", stage, done, total, done*100/total)
+	}
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s", text)
+	} else {
+		fmt.Fprintln(p.w, text)
+	}
+	p.shown = true
+}
+
+func (p *progressLine) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty && p.shown {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// notInThisBuild builds a command whose form parses but which needs the mesh.
+func notInThisBuild(name, synopsis, summary string, flags func(fs *flag.FlagSet)) *command {
+	return &command{
+		name:     name,
+		synopsis: synopsis,
+		summary:  summary + " (not in this build yet)",
+		flags:    flags,
+		run: func(c *cli, cmd *command, args []string) error {
+			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
+				return err
+			}
+			return &exitCodeError{code: exitError, msg: fmt.Sprintf("ppsync %s needs the mesh, which this build does not have yet", name)}
+		},
+	}
+}
+
+func peersCommand() *command {
+	var data string
+	var asJSON bool
+	return notInThisBuild("peers", "--data DATA [--json]",
+		"show every family member: connected or not, via, version, lag, last seen",
+		func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			jsonFlag(fs, &asJSON)
+		})
+}
+
+func syncNowCommand() *command {
+	var data string
+	var wait time.Duration
+	var asJSON bool
+	return notInThisBuild("sync-now", "--data DATA [--wait DURATION] [--json]",
+		"sync now; with --wait, wait until every reachable member holds everything",
+		func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			fs.DurationVar(&wait, "wait", 0, "wait up to `DURATION` for every reachable member to catch up")
+			jsonFlag(fs, &asJSON)
+		})
+}
+
+func demoCommand() *command {
+	var dir string
+	var noWait bool
+	return notInThisBuild("demo", "[--dir DIR] [--no-wait]",
+		"a relay and three clinic sites syncing on this machine",
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&dir, "dir", "", "the demo's working directory `DIR` (default: a temporary one)")
+			fs.BoolVar(&noWait, "no-wait", false, "exit once the sites have converged (0) or not (1)")
+		})
+}

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/node"
+)
+
+// Setting up and running a node: init, install, run.
+
+// initResult is the --json output of `ppsync init`.
+type initResult struct {
+	DataDir     string `json:"data_dir"`
+	Site        string `json:"site"`
+	Role        string `json:"role"`
+	JoinRequest string `json:"join_request"`
+	PeerID      string `json:"peer_id"`
+	DatabaseID  string `json:"database_id"`
+	Fingerprint string `json:"fingerprint"`
+}
+
+func initCommand() *command {
+	var data, familyFile, site, role string
+	var asJSON bool
+	return &command{
+		name:     "init",
+		synopsis: "--data DATA --family FAMILY_JSON --site SITE [--role site|relay] [--json]",
+		summary:  "create a node's identity, database and join request in DATA",
+		detail: `Creates DATA (if needed) with the node's key, the API key, the database and its ID, the machine
+fingerprint, ppsync.toml and a copy of the family file, and writes DATA/join-request.json.
+Send the join request to the family's administrator (support): they sign it with
+` + "`ppsync family admit`" + ` and send back a certificate, which you install with
+` + "`ppsync install --data DATA CERT`" + `. Site IDs are 1-64 characters of a-z 0-9 - _ .`,
+		flags: func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			fs.StringVar(&familyFile, "family", "", "the family's `FAMILY_JSON` file (family.json)")
+			fs.StringVar(&site, "site", "", "this node's `SITE` ID")
+			fs.StringVar(&role, "role", "site", "`ROLE`: site (a practice system) or relay (the vendor's always-on node)")
+			jsonFlag(fs, &asJSON)
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
+				return err
+			}
+			dir, err := c.dataDir(cmd, data)
+			if err != nil {
+				return err
+			}
+			if err := required(cmd, "family", familyFile, "site", site); err != nil {
+				return err
+			}
+			if role != string(family.RoleSite) && role != string(family.RoleRelay) {
+				return usageErrorf(cmd.name, "--role is %q; it must be site or relay", role)
+			}
+			res, err := node.Init(node.InitOptions{DataDir: dir, FamilyFile: familyFile, Site: site, Role: role, Env: c.getenv, Now: c.now})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSONLine(c.stdout, initResult{DataDir: dir, Site: site, Role: role, JoinRequest: res.JoinRequest,
+					PeerID: res.PeerID, DatabaseID: res.DatabaseID, Fingerprint: res.Fingerprint})
+			}
+			fmt.Fprintf(c.stdout, "Created the node of %s %q in %s.\n", role, site, dir)
+			tw := newTable(c.stdout)
+			fmt.Fprintf(tw, "  Peer ID\t%s\n", res.PeerID)
+			fmt.Fprintf(tw, "  Database ID\t%s\n", res.DatabaseID)
+			fmt.Fprintf(tw, "  Machine fingerprint\t%s\n", res.Fingerprint)
+			fmt.Fprintf(tw, "  Join request\t%s\n", res.JoinRequest)
+			tw.Flush()
+			fmt.Fprintf(c.stdout, "Next: send %s to support; install the certificate they return with\n  ppsync install --data %s CERT\nthen start the node with `ppsync run --data %s`.\n",
+				filepath.Base(res.JoinRequest), dir, dir)
+			return nil
+		},
+	}
+}
+
+func installCommand() *command {
+	var data string
+	var asJSON bool
+	return &command{
+		name:     "install",
+		synopsis: "--data DATA FILE [--json]",
+		summary:  "install a certificate or revocation into a node (running or not)",
+		detail: `Installs a member certificate (from ` + "`ppsync family admit`/`move`" + `) or a revocation (from
+` + "`ppsync family revoke`" + `) into the node of DATA. A running node takes it through its API and
+gossips it to the family; a stopped node stores it for its next start. FILE - reads stdin.`,
+		flags: func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			jsonFlag(fs, &asJSON)
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			pos, err := c.parseArgs(cmd, newFlagSet(cmd), args, 1, 1, "FILE")
+			if err != nil {
+				return err
+			}
+			dir, err := c.dataDir(cmd, data)
+			if err != nil {
+				return err
+			}
+			file, err := c.readSmallFile(pos[0], family.MaxFileBytes)
+			if err != nil {
+				return err
+			}
+			var res node.InstallResult
+			client, err := node.NewClient(dir)
+			switch {
+			case err == nil:
+				defer client.Close()
+				res, err = client.Install(c.ctx, file)
+				if err != nil {
+					return apiError(dir, err)
+				}
+			case errors.Is(err, node.ErrNotRunning):
+				if _, serr := os.Stat(dir); serr != nil {
+					return fmt.Errorf("%s does not exist; set up the node first with `ppsync init --data %s ...`", dir, dir)
+				}
+				res, err = node.InstallOffline(dir, file)
+				if err != nil {
+					return err
+				}
+			default:
+				return err
+			}
+			if asJSON {
+				return writeJSONLine(c.stdout, res)
+			}
+			what := "the certificate"
+			if res.Installed == "revocation" {
+				what = "the revocation"
+			}
+			where := "into the stopped node; it takes effect at its next start"
+			if res.Running {
+				where = "into the running node, which passes it on to the family"
+			}
+			if !res.Changed {
+				fmt.Fprintf(c.stdout, "%s of site %q (epoch %d) was already installed; nothing changed.\n", capitalize(what), res.Site, res.Epoch)
+				return nil
+			}
+			fmt.Fprintf(c.stdout, "Installed %s of site %q (epoch %d) %s.\n", what, res.Site, res.Epoch, where)
+			return nil
+		},
+	}
+}
+
+func capitalize(s string) string {
+	if s == "" || s[0] < 'a' || s[0] > 'z' {
+		return s
+	}
+	return string(s[0]-'a'+'A') + s[1:]
+}
+
+func runCommand() *command {
+	var data, api, logFormat, logLevel string
+	var listen, bootstrap listFlag
+	var headless bool
+	return &command{
+		name:     "run",
+		synopsis: "--data DATA [--listen MULTIADDR]... [--api HOST:PORT] [--bootstrap MULTIADDR]... [--headless]",
+		summary:  "run the node in the foreground until SIGINT/SIGTERM",
+		detail: `Runs the node of DATA until it is interrupted (Ctrl-C, SIGTERM), then stops cleanly.
+Settings come from DATA/ppsync.toml, then these flags. Once ready the node writes
+DATA/runtime.json (its PID, API address, peer ID and addresses), which the other commands use.
+--listen /ip4/127.0.0.1/tcp/0 and --api 127.0.0.1:0 pick free ports. Exit 4 when this node
+may not run here (another machine or database, a superseded or revoked certificate), 5 when
+another ppsync already runs on DATA.`,
+		flags: func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			fs.Var(&listen, "listen", "a libp2p `MULTIADDR` to listen on (repeatable; replaces ppsync.toml's)")
+			fs.StringVar(&api, "api", "", "the local API's `HOST:PORT` (default from ppsync.toml, 127.0.0.1:7474)")
+			fs.Var(&bootstrap, "bootstrap", "a family member's `MULTIADDR` to dial (repeatable; replaces ppsync.toml's)")
+			fs.BoolVar(&headless, "headless", false, "do not open the sync page in a browser")
+			fs.StringVar(&logFormat, "log-format", "text", "log `FORMAT` on stderr: text or json")
+			fs.StringVar(&logLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default from ppsync.toml)")
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			fs := newFlagSet(cmd)
+			if _, err := c.parseArgs(cmd, fs, args, 0, 0, ""); err != nil {
+				return err
+			}
+			dir, err := c.dataDir(cmd, data)
+			if err != nil {
+				return err
+			}
+			if logFormat != "text" && logFormat != "json" {
+				return usageErrorf(cmd.name, "--log-format is %q; it must be text or json", logFormat)
+			}
+			if flagGiven(fs, "log-level") {
+				if _, err := parseLevel(logLevel); err != nil {
+					return usageErrorf(cmd.name, "--log-level is %q; it must be debug, info, warn or error", logLevel)
+				}
+			}
+			_ = headless // the sync page is not opened by this build; nothing to suppress
+			cfg, err := node.LoadConfig(dir)
+			if err != nil {
+				return err
+			}
+			if flagGiven(fs, "listen") {
+				cfg.Listen = listen
+			}
+			if flagGiven(fs, "api") {
+				cfg.API = api
+			}
+			if flagGiven(fs, "bootstrap") {
+				cfg.Bootstrap = bootstrap
+			}
+			if flagGiven(fs, "log-level") {
+				cfg.LogLevel = logLevel
+			}
+			level, err := parseLevel(cfg.LogLevel)
+			if err != nil {
+				level = slog.LevelInfo // Open's Validate names the bad setting
+			}
+			cfg.Version = version
+			cfg.Logger = newLogger(c.stderr, logFormat, level)
+			cfg.Env = c.getenv
+			cfg.Now = c.now
+
+			ctx, stop := c.notify(c.ctx)
+			defer stop()
+			n, err := node.Open(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			runErr := n.Run(ctx)
+			closeErr := n.Close()
+			if runErr != nil {
+				return runErr
+			}
+			if closeErr != nil {
+				return fmt.Errorf("the node stopped, but not cleanly: %w", closeErr)
+			}
+			return nil
+		},
+	}
+}
+
+// signalContext is cancelled on SIGINT or SIGTERM.
+func signalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	switch s {
+	case "debug", "info", "warn", "error":
+		return l, l.UnmarshalText([]byte(s))
+	}
+	return l, fmt.Errorf("unknown log level %q", s)
+}
+
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// apiError turns a client error into the CLI's: a node that stopped answering
+// is "not running" (exit 3); anything else is printed as it is.
+func apiError(dataDir string, err error) error {
+	if errors.Is(err, node.ErrNotRunning) {
+		return &notRunningError{data: dataDir, reason: err}
+	}
+	return err
+}
+
+// client returns a client of the node running on dataDir, or the
+// not-running error (exit 3).
+func (c *cli) client(dataDir string) (*node.Client, error) {
+	cl, err := node.NewClient(dataDir)
+	if err != nil {
+		if errors.Is(err, node.ErrNotRunning) {
+			if _, serr := os.Stat(dataDir); serr != nil {
+				return nil, &notRunningError{data: dataDir, missing: true, reason: err}
+			}
+		}
+		return nil, apiError(dataDir, err)
+	}
+	return cl, nil
+}

@@ -1,0 +1,353 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Client errors. Errors of these classes wrap the sentinel (test with
+// errors.Is).
+var (
+	// ErrNotRunning: no node runs on the data directory (no runtime.json, or
+	// nothing answers at the address it names).
+	ErrNotRunning = errors.New("node: the node is not running")
+	// ErrNotFound: the record (or other thing asked for) does not exist.
+	ErrNotFound = errors.New("node: not found")
+)
+
+// Client timeouts and limits.
+const (
+	clientDialTimeout    = 5 * time.Second
+	clientProbeTimeout   = 2 * time.Second
+	clientHeaderTimeout  = 5 * time.Minute // a large batch is answered once it is durable
+	clientMaxErrorBody   = 64 << 10
+	clientMaxSmallFile   = 64 << 10
+	clientMaxResponse    = 1 << 30
+	clientIdleConns      = 4
+	clientIdleConnExpiry = 90 * time.Second
+)
+
+// APIStatusError is an error answer of the local API: a non-2xx status with
+// an [APIError] body. Its message is the server's, written for people.
+// errors.Is(err, ErrNotFound) holds when its code is "not_found".
+type APIStatusError struct {
+	Status int
+	APIError
+}
+
+// Error returns the server's message.
+func (e *APIStatusError) Error() string {
+	if e.APIError.Error != "" {
+		return e.APIError.Error
+	}
+	return fmt.Sprintf("the node answered %d %s", e.Status, http.StatusText(e.Status))
+}
+
+// Unwrap makes errors.Is(err, ErrNotFound) true for a not_found answer.
+func (e *APIStatusError) Unwrap() error {
+	if e.Code == "not_found" {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// Client talks to a running node through its local HTTP API. It is safe for
+// concurrent use.
+type Client struct {
+	base string // "http://127.0.0.1:PORT", no trailing slash
+	key  string
+	http *http.Client
+}
+
+// NewClient returns a client for the node running on dataDir: the API address
+// comes from dataDir/runtime.json and the key from dataDir/api.key. It checks
+// that something listens at that address; when runtime.json is missing or
+// nothing answers, the error wraps ErrNotRunning.
+func NewClient(dataDir string) (*Client, error) {
+	raw, err := clientReadSmall(filepath.Join(dataDir, RuntimeFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s has no %s", ErrNotRunning, dataDir, RuntimeFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("node: client: %w", err)
+	}
+	var rt Runtime
+	if err := json.Unmarshal(raw, &rt); err != nil {
+		return nil, fmt.Errorf("node: client: %s is damaged (%v); stop the node if one runs, delete the file and start it again", filepath.Join(dataDir, RuntimeFile), err)
+	}
+	keyData, err := clientReadSmall(filepath.Join(dataDir, APIKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("node: client: cannot read the API key: %w", err)
+	}
+	key := strings.TrimSpace(string(keyData))
+	if key == "" {
+		return nil, fmt.Errorf("node: client: %s is empty; restart the node to write a new key", filepath.Join(dataDir, APIKeyFile))
+	}
+	c, err := NewClientFor(rt.API, key)
+	if err != nil {
+		return nil, fmt.Errorf("node: client: %s: %w", filepath.Join(dataDir, RuntimeFile), err)
+	}
+	u, _ := url.Parse(c.base) // checked by NewClientFor
+	conn, err := net.DialTimeout("tcp", clientHostPort(u), clientProbeTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("%w: nothing answers at %s (%s is left from a run that did not stop cleanly)", ErrNotRunning, c.base, RuntimeFile)
+	}
+	conn.Close()
+	return c, nil
+}
+
+// NewClientFor returns a client for the API at baseURL ("http://HOST:PORT")
+// with the given key. It does not contact the node.
+func NewClientFor(baseURL, key string) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("the API address %.100q is not an http:// URL", baseURL)
+	}
+	tr := &http.Transport{
+		Proxy:                 nil, // the API is local: never through a proxy
+		DialContext:           (&net.Dialer{Timeout: clientDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   clientIdleConns,
+		IdleConnTimeout:       clientIdleConnExpiry,
+		ResponseHeaderTimeout: clientHeaderTimeout,
+		DisableCompression:    true,
+	}
+	return &Client{base: u.String(), key: key, http: &http.Client{Transport: tr}}, nil
+}
+
+// BaseURL returns the API's base URL.
+func (c *Client) BaseURL() string { return c.base }
+
+// Close releases idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+// Status returns the node's status (GET /v1/status).
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, "", &s)
+	return s, err
+}
+
+// Transact commits one transaction (POST /v1/transactions).
+func (c *Client) Transact(ctx context.Context, tx TxRequest) (TxResult, error) {
+	var r TxResult
+	body, err := json.Marshal(tx)
+	if err != nil {
+		return r, fmt.Errorf("node: transact: %w", err)
+	}
+	err = c.do(ctx, http.MethodPost, "/v1/transactions", bytes.NewReader(body), "application/json", &r)
+	return r, err
+}
+
+// Batch commits many transactions, all or none (POST /v1/transactions/batch).
+func (c *Client) Batch(ctx context.Context, b BatchRequest) (BatchResult, error) {
+	body, err := json.Marshal(b)
+	if err != nil {
+		return BatchResult{}, fmt.Errorf("node: batch: %w", err)
+	}
+	return c.BatchRaw(ctx, body)
+}
+
+// BatchRaw is Batch with a body the caller already encoded as a JSON
+// [BatchRequest]; importers use it to send lines they validated without
+// encoding them again.
+func (c *Client) BatchRaw(ctx context.Context, body []byte) (BatchResult, error) {
+	var r BatchResult
+	err := c.do(ctx, http.MethodPost, "/v1/transactions/batch", bytes.NewReader(body), "application/json", &r)
+	return r, err
+}
+
+// Get returns the live record table/key (GET /v1/records/{table}/{key}); an
+// absent record gives an error wrapping ErrNotFound.
+func (c *Client) Get(ctx context.Context, table, key string) (RecordJSON, error) {
+	var r RecordJSON
+	err := c.do(ctx, http.MethodGet, "/v1/records/"+url.PathEscape(table)+"/"+url.PathEscape(key), nil, "", &r)
+	return r, err
+}
+
+// List returns up to limit live records of table with keys after after, in
+// key order (GET /v1/records/{table}); limit <= 0 takes the server's default.
+// Page on with the result's Next until it is nil.
+func (c *Client) List(ctx context.Context, table, after string, limit int) (ListResult, error) {
+	q := url.Values{}
+	if after != "" {
+		q.Set("after", after)
+	}
+	clientSetLimit(q, limit)
+	var r ListResult
+	err := c.do(ctx, http.MethodGet, "/v1/records/"+url.PathEscape(table)+clientQuery(q), nil, "", &r)
+	return r, err
+}
+
+// Changes returns the change feed after a cursor (GET /v1/changes).
+func (c *Client) Changes(ctx context.Context, after uint64, limit int) (ChangesResult, error) {
+	q := url.Values{}
+	if after > 0 {
+		q.Set("after", strconv.FormatUint(after, 10))
+	}
+	clientSetLimit(q, limit)
+	var r ChangesResult
+	err := c.do(ctx, http.MethodGet, "/v1/changes"+clientQuery(q), nil, "", &r)
+	return r, err
+}
+
+// Digest returns the hex digest of the whole state (GET /v1/digest).
+func (c *Client) Digest(ctx context.Context) (string, error) {
+	var r DigestResult
+	err := c.do(ctx, http.MethodGet, "/v1/digest", nil, "", &r)
+	return r.Digest, err
+}
+
+// Log returns log entries, newest last (GET /v1/log): the newest limit
+// entries of site, or of every site when site is "".
+func (c *Client) Log(ctx context.Context, site string, limit int) (LogResult, error) {
+	q := url.Values{}
+	if site != "" {
+		q.Set("site", site)
+	}
+	clientSetLimit(q, limit)
+	var r LogResult
+	err := c.do(ctx, http.MethodGet, "/v1/log"+clientQuery(q), nil, "", &r)
+	return r, err
+}
+
+// Conflicts returns recorded conflicts, newest first (GET /v1/conflicts).
+func (c *Client) Conflicts(ctx context.Context, limit int) (ConflictsResult, error) {
+	q := url.Values{}
+	clientSetLimit(q, limit)
+	var r ConflictsResult
+	err := c.do(ctx, http.MethodGet, "/v1/conflicts"+clientQuery(q), nil, "", &r)
+	return r, err
+}
+
+// Settings returns the node's changeable settings (GET /v1/settings).
+func (c *Client) Settings(ctx context.Context) (Settings, error) {
+	var r Settings
+	err := c.do(ctx, http.MethodGet, "/v1/settings", nil, "", &r)
+	return r, err
+}
+
+// UpdateSettings changes the settings given (empty fields are kept), saves
+// them and returns them all (PUT /v1/settings).
+func (c *Client) UpdateSettings(ctx context.Context, s Settings) (Settings, error) {
+	body, err := json.Marshal(s)
+	if err != nil {
+		return Settings{}, fmt.Errorf("node: settings: %w", err)
+	}
+	var r Settings
+	err = c.do(ctx, http.MethodPut, "/v1/settings", bytes.NewReader(body), "application/json", &r)
+	return r, err
+}
+
+// Install installs a certificate or revocation file into the running node
+// (POST /v1/install with the file's bytes).
+func (c *Client) Install(ctx context.Context, data []byte) (InstallResult, error) {
+	var r InstallResult
+	err := c.do(ctx, http.MethodPost, "/v1/install", bytes.NewReader(data), "application/json", &r)
+	return r, err
+}
+
+// do sends one request and decodes a 2xx answer into out (numbers as
+// json.Number, so integers keep every digit). An answer outside 2xx becomes
+// an *APIStatusError; a refused connection an error wrapping ErrNotRunning.
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, contentType string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("node: %s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	req.Header.Set("Accept", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w: nothing answers at %s", ErrNotRunning, c.base)
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return fmt.Errorf("node: %s %s: %w", method, path, ctxErr)
+		}
+		return fmt.Errorf("node: %s %s: the node did not answer: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return clientStatusError(resp)
+	}
+	dec := json.NewDecoder(io.LimitReader(resp.Body, clientMaxResponse))
+	dec.UseNumber()
+	if err := dec.Decode(out); err != nil {
+		return fmt.Errorf("node: %s %s: the node's answer is not valid JSON: %w", method, path, err)
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, clientMaxErrorBody)) // let the connection be reused
+	return nil
+}
+
+// clientStatusError decodes an error answer.
+func clientStatusError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, clientMaxErrorBody))
+	e := &APIStatusError{Status: resp.StatusCode}
+	if json.Unmarshal(data, &e.APIError) != nil || e.APIError.Error == "" {
+		e.APIError = APIError{Error: fmt.Sprintf("the node answered %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))}
+		if resp.StatusCode == http.StatusNotFound {
+			e.Code = "not_found"
+		}
+	}
+	if e.Code == "" && resp.StatusCode == http.StatusUnauthorized {
+		e.Code = "unauthorized"
+	}
+	return e
+}
+
+func clientSetLimit(q url.Values, limit int) {
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+}
+
+func clientQuery(q url.Values) string {
+	if len(q) == 0 {
+		return ""
+	}
+	return "?" + q.Encode()
+}
+
+// clientHostPort returns the host:port to dial for u.
+func clientHostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
+}
+
+// clientReadSmall reads a small file whole, refusing one over clientMaxSmallFile.
+func clientReadSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, clientMaxSmallFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > clientMaxSmallFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, clientMaxSmallFile)
+	}
+	return data, nil
+}
