@@ -351,3 +351,31 @@ func clientReadSmall(path string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// PeersResult answers GET /v1/peers.
+type PeersResult struct {
+	Peers []PeerJSON `json:"peers"`
+}
+
+// Peers lists every other family member as the node sees it (GET /v1/peers).
+func (c *Client) Peers(ctx context.Context) (PeersResult, error) {
+	var r PeersResult
+	err := c.do(ctx, http.MethodGet, "/v1/peers", nil, "", &r)
+	return r, err
+}
+
+// SyncNow starts a sync round; with wait > 0 it waits until every member
+// holds everything the node holds or the time runs out (POST /v1/sync).
+func (c *Client) SyncNow(ctx context.Context, wait time.Duration) (Receipt, error) {
+	var r Receipt
+	req := SyncRequest{}
+	if wait > 0 {
+		req.Wait = wait.String()
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return r, fmt.Errorf("node: sync now: %w", err)
+	}
+	err = c.do(ctx, http.MethodPost, "/v1/sync", bytes.NewReader(body), "application/json", &r)
+	return r, err
+}

@@ -22,7 +22,8 @@ type DemoOptions struct {
 	NoWait  bool      // exit once the sites converged instead of waiting for Ctrl-C
 	Out     io.Writer // progress and results
 	Version string
-	Records int // patients per clinic (default 200)
+	Records int                 // patients per clinic (default 200)
+	Env     func(string) string // the environment; nil: empty
 }
 
 var demoSites = []string{"clinic-north", "clinic-south", "clinic-east"}
@@ -64,9 +65,12 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	}
 	env := func(k string) string {
 		if k == "PPSYNC_MACHINE_ID" {
-			return "ppsync-demo-machine"
+			return "ppsync-demo-machine" // all four nodes share this machine
 		}
-		return os.Getenv(k)
+		if o.Env != nil {
+			return o.Env(k)
+		}
+		return ""
 	}
 	say("1. created the family %q (authority key in %s)", "Demo Dental Practice", authDir)
 

@@ -103,6 +103,16 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, APIError{Error: msg, Code: code})
 }
 
+// plain strips the package and sentinel prefixes that errors carry for
+// programmers ("wire: too large: ...") from a message meant for people.
+func plain(err error) string {
+	msg := err.Error()
+	for _, p := range []string{"wire: too large: ", "wire: invalid: ", "wire: malformed: ", "bad request: ", "node: ", "txlog: ", "state: "} {
+		msg = strings.ReplaceAll(msg, p, "")
+	}
+	return msg
+}
+
 // writeErr maps an error to a status and a plain message.
 func (n *Node) writeErr(w http.ResponseWriter, err error) {
 	var mbe *http.MaxBytesError
@@ -110,25 +120,25 @@ func (n *Node) writeErr(w http.ResponseWriter, err error) {
 	case errors.As(err, &mbe):
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the request is larger than %d bytes", mbe.Limit))
 	case errors.Is(err, wire.ErrTooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", plain(err))
 	case errors.Is(err, wire.ErrInvalid), errors.Is(err, wire.ErrMalformed), errors.Is(err, errBadRequest):
-		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		writeError(w, http.StatusBadRequest, "bad_request", plain(err))
 	case errors.Is(err, ErrCatchingUp):
-		writeError(w, http.StatusConflict, "catching_up", err.Error())
+		writeError(w, http.StatusConflict, "catching_up", plain(err))
 	case errors.Is(err, txlog.ErrReadOnly):
 		writeError(w, http.StatusConflict, "read_only", "this node is a relay: it stores and forwards the family's logs but writes no transactions of its own")
 	case errors.Is(err, txlog.ErrForked):
-		writeError(w, http.StatusConflict, "forked", err.Error())
+		writeError(w, http.StatusConflict, "forked", plain(err))
 	case errors.Is(err, txlog.ErrEpoch), errors.Is(err, ErrRefused):
-		writeError(w, http.StatusConflict, "refused", err.Error())
+		writeError(w, http.StatusConflict, "refused", plain(err))
 	case errors.Is(err, family.ErrWrongFamily), errors.Is(err, family.ErrBadSignature), errors.Is(err, family.ErrFormat),
 		errors.Is(err, family.ErrSuperseded), errors.Is(err, family.ErrRevoked), errors.Is(err, family.ErrConflict):
-		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		writeError(w, http.StatusBadRequest, "bad_request", plain(err))
 	case errors.Is(err, txlog.ErrClosed):
 		writeError(w, http.StatusServiceUnavailable, "stopping", "the node is stopping; try again once it runs")
 	default:
 		n.log.Error("API request failed", "err", err)
-		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		writeError(w, http.StatusInternalServerError, "internal", plain(err))
 	}
 }
 
@@ -167,7 +177,7 @@ func toOps(in []OpJSON) ([]wire.Op, error) {
 		switch o.Op {
 		case "put":
 			if o.Fields == nil {
-				return nil, badRequest("operation %d puts %s/%s without \"fields\"", i+1, o.Table, o.Key)
+				o.Fields = map[string]any{} // a record with no fields (yet)
 			}
 			out[i] = wire.Op{Kind: wire.OpPut, Table: o.Table, Key: o.Key, Fields: o.Fields}
 		case "delete":

@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -223,53 +225,169 @@ func (p *progressLine) finish() {
 	}
 }
 
-// notInThisBuild builds a command whose form parses but which needs the mesh.
-func notInThisBuild(name, synopsis, summary string, flags func(fs *flag.FlagSet)) *command {
+func peersCommand() *command {
+	var data string
+	var asJSON bool
 	return &command{
-		name:     name,
-		synopsis: synopsis,
-		summary:  summary + " (not in this build yet)",
-		flags:    flags,
+		name:     "peers",
+		synopsis: "--data DATA [--json]",
+		summary:  "show every family member: connected or not, via, version, lag, last seen",
+		flags: func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			jsonFlag(fs, &asJSON)
+		},
 		run: func(c *cli, cmd *command, args []string) error {
 			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
 				return err
 			}
-			return &exitCodeError{code: exitError, msg: fmt.Sprintf("ppsync %s needs the mesh, which this build does not have yet", name)}
+			dir, err := c.dataDir(cmd, data)
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(dir)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			res, err := cl.Peers(c.ctx)
+			if err != nil {
+				return apiError(dir, err)
+			}
+			if asJSON {
+				for _, p := range res.Peers {
+					if err := writeJSONLine(c.stdout, p); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			tw := newTable(c.stdout)
+			fmt.Fprintln(tw, "SITE\tROLE\tPEER ID\tCONNECTED\tVIA\tVERSION\tLAG\tLAST SEEN\tFRONTIER")
+			for _, p := range res.Peers {
+				seen := "never"
+				if p.LastSeen != nil {
+					seen = p.LastSeen.Local().Format("2006-01-02 15:04:05")
+				}
+				conn, via, ver := "no", "-", p.Version
+				if p.Connected {
+					conn, via = "yes", p.Via
+				}
+				if ver == "" {
+					ver = "?"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Site, p.Role, short(p.PeerID), conn, via, ver, p.Lag, seen, frontierText(p.Frontier))
+			}
+			return tw.Flush()
 		},
 	}
 }
 
-func peersCommand() *command {
-	var data string
-	var asJSON bool
-	return notInThisBuild("peers", "--data DATA [--json]",
-		"show every family member: connected or not, via, version, lag, last seen",
-		func(fs *flag.FlagSet) {
-			dataFlag(fs, &data)
-			jsonFlag(fs, &asJSON)
-		})
+func frontierText(f map[string]uint64) string {
+	if len(f) == 0 {
+		return "-"
+	}
+	sites := make([]string, 0, len(f))
+	for s := range f {
+		sites = append(sites, s)
+	}
+	sort.Strings(sites)
+	parts := make([]string, len(sites))
+	for i, s := range sites {
+		parts[i] = fmt.Sprintf("%s:%d", s, f[s])
+	}
+	return strings.Join(parts, " ")
 }
 
 func syncNowCommand() *command {
 	var data string
 	var wait time.Duration
 	var asJSON bool
-	return notInThisBuild("sync-now", "--data DATA [--wait DURATION] [--json]",
-		"sync now; with --wait, wait until every reachable member holds everything",
-		func(fs *flag.FlagSet) {
+	return &command{
+		name:     "sync-now",
+		synopsis: "--data DATA [--wait DURATION] [--json]",
+		summary:  "sync now; with --wait, wait until every reachable member holds everything",
+		detail: `Starts a sync round at once. With --wait, waits until every member holds everything this node
+holds (or the time runs out) and prints a receipt naming, per member, caught up or why not.
+Exit 0 when all are caught up, 1 otherwise.`,
+		flags: func(fs *flag.FlagSet) {
 			dataFlag(fs, &data)
 			fs.DurationVar(&wait, "wait", 0, "wait up to `DURATION` for every reachable member to catch up")
 			jsonFlag(fs, &asJSON)
-		})
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
+				return err
+			}
+			if wait < 0 || wait > time.Hour {
+				return &exitCodeError{code: exitUsage, msg: "--wait must be between 0 and 1h (for example --wait 30s)"}
+			}
+			dir, err := c.dataDir(cmd, data)
+			if err != nil {
+				return err
+			}
+			cl, err := c.client(dir)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			rc, err := cl.SyncNow(c.ctx, wait)
+			if err != nil {
+				return apiError(dir, err)
+			}
+			if asJSON {
+				if err := writeJSONLine(c.stdout, rc); err != nil {
+					return err
+				}
+			} else if wait == 0 {
+				fmt.Fprintln(c.stdout, "sync round started")
+			} else {
+				tw := newTable(c.stdout)
+				for _, m := range rc.Members {
+					state := "caught up"
+					if !m.CaughtUp {
+						state = m.Reason
+					}
+					fmt.Fprintf(tw, "%s\t%s\n", m.Site, state)
+				}
+				tw.Flush()
+				if rc.CaughtUp {
+					fmt.Fprintf(c.stdout, "all members hold everything this node holds (waited %s)\n", rc.Waited)
+				}
+			}
+			if wait > 0 && !rc.CaughtUp {
+				return &exitCodeError{code: exitError, msg: "not every member caught up within " + wait.String() + " (see the receipt above)"}
+			}
+			return nil
+		},
+	}
 }
 
 func demoCommand() *command {
 	var dir string
 	var noWait bool
-	return notInThisBuild("demo", "[--dir DIR] [--no-wait]",
-		"a relay and three clinic sites syncing on this machine",
-		func(fs *flag.FlagSet) {
+	return &command{
+		name:     "demo",
+		synopsis: "[--dir DIR] [--no-wait]",
+		summary:  "a relay and three clinic sites syncing on this machine",
+		detail: `Creates a family with a relay and three clinic sites in DIR (default: a new temporary
+directory), starts them on 127.0.0.1, writes realistic clinic data at each site, takes one site
+offline while the others write, brings it back and shows it catching up, then prints the converged
+digests and each node's address. It keeps running until Ctrl-C; with --no-wait it exits 0 once the
+sites have converged (1 if they do not).`,
+		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&dir, "dir", "", "the demo's working directory `DIR` (default: a temporary one)")
 			fs.BoolVar(&noWait, "no-wait", false, "exit once the sites have converged (0) or not (1)")
-		})
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
+				return err
+			}
+			ctx, stop := c.notify(c.ctx) // Ctrl-C ends the demo cleanly
+			defer stop()
+			if err := node.RunDemo(ctx, node.DemoOptions{Dir: dir, NoWait: noWait, Out: c.stdout, Version: version, Env: c.getenv}); err != nil {
+				return err
+			}
+			return nil
+		},
+	}
 }

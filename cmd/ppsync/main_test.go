@@ -153,14 +153,22 @@ func TestPutRefusesBadFields(t *testing.T) {
 	}
 }
 
-func TestMeshCommandsSayWhy(t *testing.T) {
+func TestMeshCommandsWithoutNode(t *testing.T) {
 	dir := t.TempDir()
 	for _, args := range [][]string{
 		{"peers", "--data", dir, "--json"},
 		{"sync-now", "--data", dir, "--wait", "30s"},
-		{"demo", "--dir", dir, "--no-wait"},
 	} {
-		ppsync(t, "", nil, args...).want(t, exitError, "needs the mesh, which this build does not have yet")
+		ppsync(t, "", nil, args...).want(t, exitNotRunning, "ppsync is not running on")
+	}
+	ppsync(t, "", nil, "sync-now", "--data", dir, "--wait", "2h").want(t, exitUsage, "--wait must be between 0 and 1h")
+}
+
+func TestDemoNoWait(t *testing.T) {
+	r := ppsync(t, "", nil, "demo", "--dir", t.TempDir(), "--no-wait")
+	r.want(t, exitOK)
+	if !strings.Contains(r.stdout, "All four nodes hold the same data") {
+		t.Fatalf("demo output:\n%s", r.stdout)
 	}
 }
 
