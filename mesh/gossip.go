@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -25,7 +26,12 @@ func (m *Mesh) topicName(kind string) string {
 func (m *Mesh) startGossip() error {
 	isMember := func(p peer.ID) bool { _, ok := m.cfg.Family.Member(p); return ok }
 	ps, err := pubsub.NewGossipSub(m.ctx, m.host,
-		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
+		// No pubsub signatures: every entry carries its site's signature and
+		// heartbeats are signed by their node (signedHeartbeat), so signing and
+		// verifying each message again would only double the CPU per entry.
+		// Every hop is a member: the gater, the peer filter and the validators
+		// check the forwarding peer.
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),
 		pubsub.WithMessageIdFn(func(msg *pb.Message) string {
 			sum := sha256.Sum256(msg.Data)
 			return string(sum[:16])
@@ -111,15 +117,11 @@ func scoreThresholds() *pubsub.PeerScoreThresholds {
 // validateEntry accepts an entry only from a member, of this family, well
 // formed, within the limits and signed by its site's key of its epoch.
 func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
-	if from == m.host.ID() && msg.GetFrom() == m.host.ID() {
-		return pubsub.ValidationAccept
+	if from == m.host.ID() {
+		return pubsub.ValidationAccept // our own, checked when committed
 	}
 	if _, ok := m.cfg.Family.Member(from); !ok {
 		m.count("gossip_from_non_member")
-		return pubsub.ValidationReject
-	}
-	if _, ok := m.cfg.Family.Member(msg.GetFrom()); !ok {
-		m.count("gossip_author_non_member")
 		return pubsub.ValidationReject
 	}
 	s, err := wire.DecodeEnvelope(msg.Data)
@@ -148,11 +150,26 @@ func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Messag
 	return pubsub.ValidationAccept
 }
 
+// signedHeartbeat is a heartbeat signed by the node that sent it, so a
+// forwarding member cannot speak for another.
+type signedHeartbeat struct {
+	Body []byte `codec:"b"` // wire.Marshal(Heartbeat)
+	Peer string `codec:"p"`
+	Sig  []byte `codec:"s"` // Ed25519 over heartbeatDomain + Body
+}
+
+const heartbeatDomain = "ppsync heartbeat v1\n"
+
+type verifiedHeartbeat struct {
+	from peer.ID
+	hb   Heartbeat
+}
+
 func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	if from == m.host.ID() {
 		return pubsub.ValidationAccept
 	}
-	if _, ok := m.cfg.Family.Member(msg.GetFrom()); !ok {
+	if _, ok := m.cfg.Family.Member(from); !ok {
 		m.count("heartbeat_non_member")
 		return pubsub.ValidationReject
 	}
@@ -160,12 +177,35 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 		m.count("heartbeat_oversized")
 		return pubsub.ValidationReject
 	}
-	var hb Heartbeat
-	if err := wire.Unmarshal(msg.Data, &hb); err != nil {
+	var sh signedHeartbeat
+	if err := wire.Unmarshal(msg.Data, &sh); err != nil {
 		m.count("heartbeat_malformed")
 		return pubsub.ValidationReject
 	}
-	msg.ValidatorData = hb
+	author, err := peer.Decode(sh.Peer)
+	if err != nil {
+		m.count("heartbeat_malformed")
+		return pubsub.ValidationReject
+	}
+	if _, ok := m.cfg.Family.Member(author); !ok {
+		m.count("heartbeat_non_member")
+		return pubsub.ValidationReject
+	}
+	pub, err := author.ExtractPublicKey()
+	if err != nil {
+		m.count("heartbeat_malformed")
+		return pubsub.ValidationReject
+	}
+	if ok, err := pub.Verify(append([]byte(heartbeatDomain), sh.Body...), sh.Sig); err != nil || !ok {
+		m.count("heartbeat_bad_signature")
+		return pubsub.ValidationReject
+	}
+	var hb Heartbeat
+	if err := wire.Unmarshal(sh.Body, &hb); err != nil {
+		m.count("heartbeat_malformed")
+		return pubsub.ValidationReject
+	}
+	msg.ValidatorData = verifiedHeartbeat{from: author, hb: hb}
 	return pubsub.ValidationAccept
 }
 
@@ -196,14 +236,11 @@ func (m *Mesh) readHeartbeats(sub *pubsub.Subscription) {
 		if err != nil {
 			return
 		}
-		if msg.GetFrom() == m.host.ID() {
+		vh, ok := msg.ValidatorData.(verifiedHeartbeat)
+		if !ok || vh.from == m.host.ID() {
 			continue
 		}
-		hb, ok := msg.ValidatorData.(Heartbeat)
-		if !ok {
-			continue
-		}
-		from := msg.GetFrom()
+		hb, from := vh.hb, vh.from
 		m.mu.Lock()
 		if ps := m.peers[from]; ps != nil {
 			ps.lastSeen = time.Now()
@@ -236,7 +273,14 @@ func (m *Mesh) PublishHeartbeat() {
 	for _, a := range m.host.Addrs() {
 		hb.Addrs = append(hb.Addrs, a.String())
 	}
-	b, err := wire.Marshal(&hb)
+	body, err := wire.Marshal(&hb)
+	if err != nil {
+		m.log.Error("encode heartbeat", "err", err)
+		return
+	}
+	sh := signedHeartbeat{Body: body, Peer: m.host.ID().String(),
+		Sig: ed25519.Sign(m.cfg.Key, append([]byte(heartbeatDomain), body...))}
+	b, err := wire.Marshal(&sh)
 	if err != nil {
 		m.log.Error("encode heartbeat", "err", err)
 		return
@@ -266,7 +310,7 @@ func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Me
 	if from == m.host.ID() {
 		return pubsub.ValidationAccept
 	}
-	if _, ok := m.cfg.Family.Member(msg.GetFrom()); !ok {
+	if _, ok := m.cfg.Family.Member(from); !ok {
 		m.count("forkproof_non_member")
 		return pubsub.ValidationReject
 	}
@@ -296,11 +340,11 @@ func (m *Mesh) readForkProofs(sub *pubsub.Subscription) {
 		if err != nil {
 			return
 		}
-		if msg.GetFrom() == m.host.ID() {
+		if msg.ReceivedFrom == m.host.ID() {
 			continue
 		}
 		if p, ok := msg.ValidatorData.([2]*wire.Signed); ok {
-			m.cfg.Handler.ForkProof(msg.GetFrom(), p[0], p[1])
+			m.cfg.Handler.ForkProof(msg.ReceivedFrom, p[0], p[1])
 		}
 	}
 }

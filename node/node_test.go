@@ -21,7 +21,7 @@ import (
 
 // fixture is a family with an authority and one initialised node directory.
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	authDir string
 	auth    *family.Authority
 	data    string
@@ -30,7 +30,7 @@ type fixture struct {
 
 func (f *fixture) getenv(k string) string { return f.env[k] }
 
-func newFixture(t *testing.T, site, role string) *fixture {
+func newFixture(t testing.TB, site, role string) *fixture {
 	t.Helper()
 	f := &fixture{t: t, authDir: t.TempDir(), data: filepath.Join(t.TempDir(), "data"), env: map[string]string{"PPSYNC_MACHINE_ID": "machine-one"}}
 	var err error
