@@ -61,6 +61,7 @@ type Roster struct {
 	mu     sync.RWMutex
 	sites  map[string]*siteRecord
 	byPeer map[peer.ID]string // current members; "" marks a peer ID two sites claim
+	former map[peer.ID]string // peer IDs of revoked certificates -> site
 }
 
 type siteRecord struct {
@@ -91,6 +92,7 @@ func NewRoster(info *Info) (*Roster, error) {
 		authority: in.AuthorityKey(),
 		sites:     make(map[string]*siteRecord),
 		byPeer:    make(map[peer.ID]string),
+		former:    make(map[peer.ID]string),
 	}, nil
 }
 
@@ -130,6 +132,7 @@ func (r *Roster) Add(cert *Certificate) (changed bool, err error) {
 		r.sites[c.Site] = rec
 	}
 	if rec.revokedAt(c.Epoch) {
+		r.former[c.PeerID] = c.Site
 		return false, revokedError(c.Site, c.Epoch, rec.rev)
 	}
 	if old := rec.certs[c.Epoch]; old != nil {
@@ -176,8 +179,9 @@ func (r *Roster) AddRevocation(rev *Revocation) (changed bool, err error) {
 		}
 	}
 	rec.rev = v
-	for e := range rec.certs {
+	for e, c := range rec.certs {
 		if e <= v.Epoch {
+			r.former[c.PeerID] = c.Site
 			delete(rec.certs, e)
 		}
 	}
@@ -397,4 +401,26 @@ func revokedError(site string, epoch uint64, rev *Revocation) error {
 
 func supersededError(site string, epoch, newest uint64) error {
 	return fmt.Errorf("%w: the certificate of site %q epoch %d is superseded by epoch %d (the site was moved to another machine or data directory); this copy must not write as that site: ask support", ErrSuperseded, site, epoch, newest)
+}
+
+// Banned reports a peer ID that must not take part in the family: it was
+// named by a certificate that has since been revoked or superseded, and no
+// current certificate names it.
+func (r *Roster) Banned(p peer.ID) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if site, ok := r.byPeer[p]; ok && site != "" {
+		return false
+	}
+	if _, ok := r.former[p]; ok {
+		return true
+	}
+	for _, rec := range r.sites {
+		for _, c := range rec.certs {
+			if c.PeerID == p {
+				return true
+			}
+		}
+	}
+	return false
 }

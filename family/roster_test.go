@@ -417,3 +417,28 @@ func TestRosterConcurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestRosterBannedPeers(t *testing.T) {
+	auth, info, _ := testFamily(t)
+	r := testRoster(t, info)
+	c1 := testCert(t, auth, info, "clinic-a", 1)
+	if _, err := r.Add(c1); err != nil {
+		t.Fatal(err)
+	}
+	if r.Banned(c1.PeerID) {
+		t.Fatal("a current member is banned")
+	}
+	c2 := testCert(t, auth, info, "clinic-a", 2) // moved to a new machine
+	if _, err := r.Add(c2); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Banned(c1.PeerID) || r.Banned(c2.PeerID) {
+		t.Fatal("after a move the old peer must be banned and the new one not")
+	}
+	if _, err := r.AddRevocation(testRevocation(t, auth, "clinic-a", 2, "stolen")); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Banned(c2.PeerID) || !r.Banned(c1.PeerID) {
+		t.Fatal("revoked peers are not banned")
+	}
+}

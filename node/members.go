@@ -39,24 +39,9 @@ func (m members) Members() []mesh.Member {
 	return out
 }
 
-// Banned: a peer named by a certificate that is no longer current (its site
-// moved or was revoked) and by no current one.
-func (m members) Banned(p peer.ID) bool {
-	if _, ok := m.n.roster.Member(p); ok {
-		return false
-	}
-	for _, c := range m.n.roster.Certificates() {
-		if c.PeerID == p {
-			return true
-		}
-	}
-	for _, r := range m.n.roster.Revocations() {
-		if cur, ok := m.n.roster.Site(r.Site); ok && cur.PeerID == p {
-			return true
-		}
-	}
-	return false
-}
+// Banned: a peer named by a revoked or superseded certificate and by no
+// current one.
+func (m members) Banned(p peer.ID) bool { return m.n.roster.Banned(p) }
 
 func (m members) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error) {
 	return m.n.roster.KeyFor(site, epoch)

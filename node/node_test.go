@@ -239,7 +239,6 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"unknown field", "/v1/transactions", `{"opz":[]}`, 400},
 		{"no ops", "/v1/transactions", `{"ops":[]}`, 400},
 		{"bad op", "/v1/transactions", `{"ops":[{"op":"upsert","table":"t","key":"k","fields":{}}]}`, 400},
-		{"put without fields", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k"}]}`, 400},
 		{"empty table", "/v1/transactions", `{"ops":[{"op":"put","table":"","key":"k","fields":{"a":1}}]}`, 400},
 		{"long key", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"` + strings.Repeat("k", 300) + `","fields":{"a":1}}]}`, 413},
 		{"oversized", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":"` + strings.Repeat("x", 2<<20) + `"}}]}`, 413},
