@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"time"
 	"syscall"
 
 	"github.com/ppsync/ppsync/family"
@@ -224,6 +225,16 @@ another ppsync already runs on DATA.`,
 			cfg.Logger = newLogger(c.stderr, logFormat, level)
 			cfg.Env = c.getenv
 			cfg.Now = c.now
+			// PPSYNC_CLOCK_OFFSET (a duration like -3m) shifts this node's clock:
+			// for fault tests of clock skew only.
+			if v := c.getenv("PPSYNC_CLOCK_OFFSET"); v != "" {
+				off, err := time.ParseDuration(v)
+				if err != nil {
+					return &exitCodeError{code: exitUsage, msg: fmt.Sprintf("PPSYNC_CLOCK_OFFSET=%q is not a duration (like -3m)", v)}
+				}
+				now := c.now
+				cfg.Now = func() time.Time { return now().Add(off) }
+			}
 
 			ctx, stop := c.notify(c.ctx)
 			defer stop()
