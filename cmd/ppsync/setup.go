@@ -10,8 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"time"
 	"syscall"
+	"time"
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node"
