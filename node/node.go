@@ -29,24 +29,25 @@ import (
 // Node is one running ppsync node. Open starts it, Run serves until its
 // context ends, Close stops everything Open started and waits for it.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	id     identity
-	key    ed25519.PrivateKey
-	apiKey string
-	roster *family.Roster
-	cert   *family.Certificate // own current certificate
-	lock   *lock.Lock
-	db     *pebble.DB
-	state  *state.State
-	txlog  *txlog.Log
-	clock  *hlc.Clock
-	ln     net.Listener
-	srv    *http.Server
-	start  time.Time
-	mesh   *mesh.Mesh
-	sync   *syncer
-	events *eventHub
+	cfg      Config
+	log      *slog.Logger
+	id       identity
+	key      ed25519.PrivateKey
+	apiKey   string
+	roster   *family.Roster
+	cert     *family.Certificate // own current certificate
+	lock     *lock.Lock
+	db       *pebble.DB
+	state    *state.State
+	txlog    *txlog.Log
+	clock    *hlc.Clock
+	ln       net.Listener
+	srv      *http.Server
+	start    time.Time
+	mesh     *mesh.Mesh
+	sync     *syncer
+	events   *eventHub
+	counters counters
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc

@@ -48,6 +48,7 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("POST /v1/sync", n.postSync)
 	mux.HandleFunc("GET /v1/events", n.getEvents)
 	mux.HandleFunc("GET /v1/activity", n.getActivity)
+	mux.Handle("GET /metrics", n.metricsHandler())
 	return n.guard(mux)
 }
 
@@ -216,6 +217,7 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.sync.published([]*wire.Signed{s})
+	n.counters.committed.Add(1)
 	n.events.emit(EvCommitted, map[string]any{"site": s.Site, "from": s.Seq, "to": s.Seq})
 	writeJSON(w, http.StatusOK, TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()})
 }
@@ -609,6 +611,7 @@ func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed,
 		return nil, err
 	}
 	n.sync.published(out)
+	n.counters.committed.Add(uint64(len(out)))
 	n.events.emit(EvCommitted, map[string]any{"site": out[0].Site, "from": out[0].Seq, "to": out[len(out)-1].Seq})
 	return out, nil
 }

@@ -45,8 +45,7 @@ type syncer struct {
 	mu       sync.Mutex
 	views    map[peer.ID]*peerView
 	lastSync time.Time
-	dropped  uint64 // gossip publishes dropped because the queue was full
-	caughtUp bool   // own log has caught up with what the family holds of it
+	caughtUp bool // own log has caught up with what the family holds of it
 }
 
 func newSyncer(n *Node) *syncer {
@@ -123,6 +122,12 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	if err != nil && ctx.Err() == nil {
 		s.n.log.Debug("catch-up session failed", "peer", p, "reason", reason, "err", err)
 	}
+	s.n.counters.catchupBytes.Add(uint64(st.Bytes))
+	if err == nil {
+		s.n.counters.catchupOK.Add(1)
+	} else {
+		s.n.counters.catchupFailed.Add(1)
+	}
 	s.n.events.emit(EvCatchUp, map[string]any{"peer": p.String(), "reason": reason, "entries": st.Appended, "bytes": st.Bytes, "ok": err == nil})
 	if st.Appended > 0 {
 		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", time.Since(start).Round(time.Millisecond))
@@ -157,9 +162,7 @@ func (s *syncer) published(es []*wire.Signed) {
 		select {
 		case s.pubq <- e.Marshal():
 		default:
-			s.mu.Lock()
-			s.dropped++
-			s.mu.Unlock()
+			s.n.counters.publishDropped.Add(1)
 		}
 	}
 }
@@ -177,6 +180,9 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 		via := "catch-up"
 		if gossip {
 			via = "gossip"
+			s.n.counters.receivedGossip.Add(uint64(res.Appended))
+		} else {
+			s.n.counters.receivedCatchUp.Add(uint64(res.Appended))
 		}
 		last := run[len(run)-1]
 		s.n.events.emit(EvReceived, map[string]any{"site": last.Site, "from": last.Seq - uint64(res.Appended) + 1, "to": last.Seq, "peer": from.String(), "via": via})

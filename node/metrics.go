@@ -1,0 +1,133 @@
+package node
+
+import (
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// counters are the node's monotonically increasing figures, kept as atomics
+// and exported by the collector at scrape time.
+type counters struct {
+	committed       atomic.Uint64 // own entries committed
+	receivedGossip  atomic.Uint64 // entries appended from gossip
+	receivedCatchUp atomic.Uint64 // entries appended from catch-up
+	catchupBytes    atomic.Uint64 // compressed catch-up bytes received
+	catchupOK       atomic.Uint64 // catch-up sessions that succeeded
+	catchupFailed   atomic.Uint64 // catch-up sessions that failed
+	publishDropped  atomic.Uint64 // own entries not gossiped (queue full; catch-up delivers them)
+}
+
+// collector computes every metric when Prometheus scrapes: the node keeps no
+// metric state of its own beyond the counters.
+type collector struct{ n *Node }
+
+var (
+	mEntries = prometheus.NewDesc("ppsync_entries_total",
+		"Entries appended to this node's log, by origin (own, gossip, catch-up).", []string{"origin"}, nil)
+	mCatchupBytes = prometheus.NewDesc("ppsync_catchup_received_bytes_total",
+		"Compressed bytes received in catch-up sessions.", nil, nil)
+	mCatchupSessions = prometheus.NewDesc("ppsync_catchup_sessions_total",
+		"Catch-up sessions run, by result.", []string{"result"}, nil)
+	mRejections = prometheus.NewDesc("ppsync_rejections_total",
+		"Connections, streams and gossip messages refused, by reason.", []string{"reason"}, nil)
+	mDropped = prometheus.NewDesc("ppsync_gossip_publish_dropped_total",
+		"Own entries not gossiped because the queue was full (catch-up delivers them).", nil, nil)
+	mPeers = prometheus.NewDesc("ppsync_peers_connected",
+		"Family members connected now, by path (direct, relay).", []string{"via"}, nil)
+	mBacklog = prometheus.NewDesc("ppsync_backlog_entries",
+		"Own entries no other member is known to hold.", nil, nil)
+	mLag = prometheus.NewDesc("ppsync_peer_lag_entries",
+		"Entries this node holds that a member does not, by member site.", []string{"site"}, nil)
+	mFrontier = prometheus.NewDesc("ppsync_frontier_seq",
+		"Highest contiguous seq held, by site.", []string{"site"}, nil)
+	mConflicts = prometheus.NewDesc("ppsync_conflicts",
+		"Concurrent writes recorded (conflicts).", nil, nil)
+	mRecords = prometheus.NewDesc("ppsync_records",
+		"Live records in the state.", nil, nil)
+	mForks = prometheus.NewDesc("ppsync_forks",
+		"Sites known to have forked.", nil, nil)
+	mHeld = prometheus.NewDesc("ppsync_held_entries",
+		"Entries waiting for a newer ppsync (newer schema).", nil, nil)
+	mLastSync = prometheus.NewDesc("ppsync_last_sync_age_seconds",
+		"Seconds since the last successful catch-up session (-1: never).", nil, nil)
+	mVersionMismatch = prometheus.NewDesc("ppsync_version_mismatch",
+		"1 when members run different ppsync versions.", nil, nil)
+	mOnline = prometheus.NewDesc("ppsync_online",
+		"1 when at least one family member is reachable.", nil, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mEntries, mCatchupBytes, mCatchupSessions, mRejections, mDropped, mPeers,
+		mBacklog, mLag, mFrontier, mConflicts, mRecords, mForks, mHeld, mLastSync, mVersionMismatch, mOnline} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	k := &n.counters
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter(mEntries, k.committed.Load(), "own")
+	counter(mEntries, k.receivedGossip.Load(), "gossip")
+	counter(mEntries, k.receivedCatchUp.Load(), "catch-up")
+	counter(mCatchupBytes, k.catchupBytes.Load())
+	counter(mCatchupSessions, k.catchupOK.Load(), "ok")
+	counter(mCatchupSessions, k.catchupFailed.Load(), "failed")
+	counter(mDropped, k.publishDropped.Load())
+	for reason, v := range n.mesh.Rejections() {
+		counter(mRejections, v, reason)
+	}
+	st, err := n.Status()
+	if err != nil {
+		return
+	}
+	via := map[string]float64{"direct": 0, "relay": 0}
+	for _, p := range n.sync.peers() {
+		if p.Connected {
+			via[p.Via]++
+		}
+		gauge(mLag, float64(p.Lag), p.Site)
+	}
+	for v, x := range via {
+		gauge(mPeers, x, v)
+	}
+	for site, seq := range st.Frontier {
+		gauge(mFrontier, float64(seq), site)
+	}
+	gauge(mBacklog, float64(st.Pending))
+	gauge(mConflicts, float64(st.Conflicts))
+	gauge(mRecords, float64(st.Records))
+	gauge(mForks, float64(len(st.Forks)))
+	gauge(mHeld, float64(st.Held))
+	age := -1.0
+	if st.LastSync != nil {
+		age = n.cfg.Now().Sub(*st.LastSync).Seconds()
+	}
+	gauge(mLastSync, age)
+	gauge(mVersionMismatch, b2f(st.VersionMismatch))
+	gauge(mOnline, b2f(st.Online))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// metricsHandler serves GET /metrics from a registry of this node's own (no
+// global registry: several nodes may share a process).
+func (n *Node) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{n})
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second})
+}
