@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"gopkg.in/natefinch/lumberjack.v2"
+
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node"
 )
@@ -161,7 +163,7 @@ func capitalize(s string) string {
 }
 
 func runCommand() *command {
-	var data, api, logFormat, logLevel string
+	var data, api, logFormat, logLevel, logFile string
 	var listen, bootstrap listFlag
 	var headless bool
 	return &command{
@@ -182,6 +184,7 @@ another ppsync already runs on DATA.`,
 			fs.BoolVar(&headless, "headless", false, "do not open the sync page in a browser")
 			fs.StringVar(&logFormat, "log-format", "text", "log `FORMAT` on stderr: text or json")
 			fs.StringVar(&logLevel, "log-level", "", "log `LEVEL`: debug, info, warn or error (default from ppsync.toml)")
+			fs.StringVar(&logFile, "log-file", "", "also log as JSON to `FILE`, size-capped and rotated (what a service uses)")
 		},
 		run: func(c *cli, cmd *command, args []string) error {
 			fs := newFlagSet(cmd)
@@ -223,6 +226,14 @@ another ppsync already runs on DATA.`,
 			}
 			cfg.Version = version
 			cfg.Logger = newLogger(c.stderr, logFormat, level)
+			if logFile != "" {
+				if err := os.MkdirAll(filepath.Dir(logFile), 0o700); err != nil {
+					return fmt.Errorf("cannot create the log directory for %s: %w", logFile, err)
+				}
+				rot := &lumberjack.Logger{Filename: logFile, MaxSize: 10, MaxBackups: 5, Compress: true}
+				defer rot.Close()
+				cfg.Logger = slog.New(fanout{cfg.Logger.Handler(), slog.NewJSONHandler(rot, &slog.HandlerOptions{Level: level})})
+			}
 			cfg.Env = c.getenv
 			cfg.Now = c.now
 			// PPSYNC_CLOCK_OFFSET (a duration like -3m) shifts this node's clock:
@@ -242,7 +253,7 @@ another ppsync already runs on DATA.`,
 			if err != nil {
 				return err
 			}
-			runErr := n.Run(ctx)
+			runErr := runService(ctx, n.Run)
 			closeErr := n.Close()
 			if runErr != nil {
 				return runErr
@@ -253,6 +264,32 @@ another ppsync already runs on DATA.`,
 			return nil
 		},
 	}
+}
+
+// fanout sends every log record to two handlers (the terminal and the file).
+type fanout struct{ a, b slog.Handler }
+
+func (f fanout) Enabled(ctx context.Context, l slog.Level) bool {
+	return f.a.Enabled(ctx, l) || f.b.Enabled(ctx, l)
+}
+
+func (f fanout) Handle(ctx context.Context, r slog.Record) error {
+	var errs []error
+	if f.a.Enabled(ctx, r.Level) {
+		errs = append(errs, f.a.Handle(ctx, r.Clone()))
+	}
+	if f.b.Enabled(ctx, r.Level) {
+		errs = append(errs, f.b.Handle(ctx, r))
+	}
+	return errors.Join(errs...)
+}
+
+func (f fanout) WithAttrs(as []slog.Attr) slog.Handler {
+	return fanout{f.a.WithAttrs(as), f.b.WithAttrs(as)}
+}
+
+func (f fanout) WithGroup(name string) slog.Handler {
+	return fanout{f.a.WithGroup(name), f.b.WithGroup(name)}
 }
 
 // signalContext is cancelled on SIGINT or SIGTERM.
