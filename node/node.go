@@ -55,7 +55,8 @@ type Node struct {
 
 	mu       sync.Mutex // guards the fields below and ppsync.toml
 	settings Config
-	refused  error // set when the node's own certificate stopped being current
+	refused  error   // set when the node's own certificate stopped being current
+	schema   *Schema // DATA/schema.json, nil when absent
 	closed   bool
 }
 
@@ -131,6 +132,9 @@ func (n *Node) open(ctx context.Context) error {
 		return fmt.Errorf("node: %s belongs to family %.16s…, but its family.json is for family %.16s…; restore the right family.json", dir, id.FamilyID, n.roster.FamilyID())
 	}
 	if n.cert, err = n.ownCertificate(); err != nil {
+		return err
+	}
+	if n.schema, err = loadSchema(dir); err != nil {
 		return err
 	}
 	fp, err := lock.Fingerprint(id.FamilyID, n.cfg.Env)

@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,23 +48,32 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("GET /v1/events", n.getEvents)
 	mux.HandleFunc("GET /v1/activity", n.getActivity)
 	mux.Handle("GET /metrics", n.metricsHandler())
-	return n.guard(mux)
+	pg := n.newPage()
+	pg.routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
+	n.keepActivity()
+	pg.logLink()
+	return n.guard(mux, pg)
 }
 
-// guard authenticates every request with the API key and, when the API is
-// bound to loopback, refuses requests from anywhere else.
-func (n *Node) guard(next http.Handler) http.Handler {
+// guard authenticates every request with the API key or, for the sync
+// page's requests, a page session (see page.go) and, when the API is bound
+// to loopback, refuses requests from anywhere else.
+func (n *Node) guard(next http.Handler, pg *page) http.Handler {
 	loopbackOnly := isLoopbackHost(n.cfg.API)
-	want := []byte("Bearer " + n.apiKey)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if loopbackOnly && !isLoopbackRemote(r.RemoteAddr) {
 			writeError(w, http.StatusForbidden, "forbidden", "this API only answers requests from this machine")
 			return
 		}
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'")
-			return
+		if !n.bearerOK(r) && !pg.public(r) {
+			switch verdict, why := pg.authorize(r); verdict {
+			case sessionRefused:
+				writeError(w, http.StatusForbidden, "forbidden", why)
+				return
+			case noSession:
+				writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'")
+				return
+			}
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -196,6 +204,14 @@ func toOps(in []OpJSON) ([]wire.Op, error) {
 	return out, nil
 }
 
+// checkSchema applies DATA/schema.json, when there is one, to own writes.
+func (n *Node) checkSchema(ops []wire.Op) error {
+	n.mu.Lock()
+	s := n.schema
+	n.mu.Unlock()
+	return s.check(ops)
+}
+
 func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 	var req TxRequest
 	if err := decodeBody(w, r, maxTxBody, &req); err != nil {
@@ -203,6 +219,9 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ops, err := toOps(req.Ops)
+	if err == nil {
+		err = n.checkSchema(ops)
+	}
 	if err != nil {
 		n.writeErr(w, err)
 		return
@@ -239,6 +258,9 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 	txs := make([][]wire.Op, len(req.Transactions))
 	for i, t := range req.Transactions {
 		ops, err := toOps(t.Ops)
+		if err == nil {
+			err = n.checkSchema(ops)
+		}
 		if err != nil {
 			n.writeErr(w, fmt.Errorf("transaction %d: %w", i+1, err))
 			return
