@@ -24,13 +24,24 @@ var (
 	ErrCatchingUp = errors.New("node: catching up")
 )
 
-// refused wraps a certificate problem (superseded, revoked) as a refusal.
+// refusal is a certificate problem that stops the node (exit 4). Its message
+// is written for a clinic; it matches ErrRefused and unwraps to its cause.
+type refusal struct {
+	msg   string
+	cause error
+}
+
+func (r *refusal) Error() string        { return r.msg }
+func (r *refusal) Unwrap() error        { return r.cause }
+func (r *refusal) Is(target error) bool { return target == ErrRefused }
+
+// refused turns a certificate problem (superseded, revoked) into a refusal.
 func refused(site string, err error) error {
 	switch {
 	case errors.Is(err, family.ErrRevoked):
-		return fmt.Errorf("%w: site %q has been revoked from the family, so this node may not run. Ask support if this is a mistake. (%v)", ErrRefused, site, err)
+		return &refusal{cause: err, msg: fmt.Sprintf("site %q has been revoked from the family, so this node may not run. Ask support if this is a mistake.", site)}
 	case errors.Is(err, family.ErrSuperseded):
-		return fmt.Errorf("%w: site %q has been moved to another machine or data directory (its certificate was re-issued), so this copy may not run: two copies of one site would split the practice's data. Ask support if this is a mistake. (%v)", ErrRefused, site, err)
+		return &refusal{cause: err, msg: fmt.Sprintf("site %q has been moved to another machine or data directory (support re-issued its certificate), so this copy may not run: two copies of one site would split the practice's data. Ask support if this is a mistake.", site)}
 	}
 	return err
 }

@@ -269,6 +269,9 @@ func (imp *importer) stop(problem error) (importResult, error) {
 
 // importedBefore says how many transactions were imported before a place.
 func importedBefore(n int, place string) string {
+	if n == 0 {
+		return "nothing was imported"
+	}
 	if n == 1 {
 		return "the 1 transaction before " + place + " was imported"
 	}
