@@ -110,9 +110,15 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: connection manager: %w", err)
 	}
+	listen := libp2p.ListenAddrStrings(cfg.Listen...)
+	if len(cfg.Listen) == 0 {
+		// Dial out only (and be reached through the relay). Without this,
+		// libp2p would listen on every interface by default.
+		listen = libp2p.NoListenAddrs
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(priv),
-		libp2p.ListenAddrStrings(cfg.Listen...),
+		listen,
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(quic.NewTransport),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),

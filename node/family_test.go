@@ -220,3 +220,51 @@ func TestOfflineSiteCatchesUp(t *testing.T) {
 		t.Fatalf("clinic-b holds %d of clinic-a's entries", got)
 	}
 }
+
+// TestSitesReachableOnlyThroughRelay: the sites listen nowhere (as behind a
+// NAT), so the only way between them is the relay's circuit.
+func TestSitesReachableOnlyThroughRelay(t *testing.T) {
+	tf := newTestFamily(t)
+	tf.add("relay", "relay")
+	tf.add("clinic-a", "site", "relay")
+	tf.add("clinic-b", "site", "relay")
+	tf.start("relay")
+	for _, s := range []string{"clinic-a", "clinic-b"} {
+		fn := tf.nodes[s]
+		c := tf.config(fn)
+		c.Listen = nil
+		n, err := Open(context.Background(), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
+		r.key, _ = readAPIKey(fn.data)
+		go func() { r.done <- n.Run(ctx) }()
+		fn.r = r
+		t.Cleanup(r.stop)
+		if len(n.mesh.Addrs()) != 0 {
+			t.Fatalf("%s listens on %v", s, n.mesh.Addrs())
+		}
+	}
+	tf.write("clinic-a", 20, "patients")
+	tf.write("clinic-b", 20, "notes")
+	tf.waitConverged(30*time.Second, "relay", "clinic-a", "clinic-b")
+	// The sites reach each other through the relay's circuit.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var via string
+		for _, p := range tf.nodes["clinic-a"].r.n.sync.peers() {
+			if p.Site == "clinic-b" && p.Connected {
+				via = p.Via
+			}
+		}
+		if via == "relay" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("clinic-a does not reach clinic-b via the relay (via %q)", via)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -471,3 +471,20 @@ func TestCloseUnderWriteLoadLosesNothing(t *testing.T) {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
+
+func TestDataDirOfAnotherFamily(t *testing.T) {
+	f := newFixture(t, "clinic-a", "site")
+	other := newFixture(t, "clinic-a", "site")
+	// Someone copied another family's family.json over this node's.
+	b, err := os.ReadFile(filepath.Join(other.data, FamilyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.data, FamilyFile), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(context.Background(), f.config())
+	if err == nil || !strings.Contains(err.Error(), "family") {
+		t.Fatalf("a data directory of another family: %v", err)
+	}
+}
