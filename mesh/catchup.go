@@ -31,14 +31,25 @@ const (
 type catchupRequest struct {
 	Family string            `codec:"fa"`
 	Have   map[string]uint64 `codec:"hv"` // site -> highest contiguous seq the asker holds
+	Heads  map[string][]byte `codec:"hd"` // site -> hash of the asker's entry at Have[site]
 	Sites  []string          `codec:"si"` // only these sites (empty: all)
 }
+
+// divergeWindow is how far back a server resends when the asker's head hash
+// differs from its own entry at that seq (two copies of a site wrote the same
+// seqs): the asker finds the first differing entry and records the fork.
+const divergeWindow = 1000
 
 // catchupBatch is one compressed frame of a response: a contiguous run.
 type catchupBatch struct {
 	Site    string   `codec:"si"`
 	First   uint64   `codec:"fi"`
 	Entries [][]byte `codec:"en"`
+	// Proof, in the frames after the entries, holds the two envelopes that
+	// prove a fork: every session spreads the forks the server knows, so a
+	// fork reaches even a node that no gossip reaches (a cloned copy that
+	// shares its twin's peer ID).
+	Proof [][]byte `codec:"pf,omitempty"`
 }
 
 // FetchStats says what a catch-up session brought.
@@ -106,6 +117,12 @@ func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
 	w := bufio.NewWriterSize(s, 64<<10)
 	for _, site := range sites {
 		head, from := front[site], req.Have[site]+1
+		if have := req.Have[site]; have > 0 && have <= head && len(req.Heads[site]) == len(wire.Hash{}) && m.hashAt(site, have) != wire.Hash(req.Heads[site]) {
+			from = 1
+			if have > divergeWindow {
+				from = have - divergeWindow + 1
+			}
+		}
 		if head < from {
 			continue
 		}
@@ -142,13 +159,22 @@ func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
 			return err
 		}
 	}
+	for _, pr := range m.cfg.Log.ForkProofs() {
+		raw, err := wire.Marshal(&catchupBatch{Proof: [][]byte{pr[0], pr[1]}})
+		if err != nil {
+			return err
+		}
+		if err := writeFrame(w, m.codecs.enc.EncodeAll(raw, nil)); err != nil {
+			return err
+		}
+	}
 	return w.Flush()
 }
 
 // Fetch runs one catch-up session with p: it sends this node's frontier and
 // hands every run received to the Handler, batch by batch, so an interrupted
 // session keeps what it committed and the next one resumes from there.
-func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, sites []string) (FetchStats, error) {
+func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, heads map[string][]byte, sites []string) (FetchStats, error) {
 	var st FetchStats
 	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "catch-up"), p, catchupProto)
 	if err != nil {
@@ -157,7 +183,7 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, sit
 	defer s.Close()
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
-	req, err := wire.Marshal(&catchupRequest{Family: m.cfg.Family.ID(), Have: have, Sites: sites})
+	req, err := wire.Marshal(&catchupRequest{Family: m.cfg.Family.ID(), Have: have, Heads: heads, Sites: sites})
 	if err != nil {
 		return st, err
 	}
@@ -189,6 +215,14 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, sit
 			m.count("catchup_bad_frame")
 			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, err)
 		}
+		if len(b.Proof) == 2 {
+			pa, errA := wire.DecodeEnvelope(b.Proof[0])
+			pb, errB := wire.DecodeEnvelope(b.Proof[1])
+			if errA == nil && errB == nil {
+				m.cfg.Handler.ForkProof(p, pa, pb)
+			}
+			continue
+		}
 		if skip[b.Site] || len(b.Entries) == 0 {
 			continue
 		}
@@ -212,4 +246,122 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, sit
 			skip[b.Site] = true
 		}
 	}
+}
+
+const pushProto protocol.ID = "/ppsync/push/1"
+
+// PushRange sends a range of one site's entries, read from the log, to every
+// connected member over this node's own streams. After a fork it carries this
+// node's branch to the others, who keep it as evidence: no acknowledged entry
+// of either branch exists in only one place.
+func (m *Mesh) PushRange(site string, from, to uint64) {
+	for _, p := range m.host.Network().Peers() {
+		if _, ok := m.cfg.Family.Member(p); !ok {
+			continue
+		}
+		m.goTracked(func() {
+			if err := m.pushTo(p, site, from, to); err != nil {
+				m.log.Debug("push failed", "peer", p, "site", site, "err", err)
+			}
+		})
+	}
+}
+
+func (m *Mesh) pushTo(p peer.ID, site string, from, to uint64) error {
+	ctx, cancel := context.WithTimeout(m.ctx, time.Minute)
+	defer cancel()
+	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "push"), p, pushProto)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	w := bufio.NewWriterSize(s, 64<<10)
+	batch := catchupBatch{Site: site, First: from}
+	flush := func() error {
+		if len(batch.Entries) == 0 {
+			return nil
+		}
+		raw, err := wire.Marshal(&batch)
+		if err != nil {
+			return err
+		}
+		_ = s.SetWriteDeadline(time.Now().Add(catchupIdle))
+		if err := writeFrame(w, m.codecs.enc.EncodeAll(raw, nil)); err != nil {
+			return err
+		}
+		batch.First += uint64(len(batch.Entries))
+		batch.Entries = batch.Entries[:0]
+		return nil
+	}
+	err = m.cfg.Log.RawRange(site, from, to, func(_ uint64, env []byte) (bool, error) {
+		batch.Entries = append(batch.Entries, append([]byte(nil), env...))
+		if len(batch.Entries) >= batchEntries {
+			return false, flush()
+		}
+		return false, nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = w.Flush()
+	}
+	return err
+}
+
+// handlePush takes entries a member pushes (its branch of a fork) and hands
+// them to the Handler like a catch-up run.
+func (m *Mesh) handlePush(s network.Stream) {
+	p := s.Conn().RemotePeer()
+	if _, ok := m.cfg.Family.Member(p); !ok {
+		m.count("push_non_member")
+		s.Reset()
+		return
+	}
+	defer s.Close()
+	r := bufio.NewReaderSize(s, 64<<10)
+	for {
+		_ = s.SetReadDeadline(time.Now().Add(catchupIdle))
+		frame, err := readFrame(r, maxFrame)
+		if err != nil {
+			return
+		}
+		raw, err := m.codecs.dec.DecodeAll(frame, nil)
+		if err != nil {
+			m.count("push_bad_frame")
+			s.Reset()
+			return
+		}
+		var b catchupBatch
+		if err := wire.Unmarshal(raw, &b); err != nil || len(b.Entries) == 0 {
+			m.count("push_bad_frame")
+			s.Reset()
+			return
+		}
+		run := make([]*wire.Signed, 0, len(b.Entries))
+		for i, env := range b.Entries {
+			e, err := wire.DecodeEnvelope(env)
+			if err != nil || e.Site != b.Site || e.Seq != b.First+uint64(i) || e.Family != m.cfg.Family.ID() {
+				m.count("push_bad_entry")
+				s.Reset()
+				return
+			}
+			run = append(run, e)
+		}
+		if _, err := m.cfg.Handler.Entries(m.ctx, p, run, false); err != nil {
+			m.log.Debug("pushed run not appended", "site", b.Site, "err", err)
+		}
+	}
+}
+
+// hashAt returns the hash of this node's entry (site, seq), or the zero hash.
+func (m *Mesh) hashAt(site string, seq uint64) wire.Hash {
+	var h wire.Hash
+	_ = m.cfg.Log.RawRange(site, seq, seq, func(_ uint64, env []byte) (bool, error) {
+		if e, err := wire.DecodeEnvelope(env); err == nil {
+			h = e.Hash
+		}
+		return true, nil
+	})
+	return h
 }

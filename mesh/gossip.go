@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -10,7 +11,9 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/ppsync/ppsync/internal/wire"
 )
@@ -349,14 +352,67 @@ func (m *Mesh) readForkProofs(sub *pubsub.Subscription) {
 	}
 }
 
-// PublishForkProof gossips the proof of a fork so every member shows it.
+// PublishForkProof spreads the proof of a fork so every member shows it: it
+// gossips it, and pushes it over a stream of this node's own to every member
+// it is connected to (a cloned twin that shares a peer ID may hold the
+// gossip stream to a member; this node's own streams still reach it).
 func (m *Mesh) PublishForkProof(ctx context.Context, a, b *wire.Signed) error {
 	data, err := wire.Marshal(&forkProof{A: a.Marshal(), B: b.Marshal()})
 	if err != nil {
 		return err
 	}
+	for _, p := range m.host.Network().Peers() {
+		if _, ok := m.cfg.Family.Member(p); !ok {
+			continue
+		}
+		m.goTracked(func() {
+			ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
+			defer cancel()
+			s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "fork-proof"), p, forkProofProto)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+			if err := writeFrame(s, data); err != nil {
+				s.Reset()
+			}
+		})
+	}
 	if err := m.fkt.Publish(ctx, data); err != nil {
 		return fmt.Errorf("mesh: publish fork proof: %w", err)
 	}
 	return nil
+}
+
+const forkProofProto protocol.ID = "/ppsync/forkproof/1"
+
+// handleForkProof takes a fork proof pushed by a member.
+func (m *Mesh) handleForkProof(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	if _, ok := m.cfg.Family.Member(from); !ok {
+		m.count("forkproof_non_member")
+		s.Reset()
+		return
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := readFrame(bufio.NewReader(s), 2*wire.MaxEntryBytes+1024)
+	if err != nil {
+		m.count("forkproof_malformed")
+		s.Reset()
+		return
+	}
+	var fp forkProof
+	if err := wire.Unmarshal(b, &fp); err != nil {
+		m.count("forkproof_malformed")
+		return
+	}
+	pa, errA := wire.DecodeEnvelope(fp.A)
+	pb, errB := wire.DecodeEnvelope(fp.B)
+	if errA != nil || errB != nil {
+		m.count("forkproof_malformed")
+		return
+	}
+	m.cfg.Handler.ForkProof(from, pa, pb)
 }

@@ -26,6 +26,7 @@ const (
 // every certificate and revocation they hold, so membership spreads.
 type hello struct {
 	Family   string      `codec:"fa"`
+	Instance string      `codec:"in"` // random per process: two at once with one identity are two copies
 	Version  string      `codec:"ve"`
 	Protocol uint32      `codec:"pr"`
 	Schema   uint32      `codec:"sc"`
@@ -41,7 +42,7 @@ type knownPeer struct {
 
 func (m *Mesh) myHello() hello {
 	hb := m.cfg.Heartbeat()
-	h := hello{Family: m.cfg.Family.ID(), Version: hb.Version, Protocol: ProtocolVersion, Schema: hb.Schema,
+	h := hello{Family: m.cfg.Family.ID(), Instance: m.instance, Version: hb.Version, Protocol: ProtocolVersion, Schema: hb.Schema,
 		Docs: m.cfg.Family.Documents()}
 	for _, a := range m.host.Addrs() {
 		h.Addrs = append(h.Addrs, a.String())
@@ -80,6 +81,7 @@ func (m *Mesh) onDisconnected(c network.Conn) {
 	ps, ok := m.peers[p]
 	if ok {
 		ps.hello = false
+		ps.instances = nil // every process of it is gone
 	}
 	m.mu.Unlock()
 	if ok {
@@ -140,11 +142,15 @@ func (m *Mesh) handleHello(s network.Stream) {
 		s.Reset()
 		return
 	}
-	if err := m.sendHello(s); err != nil {
+	// Nothing of the family is told to a peer before it proved a current
+	// membership: a stranger learns neither the roster nor any address.
+	if !m.acceptHello(s.Conn().RemotePeer(), theirs) {
 		s.Reset()
 		return
 	}
-	m.acceptHello(s.Conn().RemotePeer(), theirs)
+	if err := m.sendHello(s); err != nil {
+		s.Reset()
+	}
 }
 
 func (m *Mesh) sendHello(s network.Stream) error {
@@ -172,12 +178,12 @@ func readHello(s network.Stream) (hello, error) {
 
 // acceptHello learns the peer's certificates and revocations, then keeps the
 // connection only if the peer is a current member of this family.
-func (m *Mesh) acceptHello(p peer.ID, h hello) {
+func (m *Mesh) acceptHello(p peer.ID, h hello) bool {
 	if h.Family != m.cfg.Family.ID() {
 		m.count("wrong_family")
 		m.log.Warn("disconnected a node of another family", "peer", p)
 		m.host.Network().ClosePeer(p)
-		return
+		return false
 	}
 	changed := false
 	for _, d := range h.Docs {
@@ -196,7 +202,7 @@ func (m *Mesh) acceptHello(p peer.ID, h hello) {
 		m.count("not_member")
 		m.log.Warn("disconnected a peer that is not a current member", "peer", p)
 		m.host.Network().ClosePeer(p)
-		return
+		return false
 	}
 	m.addAddrs(p, h.Addrs)
 	for _, k := range h.Known {
@@ -216,11 +222,36 @@ func (m *Mesh) acceptHello(p peer.ID, h hello) {
 	}
 	first := !ps.hello
 	ps.member, ps.hello, ps.lastSeen = mem, true, time.Now()
+	restarted := false
+	if !ps.instances[h.Instance] && len(ps.instances) > 0 && len(m.host.Network().ConnsToPeer(p)) <= 1 {
+		// A new process on the only connection: the member restarted before
+		// its old connection was noticed gone. Not a twin; start afresh.
+		ps.instances, restarted = nil, true
+	}
+	if ps.instances == nil {
+		ps.instances = map[string]bool{}
+	}
+	ps.instances[h.Instance] = true
+	twins := len(ps.instances) > 1
 	m.mu.Unlock()
+	if restarted {
+		m.cfg.Handler.PeerChanged(p, true) // a catch-up with the new process
+	}
+	if twins {
+		// Two processes with one identity, both connected: a copied data
+		// directory or a cloned machine.
+		m.count("duplicate_identity")
+		m.log.Error("two copies of one node are running at once", "site", mem.Site, "peer", p)
+		m.cfg.Handler.Duplicate(p)
+	}
 	if first {
 		m.log.Info("member connected", "site", mem.Site, "peer", p, "version", h.Version)
 		m.cfg.Handler.PeerChanged(p, true)
+		if mem.Relay && !m.cfg.Relay {
+			m.Redial() // reserve a slot now that the relay knows this node
+		}
 	}
+	return true
 }
 
 func (m *Mesh) addAddrs(p peer.ID, addrs []string) {
@@ -237,7 +268,12 @@ func (m *Mesh) DocumentsUpdated() {
 	for _, p := range m.host.Network().Peers() {
 		if _, ok := m.cfg.Family.Member(p); !ok && m.cfg.Family.Banned(p) {
 			m.count("membership_ended")
-			m.host.Network().ClosePeer(p)
+			m.goTracked(func() {
+				// Tell it first (the revocation or the move reaches it, so it
+				// stops accepting writes that could never sync), then cut it off.
+				m.sayHello(p)
+				m.host.Network().ClosePeer(p)
+			})
 			continue
 		}
 		if _, ok := m.cfg.Family.Member(p); ok {

@@ -44,6 +44,8 @@ type Log interface {
 	Frontier() map[string]uint64
 	// RawRange calls fn with each stored envelope of site from..to, in order.
 	RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (stop bool, err error)) error
+	// ForkProofs returns, for every fork known, the two envelopes that prove it.
+	ForkProofs() [][2][]byte
 }
 
 // Handler receives what the mesh brings in. Calls may come from several
@@ -61,6 +63,9 @@ type Handler interface {
 	DocumentsChanged()
 	// ForkProof reports two signed entries a member says prove a site's fork.
 	ForkProof(from peer.ID, a, b *wire.Signed)
+	// Duplicate reports two processes connected at once with one member's
+	// identity (a copied data directory or a cloned machine).
+	Duplicate(p peer.ID)
 }
 
 // Heartbeat is what every member gossips periodically about itself.
@@ -71,8 +76,9 @@ type Heartbeat struct {
 	Protocol uint32            `codec:"pr"` // sync protocol version
 	Schema   uint32            `codec:"sc"` // newest entry schema it applies
 	Frontier map[string]uint64 `codec:"fr"`
-	Wall     time.Time         `codec:"wa"` // its wall clock when sent
-	Status   string            `codec:"st"` // "ok", "forked", "catching-up", ...
+	Heads    map[string][]byte `codec:"hd,omitempty"` // site -> hash of the entry at Frontier[site]
+	Wall     time.Time         `codec:"wa"`           // its wall clock when sent
+	Status   string            `codec:"st"`           // "ok", "forked", "catching-up", ...
 	Addrs    []string          `codec:"ad,omitempty"`
 }
 

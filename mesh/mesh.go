@@ -3,6 +3,8 @@ package mesh
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,8 +60,9 @@ type Mesh struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	codecs *codecs
-	redial chan struct{}
+	codecs   *codecs
+	redial   chan struct{}
+	instance string // random per process
 
 	mu      sync.Mutex
 	peers   map[peer.ID]*peerState
@@ -68,6 +71,7 @@ type Mesh struct {
 }
 
 type peerState struct {
+	instances map[string]bool // process instances seen since it last disconnected fully
 	member    Member
 	hello     bool      // the hello exchange completed
 	lastSeen  time.Time // last heartbeat or hello
@@ -97,6 +101,11 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 	if m.codecs, err = newCodecs(); err != nil {
 		return nil, err
 	}
+	var nonce [16]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, fmt.Errorf("mesh: instance ID: %w", err)
+	}
+	m.instance = hex.EncodeToString(nonce[:])
 	m.ctx, m.cancel = context.WithCancel(ctx)
 
 	for _, a := range cfg.Bootstrap {
@@ -153,6 +162,8 @@ func (m *Mesh) start() error {
 	m.host.SetStreamHandler(helloProto, m.handleHello)
 	m.host.SetStreamHandler(catchupProto, m.handleCatchup)
 	m.host.SetStreamHandler(frontierProto, m.handleFrontier)
+	m.host.SetStreamHandler(forkProofProto, m.handleForkProof)
+	m.host.SetStreamHandler(pushProto, m.handlePush)
 	m.host.Network().Notify(&network.NotifyBundle{
 		ConnectedF:    func(_ network.Network, c network.Conn) { m.onConnected(c) },
 		DisconnectedF: func(_ network.Network, c network.Conn) { m.onDisconnected(c) },

@@ -266,15 +266,6 @@ func (rp *atkPeer) publish(name string, data []byte) {
 
 func atkEntriesTopic(familyID string) string { return fmt.Sprintf("/ppsync/%s/entries/1", familyID) }
 
-// atkKnownBug skips a test that shows a known product bug, unless
-// PPSYNC_TEST_KNOWN_BUGS=1 asks to run it (and see it fail).
-func atkKnownBug(t testing.TB, desc string) {
-	t.Helper()
-	if os.Getenv("PPSYNC_TEST_KNOWN_BUGS") == "" {
-		t.Skip("BUG: " + desc)
-	}
-}
-
 // atkPoll polls cond every 25ms until it holds or d passes; it returns
 // whether it held and the last detail.
 func atkPoll(d time.Duration, cond func() (bool, string)) (bool, string) {

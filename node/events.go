@@ -35,6 +35,9 @@ type eventHub struct {
 	next uint64
 	ring []Event
 	subs map[chan Event]struct{}
+	// store keeps events across restarts (DATA/activity.log, see
+	// activity.go); nil until the node attaches it, and after it closes.
+	store *activityStore
 }
 
 func newEventHub(now func() time.Time) *eventHub {
@@ -55,6 +58,9 @@ func (h *eventHub) emit(typ string, data any) {
 		h.ring = h.ring[:evRingSize-1]
 	}
 	h.ring = append(h.ring, ev)
+	if h.store != nil {
+		h.store.append(ev)
+	}
 	for c := range h.subs {
 		select {
 		case c <- ev:

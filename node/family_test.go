@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -82,6 +83,9 @@ func (tf *testFamily) config(fn *famNode) Config {
 	}
 	c.API, c.Listen, c.MDNS, c.Env, c.Version = "127.0.0.1:0", []string{"/ip4/127.0.0.1/tcp/0"}, false, tf.getenv, "test"
 	c.HeartbeatInterval = 200 * time.Millisecond
+	if os.Getenv("PPSYNC_TEST_LOG") != "" { // debugging aid: every node logs to stderr
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", fn.site)
+	}
 	c.SyncInterval = Duration(time.Second)
 	if tf.relay != "" && fn.site != "relay" {
 		c.Bootstrap = []string{tf.relay}

@@ -2,14 +2,10 @@ package node
 
 import (
 	"crypto/ed25519"
-	"fmt"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ppsync/ppsync/family"
-	"github.com/ppsync/ppsync/internal/hlc"
-	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
 )
 
@@ -73,15 +69,24 @@ func (m members) Learn(doc []byte) (bool, error) {
 	return res.Changed, nil
 }
 
-// Fenced: an entry written under an old epoch of its site after a newer
-// epoch's certificate was issued comes from the site's old machine after the
-// move; it is kept as evidence and never applied.
-func (m members) Fenced(e *wire.Signed) error {
-	wall := hlc.Timestamp(e.HLC).Time()
-	for _, c := range m.n.roster.Certificates() {
-		if c.Site == e.Site && c.Epoch > e.Epoch && c.IssuedAt.Before(wall) {
-			return fmt.Errorf("site %q moved (epoch %d issued %s) before this epoch-%d entry was written", e.Site, c.Epoch, c.IssuedAt.UTC().Format(time.RFC3339), e.Epoch)
+// logView is what the mesh reads of the log: durable ranges, the frontier,
+// and the proofs of known forks.
+type logView struct{ n *Node }
+
+func (v logView) Frontier() map[string]uint64 { return v.n.txlog.Frontier() }
+
+func (v logView) RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (bool, error)) error {
+	return v.n.txlog.RawRange(site, from, to, fn)
+}
+
+func (v logView) ForkProofs() [][2][]byte {
+	var out [][2][]byte
+	for _, f := range v.n.txlog.Forks() {
+		a, b, err := v.n.txlog.ForkProof(f.Site)
+		if err != nil {
+			continue
 		}
+		out = append(out, [2][]byte{a.Marshal(), b.Marshal()})
 	}
-	return nil
+	return out
 }

@@ -286,7 +286,7 @@ func (n *Node) startMesh(ctx context.Context) error {
 	var err error
 	n.mesh, err = mesh.New(n.ctx, mesh.Config{
 		Key: n.key, Listen: n.cfg.Listen, Bootstrap: boot, Relay: n.id.Role == family.RoleRelay,
-		Family: members{n}, Log: n.txlog, Handler: n.sync, Logger: n.log, MDNS: n.cfg.MDNS,
+		Family: members{n}, Log: logView{n}, Handler: n.sync, Logger: n.log, MDNS: n.cfg.MDNS,
 		HeartbeatInterval: n.cfg.HeartbeatInterval, Heartbeat: n.heartbeat,
 	})
 	if err != nil {
@@ -310,7 +310,13 @@ func (n *Node) heartbeat() mesh.Heartbeat {
 	hb := mesh.Heartbeat{Site: n.id.Site, Role: string(n.id.Role), Version: n.cfg.Version, Protocol: mesh.ProtocolVersion,
 		Schema: wire.SchemaVersion, Wall: n.cfg.Now().UTC(), Status: status}
 	if n.txlog != nil {
-		hb.Frontier = n.txlog.Frontier()
+		heads := n.txlog.Heads()
+		hb.Frontier = make(map[string]uint64, len(heads))
+		hb.Heads = make(map[string][]byte, len(heads))
+		for site, h := range heads {
+			hb.Frontier[site] = h.Seq
+			hb.Heads[site] = append([]byte(nil), h.Hash[:]...)
+		}
 	}
 	return hb
 }

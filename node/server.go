@@ -565,6 +565,9 @@ func (n *Node) Status() (Status, error) {
 	for _, f := range n.txlog.Forks() {
 		s.Forks = append(s.Forks, ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})
 	}
+	for _, d := range n.sync.duplicates() {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("two copies of site %s are running at once (a copied data directory or a cloned machine): they split the practice's data; stop one and ask support", d))
+	}
 	for _, f := range s.Forks {
 		s.Warnings = append(s.Warnings, fmt.Sprintf("fork: site %s wrote two different entries at seq %d (two copies of one site are writing); its later entries are quarantined until support resolves it", f.Site, f.Seq))
 	}

@@ -45,14 +45,16 @@ type syncer struct {
 	mu       sync.Mutex
 	views    map[peer.ID]*peerView
 	lastSync time.Time
-	caughtUp bool // own log has caught up with what the family holds of it
+	caughtUp bool                  // own log has caught up with what the family holds of it
+	twins    map[peer.ID]time.Time // members seen running as two processes at once
+	probed   map[string]time.Time  // peer/site divergence checks, rate-limited
 }
 
 func newSyncer(n *Node) *syncer {
 	// A node at its site's first epoch may write at once; one that was moved
 	// here first catches up its site's log from the family.
 	return &syncer{n: n, events: make(chan syncEvent, 4096), pubq: make(chan []byte, 8192), views: map[peer.ID]*peerView{},
-		caughtUp: n.cert.Epoch <= 1}
+		caughtUp: n.cert.Epoch <= 1, twins: map[peer.ID]time.Time{}, probed: map[string]time.Time{}}
 }
 
 // post hands an event to the loop. Heartbeats are dropped when the loop is
@@ -118,7 +120,8 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 	start := time.Now()
-	st, err := s.n.mesh.Fetch(fctx, p, s.n.txlog.Frontier(), nil)
+	have, heads := s.n.frontierWithHeads()
+	st, err := s.n.mesh.Fetch(fctx, p, have, heads, nil)
 	if err != nil && ctx.Err() == nil {
 		s.n.log.Debug("catch-up session failed", "peer", p, "reason", reason, "err", err)
 	}
@@ -210,6 +213,22 @@ func (s *syncer) spreadFork(site string) {
 	if err := s.n.mesh.PublishForkProof(s.n.ctx, a, b); err != nil && s.n.ctx.Err() == nil {
 		s.n.log.Warn("fork proof not gossiped", "site", site, "err", err)
 	}
+	// Carry this node's branch from the fork on to the others, where it is
+	// kept as evidence: no acknowledged entry lives in one place only.
+	s.pushBranch(site, a.Seq)
+}
+
+// pushBranch carries this node's entries of a forked site, from a little
+// before the seq the proof names (the branches may have parted earlier) to
+// its head, to every connected member, where they are kept as evidence.
+func (s *syncer) pushBranch(site string, seq uint64) {
+	from := uint64(1)
+	if seq > 1000 {
+		from = seq - 1000 + 1
+	}
+	if h := s.n.txlog.Head(site); h.Seq >= from {
+		s.n.mesh.PushRange(site, from, h.Seq)
+	}
 }
 
 // ForkProof is the mesh.Handler side: a member's proof of a fork.
@@ -220,6 +239,10 @@ func (s *syncer) ForkProof(from peer.ID, a, b *wire.Signed) {
 		return
 	}
 	if added {
+		// Whoever learns of a fork passes on its own branch too: a copy of
+		// the forked site that only heard of it still holds entries no one
+		// else has.
+		s.n.goTracked(func() { s.pushBranch(a.Site, a.Seq) })
 		s.n.events.emit(EvFork, map[string]any{"site": a.Site, "seq": a.Seq, "peer": from.String()})
 		s.n.log.Error("fork reported by a member: two copies of a site wrote different entries", "site", a.Site, "seq", a.Seq, "peer", from)
 	}
@@ -248,7 +271,89 @@ func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 		s.n.log.Warn("clock skew with a member", "site", hb.Site, "skew", skew.Round(time.Second))
 	}
 	s.updateCaughtUp()
+	s.compareHeads(from, hb)
 	s.post(s.n.ctx, syncEvent{kind: "heartbeat", peer: from, frontier: hb.Frontier})
+}
+
+// compareHeads looks for a site whose entry at the member's head differs from
+// the one held here: two copies of a site that wrote the same number of
+// entries show no gap anywhere, only different hashes. On a mismatch it
+// fetches that entry from the member, and the log records the fork.
+func (s *syncer) compareHeads(from peer.ID, hb mesh.Heartbeat) {
+	for site, n := range hb.Frontier {
+		theirs := hb.Heads[site]
+		if n == 0 || len(theirs) != len(wire.Hash{}) {
+			continue
+		}
+		mine := s.n.txlog.Head(site)
+		if n > mine.Seq {
+			continue // ahead: the catch-up it triggers compares the chains
+		}
+		ours := mine.Hash
+		if n < mine.Seq {
+			e, err := s.n.txlog.Get(site, n)
+			if err != nil {
+				continue
+			}
+			ours = e.Hash
+		}
+		if wire.Hash(theirs) == ours {
+			continue
+		}
+		key := from.String() + "/" + site
+		s.mu.Lock()
+		recent := time.Since(s.probed[key]) < 10*time.Second
+		if !recent {
+			s.probed[key] = time.Now()
+		}
+		s.mu.Unlock()
+		if recent {
+			continue
+		}
+		s.n.log.Warn("a member holds another entry for the same seq: checking for a fork", "site", site, "seq", n, "peer", from)
+		s.n.goTracked(func() {
+			ctx, cancel := context.WithTimeout(s.n.ctx, time.Minute)
+			defer cancel()
+			if _, err := s.n.mesh.Fetch(ctx, from, map[string]uint64{site: n - 1}, nil, []string{site}); err != nil && ctx.Err() == nil {
+				s.n.log.Debug("fork check fetch failed", "peer", from, "site", site, "err", err)
+			}
+		})
+	}
+}
+
+// Duplicate is the mesh.Handler side: two processes run one member's identity.
+func (s *syncer) Duplicate(p peer.ID) {
+	s.mu.Lock()
+	s.twins[p] = s.n.cfg.Now()
+	s.mu.Unlock()
+	site := ""
+	if m, ok := s.n.roster.Member(p); ok {
+		site = m.Site
+	}
+	s.n.events.emit(EvFork, map[string]any{"site": site, "peer": p.String(), "duplicate": true})
+	// Whichever copy answers, compare everything it holds.
+	s.n.goTracked(func() {
+		ctx, cancel := context.WithTimeout(s.n.ctx, time.Minute)
+		defer cancel()
+		have, heads := s.n.frontierWithHeads()
+		_, _ = s.n.mesh.Fetch(ctx, p, have, heads, nil)
+	})
+}
+
+// duplicates lists the sites seen running as two processes at once.
+func (s *syncer) duplicates() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for p := range s.twins {
+		if m, ok := s.n.roster.Member(p); ok {
+			out = append(out, m.Site)
+		} else {
+			out = append(out, p.String())
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // PeerChanged is the mesh.Handler side: a member connected or left. A member
@@ -421,4 +526,17 @@ func (s *syncer) receipt(ctx context.Context) Receipt {
 		rc.Members = append(rc.Members, m)
 	}
 	return rc
+}
+
+// frontierWithHeads returns the durable frontier and each site's head hash,
+// what a catch-up request carries.
+func (n *Node) frontierWithHeads() (map[string]uint64, map[string][]byte) {
+	hs := n.txlog.Heads()
+	have := make(map[string]uint64, len(hs))
+	heads := make(map[string][]byte, len(hs))
+	for site, h := range hs {
+		have[site] = h.Seq
+		heads[site] = append([]byte(nil), h.Hash[:]...)
+	}
+	return have, heads
 }

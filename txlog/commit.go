@@ -411,25 +411,9 @@ func (l *Log) addRun(g *group, run []*wire.Signed) (RunResult, error) {
 		return l.fork(g, run, head)
 	}
 	if run[0].Epoch < head.Epoch {
-		return res, fmt.Errorf("%w: %s has epoch %d, the site's log is already at epoch %d", ErrEpoch, run[0].ID(), run[0].Epoch, head.Epoch)
-	}
-	var fenced []*wire.Signed
-	if f, ok := l.cfg.Keys.(Fencer); ok {
-		for i, s := range run {
-			if err := f.Fenced(s); err != nil {
-				run, fenced = run[:i], run[i:]
-				break
-			}
-		}
-	}
-	for _, s := range fenced {
-		if err := g.b.Set(hashKey(spaceQuarantine, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
-			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
-		}
-		res.Quarantined++
-	}
-	if len(run) == 0 {
-		return res, fmt.Errorf("%w: %s was written by the site's old machine after the site moved; it is kept as evidence and not applied", ErrFenced, fenced[0].ID())
+		// The site moved and its new machine already wrote here: this comes
+		// from the old machine afterwards.
+		return l.fence(g, run, res)
 	}
 	var maxHLC uint64
 	for _, s := range run {
@@ -440,23 +424,42 @@ func (l *Log) addRun(g *group, run []*wire.Signed) (RunResult, error) {
 	end := run[len(run)-1]
 	g.heads[site] = Head{Seq: end.Seq, Hash: end.Hash, Epoch: end.Epoch}
 	res.Appended = len(run)
-	if len(fenced) > 0 {
-		return res, fmt.Errorf("%w: %s was written by the site's old machine after the site moved; it is kept as evidence and not applied", ErrFenced, fenced[0].ID())
-	}
 	return res, nil
+}
+
+// fence quarantines entries of a site's old machine written after its new
+// machine (a newer epoch) took over: kept as evidence, never applied, and no
+// fork, since the newer epoch's chain is the site's.
+func (l *Log) fence(g *group, run []*wire.Signed, res RunResult) (RunResult, error) {
+	for _, s := range run {
+		if err := g.b.Set(hashKey(spaceQuarantine, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
+		}
+		res.Quarantined++
+	}
+	return res, fmt.Errorf("%w: %s (epoch %d) was written by the site's old machine after the site moved; it is kept as evidence and not applied", ErrFenced, run[0].ID(), run[0].Epoch)
 }
 
 // hashAt returns the hash of the held entry (site, seq), looking through the
 // group's batch so that entries appended earlier in the group count.
 func (l *Log) hashAt(g *group, site string, seq uint64) (wire.Hash, error) {
+	s, err := l.entryAt(g, site, seq)
+	if err != nil {
+		return wire.Hash{}, err
+	}
+	return s.Hash, nil
+}
+
+// entryAt returns the held entry (site, seq) through the group's batch.
+func (l *Log) entryAt(g *group, site string, seq uint64) (*wire.Signed, error) {
 	v, closer, err := g.b.Get(entryKey(site, seq))
 	if err != nil {
-		return wire.Hash{}, fmt.Errorf("%w: %s#%d is below the head but cannot be read: %v", ErrDamaged, site, seq, err)
+		return nil, fmt.Errorf("%w: %s#%d is below the head but cannot be read: %v", ErrDamaged, site, seq, err)
 	}
 	defer closer.Close()
 	s, err := wire.DecodeEnvelope(v)
 	if err != nil {
-		return wire.Hash{}, fmt.Errorf("%w: %s#%d: %v", ErrDamaged, site, seq, err)
+		return nil, fmt.Errorf("%w: %s#%d: %v", ErrDamaged, site, seq, err)
 	}
-	return s.Hash, nil
+	return s, nil
 }

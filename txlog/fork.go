@@ -117,6 +117,11 @@ func (l *Log) fork(g *group, run []*wire.Signed, head Head) (RunResult, error) {
 		forkSeq, held, offered = head.Seq, head.Hash, run[idx].Prev
 	}
 	ev := run[idx]
+	if heldEntry, err := l.entryAt(g, site, forkSeq); err == nil && ev.Epoch < heldEntry.Epoch {
+		// Not a fork: the site moved, and this branch is its old machine's,
+		// written after the new machine (a newer epoch) took over.
+		return l.fence(g, run[idx:], res)
+	}
 	key, err := l.cfg.Keys.SiteKey(ev.Site, ev.Epoch)
 	if err != nil {
 		return res, fmt.Errorf("txlog: check conflicting entry %s: %w", ev.ID(), err)

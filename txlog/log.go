@@ -63,14 +63,6 @@ type KeyResolver interface {
 	SiteKey(site string, epoch uint64) (ed25519.PublicKey, error)
 }
 
-// Fencer is optionally implemented by the KeyResolver. Fenced reports an
-// entry that its site's old machine wrote after the site moved (a newer
-// epoch's certificate was issued before the entry's time): such entries are
-// quarantined, never applied.
-type Fencer interface {
-	Fenced(e *wire.Signed) error
-}
-
 // Applier applies entries to the materialized state inside the log's batch.
 // b is an indexed batch: reads through it see earlier writes of the batch.
 // ApplyAll is called from one goroutine at a time, with each entry exactly

@@ -230,9 +230,9 @@ func TestRunVerification(t *testing.T) {
 	if h := e.log.Head("b"); h.Seq != 13 || h.Epoch != 2 {
 		t.Fatalf("head %+v", h)
 	}
-	// Epoch must not go backwards.
+	// Epoch must not go backwards: such an entry is fenced.
 	old := chain(t, "b", 1, bKey, 13, e.log.Head("b").Hash, 1, "")
-	if _, err := e.log.AppendRemote(bg, old[0]); !errors.Is(err, ErrEpoch) {
+	if _, err := e.log.AppendRemote(bg, old[0]); !errors.Is(err, ErrFenced) {
 		t.Fatalf("epoch going back: %v", err)
 	}
 }
@@ -489,36 +489,37 @@ func TestForkProofSpreads(t *testing.T) {
 	}
 }
 
-// fencingKeys fences entries of site b's epoch 1 written after time fence.
-type fencingKeys struct {
-	*keyring
-	fence uint64
-}
-
-func (f fencingKeys) Fenced(e *wire.Signed) error {
-	if e.Site == "b" && e.Epoch == 1 && e.HLC > f.fence {
-		return errors.New("written after the move")
-	}
-	return nil
-}
-
 func TestMovedSiteOldMachineFenced(t *testing.T) {
-	var fk fencingKeys
-	e := newEnv(t, "a", func(c *Config) {
-		fk = fencingKeys{keyring: c.Keys.(*keyring)}
-		c.Keys = &fk
-	})
+	e := newEnv(t, "a", nil)
 	bKey := e.keys.add(t, "b", 1)
-	run := chain(t, "b", 1, bKey, 0, wire.Hash{}, 6, "")
-	fk.fence = run[3].HLC // the move was issued after entry 4 was written
-	res, err := e.log.AppendRun(bg, run)
-	if !errors.Is(err, ErrFenced) || res.Appended != 4 || res.Quarantined != 2 {
-		t.Fatalf("fenced run: %+v %v", res, err)
+	old := chain(t, "b", 1, bKey, 0, wire.Hash{}, 4, "")
+	if _, err := e.log.AppendRun(bg, old); err != nil {
+		t.Fatal(err)
 	}
-	if e.log.Head("b").Seq != 4 || e.applied(run[4].ID()) {
-		t.Fatal("a fenced entry was applied")
+	// The site moved: its new machine (epoch 2) caught up to seq 4 and wrote on.
+	b2 := e.keys.add(t, "b", 2)
+	newer := chain(t, "b", 2, b2, 4, old[3].Hash, 2, "new")
+	if _, err := e.log.AppendRun(bg, newer); err != nil {
+		t.Fatal(err)
 	}
-	if q, _ := e.log.Quarantined("b"); len(q) != 2 {
+	// The old machine, not told yet, wrote seq 5 and 6 too.
+	stale := chain(t, "b", 1, bKey, 4, old[3].Hash, 3, "old")
+	res, err := e.log.AppendRun(bg, stale)
+	if !errors.Is(err, ErrFenced) || errors.Is(err, ErrForked) || res.Quarantined != 3 {
+		t.Fatalf("stale run: %+v %v", res, err)
+	}
+	if len(e.log.Forks()) != 0 {
+		t.Fatal("the old machine's entries were taken for a fork")
+	}
+	// One more written after the new machine's head: also fenced.
+	after := chain(t, "b", 1, bKey, 6, newer[1].Hash, 1, "old")
+	if _, err := e.log.AppendRemote(bg, after[0]); !errors.Is(err, ErrFenced) {
+		t.Fatalf("old epoch after the new head: %v", err)
+	}
+	if h := e.log.Head("b"); h.Seq != 6 || h.Epoch != 2 || h.Hash != newer[1].Hash {
+		t.Fatalf("head %+v", h)
+	}
+	if q, _ := e.log.Quarantined("b"); len(q) != 4 {
 		t.Fatalf("fenced entries kept: %d", len(q))
 	}
 }

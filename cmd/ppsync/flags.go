@@ -29,7 +29,7 @@ func commands() []*command {
 		familyCommand(),
 		initCommand(), installCommand(), runCommand(),
 		putCommand(), deleteCommand(), importCommand(), getCommand(), listCommand(), digestCommand(),
-		statusCommand(), peersCommand(), logCommand(), syncNowCommand(), setCommand(), conflictsCommand(),
+		statusCommand(), peersCommand(), logCommand(), syncNowCommand(), setCommand(), openCommand(), conflictsCommand(),
 		verifyCommand(), versionCommand(), demoCommand(), serviceCommand(), helpCommand(),
 	}
 }

@@ -1,0 +1,319 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"encoding/base64"
+	"html/template"
+	"io/fs"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The sync page: the node's local web dashboard at GET /. Its files are in
+// web/ and embedded in the binary; it reads and steers the node through the
+// same API as everything else.
+//
+// Logging in: `ppsync open` (or the link in the node's log at start-up) asks
+// POST /v1/login-token, with the API key, for a link with a one-time token.
+// GET /?token=T exchanges the token for a session cookie and redirects to /.
+// A session may only call the endpoints the page uses (pageRoutes); a request
+// that changes something must also carry the X-PPSync-Page header, which a
+// cross-site form or image cannot send.
+
+//go:embed web
+var webFiles embed.FS
+
+// Sync page limits.
+const (
+	LoginTokenTTL  = 2 * time.Minute // a login link works once, within this time
+	SessionIdle    = 12 * time.Hour  // a session unused this long ends
+	PageHeader     = "X-PPSync-Page" // must be "1" on a session's requests that change something
+	maxSessions    = 64              // the least recently used ends first
+	maxLoginTokens = 64              // the one expiring first goes first
+	secretBytes    = 32
+)
+
+// pageRoutes are the requests a page session may make (method and path).
+var pageRoutes = map[string]bool{
+	"GET /v1/status":   true,
+	"GET /v1/peers":    true,
+	"GET /v1/settings": true,
+	"PUT /v1/settings": true,
+	"POST /v1/sync":    true,
+	"GET /v1/activity": true,
+	"GET /v1/events":   true,
+	"POST /v1/logout":  true,
+}
+
+// LoginLink answers POST /v1/login-token.
+type LoginLink struct {
+	URL     string    `json:"url"`     // "http://127.0.0.1:PORT/?token=T"
+	Expires time.Time `json:"expires"` // the link works once, until then
+}
+
+// page holds the sync page's login tokens and sessions, in memory only: a
+// restart ends every session.
+type page struct {
+	n      *Node
+	now    func() time.Time
+	cookie string // the cookie's name carries the port: browsers share cookies across the ports of a host
+	base   string // "http://127.0.0.1:PORT"
+
+	mu       sync.Mutex
+	tokens   map[[32]byte]time.Time // hash of a token -> when it expires
+	sessions map[[32]byte]time.Time // hash of a session ID -> when it was last used
+}
+
+func (n *Node) newPage() *page {
+	host, port, _ := net.SplitHostPort(n.ln.Addr().String())
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return &page{
+		n: n, now: time.Now, cookie: "ppsync_session_" + port, base: "http://" + net.JoinHostPort(host, port),
+		tokens: map[[32]byte]time.Time{}, sessions: map[[32]byte]time.Time{},
+	}
+}
+
+// routes registers the page, its files and its endpoints.
+func (p *page) routes(mux *http.ServeMux) {
+	assets, _ := fs.Sub(webFiles, "web/assets")
+	mux.HandleFunc("GET /{$}", p.serveRoot)
+	files := http.StripPrefix("/assets/", http.FileServerFS(assets))
+	mux.HandleFunc("GET /assets/", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r) // no directory listings
+			return
+		}
+		setPageHeaders(w)
+		w.Header().Set("Cache-Control", "no-cache") // an upgraded node serves new files at once
+		files.ServeHTTP(w, r)
+	})
+	mux.HandleFunc("POST /v1/login-token", p.postLoginToken)
+	mux.HandleFunc("POST /v1/logout", p.postLogout)
+}
+
+// logLink logs a login link, so that whoever starts the node can open the
+// page without typing the key.
+func (p *page) logLink() {
+	l := p.issue()
+	p.n.log.Info("sync page: open this link in a browser on this machine within 2 minutes (it works once); for a new one, run `ppsync open --data "+p.n.cfg.DataDir+"`",
+		"url", l.URL)
+}
+
+// public reports whether r needs no authentication: the page itself (which
+// shows how to log in without a session) and its static files.
+func (p *page) public(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	return r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, "/assets/")
+}
+
+// sessionVerdict says what a request without the API key may do.
+type sessionVerdict int
+
+const (
+	noSession      sessionVerdict = iota // 401
+	sessionOK                            // serve it
+	sessionRefused                       // 403: a session, but not for this request
+)
+
+// authorize checks a request's session cookie. It returns the verdict and,
+// when refused, why.
+func (p *page) authorize(r *http.Request) (sessionVerdict, string) {
+	if !p.validSession(r) {
+		return noSession, ""
+	}
+	if !pageRoutes[r.Method+" "+r.URL.Path] {
+		return sessionRefused, "the sync page's session may not make this request; use the API key (DATA/api.key)"
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if r.Header.Get(PageHeader) != "1" {
+			return sessionRefused, "a request of the sync page that changes something must carry the header " + PageHeader + ": 1"
+		}
+		if o := r.Header.Get("Origin"); o != "" && o != "http://"+r.Host {
+			return sessionRefused, "this request comes from another web site"
+		}
+	}
+	return sessionOK, ""
+}
+
+// bearerOK reports whether r carries the API key.
+func (n *Node) bearerOK(r *http.Request) bool {
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+n.apiKey)) == 1
+}
+
+func newSecret() string {
+	b := make([]byte, secretBytes)
+	rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func secretHash(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+
+// issue makes a one-time login link.
+func (p *page) issue() LoginLink {
+	tok := newSecret()
+	now := p.now()
+	exp := now.Add(LoginTokenTTL)
+	p.mu.Lock()
+	for h, e := range p.tokens {
+		if !now.Before(e) {
+			delete(p.tokens, h)
+		}
+	}
+	if len(p.tokens) >= maxLoginTokens {
+		var first [32]byte
+		var at time.Time
+		for h, e := range p.tokens {
+			if at.IsZero() || e.Before(at) {
+				first, at = h, e
+			}
+		}
+		delete(p.tokens, first)
+	}
+	p.tokens[secretHash(tok)] = exp
+	p.mu.Unlock()
+	return LoginLink{URL: p.base + "/?token=" + tok, Expires: exp.UTC().Truncate(time.Second)}
+}
+
+// redeem uses up a token: true when it was issued, unused and unexpired.
+func (p *page) redeem(tok string) bool {
+	h := secretHash(tok)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	exp, ok := p.tokens[h]
+	delete(p.tokens, h)
+	return ok && p.now().Before(exp)
+}
+
+// startSession returns a new session ID.
+func (p *page) startSession() string {
+	id := newSecret()
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for h, used := range p.sessions {
+		if now.Sub(used) >= SessionIdle {
+			delete(p.sessions, h)
+		}
+	}
+	if len(p.sessions) >= maxSessions {
+		var oldest [32]byte
+		var at time.Time
+		for h, used := range p.sessions {
+			if at.IsZero() || used.Before(at) {
+				oldest, at = h, used
+			}
+		}
+		delete(p.sessions, oldest)
+	}
+	p.sessions[secretHash(id)] = now
+	return id
+}
+
+// validSession reports whether r carries a live session cookie, and marks
+// the session used.
+func (p *page) validSession(r *http.Request) bool {
+	c, err := r.Cookie(p.cookie)
+	if err != nil || c.Value == "" {
+		return false
+	}
+	h := secretHash(c.Value)
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	used, ok := p.sessions[h]
+	if !ok {
+		return false
+	}
+	if now.Sub(used) >= SessionIdle {
+		delete(p.sessions, h)
+		return false
+	}
+	p.sessions[h] = now
+	return true
+}
+
+func (p *page) endSession(r *http.Request) {
+	if c, err := r.Cookie(p.cookie); err == nil {
+		p.mu.Lock()
+		delete(p.sessions, secretHash(c.Value))
+		p.mu.Unlock()
+	}
+}
+
+func (p *page) sessionCookie(value string, maxAge int) *http.Cookie {
+	return &http.Cookie{Name: p.cookie, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true, SameSite: http.SameSiteStrictMode}
+}
+
+// setPageHeaders sets the headers every page response carries.
+func setPageHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+}
+
+var loginPage = template.Must(template.ParseFS(webFiles, "web/login.html"))
+
+// serveRoot serves the dashboard to a session (or the API key), exchanges a
+// login token for a session, and otherwise explains how to log in.
+func (p *page) serveRoot(w http.ResponseWriter, r *http.Request) {
+	setPageHeaders(w)
+	w.Header().Set("Cache-Control", "no-store")
+	if q := r.URL.Query(); q.Has("token") {
+		if !p.redeem(q.Get("token")) {
+			p.login(w, http.StatusUnauthorized, "This link was already used or has expired: each link works once, for 2 minutes.")
+			return
+		}
+		http.SetCookie(w, p.sessionCookie(p.startSession(), 0))
+		http.Redirect(w, r, "/", http.StatusSeeOther) // the token leaves the address bar and the history
+		return
+	}
+	if !p.validSession(r) && !p.n.bearerOK(r) {
+		p.login(w, http.StatusOK, "")
+		return
+	}
+	b, err := webFiles.ReadFile("web/index.html")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Write(b)
+}
+
+func (p *page) login(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	loginPage.Execute(w, map[string]string{"Message": msg, "DataDir": p.n.cfg.DataDir})
+}
+
+func (p *page) postLoginToken(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, p.issue())
+}
+
+func (p *page) postLogout(w http.ResponseWriter, r *http.Request) {
+	p.endSession(r)
+	http.SetCookie(w, p.sessionCookie("", -1))
+	writeJSON(w, http.StatusOK, map[string]bool{"logged_out": true})
+}
+
+// LoginLink asks the node for a one-time link to its sync page (POST
+// /v1/login-token); `ppsync open` prints it.
+func (c *Client) LoginLink(ctx context.Context) (LoginLink, error) {
+	var l LoginLink
+	err := c.do(ctx, http.MethodPost, "/v1/login-token", nil, "", &l)
+	return l, err
+}

@@ -1,0 +1,8 @@
+//go:build !race
+
+package node
+
+const (
+	simRace  = false
+	simSeeds = 500
+)

@@ -1,0 +1,466 @@
+// ppsync sync page: reads and steers this node through its local API.
+// Plain JavaScript, no build step. Every request goes to the same origin with
+// the session cookie; requests that change something carry X-PPSync-Page.
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const REFRESH_MS = 10000; // fallback when the event stream is quiet or down
+  const PAGE = 50; // activity events per page
+
+  let status = null; // the last GET /v1/status
+  let peerNames = {}; // peer ID -> site, for the activity feed
+  let refreshTimer = null;
+  let refreshing = false;
+  let oldestID = 0; // the oldest activity event shown
+  const shownIDs = new Set();
+  let activityLoaded = false;
+
+  // api calls the node; it throws an Error with the node's message.
+  async function api(method, path, body) {
+    const opts = { method, credentials: "same-origin", headers: { "X-PPSync-Page": "1", "Accept": "application/json" } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(path, opts);
+    } catch (e) {
+      const err = new Error("the node does not answer");
+      err.down = true;
+      throw err;
+    }
+    let data = null;
+    try { data = await resp.json(); } catch (e) { /* not JSON */ }
+    if (resp.status === 401) {
+      sessionEnded();
+    }
+    if (!resp.ok) {
+      const err = new Error((data && data.error) || ("the node answered " + resp.status));
+      err.status = resp.status;
+      throw err;
+    }
+    return data;
+  }
+
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+
+  function sessionEnded() {
+    const m = $("session-msg");
+    m.hidden = false;
+    setText(m, "Your session has ended. Run \u201cppsync open --data DATA\u201d on this computer for a new link.");
+    $("sync-now").disabled = true;
+    $("interval-save").disabled = true;
+  }
+
+  // Durations as Go writes them ("1h30m0s") and reads them ("90m", "1.5h").
+  const UNIT_MS = { ns: 1e-6, us: 1e-3, "µs": 1e-3, ms: 1, s: 1000, m: 60000, h: 3600000 };
+  function parseDuration(s) {
+    s = s.trim();
+    if (s === "") return NaN;
+    const re = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/y;
+    let total = 0;
+    let i = 0;
+    while (i < s.length) {
+      re.lastIndex = i;
+      const m = re.exec(s);
+      if (!m) return NaN;
+      total += parseFloat(m[1]) * UNIT_MS[m[2]];
+      i = re.lastIndex;
+    }
+    return total;
+  }
+  function shortDuration(goStr) {
+    if (!goStr) return "";
+    return goStr.replace(/([hm])0s$/, "$1").replace(/h0m$/, "h");
+  }
+  function everyText(goStr) {
+    return "every " + shortDuration(goStr);
+  }
+
+  function ago(iso) {
+    if (!iso) return "never";
+    const t = new Date(iso);
+    let s = Math.round((Date.now() - t.getTime()) / 1000);
+    if (s < 5) return "just now";
+    if (s < 60) return s + " seconds ago";
+    const m = Math.round(s / 60);
+    if (m < 60) return m === 1 ? "1 minute ago" : m + " minutes ago";
+    const h = Math.round(m / 60);
+    if (h < 48) return h === 1 ? "1 hour ago" : h + " hours ago";
+    return t.toLocaleString();
+  }
+  // clock shows a time, with the date when it is not today.
+  function clock(iso) {
+    const t = new Date(iso);
+    const today = new Date().toDateString() === t.toDateString();
+    return today ? t.toLocaleTimeString() : t.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+  }
+  function plural(n, one, many) {
+    return n + " " + (n === 1 ? one : many);
+  }
+  function bytes(n) {
+    if (n < 1024) return n + " bytes";
+    if (n < 1048576) return (n / 1024).toFixed(1) + " KB";
+    return (n / 1048576).toFixed(1) + " MB";
+  }
+  function siteOf(peerID) {
+    return peerNames[peerID] || ("member " + String(peerID).slice(-6));
+  }
+
+  // ---- status and members -------------------------------------------------
+
+  function renderStatus(st) {
+    status = st;
+    setText($("site-name"), st.role === "relay" ? "Relay" : st.site);
+    setText($("family-name"), st.family_name ? "· " + st.family_name : "");
+    setText($("node-meta"), (st.role === "relay" ? "Vendor relay" : "Site") + " · ppsync " + st.version);
+    document.title = (st.role === "relay" ? "Relay" : st.site) + " · Sync · ppsync";
+
+    const running = $("st-running");
+    running.className = "good";
+    setText(running, "Running, " + everyText(st.sync_interval));
+
+    const online = $("st-online");
+    if (st.online && st.peers > 0) {
+      online.className = "good";
+      setText(online, "Online · " + plural(st.peers, "member", "members") + " connected");
+    } else if (st.online) {
+      online.className = "";
+      setText(online, "Assumed online: " + (st.offline_reason || "the connectivity check is off"));
+    } else {
+      online.className = "bad";
+      setText(online, "Offline: " + (st.offline_reason || "no family member is reachable"));
+    }
+
+    const last = $("st-last");
+    last.className = st.last_sync ? "" : "bad";
+    setText(last, st.last_sync ? ago(st.last_sync) + " (" + clock(st.last_sync) + ")" : "Not yet since the node started");
+
+    const pending = $("st-pending");
+    if (st.role === "relay") {
+      pending.className = "";
+      setText(pending, "None: a relay writes nothing of its own");
+    } else {
+      pending.className = st.pending > 0 ? "bad" : "good";
+      setText(pending, st.pending > 0 ? plural(st.pending, "change", "changes") + " waiting to reach another member" : "Nothing waiting");
+    }
+
+    const cur = $("interval-current");
+    setText(cur, shortDuration(st.sync_interval));
+    const input = $("interval");
+    if (document.activeElement !== input && !input.dataset.dirty) input.value = shortDuration(st.sync_interval);
+
+    renderWarnings(st);
+  }
+
+  function renderWarnings(st) {
+    const list = (st.warnings || []).slice();
+    if (st.role !== "relay" && st.write_blocked) {
+      list.push("This site cannot save changes right now: " + st.write_blocked);
+    }
+    if (st.held > 0) {
+      list.push(plural(st.held, "entry needs", "entries need") + " a newer version of ppsync before this site can apply " + (st.held === 1 ? "it" : "them") + ": update this site.");
+    }
+    const box = $("warnings");
+    const key = list.join("\n");
+    if (box.dataset.key === key) return; // unchanged: do not announce again
+    box.dataset.key = key;
+    box.replaceChildren();
+    for (const w of list) {
+      const p = document.createElement("p");
+      p.className = "alert";
+      p.setAttribute("role", "alert");
+      p.textContent = w;
+      box.appendChild(p);
+    }
+  }
+
+  function cell(tr, label, text, note) {
+    const td = document.createElement("td");
+    td.dataset.label = label;
+    const span = document.createElement("span");
+    span.textContent = text;
+    td.appendChild(span);
+    if (note) {
+      const n = document.createElement("span");
+      n.className = "note";
+      n.textContent = note;
+      span.appendChild(n);
+    }
+    tr.appendChild(td);
+    return td;
+  }
+
+  function renderPeers(peers) {
+    peerNames = {};
+    for (const p of peers) peerNames[p.peer_id] = p.site;
+    const body = $("members-body");
+    body.replaceChildren();
+    for (const p of peers) {
+      const tr = document.createElement("tr");
+      tr.dataset.site = p.site;
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.dataset.label = "Site";
+      th.textContent = p.site;
+      tr.appendChild(th);
+      cell(tr, "Role", p.role === "relay" ? "Relay" : "Site");
+      const conn = !p.connected ? "Not connected" : p.via === "relay" ? "Via the relay" : "Direct";
+      cell(tr, "Connection", conn).className = p.connected ? "good" : "bad";
+      const own = status && status.version;
+      const differs = p.version && own && p.version !== own;
+      cell(tr, "Version", p.version || "unknown", differs ? "differs from this site (" + own + ")" : "");
+      cell(tr, "Lag", p.lag === 0 ? "Up to date" : plural(p.lag, "entry", "entries") + " behind");
+      cell(tr, "Last seen", p.last_seen ? ago(p.last_seen) : "never", p.clock_skew ? "clock off by " + p.clock_skew : "");
+      body.appendChild(tr);
+    }
+    $("members-empty").hidden = peers.length > 0;
+    $("members").hidden = peers.length === 0;
+  }
+
+  async function refresh() {
+    if (refreshing) return;
+    refreshing = true;
+    try {
+      const [st, pr] = await Promise.all([api("GET", "/v1/status"), api("GET", "/v1/peers")]);
+      renderStatus(st);
+      renderPeers(pr.peers || []);
+    } catch (e) {
+      if (e.down) {
+        const r = $("st-running");
+        r.className = "bad";
+        setText(r, "Not running: the node does not answer. Start it (ppsync run, or its service).");
+        setText($("st-online"), "Unknown");
+      }
+    } finally {
+      refreshing = false;
+    }
+  }
+
+  function scheduleRefresh() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, 300);
+  }
+
+  // ---- Sync Now --------------------------------------------------------------
+
+  async function syncNow() {
+    const btn = $("sync-now");
+    btn.disabled = true;
+    btn.setAttribute("aria-busy", "true");
+    setText($("sync-msg"), "Syncing… waiting up to 20 seconds for every member.");
+    try {
+      const rc = await api("POST", "/v1/sync", { wait: "20s" });
+      renderReceipt(rc);
+      setText($("sync-msg"), "");
+    } catch (e) {
+      setText($("sync-msg"), "Sync Now failed: " + e.message);
+    } finally {
+      btn.disabled = false;
+      btn.removeAttribute("aria-busy");
+      refresh();
+    }
+  }
+
+  function renderReceipt(rc) {
+    const box = $("receipt");
+    const members = rc.members || [];
+    let summary;
+    if (members.length === 0) summary = "No other member is known: nothing to sync with.";
+    else if (rc.caught_up) summary = "Every member holds everything this site holds (took " + rc.waited + ").";
+    else summary = "Not every member caught up (waited " + rc.waited + ").";
+    $("receipt-summary").textContent = summary;
+    const ul = $("receipt-members");
+    ul.replaceChildren();
+    for (const m of members) {
+      const li = document.createElement("li");
+      li.dataset.site = m.site;
+      li.className = m.caught_up ? "good" : "bad";
+      li.textContent = m.site + ": " + (m.caught_up ? "caught up" : (m.reason || "not caught up"));
+      ul.appendChild(li);
+    }
+    $("receipt-title").textContent = "Sync receipt, " + new Date().toLocaleTimeString();
+    box.hidden = false;
+  }
+
+  // ---- sync interval ---------------------------------------------------------
+
+  async function saveInterval(ev) {
+    ev.preventDefault();
+    const input = $("interval");
+    const msg = $("interval-msg");
+    const value = input.value.trim();
+    const ms = parseDuration(value);
+    let problem = "";
+    if (value === "") problem = "Enter an interval, like 30s, 5m or 1h.";
+    else if (isNaN(ms)) problem = "\u201c" + value + "\u201d is not a duration: write it like 30s, 5m or 1h.";
+    else if (ms < 1000) problem = "The interval must be at least 1 second.";
+    else if (ms > 24 * 3600000) problem = "The interval must be at most 24 hours.";
+    if (problem) {
+      input.setAttribute("aria-invalid", "true");
+      msg.className = "msg error";
+      setText(msg, problem);
+      input.focus();
+      return;
+    }
+    input.removeAttribute("aria-invalid");
+    $("interval-save").disabled = true;
+    msg.className = "msg";
+    setText(msg, "Saving…");
+    try {
+      const s = await api("PUT", "/v1/settings", { sync_interval: value });
+      delete input.dataset.dirty;
+      input.value = shortDuration(s.sync_interval);
+      setText($("interval-current"), shortDuration(s.sync_interval));
+      msg.className = "msg saved";
+      setText(msg, "Saved: this site now syncs " + everyText(s.sync_interval) + ".");
+      refresh();
+    } catch (e) {
+      input.setAttribute("aria-invalid", "true");
+      msg.className = "msg error";
+      setText(msg, "Not saved: " + e.message);
+    } finally {
+      $("interval-save").disabled = false;
+    }
+  }
+
+  // ---- activity ----------------------------------------------------------------
+
+  // describe turns an event into a sentence and whether it is a problem.
+  function describe(ev) {
+    const d = ev.data || {};
+    switch (ev.type) {
+      case "committed": {
+        const n = d.to - d.from + 1;
+        return [n === 1 ? "Saved 1 change at this site (entry " + d.to + ")" : "Saved " + n + " changes at this site (entries " + d.from + "–" + d.to + ")", false];
+      }
+      case "received": {
+        const n = d.to - d.from + 1;
+        const from = siteOf(d.peer);
+        const what = "Received " + plural(n, "change", "changes") + (from === d.site ? " from " + d.site : " of " + d.site + " through " + from);
+        return [what + (d.via === "catch-up" ? " (catching up)" : ""), false];
+      }
+      case "catch-up":
+        if (!d.ok) return ["Catching up with " + siteOf(d.peer) + " failed; it is tried again", true];
+        if (!d.entries) return ["Checked with " + siteOf(d.peer) + ": nothing was missing", false];
+        return ["Caught up with " + siteOf(d.peer) + ": " + plural(d.entries, "entry", "entries") + " (" + bytes(d.bytes || 0) + ")", false];
+      case "peer":
+        return [(d.site || siteOf(d.peer)) + (d.connected ? " connected" : " disconnected"), !d.connected];
+      case "fork":
+        return ["Fork: site " + d.site + " wrote two different entries at number " + d.seq + " (two copies of one site are writing); support must resolve it", true];
+      case "settings":
+        return ["Settings changed: sync " + everyText(d.sync_interval) + ", connectivity check " + (d.connectivity_check === false ? "off" : "on") + ", log level " + d.log_level, false];
+      case "installed": {
+        const what = d.installed === "revocation" ? "Revocation of " + d.site : "Certificate of " + d.site + " (epoch " + d.epoch + ")";
+        return [what + (d.changed ? " installed" : " was already installed"), false];
+      }
+      case "sync-now":
+        return [d.wait && d.wait !== "0s" ? "Sync Now pressed (waiting up to " + d.wait + ")" : "Sync Now pressed", false];
+      case "rejected":
+        return ["Refused entries of " + (d.site || "a site") + " from " + siteOf(d.peer) + ": " + (d.error || "invalid"), true];
+      case "conflict":
+        return ["Conflict: " + JSON.stringify(d), true];
+      default:
+        return [ev.type + ": " + JSON.stringify(d), false];
+    }
+  }
+
+  function activityItem(ev) {
+    const li = document.createElement("li");
+    li.dataset.id = ev.id;
+    li.dataset.type = ev.type;
+    const t = document.createElement("time");
+    t.dateTime = ev.time;
+    t.textContent = clock(ev.time);
+    const [text, problem] = describe(ev);
+    const span = document.createElement("span");
+    span.textContent = text;
+    if (problem) span.className = "problem";
+    li.append(t, span);
+    return li;
+  }
+
+  async function loadActivity(older) {
+    const btn = $("older");
+    const msg = $("activity-msg");
+    btn.disabled = true;
+    try {
+      let path = "/v1/activity?limit=" + PAGE;
+      if (older && oldestID > 0) path += "&before=" + oldestID;
+      const res = await api("GET", path);
+      const evs = res.events || [];
+      const list = $("activity");
+      for (const ev of evs) {
+        if (shownIDs.has(ev.id)) continue;
+        shownIDs.add(ev.id);
+        list.appendChild(activityItem(ev));
+        if (oldestID === 0 || ev.id < oldestID) oldestID = ev.id;
+      }
+      activityLoaded = true;
+      if (evs.length < PAGE) {
+        btn.hidden = true;
+        setText(msg, shownIDs.size === 0 ? "Nothing has happened yet." : "That is everything kept.");
+      } else {
+        setText(msg, older ? "Loaded " + evs.length + " older events." : "");
+      }
+      return evs.length ? evs[0].id : 0;
+    } catch (e) {
+      setText(msg, "Could not load the activity: " + e.message);
+      return 0;
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  function addLiveEvent(ev) {
+    if (!activityLoaded || shownIDs.has(ev.id)) return;
+    shownIDs.add(ev.id);
+    $("activity").prepend(activityItem(ev));
+  }
+
+  // ---- live events -------------------------------------------------------------
+
+  const TYPES = ["committed", "received", "catch-up", "peer", "fork", "settings", "installed", "sync-now", "rejected"];
+
+  function listen(after) {
+    if (!window.EventSource) return;
+    const live = $("live");
+    const es = new EventSource("/v1/events" + (after ? "?after=" + after : ""));
+    es.onopen = () => { live.className = "live on"; setText(live, "Live"); };
+    es.onerror = () => { live.className = "live off"; setText(live, "Reconnecting…"); };
+    for (const type of TYPES) {
+      es.addEventListener(type, (m) => {
+        let data = null;
+        try { data = JSON.parse(m.data); } catch (e) { /* keep null */ }
+        const ev = { id: Number(m.lastEventId), type, time: new Date().toISOString(), data };
+        addLiveEvent(ev);
+        if (type === "settings" && data && data.sync_interval) {
+          setText($("interval-current"), shortDuration(data.sync_interval));
+        }
+        scheduleRefresh();
+      });
+    }
+  }
+
+  async function logout() {
+    try { await api("POST", "/v1/logout", {}); } catch (e) { /* ends anyway */ }
+    window.location.replace("/");
+  }
+
+  async function start() {
+    $("sync-now").addEventListener("click", syncNow);
+    $("interval-form").addEventListener("submit", saveInterval);
+    $("interval").addEventListener("input", (e) => { e.target.dataset.dirty = "1"; e.target.removeAttribute("aria-invalid"); });
+    $("older").addEventListener("click", () => loadActivity(true));
+    $("logout").addEventListener("click", logout);
+    await refresh();
+    const newest = await loadActivity(false);
+    listen(newest);
+    setInterval(refresh, REFRESH_MS);
+  }
+
+  start();
+})();
