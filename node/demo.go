@@ -217,10 +217,11 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		say("  %-13s digest %s  records %d", s, d.Short(), st.Records)
 	}
 	say("")
-	say("Local APIs (the API key is in each data directory's api.key):")
+	say("Sync pages (each link works once, within 2 minutes; for a new one: ppsync open --data DIR):")
 	for _, s := range all {
-		say("  %-13s http://%s/v1/status   data %s", s, nodes[s].n.Addr(), nodes[s].data)
+		say("  %-13s %s", s, nodes[s].n.page.issue().URL)
 	}
+	say("Data directories: %s/<site>; the API key of each is in its api.key.", o.Dir)
 	if o.NoWait {
 		return nil
 	}

@@ -48,6 +48,7 @@ type Node struct {
 	sync     *syncer
 	events   *eventHub
 	counters counters
+	page     *page // the sync page's logins and sessions
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc

@@ -49,6 +49,7 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("GET /v1/activity", n.getActivity)
 	mux.Handle("GET /metrics", n.metricsHandler())
 	pg := n.newPage()
+	n.page = pg
 	pg.routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
 	n.keepActivity()
 	pg.logLink()
