@@ -240,11 +240,7 @@ func peersCommand() *command {
 			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
 				return err
 			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(dir)
+			dir, cl, err := c.dataClient(cmd, data)
 			if err != nil {
 				return err
 			}
@@ -321,11 +317,7 @@ Exit 0 when all are caught up, 1 otherwise.`,
 			if wait < 0 || wait > time.Hour {
 				return &exitCodeError{code: exitUsage, msg: "--wait must be between 0 and 1h (for example --wait 30s)"}
 			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(dir)
+			dir, cl, err := c.dataClient(cmd, data)
 			if err != nil {
 				return err
 			}

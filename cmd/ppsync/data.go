@@ -260,11 +260,7 @@ func digestCommand() *command {
 			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
 				return err
 			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(dir)
+			dir, cl, err := c.dataClient(cmd, data)
 			if err != nil {
 				return err
 			}

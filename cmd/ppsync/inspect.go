@@ -30,11 +30,7 @@ start sync). --json prints the object of GET /v1/status (see docs/api.md).`,
 			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
 				return err
 			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(dir)
+			dir, cl, err := c.dataClient(cmd, data)
 			if err != nil {
 				return err
 			}

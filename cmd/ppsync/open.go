@@ -46,11 +46,7 @@ usually run without a screen, so it does not by default. --json prints {"url","e
 			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
 				return err
 			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			cl, err := c.client(dir)
+			dir, cl, err := c.dataClient(cmd, data)
 			if err != nil {
 				return err
 			}

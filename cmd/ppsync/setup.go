@@ -323,6 +323,20 @@ func apiError(dataDir string, err error) error {
 	return err
 }
 
+// dataClient resolves the --data directory and connects to the node running
+// there: the start of every command that talks to a running node.
+func (c *cli) dataClient(cmd *command, flagValue string) (string, *node.Client, error) {
+	dir, err := c.dataDir(cmd, flagValue)
+	if err != nil {
+		return "", nil, err
+	}
+	cl, err := c.client(dir)
+	if err != nil {
+		return "", nil, err
+	}
+	return dir, cl, nil
+}
+
 // client returns a client of the node running on dataDir, or the
 // not-running error (exit 3).
 func (c *cli) client(dataDir string) (*node.Client, error) {
