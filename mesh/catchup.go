@@ -126,36 +126,7 @@ func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
 		if head < from {
 			continue
 		}
-		batch := catchupBatch{Site: site, First: from}
-		size := 0
-		flush := func() error {
-			if len(batch.Entries) == 0 {
-				return nil
-			}
-			raw, err := wire.Marshal(&batch)
-			if err != nil {
-				return err
-			}
-			_ = s.SetWriteDeadline(time.Now().Add(catchupIdle))
-			if err := writeFrame(w, m.codecs.enc.EncodeAll(raw, nil)); err != nil {
-				return err
-			}
-			batch.First += uint64(len(batch.Entries))
-			batch.Entries, size = batch.Entries[:0], 0
-			return nil
-		}
-		err := m.cfg.Log.RawRange(site, from, head, func(_ uint64, env []byte) (bool, error) {
-			batch.Entries = append(batch.Entries, append([]byte(nil), env...))
-			size += len(env)
-			if len(batch.Entries) >= batchEntries || size >= batchBytes {
-				return false, flush()
-			}
-			return false, nil
-		})
-		if err != nil {
-			return err
-		}
-		if err := flush(); err != nil {
+		if err := m.writeRange(w, s, site, from, head); err != nil {
 			return err
 		}
 	}
@@ -205,14 +176,8 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, err)
 		}
 		st.Bytes += len(frame)
-		raw, err := m.codecs.dec.DecodeAll(frame, nil)
+		b, run, err := m.decodeBatch(frame, "catchup")
 		if err != nil {
-			m.count("catchup_bad_frame")
-			return st, fmt.Errorf("mesh: catch-up from %s: bad frame: %w", p, err)
-		}
-		var b catchupBatch
-		if err := wire.Unmarshal(raw, &b); err != nil {
-			m.count("catchup_bad_frame")
 			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, err)
 		}
 		if len(b.Proof) == 2 {
@@ -223,17 +188,8 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 			}
 			continue
 		}
-		if skip[b.Site] || len(b.Entries) == 0 {
+		if skip[b.Site] || len(run) == 0 {
 			continue
-		}
-		run := make([]*wire.Signed, 0, len(b.Entries))
-		for i, env := range b.Entries {
-			e, err := wire.DecodeEnvelope(env)
-			if err != nil || e.Site != b.Site || e.Seq != b.First+uint64(i) || e.Family != m.cfg.Family.ID() {
-				m.count("catchup_bad_entry")
-				return st, fmt.Errorf("mesh: catch-up from %s: entry %d of a batch of %s is not what it claims", p, i, b.Site)
-			}
-			run = append(run, e)
 		}
 		st.Entries += len(run)
 		n, err := m.cfg.Handler.Entries(ctx, p, run, false)
@@ -276,37 +232,10 @@ func (m *Mesh) pushTo(p peer.ID, site string, from, to uint64) error {
 	}
 	defer s.Close()
 	w := bufio.NewWriterSize(s, 64<<10)
-	batch := catchupBatch{Site: site, First: from}
-	flush := func() error {
-		if len(batch.Entries) == 0 {
-			return nil
-		}
-		raw, err := wire.Marshal(&batch)
-		if err != nil {
-			return err
-		}
-		_ = s.SetWriteDeadline(time.Now().Add(catchupIdle))
-		if err := writeFrame(w, m.codecs.enc.EncodeAll(raw, nil)); err != nil {
-			return err
-		}
-		batch.First += uint64(len(batch.Entries))
-		batch.Entries = batch.Entries[:0]
-		return nil
+	if err := m.writeRange(w, s, site, from, to); err != nil {
+		return err
 	}
-	err = m.cfg.Log.RawRange(site, from, to, func(_ uint64, env []byte) (bool, error) {
-		batch.Entries = append(batch.Entries, append([]byte(nil), env...))
-		if len(batch.Entries) >= batchEntries {
-			return false, flush()
-		}
-		return false, nil
-	})
-	if err == nil {
-		err = flush()
-	}
-	if err == nil {
-		err = w.Flush()
-	}
-	return err
+	return w.Flush()
 }
 
 // handlePush takes entries a member pushes (its branch of a fork) and hands
@@ -326,27 +255,10 @@ func (m *Mesh) handlePush(s network.Stream) {
 		if err != nil {
 			return
 		}
-		raw, err := m.codecs.dec.DecodeAll(frame, nil)
-		if err != nil {
-			m.count("push_bad_frame")
+		b, run, err := m.decodeBatch(frame, "push")
+		if err != nil || len(run) == 0 {
 			s.Reset()
 			return
-		}
-		var b catchupBatch
-		if err := wire.Unmarshal(raw, &b); err != nil || len(b.Entries) == 0 {
-			m.count("push_bad_frame")
-			s.Reset()
-			return
-		}
-		run := make([]*wire.Signed, 0, len(b.Entries))
-		for i, env := range b.Entries {
-			e, err := wire.DecodeEnvelope(env)
-			if err != nil || e.Site != b.Site || e.Seq != b.First+uint64(i) || e.Family != m.cfg.Family.ID() {
-				m.count("push_bad_entry")
-				s.Reset()
-				return
-			}
-			run = append(run, e)
 		}
 		if _, err := m.cfg.Handler.Entries(m.ctx, p, run, false); err != nil {
 			m.log.Debug("pushed run not appended", "site", b.Site, "err", err)
@@ -364,4 +276,65 @@ func (m *Mesh) hashAt(site string, seq uint64) wire.Hash {
 		return true, nil
 	})
 	return h
+}
+
+// writeRange writes site's entries from..to as compressed batches of at most
+// batchEntries entries or batchBytes bytes.
+func (m *Mesh) writeRange(w *bufio.Writer, s network.Stream, site string, from, to uint64) error {
+	batch := catchupBatch{Site: site, First: from}
+	size := 0
+	flush := func() error {
+		if len(batch.Entries) == 0 {
+			return nil
+		}
+		raw, err := wire.Marshal(&batch)
+		if err != nil {
+			return err
+		}
+		_ = s.SetWriteDeadline(time.Now().Add(catchupIdle))
+		if err := writeFrame(w, m.codecs.enc.EncodeAll(raw, nil)); err != nil {
+			return err
+		}
+		batch.First += uint64(len(batch.Entries))
+		batch.Entries, size = batch.Entries[:0], 0
+		return nil
+	}
+	err := m.cfg.Log.RawRange(site, from, to, func(_ uint64, env []byte) (bool, error) {
+		batch.Entries = append(batch.Entries, append([]byte(nil), env...))
+		size += len(env)
+		if len(batch.Entries) >= batchEntries || size >= batchBytes {
+			return false, flush()
+		}
+		return false, nil
+	})
+	if err != nil {
+		return err
+	}
+	return flush()
+}
+
+// decodeBatch decompresses and decodes one frame, and checks that every
+// entry is what the batch says (site, seq, family). Rejections are counted
+// under kind ("catchup", "push").
+func (m *Mesh) decodeBatch(frame []byte, kind string) (catchupBatch, []*wire.Signed, error) {
+	var b catchupBatch
+	raw, err := m.codecs.dec.DecodeAll(frame, nil)
+	if err != nil {
+		m.count(kind + "_bad_frame")
+		return b, nil, fmt.Errorf("bad frame: %w", err)
+	}
+	if err := wire.Unmarshal(raw, &b); err != nil {
+		m.count(kind + "_bad_frame")
+		return b, nil, err
+	}
+	run := make([]*wire.Signed, 0, len(b.Entries))
+	for i, env := range b.Entries {
+		e, err := wire.DecodeEnvelope(env)
+		if err != nil || e.Site != b.Site || e.Seq != b.First+uint64(i) || e.Family != m.cfg.Family.ID() {
+			m.count(kind + "_bad_entry")
+			return b, nil, fmt.Errorf("entry %d of a batch of %s is not what it claims", i, b.Site)
+		}
+		run = append(run, e)
+	}
+	return b, run, nil
 }

@@ -321,14 +321,8 @@ func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Me
 		m.count("forkproof_oversized")
 		return pubsub.ValidationReject
 	}
-	var fp forkProof
-	if err := wire.Unmarshal(msg.Data, &fp); err != nil {
-		m.count("forkproof_malformed")
-		return pubsub.ValidationReject
-	}
-	a, errA := wire.DecodeEnvelope(fp.A)
-	b, errB := wire.DecodeEnvelope(fp.B)
-	if errA != nil || errB != nil || a.Family != m.cfg.Family.ID() || b.Family != m.cfg.Family.ID() {
+	a, b, err := m.decodeForkProof(msg.Data)
+	if err != nil {
 		m.count("forkproof_malformed")
 		return pubsub.ValidationReject
 	}
@@ -403,16 +397,31 @@ func (m *Mesh) handleForkProof(s network.Stream) {
 		s.Reset()
 		return
 	}
-	var fp forkProof
-	if err := wire.Unmarshal(b, &fp); err != nil {
-		m.count("forkproof_malformed")
-		return
-	}
-	pa, errA := wire.DecodeEnvelope(fp.A)
-	pb, errB := wire.DecodeEnvelope(fp.B)
-	if errA != nil || errB != nil {
+	pa, pb, err := m.decodeForkProof(b)
+	if err != nil {
 		m.count("forkproof_malformed")
 		return
 	}
 	m.cfg.Handler.ForkProof(from, pa, pb)
+}
+
+// decodeForkProof decodes a fork proof's two envelopes of this family. The
+// log checks that they really prove a fork.
+func (m *Mesh) decodeForkProof(data []byte) (*wire.Signed, *wire.Signed, error) {
+	var fp forkProof
+	if err := wire.Unmarshal(data, &fp); err != nil {
+		return nil, nil, err
+	}
+	a, err := wire.DecodeEnvelope(fp.A)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := wire.DecodeEnvelope(fp.B)
+	if err != nil {
+		return nil, nil, err
+	}
+	if a.Family != m.cfg.Family.ID() || b.Family != m.cfg.Family.ID() {
+		return nil, nil, fmt.Errorf("mesh: fork proof of another family")
+	}
+	return a, b, nil
 }
