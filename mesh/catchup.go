@@ -65,7 +65,9 @@ type codecs struct {
 }
 
 func newCodecs() (*codecs, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	// Fastest: a batch of entries compresses well even so, and the server's
+	// CPU is what catch-up runs short of.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, fmt.Errorf("mesh: zstd encoder: %w", err)
 	}
@@ -164,22 +166,56 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 	if err := s.CloseWrite(); err != nil {
 		return st, fmt.Errorf("mesh: send catch-up request: %w", err)
 	}
-	r := bufio.NewReaderSize(s, 64<<10)
+	// Two stages: a reader goroutine receives and decodes the next batches
+	// while the handler commits the current one (at most 2 decoded ahead).
+	type decoded struct {
+		b     catchupBatch
+		run   []*wire.Signed
+		bytes int
+		err   error
+	}
+	batches := make(chan decoded, 2)
+	rctx, stopReader := context.WithCancel(ctx)
+	readerDone := make(chan struct{})
+	defer func() {
+		stopReader()
+		s.Reset() // unblocks the reader if it waits on the stream
+		<-readerDone
+	}()
+	go func() {
+		defer close(readerDone)
+		defer close(batches)
+		r := bufio.NewReaderSize(s, 64<<10)
+		for {
+			_ = s.SetReadDeadline(time.Now().Add(catchupIdle))
+			frame, err := readFrame(r, maxFrame)
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			var d decoded
+			if err != nil {
+				d.err = err
+			} else {
+				d.bytes = len(frame)
+				d.b, d.run, d.err = m.decodeBatch(frame, "catchup")
+			}
+			select {
+			case batches <- d:
+			case <-rctx.Done():
+				return
+			}
+			if d.err != nil {
+				return
+			}
+		}
+	}()
 	skip := map[string]bool{} // sites whose runs the handler refused this session
-	for {
-		_ = s.SetReadDeadline(time.Now().Add(catchupIdle))
-		frame, err := readFrame(r, maxFrame)
-		if errors.Is(err, io.EOF) {
-			return st, nil
+	for d := range batches {
+		if d.err != nil {
+			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, d.err)
 		}
-		if err != nil {
-			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, err)
-		}
-		st.Bytes += len(frame)
-		b, run, err := m.decodeBatch(frame, "catchup")
-		if err != nil {
-			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, err)
-		}
+		st.Bytes += d.bytes
+		b, run := d.b, d.run
 		if len(b.Proof) == 2 {
 			pa, errA := wire.DecodeEnvelope(b.Proof[0])
 			pb, errB := wire.DecodeEnvelope(b.Proof[1])
@@ -202,6 +238,7 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 			skip[b.Site] = true
 		}
 	}
+	return st, ctx.Err()
 }
 
 const pushProto protocol.ID = "/ppsync/push/1"
