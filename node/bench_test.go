@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"os"
+	"strconv"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -51,7 +53,10 @@ func waitFrontier(tb testing.TB, n *Node, site string, seq uint64, d time.Durati
 // apply), beside the local ingest rate of the same node measured in the same
 // run (no network) as the ceiling.
 func BenchmarkCatchUp1M(b *testing.B) {
-	const total = 1_000_000
+	total := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("PPSYNC_BENCH_ENTRIES")); err == nil && v > 0 {
+		total = v // a shorter run for profiling
+	}
 	for b.Loop() {
 		tf := newTestFamily(b)
 		tf.add("clinic-a", "site")
@@ -63,10 +68,10 @@ func BenchmarkCatchUp1M(b *testing.B) {
 		writeMany(b, a.n, "clinic-a", total)
 		start := time.Now()
 		bn := tf.start("clinic-b")
-		waitFrontier(b, bn.n, "clinic-a", total, 10*time.Minute)
+		waitFrontier(b, bn.n, "clinic-a", uint64(total), 10*time.Minute)
 		secs := time.Since(start).Seconds()
-		b.ReportMetric(total/secs, "catch-up-entries/s")
-		b.ReportMetric(total/secs/5500, "x-5.5k-reference")
+		b.ReportMetric(float64(total)/secs, "catch-up-entries/s")
+		b.ReportMetric(float64(total)/secs/5500, "x-5.5k-reference")
 		tf.stop("clinic-b")
 		tf.stop("clinic-a")
 	}
