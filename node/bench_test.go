@@ -2,11 +2,11 @@ package node
 
 import (
 	"context"
-	"os"
-	"strconv"
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
