@@ -187,6 +187,9 @@ func Open(cfg Config) (*Log, error) {
 	if err := l.applyHeld(); err != nil {
 		return nil, err
 	}
+	if err := l.seedClock(); err != nil {
+		return nil, err
+	}
 	l.prep, l.prepForks = maps.Clone(l.heads), maps.Clone(l.forks)
 	go l.run()
 	return l, nil
@@ -282,4 +285,26 @@ func (l *Log) loadHeads() error {
 		l.heads[site] = h
 	}
 	return it.Error()
+}
+
+// seedClock moves the clock past every head's timestamp, so that entries
+// written after a restart are later than everything held even when the
+// machine's clock was set back meanwhile.
+func (l *Log) seedClock() error {
+	for site, h := range l.heads {
+		if h.Seq == 0 {
+			continue
+		}
+		v, closer, err := l.db.Get(entryKey(site, h.Seq))
+		if err != nil {
+			return fmt.Errorf("%w: head %s#%d cannot be read: %v", ErrDamaged, site, h.Seq, err)
+		}
+		e, err := wire.DecodeEnvelope(v)
+		closer.Close()
+		if err != nil {
+			return fmt.Errorf("%w: head %s#%d: %v", ErrDamaged, site, h.Seq, err)
+		}
+		l.cfg.Clock.Observe(hlc.Timestamp(e.HLC))
+	}
+	return nil
 }

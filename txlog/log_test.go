@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
@@ -521,5 +523,24 @@ func TestMovedSiteOldMachineFenced(t *testing.T) {
 	}
 	if q, _ := e.log.Quarantined("b"); len(q) != 4 {
 		t.Fatalf("fenced entries kept: %d", len(q))
+	}
+}
+
+func TestClockSetBackAcrossRestart(t *testing.T) {
+	now := time.UnixMilli(2_000_000_000_000)
+	clock := func() time.Time { return now }
+	e := newEnv(t, "a", func(c *Config) { c.Clock = hlc.New(clock) })
+	first, err := e.log.Write(bg, put("t", "k", map[string]any{"v": 1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(-time.Hour) // the machine's clock is set back, then the node restarts
+	e.reopen(func(c *Config) { c.Clock = hlc.New(clock) })
+	second, err := e.log.Write(bg, put("t", "k", map[string]any{"v": 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.HLC <= first.HLC {
+		t.Fatalf("entry written after the restart has HLC %d, not after %d", second.HLC, first.HLC)
 	}
 }
