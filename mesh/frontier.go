@@ -25,7 +25,7 @@ func (m *Mesh) handleFrontier(s network.Stream) {
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
-	b, err := wire.Marshal(m.cfg.Log.Frontier())
+	b, err := wire.Marshal(m.cfg.Heartbeat())
 	if err != nil {
 		s.Reset()
 		return
@@ -37,21 +37,29 @@ func (m *Mesh) handleFrontier(s network.Stream) {
 
 // FrontierOf asks member p for its durable frontier.
 func (m *Mesh) FrontierOf(ctx context.Context, p peer.ID) (map[string]uint64, error) {
+	hb, err := m.Probe(ctx, p)
+	return hb.Frontier, err
+}
+
+// Probe asks member p, over a stream of this node's own, for what its
+// heartbeat says now: frontier, head hashes, version. A node reaches its peers
+// this way even when gossip cannot reach it (a cloned twin sharing a peer ID).
+func (m *Mesh) Probe(ctx context.Context, p peer.ID) (Heartbeat, error) {
+	var hb Heartbeat
 	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "frontier"), p, frontierProto)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: ask %s for its frontier: %w", p, err)
+		return hb, fmt.Errorf("mesh: ask %s for its frontier: %w", p, err)
 	}
 	defer s.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(dl)
 	}
-	b, err := readFrame(bufio.NewReader(s), 1<<20)
+	b, err := readFrame(bufio.NewReader(s), maxHeartbeat)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: frontier of %s: %w", p, err)
+		return hb, fmt.Errorf("mesh: frontier of %s: %w", p, err)
 	}
-	out := map[string]uint64{}
-	if err := wire.Unmarshal(b, &out); err != nil {
-		return nil, fmt.Errorf("mesh: frontier of %s: %w", p, err)
+	if err := wire.Unmarshal(b, &hb); err != nil {
+		return hb, fmt.Errorf("mesh: frontier of %s: %w", p, err)
 	}
-	return out, nil
+	return hb, nil
 }

@@ -144,6 +144,39 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	s.post(ctx, syncEvent{kind: "done", peer: p, ok: err == nil})
 }
 
+// probeLoop asks every connected member for its heads each heartbeat
+// interval over this node's own streams and compares them with the log: a
+// cloned twin that no gossip reaches still finds a fork within seconds.
+func (s *syncer) probeLoop(ctx context.Context) {
+	every := s.n.cfg.HeartbeatInterval
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, pi := range s.n.mesh.Peers() {
+			if !pi.Connected {
+				continue
+			}
+			pctx, cancel := context.WithTimeout(ctx, every)
+			hb, err := s.n.mesh.Probe(pctx, pi.Member.PeerID)
+			cancel()
+			if err == nil {
+				s.compareHeads(pi.Member.PeerID, hb)
+				if ahead(hb.Frontier, s.n.txlog.Frontier()) {
+					s.post(ctx, syncEvent{kind: "heartbeat", peer: pi.Member.PeerID, frontier: hb.Frontier})
+				}
+			}
+		}
+	}
+}
+
 // publishLoop gossips own entries, once each, in the order committed.
 func (s *syncer) publishLoop(ctx context.Context) {
 	for {
