@@ -58,6 +58,9 @@ type Config struct {
 	// HeartbeatInterval is how often the node gossips its heartbeat (tests
 	// shorten it; default 5s).
 	HeartbeatInterval time.Duration `toml:"-"`
+	// DiskReserve is the free space below which writes are refused (default
+	// 64 MiB; 0 turns the check off).
+	DiskReserve uint64 `toml:"-"`
 
 	// Set by the program, not the file.
 	Version string              `toml:"-"` // software version, gossiped to peers
@@ -92,6 +95,7 @@ func DefaultConfig(dataDir string) Config {
 		ConnectivityCheck: true,
 		LogLevel:          "info",
 		MDNS:              true,
+		DiskReserve:       64 << 20,
 	}
 }
 

@@ -22,6 +22,8 @@ var (
 	ErrNoCertificate = errors.New("node: no certificate installed")
 	// ErrCatchingUp: own writes wait until the node's own log has caught up.
 	ErrCatchingUp = errors.New("node: catching up")
+	// ErrDiskFull: the data directory's disk is almost full; writes wait.
+	ErrDiskFull = errors.New("node: disk almost full")
 )
 
 // refusal is a certificate problem that stops the node (exit 4). Its message

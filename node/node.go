@@ -348,8 +348,27 @@ func (n *Node) writeBlocked() error {
 	if n.id.Role == family.RoleRelay {
 		return nil // the log refuses a relay's writes with its own message
 	}
+	if err := n.checkSpace(); err != nil {
+		return err
+	}
 	if why := n.sync.writeGate(); why != "" {
 		return fmt.Errorf("%w: %s", ErrCatchingUp, why)
 	}
 	return nil
+}
+
+// checkSpace refuses writes (own and received) while the data directory's
+// disk has less than DiskReserve free: a write that ran the disk full would
+// make the store fail hard; refused, nothing is half-written, and writes
+// resume by themselves once space returns.
+func (n *Node) checkSpace() error {
+	reserve := n.cfg.DiskReserve
+	if reserve <= 0 {
+		return nil
+	}
+	free, err := freeBytes(n.cfg.DataDir)
+	if err != nil || free >= reserve {
+		return nil
+	}
+	return fmt.Errorf("%w: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", ErrDiskFull, n.cfg.DataDir, free>>20, reserve>>20)
 }

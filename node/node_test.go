@@ -488,3 +488,31 @@ func TestDataDirOfAnotherFamily(t *testing.T) {
 		t.Fatalf("a data directory of another family: %v", err)
 	}
 }
+
+func TestDiskAlmostFullRefusesWrites(t *testing.T) {
+	f := newFixture(t, "clinic-a", "site")
+	c := f.config()
+	c.DiskReserve = 1 << 62 // more than any disk has: "almost full"
+	n, err := Open(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
+	r.key, _ = readAPIKey(f.data)
+	go func() { r.done <- n.Run(ctx) }()
+	t.Cleanup(r.stop)
+	var e APIError
+	if code := r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":1}}]}`, &e); code != 507 || e.Code != "disk_full" || !strings.Contains(e.Error, "free some space") {
+		t.Fatalf("write on a full disk: %d %+v", code, e)
+	}
+	var st Status
+	r.call(t, "GET", "/v1/status", nil, &st)
+	if st.Writable || st.Frontier["clinic-a"] != 0 {
+		t.Fatalf("status on a full disk: writable %v frontier %v", st.Writable, st.Frontier)
+	}
+	n.cfg.DiskReserve = 1 // space returned
+	if code := r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":1}}]}`, nil); code != 200 {
+		t.Fatalf("write after space returned: %d", code)
+	}
+}

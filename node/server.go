@@ -133,6 +133,8 @@ func (n *Node) writeErr(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", plain(err))
 	case errors.Is(err, wire.ErrInvalid), errors.Is(err, wire.ErrMalformed), errors.Is(err, errBadRequest):
 		writeError(w, http.StatusBadRequest, "bad_request", plain(err))
+	case errors.Is(err, ErrDiskFull):
+		writeError(w, http.StatusInsufficientStorage, "disk_full", plain(err))
 	case errors.Is(err, ErrCatchingUp):
 		writeError(w, http.StatusConflict, "catching_up", plain(err))
 	case errors.Is(err, txlog.ErrReadOnly):

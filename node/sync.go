@@ -205,6 +205,9 @@ func (s *syncer) published(es []*wire.Signed) {
 
 // Entries is the mesh.Handler side: runs received from peers.
 func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
+	if err := s.n.checkSpace(); err != nil {
+		return 0, err // the session ends; the engine retries with backoff
+	}
 	var res txlog.RunResult
 	var err error
 	if gossip && len(run) == 1 {
