@@ -11,7 +11,7 @@ FUZZ_TARGETS := ./internal/wire:FuzzDecodeEnvelope \
 FUZZTIME ?= 3s
 BENCHTIME ?= 1x
 
-.PHONY: help build check fmt vet staticcheck test fuzz cross tidy bench demo clean
+.PHONY: help build check fmt vet staticcheck test fuzz cross tidy bench demo clean soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,3 +56,7 @@ demo: build ## the main job: a demo family syncing on this machine
 
 clean: ## remove build output
 	rm -rf bin
+
+soak: ## long randomized fault schedules on real nodes (SOAK=30m); writes soak-report.json
+	PPSYNC_SOAK=$(or $(SOAK),30m) PPSYNC_SOAK_REPORT=$(CURDIR)/soak-report.json \
+		$(GO) test -run '^TestSoak$$' -count=1 -timeout 0 -v ./integration/fault/

@@ -1,0 +1,201 @@
+//go:build linux
+
+package fault
+
+import (
+	"encoding/json"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// KnownBug is a product bug this suite found and reported, recognized by its
+// violations so that a run can tell it from anything new.
+type KnownBug struct {
+	ID      string `json:"id"`
+	Summary string `json:"summary"`
+	match   func(Violation) bool
+}
+
+// KnownBugs are the product bugs this suite found that are not fixed yet. The
+// scenario that shows one is skipped with "BUG: ..." while only that bug's
+// violations appear, so that it stays its regression test; once fixed, the
+// entry goes and the scenario must pass.
+//
+// Found and since fixed in the product (their scenarios now pass and guard
+// them): a clock set back across a restart made a site's later writes lose to
+// its own earlier ones (clock-skew; fixed by seeding the HLC from the heads at
+// txlog.Open); a full disk crashed the node through Pebble's fatal WAL error
+// (disk-full episodes 1 and 2; fixed by refusing writes below 64 MiB free); a
+// cloned site's fork took about one sync interval (30 s) to show (cloned-site;
+// fixed by probing every member's heads each heartbeat).
+var KnownBugs = []KnownBug{
+	{
+		ID: "disk-full-large-batch",
+		Summary: "the free-space check (64 MiB reserve) runs before a write but does not count the write itself: one large batch " +
+			"(46 MiB; a batch may be 64 MiB) admitted with about 94 MiB free runs the disk full inside Pebble. Then either the node " +
+			"crashes (exit 2: Pebble's rotateWAL panics when closing the old WAL fails, pebble v2.1.7 db.go:2822, via txlog " +
+			"commitGroup), or Pebble's memtable flush fails with ENOSPC and the node stays stuck after space returns (no write, no " +
+			"catch-up) until it is restarted",
+		match: func(v Violation) bool {
+			switch v.Kind {
+			case "crash":
+				return strings.Contains(v.Detail, "rotateWAL") || strings.Contains(v.Detail, "no space left on device") ||
+					strings.Contains(v.Detail, "fatal commit error")
+			case "disk-full":
+				return strings.Contains(v.Detail, "does not answer after a large batch")
+			case "disk-full-recovery":
+				return true
+			}
+			return false
+		},
+	},
+}
+
+// knownBug returns the known bug v belongs to, or nil.
+func knownBug(v Violation) *KnownBug {
+	for i := range KnownBugs {
+		if KnownBugs[i].match(v) {
+			return &KnownBugs[i]
+		}
+	}
+	return nil
+}
+
+// SplitKnown separates violations of known bugs from the others.
+func SplitKnown(vs []Violation) (known map[string][]Violation, other []Violation) {
+	known = map[string][]Violation{}
+	for _, v := range vs {
+		if b := knownBug(v); b != nil {
+			known[b.ID] = append(known[b.ID], v)
+		} else {
+			other = append(other, v)
+		}
+	}
+	return known, other
+}
+
+// Report is the soak's JSON report.
+type Report struct {
+	Started        time.Time      `json:"started"`
+	Finished       time.Time      `json:"finished"`
+	Duration       string         `json:"duration"`
+	MasterSeed     uint64         `json:"master_seed"`
+	Isolated       bool           `json:"isolated"` // partitions possible (network namespaces)
+	SchedulesRun   int            `json:"schedules_run"`
+	Scenarios      map[string]int `json:"scenarios"`
+	Acknowledged   int            `json:"transactions_acknowledged"`
+	Unknown        int            `json:"transactions_unknown_outcome"`
+	Faults         map[string]int `json:"faults_injected"`
+	Converge       ConvergeStats  `json:"time_to_converge"`
+	Violations     int            `json:"violations"`
+	NewViolations  int            `json:"violations_not_known_bugs"`
+	ByKind         map[string]int `json:"violations_by_kind"`
+	KnownBugs      map[string]int `json:"known_bug_violations"`
+	KnownBugNotes  []KnownBug     `json:"known_bugs"`
+	Rounds         []Round        `json:"rounds"`
+	Samples        []Sample       `json:"violation_samples"`
+	Errors         []Sample       `json:"harness_errors"`
+	convergeMillis []int64
+}
+
+// ConvergeStats summarize the time from the last heal to convergence.
+type ConvergeStats struct {
+	Samples int   `json:"samples"`
+	P50ms   int64 `json:"p50_ms"`
+	P90ms   int64 `json:"p90_ms"`
+	Maxms   int64 `json:"max_ms"`
+}
+
+// Round is one scenario of the soak.
+type Round struct {
+	Scenario   string `json:"scenario"`
+	Seed       uint64 `json:"seed"`
+	Acked      int    `json:"acknowledged"`
+	Faults     int    `json:"faults"`
+	ConvergeMs int64  `json:"converge_ms"`
+	Violations int    `json:"violations"`
+	Error      bool   `json:"harness_error,omitempty"`
+}
+
+// Sample is one violation (or harness error) with how to replay it.
+type Sample struct {
+	Scenario string `json:"scenario"`
+	Seed     uint64 `json:"seed"`
+	Kind     string `json:"kind"`
+	Detail   string `json:"detail"`
+	Replay   string `json:"replay,omitempty"`
+}
+
+// NewReport starts a report.
+func NewReport(master uint64) *Report {
+	return &Report{Started: time.Now().UTC(), MasterSeed: master, Isolated: CanIsolate() == nil, Scenarios: map[string]int{},
+		Faults: map[string]int{}, ByKind: map[string]int{}, KnownBugs: map[string]int{}, KnownBugNotes: KnownBugs,
+		Rounds: []Round{}, Samples: []Sample{}, Errors: []Sample{}}
+}
+
+// Add records one scenario's result (err is a harness failure, not a
+// violation).
+func (r *Report) Add(res Result, err error, replay string) {
+	r.SchedulesRun++
+	r.Scenarios[res.Name]++
+	nf := 0
+	for k, v := range res.Faults {
+		if !strings.Contains(k, "/") { // "kind/detail" keys count a subset of kind
+			nf += v
+		}
+	}
+	r.Rounds = append(r.Rounds, Round{Scenario: res.Name, Seed: res.Seed, Acked: res.Acked, Faults: nf,
+		ConvergeMs: res.Converge.Milliseconds(), Violations: len(res.Violations), Error: err != nil})
+	r.Acknowledged += res.Acked
+	r.Unknown += res.Unknown
+	for k, v := range res.Faults {
+		r.Faults[k] += v
+	}
+	if err != nil {
+		r.Errors = append(r.Errors, Sample{Scenario: res.Name, Seed: res.Seed, Kind: "error", Detail: clip(err.Error()), Replay: replay})
+	}
+	if res.Converge > 0 {
+		r.convergeMillis = append(r.convergeMillis, res.Converge.Milliseconds())
+	}
+	known, other := SplitKnown(res.Violations)
+	for id, vs := range known {
+		r.KnownBugs[id] += len(vs)
+	}
+	r.NewViolations += len(other)
+	for _, v := range res.Violations {
+		r.Violations++
+		r.ByKind[v.Kind]++
+		if len(r.Samples) < 100 {
+			r.Samples = append(r.Samples, Sample{Scenario: res.Name, Seed: res.Seed, Kind: v.Kind, Detail: clip(v.Detail), Replay: replay})
+		}
+	}
+}
+
+// Write computes the summary figures and writes the report to path.
+func (r *Report) Write(path string) error {
+	r.Finished = time.Now().UTC()
+	r.Duration = r.Finished.Sub(r.Started).Round(time.Second).String()
+	ms := slices.Clone(r.convergeMillis)
+	sort.Slice(ms, func(i, j int) bool { return ms[i] < ms[j] })
+	r.Converge = ConvergeStats{Samples: len(ms)}
+	if len(ms) > 0 {
+		r.Converge.P50ms = ms[len(ms)/2]
+		r.Converge.P90ms = ms[len(ms)*9/10]
+		r.Converge.Maxms = ms[len(ms)-1]
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func clip(s string) string {
+	if len(s) > 1500 {
+		return s[:1500] + " …"
+	}
+	return s
+}
