@@ -361,13 +361,18 @@ func (n *Node) writeBlocked() error {
 // disk has less than DiskReserve free: a write that ran the disk full would
 // make the store fail hard; refused, nothing is half-written, and writes
 // resume by themselves once space returns.
-func (n *Node) checkSpace() error {
+func (n *Node) checkSpace() error { return n.checkSpaceFor(0) }
+
+// checkSpaceFor also counts what a write of about size bytes will take on
+// disk before compaction reclaims anything (the WAL, the memtable's flush and
+// the entries' own copy: three times the size).
+func (n *Node) checkSpaceFor(size uint64) error {
 	reserve := n.cfg.DiskReserve
 	if reserve <= 0 {
 		return nil
 	}
 	free, err := freeBytes(n.cfg.DataDir)
-	if err != nil || free >= reserve {
+	if err != nil || free >= reserve+3*size {
 		return nil
 	}
 	return fmt.Errorf("%w: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", ErrDiskFull, n.cfg.DataDir, free>>20, reserve>>20)

@@ -634,6 +634,11 @@ func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed,
 	if err := n.writeBlocked(); err != nil {
 		return nil, err
 	}
+	if n.id.Role == family.RoleSite {
+		if err := n.checkSpaceFor(opsSize(txs)); err != nil {
+			return nil, err
+		}
+	}
 	out, err := n.txlog.WriteMany(ctx, txs)
 	if err != nil {
 		return nil, err
@@ -642,4 +647,39 @@ func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed,
 	n.counters.committed.Add(uint64(len(out)))
 	n.events.emit(EvCommitted, map[string]any{"site": out[0].Site, "from": out[0].Seq, "to": out[len(out)-1].Seq})
 	return out, nil
+}
+
+// opsSize estimates the encoded size of transactions from their names and
+// values, cheaply, for the free-space check.
+func opsSize(txs [][]wire.Op) uint64 {
+	var n uint64
+	for _, ops := range txs {
+		for _, op := range ops {
+			n += uint64(64 + len(op.Table) + len(op.Key))
+			for k, v := range op.Fields {
+				n += uint64(len(k)) + valueSize(v)
+			}
+		}
+	}
+	return n
+}
+
+func valueSize(v any) uint64 {
+	switch x := v.(type) {
+	case string:
+		return uint64(len(x)) + 5
+	case []any:
+		var n uint64 = 5
+		for _, e := range x {
+			n += valueSize(e)
+		}
+		return n
+	case map[string]any:
+		var n uint64 = 5
+		for k, e := range x {
+			n += uint64(len(k)) + valueSize(e)
+		}
+		return n
+	}
+	return 9
 }
