@@ -22,37 +22,24 @@ type KnownBug struct {
 // KnownBugs are the product bugs this suite found that are not fixed yet. The
 // scenario that shows one is skipped with "BUG: ..." while only that bug's
 // violations appear, so that it stays its regression test; once fixed, the
-// entry goes and the scenario must pass.
+// entry goes and the scenario must pass. An entry names the bug, says what
+// breaks and why, and recognizes its violations (match).
 //
-// Found and since fixed in the product (their scenarios now pass and guard
-// them): a clock set back across a restart made a site's later writes lose to
-// its own earlier ones (clock-skew; fixed by seeding the HLC from the heads at
-// txlog.Open); a full disk crashed the node through Pebble's fatal WAL error
-// (disk-full episodes 1 and 2; fixed by refusing writes below 64 MiB free); a
-// cloned site's fork took about one sync interval (30 s) to show (cloned-site;
-// fixed by probing every member's heads each heartbeat).
-var KnownBugs = []KnownBug{
-	{
-		ID: "disk-full-large-batch",
-		Summary: "the free-space check (64 MiB reserve) runs before a write but does not count the write itself: one large batch " +
-			"(46 MiB; a batch may be 64 MiB) admitted with about 94 MiB free runs the disk full inside Pebble. Then either the node " +
-			"crashes (exit 2: Pebble's rotateWAL panics when closing the old WAL fails, pebble v2.1.7 db.go:2822, via txlog " +
-			"commitGroup), or Pebble's memtable flush fails with ENOSPC and the node stays stuck after space returns (no write, no " +
-			"catch-up) until it is restarted",
-		match: func(v Violation) bool {
-			switch v.Kind {
-			case "crash":
-				return strings.Contains(v.Detail, "rotateWAL") || strings.Contains(v.Detail, "no space left on device") ||
-					strings.Contains(v.Detail, "fatal commit error")
-			case "disk-full":
-				return strings.Contains(v.Detail, "does not answer after a large batch")
-			case "disk-full-recovery":
-				return true
-			}
-			return false
-		},
-	},
-}
+// Found by this suite and since fixed in the product; their scenarios now
+// pass and guard them:
+//   - clock-skew: a clock set back across a restart made a site's later
+//     writes lose to its own earlier ones (the HLC was not seeded from the
+//     log at txlog.Open);
+//   - disk-full episodes 1 and 2: a full disk crashed the node (Pebble's
+//     fatal WAL error, panicking logger in internal/store); now writes are
+//     refused below 64 MiB free;
+//   - disk-full episode 3: that free-space check did not count the batch
+//     being written, so one 46 MiB batch still ran Pebble out of space (crash
+//     in rotateWAL, or a flush failing with ENOSPC and the node stuck after
+//     space returned);
+//   - cloned-site: a cloned site's fork showed only after about one sync
+//     interval (30 s), not within 10 s, while both copies kept writing.
+var KnownBugs = []KnownBug{}
 
 // knownBug returns the known bug v belongs to, or nil.
 func knownBug(v Violation) *KnownBug {
