@@ -375,5 +375,8 @@ func (n *Node) checkSpaceFor(size uint64) error {
 	if err != nil || free >= reserve+3*size {
 		return nil
 	}
+	if size > 0 {
+		return fmt.Errorf("%w: the disk holding %s has %d MiB free, but this write needs about %d MiB on top of the %d MiB ppsync keeps free so that nothing is half-written; free some space there, or send smaller batches", ErrDiskFull, n.cfg.DataDir, free>>20, (3*size)>>20, reserve>>20)
+	}
 	return fmt.Errorf("%w: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", ErrDiskFull, n.cfg.DataDir, free>>20, reserve>>20)
 }
