@@ -299,30 +299,6 @@ func atkHoldFor(t testing.TB, d time.Duration, what string, cond func() (bool, s
 	}
 }
 
-// startWith starts a node like tf.start, after mod changes its config.
-func (tf *testFamily) atkStartWith(name string, mod func(*Config)) *running {
-	tf.t.Helper()
-	fn := tf.nodes[name]
-	cfg := tf.config(fn)
-	if mod != nil {
-		mod(&cfg)
-	}
-	n, err := Open(context.Background(), cfg)
-	if err != nil {
-		tf.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(fn.data)
-	go func() { r.done <- n.Run(ctx) }()
-	fn.r = r
-	tf.t.Cleanup(r.stop)
-	if fn.site == "relay" {
-		tf.relay = atkNodeAddr(tf.t, n)
-	}
-	return r
-}
-
 // nodeKeyOf reads a node's Ed25519 key from its data directory.
 func (tf *testFamily) atkNodeKey(name string) ed25519.PrivateKey {
 	tf.t.Helper()

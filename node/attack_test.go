@@ -585,7 +585,7 @@ func TestMovedSiteOldMachineIsFenced(t *testing.T) {
 		return true, ""
 	})
 	// The new machine, alone, refuses writes: it has not learned its log.
-	tf.atkStartWith("clinic-a-new", func(c *Config) { c.Bootstrap = nil })
+	tf.startWith("clinic-a-new", func(c *Config) { c.Bootstrap = nil })
 	var apiErr APIError
 	if code := tf.nodes["clinic-a-new"].r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":1}}]}`, &apiErr); code != 409 || apiErr.Code != "catching_up" {
 		t.Fatalf("a write at the new machine before it caught up: %d %+v", code, apiErr)
@@ -855,8 +855,8 @@ func TestVersionMismatchIsShown(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
 	tf.add("clinic-a", "site", "relay")
-	tf.atkStartWith("relay", func(c *Config) { c.Version = "1.0.0" })
-	tf.atkStartWith("clinic-a", func(c *Config) { c.Version = "1.1.0" })
+	tf.startWith("relay", func(c *Config) { c.Version = "1.0.0" })
+	tf.startWith("clinic-a", func(c *Config) { c.Version = "1.1.0" })
 	want := map[string][2]string{"relay": {"1.0.0", "1.1.0"}, "clinic-a": {"1.1.0", "1.0.0"}}
 	atkWaitFor(t, 10*time.Second, "both report the mismatch", func() (bool, string) {
 		for s, v := range want {

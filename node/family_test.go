@@ -93,10 +93,17 @@ func (tf *testFamily) config(fn *famNode) Config {
 	return c
 }
 
-func (tf *testFamily) start(site string) *running {
+func (tf *testFamily) start(site string) *running { return tf.startWith(site, nil) }
+
+// startWith starts a node like start, after mod (if not nil) changed its config.
+func (tf *testFamily) startWith(site string, mod func(*Config)) *running {
 	tf.t.Helper()
 	fn := tf.nodes[site]
-	n, err := Open(context.Background(), tf.config(fn))
+	cfg := tf.config(fn)
+	if mod != nil {
+		mod(&cfg)
+	}
+	n, err := Open(context.Background(), cfg)
 	if err != nil {
 		tf.t.Fatal(err)
 	}
@@ -107,9 +114,7 @@ func (tf *testFamily) start(site string) *running {
 	fn.r = r
 	tf.t.Cleanup(r.stop)
 	if site == "relay" {
-		for _, a := range n.mesh.Addrs() {
-			tf.relay = a // loopback TCP: the only listen address
-		}
+		tf.relay = atkNodeAddr(tf.t, n) // loopback TCP: the only listen address
 	}
 	return r
 }

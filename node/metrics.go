@@ -86,12 +86,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, v := range n.mesh.Rejections() {
 		counter(mRejections, v, reason)
 	}
-	st, err := n.Status()
+	peers := n.sync.peers()
+	st, err := n.statusOf(peers)
 	if err != nil {
 		return
 	}
 	via := map[string]float64{"direct": 0, "relay": 0}
-	for _, p := range n.sync.peers() {
+	for _, p := range peers {
 		if p.Connected {
 			via[p.Via]++
 		}

@@ -351,25 +351,7 @@ func pageText(ctx context.Context) string {
 // startVersion starts a family node that reports the given version.
 func startVersion(tf *testFamily, site, version string) *running {
 	tf.t.Helper()
-	fn := tf.nodes[site]
-	cfg := tf.config(fn)
-	cfg.Version = version
-	n, err := Open(context.Background(), cfg)
-	if err != nil {
-		tf.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(fn.data)
-	go func() { r.done <- n.Run(ctx) }()
-	fn.r = r
-	tf.t.Cleanup(r.stop)
-	if site == "relay" {
-		for _, a := range n.mesh.Addrs() {
-			tf.relay = a
-		}
-	}
-	return r
+	return tf.startWith(site, func(c *Config) { c.Version = version })
 }
 
 // browserFamily starts a relay (1.0.0), clinic-a (1.0.0) and clinic-b

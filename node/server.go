@@ -507,7 +507,11 @@ func (n *Node) getStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // Status reports the node's state (GET /v1/status, `ppsync status`).
-func (n *Node) Status() (Status, error) {
+func (n *Node) Status() (Status, error) { return n.statusOf(n.sync.peers()) }
+
+// statusOf builds the status from an already computed list of peers (the
+// metrics collector needs both and computes the peers once).
+func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 	s := Status{
 		Site: n.id.Site, Role: string(n.id.Role), PeerID: n.id.PeerID, Version: n.cfg.Version,
 		FamilyID: n.id.FamilyID, FamilyName: n.roster.Info().Name, Epoch: n.cert.Epoch,
@@ -515,7 +519,6 @@ func (n *Node) Status() (Status, error) {
 		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
 	}
 	cfg := n.currentConfig()
-	peers := n.sync.peers()
 	var own uint64
 	if n.id.Role == family.RoleSite {
 		own = n.txlog.Head(n.id.Site).Seq
