@@ -32,7 +32,7 @@ type Options struct {
 	FS vfs.FS
 	// Logger receives Pebble's own messages at debug level; nil discards them.
 	Logger *slog.Logger
-	// CacheSize is the block cache in bytes (default 32 MiB).
+	// CacheSize is the block cache in bytes (default 128 MiB).
 	CacheSize int64
 }
 
