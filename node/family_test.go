@@ -202,6 +202,10 @@ func TestFamilyConvergesThroughRelay(t *testing.T) {
 	if st.Peers < 1 || !st.Online {
 		t.Fatalf("status: peers %d online %v", st.Peers, st.Online)
 	}
+	// The relay names itself by the name its certificate gives it.
+	if rs, _ := tf.nodes["relay"].r.n.Status(); rs.Site != "relay" || rs.Role != "relay" {
+		t.Fatalf("relay status: site %q role %q, want relay/relay", rs.Site, rs.Role)
+	}
 }
 
 func TestOfflineSiteCatchesUp(t *testing.T) {

@@ -564,9 +564,6 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 		s.LastSync = &t
 	}
 	n.sync.mu.Unlock()
-	if n.id.Role == family.RoleRelay {
-		s.Site = ""
-	}
 	s.SyncInterval = n.currentSettings().SyncInterval
 	for _, f := range n.txlog.Forks() {
 		s.Forks = append(s.Forks, ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})
