@@ -3,7 +3,6 @@ package mesh
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -189,7 +188,11 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 		for {
 			_ = s.SetReadDeadline(time.Now().Add(catchupIdle))
 			frame, err := readFrame(r, maxFrame)
-			if errors.Is(err, io.EOF) {
+			// Only io.EOF itself ends the session well: the server closed the
+			// stream after its last frame. Not errors.Is: when the peer closes
+			// the connection, yamux resets the stream with an error that wraps
+			// io.EOF, and that session was cut short.
+			if err == io.EOF {
 				return
 			}
 			var d decoded

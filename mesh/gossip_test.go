@@ -1,0 +1,256 @@
+package mesh
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"testing"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// oversizedEnvelope is a well-formed envelope whose body is larger than
+// wire.MaxEntryBytes, yet under gossip's message size limit.
+func oversizedEnvelope() []byte {
+	body := bytes.Repeat([]byte{'x'}, wire.MaxEntryBytes+1024)
+	var b []byte
+	b = append(b, 0x82, 0xa1, 'b', 0xc6)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(body)))
+	b = append(b, body...)
+	b = append(b, 0xa1, 's', 0xc4, 64)
+	return append(b, make([]byte, 64)...)
+}
+
+// The entries topic's validator, called directly: every rejection has its
+// reason, and only a member's well-formed entry of this family signed by its
+// site's key passes (and is handed over decoded).
+func TestValidateEntry(t *testing.T) {
+	ia, ib, ic := newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "c")
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, nil)
+	good := signChain(t, testFamily, ib, 1, wire.Hash{}, 1)[0]
+	other := signChain(t, "0therfamily", ib, 1, wire.Hash{}, 1)[0]
+	stranger := signChain(t, testFamily, ic, 1, wire.Hash{}, 1)[0] // site c has no key in A's roster
+	forged := signChain(t, testFamily, identity{site: "b", siteKey: ic.siteKey}, 1, wire.Hash{}, 1)[0]
+
+	for _, tc := range []struct {
+		name   string
+		from   peer.ID
+		data   []byte
+		want   pubsub.ValidationResult
+		reason string
+	}{
+		{"valid", ib.id, good.Marshal(), pubsub.ValidationAccept, ""},
+		{"own", ia.id, []byte("anything"), pubsub.ValidationAccept, ""},
+		{"non-member", ic.id, good.Marshal(), pubsub.ValidationReject, "gossip_from_non_member"},
+		{"malformed", ib.id, []byte("\x82\xa1bnot an envelope"), pubsub.ValidationReject, "gossip_malformed"},
+		{"oversized", ib.id, oversizedEnvelope(), pubsub.ValidationReject, "gossip_oversized"},
+		{"other family", ib.id, other.Marshal(), pubsub.ValidationReject, "gossip_wrong_family"},
+		{"unknown signer", ib.id, stranger.Marshal(), pubsub.ValidationIgnore, "gossip_unknown_signer"}, // not held against the forwarder
+		{"bad signature", ib.id, forged.Marshal(), pubsub.ValidationReject, "gossip_bad_signature"},
+	} {
+		before := a.m.Rejections()
+		msg := &pubsub.Message{Message: &pb.Message{Data: tc.data}}
+		if got := a.m.validateEntry(context.Background(), tc.from, msg); got != tc.want {
+			t.Errorf("%s: validation %v, want %v", tc.name, got, tc.want)
+		}
+		after := a.m.Rejections()
+		for reason, n := range after {
+			want := before[reason]
+			if reason == tc.reason {
+				want++
+			}
+			if n != want {
+				t.Errorf("%s: %d rejections %q, want %d", tc.name, n, reason, want)
+			}
+		}
+		if tc.reason != "" && after[tc.reason] == 0 {
+			t.Errorf("%s: not counted as %q", tc.name, tc.reason)
+		}
+		if tc.name == "valid" {
+			s, ok := msg.ValidatorData.(*wire.Signed)
+			if !ok || s.Hash != good.Hash || s.ID() != good.ID() {
+				t.Errorf("valid: validator data %v, want the decoded entry", msg.ValidatorData)
+			}
+		}
+	}
+}
+
+// The heartbeat topic's validator, called directly: a heartbeat must be
+// signed by the member it names.
+func TestValidateHeartbeat(t *testing.T) {
+	ia, ib, ic := newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "c")
+	a := startNode(t, ia, newFamily(testFamily, ia, ib, ic), nil, nil)
+	sign := func(author peer.ID, key ed25519.PrivateKey, hb Heartbeat) []byte {
+		body, err := wire.Marshal(&hb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := wire.Marshal(&signedHeartbeat{Body: body, Peer: author.String(),
+			Sig: ed25519.Sign(key, append([]byte(heartbeatDomain), body...))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	hb := Heartbeat{Site: "b", Frontier: map[string]uint64{"b": 7}}
+	outsider := newIdentity(t, "x")
+
+	for _, tc := range []struct {
+		name   string
+		from   peer.ID
+		data   []byte
+		want   pubsub.ValidationResult
+		reason string
+	}{
+		{"valid", ib.id, sign(ib.id, ib.key, hb), pubsub.ValidationAccept, ""},
+		{"forwarded", ic.id, sign(ib.id, ib.key, hb), pubsub.ValidationAccept, ""}, // C relays B's heartbeat
+		{"forwarder not a member", outsider.id, sign(ib.id, ib.key, hb), pubsub.ValidationReject, "heartbeat_non_member"},
+		{"author not a member", ib.id, sign(outsider.id, outsider.key, hb), pubsub.ValidationReject, "heartbeat_non_member"},
+		{"speaks for another", ib.id, sign(ic.id, ib.key, hb), pubsub.ValidationReject, "heartbeat_bad_signature"},
+		{"malformed", ib.id, []byte{0xc1}, pubsub.ValidationReject, "heartbeat_malformed"},
+		{"oversized", ib.id, make([]byte, maxHeartbeat+1), pubsub.ValidationReject, "heartbeat_oversized"},
+	} {
+		before := a.m.Rejections()
+		msg := &pubsub.Message{Message: &pb.Message{Data: tc.data}}
+		if got := a.m.validateHeartbeat(context.Background(), tc.from, msg); got != tc.want {
+			t.Errorf("%s: validation %v, want %v", tc.name, got, tc.want)
+		}
+		if tc.reason != "" && a.m.Rejections()[tc.reason] != before[tc.reason]+1 {
+			t.Errorf("%s: not counted as %q", tc.name, tc.reason)
+		}
+		if tc.want == pubsub.ValidationAccept {
+			vh, ok := msg.ValidatorData.(verifiedHeartbeat)
+			if !ok || vh.from != ib.id || vh.hb.Site != "b" || vh.hb.Frontier["b"] != 7 {
+				t.Errorf("%s: validator data %+v, want B's heartbeat", tc.name, msg.ValidatorData)
+			}
+		}
+	}
+}
+
+// End to end over gossip: A's valid entries reach B's handler as gossip,
+// unchanged; bad messages are rejected by B's validator, counted, and never
+// delivered; a forged heartbeat never reaches B's handler.
+//
+// Each bad message comes from a different member: B's peer score charges
+// the forwarder 100 times the square of its invalid messages, so a second
+// invalid message from one member takes it below the graylist threshold and
+// B ignores it for minutes.
+func TestGossipDeliversValidEntriesAndRejectsOthers(t *testing.T) {
+	ia, ib, ic, id := newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "c"), newIdentity(t, "d")
+	all := []identity{ia, ib, ic, id}
+	a := startNode(t, ia, newFamily(testFamily, all...), nil, nil)
+	b := startNode(t, ib, newFamily(testFamily, all...), nil, nil)
+	c := startNode(t, ic, newFamily(testFamily, all...), nil, nil)
+	d := startNode(t, id, newFamily(testFamily, all...), nil, nil)
+	for _, x := range []*testNode{a, c, d} {
+		connect(t, x, b)
+		waitGossip(t, x, b)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	chain := signChain(t, testFamily, ia, 1, wire.Hash{}, 2)
+	if err := a.m.Publish(ctx, chain[0].Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	bad := []struct {
+		from   *testNode
+		env    []byte
+		reason string
+	}{
+		{a, signChain(t, "0therfamily", ia, 1, wire.Hash{}, 1)[0].Marshal(), "gossip_wrong_family"},
+		{c, []byte("not an envelope at all"), "gossip_malformed"},
+		{d, oversizedEnvelope(), "gossip_oversized"},
+	}
+	for _, m := range bad {
+		if err := m.from.m.Publish(ctx, m.env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A heartbeat that claims to come from A, signed with C's key.
+	body, err := wire.Marshal(&Heartbeat{Site: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := wire.Marshal(&signedHeartbeat{Body: body, Peer: ia.id.String(), Sig: ed25519.Sign(ic.key, append([]byte(heartbeatDomain), body...))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.m.hbt.Publish(ctx, forged); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.Publish(ctx, chain[1].Marshal()); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, m := range bad {
+		waitCount(t, b.m, m.reason, 1)
+	}
+	waitCount(t, b.m, "heartbeat_bad_signature", 1)
+	waitFor(t, "B receives both valid entries", func() bool { return len(b.h.entryCalls()) >= 2 })
+
+	calls := b.h.entryCalls()
+	if len(calls) != 2 {
+		t.Fatalf("B's handler got %d entry calls, want 2", len(calls))
+	}
+	got := map[uint64]*wire.Signed{}
+	for _, c := range calls {
+		if !c.gossip || c.from != ia.id || len(c.run) != 1 {
+			t.Fatalf("entry call gossip=%v from %s with %d entries, want one gossiped entry from A", c.gossip, c.from, len(c.run))
+		}
+		got[c.run[0].Seq] = c.run[0]
+	}
+	for _, want := range chain {
+		e := got[want.Seq]
+		if e == nil || e.Hash != want.Hash || !bytes.Equal(e.Marshal(), want.Marshal()) || e.Site != "a" || e.Family != testFamily {
+			t.Errorf("entry a#%d not delivered as published: %+v", want.Seq, e)
+		}
+	}
+	for _, hb := range b.h.heartbeatsFrom(ia.id) {
+		if hb.Version == "" {
+			t.Errorf("a forged heartbeat reached the handler: %+v", hb)
+		}
+	}
+	if n := len(a.h.entryCalls()); n != 0 {
+		t.Errorf("A's own publications came back to its handler %d times", n)
+	}
+}
+
+// A fork proof reaches the other member's handler (over gossip and over a
+// stream of its own).
+func TestForkProofSpreads(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, nil)
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
+	connect(t, b, a)
+	waitGossip(t, a, b)
+
+	base := signChain(t, testFamily, ia, 1, wire.Hash{}, 1)[0]
+	x := signChain(t, testFamily, ia, 2, base.Hash, 1)[0]
+	e := x.Entry // the same seq written twice: a fork
+	e.HLC++
+	y, err := wire.Sign(&e, ia.siteKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.m.PublishForkProof(ctx, x, y); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "B hears of the fork", func() bool { return len(b.h.forkCalls()) > 0 })
+	for _, f := range b.h.forkCalls() {
+		if f.from != ia.id || f.a.Hash != x.Hash || f.b.Hash != y.Hash {
+			t.Errorf("fork proof from %s of %s/%s, want A's of %s/%s", f.from, f.a.Hash.Short(), f.b.Hash.Short(), x.Hash.Short(), y.Hash.Short())
+		}
+	}
+	if len(a.h.forkCalls()) != 0 {
+		t.Error("A's own fork proof came back to its handler")
+	}
+}
