@@ -142,8 +142,13 @@ func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Messag
 	}
 	key, err := m.cfg.Family.SiteKey(s.Site, s.Epoch)
 	if err != nil {
+		// Not delivered, but not held against the forwarder either: right
+		// after a site moves, its new certificate can reach this node after
+		// its first entries do, and a rejection would have gossip's scoring
+		// ignore an honest member for minutes. Catch-up brings the entries
+		// once the certificate is known.
 		m.count("gossip_unknown_signer")
-		return pubsub.ValidationReject
+		return pubsub.ValidationIgnore
 	}
 	if err := s.Verify(key); err != nil {
 		m.count("gossip_bad_signature")
