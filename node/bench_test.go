@@ -151,6 +151,14 @@ func BenchmarkLiveReplication(b *testing.B) {
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 		b.ReportMetric(float64(len(lat)), "samples")
+		// How the entries arrived: gossip, or catch-up after a gap (an entry
+		// that overtook its predecessor) or a lost message.
+		var viaGossip, viaCatchUp uint64
+		for _, p := range peers {
+			viaGossip += p.n.counters.receivedGossip.Load()
+			viaCatchUp += p.n.counters.receivedCatchUp.Load()
+		}
+		b.ReportMetric(100*float64(viaCatchUp)/float64(max(1, viaGossip+viaCatchUp)), "%-via-catch-up")
 	}
 }
 

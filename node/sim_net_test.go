@@ -6,6 +6,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -184,12 +186,19 @@ func (w *simWorld) endSession(s *simSession, ok bool, why string) {
 }
 
 // appended handles the result of a run or gossiped entry as sync.go's
-// Entries does: a gap tells the engine; anything but a gap is a violation
-// here (the simulation has no forks or forgeries).
+// Entries does: a gossiped entry ahead of the log waits in the reorder
+// buffer, a gap that stays open (or a catch-up gap) tells the engine, and
+// whatever extends the log lets the held entries after it follow. Anything
+// but a gap is a violation here (the simulation has no forks or forgeries).
 func (w *simWorld) appended(n, from *simNode, via string, run []*wire.Signed, res txlog.RunResult, err error) {
 	first, last := run[0], run[len(run)-1]
 	var gap *txlog.GapError
 	switch {
+	case errors.As(err, &gap) && via == "gossip" && n.held.hold(first, peer.ID(from.id), w.clock()):
+		w.tracef("%s <-%s %s %s#%d: held (holds %d)", n.id, via, from.id, first.Site, first.Seq, gap.Have)
+		if n.held.arm() {
+			w.gapCheck(n)
+		}
 	case errors.As(err, &gap):
 		w.tracef("%s <-%s %s %s#%d..%d: gap (holds %d)", n.id, via, from.id, first.Site, first.Seq, last.Seq, gap.Have)
 		w.act(n, n.eng.gap(from.id, w.clock()))
@@ -202,7 +211,33 @@ func (w *simWorld) appended(n, from *simNode, via string, run []*wire.Signed, re
 			w.stats.appendedCatchup += res.Appended
 		}
 		w.tracef("%s <-%s %s %s#%d..%d: +%d dup %d", n.id, via, from.id, first.Site, first.Seq, last.Seq, res.Appended, res.Duplicates)
+		if res.Appended > 0 {
+			if h, ok := n.held.next(first.Site, n.store.Frontier()[first.Site]); ok {
+				res, err := n.store.AppendRemote(h.e)
+				w.appended(n, w.byID[string(h.from)], "gossip", []*wire.Signed{h.e}, res, err)
+			}
+		}
 	}
+}
+
+// gapCheck runs sync.go's gap check gapWait from now in this incarnation:
+// held entries whose gap stayed open are dropped and their senders fetched
+// from.
+func (w *simWorld) gapCheck(n *simNode) {
+	inc := n.inc
+	w.after(gapWait, func() {
+		if !n.alive || n.inc != inc {
+			return
+		}
+		frontier := n.store.Frontier()
+		for _, p := range n.held.expired(w.clock(), func(site string) uint64 { return frontier[site] }) {
+			w.tracef("%s: held gossip from %s still has a gap", n.id, p)
+			w.act(n, n.eng.gap(string(p), w.clock()))
+		}
+		if n.held.disarm() && n.held.arm() {
+			w.gapCheck(n)
+		}
+	})
 }
 
 // applied is called by the store for each entry it applies.

@@ -214,6 +214,7 @@ type simNode struct {
 	seen     map[simSeen]time.Duration
 	sessions []*simSession // outgoing catch-up sessions in flight
 	batches  int           // catch-up batches received in this incarnation
+	held     *reorder      // gossip ahead of the log, as sync.go holds it
 }
 
 type simSeen struct {
@@ -433,6 +434,7 @@ func (w *simWorld) boot(n *simNode) {
 	n.eng = newEngine(engineConfig{Interval: n.interval})
 	n.seen = map[simSeen]time.Duration{}
 	n.sessions, n.batches = nil, 0
+	n.held = newReorder()
 	w.loop(n, time.Second, func() { w.act(n, n.eng.tick(w.clock())) })
 	w.loop(n, w.opt.Heartbeat, func() { w.heartbeat(n) })
 	w.loop(n, w.opt.Redial, func() { w.dial(n) })
@@ -469,7 +471,7 @@ func (w *simWorld) crash(n *simNode, why string) {
 	for _, s := range n.sessions {
 		s.done = true
 	}
-	n.sessions, n.seen = nil, nil
+	n.sessions, n.seen, n.held = nil, nil, nil
 	for _, c := range w.conns {
 		if (c.a == n.idx || c.b == n.idx) && c.open[c.side(n.idx)] {
 			c.open[c.side(n.idx)] = false

@@ -21,7 +21,7 @@ const clockSkewLimit = 2 * time.Minute
 
 // syncEvent is one input of the sync loop.
 type syncEvent struct {
-	kind     string // up, down, heartbeat, gap, done, syncnow, interval
+	kind     string // up, down, heartbeat, gap, held, done, syncnow, interval
 	peer     peer.ID
 	frontier map[string]uint64
 	ok       bool
@@ -41,6 +41,7 @@ type syncer struct {
 	n      *Node
 	events chan syncEvent
 	pubq   chan []byte
+	held   *reorder // gossip that arrived ahead of its predecessor
 
 	mu       sync.Mutex
 	views    map[peer.ID]*peerView
@@ -53,7 +54,7 @@ type syncer struct {
 func newSyncer(n *Node) *syncer {
 	// A node at its site's first epoch may write at once; one that was moved
 	// here first catches up its site's log from the family.
-	return &syncer{n: n, events: make(chan syncEvent, 4096), pubq: make(chan []byte, 8192), views: map[peer.ID]*peerView{},
+	return &syncer{n: n, events: make(chan syncEvent, 4096), pubq: make(chan []byte, 8192), held: newReorder(), views: map[peer.ID]*peerView{},
 		caughtUp: n.cert.Epoch <= 1, twins: map[peer.ID]time.Time{}, probed: map[string]time.Time{}}
 }
 
@@ -78,6 +79,9 @@ func (s *syncer) loop(ctx context.Context) {
 	eng := newEngine(engineConfig{Interval: time.Duration(s.n.currentConfig().SyncInterval)})
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	gapTimer := time.NewTimer(gapWait)
+	gapTimer.Stop()
+	var gapC <-chan time.Time // set while a gap check is scheduled
 	for {
 		var acts []fetchAction
 		now := s.n.cfg.Now()
@@ -86,6 +90,16 @@ func (s *syncer) loop(ctx context.Context) {
 			return
 		case <-tick.C:
 			acts = eng.tick(now)
+		case <-gapC:
+			// Held gossip whose gap stayed open: fetch from whoever sent it.
+			gapC = nil
+			for _, p := range s.held.expired(now, func(site string) uint64 { return s.n.txlog.Head(site).Seq }) {
+				acts = append(acts, eng.gap(p.String(), now)...)
+			}
+			if s.held.disarm() && s.held.arm() {
+				gapTimer.Reset(gapWait)
+				gapC = gapTimer.C
+			}
 		case ev := <-s.events:
 			id := ev.peer.String()
 			switch ev.kind {
@@ -97,6 +111,11 @@ func (s *syncer) loop(ctx context.Context) {
 				acts = eng.heartbeat(id, ev.frontier, s.n.txlog.Frontier(), now)
 			case "gap":
 				acts = eng.gap(id, now)
+			case "held":
+				if gapC == nil {
+					gapTimer.Reset(gapWait)
+					gapC = gapTimer.C
+				}
 			case "done":
 				acts = eng.done(id, ev.ok, now)
 			case "syncnow":
@@ -203,11 +222,52 @@ func (s *syncer) published(es []*wire.Signed) {
 	}
 }
 
-// Entries is the mesh.Handler side: runs received from peers.
+// Entries is the mesh.Handler side: runs received from peers. A gossiped
+// entry that arrived before its predecessor waits in the reorder buffer for a
+// moment (see reorder); whatever extends the log lets the held entries after
+// it follow.
 func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
 	if err := s.n.checkSpace(); err != nil {
 		return 0, err // the session ends; the engine retries with backoff
 	}
+	n, err := s.appendRun(ctx, from, run, gossip)
+	var gap *txlog.GapError
+	if errors.As(err, &gap) {
+		if gossip && len(run) == 1 && s.held.hold(run[0], from, s.n.cfg.Now()) {
+			if s.held.arm() {
+				s.post(ctx, syncEvent{kind: "held"})
+			}
+			return n, nil
+		}
+		s.post(ctx, syncEvent{kind: "gap", peer: from})
+	}
+	if n > 0 {
+		n += s.drain(ctx, run[0].Site)
+	}
+	return n, err
+}
+
+// drain appends the held entries that now extend site's log, in order, and
+// returns how many it appended.
+func (s *syncer) drain(ctx context.Context, site string) int {
+	total := 0
+	for {
+		h, ok := s.held.next(site, s.n.txlog.Head(site).Seq)
+		if !ok {
+			return total
+		}
+		n, err := s.appendRun(ctx, h.from, []*wire.Signed{h.e}, true)
+		total += n
+		if err != nil {
+			s.n.log.Debug("held gossip entry not appended", "entry", h.e.ID(), "err", err)
+			return total
+		}
+	}
+}
+
+// appendRun appends a run to the log and reports what it brought: counters,
+// the received event, and a fork when one shows.
+func (s *syncer) appendRun(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
 	var res txlog.RunResult
 	var err error
 	if gossip && len(run) == 1 {
@@ -225,10 +285,6 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 		}
 		last := run[len(run)-1]
 		s.n.events.emit(EvReceived, map[string]any{"site": last.Site, "from": last.Seq - uint64(res.Appended) + 1, "to": last.Seq, "peer": from.String(), "via": via})
-	}
-	var gap *txlog.GapError
-	if errors.As(err, &gap) {
-		s.post(ctx, syncEvent{kind: "gap", peer: from})
 	}
 	var fork *txlog.ForkError
 	if errors.As(err, &fork) {
