@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/ppsync/ppsync/node"
 )
@@ -31,15 +32,8 @@ transaction, durable before the command answers. Example:
   ppsync put --data DATA patients p1 '{"name":"Ada","dob":"1815-12-10"}'`,
 		flags: func(fs *flag.FlagSet) { dataFlag(fs, &data) },
 		run: func(c *cli, cmd *command, args []string) error {
-			pos, err := c.parseArgs(cmd, newFlagSet(cmd), args, 3, 3, "TABLE KEY JSON_OBJECT")
+			dir, pos, err := c.recordArgs(cmd, &data, args, "TABLE KEY JSON_OBJECT")
 			if err != nil {
-				return err
-			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			if err := checkTableKey(cmd, pos[0], pos[1]); err != nil {
 				return err
 			}
 			fields, err := parseFields(pos[2])
@@ -59,15 +53,8 @@ func deleteCommand() *command {
 		summary:  `commit one transaction that deletes a record; prints {"site":"...","seq":N}`,
 		flags:    func(fs *flag.FlagSet) { dataFlag(fs, &data) },
 		run: func(c *cli, cmd *command, args []string) error {
-			pos, err := c.parseArgs(cmd, newFlagSet(cmd), args, 2, 2, "TABLE KEY")
+			dir, pos, err := c.recordArgs(cmd, &data, args, "TABLE KEY")
 			if err != nil {
-				return err
-			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			if err := checkTableKey(cmd, pos[0], pos[1]); err != nil {
 				return err
 			}
 			return c.transact(dir, node.OpJSON{Op: "delete", Table: pos[0], Key: pos[1]})
@@ -87,6 +74,20 @@ func (c *cli) transact(dir string, op node.OpJSON) error {
 		return apiError(dir, err)
 	}
 	return writeJSONLine(c.stdout, txLine{Site: res.Site, Seq: res.Seq})
+}
+
+// recordArgs reads the arguments of a command on one record (TABLE KEY and
+// perhaps more, as names lists them) and its data directory, and refuses
+// empty names before anything is sent.
+func (c *cli) recordArgs(cmd *command, data *string, args []string, names string) (dir string, pos []string, err error) {
+	n := len(strings.Fields(names))
+	if pos, err = c.parseArgs(cmd, newFlagSet(cmd), args, n, n, names); err != nil {
+		return "", nil, err
+	}
+	if dir, err = c.dataDir(cmd, *data); err != nil { // data is set by parsing the flags
+		return "", nil, err
+	}
+	return dir, pos, checkTableKey(cmd, pos[0], pos[1])
 }
 
 // checkTableKey refuses empty names before anything is sent.
@@ -159,15 +160,8 @@ func getCommand() *command {
 		summary:  "print a record's fields as a JSON object; exit 1 if absent",
 		flags:    func(fs *flag.FlagSet) { dataFlag(fs, &data) },
 		run: func(c *cli, cmd *command, args []string) error {
-			pos, err := c.parseArgs(cmd, newFlagSet(cmd), args, 2, 2, "TABLE KEY")
+			dir, pos, err := c.recordArgs(cmd, &data, args, "TABLE KEY")
 			if err != nil {
-				return err
-			}
-			dir, err := c.dataDir(cmd, data)
-			if err != nil {
-				return err
-			}
-			if err := checkTableKey(cmd, pos[0], pos[1]); err != nil {
 				return err
 			}
 			cl, err := c.client(dir)
