@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -354,9 +355,12 @@ type stallLog struct {
 	*fakeLog
 	stallAt uint64
 	release chan struct{}
+	reading *atomic.Int32 // RawRange calls in progress
 }
 
 func (l stallLog) RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (bool, error)) error {
+	l.reading.Add(1)
+	defer l.reading.Add(-1)
 	return l.fakeLog.RawRange(site, from, to, func(seq uint64, env []byte) (bool, error) {
 		if seq == l.stallAt {
 			<-l.release
@@ -374,7 +378,7 @@ func TestCatchupCutShortFails(t *testing.T) {
 	const n = 3000
 	logA := newLog()
 	logA.add(signChain(t, testFamily, ia, 1, wire.Hash{}, n)...)
-	stall := stallLog{fakeLog: logA, stallAt: 2*batchEntries + 500, release: make(chan struct{})}
+	stall := stallLog{fakeLog: logA, stallAt: 2*batchEntries + 500, release: make(chan struct{}), reading: new(atomic.Int32)}
 	var once sync.Once
 	release := func() { once.Do(func() { close(stall.release) }) }
 	t.Cleanup(release)
@@ -394,10 +398,23 @@ func TestCatchupCutShortFails(t *testing.T) {
 		done <- result{st, err}
 	}()
 	waitFor(t, "B receives the first batch", func() bool { return len(b.h.entryCalls()) > 0 })
+	// Close must wait for the handler still reading A's log (the node closes
+	// its database right after): release the read only once A's connections
+	// are gone, and check that no read was left running when Close returned.
+	go func() {
+		defer release() // also after the deadline: then Close returns and the check below tells
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if len(a.m.host.Network().Conns()) == 0 {
+				return
+			}
+		}
+	}()
 	if err := a.m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	release()
+	if n := stall.reading.Load(); n != 0 {
+		t.Errorf("Close returned with %d catch-up handler(s) still reading the log", n)
+	}
 	r := <-done
 	if r.err == nil {
 		t.Errorf("a session cut short after %d of %d entries reported success", r.st.Entries, n)

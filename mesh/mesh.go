@@ -56,9 +56,11 @@ type Mesh struct {
 	hbt  *pubsub.Topic
 	fkt  *pubsub.Topic
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	life    sync.Mutex // guards closing and wg.Add against Close's wg.Wait
+	closing bool
 
 	codecs   *codecs
 	redial   chan struct{}
@@ -159,11 +161,11 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 }
 
 func (m *Mesh) start() error {
-	m.host.SetStreamHandler(helloProto, m.handleHello)
-	m.host.SetStreamHandler(catchupProto, m.handleCatchup)
-	m.host.SetStreamHandler(frontierProto, m.handleFrontier)
-	m.host.SetStreamHandler(forkProofProto, m.handleForkProof)
-	m.host.SetStreamHandler(pushProto, m.handlePush)
+	m.host.SetStreamHandler(helloProto, m.tracked(m.handleHello))
+	m.host.SetStreamHandler(catchupProto, m.tracked(m.handleCatchup))
+	m.host.SetStreamHandler(frontierProto, m.tracked(m.handleFrontier))
+	m.host.SetStreamHandler(forkProofProto, m.tracked(m.handleForkProof))
+	m.host.SetStreamHandler(pushProto, m.tracked(m.handlePush))
 	m.host.Network().Notify(&network.NotifyBundle{
 		ConnectedF:    func(_ network.Network, c network.Conn) { m.onConnected(c) },
 		DisconnectedF: func(_ network.Network, c network.Conn) { m.onDisconnected(c) },
@@ -180,17 +182,50 @@ func (m *Mesh) start() error {
 	return nil
 }
 
-// goTracked runs f on a goroutine that Close waits for.
+// goTracked runs f on a goroutine that Close waits for; once Close began,
+// it runs nothing.
 func (m *Mesh) goTracked(f func()) {
-	m.wg.Add(1)
+	if !m.enter() {
+		return
+	}
 	go func() {
 		defer m.wg.Done()
 		f()
 	}()
 }
 
-// Close leaves the family's network and waits for every goroutine.
+// tracked wraps a stream handler so that Close waits for it: libp2p runs
+// handlers on goroutines of its own, and one still reading the log (serving
+// a catch-up) or writing to it (a push) must end before the node closes the
+// database under it.
+func (m *Mesh) tracked(h network.StreamHandler) network.StreamHandler {
+	return func(s network.Stream) {
+		if !m.enter() {
+			_ = s.Reset()
+			return
+		}
+		defer m.wg.Done()
+		h(s)
+	}
+}
+
+// enter counts one more goroutine for Close to wait for, unless Close began.
+func (m *Mesh) enter() bool {
+	m.life.Lock()
+	defer m.life.Unlock()
+	if m.closing {
+		return false
+	}
+	m.wg.Add(1)
+	return true
+}
+
+// Close leaves the family's network and waits for every goroutine and
+// stream handler.
 func (m *Mesh) Close() error {
+	m.life.Lock()
+	m.closing = true
+	m.life.Unlock()
 	m.cancel()
 	err := m.host.Close()
 	m.wg.Wait()

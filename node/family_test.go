@@ -108,7 +108,7 @@ func (tf *testFamily) startWith(site string, mod func(*Config)) *running {
 		tf.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
+	r := &running{t: tf.t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
 	r.key, _ = readAPIKey(fn.data)
 	go func() { r.done <- n.Run(ctx) }()
 	fn.r = r
@@ -254,7 +254,7 @@ func TestSitesReachableOnlyThroughRelay(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
+		r := &running{t: t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
 		r.key, _ = readAPIKey(fn.data)
 		go func() { r.done <- n.Run(ctx) }()
 		fn.r = r

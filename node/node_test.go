@@ -89,6 +89,7 @@ func (f *fixture) config() Config {
 
 // running is a node serving its API for a test.
 type running struct {
+	t      testing.TB // stop reports an unclean Close to it
 	n      *Node
 	base   string
 	key    string
@@ -103,7 +104,7 @@ func (f *fixture) start() *running {
 		f.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
+	r := &running{t: f.t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
 	r.key, _ = readAPIKey(f.data)
 	go func() { r.done <- n.Run(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
@@ -126,7 +127,9 @@ func (r *running) stop() {
 	}
 	r.cancel()
 	<-r.done
-	r.n.Close()
+	if err := r.n.Close(); err != nil && r.t != nil {
+		r.t.Errorf("node %s did not close cleanly: %v", r.n.id.Site, err)
+	}
 	r.cancel = nil
 }
 
@@ -498,7 +501,7 @@ func TestDiskAlmostFullRefusesWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
+	r := &running{t: t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
 	r.key, _ = readAPIKey(f.data)
 	go func() { r.done <- n.Run(ctx) }()
 	t.Cleanup(r.stop)

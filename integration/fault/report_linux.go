@@ -181,8 +181,9 @@ func (r *Report) Write(path string) error {
 }
 
 func clip(s string) string {
-	if len(s) > 1500 {
-		return s[:1500] + " …"
+	if len(s) > 3000 {
+		// Keep both ends: what went wrong is often the last log line.
+		return s[:1000] + " … " + s[len(s)-2000:]
 	}
 	return s
 }
