@@ -2,11 +2,14 @@ package mesh
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -81,7 +84,9 @@ func (m *Mesh) startGossip() error {
 	if err != nil {
 		return fmt.Errorf("mesh: subscribe heartbeats: %w", err)
 	}
-	m.goTracked(func() { m.readEntries(es) })
+	entries := make(chan gossiped, maxGossipBatch)
+	m.goTracked(func() { m.readEntries(es, entries) })
+	m.goTracked(func() { m.ingestEntries(entries) })
 	m.goTracked(func() { m.readHeartbeats(hs) })
 	m.goTracked(m.heartbeatLoop)
 	return nil
@@ -217,8 +222,10 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 	return pubsub.ValidationAccept
 }
 
-func (m *Mesh) readEntries(sub *pubsub.Subscription) {
+// readEntries hands the gossiped entries, as they come, to ingestEntries.
+func (m *Mesh) readEntries(sub *pubsub.Subscription, out chan<- gossiped) {
 	defer sub.Cancel()
+	defer close(out)
 	for {
 		msg, err := sub.Next(m.ctx)
 		if err != nil {
@@ -231,10 +238,84 @@ func (m *Mesh) readEntries(sub *pubsub.Subscription) {
 		if !ok {
 			continue
 		}
-		if _, err := m.cfg.Handler.Entries(m.ctx, msg.ReceivedFrom, []*wire.Signed{s}, true); err != nil {
-			m.log.Debug("gossiped entry not appended", "entry", s.ID(), "err", err)
+		select {
+		case out <- gossiped{s: s, from: msg.ReceivedFrom}:
+		case <-m.ctx.Done():
+			return
 		}
 	}
+}
+
+// gossiped is one entry received by gossip, its signature checked.
+type gossiped struct {
+	s    *wire.Signed
+	from peer.ID
+}
+
+// maxGossipBatch bounds how many waiting gossiped entries one delivery takes.
+const maxGossipBatch = 1000
+
+// ingestEntries delivers gossiped entries to the handler. Whatever has
+// piled up while the last delivery was being stored goes in one go, sorted
+// into contiguous runs per site, so that a node receiving thousands of
+// entries a second stores them in a few commits instead of one commit (and
+// one disk sync) each.
+func (m *Mesh) ingestEntries(in <-chan gossiped) {
+	for g := range in {
+		batch := []gossiped{g}
+	more:
+		for len(batch) < maxGossipBatch {
+			select {
+			case g, ok := <-in:
+				if !ok {
+					break more
+				}
+				batch = append(batch, g)
+			default:
+				break more
+			}
+		}
+		for _, run := range gossipRuns(batch) {
+			ss := make([]*wire.Signed, len(run))
+			for i, g := range run {
+				ss[i] = g.s
+			}
+			if _, err := m.cfg.Handler.Entries(m.ctx, run[0].from, ss, true); err != nil {
+				m.log.Debug("gossiped entries not appended", "first", ss[0].ID(), "entries", len(ss), "err", err)
+			}
+		}
+	}
+}
+
+// gossipRuns sorts a batch into runs of one site's consecutive entries, in
+// site and seq order. A second entry for a (site, seq) already in the batch
+// goes alone in a run of its own after the others: the same entry twice is a
+// duplicate the log ignores, a different one is a fork the log must see.
+func gossipRuns(batch []gossiped) [][]gossiped {
+	slices.SortStableFunc(batch, func(a, b gossiped) int {
+		if c := strings.Compare(a.s.Site, b.s.Site); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.s.Seq, b.s.Seq)
+	})
+	var runs, extra [][]gossiped
+	for i, g := range batch {
+		if i > 0 && g.s.Site == batch[i-1].s.Site && g.s.Seq == batch[i-1].s.Seq {
+			if g.s.Hash != batch[i-1].s.Hash {
+				extra = append(extra, []gossiped{g})
+			}
+			continue
+		}
+		if n := len(runs); n > 0 {
+			last := runs[n-1][len(runs[n-1])-1]
+			if last.s.Site == g.s.Site && last.s.Seq+1 == g.s.Seq {
+				runs[n-1] = append(runs[n-1], g)
+				continue
+			}
+		}
+		runs = append(runs, []gossiped{g})
+	}
+	return append(runs, extra...)
 }
 
 func (m *Mesh) readHeartbeats(sub *pubsub.Subscription) {

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/binary"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -252,5 +254,41 @@ func TestForkProofSpreads(t *testing.T) {
 	}
 	if len(a.h.forkCalls()) != 0 {
 		t.Error("A's own fork proof came back to its handler")
+	}
+}
+
+func TestGossipRuns(t *testing.T) {
+	a := newIdentity(t, "clinic-a")
+	b := newIdentity(t, "clinic-b")
+	as := signChain(t, "fam", a, 1, wire.Hash{}, 6)
+	bs := signChain(t, "fam", b, 1, wire.Hash{}, 2)
+	// A different entry for clinic-a#3: what a cloned copy of the site writes.
+	forkA3, err := wire.Sign(&wire.Entry{Family: "fam", Site: "clinic-a", Epoch: 1, Seq: 3, Prev: as[1].Hash, HLC: 3 << 16,
+		Schema: wire.SchemaVersion, Ops: []wire.Op{{Kind: wire.OpDelete, Table: "patients", Key: "x"}}}, a.siteKey)
+	if err != nil || forkA3.Hash == as[2].Hash {
+		t.Fatalf("test setup: forked entry %v", err)
+	}
+	g := func(s *wire.Signed, from string) gossiped { return gossiped{s: s, from: peer.ID(from)} }
+	batch := []gossiped{
+		g(as[4], "p1"), g(bs[1], "p2"), g(as[1], "p1"), g(as[2], "p2"), g(as[0], "p1"),
+		g(as[2], "p1"), // the same entry again: dropped
+		g(bs[0], "p2"), g(forkA3, "p3"), g(as[5], "p1"),
+	}
+	var got []string
+	for _, run := range gossipRuns(batch) {
+		var ids []string
+		for _, e := range run {
+			ids = append(ids, fmt.Sprintf("%s#%d", e.s.Site, e.s.Seq))
+		}
+		got = append(got, string(run[0].from)+":"+strings.Join(ids, ","))
+	}
+	want := []string{
+		"p1:clinic-a#1,clinic-a#2,clinic-a#3", // #4 is missing: the run ends at #3
+		"p1:clinic-a#5,clinic-a#6",
+		"p2:clinic-b#1,clinic-b#2",
+		"p3:clinic-a#3", // the fork, alone, after the rest
+	}
+	if strings.Join(got, " | ") != strings.Join(want, " | ") {
+		t.Fatalf("runs:\n got %v\nwant %v", got, want)
 	}
 }

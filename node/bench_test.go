@@ -211,5 +211,11 @@ func BenchmarkSustained3(b *testing.B) {
 		secs := time.Since(start).Seconds()
 		b.ReportMetric(float64(total)/secs, "family-tx/s")
 		b.ReportMetric(float64(total)/3, "written-tx/s")
+		var viaGossip, viaCatchUp uint64
+		for _, s := range sites {
+			viaGossip += tf.nodes[s].r.n.counters.receivedGossip.Load()
+			viaCatchUp += tf.nodes[s].r.n.counters.receivedCatchUp.Load()
+		}
+		b.ReportMetric(100*float64(viaCatchUp)/float64(max(1, viaGossip+viaCatchUp)), "%-via-catch-up")
 	}
 }

@@ -66,6 +66,17 @@ func (r *reorder) hold(e *wire.Signed, from peer.ID, now time.Time) bool {
 	return true
 }
 
+// holdRun holds every entry of a gossiped run; it reports false (holding
+// what it could) when the buffer is full.
+func (r *reorder) holdRun(run []*wire.Signed, from peer.ID, now time.Time) bool {
+	for _, e := range run {
+		if !r.hold(e, from, now) {
+			return false
+		}
+	}
+	return true
+}
+
 // next drops the entries of site the log already holds (seq <= head) and
 // takes out the one that extends it (head+1), if held.
 func (r *reorder) next(site string, head uint64) (heldEntry, bool) {

@@ -131,9 +131,9 @@ func TestGossipOutOfOrderIsApplied(t *testing.T) {
 	b := tf.startWith("clinic-b", func(c *Config) { c.SyncInterval = Duration(time.Hour) })
 	from := a.n.mesh.ID()
 	ctx := context.Background()
-	for _, i := range []int{2, 1, 4, 5} { // seqs 3, 2, 5, 6 arrive ahead of 1
-		if n, err := b.n.sync.Entries(ctx, from, es[i:i+1], true); n != 0 || err != nil {
-			t.Fatalf("entry %d ahead of the log: appended %d, err %v; want held", es[i].Seq, n, err)
+	for _, run := range [][]*wire.Signed{es[2:3], es[1:2], es[4:6]} { // seqs 3, 2, then 5-6 as one run, ahead of 1
+		if n, err := b.n.sync.Entries(ctx, from, run, true); n != 0 || err != nil {
+			t.Fatalf("entries %d..%d ahead of the log: appended %d, err %v; want held", run[0].Seq, run[len(run)-1].Seq, n, err)
 		}
 	}
 	n, err := b.n.sync.Entries(ctx, from, es[0:1], true)

@@ -194,8 +194,8 @@ func (w *simWorld) appended(n, from *simNode, via string, run []*wire.Signed, re
 	first, last := run[0], run[len(run)-1]
 	var gap *txlog.GapError
 	switch {
-	case errors.As(err, &gap) && via == "gossip" && n.held.hold(first, peer.ID(from.id), w.clock()):
-		w.tracef("%s <-%s %s %s#%d: held (holds %d)", n.id, via, from.id, first.Site, first.Seq, gap.Have)
+	case errors.As(err, &gap) && via == "gossip" && n.held.holdRun(run, peer.ID(from.id), w.clock()):
+		w.tracef("%s <-%s %s %s#%d..%d: held (holds %d)", n.id, via, from.id, first.Site, first.Seq, last.Seq, gap.Have)
 		if n.held.arm() {
 			w.gapCheck(n)
 		}

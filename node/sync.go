@@ -233,7 +233,7 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 	n, err := s.appendRun(ctx, from, run, gossip)
 	var gap *txlog.GapError
 	if errors.As(err, &gap) {
-		if gossip && len(run) == 1 && s.held.hold(run[0], from, s.n.cfg.Now()) {
+		if gossip && s.held.holdRun(run, from, s.n.cfg.Now()) {
 			if s.held.arm() {
 				s.post(ctx, syncEvent{kind: "held"})
 			}
