@@ -213,9 +213,7 @@ func TestCatchupRejectsMislabelledBatch(t *testing.T) {
 			for _, env := range tc.envs {
 				logA.addRaw("a", env)
 			}
-			a := startNode(t, ia, newFamily(testFamily, ia, ib), logA, nil)
-			b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
-			connect(t, b, a)
+			_, b := servingPair(t, ia, ib, logA)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if st, err := b.m.Fetch(ctx, ia.id, nil, nil, nil); err == nil || st.Entries != 0 {
@@ -236,9 +234,7 @@ func TestCatchupBadRequest(t *testing.T) {
 	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
 	logA := newLog()
 	logA.add(signChain(t, testFamily, ia, 1, wire.Hash{}, 3)...)
-	a := startNode(t, ia, newFamily(testFamily, ia, ib), logA, nil)
-	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
-	connect(t, b, a)
+	a, b := servingPair(t, ia, ib, logA)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	other, err := wire.Marshal(&catchupRequest{Family: "0therfamily"})
@@ -276,9 +272,7 @@ func TestCatchupCarriesForkProofs(t *testing.T) {
 	logA := newLog()
 	logA.add(base, x)
 	logA.proofs = [][2][]byte{{x.Marshal(), y.Marshal()}}
-	a := startNode(t, ia, newFamily(testFamily, ia, ib), logA, nil)
-	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
-	connect(t, b, a)
+	_, b := servingPair(t, ia, ib, logA)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// Up to date: no entries, but the proof still comes.
@@ -301,9 +295,7 @@ func TestPushRange(t *testing.T) {
 	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
 	logA := newLog()
 	logA.add(signChain(t, testFamily, ia, 1, wire.Hash{}, 10)...)
-	a := startNode(t, ia, newFamily(testFamily, ia, ib), logA, nil)
-	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
-	connect(t, b, a)
+	a, b := servingPair(t, ia, ib, logA)
 	a.m.PushRange("a", 3, 7)
 	waitFor(t, "B receives the pushed range", func() bool { return len(b.h.entryCalls()) > 0 })
 	checkRuns(t, b.h.entryCalls(), a, []string{"a"}, map[string][2]uint64{"a": {3, 7}})

@@ -372,6 +372,15 @@ type testNode struct {
 
 // startNode starts a mesh for ident on 127.0.0.1 and closes it at cleanup.
 // log may be nil (an empty log); mut may adjust the config.
+// servingPair starts member a serving logA and member b, and connects b to a.
+func servingPair(t testing.TB, ia, ib identity, logA *fakeLog) (a, b *testNode) {
+	t.Helper()
+	a = startNode(t, ia, newFamily(testFamily, ia, ib), logA, nil)
+	b = startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
+	connect(t, b, a)
+	return a, b
+}
+
 func startNode(t testing.TB, ident identity, fam *fakeFamily, log *fakeLog, mut func(*Config)) *testNode {
 	t.Helper()
 	if log == nil {

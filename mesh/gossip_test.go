@@ -32,6 +32,15 @@ func oversizedEnvelope() []byte {
 // The entries topic's validator, called directly: every rejection has its
 // reason, and only a member's well-formed entry of this family signed by its
 // site's key passes (and is handed over decoded).
+// validationCase is one message given to a validator and what it must say.
+type validationCase struct {
+	name   string
+	from   peer.ID
+	data   []byte
+	want   pubsub.ValidationResult
+	reason string
+}
+
 func TestValidateEntry(t *testing.T) {
 	ia, ib, ic := newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "c")
 	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, nil)
@@ -40,13 +49,7 @@ func TestValidateEntry(t *testing.T) {
 	stranger := signChain(t, testFamily, ic, 1, wire.Hash{}, 1)[0] // site c has no key in A's roster
 	forged := signChain(t, testFamily, identity{site: "b", siteKey: ic.siteKey}, 1, wire.Hash{}, 1)[0]
 
-	for _, tc := range []struct {
-		name   string
-		from   peer.ID
-		data   []byte
-		want   pubsub.ValidationResult
-		reason string
-	}{
+	for _, tc := range []validationCase{
 		{"valid", ib.id, good.Marshal(), pubsub.ValidationAccept, ""},
 		{"own", ia.id, []byte("anything"), pubsub.ValidationAccept, ""},
 		{"non-member", ic.id, good.Marshal(), pubsub.ValidationReject, "gossip_from_non_member"},
@@ -103,13 +106,7 @@ func TestValidateHeartbeat(t *testing.T) {
 	hb := Heartbeat{Site: "b", Frontier: map[string]uint64{"b": 7}}
 	outsider := newIdentity(t, "x")
 
-	for _, tc := range []struct {
-		name   string
-		from   peer.ID
-		data   []byte
-		want   pubsub.ValidationResult
-		reason string
-	}{
+	for _, tc := range []validationCase{
 		{"valid", ib.id, sign(ib.id, ib.key, hb), pubsub.ValidationAccept, ""},
 		{"forwarded", ic.id, sign(ib.id, ib.key, hb), pubsub.ValidationAccept, ""}, // C relays B's heartbeat
 		{"forwarder not a member", outsider.id, sign(ib.id, ib.key, hb), pubsub.ValidationReject, "heartbeat_non_member"},
