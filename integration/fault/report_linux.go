@@ -105,6 +105,9 @@ type Round struct {
 	ConvergeMs int64  `json:"converge_ms"`
 	Violations int    `json:"violations"`
 	Error      bool   `json:"harness_error,omitempty"`
+	// Notes are what the scenario measured besides (like how long each node
+	// took to show a clone's fork).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Sample is one violation (or harness error) with how to replay it.
@@ -135,7 +138,7 @@ func (r *Report) Add(res Result, err error, replay string) {
 		}
 	}
 	r.Rounds = append(r.Rounds, Round{Scenario: res.Name, Seed: res.Seed, Acked: res.Acked, Faults: nf,
-		ConvergeMs: res.Converge.Milliseconds(), Violations: len(res.Violations), Error: err != nil})
+		ConvergeMs: res.Converge.Milliseconds(), Violations: len(res.Violations), Error: err != nil, Notes: res.Notes})
 	r.Acknowledged += res.Acked
 	r.Unknown += res.Unknown
 	for k, v := range res.Faults {

@@ -80,6 +80,9 @@ func TestSoak(t *testing.T) {
 		res.Seed = seed
 		rep.Add(res, err, replay)
 		t.Logf("round %d: %s", round, res)
+		for _, n := range res.Notes {
+			t.Logf("round %d: %s", round, n)
+		}
 		if err != nil {
 			t.Logf("round %d: harness error: %v (replay: %s)", round, err, replay)
 		}
