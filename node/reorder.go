@@ -17,7 +17,7 @@ import (
 // held ones follow it into the log. Only a gap that stays open longer than
 // gapWait starts a catch-up session, which fetches the range anyway.
 const (
-	gapWait         = 150 * time.Millisecond
+	gapWait         = 50 * time.Millisecond
 	reorderMax      = 4096     // entries held at most, all sites together
 	reorderMaxBytes = 16 << 20 // and bytes
 )

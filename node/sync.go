@@ -247,19 +247,31 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 	return n, err
 }
 
-// drain appends the held entries that now extend site's log, in order, and
-// returns how many it appended.
+// drain appends the held entries that now extend site's log, in order, as
+// one run per pass, and returns how many it appended.
 func (s *syncer) drain(ctx context.Context, site string) int {
 	total := 0
 	for {
-		h, ok := s.held.next(site, s.n.txlog.Head(site).Seq)
-		if !ok {
+		head := s.n.txlog.Head(site).Seq
+		var run []*wire.Signed
+		var from peer.ID
+		for {
+			h, ok := s.held.next(site, head+uint64(len(run)))
+			if !ok {
+				break
+			}
+			if len(run) == 0 {
+				from = h.from
+			}
+			run = append(run, h.e)
+		}
+		if len(run) == 0 {
 			return total
 		}
-		n, err := s.appendRun(ctx, h.from, []*wire.Signed{h.e}, true)
+		n, err := s.appendRun(ctx, from, run, true)
 		total += n
 		if err != nil {
-			s.n.log.Debug("held gossip entry not appended", "entry", h.e.ID(), "err", err)
+			s.n.log.Debug("held gossip entries not appended", "first", run[0].ID(), "entries", len(run), "err", err)
 			return total
 		}
 	}
