@@ -288,9 +288,9 @@ func (m *Mesh) ingestEntries(in <-chan gossiped) {
 }
 
 // gossipRuns sorts a batch into runs of one site's consecutive entries, in
-// site and seq order. A second entry for a (site, seq) already in the batch
-// goes alone in a run of its own after the others: the same entry twice is a
-// duplicate the log ignores, a different one is a fork the log must see.
+// site and seq order. A second copy of an entry is dropped; a different entry
+// for a (site, seq) already in the batch (a fork, which the log must see)
+// goes alone in a run of its own after the others.
 func gossipRuns(batch []gossiped) [][]gossiped {
 	slices.SortStableFunc(batch, func(a, b gossiped) int {
 		if c := strings.Compare(a.s.Site, b.s.Site); c != 0 {
