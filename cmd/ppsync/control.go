@@ -237,10 +237,7 @@ func peersCommand() *command {
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
-				return err
-			}
-			dir, cl, err := c.dataClient(cmd, data)
+			dir, cl, err := c.noArgsClient(cmd, &data, args)
 			if err != nil {
 				return err
 			}

@@ -251,10 +251,7 @@ func digestCommand() *command {
 		summary:  "print a hex digest of the whole state (equal on nodes holding the same entries)",
 		flags:    func(fs *flag.FlagSet) { dataFlag(fs, &data) },
 		run: func(c *cli, cmd *command, args []string) error {
-			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
-				return err
-			}
-			dir, cl, err := c.dataClient(cmd, data)
+			dir, cl, err := c.noArgsClient(cmd, &data, args)
 			if err != nil {
 				return err
 			}

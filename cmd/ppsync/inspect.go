@@ -27,10 +27,7 @@ start sync). --json prints the object of GET /v1/status (see docs/api.md).`,
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
-				return err
-			}
-			dir, cl, err := c.dataClient(cmd, data)
+			dir, cl, err := c.noArgsClient(cmd, &data, args)
 			if err != nil {
 				return err
 			}

@@ -43,10 +43,7 @@ usually run without a screen, so it does not by default. --json prints {"url","e
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
-				return err
-			}
-			dir, cl, err := c.dataClient(cmd, data)
+			dir, cl, err := c.noArgsClient(cmd, &data, args)
 			if err != nil {
 				return err
 			}

@@ -337,6 +337,15 @@ func (c *cli) dataClient(cmd *command, flagValue string) (string, *node.Client, 
 	return dir, cl, nil
 }
 
+// noArgsClient reads the flags of a command that takes no arguments and
+// returns its data directory and a client of the node running there.
+func (c *cli) noArgsClient(cmd *command, data *string, args []string) (string, *node.Client, error) {
+	if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
+		return "", nil, err
+	}
+	return c.dataClient(cmd, *data) // data is set by parsing the flags
+}
+
 // client returns a client of the node running on dataDir, or the
 // not-running error (exit 3).
 func (c *cli) client(dataDir string) (*node.Client, error) {
