@@ -165,21 +165,7 @@ func (p *page) issue() LoginLink {
 	now := p.now()
 	exp := now.Add(LoginTokenTTL)
 	p.mu.Lock()
-	for h, e := range p.tokens {
-		if !now.Before(e) {
-			delete(p.tokens, h)
-		}
-	}
-	if len(p.tokens) >= maxLoginTokens {
-		var first [32]byte
-		var at time.Time
-		for h, e := range p.tokens {
-			if at.IsZero() || e.Before(at) {
-				first, at = h, e
-			}
-		}
-		delete(p.tokens, first)
-	}
+	makeRoom(p.tokens, maxLoginTokens, func(e time.Time) bool { return !now.Before(e) })
 	p.tokens[secretHash(tok)] = exp
 	p.mu.Unlock()
 	return LoginLink{URL: p.base + "/?token=" + tok, Expires: exp.UTC().Truncate(time.Second)}
@@ -201,23 +187,30 @@ func (p *page) startSession() string {
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for h, used := range p.sessions {
-		if now.Sub(used) >= SessionIdle {
-			delete(p.sessions, h)
-		}
-	}
-	if len(p.sessions) >= maxSessions {
-		var oldest [32]byte
-		var at time.Time
-		for h, used := range p.sessions {
-			if at.IsZero() || used.Before(at) {
-				oldest, at = h, used
-			}
-		}
-		delete(p.sessions, oldest)
-	}
+	makeRoom(p.sessions, maxSessions, func(used time.Time) bool { return now.Sub(used) >= SessionIdle })
 	p.sessions[secretHash(id)] = now
 	return id
+}
+
+// makeRoom readies m (secret hash -> time) for one more entry: it drops the
+// entries that expired, then, when m still holds limit entries, the earliest one.
+func makeRoom(m map[[32]byte]time.Time, limit int, expired func(time.Time) bool) {
+	for h, t := range m {
+		if expired(t) {
+			delete(m, h)
+		}
+	}
+	if len(m) < limit {
+		return
+	}
+	var first [32]byte
+	var at time.Time
+	for h, t := range m {
+		if at.IsZero() || t.Before(at) {
+			first, at = h, t
+		}
+	}
+	delete(m, first)
 }
 
 // validSession reports whether r carries a live session cookie, and marks
