@@ -403,6 +403,27 @@ func supersededError(site string, epoch, newest uint64) error {
 	return fmt.Errorf("%w: the certificate of site %q epoch %d is superseded by epoch %d (the site was moved to another machine or data directory); this copy must not write as that site: ask support", ErrSuperseded, site, epoch, newest)
 }
 
+// SiteOf returns the site a peer ID serves or served: by a current
+// certificate, a superseded one, or a revoked one.
+func (r *Roster) SiteOf(p peer.ID) (string, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if site, ok := r.byPeer[p]; ok && site != "" {
+		return site, true
+	}
+	if site, ok := r.former[p]; ok {
+		return site, true
+	}
+	for site, rec := range r.sites {
+		for _, c := range rec.certs {
+			if c.PeerID == p {
+				return site, true
+			}
+		}
+	}
+	return "", false
+}
+
 // Banned reports a peer ID that must not take part in the family: it was
 // named by a certificate that has since been revoked or superseded, and no
 // current certificate names it.

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"strings"
 	"time"
@@ -9,31 +10,88 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-const dialTimeout = 10 * time.Second
+const (
+	// dialTimeout bounds one connection attempt (transport, security
+	// handshake, muxer).
+	dialTimeout = 5 * time.Second
+	// dialRetryMin is the first wait after a failed attempt; each further
+	// failure doubles it up to Config.RedialInterval.
+	dialRetryMin = 500 * time.Millisecond
+	// notMemberRetry is how long a candidate that answered but proved no
+	// membership (another family's node, a stale address) is left alone
+	// before it is tried again; it doubles up to notMemberRetryMax.
+	notMemberRetry    = 30 * time.Second
+	notMemberRetryMax = 10 * time.Minute
+	// maxLANCandidates bounds the peers found on the LAN that are not known
+	// members yet.
+	maxLANCandidates = 32
+)
+
+// Candidate states, as Bootstrap reports them.
+const (
+	CandidateTrying      = "trying"      // not connected yet, or dialing
+	CandidateConnected   = "connected"   // connected and proved a current membership
+	CandidateUnreachable = "unreachable" // the last attempt could not connect
+	CandidateNotMember   = "not-member"  // it answered but is not a member of this family
+)
+
+// target is something the dial loop keeps trying to connect to: a member, a
+// bootstrap address or a peer found on the LAN. Guarded by Mesh.mu.
+type target struct {
+	fails    int
+	next     time.Time // no attempt before this
+	inflight bool
+	state    string // Candidate*
+	detail   string // the last error, in plain words
+	since    time.Time
+}
+
+func (t *target) set(state, detail string) {
+	if t.state != state {
+		t.since = time.Now()
+	}
+	t.state, t.detail = state, detail
+}
+
+// BootstrapInfo describes one bootstrap address as this node sees it.
+type BootstrapInfo struct {
+	Addr   string
+	PeerID peer.ID
+	Site   string // the member's site once it proved its membership
+	State  string // Candidate*
+	Detail string // why it is unreachable or refused, in plain words
+	Since  time.Time
+}
 
 // dialLoop keeps this node connected to the family: it dials the bootstrap
-// addresses, reserves a slot on each relay (sites), and dials every member it
-// is not connected to, directly or through a relay.
+// addresses, the peers found on the LAN and every member it is not connected
+// to (directly, or through a relay), each on its own backoff, and reserves a
+// slot on every relay it is connected to (sites).
 func (m *Mesh) dialLoop() {
-	reservations := map[peer.ID]time.Time{} // relay -> reservation expiry
-	t := time.NewTicker(m.cfg.RedialInterval)
+	t := time.NewTicker(dialTick)
 	defer t.Stop()
 	for {
-		m.dialRound(reservations)
+		m.dialRound()
 		select {
 		case <-m.ctx.Done():
 			return
 		case <-t.C:
 		case <-m.redial:
+			m.resetBackoff()
 		}
 	}
 }
 
-// Redial asks the dial loop to run a round now (Sync Now, a new member).
+// dialTick is how often the dial loop looks for work.
+const dialTick = 250 * time.Millisecond
+
+// Redial asks the dial loop to try every unconnected member and bootstrap
+// address now (Sync Now, a new member, a member just connected).
 func (m *Mesh) Redial() {
 	select {
 	case m.redial <- struct{}{}:
@@ -41,58 +99,257 @@ func (m *Mesh) Redial() {
 	}
 }
 
-func (m *Mesh) dialRound(reservations map[peer.ID]time.Time) {
+// resetBackoff makes every target that failed to connect (not one that
+// proved to be no member) due now.
+func (m *Mesh) resetBackoff() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	for _, t := range m.targets {
+		if t.state != CandidateNotMember {
+			t.next = now
+			t.fails = 0
+		}
+	}
+}
+
+// targetLocked returns p's dial state, creating it.
+func (m *Mesh) targetLocked(p peer.ID) *target {
+	t := m.targets[p]
+	if t == nil {
+		t = &target{state: CandidateTrying, since: time.Now()}
+		m.targets[p] = t
+	}
+	return t
+}
+
+// claim marks p's attempt as started if one is due and none is running.
+func (m *Mesh) claim(p peer.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.targetLocked(p)
+	if t.inflight || time.Now().Before(t.next) {
+		return false
+	}
+	t.inflight = true
+	return true
+}
+
+// settle records the outcome of an attempt and schedules the next one.
+func (m *Mesh) settle(p peer.ID, state, detail string) {
+	m.mu.Lock()
+	t := m.targetLocked(p)
+	t.inflight = false
+	prev := t.state
+	t.set(state, detail)
+	now := time.Now()
+	switch state {
+	case CandidateConnected:
+		t.fails, t.next = 0, now
+	case CandidateNotMember:
+		t.fails++
+		t.next = now.Add(backoff(notMemberRetry, notMemberRetryMax, t.fails))
+	default:
+		t.fails++
+		t.next = now.Add(backoff(dialRetryMin, m.cfg.RedialInterval, t.fails))
+	}
+	m.mu.Unlock()
+	if state == CandidateNotMember && prev != CandidateNotMember {
+		m.log.Warn("an address given to this node is not a member of this family", "peer", p, "detail", detail)
+	}
+}
+
+func backoff(base, limit time.Duration, fails int) time.Duration {
+	d := base
+	for i := 1; i < fails && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+func (m *Mesh) dialRound() {
 	for _, ai := range m.bootAIs {
-		if ai.ID == m.host.ID() || m.connected(ai.ID) {
+		if ai.ID == m.host.ID() {
 			continue
 		}
-		m.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
-		m.connect(peer.AddrInfo{ID: ai.ID, Addrs: ai.Addrs})
+		if m.connected(ai.ID) {
+			m.markConnected(ai.ID)
+			continue
+		}
+		if m.claim(ai.ID) {
+			m.goTracked(func() { m.dialCandidate(ai) })
+		}
+	}
+	for _, ai := range m.lanCandidates() {
+		if !m.connected(ai.ID) && m.claim(ai.ID) {
+			m.goTracked(func() { m.dialCandidate(ai) })
+		}
 	}
 	relays := m.relays()
 	if !m.cfg.Relay {
 		for _, r := range relays {
-			if exp, ok := reservations[r.ID]; ok && time.Until(exp) > 10*time.Minute {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(m.ctx, dialTimeout)
-			rsv, err := client.Reserve(ctx, m.host, r)
-			cancel()
-			if err != nil {
-				m.log.Debug("relay reservation failed", "relay", r.ID, "err", err)
-				continue
-			}
-			reservations[r.ID] = rsv.Expiration
-			m.log.Debug("relay slot reserved", "relay", r.ID, "until", rsv.Expiration)
+			m.reserve(r)
 		}
 	}
 	for _, mem := range m.cfg.Family.Members() {
 		p := mem.PeerID
-		if p == m.host.ID() || m.connected(p) {
+		if p == m.host.ID() {
 			continue
 		}
-		if addrs := m.host.Peerstore().Addrs(p); len(addrs) > 0 && m.connect(peer.AddrInfo{ID: p, Addrs: addrs}) {
+		if m.connected(p) {
+			m.markConnected(p)
 			continue
 		}
-		for _, r := range relays {
-			if r.ID == p {
-				continue
-			}
-			var circ []ma.Multiaddr
-			for _, a := range r.Addrs {
-				if strings.Contains(a.String(), "/p2p-circuit") {
-					continue
-				}
-				c, err := ma.NewMultiaddr(a.String() + "/p2p/" + r.ID.String() + "/p2p-circuit")
-				if err == nil {
-					circ = append(circ, c)
-				}
-			}
-			if len(circ) > 0 && m.connect(peer.AddrInfo{ID: p, Addrs: circ}) {
-				break
-			}
+		if m.claim(p) {
+			m.goTracked(func() { m.dialMember(p, relays) })
 		}
 	}
+}
+
+// markConnected records that p is connected (by whoever dialed), so the
+// next loss starts from the shortest backoff.
+func (m *Mesh) markConnected(p peer.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t := m.targets[p]; t != nil && !t.inflight {
+		if _, ok := m.cfg.Family.Member(p); ok {
+			t.set(CandidateConnected, "")
+			t.fails = 0
+		}
+	}
+}
+
+// reserve keeps a slot on relay r (one attempt at a time), so members can
+// reach this node through it.
+func (m *Mesh) reserve(r peer.AddrInfo) {
+	m.mu.Lock()
+	exp, ok := m.reservations[r.ID]
+	busy := m.reserving[r.ID]
+	if busy || (ok && time.Until(exp) > 10*time.Minute) {
+		m.mu.Unlock()
+		return
+	}
+	m.reserving[r.ID] = true
+	m.mu.Unlock()
+	m.goTracked(func() {
+		ctx, cancel := context.WithTimeout(m.ctx, dialTimeout)
+		rsv, err := client.Reserve(ctx, m.host, r)
+		cancel()
+		m.mu.Lock()
+		delete(m.reserving, r.ID)
+		if err == nil {
+			m.reservations[r.ID] = rsv.Expiration
+		} else {
+			// Try again after a while, not on every tick.
+			m.reservations[r.ID] = time.Now().Add(-10*time.Minute + m.cfg.RedialInterval)
+		}
+		m.mu.Unlock()
+		if err != nil {
+			m.log.Debug("relay reservation failed", "relay", r.ID, "err", err)
+			return
+		}
+		m.log.Debug("relay slot reserved", "relay", r.ID, "until", rsv.Expiration)
+	})
+}
+
+// dialMember connects to member p: at the addresses known for it, else
+// through each relay this node is connected to.
+func (m *Mesh) dialMember(p peer.ID, relays []peer.AddrInfo) {
+	var lastErr error
+	if addrs := m.host.Peerstore().Addrs(p); len(addrs) > 0 {
+		if lastErr = m.connect(peer.AddrInfo{ID: p, Addrs: addrs}); lastErr == nil {
+			m.settle(p, CandidateConnected, "")
+			return
+		}
+	}
+	for _, r := range relays {
+		if r.ID == p {
+			continue
+		}
+		var circ []ma.Multiaddr
+		for _, a := range r.Addrs {
+			c, err := ma.NewMultiaddr(a.String() + "/p2p/" + r.ID.String() + "/p2p-circuit")
+			if err == nil {
+				circ = append(circ, c)
+			}
+		}
+		if len(circ) == 0 {
+			continue
+		}
+		if lastErr = m.connect(peer.AddrInfo{ID: p, Addrs: circ}); lastErr == nil {
+			m.settle(p, CandidateConnected, "")
+			return
+		}
+	}
+	detail := "no address known yet"
+	if lastErr != nil {
+		detail = plainDialError(lastErr)
+	}
+	m.settle(p, CandidateUnreachable, detail)
+}
+
+// dialCandidate connects to a bootstrap address or a peer found on the LAN
+// and waits for the hello exchange. The peer ID is pinned by the address and
+// proved by the secure channel, so the dial is safe; until its hello proves a
+// current membership the peer is on probation like an inbound stranger: it is
+// sent this node's own certificate only, served nothing but the hello, and
+// disconnected after helloTimeout.
+func (m *Mesh) dialCandidate(ai peer.AddrInfo) {
+	if len(ai.Addrs) > 0 {
+		m.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
+	}
+	wait := m.helloWaiter(ai.ID)
+	if err := m.connect(ai); err != nil {
+		m.dropWaiter(ai.ID, wait)
+		m.settle(ai.ID, CandidateUnreachable, plainDialError(err))
+		return
+	}
+	if _, ok := m.cfg.Family.Member(ai.ID); ok && m.helloDone(ai.ID) {
+		m.dropWaiter(ai.ID, wait)
+		m.settle(ai.ID, CandidateConnected, "")
+		return
+	}
+	t := time.NewTimer(helloTimeout + time.Second)
+	defer t.Stop()
+	var res helloResult
+	select {
+	case <-m.ctx.Done():
+		m.dropWaiter(ai.ID, wait)
+		return
+	case <-t.C:
+		m.dropWaiter(ai.ID, wait)
+		res = helloResult{reason: "it did not complete the hello exchange in time"}
+	case res = <-wait:
+	}
+	if res.ok {
+		m.settle(ai.ID, CandidateConnected, "")
+		return
+	}
+	m.settle(ai.ID, CandidateNotMember, res.reason)
+	if _, ok := m.cfg.Family.Member(ai.ID); !ok {
+		m.host.Network().ClosePeer(ai.ID)
+	}
+}
+
+// plainDialError turns a libp2p dial error into a few plain words.
+func plainDialError(err error) string {
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "connection refused"):
+		return "connection refused: nothing listens at that address"
+	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(s, "timeout") || strings.Contains(s, "deadline"):
+		return "no answer (timed out): the machine is off, the address is wrong, or a firewall drops the traffic"
+	case strings.Contains(s, "peer id mismatch") || strings.Contains(s, "unexpected peer"):
+		return "another node answers at that address (its peer ID differs from the one in the address)"
+	case strings.Contains(s, "no route to host") || strings.Contains(s, "network is unreachable"):
+		return "no route to that address: check this machine's network connection"
+	case errors.Is(err, swarm.ErrNoAddresses) || errors.Is(err, swarm.ErrNoGoodAddresses):
+		return "no usable address is known for it"
+	}
+	if len(s) > 160 {
+		s = s[:160] + "..."
+	}
+	return s
 }
 
 // relays returns the relay members this node is connected to, with addresses.
@@ -116,14 +373,20 @@ func (m *Mesh) relays() []peer.AddrInfo {
 	return out
 }
 
-func (m *Mesh) connect(ai peer.AddrInfo) bool {
+// connect dials ai. The mesh paces its own attempts, so libp2p's dial
+// backoff (up to 5 minutes after repeated failures) is cleared first: a link
+// that comes back is used within a dial round, not minutes later.
+func (m *Mesh) connect(ai peer.AddrInfo) error {
+	if sw, ok := m.host.Network().(*swarm.Swarm); ok {
+		sw.Backoff().Clear(ai.ID)
+	}
 	ctx, cancel := context.WithTimeout(m.ctx, dialTimeout)
 	defer cancel()
 	if err := m.host.Connect(ctx, ai); err != nil {
 		m.log.Debug("dial failed", "peer", ai.ID, "err", err)
-		return false
+		return err
 	}
-	return true
+	return nil
 }
 
 func (m *Mesh) connected(p peer.ID) bool {
@@ -136,6 +399,34 @@ func isRelayed(c network.Conn) bool {
 	return err == nil
 }
 
+// Bootstrap reports each bootstrap address: connected, unreachable (and
+// why), not a member of this family, or still trying.
+func (m *Mesh) Bootstrap() []BootstrapInfo {
+	out := make([]BootstrapInfo, 0, len(m.bootAIs))
+	for i, ai := range m.bootAIs {
+		bi := BootstrapInfo{Addr: m.bootAddrs[i], PeerID: ai.ID, State: CandidateTrying}
+		if ai.ID == m.host.ID() {
+			bi.State, bi.Detail = CandidateConnected, "this node's own address"
+			out = append(out, bi)
+			continue
+		}
+		mem, member := m.cfg.Family.Member(ai.ID)
+		m.mu.Lock()
+		if t := m.targets[ai.ID]; t != nil {
+			bi.State, bi.Detail, bi.Since = t.state, t.detail, t.since
+		}
+		hello := m.peers[ai.ID] != nil && m.peers[ai.ID].hello
+		m.mu.Unlock()
+		if member && hello && m.connected(ai.ID) {
+			bi.State, bi.Detail, bi.Site = CandidateConnected, "", mem.Site
+		} else if bi.State == CandidateConnected {
+			bi.State = CandidateTrying
+		}
+		out = append(out, bi)
+	}
+	return out
+}
+
 // PeerInfo describes one member as this node sees it.
 type PeerInfo struct {
 	Member    Member
@@ -143,6 +434,11 @@ type PeerInfo struct {
 	Via       string // "direct", "relay" or "" when not connected
 	LastSeen  time.Time
 	Heartbeat *Heartbeat
+	// Lost is set when this node closed its connections to the member
+	// because it stopped answering (missed heartbeats and pings).
+	Lost time.Time
+	// Unreachable says why the last attempt to connect failed, if it did.
+	Unreachable string
 }
 
 // Peers lists every current member but this node, by site.
@@ -155,8 +451,11 @@ func (m *Mesh) Peers() []PeerInfo {
 		pi := PeerInfo{Member: mem}
 		m.mu.Lock()
 		if ps := m.peers[mem.PeerID]; ps != nil {
-			pi.LastSeen, pi.Heartbeat = ps.lastSeen, ps.heartbeat
+			pi.LastSeen, pi.Heartbeat, pi.Lost = ps.lastSeen, ps.heartbeat, ps.lost
 			pi.Connected = ps.hello
+		}
+		if t := m.targets[mem.PeerID]; t != nil && t.state == CandidateUnreachable {
+			pi.Unreachable = t.detail
 		}
 		m.mu.Unlock()
 		pi.Connected = pi.Connected && m.connected(mem.PeerID)
@@ -175,13 +474,12 @@ func (m *Mesh) Peers() []PeerInfo {
 	return out
 }
 
-// startMDNS announces this node on the LAN and dials members found there.
+// startMDNS announces this node on the LAN and dials the nodes of this family
+// found there: known members directly, others on probation (they prove their
+// membership in the hello exchange, so two sites that never reached the relay
+// still find each other in one building).
 func (m *Mesh) startMDNS() error {
-	id := m.cfg.Family.ID()
-	if len(id) > 12 {
-		id = id[:12]
-	}
-	svc := mdns.NewMdnsService(m.host, "_ppsync-"+id+"._udp", mdnsNotifee{m: m})
+	svc := mdns.NewMdnsService(m.host, mdnsService(m.cfg.Family.ID()), mdnsNotifee{m: m})
 	if err := svc.Start(); err != nil {
 		return err
 	}
@@ -192,15 +490,60 @@ func (m *Mesh) startMDNS() error {
 	return nil
 }
 
+func mdnsService(familyID string) string {
+	if len(familyID) > 12 {
+		familyID = familyID[:12]
+	}
+	return "_ppsync-" + familyID + "._udp"
+}
+
 type mdnsNotifee struct{ m *Mesh }
 
 func (n mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
-	if ai.ID == n.m.host.ID() || n.m.connected(ai.ID) {
+	m := n.m
+	if ai.ID == m.host.ID() || m.cfg.Family.Banned(ai.ID) {
 		return
 	}
-	if _, ok := n.m.cfg.Family.Member(ai.ID); !ok {
-		return
+	m.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
+	if _, ok := m.cfg.Family.Member(ai.ID); !ok {
+		m.mu.Lock()
+		if _, known := m.lan[ai.ID]; !known && len(m.lan) >= maxLANCandidates {
+			m.mu.Unlock()
+			m.count("lan_candidates_full")
+			return
+		}
+		m.lan[ai.ID] = ai
+		m.mu.Unlock()
 	}
-	n.m.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
-	n.m.goTracked(func() { n.m.connect(ai) })
+	m.log.Debug("found a node on the LAN", "peer", ai.ID)
+	m.Redial()
+}
+
+// lanCandidates returns the peers found on the LAN that are not members yet.
+func (m *Mesh) lanCandidates() []peer.AddrInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []peer.AddrInfo
+	for id, ai := range m.lan {
+		if _, ok := m.cfg.Family.Member(id); ok || m.cfg.Family.Banned(id) {
+			delete(m.lan, id)
+			continue
+		}
+		out = append(out, ai)
+	}
+	return out
+}
+
+// candidate reports whether p may be dialed although it is not a known
+// member: a bootstrap address's peer or a peer found on the LAN.
+func (m *Mesh) candidate(p peer.ID) bool {
+	for _, ai := range m.bootAIs {
+		if ai.ID == p {
+			return true
+		}
+	}
+	m.mu.Lock()
+	_, ok := m.lan[p]
+	m.mu.Unlock()
+	return ok
 }

@@ -70,7 +70,8 @@ type fakeFamily struct {
 	banned    map[peer.ID]bool
 	siteKeys  map[string]ed25519.PublicKey
 	docs      [][]byte
-	learnable map[string]Member // a document that, once learned, admits this member
+	own       map[peer.ID][][]byte // documents that name a peer (DocumentsOf)
+	learnable map[string]Member    // a document that, once learned, admits this member
 	learned   [][]byte
 }
 
@@ -135,6 +136,12 @@ func (f *fakeFamily) Documents() [][]byte {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.docs)
+}
+
+func (f *fakeFamily) DocumentsOf(p peer.ID) [][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.own[p])
 }
 
 func (f *fakeFamily) Learn(doc []byte) (bool, error) {

@@ -8,21 +8,28 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// gater keeps the host to the family. Outbound, it dials members only.
-// Inbound, a current member is admitted; a banned peer (revoked, or a moved
-// site's old machine) is refused; any other authenticated peer is admitted on
-// probation: it must prove a valid certificate in the hello exchange within
-// helloTimeout or it is disconnected. Nothing but the hello protocol serves a
-// peer that is not a current member, so a stranger never receives or delivers
-// family data.
+// gater keeps the host to the family. Outbound, it dials members and the
+// candidates this node was given: the peer IDs pinned by its bootstrap
+// addresses and the peers of this family's LAN service (the secure channel
+// proves the peer ID, so the dial reaches exactly that peer). Inbound, a
+// current member is admitted; a banned peer (revoked, or a moved site's old
+// machine) is refused either way; any other authenticated peer, and a
+// candidate this node dialed, is on probation: it must prove a valid
+// certificate in the hello exchange within helloTimeout or it is
+// disconnected. Nothing but the hello protocol serves a peer that is not a
+// current member, so a stranger never receives or delivers family data.
 type gater struct{ m *Mesh }
 
 func (g *gater) InterceptPeerDial(p peer.ID) bool {
-	_, ok := g.m.cfg.Family.Member(p)
-	if !ok {
-		g.m.count("dial_non_member")
+	if g.m.cfg.Family.Banned(p) {
+		g.m.count("dial_banned")
+		return false
 	}
-	return ok
+	if _, ok := g.m.cfg.Family.Member(p); ok || g.m.candidate(p) {
+		return true
+	}
+	g.m.count("dial_non_member")
+	return false
 }
 
 func (g *gater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.InterceptPeerDial(p) }
@@ -37,11 +44,11 @@ func (g *gater) InterceptSecured(dir network.Direction, p peer.ID, _ network.Con
 	if _, ok := g.m.cfg.Family.Member(p); ok {
 		return true
 	}
-	if dir == network.DirOutbound {
+	if dir == network.DirOutbound && !g.m.candidate(p) {
 		g.m.count("dial_non_member")
 		return false
 	}
-	return true // probation: see handleHello
+	return true // probation: see probation and acceptHello
 }
 
 func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

@@ -132,6 +132,7 @@ func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Messag
 		m.count("gossip_from_non_member")
 		return pubsub.ValidationReject
 	}
+	m.touch(from)
 	s, err := wire.DecodeEnvelope(msg.Data)
 	if err != nil {
 		if errors.Is(err, wire.ErrTooLarge) {
@@ -186,6 +187,7 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 		m.count("heartbeat_non_member")
 		return pubsub.ValidationReject
 	}
+	m.touch(from)
 	if len(msg.Data) > maxHeartbeat {
 		m.count("heartbeat_oversized")
 		return pubsub.ValidationReject

@@ -40,10 +40,22 @@ type knownPeer struct {
 	Addrs []string `codec:"ad"`
 }
 
-func (m *Mesh) myHello() hello {
+// myHello is this node's hello. A full hello, for a current member, carries
+// every certificate and revocation held and the addresses of the members this
+// node is connected to. A peer that has not proved a membership yet (a
+// bootstrap address or a LAN peer this node dialed) gets only what it needs to
+// check this node: the family, and the certificates that name this node; a
+// banned peer also gets the revocation or newer certificate that ended it.
+func (m *Mesh) myHello(full bool, to peer.ID) hello {
 	hb := m.cfg.Heartbeat()
-	h := hello{Family: m.cfg.Family.ID(), Instance: m.instance, Version: hb.Version, Protocol: ProtocolVersion, Schema: hb.Schema,
-		Docs: m.cfg.Family.Documents()}
+	h := hello{Family: m.cfg.Family.ID(), Instance: m.instance, Version: hb.Version, Protocol: ProtocolVersion, Schema: hb.Schema}
+	if !full {
+		// A banned peer (revoked, or a moved site's old machine) also gets
+		// what ended its membership, so it stops writing, and nothing else.
+		h.Docs = append(m.cfg.Family.DocumentsOf(m.host.ID()), m.cfg.Family.DocumentsOf(to)...)
+		return h
+	}
+	h.Docs = m.cfg.Family.Documents()
 	for _, a := range m.host.Addrs() {
 		h.Addrs = append(h.Addrs, a.String())
 	}
@@ -58,6 +70,58 @@ func (m *Mesh) myHello() hello {
 		h.Known = append(h.Known, k)
 	}
 	return h
+}
+
+// helloResult is the outcome of a hello exchange with a peer.
+type helloResult struct {
+	ok     bool
+	reason string // why the peer was not accepted, in plain words
+}
+
+// helloWaiter registers for the outcome of the next hello exchange with p.
+func (m *Mesh) helloWaiter(p peer.ID) chan helloResult {
+	ch := make(chan helloResult, 1)
+	m.mu.Lock()
+	m.waiters[p] = append(m.waiters[p], ch)
+	m.mu.Unlock()
+	return ch
+}
+
+func (m *Mesh) dropWaiter(p peer.ID, ch chan helloResult) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ws := m.waiters[p]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(m.waiters, p)
+	} else {
+		m.waiters[p] = ws
+	}
+}
+
+// helloOutcome hands the outcome of a hello exchange with p to its waiters.
+func (m *Mesh) helloOutcome(p peer.ID, r helloResult) {
+	m.mu.Lock()
+	ws := m.waiters[p]
+	delete(m.waiters, p)
+	m.mu.Unlock()
+	for _, w := range ws {
+		w <- r
+	}
+}
+
+// helloDone reports whether the hello exchange with p has completed on its
+// current connection.
+func (m *Mesh) helloDone(p peer.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ps := m.peers[p]
+	return ps != nil && ps.hello
 }
 
 // onConnected starts the hello exchange on connections this node opened, and
@@ -111,23 +175,33 @@ func (m *Mesh) probation(p peer.ID) {
 
 // sayHello opens a hello stream to p, sends this node's hello and reads p's.
 func (m *Mesh) sayHello(p peer.ID) {
+	_, member := m.cfg.Family.Member(p)
 	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
 	defer cancel()
 	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "hello"), p, helloProto)
 	if err != nil {
 		m.log.Debug("hello failed", "peer", p, "err", err)
+		m.helloOutcome(p, helloResult{reason: "it does not speak ppsync's hello protocol (" + plainDialError(err) + ")"})
 		return
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(helloTimeout))
-	if err := m.sendHello(s); err != nil {
+	if err := m.sendHello(s, p, member); err != nil {
 		s.Reset()
+		m.helloOutcome(p, helloResult{reason: "the hello exchange broke off"})
 		return
 	}
 	theirs, err := readHello(s)
 	if err != nil {
 		m.count("bad_hello")
 		s.Reset()
+		reason := "the hello exchange broke off"
+		if !member {
+			// A node refuses to answer a peer it cannot accept: one of another
+			// family, or one whose certificate it cannot verify.
+			reason = "it refused this node's hello: it belongs to another family, or to none"
+		}
+		m.helloOutcome(p, helloResult{reason: reason})
 		return
 	}
 	m.acceptHello(p, theirs)
@@ -148,13 +222,13 @@ func (m *Mesh) handleHello(s network.Stream) {
 		s.Reset()
 		return
 	}
-	if err := m.sendHello(s); err != nil {
+	if err := m.sendHello(s, s.Conn().RemotePeer(), true); err != nil {
 		s.Reset()
 	}
 }
 
-func (m *Mesh) sendHello(s network.Stream) error {
-	b, err := wire.Marshal(m.myHello())
+func (m *Mesh) sendHello(s network.Stream, to peer.ID, full bool) error {
+	b, err := wire.Marshal(m.myHello(full, to))
 	if err != nil {
 		return err
 	}
@@ -183,6 +257,7 @@ func (m *Mesh) acceptHello(p peer.ID, h hello) bool {
 		m.count("wrong_family")
 		m.log.Warn("disconnected a node of another family", "peer", p)
 		m.host.Network().ClosePeer(p)
+		m.helloOutcome(p, helloResult{reason: "it is a node of another family"})
 		return false
 	}
 	changed := false
@@ -202,6 +277,7 @@ func (m *Mesh) acceptHello(p peer.ID, h hello) bool {
 		m.count("not_member")
 		m.log.Warn("disconnected a peer that is not a current member", "peer", p)
 		m.host.Network().ClosePeer(p)
+		m.helloOutcome(p, helloResult{reason: "it holds no current certificate of this family"})
 		return false
 	}
 	m.addAddrs(p, h.Addrs)
@@ -221,7 +297,7 @@ func (m *Mesh) acceptHello(p peer.ID, h hello) bool {
 		m.peers[p] = ps
 	}
 	first := !ps.hello
-	ps.member, ps.hello, ps.lastSeen = mem, true, time.Now()
+	ps.member, ps.hello, ps.lastSeen, ps.alive = mem, true, time.Now(), time.Now()
 	restarted := false
 	if !ps.instances[h.Instance] && len(ps.instances) > 0 && len(m.host.Network().ConnsToPeer(p)) <= 1 {
 		// A new process on the only connection: the member restarted before
@@ -244,6 +320,7 @@ func (m *Mesh) acceptHello(p peer.ID, h hello) bool {
 		m.log.Error("two copies of one node are running at once", "site", mem.Site, "peer", p)
 		m.cfg.Handler.Duplicate(p)
 	}
+	m.helloOutcome(p, helloResult{ok: true})
 	if first {
 		m.log.Info("member connected", "site", mem.Site, "peer", p, "version", h.Version)
 		m.cfg.Handler.PeerChanged(p, true)

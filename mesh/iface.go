@@ -34,6 +34,9 @@ type Family interface {
 	SiteKey(site string, epoch uint64) (ed25519.PublicKey, error)
 	// Documents returns every certificate and revocation held, as file bytes.
 	Documents() [][]byte
+	// DocumentsOf returns the certificates held that name peer p, as file
+	// bytes: what a node shows a peer before that peer proved a membership.
+	DocumentsOf(p peer.ID) [][]byte
 	// Learn installs a certificate or revocation received from a peer.
 	Learn(doc []byte) (changed bool, err error)
 }

@@ -42,8 +42,17 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// Heartbeat returns this node's current heartbeat (required).
 	Heartbeat func() Heartbeat
-	// RedialInterval is how often unreachable members are dialed again (default 10s).
+	// RedialInterval is the longest wait between two attempts to reach an
+	// unreachable member or bootstrap address (default 3s for a site, 30s for
+	// a relay, which mostly waits for sites to dial it). Attempts start at
+	// 0.5s apart after a loss and double up to it.
 	RedialInterval time.Duration
+	// LivenessTimeout is how long a connected member may stay silent (no
+	// heartbeat, no message, no answer to a liveness ping) before this node
+	// closes its connections to it and reports it gone (default twice the
+	// heartbeat interval plus 2s, at least 5s). A cut link that sends no
+	// reset is noticed this way, not after TCP's minutes.
+	LivenessTimeout time.Duration
 }
 
 // Mesh is the node's presence in its family's network.
@@ -66,10 +75,16 @@ type Mesh struct {
 	redial   chan struct{}
 	instance string // random per process
 
-	mu      sync.Mutex
-	peers   map[peer.ID]*peerState
-	counts  map[string]uint64 // rejections by reason
-	bootAIs []peer.AddrInfo   // bootstrap members
+	mu           sync.Mutex
+	peers        map[peer.ID]*peerState
+	counts       map[string]uint64 // rejections by reason
+	bootAIs      []peer.AddrInfo   // bootstrap addresses, parsed
+	bootAddrs    []string          // bootstrap addresses, as given
+	targets      map[peer.ID]*target
+	lan          map[peer.ID]peer.AddrInfo // found on the LAN, not members yet
+	waiters      map[peer.ID][]chan helloResult
+	reservations map[peer.ID]time.Time // relay -> reservation expiry
+	reserving    map[peer.ID]bool
 }
 
 type peerState struct {
@@ -78,6 +93,9 @@ type peerState struct {
 	hello     bool      // the hello exchange completed
 	lastSeen  time.Time // last heartbeat or hello
 	heartbeat *Heartbeat
+	alive     time.Time // last sign of life on a connection to it
+	pinging   bool      // a liveness ping is under way
+	lost      time.Time // when it was last disconnected for silence
 }
 
 // New starts the mesh: it listens, joins the family's topics and begins
@@ -93,13 +111,21 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		cfg.HeartbeatInterval = 5 * time.Second
 	}
 	if cfg.RedialInterval <= 0 {
-		cfg.RedialInterval = 10 * time.Second
+		cfg.RedialInterval = 3 * time.Second
+		if cfg.Relay {
+			cfg.RedialInterval = 30 * time.Second
+		}
+	}
+	if cfg.LivenessTimeout <= 0 {
+		cfg.LivenessTimeout = max(2*cfg.HeartbeatInterval+2*time.Second, 5*time.Second)
 	}
 	priv, err := crypto.UnmarshalEd25519PrivateKey(cfg.Key)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: node key: %w", err)
 	}
-	m := &Mesh{cfg: cfg, log: cfg.Logger, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1)}
+	m := &Mesh{cfg: cfg, log: cfg.Logger, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1),
+		targets: map[peer.ID]*target{}, lan: map[peer.ID]peer.AddrInfo{}, waiters: map[peer.ID][]chan helloResult{},
+		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{}}
 	if m.codecs, err = newCodecs(); err != nil {
 		return nil, err
 	}
@@ -110,12 +136,17 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 	m.instance = hex.EncodeToString(nonce[:])
 	m.ctx, m.cancel = context.WithCancel(ctx)
 
+	seen := map[string]bool{}
 	for _, a := range cfg.Bootstrap {
+		if seen[a] {
+			continue
+		}
+		seen[a] = true
 		ai, err := peer.AddrInfoFromString(a)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: bootstrap address %q: %v (it must end in /p2p/PEER_ID)", a, err)
 		}
-		m.bootAIs = append(m.bootAIs, *ai)
+		m.bootAIs, m.bootAddrs = append(m.bootAIs, *ai), append(m.bootAddrs, a)
 	}
 	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
 	if err != nil {
@@ -166,6 +197,7 @@ func (m *Mesh) start() error {
 	m.host.SetStreamHandler(frontierProto, m.tracked(m.handleFrontier))
 	m.host.SetStreamHandler(forkProofProto, m.tracked(m.handleForkProof))
 	m.host.SetStreamHandler(pushProto, m.tracked(m.handlePush))
+	m.host.SetStreamHandler(pingProto, m.tracked(m.handlePing))
 	m.host.Network().Notify(&network.NotifyBundle{
 		ConnectedF:    func(_ network.Network, c network.Conn) { m.onConnected(c) },
 		DisconnectedF: func(_ network.Network, c network.Conn) { m.onDisconnected(c) },
@@ -174,6 +206,7 @@ func (m *Mesh) start() error {
 		return err
 	}
 	m.goTracked(m.dialLoop)
+	m.goTracked(m.livenessLoop)
 	if m.cfg.MDNS {
 		if err := m.startMDNS(); err != nil {
 			m.log.Warn("LAN discovery off", "err", err)

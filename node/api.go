@@ -166,6 +166,18 @@ type Status struct {
 	Writable        bool              `json:"writable"`
 	WriteBlocked    string            `json:"write_blocked,omitempty"` // why writes are refused, if they are
 	Warnings        []string          `json:"warnings"`                // plain-language problems to show prominently
+	Bootstrap       []BootstrapJSON   `json:"bootstrap"`               // the addresses this node was given to reach the family
+}
+
+// BootstrapJSON is one bootstrap address (family.json, --bootstrap or
+// ppsync.toml) as the node sees it.
+type BootstrapJSON struct {
+	Addr   string     `json:"addr"`
+	PeerID string     `json:"peer_id"`
+	Site   string     `json:"site,omitempty"` // the member it proved to be
+	State  string     `json:"state"`          // connected, trying, unreachable, not-member
+	Detail string     `json:"detail,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
 }
 
 // Settings answers GET /v1/settings; PUT /v1/settings takes the fields to

@@ -40,8 +40,8 @@ func atkNewKey(t testing.TB) ed25519.PrivateKey {
 func TestStrangerGetsNothing(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site", "relay")
-	tf.add("clinic-b", "site", "relay")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
 	tf.start("relay")
 	tf.start("clinic-a")
 	tf.start("clinic-b")
@@ -112,11 +112,19 @@ func TestStrangerGetsNothing(t *testing.T) {
 		return len(rp.h.Network().ConnsToPeer(rid)) == 0, "still connected"
 	})
 
-	// The stranger node itself never got through: its own gater refuses to
-	// dial a peer of no family it knows.
-	atkWaitFor(t, 5*time.Second, "the stranger's dial is refused", func() (bool, string) {
-		return stranger.mesh.Rejections()["dial_non_member"] > 0, fmt.Sprint(stranger.mesh.Rejections())
+	// The stranger node itself never got through: it dialed the bootstrap
+	// address it was given on probation, showed only its own certificate,
+	// was refused (another family), and says so.
+	atkWaitFor(t, 15*time.Second, "the stranger reports its bootstrap as no member of its family", func() (bool, string) {
+		st, err := stranger.Status()
+		if err != nil {
+			return false, err.Error()
+		}
+		return !st.Online && strings.Contains(st.OfflineReason, "is not a member of this family"), fmt.Sprintf("%+v %q", st.Bootstrap, st.OfflineReason)
 	})
+	if got := relay.mesh.Rejections(); got["wrong_family"] < 2 { // the raw host and the stranger node
+		t.Errorf("the relay did not refuse the stranger node's hello as another family's: %v", got)
+	}
 	tf.write("clinic-a", 3, "visits")
 	tf.waitConverged(10*time.Second, "relay", "clinic-a", "clinic-b")
 
@@ -169,7 +177,7 @@ func TestStrangerGetsNothing(t *testing.T) {
 func TestStrangerLearnsNoMembership(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site", "relay")
+	tf.add("clinic-a", "site")
 	tf.start("relay")
 	tf.start("clinic-a")
 	atkWaitFor(t, 10*time.Second, "clinic-a connects", func() (bool, string) {
@@ -208,7 +216,7 @@ func TestRevokedNodeIsCutOff(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
 	for _, s := range []string{"clinic-a", "clinic-b", "clinic-x"} {
-		tf.add(s, "site", "relay")
+		tf.add(s, "site")
 	}
 	tf.start("relay")
 	for _, s := range []string{"clinic-a", "clinic-b", "clinic-x"} {
@@ -311,8 +319,8 @@ func TestRevokedNodeIsCutOff(t *testing.T) {
 func TestForgedReplayedOversizedGossip(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site", "relay")
-	tf.add("clinic-b", "site", "relay")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
 	tf.add("attacker", "site")   // admitted, never started: its key drives the raw host
 	tf.add("attacker-2", "site") // a second one (gossip scoring mutes a peer after two rejections)
 	tf.start("relay")
@@ -456,8 +464,8 @@ type atkMove struct {
 func atkSetupMove(t testing.TB, sameSecond bool) *atkMove {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site", "relay")
-	tf.add("clinic-b", "site", "relay")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
 	tf.start("relay")
 	tf.start("clinic-a")
 	tf.start("clinic-b")
@@ -741,8 +749,8 @@ type atkTx struct {
 func TestClonedDataDirForkIsDetected(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site", "relay")
-	tf.add("clinic-b", "site", "relay")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
 	tf.start("relay")
 	tf.start("clinic-a")
 	tf.start("clinic-b")
@@ -854,7 +862,7 @@ func TestClonedDataDirForkIsDetected(t *testing.T) {
 func TestVersionMismatchIsShown(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site", "relay")
+	tf.add("clinic-a", "site")
 	tf.startWith("relay", func(c *Config) { c.Version = "1.0.0" })
 	tf.startWith("clinic-a", func(c *Config) { c.Version = "1.1.0" })
 	want := map[string][2]string{"relay": {"1.0.0", "1.1.0"}, "clinic-a": {"1.1.0", "1.0.0"}}
@@ -891,9 +899,9 @@ func TestVersionMismatchIsShown(t *testing.T) {
 func TestNewerSchemaEntryIsStoredNotApplied(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("clinic-new", "site") // runs a newer ppsync: never started here
-	tf.add("relay", "relay", "clinic-new")
-	tf.add("clinic-a", "site", "relay")
-	tf.add("clinic-b", "site", "relay")
+	tf.addKnowing("relay", "relay", "clinic-new")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
 	tf.start("relay")
 	tf.start("clinic-a")
 	tf.start("clinic-b")

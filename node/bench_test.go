@@ -60,7 +60,7 @@ func BenchmarkCatchUp1M(b *testing.B) {
 	for b.Loop() {
 		tf := newTestFamily(b)
 		tf.add("clinic-a", "site")
-		tf.add("clinic-b", "site", "clinic-a")
+		tf.addKnowing("clinic-b", "site", "clinic-a")
 		a := tf.start("clinic-a")
 		for _, addr := range a.n.mesh.Addrs() {
 			tf.relay = addr
@@ -85,8 +85,8 @@ func BenchmarkLiveReplication(b *testing.B) {
 	for b.Loop() {
 		tf := newTestFamily(b)
 		tf.add("clinic-a", "site")
-		tf.add("clinic-b", "site", "clinic-a")
-		tf.add("clinic-c", "site", "clinic-a")
+		tf.addKnowing("clinic-b", "site", "clinic-a")
+		tf.add("clinic-c", "site")
 		a := tf.start("clinic-a")
 		for _, addr := range a.n.mesh.Addrs() {
 			tf.relay = addr
@@ -170,8 +170,8 @@ func BenchmarkSustained3(b *testing.B) {
 	for b.Loop() {
 		tf := newTestFamily(b)
 		tf.add("clinic-a", "site")
-		tf.add("clinic-b", "site", "clinic-a")
-		tf.add("clinic-c", "site", "clinic-a")
+		tf.addKnowing("clinic-b", "site", "clinic-a")
+		tf.add("clinic-c", "site")
 		a := tf.start("clinic-a")
 		for _, addr := range a.n.mesh.Addrs() {
 			tf.relay = addr

@@ -58,6 +58,34 @@ func (m members) Documents() [][]byte {
 	return out
 }
 
+// DocumentsOf returns what concerns peer p: the certificates that name it
+// and, for a peer whose membership ended, its site's revocation and current
+// certificate (what tells an old machine it was moved or revoked).
+func (m members) DocumentsOf(p peer.ID) [][]byte {
+	var out [][]byte
+	site, known := m.n.roster.SiteOf(p)
+	_, member := m.n.roster.Member(p)
+	for _, c := range m.n.roster.Certificates() {
+		if c.PeerID != p && (member || !known || c.Site != site) {
+			continue
+		}
+		if b, err := c.Marshal(); err == nil {
+			out = append(out, b)
+		}
+	}
+	if known && !member {
+		for _, r := range m.n.roster.Revocations() {
+			if r.Site != site {
+				continue
+			}
+			if b, err := r.Marshal(); err == nil {
+				out = append(out, b)
+			}
+		}
+	}
+	return out
+}
+
 func (m members) Learn(doc []byte) (bool, error) {
 	res, err := installFile(m.n.cfg.DataDir, m.n.roster, doc)
 	if err != nil {

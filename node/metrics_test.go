@@ -33,8 +33,8 @@ func scrape(t *testing.T, r *running, pattern string) float64 {
 func TestMetricsMoveAsEntriesFlow(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site", "relay")
-	tf.add("clinic-b", "site", "relay")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
 	tf.start("relay")
 	a := tf.start("clinic-a")
 	b := tf.start("clinic-b")

@@ -120,7 +120,7 @@ func TestReorderIsBounded(t *testing.T) {
 func TestGossipOutOfOrderIsApplied(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("clinic-a", "site")
-	tf.add("clinic-b", "site", "clinic-a")
+	tf.addKnowing("clinic-b", "site", "clinic-a")
 	a := tf.start("clinic-a")
 	tf.write("clinic-a", 6, "patients")
 	es, err := a.n.txlog.Range("clinic-a", 1, 6)

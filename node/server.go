@@ -545,15 +545,14 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 		}
 		s.Warnings = append(s.Warnings, msg)
 	}
+	s.Bootstrap = n.bootstrapStatus()
 	switch {
 	case s.Peers > 0:
 		s.Online = true
 	case !cfg.ConnectivityCheck:
 		s.Online, s.OfflineReason = true, "connectivity check is off: no family member is connected right now"
-	case len(peers) == 0:
-		s.OfflineReason = "no other member is known yet: install their certificates or connect to the relay"
 	default:
-		s.OfflineReason = "no family member is reachable (no internet, or the relay is unreachable)"
+		s.OfflineReason = offlineReason(n.id.Role == family.RoleRelay, n.mesh.Peers(), s.Bootstrap)
 	}
 	if own > held {
 		s.Pending = own - held

@@ -1,0 +1,183 @@
+package mesh
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// Each node knows only itself and holds its own certificate (a document its
+// peer can learn); the site is given the relay's bootstrap address. The site
+// dials it on probation, shows it only its own certificate, learns the
+// relay's in the relay's answer, and both end up connected members that
+// gossip.
+func TestBootstrapToUnknownRelayJoinsThroughHello(t *testing.T) {
+	ir, is := newIdentity(t, "relay"), newIdentity(t, "site")
+	ir.relay = true
+	relayDoc, siteDoc, otherDoc := []byte("cert of the relay"), []byte("cert of the site"), []byte("cert of another site")
+
+	rfam := newFamily(testFamily, ir)
+	rfam.docs = [][]byte{relayDoc, otherDoc}
+	rfam.own = map[peer.ID][][]byte{ir.id: {relayDoc}}
+	rfam.learnable[string(siteDoc)] = Member{Site: "site", PeerID: is.id, Epoch: 1}
+	relay := startNode(t, ir, rfam, nil, func(c *Config) { c.Relay = true; c.HeartbeatInterval = 100 * time.Millisecond })
+	rfam.add(is) // the site key for gossip checks; membership still comes from the hello below
+	rfam.mu.Lock()
+	delete(rfam.members, is.id)
+	rfam.mu.Unlock()
+
+	sfam := newFamily(testFamily, is)
+	sfam.docs = [][]byte{siteDoc}
+	sfam.own = map[peer.ID][][]byte{is.id: {siteDoc}}
+	sfam.learnable[string(relayDoc)] = Member{Site: "relay", Relay: true, PeerID: ir.id, Epoch: 1}
+	site := startNode(t, is, sfam, nil, func(c *Config) {
+		c.Bootstrap = relay.m.Addrs()
+		c.HeartbeatInterval = 100 * time.Millisecond
+	})
+
+	waitFor(t, "site and relay see each other connected", func() bool {
+		return site.h.hasEvent(ir.id, true) && relay.h.hasEvent(is.id, true)
+	})
+	if _, ok := sfam.Member(ir.id); !ok {
+		t.Fatal("the site did not learn the relay's certificate")
+	}
+	// On probation the site showed only its own certificate: the relay
+	// learned exactly that, not the site's whole roster.
+	rfam.mu.Lock()
+	learned := rfam.learned
+	rfam.mu.Unlock()
+	for _, d := range learned {
+		if string(d) != string(siteDoc) {
+			t.Errorf("the relay was shown %q by a peer it had not admitted yet", d)
+		}
+	}
+	waitFor(t, "bootstrap reported connected", func() bool {
+		bs := site.m.Bootstrap()
+		return len(bs) == 1 && bs[0].State == CandidateConnected && bs[0].Site == "relay"
+	})
+	waitGossip(t, site, relay)
+	env := signChain(t, testFamily, is, 1, wire.Hash{}, 1)[0].Marshal()
+	if err := site.m.Publish(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the relay receives the site's entry by gossip", func() bool { return len(relay.h.entryCalls()) > 0 })
+}
+
+// A bootstrap address that is a node of another family: it refuses the
+// hello, the site reports it as not a member, closes the connection, does not
+// try again at once, and nothing of either family crosses.
+func TestBootstrapOfAnotherFamilyIsReported(t *testing.T) {
+	io, is := newIdentity(t, "other"), newIdentity(t, "site")
+	other := startNode(t, io, newFamily("0therfam", io), nil, nil)
+	sfam := newFamily(testFamily, is)
+	sfam.own = map[peer.ID][][]byte{is.id: {[]byte("cert of the site")}}
+	site := startNode(t, is, sfam, nil, func(c *Config) { c.Bootstrap = other.m.Addrs() })
+
+	waitFor(t, "the bootstrap reported as not a member", func() bool {
+		bs := site.m.Bootstrap()
+		return len(bs) == 1 && bs[0].State == CandidateNotMember
+	})
+	bs := site.m.Bootstrap()[0]
+	if !strings.Contains(bs.Detail, "another family") {
+		t.Errorf("detail %q does not say it is another family's", bs.Detail)
+	}
+	waitFor(t, "the connection closed", func() bool { return !connected(site.m.host, io.id) })
+	if other.h.docsChanged() != 0 || len(other.h.entryCalls()) != 0 {
+		t.Errorf("the other family's node took something: %s", other.h.summary())
+	}
+	if _, ok := site.fam.Member(io.id); ok {
+		t.Error("the site took the other node for a member")
+	}
+	// Not redialed on the short backoff.
+	site.m.mu.Lock()
+	next := site.m.targets[io.id].next
+	site.m.mu.Unlock()
+	if time.Until(next) < notMemberRetry/2 {
+		t.Errorf("next attempt in %s, want about %s", time.Until(next), notMemberRetry)
+	}
+}
+
+// A bootstrap address where nothing listens is reported unreachable, and
+// retried on a short backoff.
+func TestBootstrapNothingListening(t *testing.T) {
+	is, ghost := newIdentity(t, "site"), newIdentity(t, "ghost")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	addr := "/ip4/127.0.0.1/tcp/" + strconv.Itoa(port) + "/p2p/" + ghost.id.String()
+	site := startNode(t, is, newFamily(testFamily, is), nil, func(c *Config) { c.Bootstrap = []string{addr} })
+	waitFor(t, "the bootstrap reported unreachable", func() bool {
+		bs := site.m.Bootstrap()
+		return len(bs) == 1 && bs[0].State == CandidateUnreachable
+	})
+	if bs := site.m.Bootstrap()[0]; bs.Addr != addr || !strings.Contains(bs.Detail, "refused") {
+		t.Errorf("bootstrap %+v: want address %s and a detail about the refused connection", bs, addr)
+	}
+	waitFor(t, "a second attempt", func() bool {
+		site.m.mu.Lock()
+		defer site.m.mu.Unlock()
+		return site.m.targets[ghost.id].fails >= 2
+	})
+}
+
+// A member that stops answering (no gossip, no pings answered) while its
+// connection stays up is disconnected after the liveness timeout and
+// reported gone; when it answers again it is reconnected.
+func TestSilentMemberIsDisconnected(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	live := func(c *Config) {
+		c.HeartbeatInterval = time.Hour // no heartbeats after the first
+		c.LivenessTimeout = 1500 * time.Millisecond
+		c.RedialInterval = 500 * time.Millisecond
+	}
+	// A itself pings nobody for an hour (a ping it sends is a sign of life).
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, func(c *Config) { live(c); c.LivenessTimeout = time.Hour })
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, live)
+	connect(t, b, a)
+	// A answers no pings: its handler holds the stream and says nothing.
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	a.m.host.SetStreamHandler(pingProto, func(s network.Stream) {
+		select {
+		case <-hold:
+		case <-time.After(10 * time.Second):
+		}
+		s.Reset()
+	})
+	start := time.Now()
+	waitFor(t, "B reports A gone", func() bool { return b.h.hasEvent(ia.id, false) })
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("B noticed the silence after %s, want about the liveness timeout (1.5s)", took)
+	}
+	if b.m.Rejections()["member_silent"] == 0 {
+		t.Error("the silence was not counted")
+	}
+	var lost bool
+	for _, pi := range b.m.Peers() {
+		lost = lost || (pi.Member.PeerID == ia.id && !pi.Lost.IsZero())
+	}
+	if !lost {
+		t.Error("Peers does not say when A was lost")
+	}
+	// A answers again: B (or A) reconnects.
+	a.m.host.SetStreamHandler(pingProto, a.m.tracked(a.m.handlePing))
+	waitFor(t, "A and B connected again", func() bool {
+		for _, pi := range b.m.Peers() {
+			if pi.Member.PeerID == ia.id && pi.Connected {
+				return true
+			}
+		}
+		return false
+	})
+}
