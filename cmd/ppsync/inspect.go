@@ -77,6 +77,20 @@ func (c *cli) writeStatus(st node.Status) {
 	}
 	row("Online", "%s", online)
 	row("Peers", "%d connected", st.Peers)
+	for i, b := range st.Bootstrap {
+		label := ""
+		if i == 0 {
+			label = "Bootstrap"
+		}
+		state := b.State
+		if b.Site != "" {
+			state += " (" + b.Site + ")"
+		}
+		if b.Detail != "" && b.State != "connected" {
+			state += ": " + b.Detail
+		}
+		row(label, "%s  %s", b.Addr, state)
+	}
 	row("Pending", "%d entries no other node is known to hold", st.Pending)
 	if st.LastSync == nil {
 		row("Last sync", "never")
