@@ -226,10 +226,11 @@ func setupSite(tb testing.TB) *site {
 
 func (s *site) familyFile() string { return filepath.Join(s.auth, "family.json") }
 
-// initNode runs `ppsync init` and turns LAN discovery off in ppsync.toml.
-func initNode(tb testing.TB, data, familyFile, siteID string) {
+// initNode runs `ppsync init` (with extra flags such as --role relay) and
+// turns LAN discovery off in ppsync.toml.
+func initNode(tb testing.TB, data, familyFile, siteID string, extra ...string) result {
 	tb.Helper()
-	ppsync(tb, "init", "--data", data, "--family", familyFile, "--site", siteID).want(tb, exitOK)
+	r := ppsync(tb, append([]string{"init", "--data", data, "--family", familyFile, "--site", siteID}, extra...)...).want(tb, exitOK)
 	path := filepath.Join(data, "ppsync.toml")
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -241,6 +242,7 @@ func initNode(tb testing.TB, data, familyFile, siteID string) {
 	if err := os.WriteFile(path, bytes.ReplaceAll(b, []byte("lan_discovery = true"), []byte("lan_discovery = false")), 0o644); err != nil {
 		tb.Fatal(err)
 	}
+	return r
 }
 
 // runArgs is the command line of a node on data with free loopback ports.
@@ -285,11 +287,12 @@ type runtimeFile struct {
 	Addrs  []string `json:"addrs"`
 }
 
-// launch starts `ppsync run` on data and returns at once.
-func launch(tb testing.TB, data, machine string) *proc {
+// launch starts `ppsync run` on data, with extra flags such as
+// --bootstrap ADDR, and returns at once.
+func launch(tb testing.TB, data, machine string, extra ...string) *proc {
 	tb.Helper()
 	p := &proc{tb: tb, data: data, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(ppsyncBin, runArgs(data)...)
+	p.cmd = exec.Command(ppsyncBin, append(runArgs(data), extra...)...)
 	p.cmd.Env = env(machine)
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr
@@ -317,10 +320,11 @@ func launch(tb testing.TB, data, machine string) *proc {
 	return p
 }
 
-// startNode starts `ppsync run` on data and waits until it is ready.
-func startNode(tb testing.TB, data string) *proc {
+// startNode starts `ppsync run` on data (with extra flags such as
+// --bootstrap ADDR) and waits until it is ready.
+func startNode(tb testing.TB, data string, extra ...string) *proc {
 	tb.Helper()
-	p := launch(tb, data, e2eMachine)
+	p := launch(tb, data, e2eMachine, extra...)
 	p.waitReady(readyTimeout, time.Millisecond*5)
 	return p
 }
@@ -373,6 +377,20 @@ func (p *proc) runtime() runtimeFile {
 		p.tb.Fatalf("no readable runtime.json in %s", p.data)
 	}
 	return rt
+}
+
+// loopbackAddr is the node's 127.0.0.1 address from runtime.json, ending in
+// /p2p/PEER_ID: what `family bootstrap --add` and `run --bootstrap` take.
+func (p *proc) loopbackAddr() string {
+	p.tb.Helper()
+	rt := p.runtime()
+	for _, a := range rt.Addrs {
+		if strings.HasPrefix(a, "/ip4/127.0.0.1/") && strings.Contains(a, "/p2p/") {
+			return a
+		}
+	}
+	p.tb.Fatalf("runtime.json of %s lists no 127.0.0.1 address with /p2p/: %v", p.data, rt.Addrs)
+	return ""
 }
 
 // wait waits for the process to exit and returns its exit code.
@@ -567,6 +585,18 @@ type status struct {
 	Forks    []any             `json:"forks"`
 	LastSync *string           `json:"last_sync"`
 	Mismatch *bool             `json:"version_mismatch"`
+
+	OfflineReason string            `json:"offline_reason"`
+	Bootstrap     []bootstrapStatus `json:"bootstrap"`
+}
+
+// bootstrapStatus is one entry of status's `bootstrap` array: how the node
+// fares with one bootstrap address.
+type bootstrapStatus struct {
+	Addr   string `json:"addr"`
+	PeerID string `json:"peer_id"`
+	State  string `json:"state"` // connected | not-member | unreachable | trying
+	Detail string `json:"detail"`
 }
 
 func nodeStatus(tb testing.TB, data string) status {

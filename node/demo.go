@@ -76,14 +76,14 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 
 	all := append([]string{"relay"}, demoSites...)
 	nodes := map[string]*demoNode{}
-	var certs [][]byte
-	for _, s := range all {
+	familyFile := filepath.Join(authDir, family.InfoFile)
+	// setUp does what the README's "Setting up a real family" does for one
+	// node: init with the family.json as it is now, support admits the join
+	// request, the node installs its own certificate, nothing else. The
+	// rest of the family it learns through the relay.
+	setUp := func(s, role string) error {
 		dn := &demoNode{site: s, data: filepath.Join(o.Dir, s)}
-		role := "site"
-		if s == "relay" {
-			role = "relay"
-		}
-		res, err := Init(InitOptions{DataDir: dn.data, FamilyFile: filepath.Join(authDir, family.InfoFile), Site: s, Role: role, Env: env})
+		res, err := Init(InitOptions{DataDir: dn.data, FamilyFile: familyFile, Site: s, Role: role, Env: env})
 		if err != nil {
 			return err
 		}
@@ -103,24 +103,13 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		if err != nil {
 			return err
 		}
-		certs = append(certs, cb)
-		nodes[s] = dn
-	}
-	// Each node gets its own certificate and the relay's; the rest spreads
-	// through the mesh.
-	for _, s := range all {
-		if _, err := InstallOffline(nodes[s].data, certs[indexOf(all, s)]); err != nil {
+		if _, err := InstallOffline(dn.data, cb); err != nil {
 			return err
 		}
-		if s != "relay" {
-			if _, err := InstallOffline(nodes[s].data, certs[0]); err != nil {
-				return err
-			}
-		}
+		nodes[s] = dn
+		return nil
 	}
-	say("2. set up a relay and three clinics; support admitted each one")
 
-	var relayAddr string
 	start := func(s string) error {
 		dn := nodes[s]
 		cfg, err := LoadConfig(dn.data)
@@ -130,9 +119,6 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		cfg.API, cfg.Listen, cfg.MDNS, cfg.Env, cfg.Version = "127.0.0.1:0", []string{"/ip4/127.0.0.1/tcp/0"}, false, env, o.Version
 		cfg.HeartbeatInterval = time.Second
 		cfg.SyncInterval = Duration(5 * time.Second)
-		if s != "relay" {
-			cfg.Bootstrap = []string{relayAddr}
-		}
 		n, err := Open(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("demo: start %s: %w", s, err)
@@ -144,7 +130,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	}
 	stop := func(s string) {
 		dn := nodes[s]
-		if dn.n == nil {
+		if dn == nil || dn.n == nil {
 			return
 		}
 		dn.stop()
@@ -157,16 +143,39 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 			stop(s)
 		}
 	}()
+	// The relay first: it must run for its address to be known.
+	if err := setUp("relay", "relay"); err != nil {
+		return err
+	}
 	if err := start("relay"); err != nil {
 		return err
 	}
-	relayAddr = nodes["relay"].n.mesh.Addrs()[0]
+	relayAddr := nodes["relay"].n.mesh.Addrs()[0]
+	// Support adds the relay's address to family.json (`ppsync family
+	// bootstrap --add`), then the clinics are set up with that family.json.
+	info, err := family.LoadInfo(familyFile)
+	if err != nil {
+		return err
+	}
+	if err := info.AddBootstrap(relayAddr); err != nil {
+		return err
+	}
+	if err := family.SaveInfo(familyFile, info); err != nil {
+		return err
+	}
+	say("2. set up and started the relay; support added its address %s to family.json", relayAddr)
+	for _, s := range demoSites {
+		if err := setUp(s, "site"); err != nil {
+			return err
+		}
+	}
 	for _, s := range demoSites {
 		if err := start(s); err != nil {
 			return err
 		}
 	}
-	say("3. started them; each clinic dials the relay at %s", relayAddr)
+	say("3. set up three clinics, each with family.json and its own certificate only; support admitted each one")
+	say("   started them; each clinic dials the relay named in family.json and learns the rest of the family there")
 
 	rng := rand.New(rand.NewPCG(7, 11))
 	write := func(s string, from, count int) error {
@@ -229,15 +238,6 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	say("The family keeps running; press Ctrl-C to stop.")
 	<-ctx.Done()
 	return nil
-}
-
-func indexOf(xs []string, x string) int {
-	for i, v := range xs {
-		if v == x {
-			return i
-		}
-	}
-	return -1
 }
 
 // demoConverge waits until the named nodes hold the same entries and state,
