@@ -23,13 +23,18 @@ import (
 const ForkDeadline = 10 * time.Second
 
 // start creates a family of sites, starts it and its write load.
-func start(ctx context.Context, env Env, seed uint64, sites int, lo LoadOptions, setup func(*Harness)) (*Harness, *Load, error) {
+// setup, when given, runs before the nodes start (to change a node's
+// environment or ppsync.toml).
+func start(ctx context.Context, env Env, seed uint64, sites int, lo LoadOptions, setup func(*Harness) error) (*Harness, *Load, error) {
 	h, err := New(ctx, env.options(seed, sites))
 	if err != nil {
 		return nil, nil, err
 	}
 	if setup != nil {
-		setup(h)
+		if err := setup(h); err != nil {
+			h.Close()
+			return nil, nil, err
+		}
 	}
 	if err := h.StartAll(ctx); err != nil {
 		h.Close()
@@ -234,8 +239,9 @@ func (n *Node) Peers(ctx context.Context) ([]PeerRow, error) {
 func ClockSkew(ctx context.Context, env Env, seed uint64) (res Result, err error) {
 	res = Result{Name: "clock-skew", Seed: seed}
 	const slow = -3 * time.Minute
-	h, load, err := start(ctx, env, seed, 3, lightLoad, func(h *Harness) {
+	h, load, err := start(ctx, env, seed, 3, lightLoad, func(h *Harness) error {
 		h.Sites[2].SetEnv("PPSYNC_CLOCK_OFFSET", slow.String())
+		return nil
 	})
 	if err != nil {
 		return res, err
@@ -333,7 +339,10 @@ func ForeignFamily(ctx context.Context, env Env, seed uint64) (res Result, err e
 	if err != nil {
 		return res, err
 	}
-	intruder, err := h.AddNode(ctx, authB, "intruder", h.Sites[0].Site, "site", nil)
+	// The other family's family.json lists no bootstrap: the intruder is
+	// given every address of ours with --bootstrap, the one node of the
+	// suite that needs the flag.
+	intruder, err := h.AddNode(ctx, authB, "intruder", h.Sites[0].Site, "site")
 	if err != nil {
 		return res, err
 	}

@@ -1,7 +1,12 @@
 // Package fault is ppsync's fault suite against real processes: it builds the
 // ppsync binary, sets up a family (a relay and 3 to 5 sites) through the
-// command line exactly as the README's "Setting up a real family" does, runs
-// every node as its own `ppsync run` process on 127.0.0.1, drives write load
+// command line exactly as the README's "Setting up a real family" does — the
+// relay first, then `ppsync family bootstrap --add` with the relay's address,
+// then the sites, whose `init` copies family.json with that address; every
+// node installs its own certificate and no other, and learns the family in
+// the hello exchange — runs every node as its own `ppsync run` process on
+// 127.0.0.1 (no --bootstrap flag, but for the foreign-family attack's
+// intruder, which is given our addresses that way), drives write load
 // at every site through the local API, and records every acknowledged
 // transaction. Then it breaks things on a schedule drawn from a printed seed —
 // kill -9 (during writes and during catch-up), partitions and one-way
@@ -23,15 +28,19 @@
 // loopback 127.0.0.1: nothing leaves the machine and no node can reach another
 // node's socket directly. In every other node's namespace the harness listens
 // on 127.0.0.1 at the SAME port number as the node's real listen port and
-// forwards to the node (the bootstrap address given to the sites is the
-// relay's, which is therefore its proxy's everywhere but in its own
+// forwards to the node (the relay's address in family.json's bootstrap,
+// 127.0.0.1 at its port, is therefore its proxy's everywhere but in its own
 // namespace). So every address a node advertises is valid everywhere, and
 // every byte between two nodes crosses the harness's proxy. A blocked flow
 // stalls: the bytes from one node to the other are held, like a link that
-// drops every packet, and new connections between the two are refused while
-// either direction is blocked (TCP needs both). A one-way partition therefore
-// stalls one direction of the connections that exist; a cut blocks both and
-// resets them. Direct site-to-site paths and the relay's circuits are both
+// drops every packet, and so is the end of a stream (a FIN or reset crosses
+// once the flow is open again); new connections between the two are refused
+// while either direction is blocked (TCP needs both). A one-way partition
+// therefore stalls one direction of the connections that exist; a cut blocks
+// both and resets them; a stall (Net.Stall, the schedules' "stall" and the
+// online-truth scenario) blocks both without any reset and holds new
+// connections unanswered instead of refusing them, as when a cable is
+// pulled. Direct site-to-site paths and the relay's circuits are both
 // under the harness's control: cutting every site-to-site link leaves the
 // relay as the only path, and the relay-only-path scenario checks that no
 // direct path survives. The test process reaches each node's API through a
@@ -40,20 +49,38 @@
 //
 // Without the privilege to create namespaces (or with PPSYNC_FAULT_SHARED
 // set), every node shares the test's loopback, the schedules leave the
-// partition faults out and the relay-only-path scenario is skipped with the
-// reason; kill, freeze, clock, disk and attack faults still run.
+// partition faults out and the relay-only-path, online-truth and
+// lan-discovery scenarios are skipped with the reason; kill, freeze, clock,
+// disk and attack faults still run.
+//
+// # Online status and the LAN
+//
+// online-truth stalls one site of a relay and two sites from every member
+// and polls GET /v1/status every 250 ms: the site must say `online: false`
+// with an `offline_reason` and `peers: 0` within 15 s, and `online: true`
+// within 5 s of the heal; the other site, with `connectivity_check = false`,
+// is stalled the same way and must never say `online: false`. The measured
+// times are the scenario's notes.
+//
+// lan-discovery puts two sites (own certificates only, the relay in
+// family.json never reachable, `lan_discovery = true`, listening on 0.0.0.0)
+// in two namespaces of their own joined by a veth pair (10.231.0.1/24 and
+// 10.231.0.2/24; no other interface, so no traffic can leave them), made with
+// iproute2's `ip`: they must find each other by mDNS, prove their membership
+// in the hello exchange and sync. Without `ip` it is skipped with the reason.
 //
 // # Running
 //
 // `go test ./integration/fault/` (part of `make check`) runs TestFaults: the
 // schedules of fixedSeeds plus one random seed (printed), and one each of the
-// long-offline, relay-only-path, clock-skew, disk-full, foreign-family and
-// cloned-site scenarios, a few at a time. Each failure prints the command that
-// replays it: PPSYNC_FAULT_SEED=N (with PPSYNC_FAULT_DURATION for a soak
-// schedule) and -run 'TestFaults/NAME'. A scenario whose only violations are
-// those of a known product bug (KnownBugs) is skipped with "BUG: ...", so it
-// stays as that bug's regression test. PPSYNC_FAULT_KEEP keeps a scenario's
-// directory (node logs), PPSYNC_FAULT_DEBUG runs the nodes at debug level.
+// long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
+// cloned-site, online-truth and lan-discovery scenarios, a few at a time. Each
+// failure prints the command that replays it: PPSYNC_FAULT_SEED=N (with
+// PPSYNC_FAULT_DURATION for a soak schedule) and -run 'TestFaults/NAME'. A
+// scenario whose only violations are those of a known product bug (KnownBugs)
+// is skipped with "BUG: ...", so it stays as that bug's regression test.
+// PPSYNC_FAULT_KEEP keeps a scenario's directory (node logs),
+// PPSYNC_FAULT_DEBUG runs the nodes at debug level.
 //
 // `make soak SOAK=30m` (PPSYNC_SOAK=30m) runs TestSoak: randomized schedules
 // of 30 to 90 s, with an attack or special scenario every fifth round, for that

@@ -42,7 +42,8 @@ type scenario struct {
 //     relay as the only path, stalls, SIGSTOP, long offline stretches) for the
 //     fixed seeds plus one random seed, or only PPSYNC_FAULT_SEED;
 //   - long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-//     cloned-site: one scenario each (seed PPSYNC_FAULT_SEED or a fixed one).
+//     cloned-site, online-truth, lan-discovery: one scenario each (seed
+//     PPSYNC_FAULT_SEED or a fixed one).
 //
 // After each: every acknowledged transaction at every node with its content,
 // none applied twice, equal digests, `ppsync verify` clean on every node.
@@ -87,6 +88,8 @@ func TestFaults(t *testing.T) {
 	special("disk-full", 15, DiskFull)
 	special("foreign-family", 12, ForeignFamily)
 	special("cloned-site", 13, ClonedSite)
+	special("online-truth", 17, OnlineTruth)
+	special("lan-discovery", 18, LANDiscovery)
 
 	par := 3
 	if v := os.Getenv("PPSYNC_FAULT_PARALLEL"); v != "" {

@@ -97,14 +97,55 @@ type Harness struct {
 	closed     bool
 }
 
-// New creates a family in opts.Dir through the command line — family create,
-// init per node (the relay with --role relay), family admit, install of each
-// node's own certificate and of the relay's — and turns LAN discovery off in
+// New creates a family in opts.Dir through the command line, the way the
+// README's "Setting up a real family" does: `family create`; the relay set up
+// first (`init --role relay`, `family admit`, `install` of its own
+// certificate); `family bootstrap --add` with the relay's address, as the
+// sites will dial it; then each site (`init`, which copies family.json and so
+// the bootstrap, `admit`, `install` of its own certificate). No node holds
+// another member's certificate: the sites find the relay through family.json
+// and learn the family in the hello exchange. LAN discovery is turned off in
 // each ppsync.toml. Nothing runs yet: see StartAll.
 func New(ctx context.Context, opts Options) (h *Harness, err error) {
 	if opts.Sites < 1 {
 		opts.Sites = 3
 	}
+	h, err = newHarness(opts)
+	if err != nil {
+		return h, err
+	}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
+	h.Auth = filepath.Join(h.dir, "authority")
+	if h.FamilyID, err = h.CreateFamily(ctx, h.Auth, "Fault Family"); err != nil {
+		return h, err
+	}
+	if h.Relay, err = h.AddNode(ctx, h.Auth, RelayName, RelayName, "relay"); err != nil {
+		return h, err
+	}
+	// In isolated mode this is the address of the relay's proxy in every
+	// other namespace (same port), so it is valid at every site.
+	if err := h.AddBootstrap(ctx, h.Auth, h.Relay.ListenAddr()); err != nil {
+		return h, err
+	}
+	for i := 1; i <= opts.Sites; i++ {
+		name := fmt.Sprintf("clinic-%d", i)
+		s, err := h.AddNode(ctx, h.Auth, name, name, "site")
+		if err != nil {
+			return h, err
+		}
+		h.Sites = append(h.Sites, s)
+	}
+	return h, nil
+}
+
+// newHarness returns a harness without a family: its directories, its
+// network (isolated when the process may create namespaces) and the shared
+// worker.
+func newHarness(opts Options) (h *Harness, err error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
@@ -120,33 +161,15 @@ func New(ctx context.Context, opts Options) (h *Harness, err error) {
 	if opts.Cleanup != nil {
 		opts.Cleanup(h.Close)
 	}
-	defer func() {
-		if err != nil {
-			h.Close()
-		}
-	}()
 	if h.shared, err = newWorker(false); err != nil {
+		h.Close()
 		return h, err
 	}
 	for _, d := range []string{"logs", "certs", "nodes"} {
 		if err := os.MkdirAll(filepath.Join(h.dir, d), 0o755); err != nil {
+			h.Close()
 			return h, err
 		}
-	}
-	h.Auth = filepath.Join(h.dir, "authority")
-	if h.FamilyID, err = h.CreateFamily(ctx, h.Auth, "Fault Family"); err != nil {
-		return h, err
-	}
-	if h.Relay, err = h.AddNode(ctx, h.Auth, RelayName, RelayName, "relay", nil); err != nil {
-		return h, err
-	}
-	for i := 1; i <= opts.Sites; i++ {
-		name := fmt.Sprintf("clinic-%d", i)
-		s, err := h.AddNode(ctx, h.Auth, name, name, "site", h.Relay)
-		if err != nil {
-			return h, err
-		}
-		h.Sites = append(h.Sites, s)
 	}
 	return h, nil
 }
@@ -187,12 +210,27 @@ func (h *Harness) CreateFamily(ctx context.Context, dir, name string) (string, e
 	return r.FamilyID, nil
 }
 
-// AddNode sets up one node of the family whose authority is in auth: `ppsync
-// init` (role site or relay), `family admit`, `install` of its certificate and,
-// when relay is given, of the relay's certificate; LAN discovery off. The node
-// gets a port and a network namespace; it does not run yet. name is the
-// harness's name for the node (its data directory's), site its site ID.
-func (h *Harness) AddNode(ctx context.Context, auth, name, site, role string, relay *Node) (*Node, error) {
+// AddNode sets up one node of the family whose authority is in auth (see
+// setupNode) and gives it a port and a network namespace; it does not run
+// yet. name is the harness's name for the node (its data directory's), site
+// its site ID. The node holds its own certificate only; it finds the family
+// through the bootstrap of auth's family.json, as copied by its init.
+func (h *Harness) AddNode(ctx context.Context, auth, name, site, role string) (*Node, error) {
+	n, err := h.setupNode(ctx, auth, name, site, role)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.attach(n); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// setupNode runs, for one node, what a site and support do by hand: `ppsync
+// init` (role site or relay) with auth's family.json, `family admit` of its
+// join request, `install` of its certificate (and of no other); LAN discovery
+// off. The node has no port or namespace yet.
+func (h *Harness) setupNode(ctx context.Context, auth, name, site, role string) (*Node, error) {
 	data := filepath.Join(h.dir, "nodes", name)
 	out, err := h.CLI(ctx, "init", "--data", data, "--family", filepath.Join(auth, "family.json"), "--site", site, "--role", role, "--json")
 	if err != nil {
@@ -211,59 +249,72 @@ func (h *Harness) AddNode(ctx context.Context, auth, name, site, role string, re
 	if _, err := h.CLI(ctx, "install", "--data", data, cert); err != nil {
 		return nil, err
 	}
-	if relay != nil {
-		if _, err := h.CLI(ctx, "install", "--data", data, filepath.Join(h.dir, "certs", relay.Name+".cert")); err != nil {
-			return nil, err
-		}
-	}
-	if err := disableLAN(data); err != nil {
+	if err := SetConfig(data, "lan_discovery", "false"); err != nil {
 		return nil, err
 	}
 	famID, err := readFamilyID(auth)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{h: h, Name: name, Site: site, Role: role, Data: data, PeerID: ir.PeerID, Family: famID,
-		logPath: filepath.Join(h.dir, "logs", name+".log"), env: map[string]string{}}
-	if relay != nil {
-		n.Boot = []string{relay.ListenAddr()}
-	}
-	if err := h.attach(n); err != nil {
-		return nil, err
-	}
-	return n, nil
+	return &Node{h: h, Name: name, Site: site, Role: role, Data: data, PeerID: ir.PeerID, Family: famID,
+		logPath: filepath.Join(h.dir, "logs", name+".log"), env: map[string]string{}}, nil
 }
 
-// attach gives a set-up node its port, namespace and API forwarder.
+// AddBootstrap runs `ppsync family bootstrap --dir auth --add addr`: nodes
+// initialized afterwards find addr in their copy of family.json.
+func (h *Harness) AddBootstrap(ctx context.Context, auth, addr string) error {
+	_, err := h.CLI(ctx, "family", "bootstrap", "--dir", auth, "--add", addr)
+	return err
+}
+
+// attach gives a set-up node its port, namespace and API forwarder, and puts
+// it on the harness's network (behind the proxies when isolated).
 func (h *Harness) attach(n *Node) error {
-	var err error
 	if h.Net.Isolated() {
-		h.mu.Lock()
-		n.Port = h.nextPort
-		h.nextPort++
-		h.mu.Unlock()
-		if n.ns, err = newWorker(true); err != nil {
+		ns, err := newWorker(true)
+		if err != nil {
 			return err
 		}
-		if n.fwd, err = newAPIForwarder(n.ns); err != nil {
-			n.ns.close()
+		if err := h.attachIn(n, ns); err != nil {
+			ns.close()
 			return err
 		}
 	} else {
+		var err error
 		if n.Port, err = freePort(); err != nil {
 			return err
 		}
 		n.ns = h.shared
+		h.mu.Lock()
+		h.nodes = append(h.nodes, n)
+		h.mu.Unlock()
 	}
+	return h.Net.add(n.Name, n.Port, n.ns)
+}
+
+// attachIn gives a set-up node a port of its own and runs it in the
+// namespace of ns (the harness closes ns with the node), with an API
+// forwarder; it does not put it on the harness's network (no proxies).
+func (h *Harness) attachIn(n *Node, ns *nsWorker) error {
+	h.mu.Lock()
+	n.Port = h.nextPort
+	h.nextPort++
+	h.mu.Unlock()
+	fwd, err := newAPIForwarder(ns)
+	if err != nil {
+		return err
+	}
+	n.ns, n.fwd = ns, fwd
 	h.mu.Lock()
 	h.nodes = append(h.nodes, n)
 	h.mu.Unlock()
-	return h.Net.add(n.Name, n.Port, n.ns)
+	return nil
 }
 
 // CloneNode copies the data directory of a stopped node into a new node named
 // name (a second copy of the same site: same keys, same certificate, same
-// machine ID), with a port and namespace of its own.
+// family.json and so the same bootstrap, same machine ID), with a port and
+// namespace of its own.
 func (h *Harness) CloneNode(src *Node, name string) (*Node, error) {
 	if src.Running() {
 		return nil, fmt.Errorf("fault: stop %s before copying its data directory", src.Name)
@@ -412,8 +463,10 @@ func (h *Harness) Close() {
 	}
 }
 
-// disableLAN replaces the `lan_discovery = true` line of DATA/ppsync.toml.
-func disableLAN(data string) error {
+// SetConfig sets one setting of DATA/ppsync.toml (which init writes with
+// every setting present) to value, a TOML value as written (`false`, `"30s"`),
+// for the node's next start.
+func SetConfig(data, key, value string) error {
 	path := filepath.Join(data, "ppsync.toml")
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -422,12 +475,13 @@ func disableLAN(data string) error {
 	lines := strings.Split(string(b), "\n")
 	found := false
 	for i, l := range lines {
-		if strings.HasPrefix(strings.TrimSpace(l), "lan_discovery") {
-			lines[i], found = "lan_discovery = false", true
+		k, _, ok := strings.Cut(l, "=")
+		if ok && strings.TrimSpace(k) == key && !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			lines[i], found = key+" = "+value, true
 		}
 	}
 	if !found {
-		return fmt.Errorf("fault: %s has no lan_discovery line to replace", path)
+		return fmt.Errorf("fault: %s has no %s line to replace", path, key)
 	}
 	return os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644)
 }

@@ -41,9 +41,10 @@ type Node struct {
 	Role    string // "site" or "relay"
 	Data    string // data directory
 	Port    int    // libp2p listen port on 127.0.0.1 (in its namespace when isolated)
+	Listen  string // when set, the --listen address instead of 127.0.0.1:Port (like /ip4/0.0.0.0/tcp/PORT)
 	PeerID  string
 	Family  string   // family ID
-	Boot    []string // --bootstrap addresses
+	Boot    []string // --bootstrap addresses besides family.json's: only where a scenario needs them
 	ns      *nsWorker
 	fwd     *apiForwarder // isolated mode: the test's way to the API
 	logPath string
@@ -145,7 +146,11 @@ func (n *Node) Start(ctx context.Context) error {
 	starts := n.starts
 	n.mu.Unlock()
 
-	args := []string{"run", "--data", n.Data, "--listen", "/ip4/127.0.0.1/tcp/" + strconv.Itoa(n.Port),
+	listen := n.Listen
+	if listen == "" {
+		listen = "/ip4/127.0.0.1/tcp/" + strconv.Itoa(n.Port)
+	}
+	args := []string{"run", "--data", n.Data, "--listen", listen,
 		"--api", "127.0.0.1:0", "--headless", "--log-level", logLevel()}
 	for _, b := range n.Boot {
 		args = append(args, "--bootstrap", b)

@@ -27,9 +27,12 @@ type flow struct{ from, to string }
 // target; every byte between nodes passes through it.
 //
 // A blocked flow stalls: bytes from one node to the other are held (not read
-// further, like a link that drops every packet), and new connections between
-// the two are refused. Blocks are counted, so overlapping faults heal
-// independently. Cut also resets the connections that exist.
+// further, like a link that drops every packet), and so is the end of a
+// stream (a FIN or a reset crosses the link only once it is open again). New
+// connections between the two are refused while either direction is blocked,
+// except under a Stall, which holds them unanswered until it ends. Blocks are
+// counted, so overlapping faults heal independently. Cut also resets the
+// connections that exist.
 type Net struct {
 	isolated bool
 	logf     func(string, ...any)
@@ -37,6 +40,7 @@ type Net struct {
 	mu       sync.Mutex
 	nodes    map[string]*netNode
 	blocked  map[flow]int
+	stalled  map[flow]int  // pairs (both orders) under Stall: new connections wait instead of being refused
 	changed  chan struct{} // closed and replaced on every change of blocked
 	conns    map[*pconn]struct{}
 	closed   bool
@@ -69,7 +73,7 @@ func (c *pconn) close() {
 }
 
 func newNet(isolated bool, logf func(string, ...any)) *Net {
-	return &Net{isolated: isolated, logf: logf, nodes: map[string]*netNode{}, blocked: map[flow]int{},
+	return &Net{isolated: isolated, logf: logf, nodes: map[string]*netNode{}, blocked: map[flow]int{}, stalled: map[flow]int{},
 		changed: make(chan struct{}), conns: map[*pconn]struct{}{}}
 }
 
@@ -135,13 +139,7 @@ func (n *Net) forward(dialer, target *netNode) error {
 }
 
 func (n *Net) serve(client net.Conn, dialer string, target *netNode, addr string) {
-	n.mu.Lock()
-	refuse := n.closed || n.blocked[flow{dialer, target.name}] > 0 || n.blocked[flow{target.name, dialer}] > 0
-	if refuse {
-		n.refused++
-	}
-	n.mu.Unlock()
-	if refuse {
+	if !n.admit(dialer, target.name) {
 		client.Close()
 		return
 	}
@@ -171,8 +169,33 @@ func (n *Net) serve(client net.Conn, dialer string, target *netNode, addr string
 	n.mu.Unlock()
 }
 
+// admit decides whether a new connection from dialer to target may go
+// through now: not while either direction between them is blocked. Under a
+// Stall it waits (the dialer sees a connection that never answers) until the
+// pair is open again; otherwise a blocked pair refuses at once.
+func (n *Net) admit(dialer, target string) bool {
+	for {
+		n.mu.Lock()
+		blocked := n.blocked[flow{dialer, target}] > 0 || n.blocked[flow{target, dialer}] > 0
+		hold := blocked && n.stalled[flow{dialer, target}] > 0
+		closed, ch := n.closed, n.changed
+		if closed || (blocked && !hold) {
+			n.refused++
+		}
+		n.mu.Unlock()
+		switch {
+		case closed || (blocked && !hold):
+			return false
+		case !blocked:
+			return true
+		}
+		<-ch
+	}
+}
+
 // pump copies src to dst (bytes flowing from -> to), holding them while that
 // flow is blocked. An orderly end of src half-closes dst; an error closes both.
+// Either end crosses only while the flow is open, like the bytes before it.
 func (n *Net) pump(c *pconn, dst, src net.Conn, from, to string) {
 	buf := make([]byte, 32<<10)
 	for {
@@ -182,9 +205,15 @@ func (n *Net) pump(c *pconn, dst, src net.Conn, from, to string) {
 				return
 			}
 			if _, werr := dst.Write(buf[:k]); werr != nil {
-				c.close()
+				// dst's node closed or reset: the news goes back the other way.
+				if n.waitOpen(c, flow{to, from}) {
+					c.close()
+				}
 				return
 			}
+		}
+		if err != nil && !n.waitOpen(c, flow{from, to}) {
+			return
 		}
 		if errors.Is(err, io.EOF) {
 			if tc, ok := dst.(*net.TCPConn); ok {
@@ -264,6 +293,42 @@ func (n *Net) Mend(a, b string) {
 	n.Unblock(b, a)
 }
 
+// Stall blocks both directions between a and b without resetting anything:
+// packets simply stop, as when a cable is pulled or a firewall starts
+// dropping. The connections that exist stay open with their bytes (and their
+// ends) held, and new connections between the two are held unanswered, not
+// refused, until the stall ends. Unstall undoes it.
+func (n *Net) Stall(a, b string) error {
+	if !n.isolated {
+		return ErrNotIsolated
+	}
+	n.mu.Lock()
+	n.blocked[flow{a, b}]++
+	n.blocked[flow{b, a}]++
+	n.stalled[flow{a, b}]++
+	n.stalled[flow{b, a}]++
+	n.notifyLocked()
+	n.mu.Unlock()
+	return nil
+}
+
+// Unstall undoes one Stall.
+func (n *Net) Unstall(a, b string) {
+	n.mu.Lock()
+	for _, f := range []flow{{a, b}, {b, a}} {
+		for _, m := range []map[flow]int{n.blocked, n.stalled} {
+			if m[f] > 0 {
+				m[f]--
+			}
+			if m[f] == 0 {
+				delete(m, f)
+			}
+		}
+	}
+	n.notifyLocked()
+	n.mu.Unlock()
+}
+
 // Reset closes every connection between a and b.
 func (n *Net) Reset(a, b string) {
 	n.mu.Lock()
@@ -279,10 +344,11 @@ func (n *Net) Reset(a, b string) {
 	}
 }
 
-// HealAll removes every block.
+// HealAll removes every block and stall.
 func (n *Net) HealAll() {
 	n.mu.Lock()
 	clear(n.blocked)
+	clear(n.stalled)
 	n.notifyLocked()
 	n.mu.Unlock()
 }
@@ -318,6 +384,7 @@ func (n *Net) close() {
 		cs = append(cs, c)
 	}
 	clear(n.blocked)
+	clear(n.stalled)
 	n.notifyLocked()
 	n.mu.Unlock()
 	for _, ln := range lns {

@@ -24,7 +24,7 @@ const (
 	FaultIsolate     = "isolate"                // cut one node from every other
 	FaultSplit       = "split"                  // cut the family into two groups
 	FaultRelayOnly   = "relay-only-path"        // cut every site-to-site link: everything goes through the relay
-	FaultStall       = "stall"                  // both directions between two nodes stall (no reset)
+	FaultStall       = "stall"                  // both directions between two nodes stall (Net.Stall: no reset, new connections unanswered)
 	FaultOffline     = "long-offline"           // a site offline (cut off or stopped) while the others write tens of thousands of entries
 	FaultClockJump   = "clock-jump"             // restart a site with its clock shifted (PPSYNC_CLOCK_OFFSET)
 )
@@ -314,9 +314,7 @@ func (r *faultRunner) run(ctx context.Context, s Step) error {
 		case oneWay:
 			err = h.Net.Block(p[0], p[1])
 		case s.Kind == FaultStall:
-			if err = h.Net.Block(p[0], p[1]); err == nil {
-				err = h.Net.Block(p[1], p[0])
-			}
+			err = h.Net.Stall(p[0], p[1])
 		default:
 			err = h.Net.Cut(p[0], p[1])
 		}
@@ -326,9 +324,13 @@ func (r *faultRunner) run(ctx context.Context, s Step) error {
 	}
 	hold(ctx, s.Hold)
 	for _, p := range pairs {
-		h.Net.Unblock(p[0], p[1])
-		if !oneWay {
-			h.Net.Unblock(p[1], p[0])
+		switch {
+		case oneWay:
+			h.Net.Unblock(p[0], p[1])
+		case s.Kind == FaultStall:
+			h.Net.Unstall(p[0], p[1])
+		default:
+			h.Net.Mend(p[0], p[1])
 		}
 	}
 	return nil

@@ -50,6 +50,8 @@ func TestSoak(t *testing.T) {
 		{"relay-only-path", func(e Env, s uint64) (Result, error) { return RelayOnly(testContext(t), e, s) }, "relay-only-path"},
 		{"clock-skew", func(e Env, s uint64) (Result, error) { return ClockSkew(testContext(t), e, s) }, "clock-skew"},
 		{"disk-full", func(e Env, s uint64) (Result, error) { return DiskFull(testContext(t), e, s) }, "disk-full"},
+		{"online-truth", func(e Env, s uint64) (Result, error) { return OnlineTruth(testContext(t), e, s) }, "online-truth"},
+		{"lan-discovery", func(e Env, s uint64) (Result, error) { return LANDiscovery(testContext(t), e, s) }, "lan-discovery"},
 	}
 	end := time.Now().Add(total)
 	for round := 0; time.Now().Before(end); round++ {
