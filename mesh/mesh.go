@@ -50,7 +50,7 @@ type Config struct {
 	// LivenessTimeout is how long a connected member may stay silent (no
 	// heartbeat, no message, no answer to a liveness ping) before this node
 	// closes its connections to it and reports it gone (default twice the
-	// heartbeat interval plus 2s, at least 5s). A cut link that sends no
+	// heartbeat interval plus 1s, at least 5s). A cut link that sends no
 	// reset is noticed this way, not after TCP's minutes.
 	LivenessTimeout time.Duration
 }
@@ -117,7 +117,7 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		}
 	}
 	if cfg.LivenessTimeout <= 0 {
-		cfg.LivenessTimeout = max(2*cfg.HeartbeatInterval+2*time.Second, 5*time.Second)
+		cfg.LivenessTimeout = max(2*cfg.HeartbeatInterval+time.Second, 5*time.Second)
 	}
 	priv, err := crypto.UnmarshalEd25519PrivateKey(cfg.Key)
 	if err != nil {
