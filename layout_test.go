@@ -47,16 +47,17 @@ func layer(path string) string {
 // allowed lists, per layer, the layers of this module it may depend on
 // (directly or not): cmd -> node -> {mesh, txlog, state, lock, family} -> internal.
 var allowed = map[string][]string{
-	"cmd":         {"node", "family", "mesh", "txlog", "state", "lock", "internal"},
-	"node":        {"mesh", "txlog", "state", "lock", "family", "internal"},
+	"cmd":         {"node", "family", "mesh", "txlog", "state", "lock", "db", "internal"},
+	"node":        {"mesh", "txlog", "state", "lock", "family", "db", "internal"},
+	"db":          {"db", "internal"},
 	"mesh":        {"internal"},
 	"txlog":       {"internal"},
 	"state":       {"internal"},
 	"lock":        {"internal"},
 	"family":      {"internal"},
 	"internal":    {"internal"},
-	"integration": {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "internal"},
-	"":            {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "internal", "integration"},
+	"integration": {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "db", "internal"},
+	"":            {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "db", "internal", "integration"},
 }
 
 // directAllowed restricts what cmd may import directly: node, and family for

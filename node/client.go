@@ -139,6 +139,22 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return s, err
 }
 
+// DBStatus returns the practice database's sync (GET /v1/db).
+func (c *Client) DBStatus(ctx context.Context) (DBStatus, error) {
+	var s DBStatus
+	err := c.do(ctx, http.MethodGet, "/v1/db", nil, "", &s)
+	return s, err
+}
+
+// DBCheck compares the practice database with the merged state and, with
+// repair, makes it match (POST /v1/db/check).
+func (c *Client) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) {
+	var r DBCheckResult
+	body, _ := json.Marshal(map[string]bool{"repair": repair})
+	err := c.do(ctx, http.MethodPost, "/v1/db/check", bytes.NewReader(body), "application/json", &r)
+	return r, err
+}
+
 // Transact commits one transaction (POST /v1/transactions).
 func (c *Client) Transact(ctx context.Context, tx TxRequest) (TxResult, error) {
 	var r TxResult

@@ -55,6 +55,12 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 	// MDNS finds family members on the local network (multicast DNS).
 	MDNS bool `toml:"lan_discovery"`
+	// DB is the practice database to sync: sqlite:PATH (empty: none; the
+	// node then syncs only what is written through its API).
+	DB string `toml:"db"`
+	// DBTables, when set, are the only tables synced; DBExclude are never.
+	DBTables  []string `toml:"db_tables"`
+	DBExclude []string `toml:"db_exclude"`
 	// HeartbeatInterval is how often the node gossips its heartbeat (tests
 	// shorten it; default 5s).
 	HeartbeatInterval time.Duration `toml:"-"`
@@ -118,6 +124,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("node: log_level %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if c.DB != "" && !strings.HasPrefix(c.DB, "sqlite:") && !strings.HasPrefix(c.DB, "postgres://") && !strings.HasPrefix(c.DB, "postgresql://") {
+		return fmt.Errorf("node: db %q is not a database URL ppsync knows (use sqlite:/path/to/practice.db)", c.DB)
 	}
 	for _, a := range append(append([]string(nil), c.Listen...), c.Bootstrap...) {
 		if !strings.HasPrefix(a, "/") {
@@ -187,6 +196,17 @@ log_level = {{printf "%q" .LogLevel}}
 # Find family members on the local network (multicast DNS), so sites in one
 # building sync directly even without the internet.
 lan_discovery = {{.MDNS}}
+
+# The practice database this node keeps in sync: sqlite:/path/to/practice.db.
+# Set by ` + "`ppsync init --db`" + `, which binds the node to that database. Empty:
+# none (only what is written through the API is synced).
+db = {{printf "%q" .DB}}
+
+# Sync only these tables (empty: every table with a primary key).
+db_tables = [{{range $i, $a := .DBTables}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]
+
+# Never sync these tables.
+db_exclude = [{{range $i, $a := .DBExclude}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]
 `))
 
 // SaveConfig writes c to DATA/ppsync.toml, every setting present and commented.

@@ -3,6 +3,7 @@ package node
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,6 +29,21 @@ type identity struct {
 	Role      family.Role `json:"role"`
 	PeerID    string      `json:"peer_id"`
 	CreatedAt time.Time   `json:"created_at"`
+	// The practice database init bound the node to (empty without one): the
+	// random ID ppsync stored in it and what it was ("sqlite:/srv/pps.db").
+	DBID     string `json:"db_id,omitempty"`
+	DBDetail string `json:"db,omitempty"`
+}
+
+// bindingID is the database ID a certificate names: the node store's own,
+// combined with the practice database's when there is one, so the
+// certificate binds the node to both.
+func bindingID(storeID, practiceID string) string {
+	if practiceID == "" {
+		return storeID
+	}
+	sum := sha256.Sum256([]byte("ppsync binding v1\n" + storeID + "\n" + practiceID))
+	return hex.EncodeToString(sum[:16])
 }
 
 func readIdentity(dataDir string) (identity, error) {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ppsync/ppsync/db"
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/internal/wire"
@@ -22,6 +24,10 @@ type InitOptions struct {
 	Role       string              // "site" (default) or "relay"
 	Env        func(string) string // environment (PPSYNC_MACHINE_ID); nil: empty
 	Now        func() time.Time
+	// DB is the practice database to bind and sync (sqlite:PATH); empty: none.
+	DB        string
+	DBTables  []string
+	DBExclude []string
 }
 
 // InitResult says what Init created.
@@ -30,6 +36,11 @@ type InitResult struct {
 	PeerID      string
 	DatabaseID  string
 	Fingerprint string
+	// The practice database, when one was given: its identity, the tables
+	// that will be synced and those that will not (with why).
+	DB       string   `json:"db,omitempty"`
+	DBTables []string `json:"db_tables,omitempty"`
+	DBSkip   []string `json:"db_skipped,omitempty"`
 }
 
 // Init sets up a new node in opts.DataDir: its key, API key, database and
@@ -72,6 +83,32 @@ func Init(opts InitOptions) (InitResult, error) {
 		return res, fmt.Errorf("node: %s already holds the node of site %q; use an empty directory for a new node", opts.DataDir, id.Site)
 	}
 
+	var practice db.Identity
+	if opts.DB != "" {
+		c, err := openConnector(context.Background(), opts.DB, opts.DBTables, opts.DBExclude, nil)
+		if err != nil {
+			return res, err
+		}
+		practice, err = c.Identity(context.Background())
+		if err == nil {
+			var sch *db.Schema
+			if sch, err = c.Schema(context.Background()); err == nil {
+				for _, t := range sch.Tables {
+					res.DBTables = append(res.DBTables, t.Name)
+				}
+				for _, k := range sch.Skipped {
+					res.DBSkip = append(res.DBSkip, k.Table+": "+k.Reason)
+				}
+			}
+		}
+		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return res, err
+		}
+		res.DB = practice.Detail
+	}
 	fp, err := lock.Fingerprint(info.FamilyID, opts.Env)
 	if err != nil {
 		return res, err
@@ -104,7 +141,7 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := os.MkdirAll(filepath.Join(opts.DataDir, CertsDir), 0o700); err != nil {
 		return res, fmt.Errorf("node: create %s: %w", CertsDir, err)
 	}
-	req, err := family.NewJoinRequest(info, opts.Site, role, priv.Public().(ed25519PublicKey), fp, dbID, opts.Now())
+	req, err := family.NewJoinRequest(info, opts.Site, role, priv.Public().(ed25519PublicKey), fp, bindingID(dbID, practice.ID), opts.Now())
 	if err != nil {
 		return res, err
 	}
@@ -116,11 +153,13 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := writeFileAtomic(res.JoinRequest, rb, 0o644); err != nil {
 		return res, err
 	}
-	if err := SaveConfig(DefaultConfig(opts.DataDir)); err != nil {
+	cfg := DefaultConfig(opts.DataDir)
+	cfg.DB, cfg.DBTables, cfg.DBExclude = opts.DB, opts.DBTables, opts.DBExclude
+	if err := SaveConfig(cfg); err != nil {
 		return res, err
 	}
 	idb, err := json.MarshalIndent(identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
-		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second)}, "", "  ")
+		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second), DBID: practice.ID, DBDetail: practice.Detail}, "", "  ")
 	if err != nil {
 		return res, fmt.Errorf("node: encode identity: %w", err)
 	}
@@ -128,6 +167,6 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := writeFileAtomic(filepath.Join(opts.DataDir, NodeFile), append(idb, '\n'), 0o644); err != nil {
 		return res, err
 	}
-	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), dbID, fp
+	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), bindingID(dbID, practice.ID), fp
 	return res, nil
 }

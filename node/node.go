@@ -16,6 +16,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/ppsync/ppsync/db"
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
@@ -46,6 +47,8 @@ type Node struct {
 	start    time.Time
 	mesh     *mesh.Mesh
 	sync     *syncer
+	dbs      *dbsync      // the practice database, nil without one
+	dbc      db.Connector // its connector
 	events   *eventHub
 	counters counters
 	page     *page // the sync page's logins and sessions
@@ -152,6 +155,16 @@ func (n *Node) open(ctx context.Context) error {
 	if !found {
 		dbID = "missing" // the store was replaced or recreated: not the database the certificate names
 	}
+	if id.DBID != "" || n.cfg.DB != "" {
+		if err := n.openPracticeDB(ctx); err != nil {
+			return err
+		}
+		practice, err := n.dbc.Identity(ctx)
+		if err != nil {
+			return err
+		}
+		dbID = bindingID(dbID, practice.ID)
+	}
 	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID},
 		lock.Binding{Fingerprint: fp, DatabaseID: dbID}); err != nil {
 		return err
@@ -172,10 +185,38 @@ func (n *Node) open(ctx context.Context) error {
 	if err := n.startMesh(ctx); err != nil {
 		return err
 	}
+	if n.dbc != nil {
+		n.dbs = newDBSync(n, n.dbc)
+		n.goTracked(func() { n.dbs.run(n.ctx) })
+	}
 	if n.ln, err = net.Listen("tcp", n.cfg.API); err != nil {
 		return fmt.Errorf("node: the API cannot listen on %s (%v); choose another address with --api HOST:PORT or in %s", n.cfg.API, err, ConfigFile)
 	}
 	n.srv = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	return nil
+}
+
+// openPracticeDB opens the practice database the configuration names and
+// refuses (exit 4) one that is not the database init bound this node to.
+func (n *Node) openPracticeDB(ctx context.Context) error {
+	if n.cfg.DB == "" {
+		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up with the practice database %s, but %s names none (db = ...): restore the setting, or ask support to move the node", n.id.DBDetail, ConfigFile)}
+	}
+	c, err := openConnector(ctx, n.cfg.DB, n.cfg.DBTables, n.cfg.DBExclude, n)
+	if err != nil {
+		return err
+	}
+	n.dbc = c
+	got, err := c.Identity(ctx)
+	if err != nil {
+		return err
+	}
+	if n.id.DBID == "" {
+		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up without a practice database, but %s names %s: a database is bound when the node is set up (ppsync init --db); ask support to move the node", ConfigFile, n.cfg.DB)}
+	}
+	if got.ID != n.id.DBID {
+		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one is %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)}
+	}
 	return nil
 }
 
@@ -262,6 +303,9 @@ func (n *Node) closeAll() error {
 		errs = append(errs, n.mesh.Close())
 	}
 	n.wg.Wait()
+	if n.dbc != nil {
+		errs = append(errs, n.dbc.Close())
+	}
 	if n.txlog != nil {
 		errs = append(errs, n.txlog.Close())
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cockroachdb/pebble/v2"
 	"io"
 	"net"
 	"net/http"
@@ -47,6 +48,8 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("POST /v1/sync", n.postSync)
 	mux.HandleFunc("GET /v1/events", n.getEvents)
 	mux.HandleFunc("GET /v1/activity", n.getActivity)
+	mux.HandleFunc("GET /v1/db", n.getDB)
+	mux.HandleFunc("POST /v1/db/check", n.postDBCheck)
 	mux.Handle("GET /metrics", n.metricsHandler())
 	pg := n.newPage()
 	n.page = pg
@@ -630,6 +633,12 @@ func (n *Node) postSync(w http.ResponseWriter, r *http.Request) {
 // writeBatch commits own transactions (one entry each, all or none), then
 // queues them for gossip and reports them to the activity feed.
 func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed, error) {
+	return n.writeBatchWith(ctx, txs, nil)
+}
+
+// writeBatchWith is writeBatch with extra writes in the same durable batch
+// (the practice database's capture position).
+func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if err := n.writeBlocked(); err != nil {
 		return nil, err
 	}
@@ -638,11 +647,14 @@ func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed,
 			return nil, err
 		}
 	}
-	out, err := n.txlog.WriteMany(ctx, txs)
+	out, err := n.txlog.WriteManyWith(ctx, txs, extra)
 	if err != nil {
 		return nil, err
 	}
 	n.sync.published(out)
+	if n.dbs != nil {
+		n.dbs.poke() // an API write reaches the practice database too
+	}
 	n.counters.committed.Add(uint64(len(out)))
 	n.events.emit(EvCommitted, map[string]any{"site": out[0].Site, "from": out[0].Seq, "to": out[len(out)-1].Seq})
 	return out, nil

@@ -243,6 +243,9 @@ func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, 
 	}
 	if n > 0 {
 		n += s.drain(ctx, run[0].Site)
+		if s.n.dbs != nil {
+			s.n.dbs.poke() // write the merged rows into the practice database
+		}
 	}
 	return n, err
 }

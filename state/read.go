@@ -43,6 +43,9 @@ type Record struct {
 type Change struct {
 	Cursor uint64 // the feed position of the record's latest change
 	Record
+	// FieldVersions holds, for each field, the write whose value it holds
+	// (a database connector tells its own captured rows by them).
+	FieldVersions map[string]Version
 }
 
 // Stats are counters for status pages and metrics.
@@ -75,6 +78,23 @@ func (s *State) Get(table, key string) (rec Record, ok bool, err error) {
 		return Record{}, false, err
 	}
 	return rec, true, nil
+}
+
+// Tombstone reports whether table/key was deleted (a delete is its newest
+// change), as opposed to live or never written.
+func (s *State) Tombstone(table, key string) (Version, bool, error) {
+	raw, found, err := getCopy(s.db, recordKey(table, key))
+	if err != nil {
+		return Version{}, false, fmt.Errorf("state: get: %w", err)
+	}
+	if !found {
+		return Version{}, false, nil
+	}
+	rec, err := decodeRecordFor("get", table, key, raw)
+	if err != nil {
+		return Version{}, false, err
+	}
+	return rec.Version, rec.Deleted, nil
 }
 
 func decodeRecordFor(op, table, key string, raw []byte) (Record, error) {
@@ -226,6 +246,12 @@ func (s *State) change(snap *pebble.Snapshot, it *pebble.Iterator) (Change, erro
 	if found {
 		if c.Record, err = decodeRecordFor("changes", table, key, raw); err != nil {
 			return Change{}, err
+		}
+		if sr, err := decodeRecord(raw); err == nil && len(sr.Fields) > 0 {
+			c.FieldVersions = make(map[string]Version, len(sr.Fields))
+			for _, f := range sr.Fields {
+				c.FieldVersions[f.Name] = f.Ver
+			}
 		}
 	}
 	return c, nil

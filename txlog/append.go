@@ -5,6 +5,8 @@ import (
 	"crypto/ed25519"
 	"fmt"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
@@ -23,6 +25,14 @@ func (l *Log) Write(ctx context.Context, ops []wire.Op) (*wire.Signed, error) {
 // WriteMany commits several own transactions, one entry each, all or none, in
 // one durable batch. It is how bulk imports reach thousands per second.
 func (l *Log) WriteMany(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed, error) {
+	return l.WriteManyWith(ctx, txs, nil)
+}
+
+// WriteManyWith is WriteMany with extra writes (outside the log's and the
+// state's key spaces) committed in the same durable batch as the entries:
+// how a database capture position is stored together with what it captured,
+// so a change is in the log exactly once.
+func (l *Log) WriteManyWith(ctx context.Context, txs [][]wire.Op, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if l.cfg.Self == nil {
 		return nil, ErrReadOnly
 	}
@@ -37,7 +47,7 @@ func (l *Log) WriteMany(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed, e
 			return nil, err
 		}
 	}
-	r := &request{own: txs}
+	r := &request{own: txs, extra: extra}
 	if err := l.submit(ctx, r); err != nil {
 		return nil, err
 	}

@@ -12,10 +12,11 @@ import (
 
 // request is one call waiting for the committer.
 type request struct {
-	own   [][]wire.Op      // own transactions, one entry each
-	run   []*wire.Signed   // remote: a verified contiguous run of one site
-	proof *[2]*wire.Signed // a fork proof from a peer (checked)
-	fn    func() error     // exclusive work run between groups (replay)
+	own   [][]wire.Op               // own transactions, one entry each
+	run   []*wire.Signed            // remote: a verified contiguous run of one site
+	proof *[2]*wire.Signed          // a fork proof from a peer (checked)
+	fn    func() error              // exclusive work run between groups (replay)
+	extra func(*pebble.Batch) error // own: more writes for the same batch (a capture position)
 
 	out  []*wire.Signed // own: the committed entries
 	res  RunResult      // remote: what happened
@@ -304,6 +305,11 @@ func (l *Log) stampOwn(g *group, r *request) error {
 		s := &wire.Signed{Entry: e, Body: body, Hash: wire.HashOf(body)}
 		out = append(out, s)
 		head = Head{Seq: e.Seq, Hash: s.Hash, Epoch: e.Epoch}
+	}
+	if r.extra != nil {
+		if err := r.extra(g.b); err != nil {
+			return fmt.Errorf("txlog: write with the entries: %w", err)
+		}
 	}
 	g.heads[self.Site] = head
 	g.writes = append(g.writes, out...)

@@ -30,7 +30,7 @@ func commands() []*command {
 		initCommand(), installCommand(), runCommand(),
 		putCommand(), deleteCommand(), importCommand(), getCommand(), listCommand(), digestCommand(),
 		statusCommand(), peersCommand(), logCommand(), syncNowCommand(), setCommand(), openCommand(), conflictsCommand(),
-		verifyCommand(), versionCommand(), demoCommand(), serviceCommand(), helpCommand(),
+		dbCommand(), verifyCommand(), versionCommand(), demoCommand(), serviceCommand(), helpCommand(),
 	}
 }
 

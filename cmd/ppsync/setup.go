@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,32 +24,41 @@ import (
 
 // initResult is the --json output of `ppsync init`.
 type initResult struct {
-	DataDir     string `json:"data_dir"`
-	Site        string `json:"site"`
-	Role        string `json:"role"`
-	JoinRequest string `json:"join_request"`
-	PeerID      string `json:"peer_id"`
-	DatabaseID  string `json:"database_id"`
-	Fingerprint string `json:"fingerprint"`
+	DataDir     string   `json:"data_dir"`
+	Site        string   `json:"site"`
+	Role        string   `json:"role"`
+	JoinRequest string   `json:"join_request"`
+	PeerID      string   `json:"peer_id"`
+	DatabaseID  string   `json:"database_id"`
+	Fingerprint string   `json:"fingerprint"`
+	DB          string   `json:"db,omitempty"`         // the practice database bound
+	DBTables    []string `json:"db_tables,omitempty"`  // the tables that will be synced
+	DBSkipped   []string `json:"db_skipped,omitempty"` // tables that will not, and why
 }
 
 func initCommand() *command {
-	var data, familyFile, site, role string
+	var data, familyFile, site, role, dbURL string
+	var tables, exclude listFlag
 	var asJSON bool
 	return &command{
 		name:     "init",
-		synopsis: "--data DATA --family FAMILY_JSON --site SITE [--role site|relay] [--json]",
+		synopsis: "--data DATA --family FAMILY_JSON --site SITE [--role site|relay] [--db URL [--db-table T]... [--db-exclude T]...] [--json]",
 		summary:  "create a node's identity, database and join request in DATA",
 		detail: `Creates DATA (if needed) with the node's key, the API key, the database and its ID, the machine
 fingerprint, ppsync.toml and a copy of the family file, and writes DATA/join-request.json.
 Send the join request to the family's administrator (support): they sign it with
 ` + "`ppsync family admit`" + ` and send back a certificate, which you install with
-` + "`ppsync install --data DATA CERT`" + `. Site IDs are 1-64 characters of a-z 0-9 - _ .`,
+` + "`ppsync install --data DATA CERT`" + `. Site IDs are 1-64 characters of a-z 0-9 - _ .
+--db sqlite:/path/to/practice.db binds the node to the practice's database (the certificate names it) and
+syncs every table with a primary key (--db-table names the only ones, --db-exclude leaves some out).`,
 		flags: func(fs *flag.FlagSet) {
 			dataFlag(fs, &data)
 			fs.StringVar(&familyFile, "family", "", "the family's `FAMILY_JSON` file (family.json)")
 			fs.StringVar(&site, "site", "", "this node's `SITE` ID")
 			fs.StringVar(&role, "role", "site", "`ROLE`: site (a practice system) or relay (the vendor's always-on node)")
+			fs.StringVar(&dbURL, "db", "", "the practice database to sync: sqlite:`PATH`")
+			fs.Var(&tables, "db-table", "sync only this `TABLE` (repeatable)")
+			fs.Var(&exclude, "db-exclude", "never sync this `TABLE` (repeatable)")
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
@@ -65,13 +75,17 @@ Send the join request to the family's administrator (support): they sign it with
 			if role != string(family.RoleSite) && role != string(family.RoleRelay) {
 				return usageErrorf(cmd.name, "--role is %q; it must be site or relay", role)
 			}
-			res, err := node.Init(node.InitOptions{DataDir: dir, FamilyFile: familyFile, Site: site, Role: role, Env: c.getenv, Now: c.now})
+			if dbURL != "" && role == string(family.RoleRelay) {
+				return usageErrorf(cmd.name, "a relay syncs no practice database: leave out --db")
+			}
+			res, err := node.Init(node.InitOptions{DataDir: dir, FamilyFile: familyFile, Site: site, Role: role, Env: c.getenv, Now: c.now,
+				DB: dbURL, DBTables: tables, DBExclude: exclude})
 			if err != nil {
 				return err
 			}
 			if asJSON {
 				return writeJSONLine(c.stdout, initResult{DataDir: dir, Site: site, Role: role, JoinRequest: res.JoinRequest,
-					PeerID: res.PeerID, DatabaseID: res.DatabaseID, Fingerprint: res.Fingerprint})
+					PeerID: res.PeerID, DatabaseID: res.DatabaseID, Fingerprint: res.Fingerprint, DB: res.DB, DBTables: res.DBTables, DBSkipped: res.DBSkip})
 			}
 			fmt.Fprintf(c.stdout, "Created the node of %s %q in %s.\n", role, site, dir)
 			tw := newTable(c.stdout)
@@ -79,6 +93,13 @@ Send the join request to the family's administrator (support): they sign it with
 			fmt.Fprintf(tw, "  Database ID\t%s\n", res.DatabaseID)
 			fmt.Fprintf(tw, "  Machine fingerprint\t%s\n", res.Fingerprint)
 			fmt.Fprintf(tw, "  Join request\t%s\n", res.JoinRequest)
+			if res.DB != "" {
+				fmt.Fprintf(tw, "  Practice database\t%s\n", res.DB)
+				fmt.Fprintf(tw, "  Tables synced\t%s\n", strings.Join(res.DBTables, ", "))
+				for _, k := range res.DBSkip {
+					fmt.Fprintf(tw, "  Not synced\t%s\n", k)
+				}
+			}
 			tw.Flush()
 			fmt.Fprintf(c.stdout, "Next: send %s to support; install the certificate they return with\n  ppsync install --data %s CERT\nthen start the node with `ppsync run --data %s`.\n",
 				filepath.Base(res.JoinRequest), dir, dir)

@@ -8,6 +8,7 @@
 //	't'  txlog: entries, frontiers, fork evidence, quarantine, held entries
 //	's'  state: records, conflicts, change feed
 //	'm'  node metadata (database ID, format)
+//	'd'  node: the practice database's capture position and load progress
 package store
 
 import (
@@ -24,6 +25,7 @@ const (
 	PrefixTxlog byte = 't'
 	PrefixState byte = 's'
 	PrefixMeta  byte = 'm'
+	PrefixDB    byte = 'd'
 )
 
 // Options tune the database. The zero value is the production setting.

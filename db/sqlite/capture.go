@@ -1,0 +1,366 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/ppsync/ppsync/db"
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// quote quotes an SQL identifier.
+func quote(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
+
+// lit quotes an SQL string literal.
+func lit(s string) string { return `'` + strings.ReplaceAll(s, `'`, `''`) + `'` }
+
+// val is the JSON that records one value with its storage class:
+// ["integer",17], ["real","0.10000000000000001"], ["text","x"],
+// ["blob","0aff"], ["null",null]. Reals go as 17 significant digits, which
+// round-trip every double exactly.
+func val(ref string) string {
+	return `json_array(typeof(` + ref + `), CASE typeof(` + ref + `) WHEN 'blob' THEN hex(` + ref + `) WHEN 'real' THEN printf('%.17g', ` + ref + `) ELSE ` + ref + ` END)`
+}
+
+func pkJSON(t *db.Table, row string) string {
+	parts := make([]string, len(t.PK))
+	for i, k := range t.PK {
+		parts[i] = val(row + "." + quote(k))
+	}
+	return "json_array(" + strings.Join(parts, ", ") + ")"
+}
+
+// objJSON builds a JSON object of the columns of row, or with changedOnly,
+// of those whose value differs between OLD and NEW.
+func objJSON(t *db.Table, row string, changedOnly bool) string {
+	parts := make([]string, len(t.Columns))
+	for i, col := range t.Columns {
+		member := `',' || json_quote(` + lit(col.Name) + `) || ':' || ` + val(row+"."+quote(col.Name))
+		if changedOnly {
+			member = `CASE WHEN OLD.` + quote(col.Name) + ` IS NOT NEW.` + quote(col.Name) + ` THEN ` + member + ` ELSE '' END`
+		}
+		parts[i] = member
+	}
+	return `'{' || substr(` + strings.Join(parts, " || ") + `, 2) || '}'`
+}
+
+func anyChanged(t *db.Table, cols []db.Column) string {
+	parts := make([]string, len(cols))
+	for i, col := range cols {
+		parts[i] = `OLD.` + quote(col.Name) + ` IS NOT NEW.` + quote(col.Name)
+	}
+	if len(parts) == 0 {
+		return "0"
+	}
+	return "(" + strings.Join(parts, " OR ") + ")"
+}
+
+func pkCols(t *db.Table) []db.Column {
+	var out []db.Column
+	for _, k := range t.PK {
+		c, _ := t.Column(k)
+		out = append(out, c)
+	}
+	return out
+}
+
+// triggerSQL returns the three capture triggers of t.
+func triggerSQL(t *db.Table) []string {
+	name := func(kind string) string { return quote(triggerPrefix + t.Name + "_" + kind) }
+	notApplying := `NOT EXISTS (SELECT 1 FROM ` + applyingTable + `)`
+	ins := `INSERT INTO ` + changesTable + `(tbl, op, pk, vals) `
+	return []string{
+		`CREATE TRIGGER ` + name("ins") + ` AFTER INSERT ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
+			ins + `VALUES (` + lit(t.Name) + `, 'put', ` + pkJSON(t, "NEW") + `, ` + objJSON(t, "NEW", false) + `); END`,
+		// An update that keeps the key records the changed columns; one that
+		// changes the key is a delete of the old key and a put of the new.
+		`CREATE TRIGGER ` + name("upd") + ` AFTER UPDATE ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
+			ins + `SELECT ` + lit(t.Name) + `, 'put', ` + pkJSON(t, "NEW") + `, ` + objJSON(t, "NEW", true) +
+			` WHERE NOT ` + anyChanged(t, pkCols(t)) + ` AND ` + anyChanged(t, t.Columns) + `; ` +
+			ins + `SELECT ` + lit(t.Name) + `, 'delete', ` + pkJSON(t, "OLD") + `, NULL WHERE ` + anyChanged(t, pkCols(t)) + `; ` +
+			ins + `SELECT ` + lit(t.Name) + `, 'put', ` + pkJSON(t, "NEW") + `, ` + objJSON(t, "NEW", false) + ` WHERE ` + anyChanged(t, pkCols(t)) + `; END`,
+		`CREATE TRIGGER ` + name("del") + ` AFTER DELETE ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
+			ins + `VALUES (` + lit(t.Name) + `, 'delete', ` + pkJSON(t, "OLD") + `, NULL); END`,
+	}
+}
+
+// Install implements db.Connector: the triggers of every synced table are
+// (re)created in one transaction, so a table's new columns are captured from
+// the next commit on.
+func (c *Conn) Install(ctx context.Context, s *db.Schema) error {
+	tx, err := c.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: install the capture triggers: %w", err)
+	}
+	defer tx.Rollback()
+	for _, t := range s.Tables {
+		for _, kind := range []string{"ins", "upd", "del"} {
+			if _, err := tx.ExecContext(ctx, `DROP TRIGGER IF EXISTS `+quote(triggerPrefix+t.Name+"_"+kind)); err != nil {
+				return fmt.Errorf("sqlite: replace the capture triggers of %s: %w", t.Name, err)
+			}
+		}
+		for _, q := range triggerSQL(&t) {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("sqlite: create the capture triggers of %s: %w", t.Name, err)
+			}
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: install the capture triggers: %w", err)
+	}
+	return nil
+}
+
+// decodeVal turns one recorded [class, value] into a field value.
+func decodeVal(raw json.RawMessage) (any, error) {
+	var pair [2]json.RawMessage
+	if err := json.Unmarshal(raw, &pair); err != nil {
+		return nil, err
+	}
+	var class string
+	if err := json.Unmarshal(pair[0], &class); err != nil {
+		return nil, err
+	}
+	switch class {
+	case "null":
+		return nil, nil
+	case "integer":
+		return strconv.ParseInt(string(pair[1]), 10, 64)
+	case "real":
+		var s string
+		if err := json.Unmarshal(pair[1], &s); err != nil {
+			return nil, err
+		}
+		return strconv.ParseFloat(s, 64)
+	case "text":
+		var s string
+		err := json.Unmarshal(pair[1], &s)
+		return s, err
+	case "blob":
+		var s string
+		if err := json.Unmarshal(pair[1], &s); err != nil {
+			return nil, err
+		}
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			return nil, err
+		}
+		return db.Blob(b), nil
+	}
+	return nil, fmt.Errorf("unknown storage class %q", class)
+}
+
+type changeRow struct {
+	id          uint64
+	tbl, op, pk string
+	vals        sql.NullString
+}
+
+func (r changeRow) toOp() (wire.Op, error) {
+	var pk []json.RawMessage
+	if err := json.Unmarshal([]byte(r.pk), &pk); err != nil {
+		return wire.Op{}, fmt.Errorf("sqlite: change %d of %s: key %q: %w", r.id, r.tbl, r.pk, err)
+	}
+	keyVals := make([]any, len(pk))
+	for i, p := range pk {
+		v, err := decodeVal(p)
+		if err != nil {
+			return wire.Op{}, fmt.Errorf("sqlite: change %d of %s: key: %w", r.id, r.tbl, err)
+		}
+		if b, ok := db.AsBlob(v); ok {
+			v = db.Blob(b)
+		}
+		keyVals[i] = v
+	}
+	key, err := db.EncodeKey(keyVals)
+	if err != nil {
+		return wire.Op{}, err
+	}
+	if r.op == "delete" {
+		return wire.Op{Kind: wire.OpDelete, Table: r.tbl, Key: key}, nil
+	}
+	var cols map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(r.vals.String), &cols); err != nil {
+		return wire.Op{}, fmt.Errorf("sqlite: change %d of %s: values: %w", r.id, r.tbl, err)
+	}
+	fields := make(map[string]any, len(cols))
+	for name, raw := range cols {
+		v, err := decodeVal(raw)
+		if err != nil {
+			return wire.Op{}, fmt.Errorf("sqlite: change %d of %s, column %s: %w", r.id, r.tbl, name, err)
+		}
+		fields[name] = v
+	}
+	return wire.Op{Kind: wire.OpPut, Table: r.tbl, Key: key, Fields: fields}, nil
+}
+
+type rowsQuerier interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}
+
+// readChanges reads committed changes after pos, up to about maxOps, as
+// batches. Transactions cannot be told apart inside SQLite, so a batch holds
+// whatever whole transactions were committed between two reads; a
+// transaction of more than maxOps changes spans several batches.
+func readChanges(ctx context.Context, q rowsQuerier, after uint64, maxOps int) ([]db.Batch, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id, tbl, op, pk, vals FROM `+changesTable+` WHERE id > ? ORDER BY id LIMIT ?`, after, maxOps)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read changes: %w", err)
+	}
+	defer rows.Close()
+	var b db.Batch
+	for rows.Next() {
+		var r changeRow
+		if err := rows.Scan(&r.id, &r.tbl, &r.op, &r.pk, &r.vals); err != nil {
+			return nil, fmt.Errorf("sqlite: read changes: %w", err)
+		}
+		op, err := r.toOp()
+		if err != nil {
+			return nil, err
+		}
+		b.Ops = append(b.Ops, op)
+		b.Pos = r.id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read changes: %w", err)
+	}
+	if len(b.Ops) == 0 {
+		return nil, nil
+	}
+	return []db.Batch{b}, nil
+}
+
+// Capture implements db.Connector.
+func (c *Conn) Capture(ctx context.Context, after uint64, maxOps int) ([]db.Batch, error) {
+	bs, err := readChanges(ctx, c.r, after, maxOps)
+	if err != nil {
+		return nil, err
+	}
+	return bs, nil
+}
+
+// Ack implements db.Connector.
+func (c *Conn) Ack(ctx context.Context, upto uint64) error {
+	if _, err := c.w.ExecContext(ctx, `DELETE FROM `+changesTable+` WHERE id <= ?`, upto); err != nil {
+		return fmt.Errorf("sqlite: delete captured changes: %w", err)
+	}
+	return nil
+}
+
+// Snapshot implements db.Connector: one read transaction sees every synced
+// table and the change table's last id at one instant; changes up to that id
+// are in the snapshot, later ones come through Capture.
+func (c *Conn) Snapshot(ctx context.Context, s *db.Schema, batchRows int, fn func(ops []wire.Op) error) (uint64, error) {
+	tx, err := c.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: snapshot: %w", err)
+	}
+	defer tx.Rollback()
+	var pos uint64
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM `+changesTable).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("sqlite: snapshot: %w", err)
+	}
+	var ops []wire.Op
+	for i := range s.Tables {
+		t := &s.Tables[i]
+		err := c.scan(ctx, tx, t, func(r db.Row) error {
+			ops = append(ops, wire.Op{Kind: wire.OpPut, Table: r.Table, Key: r.Key, Fields: r.Fields})
+			if len(ops) >= batchRows {
+				if err := fn(ops); err != nil {
+					return err
+				}
+				ops = nil
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	if len(ops) > 0 {
+		if err := fn(ops); err != nil {
+			return 0, err
+		}
+	}
+	return pos, nil
+}
+
+// Rows implements db.Connector.
+func (c *Conn) Rows(ctx context.Context, t *db.Table, fn func(db.Row) error) error {
+	return c.scan(ctx, c.r, t, fn)
+}
+
+// scan reads every row of t with each value's storage class.
+func (c *Conn) scan(ctx context.Context, q rowsQuerier, t *db.Table, fn func(db.Row) error) error {
+	cols := make([]string, len(t.Columns))
+	for i, col := range t.Columns {
+		// Unary + keeps the value and its storage class but hides the
+		// declared type, so the driver never turns a DATE column's text
+		// into a time.Time.
+		cols[i] = "+" + quote(col.Name)
+	}
+	order := make([]string, len(t.PK))
+	for i, k := range t.PK {
+		order[i] = quote(k)
+	}
+	rows, err := q.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+quote(t.Name)+` ORDER BY `+strings.Join(order, ", "))
+	if err != nil {
+		return fmt.Errorf("sqlite: read %s: %w", t.Name, err)
+	}
+	defer rows.Close()
+	vals := make([]any, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	pkIdx := make([]int, len(t.PK))
+	for i, k := range t.PK {
+		for j, col := range t.Columns {
+			if col.Name == k {
+				pkIdx[i] = j
+			}
+		}
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			return fmt.Errorf("sqlite: read %s: %w", t.Name, err)
+		}
+		fields := make(map[string]any, len(cols))
+		for i, col := range t.Columns {
+			fields[col.Name] = fromSQL(vals[i])
+		}
+		kv := make([]any, len(pkIdx))
+		for i, j := range pkIdx {
+			kv[i] = fromSQL(vals[j])
+		}
+		key, err := db.EncodeKey(kv)
+		if err != nil {
+			return err
+		}
+		if err := fn(db.Row{Table: t.Name, Key: key, Fields: fields}); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sqlite: read %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// fromSQL turns a value the driver scanned into a field value.
+func fromSQL(v any) any {
+	switch x := v.(type) {
+	case []byte:
+		return db.Blob(x)
+	case int:
+		return int64(x)
+	case float32:
+		return float64(x)
+	}
+	return v
+}

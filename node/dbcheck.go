@@ -1,0 +1,303 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"reflect"
+	"sort"
+	"time"
+
+	"github.com/ppsync/ppsync/db"
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// DBStatus answers GET /v1/db and is `ppsync db status --json`.
+type DBStatus struct {
+	Driver         string          `json:"driver"` // "" when the node syncs no practice database
+	Database       string          `json:"database,omitempty"`
+	Tables         []string        `json:"tables"`
+	PerTable       []DBTableStatus `json:"per_table"`
+	Skipped        []string        `json:"skipped"` // tables not synced, with why
+	SchemaVersion  uint32          `json:"schema_version"`
+	Captured       uint64          `json:"captured"`        // changes captured into this site's log since start
+	Applied        uint64          `json:"applied"`         // merged rows written into the database since start
+	PendingCapture uint64          `json:"pending_capture"` // changes waiting in the database's change table
+	PendingApply   uint64          `json:"pending_apply"`   // merged changes not yet written into the database
+	LastCapture    *time.Time      `json:"last_capture"`
+	LastApply      *time.Time      `json:"last_apply"`
+	Loading        bool            `json:"loading"`   // the initial load runs
+	LoadedRows     uint64          `json:"load_rows"` // rows published by the initial load so far
+	Refused        []DBRowConflict `json:"refused"`   // merged rows the database refused (newest last)
+	Problem        string          `json:"problem,omitempty"`
+}
+
+// DBTableStatus is one synced table's counters.
+type DBTableStatus struct {
+	Table    string `json:"table"`
+	Captured uint64 `json:"captured"`
+	Applied  uint64 `json:"applied"`
+}
+
+// DBRowConflict is a merged row the database refused, with both sides.
+type DBRowConflict struct {
+	Table  string         `json:"table"`
+	Key    string         `json:"key"`
+	Reason string         `json:"reason"`
+	Merged map[string]any `json:"merged"`
+}
+
+// DBCheckResult answers POST /v1/db/check and is `ppsync db check --json`.
+type DBCheckResult struct {
+	Checked     int         `json:"checked"` // rows compared
+	Differences []DBRowDiff `json:"differences"`
+	Repaired    int         `json:"repaired"`
+	Tables      []string    `json:"tables"`
+	Complete    bool        `json:"complete"` // false when the list was cut at the limit
+	Conflicts   []DBRowDiff `json:"conflicts,omitempty"`
+	Problem     string      `json:"problem,omitempty"`
+	Time        time.Time   `json:"time"`
+	Elapsed     string      `json:"elapsed"`
+}
+
+// DBRowDiff is one row that differs between the database and the merged
+// state: missing (in the state, not in the database), extra (in the database,
+// deleted in the state), different (columns differ), new (in the database,
+// never seen by the family: captured by a repair).
+type DBRowDiff struct {
+	Table    string         `json:"table"`
+	Key      string         `json:"key"`
+	Kind     string         `json:"kind"`
+	Columns  []string       `json:"columns,omitempty"`
+	Database map[string]any `json:"database,omitempty"`
+	Merged   map[string]any `json:"merged,omitempty"`
+}
+
+const dbCheckListLimit = 1000
+
+// DBStatus reports the practice database's sync.
+func (n *Node) DBStatus() DBStatus {
+	st := DBStatus{Tables: []string{}, PerTable: []DBTableStatus{}, Skipped: []string{}, Refused: []DBRowConflict{}}
+	if n.dbs == nil {
+		st.Problem = "this node syncs no practice database (set one up with `ppsync init --db`)"
+		return st
+	}
+	d := n.dbs
+	st.Driver, st.Database = d.c.Driver(), n.id.DBDetail
+	cs := d.c.Stats()
+	st.PendingCapture = cs.PendingCapture
+	if !cs.LastCapture.IsZero() {
+		t := cs.LastCapture.UTC()
+		st.LastCapture = &t
+	}
+	if !cs.LastApply.IsZero() {
+		t := cs.LastApply.UTC()
+		st.LastApply = &t
+	}
+	if ss, err := n.state.Stats(); err == nil {
+		if cur, err := d.c.ApplyCursor(n.ctx); err == nil && ss.Cursor > cur {
+			st.PendingApply = ss.Cursor - cur
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st.Captured, st.Applied, st.Loading, st.LoadedRows, st.Problem = d.captured, d.applied, d.loading, d.loadRows, d.lastErr
+	if d.schema != nil {
+		st.SchemaVersion = d.schema.Version
+		for _, t := range d.schema.Tables {
+			st.Tables = append(st.Tables, t.Name)
+			st.PerTable = append(st.PerTable, DBTableStatus{Table: t.Name, Captured: d.perCaptured[t.Name], Applied: d.perApplied[t.Name]})
+		}
+		for _, k := range d.schema.Skipped {
+			st.Skipped = append(st.Skipped, k.Table+": "+k.Reason)
+		}
+	}
+	for _, c := range d.conflicts {
+		st.Refused = append(st.Refused, DBRowConflict{Table: c.Table, Key: c.Key, Reason: c.Reason, Merged: c.Fields})
+	}
+	return st
+}
+
+// DBCheck compares every synced table's rows with the merged state; with
+// repair it makes the database match through the apply path (rows the family
+// never saw are captured as this site's, not deleted).
+func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) {
+	start := time.Now()
+	res := DBCheckResult{Differences: []DBRowDiff{}, Tables: []string{}, Complete: true, Time: start.UTC()}
+	if n.dbs == nil {
+		return res, fmt.Errorf("%w: this node syncs no practice database", errBadRequest)
+	}
+	d := n.dbs
+	d.mu.Lock()
+	sch := d.schema
+	d.mu.Unlock()
+	if sch == nil {
+		return res, fmt.Errorf("node: the practice database is not ready yet: %s", d.problem())
+	}
+	var fix []db.Row
+	var newOps []wire.Op
+	for i := range sch.Tables {
+		t := &sch.Tables[i]
+		res.Tables = append(res.Tables, t.Name)
+		inDB := map[string]map[string]any{}
+		if err := d.c.Rows(ctx, t, func(r db.Row) error {
+			inDB[r.Key] = r.Fields
+			return nil
+		}); err != nil {
+			return res, err
+		}
+		note := func(df DBRowDiff) {
+			if len(res.Differences) < dbCheckListLimit {
+				res.Differences = append(res.Differences, df)
+			} else {
+				res.Complete = false
+			}
+		}
+		after := ""
+		seen := map[string]bool{}
+		for {
+			recs, err := n.state.List(t.Name, after, 1000)
+			if err != nil {
+				return res, err
+			}
+			for _, rec := range recs {
+				seen[rec.Key] = true
+				res.Checked++
+				have, ok := inDB[rec.Key]
+				if !ok {
+					note(DBRowDiff{Table: t.Name, Key: rec.Key, Kind: "missing", Merged: rec.Fields})
+					fix = append(fix, db.Row{Table: t.Name, Key: rec.Key, Fields: rec.Fields})
+					continue
+				}
+				if cols := differing(t, have, rec.Fields); len(cols) > 0 {
+					note(DBRowDiff{Table: t.Name, Key: rec.Key, Kind: "different", Columns: cols, Database: have, Merged: rec.Fields})
+					fix = append(fix, db.Row{Table: t.Name, Key: rec.Key, Fields: rec.Fields})
+				}
+			}
+			if len(recs) < 1000 {
+				break
+			}
+			after = recs[len(recs)-1].Key
+		}
+		keys := make([]string, 0)
+		for k := range inDB {
+			if !seen[k] {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			res.Checked++
+			_, deleted, err := n.state.Tombstone(t.Name, k)
+			if err != nil {
+				return res, err
+			}
+			if deleted {
+				note(DBRowDiff{Table: t.Name, Key: k, Kind: "extra", Database: inDB[k]})
+				fix = append(fix, db.Row{Table: t.Name, Key: k})
+				continue
+			}
+			note(DBRowDiff{Table: t.Name, Key: k, Kind: "new", Database: inDB[k]})
+			newOps = append(newOps, wire.Op{Kind: wire.OpPut, Table: t.Name, Key: k, Fields: inDB[k]})
+		}
+	}
+	if repair {
+		if len(fix) > 0 {
+			if err := d.c.Write(ctx, fix); err != nil {
+				return res, err
+			}
+			res.Repaired += len(fix)
+		}
+		for len(newOps) > 0 && n.id.Role == "site" {
+			k := min(len(newOps), dbMaxOps)
+			if _, err := n.writeBatch(ctx, [][]wire.Op{newOps[:k]}); err != nil {
+				return res, err
+			}
+			res.Repaired += k
+			newOps = newOps[k:]
+		}
+		d.repaired()
+	}
+	res.Elapsed = time.Since(start).Round(time.Millisecond).String()
+	return res, nil
+}
+
+// differing lists the columns whose merged value the database does not hold.
+// Fields the table lacks (a newer practice software elsewhere) are not
+// compared; a column the family never set may hold anything.
+func differing(t *db.Table, have, merged map[string]any) []string {
+	var out []string
+	for name, mv := range merged {
+		if _, ok := t.Column(name); !ok {
+			continue
+		}
+		if !sameValue(have[name], mv) {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sameValue(a, b any) bool {
+	if reflect.DeepEqual(a, b) {
+		return true
+	}
+	switch x := b.(type) {
+	case bool: // stored as 1/0
+		i, ok := a.(int64)
+		return ok && (i == 1) == x && (i == 0 || i == 1)
+	case []any, map[string]any: // stored as JSON text
+		s, ok := a.(string)
+		if !ok {
+			return false
+		}
+		var v any
+		if json.Unmarshal([]byte(s), &v) != nil {
+			return false
+		}
+		bn, _ := json.Marshal(x)
+		var w any
+		_ = json.Unmarshal(bn, &w)
+		return reflect.DeepEqual(v, w)
+	}
+	return false
+}
+
+func (d *dbsync) problem() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lastErr
+}
+
+// repaired forgets the refused rows (a repair wrote what it could) and asks
+// for an apply.
+func (d *dbsync) repaired() {
+	d.mu.Lock()
+	d.conflicts = nil
+	d.mu.Unlock()
+	d.poke()
+}
+
+func (n *Node) getDB(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, n.DBStatus())
+}
+
+func (n *Node) postDBCheck(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Repair bool `json:"repair"`
+	}
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+			n.writeErr(w, fmt.Errorf("%w: %v", errBadRequest, err))
+			return
+		}
+	}
+	res, err := n.DBCheck(r.Context(), req.Repair)
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}

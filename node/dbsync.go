@@ -1,0 +1,544 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/db"
+	"github.com/ppsync/ppsync/db/sqlite"
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/state"
+)
+
+// Keys of the practice database's progress in the node's store, written in
+// the same batch as the entries they account for.
+var (
+	keyCapturePos = []byte{store.PrefixDB, 'c'} // changes up to it are in the log
+	keyLoaded     = []byte{store.PrefixDB, 'l'} // the initial load finished
+)
+
+// Limits of one database step.
+const (
+	dbMaxOps       = 2000 // operations per captured entry
+	dbMaxApplyRows = 5000 // merged rows written per database transaction
+	dbSnapshotRows = 1000 // rows per entry of the initial load
+)
+
+// openConnector opens the practice database a URL names: sqlite:PATH or
+// postgres://USER@HOST:PORT/DB.
+func openConnector(ctx context.Context, raw string, tables, exclude []string, n *Node) (db.Connector, error) {
+	switch {
+	case strings.HasPrefix(raw, "sqlite:"):
+		path := strings.TrimPrefix(strings.TrimPrefix(raw, "sqlite:"), "//")
+		if path == "" {
+			return nil, fmt.Errorf("%w: %q names no file (use sqlite:/path/to/practice.db)", db.ErrUnsupported, raw)
+		}
+		o := sqlite.Options{Tables: tables, Exclude: exclude}
+		if n != nil {
+			o.Logger = n.log
+		}
+		return sqlite.Open(ctx, path, o)
+	case strings.HasPrefix(raw, "postgres://"), strings.HasPrefix(raw, "postgresql://"):
+		return nil, fmt.Errorf("%w: PostgreSQL is not supported by this version of ppsync yet (use sqlite:PATH)", db.ErrUnsupported)
+	}
+	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
+		return nil, fmt.Errorf("%w: %q: ppsync syncs sqlite:PATH databases", db.ErrUnsupported, u.Scheme+":")
+	}
+	return nil, fmt.Errorf("%w: %q is not a database URL (use sqlite:/path/to/practice.db)", db.ErrUnsupported, raw)
+}
+
+// dbsync keeps the practice database and the node in step: one goroutine
+// captures the database's changes into this site's log and writes the merged
+// rows of the other sites back. One owner, so capture and the drain inside an
+// apply never capture the same change twice.
+type dbsync struct {
+	n    *Node
+	c    db.Connector
+	kick chan struct{}
+
+	mu        sync.Mutex // guards the fields below
+	schema    *db.Schema
+	loading   bool
+	loadRows  uint64
+	lastErr   string
+	conflicts []db.RowConflict
+	captured  uint64
+	applied   uint64
+	// per table, since start
+	perCaptured map[string]uint64
+	perApplied  map[string]uint64
+	appliedNow  map[string]uint64 // rows handed to the apply in progress
+	// own holds the seqs of this site's entries that came from the
+	// database (capture, initial load): a row whose newest version is one
+	// of them is already in the database as it is merged, and is not
+	// written back. Kept in memory: after a restart such rows are written
+	// back once, which changes nothing.
+	own seqSet
+}
+
+// seqSet is a set of seqs kept as sorted, disjoint, inclusive ranges.
+type seqSet struct{ r [][2]uint64 }
+
+func (s *seqSet) add(from, to uint64) {
+	if n := len(s.r); n > 0 && s.r[n-1][1]+1 >= from {
+		s.r[n-1][1] = max(s.r[n-1][1], to)
+		return
+	}
+	s.r = append(s.r, [2]uint64{from, to})
+	if len(s.r) > 4096 { // bounded: forget the oldest (they are written back once)
+		s.r = s.r[len(s.r)-4096:]
+	}
+}
+
+func (s *seqSet) has(x uint64) bool {
+	for i := len(s.r) - 1; i >= 0; i-- {
+		if x >= s.r[i][0] && x <= s.r[i][1] {
+			return true
+		}
+		if x > s.r[i][1] {
+			return false
+		}
+	}
+	return false
+}
+
+// fromDB records own entries that came from the database.
+func (d *dbsync) fromDB(out []*wire.Signed) {
+	if len(out) == 0 {
+		return
+	}
+	d.mu.Lock()
+	d.own.add(out[0].Seq, out[len(out)-1].Seq)
+	d.mu.Unlock()
+}
+
+// isEcho reports whether a merged record is exactly what this database
+// already holds: the record's newest change and every field's value came
+// from this database's own captured changes.
+func (d *dbsync) isEcho(r state.Change) bool {
+	self := d.n.id.Site
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	mine := func(v state.Version) bool { return v.Site == self && d.own.has(v.Seq) }
+	if !mine(r.Version) {
+		return false
+	}
+	for _, v := range r.FieldVersions {
+		if !mine(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// needsApply reports whether a merged change after cursor must be written
+// into the database (not only this database's own captured changes).
+func (d *dbsync) needsApply(cursor uint64) (bool, error) {
+	for {
+		cs, next, err := d.n.state.Changes(cursor, 1000)
+		if err != nil {
+			return false, err
+		}
+		for _, c := range cs {
+			if !d.isEcho(c) {
+				return true, nil
+			}
+		}
+		if len(cs) == 0 || next == cursor {
+			return false, nil
+		}
+		cursor = next
+	}
+}
+
+func newDBSync(n *Node, c db.Connector) *dbsync {
+	return &dbsync{n: n, c: c, kick: make(chan struct{}, 1), perCaptured: map[string]uint64{}, perApplied: map[string]uint64{}, appliedNow: map[string]uint64{}}
+}
+
+// poke asks for an apply soon (entries arrived).
+func (d *dbsync) poke() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dbsync) setErr(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err == nil {
+		d.lastErr = ""
+		return
+	}
+	if d.lastErr != err.Error() {
+		d.n.log.Error("practice database", "err", err)
+	}
+	d.lastErr = err.Error()
+}
+
+// run is the owner goroutine.
+func (d *dbsync) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		if err := d.start(ctx); err != nil {
+			d.setErr(err)
+			if !d.wait(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, 10*time.Second)
+			continue
+		}
+		break
+	}
+	d.setErr(nil)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		err := d.step(ctx)
+		d.setErr(err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.c.Wake():
+		case <-d.kick:
+		case <-t.C:
+			d.checkSchema(ctx)
+		}
+	}
+}
+
+func (d *dbsync) wait(ctx context.Context, dur time.Duration) bool {
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// start reads the schema, installs the triggers and, the first time, loads
+// the existing rows.
+func (d *dbsync) start(ctx context.Context) error {
+	s, err := d.c.Schema(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range s.Skipped {
+		d.n.log.Warn("practice database table not synced", "table", k.Table, "why", k.Reason)
+	}
+	if err := d.c.Install(ctx, s); err != nil {
+		return err
+	}
+	d.c.SetSchema(s)
+	d.mu.Lock()
+	d.schema = s
+	d.mu.Unlock()
+	loaded, err := d.getKey(keyLoaded)
+	if err != nil {
+		return err
+	}
+	if loaded == 0 && d.n.id.Role == "site" {
+		return d.load(ctx, s)
+	}
+	return nil
+}
+
+// load publishes every existing row as this site's entries, in batches, and
+// stores the capture position the snapshot includes with the last batch.
+func (d *dbsync) load(ctx context.Context, s *db.Schema) error {
+	d.mu.Lock()
+	d.loading, d.loadRows = true, 0
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.loading = false
+		d.mu.Unlock()
+	}()
+	var pending []wire.Op
+	flush := func(final bool, pos uint64) error {
+		if len(pending) == 0 && !final {
+			return nil
+		}
+		var extra func(*pebble.Batch) error
+		if final {
+			extra = func(b *pebble.Batch) error {
+				if err := b.Set(keyCapturePos, u64(pos), nil); err != nil {
+					return err
+				}
+				return b.Set(keyLoaded, u64(1), nil)
+			}
+		}
+		if len(pending) == 0 {
+			return d.setKeys(map[string]uint64{string(keyCapturePos): pos, string(keyLoaded): 1})
+		}
+		out, err := d.n.writeBatchWith(ctx, [][]wire.Op{pending}, extra)
+		if err != nil {
+			return fmt.Errorf("node: initial load of the practice database: %w", err)
+		}
+		d.fromDB(out)
+		d.mu.Lock()
+		d.loadRows += uint64(len(pending))
+		d.mu.Unlock()
+		pending = nil
+		return nil
+	}
+	pos, err := d.c.Snapshot(ctx, s, dbSnapshotRows, func(ops []wire.Op) error {
+		if err := flush(false, 0); err != nil {
+			return err
+		}
+		pending = append(pending[:0:0], ops...)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := flush(true, pos); err != nil {
+		return err
+	}
+	d.n.log.Info("practice database loaded", "rows", d.loadRows)
+	return nil
+}
+
+// step captures what is pending, then writes back what changed.
+func (d *dbsync) step(ctx context.Context) error {
+	if d.n.id.Role == "site" {
+		if err := d.capture(ctx); err != nil {
+			return err
+		}
+	}
+	for {
+		// Take the database's write lock only when the merged state moved
+		// past what the database holds: an idle node never blocks the
+		// practice software.
+		ss, err := d.n.state.Stats()
+		if err != nil {
+			return err
+		}
+		cur, err := d.c.ApplyCursor(ctx)
+		if err != nil {
+			return err
+		}
+		if ss.Cursor <= cur {
+			return nil
+		}
+		if need, err := d.needsApply(cur); err != nil || !need {
+			return err
+		}
+		d.mu.Lock()
+		clear(d.appliedNow)
+		d.mu.Unlock()
+		res, err := d.c.Apply(ctx, d, dbMaxApplyRows)
+		if err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.applied += uint64(res.Rows)
+		if res.Rows > 0 {
+			for t, k := range d.appliedNow {
+				d.perApplied[t] += k
+			}
+		}
+		if len(res.Conflicts) > 0 {
+			d.conflicts = append(d.conflicts, res.Conflicts...)
+			if len(d.conflicts) > 1000 {
+				d.conflicts = d.conflicts[len(d.conflicts)-1000:]
+			}
+		}
+		d.mu.Unlock()
+		for _, c := range res.Conflicts {
+			d.n.log.Warn("practice database refused a merged row", "table", c.Table, "key", c.Key, "why", c.Reason)
+		}
+		if res.Rows < dbMaxApplyRows {
+			return nil
+		}
+	}
+}
+
+// capture commits the database's pending changes to the log, each batch
+// with its capture position in the same durable write, then deletes them from
+// the change table.
+func (d *dbsync) capture(ctx context.Context) error {
+	for {
+		pos := d.CapturePos()
+		bs, err := d.c.Capture(ctx, pos, dbMaxOps)
+		if err != nil {
+			return err
+		}
+		if len(bs) == 0 {
+			return nil
+		}
+		if err := d.Captured(ctx, bs); err != nil {
+			return err
+		}
+		last := bs[len(bs)-1].Pos
+		if err := d.c.Ack(ctx, last); err != nil {
+			return err
+		}
+	}
+}
+
+// CapturePos implements db.Syncer.
+func (d *dbsync) CapturePos() uint64 {
+	v, err := d.getKey(keyCapturePos)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+// Captured implements db.Syncer: each batch becomes one entry, stored with
+// its capture position.
+func (d *dbsync) Captured(ctx context.Context, bs []db.Batch) error {
+	if d.n.id.Role != "site" {
+		return nil
+	}
+	for _, b := range bs {
+		if len(b.Ops) == 0 {
+			continue
+		}
+		pos := b.Pos
+		out, err := d.n.writeBatchWith(ctx, [][]wire.Op{b.Ops}, func(pb *pebble.Batch) error {
+			return pb.Set(keyCapturePos, u64(pos), nil)
+		})
+		if err != nil {
+			return fmt.Errorf("node: capture from the practice database: %w", err)
+		}
+		d.fromDB(out)
+		d.mu.Lock()
+		d.captured += uint64(len(b.Ops))
+		for _, op := range b.Ops {
+			d.perCaptured[op.Table]++
+		}
+		d.mu.Unlock()
+	}
+	return nil
+}
+
+// Changed implements db.Syncer.
+func (d *dbsync) Changed(after uint64, limit int) ([]db.Row, uint64, error) {
+	cs, next, err := d.n.state.Changes(after, limit)
+	if err != nil {
+		return nil, after, err
+	}
+	rows := make([]db.Row, 0, len(cs))
+	for _, c := range cs {
+		if d.isEcho(c) {
+			continue
+		}
+		rows = append(rows, rowOf(c.Record))
+		d.mu.Lock()
+		d.appliedNow[c.Table]++
+		d.mu.Unlock()
+	}
+	return rows, next, nil
+}
+
+// Merged implements db.Syncer.
+func (d *dbsync) Merged(table, key string) (db.Row, error) {
+	rec, ok, err := d.n.state.Get(table, key)
+	if err != nil || !ok {
+		return db.Row{Table: table, Key: key}, err
+	}
+	return rowOf(rec), nil
+}
+
+func rowOf(r state.Record) db.Row {
+	if r.Deleted {
+		return db.Row{Table: r.Table, Key: r.Key}
+	}
+	return db.Row{Table: r.Table, Key: r.Key, Fields: r.Fields}
+}
+
+// checkSchema notices a table or column added while the node runs: the
+// triggers are installed again and every merged row is written again (rows
+// held back for lack of a column now fit).
+func (d *dbsync) checkSchema(ctx context.Context) {
+	s, err := d.c.Schema(ctx)
+	if err != nil {
+		d.setErr(err)
+		return
+	}
+	d.mu.Lock()
+	old := d.schema
+	d.mu.Unlock()
+	if old != nil && sameSchema(old, s) {
+		return
+	}
+	d.n.log.Info("practice database schema changed: capture triggers updated", "tables", len(s.Tables))
+	if err := d.c.Install(ctx, s); err != nil {
+		d.setErr(err)
+		return
+	}
+	d.c.SetSchema(s)
+	d.mu.Lock()
+	d.schema = s
+	d.mu.Unlock()
+	if err := d.c.SetApplyCursor(ctx, 0); err != nil {
+		d.setErr(err)
+	}
+	d.poke()
+}
+
+func sameSchema(a, b *db.Schema) bool {
+	if len(a.Tables) != len(b.Tables) || a.Version != b.Version {
+		return false
+	}
+	for i := range a.Tables {
+		x, y := a.Tables[i], b.Tables[i]
+		if x.Name != y.Name || len(x.Columns) != len(y.Columns) {
+			return false
+		}
+		for j := range x.Columns {
+			if x.Columns[j] != y.Columns[j] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (d *dbsync) getKey(k []byte) (uint64, error) {
+	v, closer, err := d.n.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("node: read the practice database's progress: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("node: the practice database's progress is damaged (%d bytes)", len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+func (d *dbsync) setKeys(kv map[string]uint64) error {
+	b := d.n.db.NewBatch()
+	defer b.Close()
+	for k, v := range kv {
+		if err := b.Set([]byte(k), u64(v), nil); err != nil {
+			return err
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("node: store the practice database's progress: %w", err)
+	}
+	return nil
+}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
