@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
+
 	"encoding/json"
 	"fmt"
+	"github.com/cockroachdb/pebble/v2"
 	"net/http"
 	"reflect"
 	"sort"
@@ -203,6 +205,16 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 		}
 	}
 	if repair {
+		d.mu.Lock()
+		restored := d.restored
+		d.mu.Unlock()
+		if restored {
+			if rb, ok := d.c.(rebaser); ok {
+				if err := rb.Rebase(ctx, d.CapturePos()); err != nil {
+					return res, err
+				}
+			}
+		}
 		if len(fix) > 0 {
 			if err := d.c.Write(ctx, fix); err != nil {
 				return res, err
@@ -275,8 +287,17 @@ func (d *dbsync) problem() string {
 // for an apply.
 func (d *dbsync) repaired() {
 	d.mu.Lock()
-	d.conflicts = nil
+	restored := d.restored
+	d.conflicts, d.restored = nil, false
 	d.mu.Unlock()
+	if restored {
+		// Write every merged row again from the start: the database's stored
+		// position belongs to the backup.
+		if err := d.c.SetApplyCursor(d.n.ctx, 0); err != nil {
+			d.setErr(err)
+		}
+		_ = d.n.db.Set(keyApplied, u64(0), pebble.Sync)
+	}
 	d.poke()
 }
 

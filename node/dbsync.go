@@ -24,7 +24,18 @@ import (
 var (
 	keyCapturePos = []byte{store.PrefixDB, 'c'} // changes up to it are in the log
 	keyLoaded     = []byte{store.PrefixDB, 'l'} // the initial load finished
+	keyApplied    = []byte{store.PrefixDB, 'a'} // the apply position last stored in the database
 )
+
+// rebaser is what a connector offers to notice and repair a database
+// restored from an older backup.
+type rebaser interface {
+	Positions(ctx context.Context) (changeSeq, applyCursor uint64, err error)
+	Rebase(ctx context.Context, pos uint64) error
+}
+
+// errRestored is the problem a restored database shows until it is repaired.
+var errRestored = fmt.Errorf("%w: its positions are behind this node's, so it holds older rows than the family and new changes could be mistaken for ones already sent; nothing is synced until `ppsync db check --repair` has run (stop the practice software from writing meanwhile)", db.ErrRestored)
 
 // Limits of one database step.
 const (
@@ -68,6 +79,7 @@ type dbsync struct {
 	mu        sync.Mutex // guards the fields below
 	schema    *db.Schema
 	loading   bool
+	restored  bool // the database is behind the node: sync waits for a repair
 	loadRows  uint64
 	lastErr   string
 	conflicts []db.RowConflict
@@ -248,6 +260,22 @@ func (d *dbsync) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if rb, ok := d.c.(rebaser); ok && loaded != 0 {
+		seq, cur, err := rb.Positions(ctx)
+		if err != nil {
+			return err
+		}
+		applied, err := d.getKey(keyApplied)
+		if err != nil {
+			return err
+		}
+		if seq < d.CapturePos() || cur < applied {
+			d.n.log.Error("the practice database was restored from an older backup", "change_counter", seq, "captured", d.CapturePos(), "apply_position", cur, "applied", applied)
+			d.mu.Lock()
+			d.restored = true
+			d.mu.Unlock()
+		}
+	}
 	if loaded == 0 && d.n.id.Role == "site" {
 		return d.load(ctx, s)
 	}
@@ -312,6 +340,12 @@ func (d *dbsync) load(ctx context.Context, s *db.Schema) error {
 
 // step captures what is pending, then writes back what changed.
 func (d *dbsync) step(ctx context.Context) error {
+	d.mu.Lock()
+	restored := d.restored
+	d.mu.Unlock()
+	if restored {
+		return errRestored
+	}
 	if d.n.id.Role == "site" {
 		if err := d.capture(ctx); err != nil {
 			return err
@@ -341,6 +375,9 @@ func (d *dbsync) step(ctx context.Context) error {
 		res, err := d.c.Apply(ctx, d, dbMaxApplyRows)
 		if err != nil {
 			return err
+		}
+		if err := d.n.db.Set(keyApplied, u64(res.Cursor), pebble.NoSync); err != nil {
+			return fmt.Errorf("node: record the apply position: %w", err)
 		}
 		d.mu.Lock()
 		d.applied += uint64(res.Rows)
@@ -485,6 +522,9 @@ func (d *dbsync) checkSchema(ctx context.Context) {
 	d.schema = s
 	d.mu.Unlock()
 	if err := d.c.SetApplyCursor(ctx, 0); err != nil {
+		d.setErr(err)
+	}
+	if err := d.n.db.Set(keyApplied, u64(0), pebble.Sync); err != nil {
 		d.setErr(err)
 	}
 	d.poke()

@@ -252,6 +252,42 @@ func (c *Conn) Ack(ctx context.Context, upto uint64) error {
 	return nil
 }
 
+// Positions returns the change table's id counter (the last id handed out,
+// deleted rows included) and the stored apply position: a database restored
+// from an older backup has both behind what the node recorded.
+func (c *Conn) Positions(ctx context.Context) (changeSeq, applyCursor uint64, err error) {
+	err = c.r.QueryRowContext(ctx, `SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = ?), 0)`, changesTable).Scan(&changeSeq)
+	if err != nil {
+		return 0, 0, fmt.Errorf("sqlite: read the change counter: %w", err)
+	}
+	applyCursor, err = c.cursor(ctx, c.r)
+	return changeSeq, applyCursor, err
+}
+
+// Rebase makes a restored database's change ids continue after pos (so no
+// new change gets an id the node already counts as captured) and drops the
+// change rows up to pos (captured before the backup was taken).
+func (c *Conn) Rebase(ctx context.Context, pos uint64) error {
+	tx, err := c.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: rebase: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+changesTable+` WHERE id <= ?`, pos); err != nil {
+		return fmt.Errorf("sqlite: rebase: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?`, pos, changesTable); err != nil {
+		return fmt.Errorf("sqlite: rebase: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO sqlite_sequence(name, seq) SELECT ?, ? WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)`, changesTable, pos, changesTable); err != nil {
+		return fmt.Errorf("sqlite: rebase: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: rebase: %w", err)
+	}
+	return nil
+}
+
 // Snapshot implements db.Connector: one read transaction sees every synced
 // table and the change table's last id at one instant; changes up to that id
 // are in the snapshot, later ones come through Capture.
