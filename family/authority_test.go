@@ -47,7 +47,7 @@ func TestCreateLoadRoundTrip(t *testing.T) {
 	}
 
 	// Signing with the loaded key verifies against the created info.
-	c, err := auth2.issue(testRequest(t, info, "clinic-a", RoleSite), 1, t0)
+	c, err := auth2.issue(testRequest(t, info, "clinic-a", RoleSite), 1, 0, t0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,12 @@ type Certificate struct {
 	RequestedAt        time.Time `json:"requested_at"` // the join request's created_at
 	Epoch              uint64    `json:"epoch"`
 	IssuedAt           time.Time `json:"issued_at"`
-	Signature          []byte    `json:"signature"` // Ed25519 by the authority, base64 in JSON
+	// Slot is the site's number in the family (1, 2, 3, ...), unique among
+	// its sites and kept across moves: the practice database gives each site
+	// its own range of new integer IDs by it. 0 in certificates issued before
+	// slots existed.
+	Slot      uint32 `json:"slot,omitempty"`
+	Signature []byte `json:"signature"` // Ed25519 by the authority, base64 in JSON
 }
 
 // certificateSigned is the signed content of a certificate, in a fixed field
@@ -46,6 +51,7 @@ type certificateSigned struct {
 	RequestedAt        string `json:"requested_at"`
 	Epoch              uint64 `json:"epoch"`
 	IssuedAt           string `json:"issued_at"`
+	Slot               uint32 `json:"slot,omitempty"` // last and omitted when 0: older certificates sign the same bytes
 }
 
 // SignedBytes returns the exact bytes the authority signs: a domain prefix
@@ -63,6 +69,7 @@ func (c *Certificate) SignedBytes() []byte {
 		RequestedAt:        canonicalTime(c.RequestedAt),
 		Epoch:              c.Epoch,
 		IssuedAt:           canonicalTime(c.IssuedAt),
+		Slot:               c.Slot,
 	})
 	if err != nil {
 		// Strings, bytes and integers always encode.
@@ -169,7 +176,7 @@ func ParseCertificate(data []byte) (*Certificate, error) {
 }
 
 // issue signs a certificate for req at epoch.
-func (a *Authority) issue(req *JoinRequest, epoch uint64, now time.Time) (*Certificate, error) {
+func (a *Authority) issue(req *JoinRequest, epoch uint64, slot uint32, now time.Time) (*Certificate, error) {
 	c := &Certificate{
 		Format:             FormatVersion,
 		FamilyID:           a.familyID,
@@ -182,6 +189,7 @@ func (a *Authority) issue(req *JoinRequest, epoch uint64, now time.Time) (*Certi
 		RequestedAt:        req.CreatedAt.UTC(),
 		Epoch:              epoch,
 		IssuedAt:           stamp(now),
+		Slot:               slot,
 	}
 	c.Signature = a.sign(c.SignedBytes())
 	if err := c.verify(a.familyID, a.PublicKey()); err != nil {

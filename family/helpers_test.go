@@ -40,7 +40,7 @@ func testRequest(t testing.TB, info *Info, site string, role Role) *JoinRequest 
 // testCert issues a certificate without the registry.
 func testCert(t testing.TB, auth *Authority, info *Info, site string, epoch uint64) *Certificate {
 	t.Helper()
-	c, err := auth.issue(testRequest(t, info, site, RoleSite), epoch, t0.Add(time.Duration(epoch)*time.Hour))
+	c, err := auth.issue(testRequest(t, info, site, RoleSite), epoch, 0, t0.Add(time.Duration(epoch)*time.Hour))
 	if err != nil {
 		t.Fatalf("issue: %v", err)
 	}

@@ -38,7 +38,32 @@ func (a *Authority) Admit(dir string, req *JoinRequest, now time.Time) (*Certifi
 	if err := a.checkPeerUnused(dir, req); err != nil {
 		return nil, fmt.Errorf("admit: %w", err)
 	}
-	return a.record(dir, req, 1, now)
+	slot, err := a.nextSlot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("admit: %w", err)
+	}
+	return a.record(dir, req, 1, slot, now)
+}
+
+// nextSlot is the slot for a new site: one more than any issued so far, and
+// more than the number of sites (so sites admitted before slots existed keep
+// room for one each when they move).
+func (a *Authority) nextSlot(dir string) (uint32, error) {
+	sites, err := registrySites(dir, issuedDir)
+	if err != nil {
+		return 0, err
+	}
+	top := uint32(len(sites))
+	for _, s := range sites {
+		c, err := a.loadIssued(dir, s)
+		if err != nil {
+			return 0, err
+		}
+		if c != nil && c.Slot > top {
+			top = c.Slot
+		}
+	}
+	return top + 1, nil
 }
 
 // Move re-issues the certificate of an existing site for the node of req (a
@@ -71,7 +96,13 @@ func (a *Authority) Move(dir string, req *JoinRequest, now time.Time) (*Certific
 	if rev != nil && rev.Epoch > epoch {
 		epoch = rev.Epoch
 	}
-	return a.record(dir, req, epoch+1, now)
+	slot := cur.Slot
+	if slot == 0 {
+		if slot, err = a.nextSlot(dir); err != nil {
+			return nil, fmt.Errorf("move: %w", err)
+		}
+	}
+	return a.record(dir, req, epoch+1, slot, now)
 }
 
 // Revoke revokes every certificate issued so far to site (the revocation's
@@ -183,8 +214,8 @@ func (a *Authority) checkPeerUnused(dir string, req *JoinRequest) error {
 }
 
 // record issues a certificate and saves it as the site's newest.
-func (a *Authority) record(dir string, req *JoinRequest, epoch uint64, now time.Time) (*Certificate, error) {
-	cert, err := a.issue(req, epoch, now)
+func (a *Authority) record(dir string, req *JoinRequest, epoch uint64, slot uint32, now time.Time) (*Certificate, error) {
+	cert, err := a.issue(req, epoch, slot, now)
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,9 @@ func TestAdmitMoveRevokeFlow(t *testing.T) {
 		t.Fatalf("Admit relay: %v", err)
 	}
 	add(relay)
+	if a1.Slot != 1 || relay.Slot != 2 {
+		t.Fatalf("slots %d and %d, want 1 and 2 (one per site, in admission order)", a1.Slot, relay.Slot)
+	}
 
 	// The certificate file round-trips and verifies.
 	data := mustMarshal(t, a1)
@@ -46,8 +49,8 @@ func TestAdmitMoveRevokeFlow(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Move: %v", err)
 	}
-	if a2.Epoch != 2 || a2.PeerID != reqA2.PeerID {
-		t.Fatalf("moved certificate: epoch %d peer %s", a2.Epoch, a2.PeerID)
+	if a2.Epoch != 2 || a2.PeerID != reqA2.PeerID || a2.Slot != a1.Slot {
+		t.Fatalf("moved certificate: epoch %d peer %s slot %d (want the site's slot %d)", a2.Epoch, a2.PeerID, a2.Slot, a1.Slot)
 	}
 	add(a2)
 	wantErr(t, roster.Check(a1), ErrSuperseded, "superseded by epoch 2")
@@ -200,7 +203,7 @@ func TestRegistryDetectsTampering(t *testing.T) {
 	wantErr(t, err, ErrBadSignature, path)
 
 	// A valid certificate of another site under this name is refused too.
-	other, err := auth.issue(testRequest(t, info, "clinic-b", RoleSite), 1, t0)
+	other, err := auth.issue(testRequest(t, info, "clinic-b", RoleSite), 1, 0, t0)
 	if err != nil {
 		t.Fatal(err)
 	}

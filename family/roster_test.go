@@ -329,9 +329,9 @@ func TestRosterRevocations(t *testing.T) {
 func TestRosterSharedPeerIDIsNoMember(t *testing.T) {
 	auth, info, _ := testFamily(t)
 	req := testRequest(t, info, "clinic-a", RoleSite)
-	a, _ := auth.issue(req, 1, t0)
+	a, _ := auth.issue(req, 1, 0, t0)
 	req.Site = "clinic-b"
-	b, _ := auth.issue(req, 1, t0)
+	b, _ := auth.issue(req, 1, 0, t0)
 	r := testRoster(t, info)
 	r.Add(a)
 	r.Add(b)

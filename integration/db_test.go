@@ -423,3 +423,49 @@ func reopen(tb testing.TB, path string) *sql.DB {
 	tb.Cleanup(func() { d.Close() })
 	return d
 }
+
+// Two clinics insert a patient under the same integer ID while they cannot
+// see each other (SQLite takes the highest ID + 1 at both): the collision is
+// detected and listed as a conflict with both sides, and both databases end
+// with the same row.
+func TestDatabaseInsertCollisionIsAConflict(t *testing.T) {
+	dir := t.TempDir()
+	paths := map[string]string{"north": filepath.Join(dir, "north.db"), "south": filepath.Join(dir, "south.db")}
+	north, south := practiceDB(t, paths["north"]), practiceDB(t, paths["south"])
+	_, data, procs := dbFamily(t, paths)
+	for _, d := range data {
+		waitDBReady(t, d)
+	}
+	procs["south"].stopClean()
+	mustExec(t, north, `INSERT INTO patients(name, dob) VALUES ('Alice North', '1970-01-01')`)
+	mustExec(t, south, `INSERT INTO patients(name, dob) VALUES ('Bob South', '1980-02-02')`)
+	startNode(t, data["south"])
+	waitSameRows(t, north, south)
+	for _, d := range data {
+		out := ppsync(t, "conflicts", "--data", d, "--json").want(t, exitOK).stdout
+		if !strings.Contains(out, "Alice North") || !strings.Contains(out, "Bob South") {
+			t.Errorf("conflicts at %s do not show both sides of patient 1: %s", filepath.Base(d), out)
+		}
+	}
+}
+
+// waitDBReady polls `ppsync db status` until the node has read the
+// database's tables and installed its triggers and ID ranges.
+func waitDBReady(tb testing.TB, data string) {
+	tb.Helper()
+	deadline := time.Now().Add(syncTimeout)
+	for {
+		var st struct {
+			Tables  []string `json:"tables"`
+			Loading bool     `json:"loading"`
+		}
+		out := ppsync(tb, "db", "status", "--data", data, "--json").want(tb, exitOK).stdout
+		if json.Unmarshal([]byte(out), &st) == nil && len(st.Tables) > 0 && !st.Loading {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("the practice database of %s is not ready: %s", data, out)
+		}
+		time.Sleep(pollEvery)
+	}
+}

@@ -32,6 +32,7 @@ type DBStatus struct {
 	Loading        bool            `json:"loading"`   // the initial load runs
 	LoadedRows     uint64          `json:"load_rows"` // rows published by the initial load so far
 	Refused        []DBRowConflict `json:"refused"`   // merged rows the database refused (newest last)
+	Warnings       []string        `json:"warnings"`  // tables whose new IDs can collide between sites, ...
 	Problem        string          `json:"problem,omitempty"`
 }
 
@@ -80,7 +81,7 @@ const dbCheckListLimit = 1000
 
 // DBStatus reports the practice database's sync.
 func (n *Node) DBStatus() DBStatus {
-	st := DBStatus{Tables: []string{}, PerTable: []DBTableStatus{}, Skipped: []string{}, Refused: []DBRowConflict{}}
+	st := DBStatus{Tables: []string{}, PerTable: []DBTableStatus{}, Skipped: []string{}, Refused: []DBRowConflict{}, Warnings: []string{}}
 	if n.dbs == nil {
 		st.Problem = "this node syncs no practice database (set one up with `ppsync init --db`)"
 		return st
@@ -113,6 +114,11 @@ func (n *Node) DBStatus() DBStatus {
 		}
 		for _, k := range d.schema.Skipped {
 			st.Skipped = append(st.Skipped, k.Table+": "+k.Reason)
+		}
+		for _, t := range d.schema.Tables {
+			if c, _ := t.Column(t.PK[0]); len(t.PK) == 1 && db.IntegerType(c.Type) && d.c.Driver() == "sqlite" {
+				st.Warnings = append(st.Warnings, t.Name+": SQLite gives a new row the highest ID + 1 (with or without AUTOINCREMENT), so two sites inserting at the same time can create the same ID; ppsync records it as a conflict (ppsync conflicts) and keeps the newer row")
+			}
 		}
 	}
 	for _, c := range d.conflicts {
