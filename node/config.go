@@ -61,6 +61,9 @@ type Config struct {
 	// DBTables, when set, are the only tables synced; DBExclude are never.
 	DBTables  []string `toml:"db_tables"`
 	DBExclude []string `toml:"db_exclude"`
+	// DBPasswordFile holds the PostgreSQL password (else the environment's
+	// PPSYNC_DB_PASSWORD or PGPASSWORD); never printed.
+	DBPasswordFile string `toml:"db_password_file"`
 	// HeartbeatInterval is how often the node gossips its heartbeat (tests
 	// shorten it; default 5s).
 	HeartbeatInterval time.Duration `toml:"-"`
@@ -126,7 +129,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("node: log_level %q is not one of debug, info, warn, error", c.LogLevel)
 	}
 	if c.DB != "" && !strings.HasPrefix(c.DB, "sqlite:") && !strings.HasPrefix(c.DB, "postgres://") && !strings.HasPrefix(c.DB, "postgresql://") {
-		return fmt.Errorf("node: db %q is not a database URL ppsync knows (use sqlite:/path/to/practice.db)", c.DB)
+		return fmt.Errorf("node: db %q is not a database URL ppsync knows (use sqlite:/path/to/practice.db or postgres://USER@HOST:PORT/DBNAME)", c.DB)
 	}
 	for _, a := range append(append([]string(nil), c.Listen...), c.Bootstrap...) {
 		if !strings.HasPrefix(a, "/") {
@@ -197,7 +200,9 @@ log_level = {{printf "%q" .LogLevel}}
 # building sync directly even without the internet.
 lan_discovery = {{.MDNS}}
 
-# The practice database this node keeps in sync: sqlite:/path/to/practice.db.
+# The practice database this node keeps in sync: sqlite:/path/to/practice.db or
+# postgres://USER@HOST:PORT/DBNAME?sslmode=... (password: db_password_file below,
+# or PPSYNC_DB_PASSWORD in the environment).
 # Set by ` + "`ppsync init --db`" + `, which binds the node to that database. Empty:
 # none (only what is written through the API is synced).
 db = {{printf "%q" .DB}}
@@ -207,6 +212,9 @@ db_tables = [{{range $i, $a := .DBTables}}{{if $i}}, {{end}}{{printf "%q" $a}}{{
 
 # Never sync these tables.
 db_exclude = [{{range $i, $a := .DBExclude}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]
+
+# PostgreSQL: a file holding the database password (mode 0600).
+db_password_file = {{printf "%q" .DBPasswordFile}}
 `))
 
 // SaveConfig writes c to DATA/ppsync.toml, every setting present and commented.

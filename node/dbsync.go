@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/ppsync/ppsync/db"
+	"github.com/ppsync/ppsync/db/postgres"
 	"github.com/ppsync/ppsync/db/sqlite"
 	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/internal/wire"
@@ -46,12 +47,12 @@ const (
 
 // openConnector opens the practice database a URL names: sqlite:PATH or
 // postgres://USER@HOST:PORT/DB.
-func openConnector(ctx context.Context, raw string, tables, exclude []string, n *Node) (db.Connector, error) {
+func openConnector(ctx context.Context, raw string, tables, exclude []string, pg pgAuth, n *Node) (db.Connector, error) {
 	switch {
 	case strings.HasPrefix(raw, "sqlite:"):
 		path := strings.TrimPrefix(strings.TrimPrefix(raw, "sqlite:"), "//")
 		if path == "" {
-			return nil, fmt.Errorf("%w: %q names no file (use sqlite:/path/to/practice.db)", db.ErrUnsupported, raw)
+			return nil, fmt.Errorf("%w: %q names no file (use sqlite:/path/to/practice.db or postgres://USER@HOST:PORT/DBNAME)", db.ErrUnsupported, raw)
 		}
 		o := sqlite.Options{Tables: tables, Exclude: exclude}
 		if n != nil {
@@ -59,12 +60,32 @@ func openConnector(ctx context.Context, raw string, tables, exclude []string, n 
 		}
 		return sqlite.Open(ctx, path, o)
 	case strings.HasPrefix(raw, "postgres://"), strings.HasPrefix(raw, "postgresql://"):
-		return nil, fmt.Errorf("%w: PostgreSQL is not supported by this version of ppsync yet (use sqlite:PATH)", db.ErrUnsupported)
+		o := postgres.Options{Tables: tables, Exclude: exclude, Password: pg.password, PasswordFile: pg.passwordFile}
+		if n != nil {
+			o.Logger = n.log
+		}
+		return postgres.Open(ctx, raw, o)
 	}
 	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
-		return nil, fmt.Errorf("%w: %q: ppsync syncs sqlite:PATH databases", db.ErrUnsupported, u.Scheme+":")
+		return nil, fmt.Errorf("%w: %q: ppsync syncs sqlite:PATH and postgres://... databases", db.ErrUnsupported, u.Scheme+":")
 	}
-	return nil, fmt.Errorf("%w: %q is not a database URL (use sqlite:/path/to/practice.db)", db.ErrUnsupported, raw)
+	return nil, fmt.Errorf("%w: %q is not a database URL (use sqlite:/path/to/practice.db or postgres://USER@HOST:PORT/DBNAME)", db.ErrUnsupported, raw)
+}
+
+// pgAuth is where a PostgreSQL password comes from: db_password_file in
+// ppsync.toml, or PPSYNC_DB_PASSWORD (or PGPASSWORD) in the environment.
+// It is never printed.
+type pgAuth struct{ password, passwordFile string }
+
+func pgAuthOf(passwordFile string, env func(string) string) pgAuth {
+	a := pgAuth{passwordFile: passwordFile}
+	if env != nil {
+		a.password = env("PPSYNC_DB_PASSWORD")
+		if a.password == "" {
+			a.password = env("PGPASSWORD")
+		}
+	}
+	return a
 }
 
 // dbsync keeps the practice database and the node in step: one goroutine

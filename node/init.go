@@ -25,9 +25,10 @@ type InitOptions struct {
 	Env        func(string) string // environment (PPSYNC_MACHINE_ID); nil: empty
 	Now        func() time.Time
 	// DB is the practice database to bind and sync (sqlite:PATH); empty: none.
-	DB        string
-	DBTables  []string
-	DBExclude []string
+	DB             string
+	DBTables       []string
+	DBExclude      []string
+	DBPasswordFile string // PostgreSQL: a file holding the password (else PPSYNC_DB_PASSWORD)
 }
 
 // InitResult says what Init created.
@@ -85,7 +86,7 @@ func Init(opts InitOptions) (InitResult, error) {
 
 	var practice db.Identity
 	if opts.DB != "" {
-		c, err := openConnector(context.Background(), opts.DB, opts.DBTables, opts.DBExclude, nil)
+		c, err := openConnector(context.Background(), opts.DB, opts.DBTables, opts.DBExclude, pgAuthOf(opts.DBPasswordFile, opts.Env), nil)
 		if err != nil {
 			return res, err
 		}
@@ -154,7 +155,7 @@ func Init(opts InitOptions) (InitResult, error) {
 		return res, err
 	}
 	cfg := DefaultConfig(opts.DataDir)
-	cfg.DB, cfg.DBTables, cfg.DBExclude = opts.DB, opts.DBTables, opts.DBExclude
+	cfg.DB, cfg.DBTables, cfg.DBExclude, cfg.DBPasswordFile = opts.DB, opts.DBTables, opts.DBExclude, opts.DBPasswordFile
 	if err := SaveConfig(cfg); err != nil {
 		return res, err
 	}

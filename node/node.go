@@ -202,7 +202,7 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 	if n.cfg.DB == "" {
 		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up with the practice database %s, but %s names none (db = ...): restore the setting, or ask support to move the node", n.id.DBDetail, ConfigFile)}
 	}
-	c, err := openConnector(ctx, n.cfg.DB, n.cfg.DBTables, n.cfg.DBExclude, n)
+	c, err := openConnector(ctx, n.cfg.DB, n.cfg.DBTables, n.cfg.DBExclude, pgAuthOf(n.cfg.DBPasswordFile, n.cfg.Env), n)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,7 @@ type initResult struct {
 }
 
 func initCommand() *command {
-	var data, familyFile, site, role, dbURL string
+	var data, familyFile, site, role, dbURL, dbPasswordFile string
 	var tables, exclude listFlag
 	var asJSON bool
 	return &command{
@@ -49,14 +49,15 @@ fingerprint, ppsync.toml and a copy of the family file, and writes DATA/join-req
 Send the join request to the family's administrator (support): they sign it with
 ` + "`ppsync family admit`" + ` and send back a certificate, which you install with
 ` + "`ppsync install --data DATA CERT`" + `. Site IDs are 1-64 characters of a-z 0-9 - _ .
---db sqlite:/path/to/practice.db binds the node to the practice's database (the certificate names it) and
+--db sqlite:/path/to/practice.db (or postgres://USER@HOST:PORT/DBNAME) binds the node to the practice's database (the certificate names it) and
 syncs every table with a primary key (--db-table names the only ones, --db-exclude leaves some out).`,
 		flags: func(fs *flag.FlagSet) {
 			dataFlag(fs, &data)
 			fs.StringVar(&familyFile, "family", "", "the family's `FAMILY_JSON` file (family.json)")
 			fs.StringVar(&site, "site", "", "this node's `SITE` ID")
 			fs.StringVar(&role, "role", "site", "`ROLE`: site (a practice system) or relay (the vendor's always-on node)")
-			fs.StringVar(&dbURL, "db", "", "the practice database to sync: sqlite:`PATH`")
+			fs.StringVar(&dbURL, "db", "", "the practice database to sync: sqlite:PATH or postgres://USER@HOST:PORT/DBNAME (`URL`)")
+			fs.StringVar(&dbPasswordFile, "db-password-file", "", "PostgreSQL: a `FILE` holding the password (else PPSYNC_DB_PASSWORD)")
 			fs.Var(&tables, "db-table", "sync only this `TABLE` (repeatable)")
 			fs.Var(&exclude, "db-exclude", "never sync this `TABLE` (repeatable)")
 			jsonFlag(fs, &asJSON)
@@ -79,7 +80,7 @@ syncs every table with a primary key (--db-table names the only ones, --db-exclu
 				return usageErrorf(cmd.name, "a relay syncs no practice database: leave out --db")
 			}
 			res, err := node.Init(node.InitOptions{DataDir: dir, FamilyFile: familyFile, Site: site, Role: role, Env: c.getenv, Now: c.now,
-				DB: dbURL, DBTables: tables, DBExclude: exclude})
+				DB: dbURL, DBTables: tables, DBExclude: exclude, DBPasswordFile: dbPasswordFile})
 			if err != nil {
 				return err
 			}
