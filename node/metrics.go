@@ -58,11 +58,26 @@ var (
 		"1 when members run different ppsync versions.", nil, nil)
 	mOnline = prometheus.NewDesc("ppsync_online",
 		"1 when at least one family member is reachable.", nil, nil)
+
+	// The practice database, only on a node that syncs one.
+	mDBCaptured = prometheus.NewDesc("ppsync_db_captured_total",
+		"Changes captured from the practice database into this site's log since the node started.", nil, nil)
+	mDBApplied = prometheus.NewDesc("ppsync_db_applied_total",
+		"Merged rows written into the practice database since the node started.", nil, nil)
+	mDBPendingCapture = prometheus.NewDesc("ppsync_db_pending_capture",
+		"Changes waiting in the practice database's change table to be captured.", nil, nil)
+	mDBPendingApply = prometheus.NewDesc("ppsync_db_pending_apply",
+		"Merged changes not yet written into the practice database.", nil, nil)
+	mDBRefused = prometheus.NewDesc("ppsync_db_refused_rows",
+		"Merged rows the practice database refused (kept until a repair; at most 1000).", nil, nil)
+	mDBProblem = prometheus.NewDesc("ppsync_db_problem",
+		"1 when syncing the practice database has a problem (GET /v1/db says which).", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mEntries, mCatchupBytes, mCatchupSessions, mRejections, mDropped, mPeers,
-		mBacklog, mLag, mFrontier, mConflicts, mRecords, mForks, mHeld, mLastSync, mVersionMismatch, mOnline} {
+		mBacklog, mLag, mFrontier, mConflicts, mRecords, mForks, mHeld, mLastSync, mVersionMismatch, mOnline,
+		mDBCaptured, mDBApplied, mDBPendingCapture, mDBPendingApply, mDBRefused, mDBProblem} {
 		ch <- d
 	}
 }
@@ -85,6 +100,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mDropped, k.publishDropped.Load())
 	for reason, v := range n.mesh.Rejections() {
 		counter(mRejections, v, reason)
+	}
+	if n.dbs != nil {
+		d := n.DBStatus()
+		counter(mDBCaptured, d.Captured)
+		counter(mDBApplied, d.Applied)
+		gauge(mDBPendingCapture, float64(d.PendingCapture))
+		gauge(mDBPendingApply, float64(d.PendingApply))
+		gauge(mDBRefused, float64(len(d.Refused)))
+		gauge(mDBProblem, b2f(d.Problem != ""))
 	}
 	peers := n.sync.peers()
 	st, err := n.statusOf(peers)

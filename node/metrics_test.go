@@ -1,29 +1,24 @@
 package node
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
 
 func scrape(t *testing.T, r *running, pattern string) float64 {
 	t.Helper()
-	req, _ := http.NewRequest("GET", r.base+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+r.key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^` + pattern + ` (\S+)$`).FindSubmatch(body)
+	body := metricsText(t, r)
+	m := regexp.MustCompile(`(?m)^` + pattern + ` (\S+)$`).FindStringSubmatch(body)
 	if m == nil {
 		t.Fatalf("metric %s not found in:\n%s", pattern, body)
 	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
+	v, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,4 +54,92 @@ func TestMetricsMoveAsEntriesFlow(t *testing.T) {
 	if v := scrape(t, a, `ppsync_online`); v != 1 {
 		t.Fatalf("online: %v", v)
 	}
+}
+
+// TestMetricsDB: a node bound to a practice database exports its figures; a
+// node without one exports none of them.
+func TestMetricsDB(t *testing.T) {
+	path, d := practiceFile(t, `CREATE TABLE codes(id INTEGER PRIMARY KEY, code TEXT UNIQUE)`, `INSERT INTO codes VALUES (1, 'A')`)
+	sqlExec(t, d, `INSERT INTO patients(name) VALUES ('from before ppsync')`)
+	tf := newTestFamily(t)
+	tf.addDB("clinic-a", "sqlite:"+path)
+	tf.add("clinic-b", "site")
+	a := tf.start("clinic-a")
+	b := tf.start("clinic-b")
+	waitDB(t, a, "database ready", dbReady)
+
+	waitMetrics := func(what string, want map[string]float64) {
+		t.Helper()
+		waitUntil(t, what, 20*time.Second, func() (bool, string) {
+			saw := ""
+			ok := true
+			for name, v := range want {
+				got := scrape(t, a, name)
+				saw += fmt.Sprintf(" %s=%v", name, got)
+				ok = ok && got == v
+			}
+			return ok, saw
+		})
+	}
+	// The initial load is not a capture.
+	waitMetrics("after the initial load", map[string]float64{
+		"ppsync_db_captured_total": 0, "ppsync_db_applied_total": 0, "ppsync_db_pending_capture": 0,
+		"ppsync_db_refused_rows": 0, "ppsync_db_problem": 0,
+	})
+
+	// Two rows inserted with plain SQL: captured.
+	sqlExec(t, d, `INSERT INTO patients(name) VALUES ('Ada'), ('Bo')`)
+	waitMetrics("captured", map[string]float64{"ppsync_db_captured_total": 2, "ppsync_db_pending_capture": 0})
+
+	// A row written through the API is applied to the database; one that
+	// breaks a unique constraint is refused.
+	for _, tx := range []string{
+		`{"ops":[{"op":"put","table":"patients","key":"100","fields":{"name":"Cy"}}]}`,
+		`{"ops":[{"op":"put","table":"codes","key":"2","fields":{"code":"A"}}]}`,
+	} {
+		if code := a.call(t, "POST", "/v1/transactions", tx, nil); code != 200 {
+			t.Fatalf("%s: %d", tx, code)
+		}
+	}
+	waitMetrics("applied and refused", map[string]float64{
+		"ppsync_db_applied_total": 1, "ppsync_db_refused_rows": 1, "ppsync_db_pending_apply": 0, "ppsync_db_problem": 0,
+	})
+	var name string
+	if err := d.QueryRow(`SELECT name FROM patients WHERE id = 100`).Scan(&name); err != nil || name != "Cy" {
+		t.Fatalf("applied row: %q %v", name, err)
+	}
+
+	// The change table the triggers write to is gone: a problem.
+	sqlExec(t, d, `DROP TABLE _ppsync_changes`)
+	waitMetrics("problem", map[string]float64{"ppsync_db_problem": 1})
+	if st := a.n.DBStatus(); st.Problem == "" {
+		t.Fatal("ppsync_db_problem is 1 but DBStatus has no problem")
+	}
+
+	body := metricsText(t, a)
+	for _, want := range []string{"ppsync_db_captured_total counter", "ppsync_db_applied_total counter", "ppsync_db_pending_capture gauge",
+		"ppsync_db_pending_apply gauge", "ppsync_db_refused_rows gauge", "ppsync_db_problem gauge"} {
+		if !strings.Contains(body, "# TYPE "+want+"\n") {
+			t.Errorf("no %q in:\n%s", "# TYPE "+want, body)
+		}
+	}
+
+	// No database: no ppsync_db_ metric.
+	body = metricsText(t, b)
+	if strings.Contains(body, "ppsync_db_") || !strings.Contains(body, "ppsync_online") {
+		t.Fatalf("metrics of a node without a database:\n%s", body)
+	}
+}
+
+func metricsText(t *testing.T, r *running) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", r.base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+r.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
 }

@@ -1,13 +1,16 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/base64"
+	"encoding/json"
 	"html/template"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -25,7 +28,8 @@ import (
 // GET /?token=T exchanges the token for a session cookie and redirects to /.
 // A session may only call the endpoints the page uses (pageRoutes); a request
 // that changes something must also carry the X-PPSync-Page header, which a
-// cross-site form or image cannot send.
+// cross-site form or image cannot send. The page checks the practice database
+// but never repairs it: that stays with `ppsync db check --repair`.
 
 //go:embed web
 var webFiles embed.FS
@@ -42,14 +46,16 @@ const (
 
 // pageRoutes are the requests a page session may make (method and path).
 var pageRoutes = map[string]bool{
-	"GET /v1/status":   true,
-	"GET /v1/peers":    true,
-	"GET /v1/settings": true,
-	"PUT /v1/settings": true,
-	"POST /v1/sync":    true,
-	"GET /v1/activity": true,
-	"GET /v1/events":   true,
-	"POST /v1/logout":  true,
+	"GET /v1/status":    true,
+	"GET /v1/peers":     true,
+	"GET /v1/settings":  true,
+	"PUT /v1/settings":  true,
+	"POST /v1/sync":     true,
+	"GET /v1/activity":  true,
+	"GET /v1/events":    true,
+	"POST /v1/logout":   true,
+	"GET /v1/db":        true,
+	"POST /v1/db/check": true, // without repair only: see checkOnly
 }
 
 // LoginLink answers POST /v1/login-token.
@@ -143,7 +149,35 @@ func (p *page) authorize(r *http.Request) (sessionVerdict, string) {
 			return sessionRefused, "this request comes from another web site"
 		}
 	}
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/db/check" && !checkOnly(r) {
+		return sessionRefused, "the sync page only checks the practice database; to repair it, run `ppsync db check --data DATA --repair`"
+	}
 	return sessionOK, ""
+}
+
+// checkOnly reports whether a POST /v1/db/check asks for no repair. It reads
+// the body as the handler will (the first JSON value of at most 4 KiB) and
+// puts it back for the handler; a body the handler will refuse passes, to get
+// the handler's own answer.
+func checkOnly(r *http.Request) bool {
+	if r.ContentLength == 0 || r.Body == nil {
+		return true
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, 4096))
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
+	if err != nil {
+		return false
+	}
+	var req struct {
+		Repair bool `json:"repair"`
+	}
+	if json.NewDecoder(bytes.NewReader(b)).Decode(&req) != nil {
+		return true // the handler answers 400 (it reads the same bytes)
+	}
+	return !req.Repair
 }
 
 // bearerOK reports whether r carries the API key.

@@ -358,11 +358,19 @@ func startVersion(tf *testFamily, site, version string) *running {
 // (1.1.0), and waits until clinic-a sees both, with their versions. The
 // sites know each other's certificates from the start, so that they connect
 // at once (through the relay) instead of after a probation.
-func browserFamily(t *testing.T) *testFamily {
+func browserFamily(t *testing.T) *testFamily { return browserFamilyDB(t, "") }
+
+// browserFamilyDB is browserFamily with clinic-a bound to the practice
+// database dbURL (none when empty).
+func browserFamilyDB(t *testing.T, dbURL string) *testFamily {
 	t.Helper()
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
-	tf.add("clinic-a", "site")
+	if dbURL != "" {
+		tf.addDB("clinic-a", dbURL)
+	} else {
+		tf.add("clinic-a", "site")
+	}
 	tf.add("clinic-b", "site")
 	tf.install(tf.nodes["clinic-a"], tf.nodes["clinic-b"].cert)
 	startVersion(tf, "relay", "1.0.0")
@@ -420,6 +428,9 @@ func TestBrowserSyncPage(t *testing.T) {
 		return !document.getElementById("receipt").hidden && items.length === 2 &&
 			items.every(li => li.textContent.endsWith(": caught up")) &&
 			document.getElementById("receipt-summary").textContent.startsWith("Every member holds everything") })()`, 25*time.Second)
+	if !evalJS[bool](t, ctx, `fetch("/v1/db").then(r => r.json()).then(d => d.driver === "" && document.getElementById("db-card").hidden)`) {
+		t.Fatal("the Database box shows on a node that syncs no database")
+	}
 
 	// The interval: checked in the page, then saved, shown, and kept.
 	do(t, ctx, "type a bad interval", chromedp.Focus(chromedp.CSS("#interval")), selectAll("#interval"),
@@ -471,16 +482,34 @@ func TestBrowserScreenshots(t *testing.T) {
 		t.Skip("set PPSYNC_SCREENSHOTS=1 to write docs/screenshots/*.png")
 	}
 	needChromium(t)
-	tf := browserFamily(t)
+	// clinic-a syncs the practice's database: rows from before ppsync, rows
+	// the practice software inserts, rows of clinic-b written into it.
+	path, pdb := practiceFileOf(t, `CREATE TABLE patients(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT)`,
+		`CREATE TABLE appointments(id INTEGER PRIMARY KEY AUTOINCREMENT, patient INTEGER, at TEXT)`)
+	for i, name := range []string{"Ada Lovelace", "Grace Hopper", "Alan Turing"} {
+		sqlExec(t, pdb, `INSERT INTO patients(id, name) VALUES (?, ?)`, i+1, name)
+	}
+	tf := browserFamilyDB(t, "sqlite:"+path)
 	a := tf.nodes["clinic-a"].r
-	tf.write("clinic-a", 3, "patients")
-	tf.write("clinic-b", 2, "appointments")
+	b := tf.nodes["clinic-b"].r
+	waitDB(t, a, "database ready", dbReady)
+	sqlExec(t, pdb, `INSERT INTO appointments(patient, at) VALUES (1, '2026-11-27 09:00'), (2, '2026-11-27 10:30')`)
+	sqlExec(t, pdb, `UPDATE patients SET name = 'Ada King' WHERE id = 1`)
+	for i, name := range []string{"Edsger Dijkstra", "Barbara Liskov"} {
+		if code := b.call(t, "POST", "/v1/transactions", fmt.Sprintf(`{"ops":[{"op":"put","table":"patients","key":"%d","fields":{"name":%q}}]}`, 101+i, name), nil); code != 200 {
+			t.Fatalf("write at clinic-b: %d", code)
+		}
+	}
+	waitDB(t, a, "captured and applied", func(st DBStatus) bool {
+		return st.Captured == 3 && st.Applied == 2 && st.PendingCapture == 0
+	})
 	a.call(t, "PUT", "/v1/settings", `{"sync_interval":"30s"}`, nil)
 	ctx := newBrowser(t, 1280, 900)
 	l := loginLink(t, a)
 	do(t, ctx, "open the link", chromedp.Navigate(l.URL), chromedp.WaitVisible(chromedp.CSS("#sync-now")))
 	waitJS(t, ctx, "dashboard filled in", `document.querySelectorAll("#members-body tr").length === 2 &&
-		document.querySelector("#warnings [role=alert]") !== null && document.getElementById("live").textContent === "Live"`, 15*time.Second)
+		document.querySelector("#warnings [role=alert]") !== null && document.getElementById("live").textContent === "Live" &&
+		document.getElementById("db-applied").textContent === "2"`, 15*time.Second)
 	do(t, ctx, "Sync Now", chromedp.Click(chromedp.CSS("#sync-now")))
 	waitJS(t, ctx, "receipt", `!document.getElementById("receipt").hidden`, 25*time.Second)
 	do(t, ctx, "More details", chromedp.Click(chromedp.CSS("#more > summary")), chromedp.WaitVisible(chromedp.CSS("#activity li")))

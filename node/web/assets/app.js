@@ -14,6 +14,9 @@
   let oldestID = 0; // the oldest activity event shown
   const shownIDs = new Set();
   let activityLoaded = false;
+  let lastDB = null; // the last GET /v1/db
+  let dbTimer = null;
+  let dbFollowUps = 0; // looks at the database box still to come after an event
 
   // api calls the node; it throws an Error with the node's message.
   async function api(method, path, body) {
@@ -53,6 +56,7 @@
     setText(m, "Your session has ended. Run \u201cppsync open --data DATA\u201d on this computer for a new link.");
     $("sync-now").disabled = true;
     $("interval-save").disabled = true;
+    $("db-check").disabled = true;
   }
 
   // Durations as Go writes them ("1h30m0s") and reads them ("90m", "1.5h").
@@ -225,9 +229,11 @@
     if (refreshing) return;
     refreshing = true;
     try {
+      const dbp = refreshDB(); // on its own: the rest shows whatever it answers
       const [st, pr] = await Promise.all([api("GET", "/v1/status"), api("GET", "/v1/peers")]);
       renderStatus(st);
       renderPeers(pr.peers || []);
+      await dbp;
     } catch (e) {
       if (e.down) {
         const r = $("st-running");
@@ -243,6 +249,192 @@
   function scheduleRefresh() {
     if (refreshTimer) return;
     refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, 300);
+  }
+
+  // ---- the practice database -----------------------------------------------
+
+  const DB_BUSY_MS = 2000; // refresh the database box this often while it works
+  const DB_REFUSED_SHOWN = 20; // the newest refused rows listed
+  const DRIVERS = { sqlite: "SQLite", postgres: "PostgreSQL" };
+
+  async function refreshDB() {
+    let d;
+    try {
+      d = await api("GET", "/v1/db");
+    } catch (e) {
+      if (!e.down && e.status !== 401 && lastDB && lastDB.driver) {
+        showDBProblem("The node did not say how the practice database is doing: " + e.message);
+      }
+      return;
+    }
+    const prev = lastDB;
+    renderDB(d);
+    // While rows load, wait to be captured or move, and for a while after an
+    // event, look again soon: the database's side of a change (an apply, a
+    // refused row) follows the event and sends none of its own.
+    const busy = d.driver && (d.loading || d.pending_capture > 0 || dbFollowUps > 0 ||
+      (prev && (prev.pending_apply !== d.pending_apply || prev.applied !== d.applied || prev.captured !== d.captured)));
+    if (dbFollowUps > 0) dbFollowUps--;
+    clearTimeout(dbTimer);
+    dbTimer = busy ? setTimeout(refreshDB, DB_BUSY_MS) : null;
+  }
+
+  function showDBProblem(text) {
+    const p = $("db-problem");
+    p.hidden = !text;
+    setText(p, text);
+  }
+
+  function waiting(el, n, one, many) {
+    setText(el, n > 0 ? plural(n, one, many) + " waiting" : "Nothing waiting");
+  }
+
+  function when(el, iso) {
+    setText(el, iso ? ago(iso) + " (" + clock(iso) + ")" : "None since the node started");
+  }
+
+  function renderDB(d) {
+    lastDB = d;
+    const card = $("db-card");
+    if (!d.driver) { // this node syncs no practice database
+      card.hidden = true;
+      return;
+    }
+    card.hidden = false;
+    showDBProblem(d.problem ? "The practice database has a problem: " + d.problem : "");
+
+    const loading = $("db-loading");
+    loading.hidden = !d.loading;
+    setText(loading, d.loading ? "Loading existing rows: " + d.load_rows + " published" : "");
+
+    const name = $("db-name");
+    const where = (d.database || "").replace(/^sqlite:(\/\/)?/, "");
+    if (name.dataset.key !== d.driver + "\n" + where) {
+      name.dataset.key = d.driver + "\n" + where;
+      name.replaceChildren(document.createTextNode(DRIVERS[d.driver] || d.driver));
+      if (where) {
+        const w = document.createElement("span");
+        w.className = "why";
+        w.textContent = where;
+        name.appendChild(w);
+      }
+    }
+    waiting($("db-pending-capture"), d.pending_capture, "change", "changes");
+    waiting($("db-pending-apply"), d.pending_apply, "change", "changes");
+    when($("db-last-capture"), d.last_capture);
+    when($("db-last-apply"), d.last_apply);
+
+    const tables = d.per_table || [];
+    const body = $("db-tables-body");
+    body.replaceChildren();
+    for (const t of tables) {
+      const tr = document.createElement("tr");
+      tr.dataset.table = t.table;
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = t.table;
+      const cap = document.createElement("td");
+      cap.className = "num";
+      cap.textContent = String(t.captured);
+      const app = document.createElement("td");
+      app.className = "num";
+      app.textContent = String(t.applied);
+      tr.append(th, cap, app);
+      body.appendChild(tr);
+    }
+    setText($("db-captured"), String(d.captured));
+    setText($("db-applied"), String(d.applied));
+    $("db-tables").hidden = tables.length === 0;
+    const skipped = d.skipped || [];
+    let note = tables.length === 0 ? (d.problem ? "No table is synced yet." : "Reading the database's tables…")
+      : "Captured: changes made in this database, sent to the family. Applied: rows of the other sites written into it. Both since the node started.";
+    if (skipped.length) note += " Not synced: " + skipped.join("; ") + ".";
+    setText($("db-tables-note"), note);
+
+    const warns = d.warnings || [];
+    const wl = $("db-warnings");
+    const wkey = warns.join("\n");
+    if (wl.dataset.key !== wkey) {
+      wl.dataset.key = wkey;
+      wl.replaceChildren(...warns.map((w) => {
+        const li = document.createElement("li");
+        li.textContent = w;
+        return li;
+      }));
+    }
+    wl.hidden = warns.length === 0;
+
+    renderRefused(d.refused || []);
+  }
+
+  function renderRefused(rows) {
+    const box = $("db-refused");
+    box.hidden = rows.length === 0;
+    setText($("h-db-refused"), rows.length ? "Rows the database refused (" + rows.length + ")" : "Rows the database refused");
+    const ul = $("db-refused-list");
+    const key = rows.map((r) => r.table + "\u0000" + r.key + "\u0000" + r.reason).join("\n");
+    if (ul.dataset.key === key) return;
+    ul.dataset.key = key;
+    ul.replaceChildren();
+    const newest = rows.slice(-DB_REFUSED_SHOWN).reverse();
+    for (const r of newest) {
+      const li = document.createElement("li");
+      li.dataset.table = r.table;
+      li.dataset.key = r.key;
+      const id = document.createElement("span");
+      id.className = "row-id";
+      id.textContent = r.table + " " + r.key;
+      li.append(id, document.createTextNode(": " + r.reason));
+      ul.appendChild(li);
+    }
+    if (rows.length > newest.length) {
+      const li = document.createElement("li");
+      li.className = "hint";
+      li.textContent = "and " + plural(rows.length - newest.length, "older one", "older ones") + " (ppsync db status lists them all)";
+      ul.appendChild(li);
+    }
+  }
+
+  const KINDS = [
+    ["missing", "missing from the database"],
+    ["different", "with different values"],
+    ["extra", "deleted by the family but still in the database"],
+    ["new", "never synced"],
+  ];
+
+  async function checkDB() {
+    const btn = $("db-check");
+    const msg = $("db-check-msg");
+    btn.disabled = true;
+    btn.setAttribute("aria-busy", "true");
+    msg.className = "hint";
+    setText(msg, "Checking… every row of every synced table is compared with the family's data.");
+    try {
+      const res = await api("POST", "/v1/db/check", { repair: false });
+      const diffs = res.differences || [];
+      const rows = plural(res.checked, "row", "rows") + " in " + plural((res.tables || []).length, "table", "tables");
+      if (diffs.length === 0) {
+        msg.className = "msg saved";
+        setText(msg, "Checked " + rows + ": the database matches the family's data.");
+      } else {
+        const parts = [];
+        for (const [kind, words] of KINDS) {
+          const n = diffs.filter((x) => x.kind === kind).length;
+          if (n) parts.push(n + " " + words);
+        }
+        const data = status && status.data_dir ? status.data_dir : "DATA";
+        msg.className = "msg error";
+        setText(msg, "Checked " + rows + ": " + (res.complete ? "" : "at least ") + plural(diffs.length, "row differs", "rows differ") +
+          " (" + parts.join(", ") + "). To make the database match, run \u201cppsync db check --data " + data + " --repair\u201d on this computer.");
+      }
+    } catch (e) {
+      msg.className = "msg error";
+      setText(msg, "The check failed: " + e.message);
+    } finally {
+      btn.disabled = false;
+      btn.removeAttribute("aria-busy");
+      refreshDB();
+    }
   }
 
   // ---- Sync Now --------------------------------------------------------------
@@ -437,6 +629,7 @@
         try { data = JSON.parse(m.data); } catch (e) { /* keep null */ }
         const ev = { id: Number(m.lastEventId), type, time: new Date().toISOString(), data };
         addLiveEvent(ev);
+        dbFollowUps = 3;
         if (type === "settings" && data && data.sync_interval) {
           setText($("interval-current"), shortDuration(data.sync_interval));
         }
@@ -456,6 +649,7 @@
     $("interval").addEventListener("input", (e) => { e.target.dataset.dirty = "1"; e.target.removeAttribute("aria-invalid"); });
     $("older").addEventListener("click", () => loadActivity(true));
     $("logout").addEventListener("click", logout);
+    $("db-check").addEventListener("click", checkDB);
     await refresh();
     const newest = await loadActivity(false);
     listen(newest);
