@@ -45,6 +45,8 @@ type Table struct {
 	// Autoincrement is set when new keys come from a counter the connector
 	// can move (SQLite AUTOINCREMENT, a PostgreSQL sequence).
 	Autoincrement bool
+	// WithoutRowid is set for a SQLite table declared WITHOUT ROWID.
+	WithoutRowid bool
 }
 
 // Column returns the column named name.

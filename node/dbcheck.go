@@ -99,8 +99,13 @@ func (n *Node) DBStatus() DBStatus {
 		st.LastApply = &t
 	}
 	if ss, err := n.state.Stats(); err == nil {
-		if cur, err := d.c.ApplyCursor(n.ctx); err == nil && ss.Cursor > cur {
-			st.PendingApply = ss.Cursor - cur
+		if cur, err := d.c.ApplyCursor(n.ctx); err == nil {
+			d.mu.Lock()
+			cur = max(cur, d.echoCursor) // changes up to it are the database's own
+			d.mu.Unlock()
+			if ss.Cursor > cur {
+				st.PendingApply = ss.Cursor - cur
+			}
 		}
 	}
 	d.mu.Lock()
@@ -308,7 +313,13 @@ func (d *dbsync) repaired() {
 }
 
 func (n *Node) getDB(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, n.DBStatus())
+	st := n.DBStatus()
+	if !n.bearerOK(r) { // the sync page: no row contents, only where and why
+		for i := range st.Refused {
+			st.Refused[i].Merged = nil
+		}
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (n *Node) postDBCheck(w http.ResponseWriter, r *http.Request) {
@@ -325,6 +336,11 @@ func (n *Node) postDBCheck(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		n.writeErr(w, err)
 		return
+	}
+	if !n.bearerOK(r) { // the sync page: no row contents, only where and what differs
+		for i := range res.Differences {
+			res.Differences[i].Database, res.Differences[i].Merged = nil, nil
+		}
 	}
 	writeJSON(w, http.StatusOK, res)
 }

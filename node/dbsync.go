@@ -97,15 +97,19 @@ type dbsync struct {
 	c    db.Connector
 	kick chan struct{}
 
-	mu        sync.Mutex // guards the fields below
-	schema    *db.Schema
-	loading   bool
-	restored  bool // the database is behind the node: sync waits for a repair
-	loadRows  uint64
-	lastErr   string
-	conflicts []db.RowConflict
-	captured  uint64
-	applied   uint64
+	mu       sync.Mutex // guards the fields below
+	schema   *db.Schema
+	loading  bool
+	restored bool // the database is behind the node: sync waits for a repair
+	// echoCursor is a state cursor up to which every change is the
+	// database's own (nothing to write back), so status counts nothing
+	// waiting although the stored apply position is older.
+	echoCursor uint64
+	loadRows   uint64
+	lastErr    string
+	conflicts  []db.RowConflict
+	captured   uint64
+	applied    uint64
 	// per table, since start
 	perCaptured map[string]uint64
 	perApplied  map[string]uint64
@@ -387,8 +391,15 @@ func (d *dbsync) step(ctx context.Context) error {
 		if ss.Cursor <= cur {
 			return nil
 		}
-		if need, err := d.needsApply(cur); err != nil || !need {
+		need, err := d.needsApply(cur)
+		if err != nil {
 			return err
+		}
+		if !need {
+			d.mu.Lock()
+			d.echoCursor = ss.Cursor
+			d.mu.Unlock()
+			return nil
 		}
 		d.mu.Lock()
 		clear(d.appliedNow)
@@ -462,7 +473,10 @@ func (d *dbsync) Captured(ctx context.Context, bs []db.Batch) error {
 		return nil
 	}
 	for _, b := range bs {
-		if len(b.Ops) == 0 {
+		if len(b.Ops) == 0 { // only changes of rows deleted since: move the position alone
+			if err := d.setKeys(map[string]uint64{string(keyCapturePos): b.Pos}); err != nil {
+				return err
+			}
 			continue
 		}
 		pos := b.Pos

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -96,7 +95,7 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 	pos := s.CapturePos()
 	var last uint64
 	for {
-		bs, err := readChanges(ctx, tx, pos, 5000)
+		bs, err := readChanges(ctx, tx, sch, pos, 5000)
 		if err != nil {
 			return res, nil, 0, err
 		}
@@ -231,11 +230,59 @@ type writer struct {
 	tx      *sql.Tx
 	sch     *db.Schema
 	stmts   map[string]*sql.Stmt
+	plans   map[string]*plan
 	written int
 }
 
+// plan is what writing a table's rows needs, worked out once per apply.
+type plan struct {
+	t     *db.Table
+	isPK  []bool // by column index
+	pkCol []int  // the column index of each key column
+	full  string // upsert of every column, in column order
+	del   string
+}
+
 func newWriter(tx *sql.Tx, sch *db.Schema) *writer {
-	return &writer{tx: tx, sch: sch, stmts: map[string]*sql.Stmt{}}
+	return &writer{tx: tx, sch: sch, stmts: map[string]*sql.Stmt{}, plans: map[string]*plan{}}
+}
+
+func (w *writer) plan(name string) *plan {
+	if p, ok := w.plans[name]; ok {
+		return p
+	}
+	t, ok := w.sch.Table(name)
+	if !ok {
+		w.plans[name] = nil
+		return nil
+	}
+	p := &plan{t: t, isPK: make([]bool, len(t.Columns))}
+	var names, marks, sets, where, conflict []string
+	for _, k := range t.PK {
+		for j, col := range t.Columns {
+			if col.Name == k {
+				p.isPK[j] = true
+				p.pkCol = append(p.pkCol, j)
+			}
+		}
+		where = append(where, quote(k)+" = ?")
+		conflict = append(conflict, quote(k))
+	}
+	for j, col := range t.Columns {
+		names, marks = append(names, quote(col.Name)), append(marks, "?")
+		if !p.isPK[j] {
+			sets = append(sets, quote(col.Name)+" = excluded."+quote(col.Name))
+		}
+	}
+	p.full = `INSERT INTO ` + quote(t.Name) + ` (` + strings.Join(names, ", ") + `) VALUES (` + strings.Join(marks, ", ") + `) ON CONFLICT (` + strings.Join(conflict, ", ") + `) DO `
+	if len(sets) == 0 {
+		p.full += `NOTHING`
+	} else {
+		p.full += `UPDATE SET ` + strings.Join(sets, ", ")
+	}
+	p.del = `DELETE FROM ` + quote(t.Name) + ` WHERE ` + strings.Join(where, " AND ")
+	w.plans[name] = p
+	return p
 }
 
 func (w *writer) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
@@ -254,20 +301,17 @@ func (w *writer) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
 // lacks (a newer practice software elsewhere) are left out; a table it lacks
 // is skipped: node writes every row again once the schema changes.
 func (w *writer) write(ctx context.Context, r db.Row) error {
-	t, ok := w.sch.Table(r.Table)
-	if !ok {
+	p := w.plan(r.Table)
+	if p == nil {
 		return nil
 	}
+	t := p.t
 	keyVals, err := db.DecodeKey(t, r.Key)
 	if err != nil {
 		return err
 	}
-	var where []string
-	for _, k := range t.PK {
-		where = append(where, quote(k)+" = ?")
-	}
 	if r.Fields == nil {
-		st, err := w.stmt(ctx, `DELETE FROM `+quote(t.Name)+` WHERE `+strings.Join(where, " AND "))
+		st, err := w.stmt(ctx, p.del)
 		if err != nil {
 			return err
 		}
@@ -277,34 +321,55 @@ func (w *writer) write(ctx context.Context, r db.Row) error {
 		w.written++
 		return nil
 	}
-	cols := make([]string, 0, len(r.Fields))
-	for name := range r.Fields {
-		if _, ok := t.Column(name); ok {
-			cols = append(cols, name)
+	// Every column present (a whole row): the table's one upsert.
+	full := true
+	for _, col := range t.Columns {
+		if _, ok := r.Fields[col.Name]; !ok {
+			full = false
+			break
 		}
 	}
-	sort.Strings(cols)
-	isPK := map[string]bool{}
-	for _, k := range t.PK {
-		isPK[k] = true
+	if full {
+		args := make([]any, len(t.Columns))
+		for j, col := range t.Columns {
+			v, err := toSQLChecked(r.Fields[col.Name])
+			if err != nil {
+				return fmt.Errorf("column %s: %w", col.Name, err)
+			}
+			args[j] = v
+		}
+		for i, j := range p.pkCol {
+			args[j] = toSQL(keyVals[i])
+		}
+		st, err := w.stmt(ctx, p.full)
+		if err != nil {
+			return err
+		}
+		if _, err := st.ExecContext(ctx, args...); err != nil {
+			return err
+		}
+		w.written++
+		return nil
 	}
+	// Some columns (the family never set the others): an upsert of those.
 	names, marks, sets := []string{}, []string{}, []string{}
 	args := []any{}
 	for i, k := range t.PK {
 		names, marks = append(names, quote(k)), append(marks, "?")
 		args = append(args, toSQL(keyVals[i]))
 	}
-	for _, col := range cols {
-		if isPK[col] {
+	for j, col := range t.Columns {
+		v, ok := r.Fields[col.Name]
+		if !ok || p.isPK[j] {
 			continue
 		}
-		v, err := toSQLChecked(r.Fields[col])
+		sv, err := toSQLChecked(v)
 		if err != nil {
-			return fmt.Errorf("column %s: %w", col, err)
+			return fmt.Errorf("column %s: %w", col.Name, err)
 		}
-		names, marks = append(names, quote(col)), append(marks, "?")
-		sets = append(sets, quote(col)+" = excluded."+quote(col))
-		args = append(args, v)
+		names, marks = append(names, quote(col.Name)), append(marks, "?")
+		sets = append(sets, quote(col.Name)+" = excluded."+quote(col.Name))
+		args = append(args, sv)
 	}
 	conflict := make([]string, len(t.PK))
 	for i, k := range t.PK {

@@ -77,6 +77,7 @@ func BenchmarkCapture100k(b *testing.B) {
 		if err := c.Install(context.Background(), s); err != nil {
 			b.Fatal(err)
 		}
+		c.SetSchema(s)
 		with := benchInsert(b, d, benchRows)
 		start := time.Now()
 		var pos uint64
@@ -118,7 +119,7 @@ type feed struct {
 	rows []db.Row
 }
 
-func (f *feed) CapturePos() uint64                        { return 0 }
+func (f *feed) CapturePos() uint64                         { return 0 }
 func (f *feed) Captured(context.Context, []db.Batch) error { return nil }
 func (f *feed) Merged(table, key string) (db.Row, error)   { return db.Row{Table: table, Key: key}, nil }
 func (f *feed) Changed(after uint64, limit int) ([]db.Row, uint64, error) {

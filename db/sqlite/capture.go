@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ppsync/ppsync/db"
 	"github.com/ppsync/ppsync/internal/wire"
@@ -69,8 +71,52 @@ func pkCols(t *db.Table) []db.Column {
 	return out
 }
 
+// maxMaskColumns is the widest table whose changed columns fit a mask.
+const maxMaskColumns = 62
+
+// rowidCapture reports whether t's changes are recorded by rowid (read at
+// capture time) rather than by value.
+func rowidCapture(t *db.Table) bool { return !t.WithoutRowid && len(t.Columns) <= maxMaskColumns }
+
 // triggerSQL returns the three capture triggers of t.
+//
+// For a rowid table the triggers record as little as they can, so that the
+// practice software's writes stay fast: an insert records the rowid, an
+// update the rowid and a mask of the columns it changed, and the values are
+// read from the row when the change is captured (a value a later
+// transaction wrote is then sent twice, which changes nothing, and a row
+// deleted since is left to its delete). A delete records its key's values,
+// which cannot be read afterwards; so does an update that changes the key
+// (a delete of the old key and an insert). A WITHOUT ROWID table, or one of
+// more than 62 columns, records every value in the trigger.
 func triggerSQL(t *db.Table) []string {
+	if !rowidCapture(t) {
+		return valueTriggerSQL(t)
+	}
+	name := func(kind string) string { return quote(triggerPrefix + t.Name + "_" + kind) }
+	notApplying := `NOT EXISTS (SELECT 1 FROM ` + applyingTable + `)`
+	ins := `INSERT INTO ` + changesTable + `(tbl, op, pk, vals, rid, mask) `
+	mask := make([]string, len(t.Columns))
+	for i, col := range t.Columns {
+		mask[i] = `(CASE WHEN OLD.` + quote(col.Name) + ` IS NOT NEW.` + quote(col.Name) + ` THEN ` + strconv.FormatInt(int64(1)<<i, 10) + ` ELSE 0 END)`
+	}
+	pkChanged := anyChanged(t, pkCols(t))
+	return []string{
+		`CREATE TRIGGER ` + name("ins") + ` AFTER INSERT ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
+			ins + `VALUES (` + lit(t.Name) + `, 'i', '', NULL, NEW.rowid, NULL); END`,
+		`CREATE TRIGGER ` + name("upd") + ` AFTER UPDATE ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
+			ins + `SELECT ` + lit(t.Name) + `, 'u', '', NULL, NEW.rowid, ` + strings.Join(mask, " | ") +
+			` WHERE NOT ` + pkChanged + ` AND ` + anyChanged(t, t.Columns) + `; ` +
+			ins + `SELECT ` + lit(t.Name) + `, 'delete', ` + pkJSON(t, "OLD") + `, NULL, NULL, NULL WHERE ` + pkChanged + `; ` +
+			ins + `SELECT ` + lit(t.Name) + `, 'i', '', NULL, NEW.rowid, NULL WHERE ` + pkChanged + `; END`,
+		`CREATE TRIGGER ` + name("del") + ` AFTER DELETE ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
+			ins + `VALUES (` + lit(t.Name) + `, 'delete', ` + pkJSON(t, "OLD") + `, NULL, NULL, NULL); END`,
+	}
+}
+
+// valueTriggerSQL returns capture triggers that record every value.
+func valueTriggerSQL(t *db.Table) []string {
+
 	name := func(kind string) string { return quote(triggerPrefix + t.Name + "_" + kind) }
 	notApplying := `NOT EXISTS (SELECT 1 FROM ` + applyingTable + `)`
 	ins := `INSERT INTO ` + changesTable + `(tbl, op, pk, vals) `
@@ -159,25 +205,28 @@ type changeRow struct {
 	id          uint64
 	tbl, op, pk string
 	vals        sql.NullString
+	rid, mask   sql.NullInt64
 }
 
-func (r changeRow) toOp() (wire.Op, error) {
+func (r changeRow) keyOf() (string, error) {
 	var pk []json.RawMessage
 	if err := json.Unmarshal([]byte(r.pk), &pk); err != nil {
-		return wire.Op{}, fmt.Errorf("sqlite: change %d of %s: key %q: %w", r.id, r.tbl, r.pk, err)
+		return "", fmt.Errorf("sqlite: change %d of %s: key %q: %w", r.id, r.tbl, r.pk, err)
 	}
 	keyVals := make([]any, len(pk))
 	for i, p := range pk {
 		v, err := decodeVal(p)
 		if err != nil {
-			return wire.Op{}, fmt.Errorf("sqlite: change %d of %s: key: %w", r.id, r.tbl, err)
-		}
-		if b, ok := db.AsBlob(v); ok {
-			v = db.Blob(b)
+			return "", fmt.Errorf("sqlite: change %d of %s: key: %w", r.id, r.tbl, err)
 		}
 		keyVals[i] = v
 	}
-	key, err := db.EncodeKey(keyVals)
+	return db.EncodeKey(keyVals)
+}
+
+// valueOp turns a change recorded by value into an op.
+func (r changeRow) valueOp() (wire.Op, error) {
+	key, err := r.keyOf()
 	if err != nil {
 		return wire.Op{}, err
 	}
@@ -204,44 +253,153 @@ type rowsQuerier interface {
 }
 
 // readChanges reads committed changes after pos, up to about maxOps, as
-// batches. Transactions cannot be told apart inside SQLite, so a batch holds
-// whatever whole transactions were committed between two reads; a
-// transaction of more than maxOps changes spans several batches.
-func readChanges(ctx context.Context, q rowsQuerier, after uint64, maxOps int) ([]db.Batch, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id, tbl, op, pk, vals FROM `+changesTable+` WHERE id > ? ORDER BY id LIMIT ?`, after, maxOps)
+// batches, reading the values of changes recorded by rowid from their rows
+// in the same read. Transactions cannot be told apart inside SQLite, so a
+// batch holds whatever whole transactions were committed between two reads;
+// a transaction of more than maxOps changes spans several batches.
+func readChanges(ctx context.Context, q rowsQuerier, sch *db.Schema, after uint64, maxOps int) ([]db.Batch, error) {
+	if sch == nil {
+		return nil, errors.New("sqlite: capture before the schema was read")
+	}
+	rows, err := q.QueryContext(ctx, `SELECT id, tbl, op, pk, vals, rid, mask FROM `+changesTable+` WHERE id > ? ORDER BY id LIMIT ?`, after, maxOps)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: read changes: %w", err)
 	}
-	defer rows.Close()
-	var b db.Batch
+	var crs []changeRow
+	byRowid := map[string][]int64{}
 	for rows.Next() {
 		var r changeRow
-		if err := rows.Scan(&r.id, &r.tbl, &r.op, &r.pk, &r.vals); err != nil {
+		if err := rows.Scan(&r.id, &r.tbl, &r.op, &r.pk, &r.vals, &r.rid, &r.mask); err != nil {
+			rows.Close()
 			return nil, fmt.Errorf("sqlite: read changes: %w", err)
 		}
-		op, err := r.toOp()
-		if err != nil {
-			return nil, err
+		crs = append(crs, r)
+		if r.op == "i" || r.op == "u" {
+			byRowid[r.tbl] = append(byRowid[r.tbl], r.rid.Int64)
 		}
-		b.Ops = append(b.Ops, op)
-		b.Pos = r.id
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: read changes: %w", err)
 	}
-	if len(b.Ops) == 0 {
+	if len(crs) == 0 {
 		return nil, nil
+	}
+	current := map[string]map[int64][]any{}
+	for tbl, rids := range byRowid {
+		t, ok := sch.Table(tbl)
+		if !ok {
+			continue // a table no longer synced (or dropped): nothing to send
+		}
+		m, err := readRows(ctx, q, t, rids)
+		if err != nil {
+			return nil, err
+		}
+		current[tbl] = m
+	}
+	b := db.Batch{Pos: crs[len(crs)-1].id}
+	for _, r := range crs {
+		var op wire.Op
+		switch r.op {
+		case "i", "u":
+			t, ok := sch.Table(r.tbl)
+			if !ok {
+				continue
+			}
+			vals, ok := current[r.tbl][r.rid.Int64]
+			if !ok {
+				continue // deleted since: its delete follows
+			}
+			op = rowOp(t, vals, r)
+		default:
+			if op, err = r.valueOp(); err != nil {
+				return nil, err
+			}
+		}
+		b.Ops = append(b.Ops, op)
+	}
+	if len(b.Ops) == 0 {
+		b.Ops = nil // only changes of rows gone since: the position still moves
 	}
 	return []db.Batch{b}, nil
 }
 
+// rowOp makes the put of an insert (every column) or an update (the
+// columns of its mask) from the row's current values.
+func rowOp(t *db.Table, vals []any, r changeRow) wire.Op {
+	kv := make([]any, len(t.PK))
+	for i, k := range t.PK {
+		for j, col := range t.Columns {
+			if col.Name == k {
+				kv[i] = vals[j]
+			}
+		}
+	}
+	key, _ := db.EncodeKey(kv)
+	fields := make(map[string]any, len(t.Columns))
+	for j, col := range t.Columns {
+		if r.op == "u" && r.mask.Int64&(int64(1)<<j) == 0 {
+			continue
+		}
+		fields[col.Name] = vals[j]
+	}
+	return wire.Op{Kind: wire.OpPut, Table: t.Name, Key: key, Fields: fields}
+}
+
+// readRows reads the current values of t's rows with the given rowids.
+func readRows(ctx context.Context, q rowsQuerier, t *db.Table, rids []int64) (map[int64][]any, error) {
+	cols := make([]string, len(t.Columns))
+	for i, col := range t.Columns {
+		cols[i] = "+" + quote(col.Name)
+	}
+	out := make(map[int64][]any, len(rids))
+	const chunk = 500
+	for off := 0; off < len(rids); off += chunk {
+		part := rids[off:min(off+chunk, len(rids))]
+		marks := strings.TrimSuffix(strings.Repeat("?,", len(part)), ",")
+		args := make([]any, len(part))
+		for i, id := range part {
+			args[i] = id
+		}
+		rows, err := q.QueryContext(ctx, `SELECT rowid, `+strings.Join(cols, ", ")+` FROM `+quote(t.Name)+` WHERE rowid IN (`+marks+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: read changed rows of %s: %w", t.Name, err)
+		}
+		for rows.Next() {
+			var rid int64
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols)+1)
+			ptrs[0] = &rid
+			for i := range vals {
+				ptrs[i+1] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("sqlite: read changed rows of %s: %w", t.Name, err)
+			}
+			for i := range vals {
+				vals[i] = fromSQL(vals[i])
+			}
+			out[rid] = vals
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("sqlite: read changed rows of %s: %w", t.Name, err)
+		}
+	}
+	return out, nil
+}
+
 // Capture implements db.Connector.
 func (c *Conn) Capture(ctx context.Context, after uint64, maxOps int) ([]db.Batch, error) {
-	bs, err := readChanges(ctx, c.r, after, maxOps)
+	// One read transaction: the change rows and the rows they name are
+	// read at one instant.
+	tx, err := c.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sqlite: read changes: %w", err)
 	}
-	return bs, nil
+	defer tx.Rollback()
+	return readChanges(ctx, tx, c.currentSchema(), after, maxOps)
 }
 
 // Ack implements db.Connector.
@@ -249,6 +407,7 @@ func (c *Conn) Ack(ctx context.Context, upto uint64) error {
 	if _, err := c.w.ExecContext(ctx, `DELETE FROM `+changesTable+` WHERE id <= ?`, upto); err != nil {
 		return fmt.Errorf("sqlite: delete captured changes: %w", err)
 	}
+	c.note(func(st *db.Stats) { st.LastCapture = time.Now() })
 	return nil
 }
 

@@ -140,7 +140,9 @@ func (c *Conn) Close() error {
 func (c *Conn) ensureTables(ctx context.Context) error {
 	stmts := []string{
 		`CREATE TABLE IF NOT EXISTS ` + metaTable + ` (k TEXT PRIMARY KEY, v TEXT NOT NULL)`,
-		`CREATE TABLE IF NOT EXISTS ` + changesTable + ` (id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, pk TEXT NOT NULL, vals TEXT)`,
+		// op: 'i' (a row inserted: rid), 'u' (columns of mask changed: rid),
+		// 'put' or 'delete' (the values, or the key, recorded as JSON).
+		`CREATE TABLE IF NOT EXISTS ` + changesTable + ` (id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, pk TEXT NOT NULL, vals TEXT, rid INTEGER, mask INTEGER)`,
 		`CREATE TABLE IF NOT EXISTS ` + applyingTable + ` (x INTEGER)`,
 	}
 	for _, s := range stmts {
@@ -260,6 +262,7 @@ func (c *Conn) Schema(ctx context.Context) (*db.Schema, error) {
 			continue
 		}
 		tab.Autoincrement = strings.Contains(strings.ToUpper(t.sql), "AUTOINCREMENT")
+		tab.WithoutRowid = strings.Contains(strings.ToUpper(t.sql), "WITHOUT ROWID")
 		s.Tables = append(s.Tables, tab)
 	}
 	for name := range only {
