@@ -590,6 +590,7 @@ type status struct {
 
 	OfflineReason string            `json:"offline_reason"`
 	Bootstrap     []bootstrapStatus `json:"bootstrap"`
+	Held          int               `json:"held"`
 }
 
 // bootstrapStatus is one entry of status's `bootstrap` array: how the node

@@ -469,3 +469,47 @@ func waitDBReady(tb testing.TB, data string) {
 		time.Sleep(pollEvery)
 	}
 }
+
+// A site whose practice software is older (user_version 3) holds the
+// entries written at a site with a newer one (user_version 4, a new column):
+// they are stored and forwarded but not applied, status says why, and they
+// are applied once this site's database is upgraded, without a restart.
+func TestDatabaseNewerPracticeSchemaIsHeld(t *testing.T) {
+	dir := t.TempDir()
+	paths := map[string]string{"north": filepath.Join(dir, "north.db"), "south": filepath.Join(dir, "south.db")}
+	north, south := practiceDB(t, paths["north"]), practiceDB(t, paths["south"])
+	mustExec(t, north, `PRAGMA user_version = 4`)
+	mustExec(t, north, `ALTER TABLE patients ADD COLUMN allergies TEXT`)
+	mustExec(t, south, `PRAGMA user_version = 3`)
+	_, data, _ := dbFamily(t, paths)
+	for _, d := range data {
+		waitDBReady(t, d)
+	}
+	mustExec(t, north, `INSERT INTO patients(id, name, allergies) VALUES (1, 'Ann', 'penicillin')`)
+	deadline := time.Now().Add(syncTimeout)
+	for {
+		st := nodeStatus(t, data["south"])
+		if st.Held > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("south holds no entry of the newer practice software: %+v", st)
+		}
+		time.Sleep(pollEvery)
+	}
+	var n int
+	if err := south.QueryRow(`SELECT count(*) FROM patients`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("south applied an entry of a newer practice software: %d rows (%v)", n, err)
+	}
+	if out := ppsync(t, "status", "--data", data["south"], "--json").want(t, exitOK).stdout; !strings.Contains(out, "newer version of the practice software") {
+		t.Errorf("status does not say why entries wait: %s", out)
+	}
+	// The practice software at south is upgraded.
+	mustExec(t, south, `ALTER TABLE patients ADD COLUMN allergies TEXT`)
+	mustExec(t, south, `PRAGMA user_version = 4`)
+	rows := waitSameRows(t, north, south)
+	var allergies string
+	if err := south.QueryRow(`SELECT allergies FROM patients WHERE id = 1`).Scan(&allergies); err != nil || allergies != "penicillin" {
+		t.Fatalf("after the upgrade south holds allergies %q (%v); rows:\n%s", allergies, err, rows)
+	}
+}

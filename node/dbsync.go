@@ -281,6 +281,11 @@ func (d *dbsync) start(ctx context.Context) error {
 	d.mu.Lock()
 	d.schema = s
 	d.mu.Unlock()
+	// Entries held for a practice software newer than the one this node
+	// last saw may fit the database now.
+	if err := d.n.txlog.ReleaseHeld(ctx); err != nil {
+		return err
+	}
 	loaded, err := d.getKey(keyLoaded)
 	if err != nil {
 		return err
@@ -391,7 +396,13 @@ func (d *dbsync) step(ctx context.Context) error {
 		if ss.Cursor <= cur {
 			return nil
 		}
-		need, err := d.needsApply(cur)
+		d.mu.Lock()
+		from := max(cur, d.echoCursor) // changes up to echoCursor were all the database's own
+		d.mu.Unlock()
+		if ss.Cursor <= from {
+			return nil
+		}
+		need, err := d.needsApply(from)
 		if err != nil {
 			return err
 		}
@@ -561,6 +572,12 @@ func (d *dbsync) checkSchema(ctx context.Context) {
 	}
 	if err := d.n.db.Set(keyApplied, u64(0), pebble.Sync); err != nil {
 		d.setErr(err)
+	}
+	if old == nil || s.Version > old.Version {
+		// Entries written with a newer practice software may fit now.
+		if err := d.n.txlog.ReleaseHeld(ctx); err != nil {
+			d.setErr(err)
+		}
 	}
 	d.poke()
 }

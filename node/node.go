@@ -178,7 +178,7 @@ func (n *Node) open(ctx context.Context) error {
 		self = &txlog.Identity{Site: n.cert.Site, Epoch: n.cert.Epoch, Key: n.key}
 	}
 	n.txlog, err = txlog.Open(txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: members{n},
-		Apply: n.state, Clock: n.clock, Logger: n.log})
+		Apply: n.state, Clock: n.clock, Logger: n.log, App: n.appVersion})
 	if err != nil {
 		return err
 	}
@@ -218,6 +218,24 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one is %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)}
 	}
 	return nil
+}
+
+// appVersion is the practice software's schema version at this site: the
+// practice database's (SQLite user_version, or the configured query), else
+// schema.json's version, else 0.
+func (n *Node) appVersion() uint32 {
+	if d := n.dbs; d != nil {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.schema != nil {
+			return d.schema.Version
+		}
+		return 0
+	}
+	if n.schema != nil && n.schema.Version > 0 {
+		return uint32(n.schema.Version)
+	}
+	return 0
 }
 
 // ownCertificate finds this node's current certificate and refuses to run

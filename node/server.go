@@ -597,6 +597,9 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 	if s.Held, err = n.txlog.Held(); err != nil {
 		return s, err
 	}
+	if s.Held > 0 {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("%d entries wait to be applied: they were written by a newer ppsync or a newer version of the practice software (schema version above this site's %d); they are applied once this site is upgraded, nothing is lost", s.Held, n.appVersion()))
+	}
 	return s, nil
 }
 

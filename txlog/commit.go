@@ -289,11 +289,12 @@ func (l *Log) stampOwn(g *group, r *request) error {
 		deps = nil
 	}
 	out := make([]*wire.Signed, 0, len(r.own))
+	app := l.cfg.App()
 	for i, ops := range r.own {
 		e := wire.Entry{
 			Family: l.cfg.Family, Site: self.Site, Epoch: self.Epoch,
 			Seq: head.Seq + 1, Prev: head.Hash, HLC: uint64(l.cfg.Clock.Now()),
-			Schema: wire.SchemaVersion, Deps: deps, Ops: ops,
+			Schema: wire.SchemaFor(app), App: app, Deps: deps, Ops: ops,
 		}
 		body, err := wire.EncodeBody(&e)
 		if err != nil {
@@ -350,7 +351,7 @@ func (l *Log) writeAll(g *group, signed func()) error {
 	defer signed() // never leave signers running past the group
 	apply := make([]*wire.Signed, 0, len(g.writes))
 	for _, s := range g.writes {
-		if s.Schema <= l.cfg.Schema {
+		if !l.holds(s) {
 			apply = append(apply, s)
 			continue
 		}
@@ -380,6 +381,17 @@ func (l *Log) writeAll(g *group, signed func()) error {
 		}
 	}
 	return nil
+}
+
+// holds reports whether s waits for a newer build or a newer practice
+// software here before it is applied. A site that knows no practice schema
+// version (0) holds nothing for it.
+func (l *Log) holds(s *wire.Signed) bool {
+	if s.Schema > l.cfg.Schema {
+		return true
+	}
+	app := l.cfg.App()
+	return s.App > 0 && app > 0 && s.App > app
 }
 
 // addRun places a verified contiguous run of one site's entries.

@@ -94,6 +94,12 @@ type Config struct {
 	QueueSize int
 	// Schema is the newest schema this build applies (default wire.SchemaVersion).
 	Schema uint32
+	// App returns the practice software's schema version at this site: own
+	// entries are stamped with it, and a remote entry written with a newer
+	// one is held (stored and forwarded, not applied) until the site's
+	// version reaches it (ReleaseHeld). 0 (or nil): unknown, nothing is held
+	// for it.
+	App func() uint32
 	// NoSync skips fsync. Only for benchmarks that measure everything else.
 	NoSync bool
 }
@@ -124,6 +130,9 @@ func (c *Config) validate() error {
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 1024
+	}
+	if c.App == nil {
+		c.App = func() uint32 { return 0 }
 	}
 	if c.Schema == 0 {
 		c.Schema = wire.SchemaVersion

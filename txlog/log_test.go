@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -542,5 +543,48 @@ func TestClockSetBackAcrossRestart(t *testing.T) {
 	}
 	if second.HLC <= first.HLC {
 		t.Fatalf("entry written after the restart has HLC %d, not after %d", second.HLC, first.HLC)
+	}
+}
+
+// An entry written with a newer practice software (App above this site's)
+// is stored and served but held; once the site's practice software reaches
+// that version, ReleaseHeld applies it without a restart. Own entries carry
+// the site's version and the schema that says so.
+func TestNewerPracticeSchemaHeldUntilReleased(t *testing.T) {
+	var app atomic.Uint32
+	app.Store(3)
+	e := newEnv(t, "a", func(c *Config) { c.App = app.Load })
+	bKey := e.keys.add(t, "b", 1)
+	ent := &wire.Entry{Family: testFamily, Site: "b", Epoch: 1, Seq: 1, HLC: 1, Schema: wire.SchemaFor(4), App: 4,
+		Ops: put("t", "k", map[string]any{"allergies": "penicillin"})}
+	s, err := wire.Sign(ent, bKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.log.AppendRemote(bg, s); err != nil {
+		t.Fatal(err)
+	}
+	if e.applied(s.ID()) || e.log.Head("b").Seq != 1 {
+		t.Fatal("an entry of a newer practice software was applied, or not stored")
+	}
+	if err := e.log.ReleaseHeld(bg); err != nil || e.applied(s.ID()) {
+		t.Fatalf("released before the upgrade (%v)", err)
+	}
+	app.Store(4)
+	if err := e.log.ReleaseHeld(bg); err != nil {
+		t.Fatal(err)
+	}
+	if !e.applied(s.ID()) {
+		t.Fatal("not applied after the practice software's upgrade")
+	}
+	if n, _ := e.log.Held(); n != 0 {
+		t.Fatalf("held after the upgrade = %d", n)
+	}
+	own, err := e.log.Write(bg, put("t", "x", map[string]any{"v": 1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own.App != 4 || own.Schema != 2 {
+		t.Fatalf("own entry carries app %d schema %d, want 4 and 2", own.App, own.Schema)
 	}
 }

@@ -147,7 +147,7 @@ func (l *Log) applyHeld() error {
 		if err != nil {
 			return err
 		}
-		if s.Schema > l.cfg.Schema {
+		if l.holds(s) {
 			continue
 		}
 		apply = append(apply, s)
@@ -167,6 +167,12 @@ func (l *Log) applyHeld() error {
 	}
 	l.cfg.Logger.Info("applied entries held for a newer schema", "entries", applied)
 	return nil
+}
+
+// ReleaseHeld applies the held entries this site can apply now (its
+// practice software was upgraded), between two group commits.
+func (l *Log) ReleaseHeld(ctx context.Context) error {
+	return l.submit(ctx, &request{fn: l.applyHeld})
 }
 
 // Held returns how many entries wait for a newer build to be applied.
@@ -238,7 +244,7 @@ func (l *Log) replay(ctx context.Context, a Applier, batchSize int, total uint64
 			return fmt.Errorf("%w: %x: %v", ErrDamaged, it.Key(), err)
 		}
 		done++
-		if s.Schema > l.cfg.Schema {
+		if l.holds(s) {
 			continue
 		}
 		if chunk = append(chunk, s); len(chunk) >= batchSize {

@@ -8,7 +8,19 @@ import (
 
 // SchemaVersion is the newest entry schema this build can apply. Entries with a
 // newer schema are stored and forwarded but applied only after an upgrade.
-const SchemaVersion = 1
+// Schema 2 entries may carry App, the practice software's schema version
+// (schema 1 builds hold them: they cannot tell whether their practice
+// database has the columns).
+const SchemaVersion = 2
+
+// SchemaFor returns the entry schema an entry needs: 2 when it carries a
+// practice schema version, else 1 (readable by every build).
+func SchemaFor(app uint32) uint32 {
+	if app > 0 {
+		return 2
+	}
+	return 1
+}
 
 // OpKind says what an operation does.
 type OpKind uint8
@@ -73,6 +85,7 @@ type Entry struct {
 	Prev   Hash              `codec:"pv"`           // hash of the site's entry seq-1 (zero for seq 1)
 	HLC    uint64            `codec:"hl"`           // hybrid logical clock timestamp (see package hlc)
 	Schema uint32            `codec:"sc"`           // schema version of the ops
+	App    uint32            `codec:"ap,omitempty"` // the practice software's schema version it was written with (0: none)
 	Deps   map[string]uint64 `codec:"dp,omitempty"` // writer's frontier: site -> highest contiguous seq held
 	Ops    []Op              `codec:"op"`
 }
