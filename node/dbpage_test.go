@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 	_ "modernc.org/sqlite"
-
-	"github.com/ppsync/ppsync/family"
 )
 
 // The practice database on the sync page and in /metrics: a node set up with
@@ -55,24 +52,7 @@ func sqlExec(t testing.TB, d *sql.DB, q string, args ...any) {
 // like "sqlite:/path/practice.db"), as `ppsync init --db` sets it up.
 func (tf *testFamily) addDB(site, dbURL string) *famNode {
 	tf.t.Helper()
-	fn := &famNode{site: site, data: filepath.Join(tf.t.TempDir(), site)}
-	res, err := Init(InitOptions{DataDir: fn.data, FamilyFile: filepath.Join(tf.authDir, family.InfoFile), Site: site, Role: "site", Env: tf.getenv, DB: dbURL})
-	if err != nil {
-		tf.t.Fatal(err)
-	}
-	b, _ := os.ReadFile(res.JoinRequest)
-	req, err := family.ParseJoinRequest(b)
-	if err != nil {
-		tf.t.Fatal(err)
-	}
-	c, err := tf.auth.Admit(tf.authDir, req, time.Now())
-	if err != nil {
-		tf.t.Fatal(err)
-	}
-	fn.cert, _ = c.Marshal()
-	tf.install(fn, fn.cert)
-	tf.nodes[site] = fn
-	return fn
+	return tf.addWith(site, "site", func(o *InitOptions) { o.DB = dbURL })
 }
 
 // waitUntil polls cond until it holds or the deadline passes; cond's string

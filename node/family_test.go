@@ -52,8 +52,19 @@ func (tf *testFamily) add(site, role string) *famNode { return tf.addKnowing(sit
 // before any connection could have taught it that member.
 func (tf *testFamily) addKnowing(site, role string, know ...string) *famNode {
 	tf.t.Helper()
+	return tf.addWith(site, role, nil, know...)
+}
+
+// addWith is addKnowing after mod (if not nil) changed the init options
+// (a practice database, for example).
+func (tf *testFamily) addWith(site, role string, mod func(*InitOptions), know ...string) *famNode {
+	tf.t.Helper()
 	fn := &famNode{site: site, data: filepath.Join(tf.t.TempDir(), site)}
-	res, err := Init(InitOptions{DataDir: fn.data, FamilyFile: filepath.Join(tf.authDir, family.InfoFile), Site: site, Role: role, Env: tf.getenv})
+	opts := InitOptions{DataDir: fn.data, FamilyFile: filepath.Join(tf.authDir, family.InfoFile), Site: site, Role: role, Env: tf.getenv}
+	if mod != nil {
+		mod(&opts)
+	}
+	res, err := Init(opts)
 	if err != nil {
 		tf.t.Fatal(err)
 	}
