@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -93,6 +94,9 @@ func (a *applier) putConflicts(op *wire.Op, rec *storedRecord, v Version, names 
 			continue
 		}
 		f := &rec.Fields[j]
+		if bytes.Equal(f.Val, vals[i]) {
+			continue // both wrote the same value: nothing to choose between
+		}
 		c, err := a.concurrent(f.Ver)
 		if err != nil {
 			return err

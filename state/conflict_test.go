@@ -62,6 +62,20 @@ func TestConflictConcurrentFieldWrites(t *testing.T) {
 	})
 }
 
+// Two sites that bring the same row (the same values under one key, as two
+// copies of a practice database do on their first sync) make one row, no
+// conflict; a field whose values differ is still one.
+func TestNoConflictForEqualValues(t *testing.T) {
+	a := ent("a", 1, 10, nil, put("t", "k", map[string]any{"name": "Ann", "dob": "1980-01-02"}))
+	b := ent("b", 1, 20, nil, put("t", "k", map[string]any{"name": "Ann", "dob": "1980-02-01"}))
+	bothOrders(t, a, b, func(t *testing.T, s *State, _, _ *wire.Signed) {
+		cs := mustConflicts(t, s)
+		if len(cs) != 1 || cs[0].Field != "dob" {
+			t.Fatalf("got conflicts %+v, want one, on dob", cs)
+		}
+	})
+}
+
 func TestNoConflictWhenCausallyOrdered(t *testing.T) {
 	a := ent("a", 1, 10, nil, put("t", "k", map[string]any{"x": "from a"}))
 	b := ent("b", 1, 20, map[string]uint64{"a": 1}, put("t", "k", map[string]any{"x": "from b"})) // b saw a
