@@ -446,6 +446,11 @@ func TestDatabaseInsertCollisionIsAConflict(t *testing.T) {
 		if !strings.Contains(out, "Alice North") || !strings.Contains(out, "Bob South") {
 			t.Errorf("conflicts at %s do not show both sides of patient 1: %s", filepath.Base(d), out)
 		}
+		// db check names the collision too (the databases match the merged row).
+		out = ppsync(t, "db", "check", "--data", d).want(t, exitOK).stdout
+		if !strings.Contains(out, "conflict  patients/1  column name") {
+			t.Errorf("db check at %s does not name the collision: %s", filepath.Base(d), out)
+		}
 	}
 }
 

@@ -53,15 +53,26 @@ type DBRowConflict struct {
 
 // DBCheckResult answers POST /v1/db/check and is `ppsync db check --json`.
 type DBCheckResult struct {
-	Checked     int         `json:"checked"` // rows compared
-	Differences []DBRowDiff `json:"differences"`
-	Repaired    int         `json:"repaired"`
-	Tables      []string    `json:"tables"`
-	Complete    bool        `json:"complete"` // false when the list was cut at the limit
-	Conflicts   []DBRowDiff `json:"conflicts,omitempty"`
-	Problem     string      `json:"problem,omitempty"`
-	Time        time.Time   `json:"time"`
-	Elapsed     string      `json:"elapsed"`
+	Checked     int          `json:"checked"` // rows compared
+	Differences []DBRowDiff  `json:"differences"`
+	Repaired    int          `json:"repaired"`
+	Tables      []string     `json:"tables"`
+	Complete    bool         `json:"complete"`  // false when the list was cut at the limit
+	Conflicts   []DBConflict `json:"conflicts"` // rows two sites wrote concurrently (merged; ppsync conflicts shows both sides)
+	Problem     string       `json:"problem,omitempty"`
+	Time        time.Time    `json:"time"`
+	Elapsed     string       `json:"elapsed"`
+}
+
+// DBConflict is a column two sites wrote concurrently with different values:
+// the merged row holds the winner; both sides are named.
+type DBConflict struct {
+	Table  string   `json:"table"`
+	Key    string   `json:"key"`
+	Column string   `json:"column,omitempty"` // "" when one side deleted the row
+	Sites  []string `json:"sites"`
+	Values []any    `json:"values"` // in the order of Sites
+	Winner string   `json:"winner"`
 }
 
 // DBRowDiff is one row that differs between the database and the merged
@@ -215,6 +226,16 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 			newOps = append(newOps, wire.Op{Kind: wire.OpPut, Table: t.Name, Key: k, Fields: inDB[k]})
 		}
 	}
+	res.Conflicts = []DBConflict{}
+	if cs, err := n.state.Conflicts(dbCheckListLimit); err == nil {
+		for _, c := range cs {
+			if _, ok := sch.Table(c.Table); !ok {
+				continue
+			}
+			res.Conflicts = append(res.Conflicts, DBConflict{Table: c.Table, Key: c.Key, Column: c.Field,
+				Sites: []string{c.Existing.Version.Site, c.Incoming.Version.Site}, Values: []any{c.Existing.Value, c.Incoming.Value}, Winner: c.Winner.Site})
+		}
+	}
 	if repair {
 		d.mu.Lock()
 		restored := d.restored
@@ -340,6 +361,9 @@ func (n *Node) postDBCheck(w http.ResponseWriter, r *http.Request) {
 	if !n.bearerOK(r) { // the sync page: no row contents, only where and what differs
 		for i := range res.Differences {
 			res.Differences[i].Database, res.Differences[i].Merged = nil, nil
+		}
+		for i := range res.Conflicts {
+			res.Conflicts[i].Values = nil
 		}
 	}
 	writeJSON(w, http.StatusOK, res)

@@ -133,7 +133,14 @@ when everything was repaired), 1 otherwise.`,
 					}
 					fmt.Fprintln(c.stdout, line)
 				}
-				fmt.Fprintf(c.stdout, "%d rows compared in %d tables (%s): %d differ", res.Checked, len(res.Tables), res.Elapsed, len(res.Differences))
+				for _, k := range res.Conflicts {
+					what := "column " + k.Column
+					if k.Column == "" {
+						what = "deleted at one site, changed at the other"
+					}
+					fmt.Fprintf(c.stdout, "conflict  %s/%s  %s: written by %s at once; %s's value kept (ppsync conflicts shows both)\n", k.Table, k.Key, what, strings.Join(k.Sites, " and "), k.Winner)
+				}
+				fmt.Fprintf(c.stdout, "%d rows compared in %d tables (%s): %d differ, %d conflicts", res.Checked, len(res.Tables), res.Elapsed, len(res.Differences), len(res.Conflicts))
 				if repair {
 					fmt.Fprintf(c.stdout, ", %d repaired", res.Repaired)
 				}
