@@ -518,3 +518,68 @@ func TestDatabaseNewerPracticeSchemaIsHeld(t *testing.T) {
 		t.Fatalf("after the upgrade south holds allergies %q (%v); rows:\n%s", allergies, err, rows)
 	}
 }
+
+// The initial load of a large database, cut by kill -9, goes on where it
+// stopped: every row is published, none more than once but for the batch
+// that was being written.
+func TestDatabaseInitialLoadResumes(t *testing.T) {
+	dir := t.TempDir()
+	paths := map[string]string{"north": filepath.Join(dir, "north.db")}
+	north := practiceDB(t, paths["north"])
+	const rows = 50_000
+	tx, err := north.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= rows; i++ {
+		if _, err := tx.Exec(`INSERT INTO patients(id, name, dob) VALUES (?, ?, '1980-01-01')`, i, fmt.Sprintf("patient %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	_, data, procs := dbFamily(t, paths)
+	deadline := time.Now().Add(syncTimeout)
+	var loaded uint64
+	for {
+		var st struct {
+			Loading  bool   `json:"loading"`
+			LoadRows uint64 `json:"load_rows"`
+		}
+		out := ppsync(t, "db", "status", "--data", data["north"], "--json").want(t, exitOK).stdout
+		if json.Unmarshal([]byte(out), &st) == nil && st.Loading && st.LoadRows >= 2000 {
+			loaded = st.LoadRows
+			break
+		}
+		if time.Now().After(deadline) || (!st.Loading && st.LoadRows > 0) {
+			t.Fatalf("could not catch the load running: %s", out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	procs["north"].kill()
+	startNode(t, data["north"])
+	waitDBReady(t, data["north"])
+	var total int
+	out := ppsync(t, "log", "--data", data["north"], "--site", "north", "--json", "--limit", "10000").want(t, exitOK).stdout
+	keys := map[string]int{}
+	for _, line := range splitLines(out) {
+		var e struct {
+			Ops []struct{ Key string } `json:"ops"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range e.Ops {
+			keys[op.Key]++
+			total++
+		}
+	}
+	if len(keys) != rows {
+		t.Fatalf("the log holds %d of the %d rows", len(keys), rows)
+	}
+	if total > rows+2000 {
+		t.Fatalf("the load published %d row changes for %d rows: it started over instead of resuming", total, rows)
+	}
+	t.Logf("killed after %d rows; %d row changes published in all for %d rows", loaded, total, rows)
+}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -23,9 +24,10 @@ import (
 // Keys of the practice database's progress in the node's store, written in
 // the same batch as the entries they account for.
 var (
-	keyCapturePos = []byte{store.PrefixDB, 'c'} // changes up to it are in the log
-	keyLoaded     = []byte{store.PrefixDB, 'l'} // the initial load finished
-	keyApplied    = []byte{store.PrefixDB, 'a'} // the apply position last stored in the database
+	keyCapturePos   = []byte{store.PrefixDB, 'c'} // changes up to it are in the log
+	keyLoaded       = []byte{store.PrefixDB, 'l'} // the initial load finished
+	keyApplied      = []byte{store.PrefixDB, 'a'} // the apply position last stored in the database
+	keyLoadProgress = []byte{store.PrefixDB, 'p'} // where an unfinished initial load stands
 )
 
 // rebaser is what a connector offers to notice and repair a database
@@ -323,49 +325,81 @@ func (d *dbsync) load(ctx context.Context, s *db.Schema) error {
 		d.loading = false
 		d.mu.Unlock()
 	}()
-	var pending []wire.Op
-	flush := func(final bool, pos uint64) error {
-		if len(pending) == 0 && !final {
-			return nil
+	// Where an interrupted load stopped: the first read's capture position
+	// (changes after it are captured later, so nothing is missed; rows
+	// changed since are sent again, which changes nothing), and the last
+	// row published.
+	var prog loadProgress
+	if raw, closer, err := d.n.db.Get(keyLoadProgress); err == nil {
+		err = json.Unmarshal(raw, &prog)
+		closer.Close()
+		if err != nil {
+			return fmt.Errorf("node: the initial load's progress is damaged: %w", err)
 		}
-		var extra func(*pebble.Batch) error
-		if final {
-			extra = func(b *pebble.Batch) error {
-				if err := b.Set(keyCapturePos, u64(pos), nil); err != nil {
-					return err
-				}
-				return b.Set(keyLoaded, u64(1), nil)
-			}
+		d.n.log.Info("resuming the initial load of the practice database", "table", prog.Table, "after", prog.Key)
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return fmt.Errorf("node: read the initial load's progress: %w", err)
+	}
+	publish := func(ops []wire.Op, table, lastKey string, pos uint64) error {
+		if !prog.Started {
+			prog.Pos, prog.Started = pos, true
 		}
-		if len(pending) == 0 {
-			return d.setKeys(map[string]uint64{string(keyCapturePos): pos, string(keyLoaded): 1})
+		prog.Table, prog.Key = table, lastKey
+		pb, err := json.Marshal(prog)
+		if err != nil {
+			return err
 		}
-		out, err := d.n.writeBatchWith(ctx, [][]wire.Op{pending}, extra)
+		out, err := d.n.writeBatchWith(ctx, [][]wire.Op{ops}, func(b *pebble.Batch) error {
+			return b.Set(keyLoadProgress, pb, nil)
+		})
 		if err != nil {
 			return fmt.Errorf("node: initial load of the practice database: %w", err)
 		}
 		d.fromDB(out)
 		d.mu.Lock()
-		d.loadRows += uint64(len(pending))
+		d.loadRows += uint64(len(ops))
 		d.mu.Unlock()
-		pending = nil
 		return nil
 	}
-	pos, err := d.c.Snapshot(ctx, s, dbSnapshotRows, func(ops []wire.Op) error {
-		if err := flush(false, 0); err != nil {
-			return err
-		}
-		pending = append(pending[:0:0], ops...)
-		return nil
-	})
+	var pos uint64
+	var err error
+	if r, ok := d.c.(resumable); ok {
+		pos, err = r.SnapshotFrom(ctx, s, dbSnapshotRows, prog.Table, prog.Key, publish)
+	} else {
+		pos, err = d.c.Snapshot(ctx, s, dbSnapshotRows, func(ops []wire.Op) error {
+			return publish(ops, "", "", 0)
+		})
+		prog.Pos, prog.Started = pos, true // a full read: its own position
+	}
 	if err != nil {
 		return err
 	}
-	if err := flush(true, pos); err != nil {
+	if !prog.Started {
+		prog.Pos = pos // nothing to publish
+	}
+	b := d.n.db.NewBatch()
+	defer b.Close()
+	if err := errors.Join(b.Set(keyCapturePos, u64(prog.Pos), nil), b.Set(keyLoaded, u64(1), nil), b.Delete(keyLoadProgress, nil)); err != nil {
 		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("node: store the end of the initial load: %w", err)
 	}
 	d.n.log.Info("practice database loaded", "rows", d.loadRows)
 	return nil
+}
+
+// loadProgress is where an initial load stands (stored with each batch).
+type loadProgress struct {
+	Started bool   `json:"started"`
+	Pos     uint64 `json:"pos"`   // the capture position of the load's first read
+	Table   string `json:"table"` // the last row published
+	Key     string `json:"key"`
+}
+
+// resumable is a connector whose initial load can go on after a crash.
+type resumable interface {
+	SnapshotFrom(ctx context.Context, s *db.Schema, batchRows int, table, afterKey string, fn func(ops []wire.Op, table, lastKey string, pos uint64) error) (uint64, error)
 }
 
 // step captures what is pending, then writes back what changed.

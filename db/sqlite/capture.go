@@ -451,6 +451,16 @@ func (c *Conn) Rebase(ctx context.Context, pos uint64) error {
 // table and the change table's last id at one instant; changes up to that id
 // are in the snapshot, later ones come through Capture.
 func (c *Conn) Snapshot(ctx context.Context, s *db.Schema, batchRows int, fn func(ops []wire.Op) error) (uint64, error) {
+	return c.SnapshotFrom(ctx, s, batchRows, "", "", func(ops []wire.Op, _, _ string, _ uint64) error { return fn(ops) })
+}
+
+// SnapshotFrom is Snapshot resumed after row afterKey of table (both ""
+// from the start): what an initial load interrupted by a crash reads on.
+// fn is told the table and key of the last row of each batch, so the caller
+// can store where to resume, and this read's position. The position it returns is the change table's
+// last id at this read; a resumed load must keep the position of its first
+// read (changes since are captured again, which changes nothing).
+func (c *Conn) SnapshotFrom(ctx context.Context, s *db.Schema, batchRows int, table, afterKey string, fn func(ops []wire.Op, table, lastKey string, pos uint64) error) (uint64, error) {
 	tx, err := c.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return 0, fmt.Errorf("sqlite: snapshot: %w", err)
@@ -461,12 +471,25 @@ func (c *Conn) Snapshot(ctx context.Context, s *db.Schema, batchRows int, fn fun
 		return 0, fmt.Errorf("sqlite: snapshot: %w", err)
 	}
 	var ops []wire.Op
+	started := table == ""
 	for i := range s.Tables {
 		t := &s.Tables[i]
-		err := c.scan(ctx, tx, t, func(r db.Row) error {
+		var after []any
+		if !started {
+			if t.Name != table {
+				continue
+			}
+			started = true
+			if afterKey != "" {
+				if after, err = db.DecodeKey(t, afterKey); err != nil {
+					return 0, err
+				}
+			}
+		}
+		err := c.scanFrom(ctx, tx, t, after, func(r db.Row) error {
 			ops = append(ops, wire.Op{Kind: wire.OpPut, Table: r.Table, Key: r.Key, Fields: r.Fields})
 			if len(ops) >= batchRows {
-				if err := fn(ops); err != nil {
+				if err := fn(ops, r.Table, r.Key, pos); err != nil {
 					return err
 				}
 				ops = nil
@@ -478,7 +501,8 @@ func (c *Conn) Snapshot(ctx context.Context, s *db.Schema, batchRows int, fn fun
 		}
 	}
 	if len(ops) > 0 {
-		if err := fn(ops); err != nil {
+		last := ops[len(ops)-1]
+		if err := fn(ops, last.Table, last.Key, pos); err != nil {
 			return 0, err
 		}
 	}
@@ -492,6 +516,12 @@ func (c *Conn) Rows(ctx context.Context, t *db.Table, fn func(db.Row) error) err
 
 // scan reads every row of t with each value's storage class.
 func (c *Conn) scan(ctx context.Context, q rowsQuerier, t *db.Table, fn func(db.Row) error) error {
+	return c.scanFrom(ctx, q, t, nil, fn)
+}
+
+// scanFrom is scan of the rows whose key comes after the key values after
+// (nil: every row), in key order.
+func (c *Conn) scanFrom(ctx context.Context, q rowsQuerier, t *db.Table, after []any, fn func(db.Row) error) error {
 	cols := make([]string, len(t.Columns))
 	for i, col := range t.Columns {
 		// Unary + keeps the value and its storage class but hides the
@@ -503,7 +533,13 @@ func (c *Conn) scan(ctx context.Context, q rowsQuerier, t *db.Table, fn func(db.
 	for i, k := range t.PK {
 		order[i] = quote(k)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+quote(t.Name)+` ORDER BY `+strings.Join(order, ", "))
+	where := ""
+	var args []any
+	if after != nil {
+		where = ` WHERE (` + strings.Join(order, ", ") + `) > (` + strings.TrimSuffix(strings.Repeat("?, ", len(order)), ", ") + `)`
+		args = toSQLAll(after)
+	}
+	rows, err := q.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+quote(t.Name)+where+` ORDER BY `+strings.Join(order, ", "), args...)
 	if err != nil {
 		return fmt.Errorf("sqlite: read %s: %w", t.Name, err)
 	}

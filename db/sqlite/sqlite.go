@@ -107,7 +107,7 @@ func Open(ctx context.Context, path string, o Options) (*Conn, error) {
 		c.w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
 	}
-	c.r.SetMaxOpenConns(2)
+	c.r.SetMaxOpenConns(4) // the commit poll, a long snapshot, capture reads and status at once
 	if err := c.w.PingContext(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("sqlite: %s is not a SQLite database ppsync can open: %w", abs, err)
