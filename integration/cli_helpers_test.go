@@ -3,7 +3,7 @@
 package integration
 
 // Helpers that drive the real ppsync binary through the command-line
-// contract (../../shared/CONTRACT.md): TestMain builds it once, run executes
+// contract (README.md, docs/api.md): TestMain builds it once, run executes
 // one command with a timeout, startNode runs `ppsync run` in the background.
 
 import (
