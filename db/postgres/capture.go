@@ -134,7 +134,9 @@ const triggerWhen = `current_setting('` + applyingGUC + `', true) IS DISTINCT FR
 // created or, when its key changed, replaced, each table in its own short
 // transaction (CREATE TRIGGER waits for the table's writers in flight; one
 // lock at a time cannot join a lock cycle with the practice software).
-// Triggers on tables no longer synced are dropped.
+// Triggers on tables no longer synced are dropped. With Options.Slot, the
+// synced tables' sequences are then moved into the site's ID range (see "IDs"
+// in the package doc).
 func (c *Conn) Install(ctx context.Context, s *db.Schema) error {
 	for _, f := range captureFuncs {
 		if _, err := c.pool.Exec(ctx, f); err != nil {
@@ -228,6 +230,9 @@ func (c *Conn) Install(ctx context.Context, s *db.Schema) error {
 		if err != nil {
 			return c.errf("drop the capture triggers of "+table+", which is no longer synced", err)
 		}
+	}
+	if c.opts.Slot > 0 {
+		return c.moveSequences(ctx, s)
 	}
 	return nil
 }

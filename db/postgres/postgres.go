@@ -129,6 +129,39 @@
 // transaction. Cascaded deletes and updates (ON DELETE CASCADE) happen in the
 // apply's transaction and are not captured: every site cascades on its own.
 //
+// # IDs
+//
+// A row inserted without an explicit ID takes the next value of its column's
+// sequence (serial, bigserial, identity), and every site's database has its
+// own sequences, so two sites would hand out the same IDs. With Options.Slot
+// (the slot in the site's certificate: 1, 2, 3, ...) each site's new IDs
+// come from its own range, [slot·10^12+1, (slot+1)·10^12) (RangeSize, Range).
+// Install applies the rule to every sequence owned by a column of a synced
+// table: if its increment is 1 and its next value is below the range, it is
+// restarted at slot·10^12+1 (ALTER SEQUENCE ... RESTART WITH). A sequence
+// already inside the range, or above it, is left alone: a sequence only ever
+// moves forward, never back and never into another site's range, and running
+// Install again changes nothing. Rows applied from other sites do not move a
+// sequence (PostgreSQL, unlike SQLite, leaves a sequence alone when a row is
+// inserted with an explicit ID), so a site keeps handing out IDs from its own
+// range whatever it receives. The rows that exist when ppsync arrives keep
+// their IDs.
+//
+// A sequence is read without a lock first, so one already in its range
+// (every start after the first) is never locked. One below its range is
+// restarted under its lock (taken by ALTER SEQUENCE, which nextval and setval
+// wait for, so nothing moves it between the read and the restart); the lock
+// waits for the transactions that took a value from the sequence, at most
+// 2 s, then Install fails and the node tries again.
+//
+// Left alone, with a warning in the log: a sequence whose increment is not 1,
+// one whose column (integer, serial) or MAXVALUE cannot hold the range (make
+// the column bigint), and one ppsync's role may not alter (it must own the
+// table); their new IDs can collide between sites. IDs the practice software
+// sets explicitly (its own counter, max(id)+1) are its own business: ppsync
+// moves sequences only. Slot 0 (older certificates) leaves every sequence
+// alone.
+//
 // # Values
 //
 // Each value is read through row_to_json (in the trigger and when reading
@@ -211,6 +244,10 @@ type Options struct {
 	// VersionQuery, when set, returns the practice software's schema version
 	// (one integer); Schema.Version is 0 without it.
 	VersionQuery string
+	// Slot is the site's number in its family (its certificate's slot: 1, 2,
+	// 3, ...). When it is set, Install moves the synced tables' sequences into
+	// the site's ID range (see "IDs" in the package doc); 0 leaves them alone.
+	Slot uint32
 	// PollInterval is how often the change table is checked in case a
 	// notification was missed (default 5s).
 	PollInterval time.Duration
