@@ -65,6 +65,9 @@ func openConnector(ctx context.Context, raw string, tables, exclude []string, pg
 		o := postgres.Options{Tables: tables, Exclude: exclude, Password: pg.password, PasswordFile: pg.passwordFile}
 		if n != nil {
 			o.Logger = n.log
+			if n.cert != nil {
+				o.Slot = n.cert.Slot // new IDs from this site's range
+			}
 		}
 		return postgres.Open(ctx, raw, o)
 	}
