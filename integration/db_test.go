@@ -583,3 +583,31 @@ func TestDatabaseInitialLoadResumes(t *testing.T) {
 	}
 	t.Logf("killed after %d rows; %d row changes published in all for %d rows", loaded, total, rows)
 }
+
+// A copy of the bound database (same random ID, another file) is refused
+// with exit 4, naming the database the node expects.
+func TestDatabaseCopyRefused(t *testing.T) {
+	dir := t.TempDir()
+	paths := map[string]string{"north": filepath.Join(dir, "north.db")}
+	north := practiceDB(t, paths["north"])
+	_, data, procs := dbFamily(t, paths)
+	waitDBReady(t, data["north"])
+	procs["north"].stopClean()
+	cp := filepath.Join(dir, "copy.db")
+	mustExec(t, north, `VACUUM INTO '`+cp+`'`)
+	cfg := filepath.Join(data["north"], "ppsync.toml")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.ReplaceAll(string(b), "sqlite:"+paths["north"], "sqlite:"+cp)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := launch(t, data["north"], e2eMachine)
+	if code := p.wait(syncTimeout); code != exitRefused {
+		t.Fatalf("a copy of the database: exit %d, want %d: %s", code, exitRefused, p.stderr.String())
+	}
+	if !strings.Contains(p.stderr.String(), "expected sqlite:"+paths["north"]) {
+		t.Fatalf("the refusal does not name the expected database: %s", p.stderr.String())
+	}
+}

@@ -214,8 +214,11 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 	if n.id.DBID == "" {
 		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up without a practice database, but %s names %s: a database is bound when the node is set up (ppsync init --db); ask support to move the node", ConfigFile, n.cfg.DB)}
 	}
-	if got.ID != n.id.DBID {
-		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one is %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)}
+	// The random ID travels with every copy of the database (a file copy, a
+	// CREATE DATABASE ... TEMPLATE): the database must also be where it was
+	// (the same file; the same PostgreSQL database on the same server).
+	if got.ID != n.id.DBID || (n.id.DBDetail != "" && got.Detail != n.id.DBDetail) {
+		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one has %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)}
 	}
 	return nil
 }

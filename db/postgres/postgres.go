@@ -428,8 +428,21 @@ func (c *Conn) ensureTables(ctx context.Context) error {
 				pk json NOT NULL,
 				vals json,
 				pos bigint)`,
-			`CREATE INDEX IF NOT EXISTS changes_pos ON ` + changeTable + ` (pos)`,
-			`CREATE INDEX IF NOT EXISTS changes_unmarked ON ` + changeTable + ` (xid) WHERE pos IS NULL`,
+		}
+		// CREATE INDEX IF NOT EXISTS takes a SHARE lock on the table even
+		// when the index exists, and would wait behind (and then hold up)
+		// every open practice transaction whose trigger wrote a change row:
+		// create the indexes only when they are missing.
+		var have int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM pg_class WHERE oid IN (to_regclass($1), to_regclass($2))`,
+			ppSchema+".changes_pos", ppSchema+".changes_unmarked").Scan(&have); err != nil {
+			return err
+		}
+		if have < 2 {
+			stmts = append(stmts,
+				`SET LOCAL lock_timeout = '5s'`,
+				`CREATE INDEX IF NOT EXISTS changes_pos ON `+changeTable+` (pos)`,
+				`CREATE INDEX IF NOT EXISTS changes_unmarked ON `+changeTable+` (xid) WHERE pos IS NULL`)
 		}
 		stmts = append(stmts, captureFuncs...)
 		for _, s := range stmts {
