@@ -69,21 +69,43 @@
 // iproute2's `ip`: they must find each other by mDNS, prove their membership
 // in the hello exchange and sync. Without `ip` it is skipped with the reason.
 //
+// # The practice database
+//
+// DatabaseFaults binds each of three sites to its own SQLite practice database
+// (`ppsync init --db sqlite:PATH`, WithDB/Options.SiteDB), files in the
+// scenario's directory that every process reaches (the namespaces isolate the
+// network only). A writer per site, in the test process, plays the practice
+// software: plain SQL transactions through database/sql and modernc.org/sqlite
+// (patients with an integer key and values of every storage class,
+// appointments with a foreign key to them, notes with a composite key; inserts
+// in the site's own id range, updates, deletes), and keeps a ledger of every
+// transaction whose commit succeeded. Meanwhile a site is killed with kill -9
+// while it captures a burst of its writer, another while it writes a burst of
+// another site into its database, the relay is killed, a site is cut off, and
+// a site is stopped while its database keeps changing: one round of these in
+// TestFaults, rounds for 30 to 90 s in the soak (replayed with
+// PPSYNC_FAULT_DURATION). Afterwards every database must hold exactly the rows
+// of the ledgers (dumps ordered by key, values with their storage class),
+// `ppsync db check` must exit 0 and `db status` name no refused row at every
+// site, each site's own log must hold each row change at most once per
+// committed change and no row of another site, and `ppsync verify` must pass.
+//
 // # Running
 //
 // `go test ./integration/fault/` (part of `make check`) runs TestFaults: the
 // schedules of fixedSeeds plus one random seed (printed), and one each of the
 // long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-// cloned-site, online-truth and lan-discovery scenarios, a few at a time. Each
-// failure prints the command that replays it: PPSYNC_FAULT_SEED=N (with
-// PPSYNC_FAULT_DURATION for a soak schedule) and -run 'TestFaults/NAME'. A
-// scenario whose only violations are those of a known product bug (KnownBugs)
-// is skipped with "BUG: ...", so it stays as that bug's regression test.
+// cloned-site, online-truth, lan-discovery and DatabaseFaults scenarios, a few
+// at a time. Each failure prints the command that replays it:
+// PPSYNC_FAULT_SEED=N (with PPSYNC_FAULT_DURATION for a soak schedule) and
+// -run 'TestFaults/NAME'. A scenario whose only violations are those of a
+// known product bug (KnownBugs) is skipped with "BUG: ...", so it stays as
+// that bug's regression test.
 // PPSYNC_FAULT_KEEP keeps a scenario's directory (node logs),
 // PPSYNC_FAULT_DEBUG runs the nodes at debug level.
 //
 // `make soak SOAK=30m` (PPSYNC_SOAK=30m) runs TestSoak: randomized schedules
-// of 30 to 90 s, with an attack or special scenario every fifth round, for that
+// of 30 to 90 s, with an attack or special scenario every third round, for that
 // long, and writes a JSON report to PPSYNC_SOAK_REPORT (default
 // soak-report.json): schedules run, transactions acknowledged, faults injected
 // by kind, time to converge (p50, p90, max), violations (by kind, known bugs

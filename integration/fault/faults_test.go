@@ -27,6 +27,12 @@ func replaySchedule(seed uint64, d time.Duration) string {
 	return fmt.Sprintf("PPSYNC_FAULT_SEED=%d PPSYNC_FAULT_DURATION=%s go test ./integration/fault/ -run 'TestFaults/schedule' -v", seed, d)
 }
 
+// replayDatabase is the command that replays the DatabaseFaults scenario
+// with faults for d.
+func replayDatabase(seed uint64, d time.Duration) string {
+	return fmt.Sprintf("PPSYNC_FAULT_SEED=%d PPSYNC_FAULT_DURATION=%s go test ./integration/fault/ -run 'TestFaults/DatabaseFaults$' -v", seed, d)
+}
+
 // scenario is one subtest of TestFaults.
 type scenario struct {
 	name   string
@@ -42,8 +48,8 @@ type scenario struct {
 //     relay as the only path, stalls, SIGSTOP, long offline stretches) for the
 //     fixed seeds plus one random seed, or only PPSYNC_FAULT_SEED;
 //   - long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-//     cloned-site, online-truth, lan-discovery: one scenario each (seed
-//     PPSYNC_FAULT_SEED or a fixed one).
+//     cloned-site, online-truth, lan-discovery, DatabaseFaults: one
+//     scenario each (seed PPSYNC_FAULT_SEED or a fixed one).
 //
 // After each: every acknowledged transaction at every node with its content,
 // none applied twice, equal digests, `ppsync verify` clean on every node.
@@ -90,6 +96,10 @@ func TestFaults(t *testing.T) {
 	special("cloned-site", 13, ClonedSite)
 	special("online-truth", 17, OnlineTruth)
 	special("lan-discovery", 18, LANDiscovery)
+	// Its faults go on for the schedules' length (PPSYNC_FAULT_DURATION
+	// replays a soak round), at least one round of them.
+	special("DatabaseFaults", 19, func(ctx context.Context, e Env, s uint64) (Result, error) { return DatabaseFaults(ctx, e, s, d) })
+	list[len(list)-1].replay = replayDatabase(list[len(list)-1].seed, d)
 
 	par := 3
 	if v := os.Getenv("PPSYNC_FAULT_PARALLEL"); v != "" {

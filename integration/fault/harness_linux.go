@@ -65,6 +65,10 @@ type Options struct {
 	// Cleanup, when set, registers the harness's Close (t.Cleanup): every
 	// process is killed even if the caller never returns normally.
 	Cleanup func(func())
+	// SiteDB, when set, gives each site (by its name, like "clinic-1") the
+	// practice database its `ppsync init` binds with --db (a URL like
+	// sqlite:/abs/path.db, which must exist); "" leaves a site without one.
+	SiteDB func(name string) string
 }
 
 // Violation is a broken invariant or an unexpected event.
@@ -133,7 +137,13 @@ func New(ctx context.Context, opts Options) (h *Harness, err error) {
 	}
 	for i := 1; i <= opts.Sites; i++ {
 		name := fmt.Sprintf("clinic-%d", i)
-		s, err := h.AddNode(ctx, h.Auth, name, name, "site")
+		var nopts []NodeOption
+		if opts.SiteDB != nil {
+			if url := opts.SiteDB(name); url != "" {
+				nopts = append(nopts, WithDB(url))
+			}
+		}
+		s, err := h.AddNode(ctx, h.Auth, name, name, "site", nopts...)
 		if err != nil {
 			return h, err
 		}
@@ -210,13 +220,27 @@ func (h *Harness) CreateFamily(ctx context.Context, dir, name string) (string, e
 	return r.FamilyID, nil
 }
 
+// NodeOption changes how setupNode sets up a node.
+type NodeOption func(*nodeSetup)
+
+// nodeSetup is what NodeOptions change.
+type nodeSetup struct {
+	db string // --db of `ppsync init`
+}
+
+// WithDB binds a site to a practice database: its `ppsync init` gets
+// --db url (like sqlite:/abs/path.db; the database must exist), as the
+// README's "The practice database" says. The running node then captures
+// every change committed there and writes the other sites' changes back.
+func WithDB(url string) NodeOption { return func(s *nodeSetup) { s.db = url } }
+
 // AddNode sets up one node of the family whose authority is in auth (see
 // setupNode) and gives it a port and a network namespace; it does not run
 // yet. name is the harness's name for the node (its data directory's), site
 // its site ID. The node holds its own certificate only; it finds the family
 // through the bootstrap of auth's family.json, as copied by its init.
-func (h *Harness) AddNode(ctx context.Context, auth, name, site, role string) (*Node, error) {
-	n, err := h.setupNode(ctx, auth, name, site, role)
+func (h *Harness) AddNode(ctx context.Context, auth, name, site, role string, opts ...NodeOption) (*Node, error) {
+	n, err := h.setupNode(ctx, auth, name, site, role, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -229,10 +253,19 @@ func (h *Harness) AddNode(ctx context.Context, auth, name, site, role string) (*
 // setupNode runs, for one node, what a site and support do by hand: `ppsync
 // init` (role site or relay) with auth's family.json, `family admit` of its
 // join request, `install` of its certificate (and of no other); LAN discovery
-// off. The node has no port or namespace yet.
-func (h *Harness) setupNode(ctx context.Context, auth, name, site, role string) (*Node, error) {
+// off; with WithDB, init binds the practice database too. The node has no
+// port or namespace yet.
+func (h *Harness) setupNode(ctx context.Context, auth, name, site, role string, opts ...NodeOption) (*Node, error) {
+	var o nodeSetup
+	for _, f := range opts {
+		f(&o)
+	}
 	data := filepath.Join(h.dir, "nodes", name)
-	out, err := h.CLI(ctx, "init", "--data", data, "--family", filepath.Join(auth, "family.json"), "--site", site, "--role", role, "--json")
+	args := []string{"init", "--data", data, "--family", filepath.Join(auth, "family.json"), "--site", site, "--role", role}
+	if o.db != "" {
+		args = append(args, "--db", o.db)
+	}
+	out, err := h.CLI(ctx, append(args, "--json")...)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +289,7 @@ func (h *Harness) setupNode(ctx context.Context, auth, name, site, role string) 
 	if err != nil {
 		return nil, err
 	}
-	return &Node{h: h, Name: name, Site: site, Role: role, Data: data, PeerID: ir.PeerID, Family: famID,
+	return &Node{h: h, Name: name, Site: site, Role: role, Data: data, PeerID: ir.PeerID, Family: famID, DB: o.db,
 		logPath: filepath.Join(h.dir, "logs", name+".log"), env: map[string]string{}}, nil
 }
 
@@ -323,7 +356,7 @@ func (h *Harness) CloneNode(src *Node, name string) (*Node, error) {
 	if err := copyDir(src.Data, data); err != nil {
 		return nil, err
 	}
-	n := &Node{h: h, Name: name, Site: src.Site, Role: src.Role, Data: data, PeerID: src.PeerID, Family: src.Family,
+	n := &Node{h: h, Name: name, Site: src.Site, Role: src.Role, Data: data, PeerID: src.PeerID, Family: src.Family, DB: src.DB,
 		Boot: append([]string(nil), src.Boot...), logPath: filepath.Join(h.dir, "logs", name+".log"), env: map[string]string{}}
 	if err := h.attach(n); err != nil {
 		return nil, err

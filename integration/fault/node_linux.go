@@ -45,6 +45,7 @@ type Node struct {
 	PeerID  string
 	Family  string   // family ID
 	Boot    []string // --bootstrap addresses besides family.json's: only where a scenario needs them
+	DB      string   // the practice database bound by init (--db URL), or ""
 	ns      *nsWorker
 	fwd     *apiForwarder // isolated mode: the test's way to the API
 	logPath string

@@ -39,7 +39,34 @@ type KnownBug struct {
 //     space returned);
 //   - cloned-site: a cloned site's fork showed only after about one sync
 //     interval (30 s), not within 10 s, while both copies kept writing.
-var KnownBugs = []KnownBug{}
+var KnownBugs = []KnownBug{
+	{
+		ID: "db-apply-fk-across-batches",
+		Summary: "SQLite apply (db/sqlite applyOnce) writes the merged rows in batches of dbMaxApplyRows (5,000) in " +
+			"state-cursor order, and the state keeps each row only at its newest change. When a site has more than " +
+			"5,000 merged rows to write (back after a cut, a stop or a kill -9 during apply) and a parent row's newest " +
+			"change (a patient updated after its appointment was written) lies past the batch of its child, the child " +
+			"fails its foreign key at commit, the careful row-by-row retry refuses it, the apply position moves past " +
+			"it and it is never written again: the database lacks a committed row for good (`db status` lists it as " +
+			"refused, `db check` as missing) although the merged state holds the row and its parent. Deterministic: " +
+			"stop site B; at A insert a patient and its appointment, then 5,200 other patients, then update the " +
+			"patient; start B: B's database ends with every patient and no appointment.",
+		match: func(v Violation) bool { return v.Kind == "db-fk-refused" },
+	},
+	{
+		ID: "db-capture-rowid-reuse",
+		Summary: "SQLite capture records inserts and updates by rowid and reads the values at capture time " +
+			"(db/sqlite readChanges). A table whose key is not its rowid (notes, PRIMARY KEY (patient, n)) gives a " +
+			"new row the rowid of a deleted one when that one had the highest rowid; a change of the deleted row still " +
+			"waiting in _ppsync_changes (the node stopped, killed, or not yet polled) is then read as a put of the new " +
+			"row, so the new row is captured once more than it was changed (the log holds a put of it per earlier " +
+			"change at that rowid; the deleted row's insert is not in the log at all, only its delete). No value is " +
+			"wrong, but a change is no longer in the log exactly once. Deterministic: with the node stopped, insert " +
+			"note (1,1), delete it, insert note (1,2) (same rowid), start: one entry holds put (1,2), delete (1,1), " +
+			"put (1,2).",
+		match: func(v Violation) bool { return v.Kind == "db-capture-rowid" },
+	},
+}
 
 // knownBug returns the known bug v belongs to, or nil.
 func knownBug(v Violation) *KnownBug {

@@ -43,15 +43,21 @@ func TestSoak(t *testing.T) {
 		name string
 		run  func(Env, uint64) (Result, error)
 		test string
+		// timed, when set, runs instead of run with a fault phase drawn
+		// like a schedule's length (30 to 90 s).
+		timed func(Env, uint64, time.Duration) (Result, error)
 	}{
-		{"long-offline", func(e Env, s uint64) (Result, error) { return LongOffline(testContext(t), e, s, 50000) }, "long-offline"},
-		{"cloned-site", func(e Env, s uint64) (Result, error) { return ClonedSite(testContext(t), e, s) }, "cloned-site"},
-		{"foreign-family", func(e Env, s uint64) (Result, error) { return ForeignFamily(testContext(t), e, s) }, "foreign-family"},
-		{"relay-only-path", func(e Env, s uint64) (Result, error) { return RelayOnly(testContext(t), e, s) }, "relay-only-path"},
-		{"clock-skew", func(e Env, s uint64) (Result, error) { return ClockSkew(testContext(t), e, s) }, "clock-skew"},
-		{"disk-full", func(e Env, s uint64) (Result, error) { return DiskFull(testContext(t), e, s) }, "disk-full"},
-		{"online-truth", func(e Env, s uint64) (Result, error) { return OnlineTruth(testContext(t), e, s) }, "online-truth"},
-		{"lan-discovery", func(e Env, s uint64) (Result, error) { return LANDiscovery(testContext(t), e, s) }, "lan-discovery"},
+		{"long-offline", func(e Env, s uint64) (Result, error) { return LongOffline(testContext(t), e, s, 50000) }, "long-offline", nil},
+		{"cloned-site", func(e Env, s uint64) (Result, error) { return ClonedSite(testContext(t), e, s) }, "cloned-site", nil},
+		{"foreign-family", func(e Env, s uint64) (Result, error) { return ForeignFamily(testContext(t), e, s) }, "foreign-family", nil},
+		{"relay-only-path", func(e Env, s uint64) (Result, error) { return RelayOnly(testContext(t), e, s) }, "relay-only-path", nil},
+		{"clock-skew", func(e Env, s uint64) (Result, error) { return ClockSkew(testContext(t), e, s) }, "clock-skew", nil},
+		{"disk-full", func(e Env, s uint64) (Result, error) { return DiskFull(testContext(t), e, s) }, "disk-full", nil},
+		{"online-truth", func(e Env, s uint64) (Result, error) { return OnlineTruth(testContext(t), e, s) }, "online-truth", nil},
+		{"lan-discovery", func(e Env, s uint64) (Result, error) { return LANDiscovery(testContext(t), e, s) }, "lan-discovery", nil},
+		{"DatabaseFaults", nil, "DatabaseFaults", func(e Env, s uint64, d time.Duration) (Result, error) {
+			return DatabaseFaults(testContext(t), e, s, d)
+		}},
 	}
 	end := time.Now().Add(total)
 	for round := 0; time.Now().Before(end); round++ {
@@ -67,8 +73,14 @@ func TestSoak(t *testing.T) {
 		var replay string
 		if round%3 == 2 {
 			sp := specials[(round/3)%len(specials)]
-			replay = fmt.Sprintf("PPSYNC_FAULT_SEED=%d go test ./integration/fault/ -run 'TestFaults/%s$' -v", seed, sp.test)
-			res, err = sp.run(env, seed)
+			if sp.timed != nil {
+				d := time.Duration(30+rng.IntN(61)) * time.Second
+				replay = replayDatabase(seed, d)
+				res, err = sp.timed(env, seed, d)
+			} else {
+				replay = fmt.Sprintf("PPSYNC_FAULT_SEED=%d go test ./integration/fault/ -run 'TestFaults/%s$' -v", seed, sp.test)
+				res, err = sp.run(env, seed)
+			}
 			res.Name = sp.name
 			if errors.Is(err, ErrSkip) {
 				t.Logf("round %d: %s skipped: %v", round, sp.name, err)
