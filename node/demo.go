@@ -2,31 +2,330 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+
+	_ "modernc.org/sqlite" // the practice software's driver in the demo
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
 // DemoOptions configure the demo: a family with a relay and three clinic
-// sites running on this machine.
+// sites running on this machine, each clinic with its own SQLite practice
+// database.
 type DemoOptions struct {
 	Dir     string    // where the family and the nodes live ("" = a new temporary directory)
 	NoWait  bool      // exit once the sites converged instead of waiting for Ctrl-C
 	Out     io.Writer // progress and results
 	Version string
-	Records int                 // patients per clinic (default 200)
+	Records int                 // patients per clinic (default 100)
 	Env     func(string) string // the environment; nil: empty
 }
 
 var demoSites = []string{"clinic-north", "clinic-south", "clinic-east"}
+
+// demoTables are the practice database's tables, parents first.
+var demoTables = []string{"patients", "appointments", "clinical_notes", "invoices"}
+
+// demoSchema is the practice software's database: integer IDs, foreign keys
+// from every record to its patient, as practice software has them.
+const demoSchema = `
+PRAGMA journal_mode = WAL;
+PRAGMA user_version = 1;
+CREATE TABLE patients (
+	id            INTEGER PRIMARY KEY AUTOINCREMENT,
+	name          TEXT NOT NULL,
+	date_of_birth TEXT NOT NULL,          -- YYYY-MM-DD
+	phone         TEXT,
+	email         TEXT,
+	registered_at TEXT NOT NULL           -- the clinic that registered the patient
+);
+CREATE TABLE appointments (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT,
+	patient_id INTEGER NOT NULL REFERENCES patients(id),
+	starts_at  TEXT NOT NULL,             -- YYYY-MM-DD HH:MM, local time
+	minutes    INTEGER NOT NULL,
+	reason     TEXT NOT NULL,
+	clinic     TEXT NOT NULL,
+	status     TEXT NOT NULL DEFAULT 'booked' CHECK (status IN ('booked', 'done', 'cancelled'))
+);
+CREATE INDEX appointments_patient ON appointments(patient_id);
+CREATE TABLE clinical_notes (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT,
+	patient_id INTEGER NOT NULL REFERENCES patients(id),
+	written_at TEXT NOT NULL,
+	author     TEXT NOT NULL,
+	text       TEXT NOT NULL
+);
+CREATE INDEX clinical_notes_patient ON clinical_notes(patient_id);
+CREATE TABLE invoices (
+	id           INTEGER PRIMARY KEY AUTOINCREMENT,
+	patient_id   INTEGER NOT NULL REFERENCES patients(id),
+	issued_on    TEXT NOT NULL,
+	amount_cents INTEGER NOT NULL CHECK (amount_cents >= 0),
+	currency     TEXT NOT NULL DEFAULT 'CHF',
+	status       TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'paid', 'cancelled')),
+	paid_on      TEXT
+);
+CREATE INDEX invoices_patient ON invoices(patient_id);
+`
+
+// demoIDRange is the size of each clinic's ID range.
+//
+// ppsync does not yet give each site its own ID range: two clinics that
+// insert with plain AUTOINCREMENT at the same time would both create
+// "patient 17", and the merge would make one row of two patients. So in the
+// demo each clinic takes the IDs of its new rows from its own range
+// (clinic-north 1000001…, clinic-south 2000001…, clinic-east 3000001…).
+// Setting each clinic's sqlite_sequence start (INSERT OR REPLACE INTO
+// sqlite_sequence(name, seq) VALUES ('patients', 1000000)) is not enough on
+// its own: SQLite gives a new AUTOINCREMENT row max(seq, largest id in the
+// table) + 1, and once ppsync writes the other clinics' rows back the largest
+// id is clinic-east's (at clinic-north, after clinic-east's 3000200 the next
+// id is 3000201, in clinic-east's range, and clinic-south picks the same).
+// The demo's practice software therefore names the next free ID of its own
+// range in the INSERT itself (see demoDB.insert).
+const demoIDRange = 1_000_000
+
+// demoDB is one clinic's SQLite practice database as the practice
+// software uses it: plain SQL through database/sql.
+type demoDB struct {
+	site string
+	path string
+	base int64   // IDs of new rows are base+1 … base+demoIDRange-1
+	w    *sql.DB // writes: BEGIN IMMEDIATE, so a transaction waits for the lock instead of failing
+	r    *sql.DB // reads
+
+	stmts map[string]*sql.Stmt // the prepared inserts, by table
+}
+
+func openDemoDB(site, path string, base int64) (*demoDB, error) {
+	dsn := func(lock string) string {
+		q := url.Values{}
+		q.Add("_pragma", "busy_timeout(10000)")
+		q.Add("_pragma", "foreign_keys(1)")
+		q.Set("_txlock", lock)
+		return "file:" + path + "?" + q.Encode()
+	}
+	p := &demoDB{site: site, path: path, base: base, stmts: map[string]*sql.Stmt{}}
+	var err error
+	if p.w, err = sql.Open("sqlite", dsn("immediate")); err != nil {
+		return nil, fmt.Errorf("demo: open %s: %w", path, err)
+	}
+	p.w.SetMaxOpenConns(1)
+	if p.r, err = sql.Open("sqlite", dsn("deferred")); err != nil {
+		p.w.Close()
+		return nil, fmt.Errorf("demo: open %s: %w", path, err)
+	}
+	return p, nil
+}
+
+func (p *demoDB) close() {
+	for _, st := range p.stmts {
+		st.Close()
+	}
+	p.w.Close()
+	p.r.Close()
+}
+
+// demoColumns are the columns the practice software fills when it adds a
+// row (the id comes from insert).
+var demoColumns = map[string][]string{
+	"patients":       {"name", "date_of_birth", "phone", "email", "registered_at"},
+	"appointments":   {"patient_id", "starts_at", "minutes", "reason", "clinic"},
+	"clinical_notes": {"patient_id", "written_at", "author", "text"},
+	"invoices":       {"patient_id", "issued_on", "amount_cents"},
+}
+
+// prepare prepares the inserts once, as practice software does.
+func (p *demoDB) prepare(ctx context.Context) error {
+	for table, cols := range demoColumns {
+		q := fmt.Sprintf(`INSERT INTO %s (id, %s) VALUES ((SELECT coalesce(max(id), %d) + 1 FROM %s WHERE id > %d AND id < %d), %s)`,
+			table, strings.Join(cols, ", "), p.base, table, p.base, p.base+demoIDRange, strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", "))
+		st, err := p.w.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("demo: %s: %w", p.path, err)
+		}
+		p.stmts[table] = st
+	}
+	return nil
+}
+
+// insert adds one row to table with the next free ID of this clinic's range
+// (see demoIDRange) and returns its ID.
+func (p *demoDB) insert(ctx context.Context, tx *sql.Tx, table string, args ...any) (int64, error) {
+	res, err := tx.StmtContext(ctx, p.stmts[table]).ExecContext(ctx, args...)
+	if err != nil {
+		return 0, fmt.Errorf("demo: %s: insert into %s: %w", p.site, table, err)
+	}
+	return res.LastInsertId()
+}
+
+var (
+	demoFirst   = []string{"Ada", "Ben", "Chloé", "David", "Elif", "Farah", "Giulia", "Hugo", "Ines", "Jonas", "Kenji", "Lea", "Mateo", "Noor", "Olga", "Pedro"}
+	demoLast    = []string{"Meier", "Rossi", "Keller", "Novak", "Schmid", "Dubois", "Weber", "Costa", "Huber", "Brunner"}
+	demoReasons = []struct {
+		what  string
+		cents int64
+	}{{"check-up", 12000}, {"hygiene", 15500}, {"filling", 28000}, {"x-ray", 9500}, {"crown preparation", 95000}, {"root canal follow-up", 32000}, {"toothache (emergency)", 18000}}
+	demoNotes = []string{"no findings", "filling upper left 6", "hygiene appointment booked", "x-ray taken, review next visit", "patient reports sensitivity", "crown prep, temporary fitted", "allergic to penicillin"}
+)
+
+// addPatients is the practice software registering count patients, each in
+// one transaction with their appointments, a clinical note and an invoice.
+// It returns the first patient's ID.
+func (p *demoDB) addPatients(ctx context.Context, rng *rand.Rand, count int) (first int64, err error) {
+	for i := 0; i < count; i++ {
+		pid, err := p.addPatient(ctx, rng)
+		if err != nil {
+			return 0, err
+		}
+		if i == 0 {
+			first = pid
+		}
+	}
+	return first, nil
+}
+
+func (p *demoDB) addPatient(ctx context.Context, rng *rand.Rand) (int64, error) {
+	tx, err := p.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("demo: %s: begin: %w", p.site, err)
+	}
+	defer tx.Rollback()
+	first, last := demoFirst[rng.IntN(len(demoFirst))], demoLast[rng.IntN(len(demoLast))]
+	pid, err := p.insert(ctx, tx, "patients",
+		first+" "+last, fmt.Sprintf("19%02d-%02d-%02d", 40+rng.IntN(60), 1+rng.IntN(12), 1+rng.IntN(28)),
+		fmt.Sprintf("+41 31 %03d %02d %02d", rng.IntN(1000), rng.IntN(100), rng.IntN(100)),
+		strings.ToLower(fmt.Sprintf("%s.%s%d@example.ch", first, last, rng.IntN(100))), p.site)
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	day := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	for a := 0; a < 1+rng.IntN(2); a++ {
+		r := demoReasons[rng.IntN(len(demoReasons))]
+		total += r.cents
+		at := day.AddDate(0, 0, rng.IntN(28)).Add(time.Duration(8*60+15*rng.IntN(36)) * time.Minute)
+		if _, err := p.insert(ctx, tx, "appointments",
+			pid, at.Format("2006-01-02 15:04"), int64(30+15*rng.IntN(3)), r.what, p.site); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := p.insert(ctx, tx, "clinical_notes",
+		pid, time.Now().UTC().Format(time.DateTime), "Dr. "+demoLast[rng.IntN(len(demoLast))], demoNotes[rng.IntN(len(demoNotes))]); err != nil {
+		return 0, err
+	}
+	if _, err := p.insert(ctx, tx, "invoices",
+		pid, time.Now().UTC().Format(time.DateOnly), total); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("demo: %s: commit: %w", p.site, err)
+	}
+	return pid, nil
+}
+
+// payInvoices is the practice software booking payments: the oldest open
+// invoices of this clinic's patients are marked paid (updates).
+func (p *demoDB) payInvoices(ctx context.Context, count int) (int64, error) {
+	res, err := p.w.ExecContext(ctx, `UPDATE invoices SET status = 'paid', paid_on = ?
+		WHERE id IN (SELECT id FROM invoices WHERE status = 'open' AND id > ? AND id < ? ORDER BY id LIMIT ?)`,
+		time.Now().UTC().Format(time.DateOnly), p.base, p.base+demoIDRange, count)
+	if err != nil {
+		return 0, fmt.Errorf("demo: %s: pay invoices: %w", p.site, err)
+	}
+	return res.RowsAffected()
+}
+
+// quickSum is a cheap summary of every table (count, sum and largest id):
+// databases that differ in it differ; a full dump compares the rows.
+func (p *demoDB) quickSum(ctx context.Context) (string, error) {
+	var q []string
+	for _, t := range demoTables {
+		q = append(q, `SELECT count(*) || '/' || total(id) || '/' || coalesce(max(id), 0) FROM `+t)
+	}
+	rows, err := p.r.QueryContext(ctx, strings.Join(q, " UNION ALL "))
+	if err != nil {
+		return "", fmt.Errorf("demo: read %s: %w", p.path, err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return "", fmt.Errorf("demo: read %s: %w", p.path, err)
+		}
+		b.WriteString(s + " ")
+	}
+	return b.String(), rows.Err()
+}
+
+// dump reads every table, ordered by primary key, in one read transaction:
+// a hash of all rows (each value as SQL's quote() writes it, so 7, 7.0, '7'
+// and NULL differ) and the number of rows of each table.
+func (p *demoDB) dump(ctx context.Context) (sum [32]byte, counts map[string]int, err error) {
+	tx, err := p.r.BeginTx(ctx, nil)
+	if err != nil {
+		return sum, nil, fmt.Errorf("demo: read %s: %w", p.path, err)
+	}
+	defer tx.Rollback()
+	h := sha256.New()
+	counts = map[string]int{}
+	for _, t := range demoTables {
+		var cols []string
+		rows, err := tx.QueryContext(ctx, `SELECT name FROM pragma_table_info(?) ORDER BY cid`, t)
+		if err != nil {
+			return sum, nil, fmt.Errorf("demo: read %s of %s: %w", t, p.path, err)
+		}
+		for rows.Next() {
+			var c string
+			if err := rows.Scan(&c); err != nil {
+				rows.Close()
+				return sum, nil, fmt.Errorf("demo: read %s of %s: %w", t, p.path, err)
+			}
+			cols = append(cols, "quote("+c+")")
+		}
+		rows.Close()
+		var n int
+		var all string
+		if err := tx.QueryRowContext(ctx, `SELECT count(*), coalesce(string_agg(`+strings.Join(cols, ` || ',' || `)+`, char(10) ORDER BY id), '') FROM `+t).Scan(&n, &all); err != nil {
+			return sum, nil, fmt.Errorf("demo: read %s of %s: %w", t, p.path, err)
+		}
+		fmt.Fprintf(h, "table %s %d\n%s\n", t, n, all)
+		counts[t] = n
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, counts, nil
+}
+
+// createDemoDB creates a clinic's practice database with its schema.
+func createDemoDB(site, path string, base int64) (*demoDB, error) {
+	p, err := openDemoDB(site, path, base)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.w.Exec(demoSchema); err != nil {
+		p.close()
+		return nil, fmt.Errorf("demo: create %s: %w", path, err)
+	}
+	if err := p.prepare(context.Background()); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
 
 type demoNode struct {
 	site string
@@ -34,6 +333,7 @@ type demoNode struct {
 	n    *Node
 	stop context.CancelFunc
 	done chan error
+	db   *demoDB // the clinic's practice database; nil for the relay
 }
 
 // RunDemo runs the demo until ctx ends (or, with NoWait, until the sites
@@ -43,7 +343,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		o.Out = io.Discard
 	}
 	if o.Records <= 0 {
-		o.Records = 200
+		o.Records = 100
 	}
 	if o.Dir == "" {
 		d, err := os.MkdirTemp("", "ppsync-demo-")
@@ -54,6 +354,9 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	}
 	if entries, _ := os.ReadDir(o.Dir); len(entries) > 0 {
 		return fmt.Errorf("demo: %s is not empty; give an empty or new directory with --dir", o.Dir)
+	}
+	if abs, err := filepath.Abs(o.Dir); err == nil {
+		o.Dir = abs
 	}
 	say := func(format string, a ...any) { fmt.Fprintf(o.Out, format+"\n", a...) }
 	say("ppsync demo in %s", o.Dir)
@@ -76,14 +379,26 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 
 	all := append([]string{"relay"}, demoSites...)
 	nodes := map[string]*demoNode{}
+	defer func() {
+		for _, dn := range nodes {
+			if dn.db != nil {
+				dn.db.close()
+			}
+		}
+	}()
 	familyFile := filepath.Join(authDir, family.InfoFile)
 	// setUp does what the README's "Setting up a real family" does for one
-	// node: init with the family.json as it is now, support admits the join
-	// request, the node installs its own certificate, nothing else. The
-	// rest of the family it learns through the relay.
-	setUp := func(s, role string) error {
-		dn := &demoNode{site: s, data: filepath.Join(o.Dir, s)}
-		res, err := Init(InitOptions{DataDir: dn.data, FamilyFile: familyFile, Site: s, Role: role, Env: env})
+	// node: init with the family.json as it is now (and, for a clinic, its
+	// practice database), support admits the join request, the node
+	// installs its own certificate, nothing else. The rest of the family it
+	// learns through the relay.
+	setUp := func(s, role string, pdb *demoDB) error {
+		dn := &demoNode{site: s, data: filepath.Join(o.Dir, s), db: pdb}
+		opts := InitOptions{DataDir: dn.data, FamilyFile: familyFile, Site: s, Role: role, Env: env}
+		if pdb != nil {
+			opts.DB = "sqlite:" + pdb.path
+		}
+		res, err := Init(opts)
 		if err != nil {
 			return err
 		}
@@ -144,7 +459,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		}
 	}()
 	// The relay first: it must run for its address to be known.
-	if err := setUp("relay", "relay"); err != nil {
+	if err := setUp("relay", "relay", nil); err != nil {
 		return err
 	}
 	if err := start("relay"); err != nil {
@@ -164,60 +479,92 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		return err
 	}
 	say("2. set up and started the relay; support added its address %s to family.json", relayAddr)
-	for _, s := range demoSites {
-		if err := setUp(s, "site"); err != nil {
+
+	dbDir := filepath.Join(o.Dir, "databases")
+	if err := os.MkdirAll(dbDir, 0o755); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	for i, s := range demoSites {
+		pdb, err := createDemoDB(s, filepath.Join(dbDir, s+".db"), int64(i+1)*demoIDRange)
+		if err != nil {
+			return err
+		}
+		if err := setUp(s, "site", pdb); err != nil {
+			pdb.close()
 			return err
 		}
 	}
+	say("3. each clinic has its practice database (SQLite: patients, appointments, clinical_notes, invoices,")
+	say("   integer IDs, foreign keys) in %s/<clinic>.db", dbDir)
+	say("   set up three clinics with `init --db sqlite:<file>`, each with family.json and its own certificate only")
 	for _, s := range demoSites {
 		if err := start(s); err != nil {
 			return err
 		}
 	}
-	say("3. set up three clinics, each with family.json and its own certificate only; support admitted each one")
 	say("   started them; each clinic dials the relay named in family.json and learns the rest of the family there")
 
-	rng := rand.New(rand.NewPCG(7, 11))
-	write := func(s string, from, count int) error {
-		txs := clinicData(rng, s, from, count)
-		for len(txs) > 0 {
-			k := min(len(txs), 500)
-			if _, err := nodes[s].n.writeBatch(ctx, txs[:k]); err != nil {
-				return err
-			}
-			txs = txs[k:]
-		}
-		return nil
+	// write runs the practice software at the clinics at the same time.
+	rngs := map[string]*rand.Rand{}
+	for i, s := range demoSites {
+		rngs[s] = rand.New(rand.NewPCG(7, uint64(11+i)))
 	}
-	for _, s := range demoSites {
-		if err := write(s, 0, o.Records); err != nil {
-			return err
+	write := func(sites []string, f func(*demoDB, *rand.Rand) error) error {
+		errs := make([]error, len(sites))
+		var wg sync.WaitGroup
+		for i, s := range sites {
+			wg.Go(func() {
+				errs[i] = f(nodes[s].db, rngs[s])
+			})
 		}
+		wg.Wait()
+		return errors.Join(errs...)
 	}
-	say("4. each clinic wrote %d patients with appointments and notes", o.Records)
-	if err := demoConverge(ctx, o.Out, nodes, all, 60*time.Second); err != nil {
+	if err := write(demoSites, func(p *demoDB, rng *rand.Rand) error {
+		_, err := p.addPatients(ctx, rng, o.Records)
+		return err
+	}); err != nil {
+		return err
+	}
+	say("4. at the same time, each clinic's practice software registered %d patients with plain SQL, one", o.Records)
+	say("   transaction each: the patient, their appointments, a clinical note and an invoice")
+	say("   each node captures its database's commits and writes the other clinics' rows into it:")
+	if _, err := demoConverge(ctx, o.Out, nodes, all, 60*time.Second); err != nil {
 		return err
 	}
 
 	offline := demoSites[2]
 	stop(offline)
 	say("5. %s went offline (machine switched off); the other clinics keep working", offline)
-	for _, s := range demoSites[:2] {
-		if err := write(s, o.Records, o.Records*2); err != nil {
+	firstOffline := map[string]int64{}
+	var mu sync.Mutex
+	var paid int64
+	if err := write(demoSites[:2], func(p *demoDB, rng *rand.Rand) error {
+		id, err := p.addPatients(ctx, rng, o.Records*2)
+		if err != nil {
 			return err
 		}
+		k, err := p.payInvoices(ctx, o.Records/2)
+		mu.Lock()
+		firstOffline[p.site], paid = id, paid+k
+		mu.Unlock()
+		return err
+	}); err != nil {
+		return err
 	}
-	say("   the others wrote %d more patients each meanwhile", o.Records*2)
-	if err := demoConverge(ctx, o.Out, nodes, []string{"relay", demoSites[0], demoSites[1]}, 60*time.Second); err != nil {
+	say("   the others registered %d more patients each and marked %d invoices paid meanwhile", o.Records*2, paid)
+	if _, err := demoConverge(ctx, o.Out, nodes, []string{"relay", demoSites[0], demoSites[1]}, 60*time.Second); err != nil {
 		return err
 	}
 	if err := start(offline); err != nil {
 		return err
 	}
 	say("6. %s is back online and catches up:", offline)
-	if err := demoConverge(ctx, o.Out, nodes, all, 120*time.Second); err != nil {
+	rows, err := demoConverge(ctx, o.Out, nodes, all, 120*time.Second)
+	if err != nil {
 		return err
 	}
+
 	say("")
 	say("All four nodes hold the same data:")
 	for _, s := range all {
@@ -225,12 +572,47 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		st, _ := nodes[s].n.state.Stats()
 		say("  %-13s digest %s  records %d", s, d.Short(), st.Records)
 	}
+	say("The three practice databases hold the same rows (every table compared row by row, ordered by id):")
+	for _, s := range demoSites {
+		r := rows[nodes[s].db]
+		var parts []string
+		for _, t := range demoTables {
+			parts = append(parts, fmt.Sprintf("%s %d", t, r.counts[t]))
+		}
+		say("  %-13s rows %x  %s", s, r.sum[:6], strings.Join(parts, ", "))
+	}
+	for _, s := range demoSites {
+		res, err := nodes[s].n.DBCheck(ctx, false)
+		if err != nil {
+			return err
+		}
+		if len(res.Differences) > 0 || res.Problem != "" {
+			return fmt.Errorf("demo: %s: the practice database differs from the merged state in %d rows %s", s, len(res.Differences), res.Problem)
+		}
+		if st := nodes[s].n.DBStatus(); len(st.Refused) > 0 {
+			return fmt.Errorf("demo: %s: the practice database refused %d merged rows (first: %s/%s: %s)", s, len(st.Refused), st.Refused[0].Table, st.Refused[0].Key, st.Refused[0].Reason)
+		}
+	}
+	say("  and each equals its node's merged state (ppsync db check: no differences)")
+	if err := demoReadBack(ctx, o.Out, nodes[demoSites[0]].db, nodes[offline].db, firstOffline[demoSites[0]]); err != nil {
+		return err
+	}
+
+	say("")
+	say("Look inside the practice databases with the sqlite3 tool or any SQLite browser (DB Browser for SQLite, ...):")
+	south, north := shellQuote(nodes[demoSites[1]].db.path), shellQuote(nodes[demoSites[0]].db.path)
+	say("  sqlite3 %s 'SELECT * FROM patients LIMIT 5'", south)
+	say("While the demo runs (without --no-wait), a row inserted at one clinic is in the others' databases within a second:")
+	say(`  sqlite3 %s "INSERT INTO patients(name, date_of_birth, registered_at) VALUES ('Test Patient', '1980-01-01', 'clinic-south')"`, south)
+	say(`  sqlite3 %s "SELECT * FROM patients WHERE name = 'Test Patient'"`, north)
+	say("(IDs: ppsync does not give each clinic its own ID range yet; the demo's writes take theirs from each clinic's")
+	say("range: clinic-north 1000001…, clinic-south 2000001…, clinic-east 3000001…)")
 	say("")
 	say("Sync pages (each link works once, within 2 minutes; for a new one: ppsync open --data DIR):")
 	for _, s := range all {
 		say("  %-13s %s", s, nodes[s].n.page.issue().URL)
 	}
-	say("Data directories: %s/<site>; the API key of each is in its api.key.", o.Dir)
+	say("Data directories: %s/<site>; the API key of each is in its api.key. Practice databases: %s/<clinic>.db", o.Dir, dbDir)
 	if o.NoWait {
 		return nil
 	}
@@ -240,10 +622,94 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	return nil
 }
 
+// demoReadBack shows a patient written with SQL at one clinic while another
+// was offline, read back from the other clinic's database file.
+func demoReadBack(ctx context.Context, out io.Writer, from, at *demoDB, pid int64) error {
+	var name, dob, reg string
+	if err := at.r.QueryRowContext(ctx, `SELECT name, date_of_birth, registered_at FROM patients WHERE id = ?`, pid).Scan(&name, &dob, &reg); err != nil {
+		return fmt.Errorf("demo: patient %d in %s: %w", pid, at.path, err)
+	}
+	fmt.Fprintf(out, "Patient %d, registered with SQL at %s while %s was off, read from %s:\n", pid, from.site, at.site, filepath.Base(at.path))
+	fmt.Fprintf(out, "  patients        %d  %s, born %s, registered at %s\n", pid, name, dob, reg)
+	rows, err := at.r.QueryContext(ctx, `SELECT 'appointments', id, starts_at || '  ' || reason || ' (' || clinic || ')' FROM appointments WHERE patient_id = ?1
+		UNION ALL SELECT 'clinical_notes', id, author || ': ' || text FROM clinical_notes WHERE patient_id = ?1
+		UNION ALL SELECT 'invoices', id, printf('%s %d.%02d %s', currency, amount_cents / 100, amount_cents % 100, status) FROM invoices WHERE patient_id = ?1`, pid)
+	if err != nil {
+		return fmt.Errorf("demo: read %s: %w", at.path, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t, what string
+		var id int64
+		if err := rows.Scan(&t, &id, &what); err != nil {
+			return fmt.Errorf("demo: read %s: %w", at.path, err)
+		}
+		fmt.Fprintf(out, "  %-15s %d  %s\n", t, id, what)
+	}
+	return rows.Err()
+}
+
+// shellQuote quotes a path for a shell command line when it needs it.
+func shellQuote(s string) string {
+	if !strings.ContainsAny(s, " '\"$`\\!*?&;|<>()[]{}#~") {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// demoExplain says what each node and database holds when they did not
+// converge.
+func demoExplain(ctx context.Context, out io.Writer, nodes map[string]*demoNode, sites []string) {
+	for _, s := range sites {
+		n := nodes[s].n
+		d, _ := n.state.Digest()
+		st, _ := n.state.Stats()
+		held, _ := n.txlog.Held()
+		fmt.Fprintf(out, "   %-13s digest %s  records %d  held %d  frontier %v\n", s, d.Short(), st.Records, held, n.txlog.Frontier())
+		if p := nodes[s].db; p != nil {
+			sum, _ := p.quickSum(ctx)
+			ds := n.DBStatus()
+			fmt.Fprintf(out, "   %-13s database %s  captured %d  applied %d  refused %d  %s\n", "", sum, ds.Captured, ds.Applied, len(ds.Refused), ds.Problem)
+		}
+	}
+}
+
+// demoRows is what a dump found in a practice database.
+type demoRows struct {
+	sum    [32]byte
+	counts map[string]int
+}
+
+// demoSameRows reports whether f gives the same for every database.
+func demoSameRows[T comparable](ctx context.Context, dbs []*demoDB, f func(*demoDB, context.Context) (T, error)) (bool, error) {
+	var first T
+	for i, p := range dbs {
+		v, err := f(p, ctx)
+		if err != nil {
+			return false, err
+		}
+		if i == 0 {
+			first = v
+		} else if v != first {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // demoConverge waits until the named nodes hold the same entries and state,
-// drawing a progress bar of the entries still missing.
-func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode, sites []string, limit time.Duration) error {
+// and their practice databases the same rows, drawing a progress bar of the
+// entries still missing.
+func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode, sites []string, limit time.Duration) (map[*demoDB]demoRows, error) {
 	deadline := time.Now().Add(limit)
+	last := ""
+	var rows map[*demoDB]demoRows
+	draw := func(line string) {
+		if line != last {
+			fmt.Fprintf(out, "\r%-*s", len(last), line)
+			last = line
+		}
+	}
 	for {
 		want := map[string]uint64{}
 		for _, s := range sites {
@@ -265,7 +731,7 @@ func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode
 			for i, s := range sites {
 				d, err := nodes[s].n.state.Digest()
 				if err != nil {
-					return err
+					return nil, err
 				}
 				if i == 0 {
 					first = d
@@ -274,19 +740,50 @@ func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode
 				}
 			}
 		}
+		status := ""
+		if same {
+			// The nodes agree: the databases must hold the same rows too
+			// (a clinic's last commits may not be captured yet, or the
+			// other clinics' rows not written into it yet). A cheap summary
+			// first, then every row.
+			var dbs []*demoDB
+			for _, s := range sites {
+				if p := nodes[s].db; p != nil {
+					dbs = append(dbs, p)
+				}
+			}
+			var err error
+			if same, err = demoSameRows(ctx, dbs, (*demoDB).quickSum); err != nil {
+				return nil, err
+			}
+			if same {
+				rows = map[*demoDB]demoRows{}
+				if same, err = demoSameRows(ctx, dbs, func(p *demoDB, ctx context.Context) ([32]byte, error) {
+					sum, counts, err := p.dump(ctx)
+					rows[p] = demoRows{sum, counts}
+					return sum, err
+				}); err != nil {
+					return nil, err
+				}
+			}
+			status = "  databases: writing rows…"
+		}
 		width := 30
 		done := width
 		if total > 0 {
 			done = int(uint64(width) * have / total)
 		}
-		fmt.Fprintf(out, "\r   [%s%s] %d/%d entries held", strings.Repeat("#", done), strings.Repeat(".", width-done), have, total)
+		bar := fmt.Sprintf("   [%s%s] %d/%d entries held", strings.Repeat("#", done), strings.Repeat(".", width-done), have, total)
 		if same {
-			fmt.Fprintln(out, "  converged")
-			return nil
+			draw(bar + "  converged: same rows in every database")
+			fmt.Fprintln(out)
+			return rows, nil
 		}
+		draw(bar + status)
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			fmt.Fprintln(out)
-			return errors.New("demo: the sites did not converge in time")
+			demoExplain(ctx, out, nodes, sites)
+			return nil, errors.New("demo: the sites did not converge in time")
 		}
 		t := time.NewTimer(200 * time.Millisecond)
 		select {
@@ -295,34 +792,4 @@ func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode
 		}
 		t.Stop()
 	}
-}
-
-var (
-	demoFirst = []string{"Ada", "Ben", "Chloé", "David", "Elif", "Farah", "Giulia", "Hugo", "Ines", "Jonas", "Kenji", "Lea", "Mateo", "Noor", "Olga", "Pedro"}
-	demoLast  = []string{"Meier", "Rossi", "Keller", "Novak", "Schmid", "Dubois", "Weber", "Costa", "Huber", "Brunner"}
-	demoNotes = []string{"check-up, no findings", "filling upper left 6", "hygiene appointment booked", "x-ray taken, review next visit", "patient reports sensitivity", "crown prep, temporary fitted"}
-)
-
-// clinicData makes count realistic transactions at a site: a patient, an
-// appointment and a clinical note each.
-func clinicData(rng *rand.Rand, site string, from, count int) [][]wire.Op {
-	out := make([][]wire.Op, 0, count)
-	for i := from; i < from+count; i++ {
-		pid := fmt.Sprintf("%s-p%05d", site, i)
-		day := time.Date(2026, 12, 1+rng.IntN(28), 8+rng.IntN(9), 15*rng.IntN(4), 0, 0, time.UTC)
-		out = append(out, []wire.Op{
-			{Kind: wire.OpPut, Table: "patients", Key: pid, Fields: map[string]any{
-				"first_name": demoFirst[rng.IntN(len(demoFirst))], "last_name": demoLast[rng.IntN(len(demoLast))],
-				"dob": fmt.Sprintf("19%02d-%02d-%02d", 40+rng.IntN(60), 1+rng.IntN(12), 1+rng.IntN(28)), "clinic": site,
-				"phone": fmt.Sprintf("+41 31 %03d %02d %02d", rng.IntN(1000), rng.IntN(100), rng.IntN(100)),
-			}},
-			{Kind: wire.OpPut, Table: "appointments", Key: pid + "-a1", Fields: map[string]any{
-				"patient": pid, "start": day.Format(time.RFC3339), "minutes": int64(30 + 15*rng.IntN(3)), "room": int64(1 + rng.IntN(4)), "status": "booked",
-			}},
-			{Kind: wire.OpPut, Table: "notes", Key: pid + "-n1", Fields: map[string]any{
-				"patient": pid, "text": demoNotes[rng.IntN(len(demoNotes))], "author": "Dr. " + demoLast[rng.IntN(len(demoLast))],
-			}},
-		})
-	}
-	return out
 }
