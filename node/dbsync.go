@@ -183,20 +183,22 @@ func (d *dbsync) isEcho(r state.Change) bool {
 }
 
 // needsApply reports whether a merged change after cursor must be written
-// into the database (not only this database's own captured changes).
-func (d *dbsync) needsApply(cursor uint64) (bool, error) {
+// into the database (not only this database's own captured changes), and
+// the cursor up to which it looked: changes the state takes in while it
+// scans lie past that cursor and are looked at next time.
+func (d *dbsync) needsApply(cursor uint64) (need bool, seen uint64, err error) {
 	for {
 		cs, next, err := d.n.state.Changes(cursor, 1000)
 		if err != nil {
-			return false, err
+			return false, cursor, err
 		}
 		for _, c := range cs {
 			if !d.isEcho(c) {
-				return true, nil
+				return true, cursor, nil
 			}
 		}
 		if len(cs) == 0 || next == cursor {
-			return false, nil
+			return false, cursor, nil
 		}
 		cursor = next
 	}
@@ -439,13 +441,13 @@ func (d *dbsync) step(ctx context.Context) error {
 		if ss.Cursor <= from {
 			return nil
 		}
-		need, err := d.needsApply(from)
+		need, seen, err := d.needsApply(from)
 		if err != nil {
 			return err
 		}
 		if !need {
 			d.mu.Lock()
-			d.echoCursor = ss.Cursor
+			d.echoCursor = max(d.echoCursor, seen)
 			d.mu.Unlock()
 			return nil
 		}
