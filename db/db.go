@@ -12,6 +12,7 @@ package db
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/ppsync/ppsync/internal/wire"
@@ -124,14 +125,23 @@ type Syncer interface {
 
 // ApplyResult says what an apply did.
 type ApplyResult struct {
-	Captured  int    // local changes drained first
-	Rows      int    // rows written (upserted or deleted)
-	Cursor    uint64 // the apply position now stored in the database
+	Captured int    // local changes drained first
+	Rows     int    // rows written (upserted or deleted)
+	Cursor   uint64 // the apply position now stored in the database
+	// Conflicts are the rows the database refused in this apply (new ones
+	// and earlier ones tried again): after it, exactly the refused rows the
+	// database keeps.
 	Conflicts []RowConflict
+	// Resolved counts earlier refused rows this apply wrote at last.
+	Resolved int
 }
 
 // RowConflict is a merged row the database refused (a foreign key still
-// referenced, a unique constraint): not half-applied, reported.
+// referenced, a unique constraint): not half-applied, reported. The
+// connector keeps the refused rows in the database, stored with the apply
+// position in the same transaction, and every later apply tries them again
+// after its own rows (their parent may come in a later batch, the local row
+// that still referred to a deleted one may be gone), until one is written.
 type RowConflict struct {
 	Table, Key string
 	Reason     string
@@ -174,10 +184,16 @@ type Connector interface {
 	Apply(ctx context.Context, s Syncer, maxRows int) (ApplyResult, error)
 	// ApplyCursor returns the stored apply position.
 	ApplyCursor(ctx context.Context) (uint64, error)
+	// Refused returns the merged rows the database refused and that every
+	// apply tries again (Fields not filled in), oldest first.
+	Refused(ctx context.Context) ([]RowConflict, error)
 	// Snapshot reads every synced table in one read transaction and calls fn
 	// with batches of puts; it returns the capture position that the
 	// snapshot includes (later changes come through Capture).
 	Snapshot(ctx context.Context, s *Schema, batchRows int, fn func(ops []wire.Op) error) (pos uint64, err error)
+	// Row returns the row of t under key as the database holds it (ok
+	// false when it has none).
+	Row(ctx context.Context, t *Table, key string) (r Row, ok bool, err error)
 	// Rows calls fn with every row of table, as a Row (for `db check`).
 	Rows(ctx context.Context, t *Table, fn func(Row) error) error
 	// Write writes rows as an apply does (capture suppressed), for repair.
@@ -191,4 +207,48 @@ type Connector interface {
 	Stats() Stats
 	// Close closes the connection.
 	Close() error
+}
+
+// Retries returns, for each refused row that rows does not hold, its current
+// merged version: what an apply writes after its own rows.
+func Retries(rows []Row, refused []RowConflict, s Syncer) ([]Row, error) {
+	if len(refused) == 0 {
+		return nil, nil
+	}
+	type key struct{ t, k string }
+	have := make(map[key]bool, len(rows))
+	for _, r := range rows {
+		have[key{r.Table, r.Key}] = true
+	}
+	var out []Row
+	for _, c := range refused {
+		if have[key{c.Table, c.Key}] {
+			continue
+		}
+		have[key{c.Table, c.Key}] = true
+		r, err := s.Merged(c.Table, c.Key)
+		if err != nil {
+			return nil, fmt.Errorf("db: read the merged row %s/%s to try it again: %w", c.Table, c.Key, err)
+		}
+		r.Table, r.Key = c.Table, c.Key
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Resolved returns the rows of before (refused earlier) that now (refused
+// after an apply) no longer holds: written at last.
+func Resolved(before, now []RowConflict) []RowConflict {
+	type key struct{ t, k string }
+	still := make(map[key]bool, len(now))
+	for _, k := range now {
+		still[key{k.Table, k.Key}] = true
+	}
+	var out []RowConflict
+	for _, k := range before {
+		if !still[key{k.Table, k.Key}] {
+			out = append(out, k)
+		}
+	}
+	return out
 }

@@ -123,12 +123,19 @@ type ConflictJSON struct {
 	Field    string           `json:"field"` // "" when a delete raced a write of the whole record
 	Incoming ConflictSideJSON `json:"incoming"`
 	Existing ConflictSideJSON `json:"existing"`
-	Winner   string           `json:"winner"` // "site#seq"
+	Winner   string           `json:"winner"` // "site#seq"; "" for a row the database refused
+	// Refused, set for a merged row the practice database would not take,
+	// says why: Incoming is then the family's merged row, Existing the row
+	// as the database holds it (deleted: it has none). The row is tried
+	// again after every change until the database takes it.
+	Refused string `json:"refused,omitempty"`
 }
 
 // ConflictsResult answers GET /v1/conflicts.
 type ConflictsResult struct {
-	Conflicts []ConflictJSON `json:"conflicts"` // newest first
+	// Conflicts are the rows the practice database refused (oldest first),
+	// then the concurrent writes, newest first.
+	Conflicts []ConflictJSON `json:"conflicts"`
 }
 
 // ForkJSON describes a detected fork.

@@ -2,16 +2,18 @@ package node
 
 import (
 	"context"
-
 	"encoding/json"
 	"fmt"
-	"github.com/cockroachdb/pebble/v2"
 	"net/http"
 	"reflect"
+	"slices"
 	"sort"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ppsync/ppsync/db"
+	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
@@ -137,7 +139,7 @@ func (n *Node) DBStatus() DBStatus {
 			}
 		}
 	}
-	for _, c := range d.conflicts {
+	for _, c := range d.refused {
 		st.Refused = append(st.Refused, DBRowConflict{Table: c.Table, Key: c.Key, Reason: c.Reason, Merged: c.Fields})
 	}
 	return st
@@ -315,12 +317,12 @@ func (d *dbsync) problem() string {
 	return d.lastErr
 }
 
-// repaired forgets the refused rows (a repair wrote what it could) and asks
-// for an apply.
+// repaired asks for an apply that tries the refused rows again (a repair
+// wrote what it could).
 func (d *dbsync) repaired() {
 	d.mu.Lock()
 	restored := d.restored
-	d.conflicts, d.restored = nil, false
+	d.restored, d.retry = false, true
 	d.mu.Unlock()
 	if restored {
 		// Write every merged row again from the start: the database's stored
@@ -367,4 +369,44 @@ func (n *Node) postDBCheck(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// refusedConflicts returns up to limit rows the practice database refused,
+// each with both sides: the family's merged row and the database's own.
+func (n *Node) refusedConflicts(ctx context.Context, limit int) []ConflictJSON {
+	out := []ConflictJSON{}
+	if n.dbs == nil {
+		return out
+	}
+	d := n.dbs
+	d.mu.Lock()
+	refused := slices.Clone(d.refused)
+	sch := d.schema
+	d.mu.Unlock()
+	for _, k := range refused {
+		if len(out) == limit {
+			break
+		}
+		cf := ConflictJSON{Table: k.Table, Key: k.Key, Refused: k.Reason}
+		rec, ok, err := n.state.Get(k.Table, k.Key)
+		switch {
+		case err != nil:
+			cf.Incoming.Value = "(unreadable: " + err.Error() + ")"
+		case ok:
+			cf.Incoming = ConflictSideJSON{Site: rec.Version.Site, Seq: rec.Version.Seq, Time: hlc.Timestamp(rec.Version.HLC).Time(), Value: rec.Fields}
+		default:
+			cf.Incoming.Deleted = true
+		}
+		cf.Existing.Site = "database"
+		cf.Existing.Deleted = true
+		if sch != nil {
+			if t, ok := sch.Table(k.Table); ok {
+				if row, ok, err := d.c.Row(ctx, t, k.Key); err == nil && ok {
+					cf.Existing.Deleted, cf.Existing.Value = false, row.Fields
+				}
+			}
+		}
+		out = append(out, cf)
+	}
+	return out
 }

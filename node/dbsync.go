@@ -112,9 +112,16 @@ type dbsync struct {
 	echoCursor uint64
 	loadRows   uint64
 	lastErr    string
-	conflicts  []db.RowConflict
-	captured   uint64
-	applied    uint64
+	// refused are the merged rows the database refused, as the connector
+	// keeps them (with the apply position); every apply tries them again.
+	// retry asks for an apply that tries them although nothing new came
+	// (a local change or a repair may have removed the cause); lastRetry
+	// is when they were last tried.
+	refused   []db.RowConflict
+	retry     bool
+	lastRetry time.Time
+	captured  uint64
+	applied   uint64
 	// per table, since start
 	perCaptured map[string]uint64
 	perApplied  map[string]uint64
@@ -313,10 +320,54 @@ func (d *dbsync) start(ctx context.Context) error {
 			d.mu.Unlock()
 		}
 	}
+	refused, err := d.c.Refused(ctx)
+	if err != nil {
+		return err
+	}
+	for i, k := range refused {
+		if r, err := d.Merged(k.Table, k.Key); err == nil {
+			refused[i].Fields = r.Fields
+		}
+	}
+	d.mu.Lock()
+	d.refused, d.retry = refused, len(refused) > 0
+	d.mu.Unlock()
 	if loaded == 0 && d.n.id.Role == "site" {
 		return d.load(ctx, s)
 	}
 	return nil
+}
+
+// refusedRetryEvery is how often rows the database refused are tried again
+// when nothing else asks for it.
+const refusedRetryEvery = 30 * time.Second
+
+// retryDue reports whether the refused rows should be tried again now.
+func (d *dbsync) retryDue() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.refused) > 0 && (d.retry || d.n.cfg.Now().Sub(d.lastRetry) >= refusedRetryEvery)
+}
+
+// applied records what an apply did to the refused rows, and logs the new
+// ones.
+func (d *dbsync) appliedRefused(res db.ApplyResult) {
+	type key struct{ t, k string }
+	d.mu.Lock()
+	old := make(map[key]bool, len(d.refused))
+	for _, c := range d.refused {
+		old[key{c.Table, c.Key}] = true
+	}
+	d.refused, d.retry, d.lastRetry = res.Conflicts, false, d.n.cfg.Now()
+	d.mu.Unlock()
+	for _, c := range res.Conflicts {
+		if !old[key{c.Table, c.Key}] {
+			d.n.log.Warn("practice database refused a merged row; it is tried again after every change", "table", c.Table, "key", c.Key, "why", c.Reason)
+		}
+	}
+	if res.Resolved > 0 {
+		d.n.log.Info("practice database took rows it had refused", "rows", res.Resolved)
+	}
 }
 
 // load publishes every existing row as this site's entries, in batches, and
@@ -432,24 +483,26 @@ func (d *dbsync) step(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if ss.Cursor <= cur {
-			return nil
-		}
-		d.mu.Lock()
-		from := max(cur, d.echoCursor) // changes up to echoCursor were all the database's own
-		d.mu.Unlock()
-		if ss.Cursor <= from {
-			return nil
-		}
-		need, seen, err := d.needsApply(from)
-		if err != nil {
-			return err
-		}
-		if !need {
+		if !d.retryDue() {
+			if ss.Cursor <= cur {
+				return nil
+			}
 			d.mu.Lock()
-			d.echoCursor = max(d.echoCursor, seen)
+			from := max(cur, d.echoCursor) // changes up to echoCursor were all the database's own
 			d.mu.Unlock()
-			return nil
+			if ss.Cursor <= from {
+				return nil
+			}
+			need, seen, err := d.needsApply(from)
+			if err != nil {
+				return err
+			}
+			if !need {
+				d.mu.Lock()
+				d.echoCursor = max(d.echoCursor, seen)
+				d.mu.Unlock()
+				return nil
+			}
 		}
 		d.mu.Lock()
 		clear(d.appliedNow)
@@ -468,16 +521,8 @@ func (d *dbsync) step(ctx context.Context) error {
 				d.perApplied[t] += k
 			}
 		}
-		if len(res.Conflicts) > 0 {
-			d.conflicts = append(d.conflicts, res.Conflicts...)
-			if len(d.conflicts) > 1000 {
-				d.conflicts = d.conflicts[len(d.conflicts)-1000:]
-			}
-		}
 		d.mu.Unlock()
-		for _, c := range res.Conflicts {
-			d.n.log.Warn("practice database refused a merged row", "table", c.Table, "key", c.Key, "why", c.Reason)
-		}
+		d.appliedRefused(res)
 		if res.Rows < dbMaxApplyRows {
 			return nil
 		}
@@ -504,6 +549,9 @@ func (d *dbsync) capture(ctx context.Context) error {
 		if err := d.c.Ack(ctx, last); err != nil {
 			return err
 		}
+		d.mu.Lock()
+		d.retry = d.retry || len(d.refused) > 0 // the change may have removed what a refused row ran into
+		d.mu.Unlock()
 	}
 }
 

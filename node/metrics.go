@@ -69,7 +69,7 @@ var (
 	mDBPendingApply = prometheus.NewDesc("ppsync_db_pending_apply",
 		"Merged changes not yet written into the practice database.", nil, nil)
 	mDBRefused = prometheus.NewDesc("ppsync_db_refused_rows",
-		"Merged rows the practice database refused (kept until a repair; at most 1000).", nil, nil)
+		"Merged rows the practice database refused (tried again after every change until written).", nil, nil)
 	mDBProblem = prometheus.NewDesc("ppsync_db_problem",
 		"1 when syncing the practice database has a problem (GET /v1/db says which).", nil, nil)
 )

@@ -382,7 +382,7 @@ func (n *Node) getConflicts(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	res := ConflictsResult{Conflicts: make([]ConflictJSON, 0, len(cs))}
+	res := ConflictsResult{Conflicts: n.refusedConflicts(r.Context(), limit)}
 	for _, c := range cs {
 		res.Conflicts = append(res.Conflicts, conflictJSON(c))
 	}

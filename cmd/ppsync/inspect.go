@@ -223,7 +223,10 @@ func conflictsCommand() *command {
 		summary:  "show concurrent writes to the same field, with both sides and the winner",
 		detail: `Newest first. A conflict is two writes to one field by different sites where neither had seen
 the other; the newer (by hybrid logical clock, then site ID) wins everywhere. FIELD "-" is a
-delete that raced a write of the record. --json prints one ConflictJSON object per line.`,
+delete that raced a write of the record. Rows the practice database refused (a foreign key, a
+unique constraint) come first, with the family's merged row and the database's own; they are
+tried again after every change. --json prints one ConflictJSON object per line (refused rows
+have "refused" set).`,
 		flags: func(fs *flag.FlagSet) {
 			dataFlag(fs, &data)
 			fs.IntVar(&limit, "limit", 100, "at most `N` conflicts (the newest)")
@@ -269,9 +272,29 @@ delete that raced a write of the record. --json prints one ConflictJSON object p
 }
 
 func writeConflicts(w io.Writer, cs []node.ConflictJSON) {
+	var refused, concurrent []node.ConflictJSON
+	for _, cf := range cs {
+		if cf.Refused != "" {
+			refused = append(refused, cf)
+		} else {
+			concurrent = append(concurrent, cf)
+		}
+	}
+	if len(refused) > 0 {
+		fmt.Fprintf(w, "Rows the practice database refused (%d): each is tried again after every change; fix the cause in the practice software, then run `ppsync db check --data DATA --repair`.\n", len(refused))
+		for _, cf := range refused {
+			fmt.Fprintf(w, "  %s/%s: %s\n", cf.Table, cf.Key, cf.Refused)
+			fmt.Fprintf(w, "    family:   %s\n", refusedSide(cf.Incoming))
+			fmt.Fprintf(w, "    database: %s\n", refusedSide(cf.Existing))
+		}
+		if len(concurrent) == 0 {
+			return
+		}
+		fmt.Fprintln(w)
+	}
 	tw := newTable(w)
 	fmt.Fprintln(tw, "TIME\tRECORD\tWINNER\tINCOMING\tEXISTING")
-	for _, cf := range cs {
+	for _, cf := range concurrent {
 		field := cf.Field
 		if field == "" {
 			field = "-"
@@ -284,6 +307,17 @@ func writeConflicts(w io.Writer, cs []node.ConflictJSON) {
 			conflictSide(cf.Incoming), conflictSide(cf.Existing))
 	}
 	tw.Flush()
+}
+
+func refusedSide(s node.ConflictSideJSON) string {
+	if s.Deleted {
+		return "(no row)"
+	}
+	v := compactJSON(s.Value)
+	if s.Site != "" && s.Site != "database" {
+		v += fmt.Sprintf("  (%s#%d)", s.Site, s.Seq)
+	}
+	return v
 }
 
 func conflictSide(s node.ConflictSideJSON) string {

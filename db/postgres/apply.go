@@ -101,6 +101,10 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int) (res db.
 	locked := map[string]bool{}
 	var rows []db.Row
 	next := cursor
+	before, err := c.refused(ctx, tx)
+	if err != nil {
+		return res, err
+	}
 	for {
 		n, err := c.drain(ctx, s, &after)
 		if err != nil {
@@ -110,6 +114,12 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int) (res db.
 		if rows, next, err = changed(s, cursor, maxRows); err != nil {
 			return res, fmt.Errorf("postgres: apply: read the merged rows: %w", err)
 		}
+		// The rows refused before are tried again after this batch's.
+		retries, err := db.Retries(rows, before, s)
+		if err != nil {
+			return res, err
+		}
+		rows = append(rows, retries...)
 		var need []string
 		for _, r := range rows {
 			if _, ok := sch.Table(r.Table); ok && !locked[r.Table] {
@@ -144,6 +154,9 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int) (res db.
 		return res, err
 	}
 	res.Rows, res.Conflicts = written, conflicts
+	if res.Resolved, err = storeRefused(ctx, tx, before, conflicts); err != nil {
+		return res, c.errf("apply: record the refused rows", err)
+	}
 	if err := setMeta(ctx, tx, "apply_cursor", next); err != nil {
 		return res, c.errf("apply: store the position", err)
 	}
@@ -158,6 +171,55 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int) (res db.
 		}
 	})
 	return res, nil
+}
+
+// Refused implements db.Connector.
+func (c *Conn) Refused(ctx context.Context) ([]db.RowConflict, error) {
+	return c.refused(ctx, c.pool)
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func (c *Conn) refused(ctx context.Context, q querier) ([]db.RowConflict, error) {
+	rs, err := q.Query(ctx, `SELECT tbl, key, reason FROM `+refusedTable+` ORDER BY n`)
+	if err != nil {
+		return nil, c.errf("read the refused rows", err)
+	}
+	defer rs.Close()
+	var out []db.RowConflict
+	for rs.Next() {
+		var k db.RowConflict
+		if err := rs.Scan(&k.Table, &k.Key, &k.Reason); err != nil {
+			return nil, c.errf("read the refused rows", err)
+		}
+		out = append(out, k)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, c.errf("read the refused rows", err)
+	}
+	return out, nil
+}
+
+// storeRefused makes the refused-rows table hold exactly now (keeping when
+// each was first refused), and returns how many of before were written.
+func storeRefused(ctx context.Context, tx pgx.Tx, before, now []db.RowConflict) (int, error) {
+	if len(before) == 0 && len(now) == 0 {
+		return 0, nil
+	}
+	done := db.Resolved(before, now)
+	for _, k := range done {
+		if _, err := tx.Exec(ctx, `DELETE FROM `+refusedTable+` WHERE tbl = $1 AND key = $2`, k.Table, k.Key); err != nil {
+			return 0, err
+		}
+	}
+	for _, k := range now {
+		if _, err := tx.Exec(ctx, `INSERT INTO `+refusedTable+` (tbl, key, reason) VALUES ($1, $2, $3) ON CONFLICT (tbl, key) DO UPDATE SET reason = excluded.reason`, k.Table, k.Key, k.Reason); err != nil {
+			return 0, err
+		}
+	}
+	return len(done), nil
 }
 
 // drain hands what is pending to s.Captured, each capture committed (and so

@@ -214,6 +214,7 @@ const (
 	ppSchema        = "ppsync"
 	metaTable       = "ppsync.meta"
 	changeTable     = "ppsync.changes"
+	refusedTable    = "ppsync.refused"
 	captureFunc     = "ppsync.capture"
 	wakeFunc        = "ppsync.wake"
 	truncateFunc    = "ppsync.truncated"
@@ -428,6 +429,14 @@ func (c *Conn) ensureTables(ctx context.Context) error {
 				pk json NOT NULL,
 				vals json,
 				pos bigint)`,
+			// Merged rows the database refused, tried again by every apply.
+			`CREATE TABLE IF NOT EXISTS ` + refusedTable + ` (
+				tbl text NOT NULL,
+				key text NOT NULL,
+				reason text NOT NULL,
+				since timestamptz NOT NULL DEFAULT now(),
+				n bigserial,
+				PRIMARY KEY (tbl, key))`,
 		}
 		// CREATE INDEX IF NOT EXISTS takes a SHARE lock on the table even
 		// when the index exists, and would wait behind (and then hold up)

@@ -613,11 +613,31 @@ func TestForeignKeys(t *testing.T) {
 	if res.Cursor != 8 {
 		t.Fatalf("cursor %d", res.Cursor)
 	}
-	// Deletes go children first.
+	// Deletes go children first; the refused delete of parent 1 is written
+	// now, the refused person 2 is tried again and still refused (kept in
+	// ppsync.refused with the apply position).
 	n.remote("parent", "1", nil)
 	n.remote("child", "1", nil)
-	if res := apply(t, c, n); res.Rows != 2 || len(res.Conflicts) != 0 {
+	if res := apply(t, c, n); res.Rows != 2 || res.Resolved != 1 || len(res.Conflicts) != 1 || res.Conflicts[0].Key != "2" {
 		t.Fatalf("apply %+v", res)
+	}
+	if got, err := c.Refused(context.Background()); err != nil || len(got) != 1 || got[0].Table != "person" || got[0].Key != "2" {
+		t.Fatalf("Refused = %+v, %v", got, err)
+	}
+	if row, ok, err := c.Row(context.Background(), mustTable(t, c, "person"), "1"); err != nil || !ok || row.Fields["email"] != "a@example.org" {
+		t.Fatalf("Row(person, 1) = %+v, %v, %v", row, ok, err)
+	}
+	if _, ok, err := c.Row(context.Background(), mustTable(t, c, "person"), "2"); err != nil || ok {
+		t.Fatalf("Row(person, 2) = %v, %v: want none", ok, err)
+	}
+	// Once person 1 gives up the e-mail, person 2 is written by the next
+	// apply.
+	n.remote("person", "1", map[string]any{"id": int64(1), "email": "a1@example.org"})
+	if res := apply(t, c, n); res.Resolved != 1 || len(res.Conflicts) != 0 {
+		t.Fatalf("apply %+v", res)
+	}
+	if got, err := c.Refused(context.Background()); err != nil || len(got) != 0 {
+		t.Fatalf("Refused = %+v, %v", got, err)
 	}
 
 	// A tree in one table (children before their parents) and a deferrable
@@ -1258,4 +1278,18 @@ func TestRestoredFromOlderBackup(t *testing.T) {
 	}
 	mustExec(t, p, `INSERT INTO a VALUES (3, 'z')`)
 	sameOps(t, opsOf(n.capture(t, c)), []wire.Op{put("a", "3", map[string]any{"id": int64(3), "v": "z"})})
+}
+
+// mustTable returns the synced table named name.
+func mustTable(t *testing.T, c *Conn, name string) *db.Table {
+	t.Helper()
+	s, err := c.Schema(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab, ok := s.Table(name)
+	if !ok {
+		t.Fatalf("no table %s", name)
+	}
+	return tab
 }

@@ -73,8 +73,34 @@ func (c *Conn) Apply(ctx context.Context, s db.Syncer, maxRows int) (db.ApplyRes
 
 var errRowRefused = errors.New("sqlite: a row was refused")
 
+// Refused implements db.Connector.
+func (c *Conn) Refused(ctx context.Context) ([]db.RowConflict, error) {
+	return readRefused(ctx, c.r)
+}
+
+func readRefused(ctx context.Context, q rowsQuerier) ([]db.RowConflict, error) {
+	rs, err := q.QueryContext(ctx, `SELECT tbl, key, reason FROM `+refusedTable+` ORDER BY rowid`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read the refused rows: %w", err)
+	}
+	defer rs.Close()
+	var out []db.RowConflict
+	for rs.Next() {
+		var k db.RowConflict
+		if err := rs.Scan(&k.Table, &k.Key, &k.Reason); err != nil {
+			return nil, fmt.Errorf("sqlite: read the refused rows: %w", err)
+		}
+		out = append(out, k)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read the refused rows: %w", err)
+	}
+	return out, nil
+}
+
 // applyOnce runs one apply transaction. With careful set (the rows of a
-// refused fast attempt), rows are written one at a time.
+// refused fast attempt, the retried ones included), rows are written one at
+// a time.
 func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful []db.Row, carefulNext uint64) (res db.ApplyResult, rows []db.Row, next uint64, err error) {
 	sch := c.currentSchema()
 	if sch == nil {
@@ -119,7 +145,8 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 		c.note(func(st *db.Stats) { st.Captured += uint64(res.Captured); st.LastCapture = time.Now() })
 	}
 
-	// 2. Write the merged rows changed since the stored position.
+	// 2. Write the merged rows changed since the stored position, then try
+	// again the rows refused before.
 	if _, err := tx.ExecContext(ctx, `INSERT INTO `+applyingTable+`(x) VALUES (1)`); err != nil {
 		return res, nil, 0, fmt.Errorf("sqlite: apply: suppress capture: %w", err)
 	}
@@ -127,7 +154,12 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 	if err != nil {
 		return res, nil, 0, err
 	}
+	before, err := readRefused(ctx, tx)
+	if err != nil {
+		return res, nil, 0, err
+	}
 	next = cursor
+	var retries []db.Row
 	if careful != nil {
 		rows, next = careful, carefulNext
 	} else {
@@ -142,6 +174,9 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 			}
 			next = n
 		}
+		if retries, err = db.Retries(rows, before, s); err != nil {
+			return res, nil, 0, err
+		}
 	}
 	w := newWriter(tx, sch)
 	if careful == nil {
@@ -150,8 +185,17 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 		}
 		for _, r := range rows {
 			if err := w.write(ctx, r); err != nil {
-				return res, rows, next, fmt.Errorf("%w: %s/%s: %v", errRowRefused, r.Table, r.Key, err)
+				return res, append(rows, retries...), next, fmt.Errorf("%w: %s/%s: %v", errRowRefused, r.Table, r.Key, err)
 			}
+		}
+		// The retried rows one at a time with immediate checks: one still
+		// refused is rolled back alone and stays refused, without sending
+		// the whole batch down the careful path.
+		if len(retries) > 0 {
+			if _, err := tx.ExecContext(ctx, `PRAGMA defer_foreign_keys = OFF`); err != nil {
+				return res, nil, 0, fmt.Errorf("sqlite: apply: %w", err)
+			}
+			res.Conflicts = c.writeCarefully(ctx, tx, w, retries)
 		}
 	} else {
 		res.Conflicts = c.writeCarefully(ctx, tx, w, rows)
@@ -160,12 +204,15 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 	if _, err := tx.ExecContext(ctx, `DELETE FROM `+applyingTable); err != nil {
 		return res, nil, 0, fmt.Errorf("sqlite: apply: %w", err)
 	}
+	if res.Resolved, err = storeRefused(ctx, tx, before, res.Conflicts); err != nil {
+		return res, nil, 0, err
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO `+metaTable+`(k, v) VALUES ('apply_cursor', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`, strconv.FormatUint(next, 10)); err != nil {
 		return res, nil, 0, fmt.Errorf("sqlite: apply: store the position: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		if careful == nil && strings.Contains(err.Error(), "FOREIGN KEY") {
-			return res, rows, next, fmt.Errorf("%w: %v", errRowRefused, err)
+			return res, append(rows, retries...), next, fmt.Errorf("%w: %v", errRowRefused, err)
 		}
 		return res, nil, 0, fmt.Errorf("sqlite: apply: commit: %w", err)
 	}
@@ -177,6 +224,27 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 		}
 	})
 	return res, nil, 0, nil
+}
+
+// storeRefused makes the refused-rows table hold exactly now (keeping when
+// each was first refused), and returns how many of before were written.
+func storeRefused(ctx context.Context, tx *sql.Tx, before, now []db.RowConflict) (int, error) {
+	if len(before) == 0 && len(now) == 0 {
+		return 0, nil
+	}
+	done := db.Resolved(before, now)
+	for _, k := range done {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+refusedTable+` WHERE tbl = ? AND key = ?`, k.Table, k.Key); err != nil {
+			return 0, fmt.Errorf("sqlite: apply: forget a refused row written at last: %w", err)
+		}
+	}
+	since := time.Now().UTC().Format(time.RFC3339)
+	for _, k := range now {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO `+refusedTable+`(tbl, key, reason, since) VALUES (?, ?, ?, ?) ON CONFLICT(tbl, key) DO UPDATE SET reason = excluded.reason`, k.Table, k.Key, k.Reason, since); err != nil {
+			return 0, fmt.Errorf("sqlite: apply: record a refused row: %w", err)
+		}
+	}
+	return len(done), nil
 }
 
 // writeCarefully writes rows one at a time in savepoints with immediate

@@ -42,6 +42,7 @@ const (
 	metaTable     = "_ppsync_meta"
 	changesTable  = "_ppsync_changes"
 	applyingTable = "_ppsync_applying"
+	refusedTable  = "_ppsync_refused"
 	triggerPrefix = "_ppsync_"
 )
 
@@ -144,6 +145,8 @@ func (c *Conn) ensureTables(ctx context.Context) error {
 		// 'put' or 'delete' (the values, or the key, recorded as JSON).
 		`CREATE TABLE IF NOT EXISTS ` + changesTable + ` (id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, pk TEXT NOT NULL, vals TEXT, rid INTEGER, mask INTEGER)`,
 		`CREATE TABLE IF NOT EXISTS ` + applyingTable + ` (x INTEGER)`,
+		// Merged rows the database refused, tried again by every apply.
+		`CREATE TABLE IF NOT EXISTS ` + refusedTable + ` (tbl TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, since TEXT NOT NULL, PRIMARY KEY (tbl, key))`,
 	}
 	for _, s := range stmts {
 		if _, err := c.w.ExecContext(ctx, s); err != nil {
