@@ -2,6 +2,7 @@ package node
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,8 +26,8 @@ const (
 	activityMaxLine    = 4 << 20 // a longer line ends loading that file (it was not written by ppsync)
 )
 
-// activityStore appends events to the activity file. It is used under the
-// event hub's mutex only.
+// activityStore appends events to the activity file. Only the writer
+// goroutine keepActivity starts uses it.
 type activityStore struct {
 	path    string
 	maxSize int64
@@ -183,13 +184,18 @@ func (s *activityStore) close() {
 	s.broken = true
 }
 
-// attach makes the hub keep its events in st: the kept events become the
-// ring and numbering goes on after them. Events emitted before (while the
-// node was starting, when nobody could subscribe yet) are numbered after the
-// kept ones.
-func (h *eventHub) attach(st *activityStore, kept []Event) {
+// activityQueue is how many events may wait for the activity file's writer.
+const activityQueue = 4096
+
+// attach makes the hub queue its events for the activity file's writer,
+// which it returns the queue of: the kept events become the ring and
+// numbering goes on after them. Events emitted before (while the node was
+// starting, when nobody could subscribe yet) are numbered after the kept
+// ones.
+func (h *eventHub) attach(kept []Event) chan Event {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	out := make(chan Event, activityQueue)
 	early := h.ring // numbered from 1 by this fresh hub
 	h.ring = append(make([]Event, 0, len(kept)+len(early)), kept...)
 	h.next = 1
@@ -200,42 +206,48 @@ func (h *eventHub) attach(st *activityStore, kept []Event) {
 		ev.ID = h.next
 		h.next++
 		h.ring = append(h.ring, ev)
-		st.append(ev)
+		select {
+		case out <- ev:
+		default:
+			h.dropped++
+		}
 	}
 	if len(h.ring) > evRingSize {
 		h.ring = append([]Event(nil), h.ring[len(h.ring)-evRingSize:]...)
 	}
-	h.store = st
+	h.out = out
+	return out
 }
 
-// flushStore writes buffered events to the activity file.
-func (h *eventHub) flushStore() {
+// attached reports whether the activity file's writer runs.
+func (h *eventHub) attached() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.store != nil {
-		h.store.flush()
-	}
+	return h.out != nil
 }
 
-// detach writes what is buffered and closes the activity file; later events
-// are kept in memory only.
-func (h *eventHub) detach() {
+// detach stops queueing events for the activity file (later ones are kept
+// in memory only) and returns how many the full queue could not take.
+func (h *eventHub) detach() (dropped uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.store != nil {
-		h.store.close()
-		h.store = nil
-	}
+	h.out = nil
+	return h.dropped
+}
+
+// droppedSoFar returns how many events the full queue could not take.
+func (h *eventHub) droppedSoFar() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.dropped
 }
 
 // keepActivity loads DATA/activity.log into the event hub and appends every
-// later event to it, until the node closes. It runs when the API is set up,
-// once per node: Open holds the data directory's lock by then.
+// later event to it, from a writer goroutine of its own (the hub's emitters
+// never wait on the disk), until the node closes. It runs once per node,
+// from Open, which holds the data directory's lock by then.
 func (n *Node) keepActivity() {
-	n.events.mu.Lock()
-	attached := n.events.store != nil
-	n.events.mu.Unlock()
-	if attached || n.ctx.Err() != nil {
+	if n.events.attached() || n.ctx.Err() != nil {
 		return
 	}
 	st, kept, err := openActivityStore(filepath.Join(n.cfg.DataDir, ActivityFile), activityMaxBytes, n.log)
@@ -243,18 +255,44 @@ func (n *Node) keepActivity() {
 		n.log.Warn("the activity feed will not be kept across restarts", "err", err)
 		return
 	}
-	n.events.attach(st, kept)
-	n.goTracked(func() {
-		t := time.NewTicker(activityFlushEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-n.ctx.Done():
-				n.events.detach()
-				return
-			case <-t.C:
-				n.events.flushStore()
+	q := n.events.attach(kept)
+	started := n.goTracked(func() { writeActivity(n.ctx, n.events, q, st, n.log) })
+	if !started {
+		n.events.detach()
+		st.close()
+	}
+}
+
+// writeActivity is the activity file's writer: it appends the queued events,
+// flushes them every activityFlushEvery, and when ctx ends detaches the hub,
+// writes what is still queued and closes the file.
+func writeActivity(ctx context.Context, h *eventHub, q chan Event, st *activityStore, log *slog.Logger) {
+	t := time.NewTicker(activityFlushEvery)
+	defer t.Stop()
+	var warned uint64
+	for {
+		select {
+		case ev := <-q:
+			st.append(ev)
+		case <-t.C:
+			st.flush()
+			if d := h.droppedSoFar(); d > warned {
+				log.Warn("the activity file's writer fell behind: events kept in memory only", "events", d-warned)
+				warned = d
 			}
+		case <-ctx.Done():
+			h.detach()
+			for {
+				select {
+				case ev := <-q:
+					st.append(ev)
+					continue
+				default:
+				}
+				break
+			}
+			st.close()
+			return
 		}
-	})
+	}
 }

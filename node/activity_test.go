@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -57,12 +58,12 @@ func TestActivityFileSizeCapped(t *testing.T) {
 		t.Fatalf("new store: %v %d", err, len(kept))
 	}
 	h := newEventHub(time.Now)
-	h.attach(st, kept)
+	stop := startActivityWriter(h, kept, st)
 	const n = 1000 // about 25 times maxSize
 	for i := 0; i < n; i++ {
 		h.emit(EvCommitted, map[string]any{"site": "clinic-a", "from": i, "to": i})
 	}
-	h.detach()
+	stop()
 	files, _ := filepath.Glob(path + "*")
 	if len(files) != 2 {
 		t.Fatalf("files %v, want the current and one older", files)
@@ -89,13 +90,13 @@ func TestActivityFileSizeCapped(t *testing.T) {
 	}
 	h = newEventHub(time.Now)
 	h.emit(EvPeer, map[string]any{"site": "relay", "connected": true}) // before attaching, while the node starts
-	h.attach(st, kept)
+	stop = startActivityWriter(h, kept, st)
 	h.emit(EvSyncNow, map[string]any{"wait": "0s"})
 	got := h.recent(0, 3)
 	if got[0].ID != n+2 || got[0].Type != EvSyncNow || got[1].ID != n+1 || got[1].Type != EvPeer || got[2].ID != n {
 		t.Fatalf("after reopening: %+v", got)
 	}
-	h.detach()
+	stop()
 }
 
 func TestActivityFileSurvivesDamage(t *testing.T) {
@@ -111,12 +112,28 @@ func TestActivityFileSurvivesDamage(t *testing.T) {
 		t.Fatalf("kept %+v (%v)", kept, err)
 	}
 	h := newEventHub(time.Now)
-	h.attach(st, kept)
+	stop := startActivityWriter(h, kept, st)
 	h.emit(EvSyncNow, map[string]any{"wait": "0s"})
-	h.detach()
+	stop()
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, `{"id":8,"type":"sync-now"`) {
 		t.Fatalf("the new event was not written on a line of its own: %q", b)
+	}
+}
+
+// startActivityWriter attaches st to h as a node does and returns a stop
+// that ends the writer and waits until it closed the file.
+func startActivityWriter(h *eventHub, kept []Event, st *activityStore) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	q := h.attach(kept)
+	done := make(chan struct{})
+	go func() {
+		writeActivity(ctx, h, q, st, slog.New(slog.DiscardHandler))
+		close(done)
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }

@@ -72,10 +72,13 @@ type Config struct {
 	DiskReserve uint64 `toml:"-"`
 
 	// Set by the program, not the file.
-	Version string              `toml:"-"` // software version, gossiped to peers
-	Logger  *slog.Logger        `toml:"-"`
-	Env     func(string) string `toml:"-"` // environment (PPSYNC_MACHINE_ID); nil: empty
-	Now     func() time.Time    `toml:"-"` // clock; nil: time.Now
+	Version string       `toml:"-"` // software version, gossiped to peers
+	Logger  *slog.Logger `toml:"-"`
+	// Level, when set, is the running logger's level: `ppsync set
+	// log-level` changes it at once, besides saving the setting.
+	Level *slog.LevelVar      `toml:"-"`
+	Env   func(string) string `toml:"-"` // environment (PPSYNC_MACHINE_ID); nil: empty
+	Now   func() time.Time    `toml:"-"` // clock; nil: time.Now
 }
 
 // Duration is a time.Duration written as "30s" in TOML and JSON.

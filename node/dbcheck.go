@@ -149,7 +149,7 @@ func (n *Node) DBStatus() DBStatus {
 // repair it makes the database match through the apply path (rows the family
 // never saw are captured as this site's, not deleted).
 func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) {
-	start := time.Now()
+	start := n.cfg.Now()
 	res := DBCheckResult{Differences: []DBRowDiff{}, Tables: []string{}, Complete: true, Time: start.UTC()}
 	if n.dbs == nil {
 		return res, fmt.Errorf("%w: this node syncs no practice database", errBadRequest)
@@ -265,7 +265,7 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 		}
 		d.repaired()
 	}
-	res.Elapsed = time.Since(start).Round(time.Millisecond).String()
+	res.Elapsed = n.cfg.Now().Sub(start).Round(time.Millisecond).String()
 	return res, nil
 }
 

@@ -35,9 +35,12 @@ type eventHub struct {
 	next uint64
 	ring []Event
 	subs map[chan Event]struct{}
-	// store keeps events across restarts (DATA/activity.log, see
-	// activity.go); nil until the node attaches it, and after it closes.
-	store *activityStore
+	// out is the queue of the activity file's writer (DATA/activity.log,
+	// see activity.go), which keeps events across restarts; nil until the
+	// node attaches it, and after it stops. dropped counts events the full
+	// queue could not take (kept in memory, not on disk).
+	out     chan Event
+	dropped uint64
 }
 
 func newEventHub(now func() time.Time) *eventHub {
@@ -58,8 +61,12 @@ func (h *eventHub) emit(typ string, data any) {
 		h.ring = h.ring[:evRingSize-1]
 	}
 	h.ring = append(h.ring, ev)
-	if h.store != nil {
-		h.store.append(ev)
+	if h.out != nil {
+		select {
+		case h.out <- ev:
+		default:
+			h.dropped++
+		}
 	}
 	for c := range h.subs {
 		select {

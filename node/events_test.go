@@ -3,6 +3,9 @@ package node
 import (
 	"bufio"
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -59,5 +62,53 @@ func TestEventsResumeAfterDisconnect(t *testing.T) {
 	r.call(t, "GET", "/v1/activity?limit=2", nil, &act)
 	if len(act["events"]) != 2 || act["events"][0].ID != 5 || act["events"][0].Type != EvCommitted {
 		t.Fatalf("activity %+v", act)
+	}
+}
+
+// An open event stream (a sync page left open) ends when the node closes:
+// Close does not wait for the API's shutdown timeout and reports nothing.
+func TestCloseWithOpenEventStream(t *testing.T) {
+	f := newFixture(t, "clinic-a", "site")
+	r := f.start()
+	req, _ := http.NewRequest("GET", r.base+"/v1/events", nil)
+	req.Header.Set("Authorization", "Bearer "+r.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r.cancel()
+	<-r.done
+	r.cancel = nil
+	if err := r.n.Close(); err != nil {
+		t.Fatalf("Close with an open event stream: %v", err)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Logf("the stream ended with %v", err)
+	}
+}
+
+// `ppsync set log-level` changes the running logger's level, not only the
+// file.
+func TestSetLogLevelChangesRunningLogger(t *testing.T) {
+	f := newFixture(t, "clinic-a", "site")
+	cfg := f.config()
+	cfg.Level = new(slog.LevelVar)
+	var logged syncBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: cfg.Level}))
+	r := f.startConfig(cfg)
+	n := r.n
+	if n.log.Enabled(context.Background(), slog.LevelDebug) {
+		t.Fatal("debug enabled at level info")
+	}
+	c, err := NewClient(f.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.UpdateSettings(context.Background(), Settings{LogLevel: "debug"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Level.Level() != slog.LevelDebug || !n.log.Enabled(context.Background(), slog.LevelDebug) {
+		t.Fatalf("level after set log-level debug: %v", cfg.Level.Level())
 	}
 }

@@ -56,6 +56,12 @@ type Node struct {
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines started by goTracked
+	goMu   sync.Mutex     // guards stopping, and wg.Add against Close's wg.Wait
+	// stopping is set once Close has begun: goTracked starts nothing more.
+	stopping bool
+	// saveMu serializes changes of the settings (each saved to ppsync.toml
+	// before it takes effect); mu is not held while the file is written.
+	saveMu sync.Mutex
 
 	mu       sync.Mutex // guards the fields below and ppsync.toml
 	settings Config
@@ -64,13 +70,20 @@ type Node struct {
 	closed   bool
 }
 
-// goTracked runs f on a goroutine that Close waits for.
-func (n *Node) goTracked(f func()) {
+// goTracked runs f on a goroutine that Close waits for; once Close has
+// begun it starts nothing and returns false.
+func (n *Node) goTracked(f func()) bool {
+	n.goMu.Lock()
+	defer n.goMu.Unlock()
+	if n.stopping {
+		return false
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		f()
 	}()
+	return true
 }
 
 func (n *Node) currentConfig() Config {
@@ -192,7 +205,8 @@ func (n *Node) open(ctx context.Context) error {
 	if n.ln, err = net.Listen("tcp", n.cfg.API); err != nil {
 		return fmt.Errorf("node: the API cannot listen on %s (%v); choose another address with --api HOST:PORT or in %s", n.cfg.API, err, ConfigFile)
 	}
-	n.srv = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	n.srv = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return n.ctx }}
+	n.keepActivity()
 	return nil
 }
 
@@ -310,6 +324,13 @@ func (n *Node) Close() error {
 
 func (n *Node) closeAll() error {
 	var errs []error
+	// Everything the node started ends first, requests and event streams
+	// included (they live under n.ctx), so that an open sync page does not
+	// hold up the API's shutdown.
+	n.cancel()
+	n.goMu.Lock()
+	n.stopping = true
+	n.goMu.Unlock()
 	if n.srv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := n.srv.Shutdown(ctx); err != nil {
@@ -319,7 +340,6 @@ func (n *Node) closeAll() error {
 	} else if n.ln != nil {
 		n.ln.Close()
 	}
-	n.cancel()
 	if n.mesh != nil {
 		errs = append(errs, n.mesh.Close())
 	}

@@ -99,7 +99,13 @@ type running struct {
 
 func (f *fixture) start() *running {
 	f.t.Helper()
-	n, err := Open(context.Background(), f.config())
+	return f.startConfig(f.config())
+}
+
+// startConfig is start with the configuration given.
+func (f *fixture) startConfig(cfg Config) *running {
+	f.t.Helper()
+	n, err := Open(context.Background(), cfg)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func (n *Node) bootstrapStatus() []BootstrapJSON {
 
 // offlineReason says, in the words of what the user did, why no member is
 // connected and what to do about it.
-func offlineReason(relay bool, peers []mesh.PeerInfo, boot []BootstrapJSON) string {
+func offlineReason(now time.Time, relay bool, peers []mesh.PeerInfo, boot []BootstrapJSON) string {
 	if relay && len(boot) == 0 {
 		if len(peers) == 0 {
 			return "no site has joined this relay yet: sites connect to it once support gave them its address"
@@ -49,7 +49,7 @@ func offlineReason(relay bool, peers []mesh.PeerInfo, boot []BootstrapJSON) stri
 		}
 	}
 	switch {
-	case !lost.IsZero() && time.Since(lost) < 10*time.Minute:
+	case !lost.IsZero() && now.Sub(lost) < 10*time.Minute:
 		return fmt.Sprintf("lost contact with every family member at %s (no heartbeat or answer): check this machine's network connection; ppsync keeps trying", lost.Local().Format("15:04:05"))
 	case len(unreachable) > 0 && len(peers) == 0:
 		return "cannot reach the relay at " + strings.Join(unreachable, "; ") + ": check this machine's internet connection and firewall, and that the address matches the one support gave you"

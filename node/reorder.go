@@ -102,14 +102,27 @@ func (r *reorder) next(site string, head uint64) (heldEntry, bool) {
 // expired drops every held entry that has waited gapWait or longer while its
 // site's log still lacks its predecessor, and every entry the log holds by
 // now; it returns the peers that sent the expired ones, to catch up with, in
-// order.
+// order. head (the log's) is called without the buffer's lock held.
 func (r *reorder) expired(now time.Time, head func(site string) uint64) []peer.ID {
+	r.mu.Lock()
+	sites := make([]string, 0, len(r.sites))
+	for site := range r.sites {
+		sites = append(sites, site)
+	}
+	r.mu.Unlock()
+	heads := make(map[string]uint64, len(sites))
+	for _, site := range sites {
+		heads[site] = head(site)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []peer.ID
 	seen := map[peer.ID]bool{}
 	for site, m := range r.sites {
-		h := head(site)
+		h, ok := heads[site]
+		if !ok { // held since the heads were read: looked at next time
+			continue
+		}
 		for seq, e := range m {
 			switch {
 			case seq <= h:

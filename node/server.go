@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"github.com/cockroachdb/pebble/v2"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -54,7 +55,6 @@ func (n *Node) handler() http.Handler {
 	pg := n.newPage()
 	n.page = pg
 	pg.routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
-	n.keepActivity()
 	pg.logLink()
 	return n.guard(mux, pg)
 }
@@ -406,11 +406,11 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	n.mu.Lock()
-	next := n.settings
+	n.saveMu.Lock() // one change at a time, saved before it takes effect
+	defer n.saveMu.Unlock()
+	next := n.currentConfig()
 	if req.SyncInterval != "" {
 		if err := next.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
-			n.mu.Unlock()
 			n.writeErr(w, badRequest("sync_interval: %v", err))
 			return
 		}
@@ -423,15 +423,20 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 	}
 	err := next.Validate()
 	if err == nil {
-		err = SaveConfig(next)
+		err = SaveConfig(next) // outside n.mu: status and the page go on meanwhile
 	}
-	if err == nil {
-		n.settings = next
-	}
-	n.mu.Unlock()
 	if err != nil {
 		n.writeErr(w, badRequest("%v", err))
 		return
+	}
+	n.mu.Lock()
+	n.settings = next
+	n.mu.Unlock()
+	if n.cfg.Level != nil {
+		var l slog.Level
+		if l.UnmarshalText([]byte(next.LogLevel)) == nil {
+			n.cfg.Level.Set(l)
+		}
 	}
 	n.sync.post(r.Context(), syncEvent{kind: "interval", interval: time.Duration(next.SyncInterval)})
 	n.events.emit(EvSettings, n.currentSettings())
@@ -555,17 +560,15 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 	case !cfg.ConnectivityCheck:
 		s.Online, s.OfflineReason = true, "connectivity check is off: no family member is connected right now"
 	default:
-		s.OfflineReason = offlineReason(n.id.Role == family.RoleRelay, n.mesh.Peers(), s.Bootstrap)
+		s.OfflineReason = offlineReason(n.cfg.Now(), n.id.Role == family.RoleRelay, n.mesh.Peers(), s.Bootstrap)
 	}
 	if own > held {
 		s.Pending = own - held
 	}
-	n.sync.mu.Lock()
-	if !n.sync.lastSync.IsZero() {
-		t := n.sync.lastSync.UTC()
+	if last := n.sync.lastSyncTime(); !last.IsZero() {
+		t := last.UTC()
 		s.LastSync = &t
 	}
-	n.sync.mu.Unlock()
 	s.SyncInterval = n.currentSettings().SyncInterval
 	for _, f := range n.txlog.Forks() {
 		s.Forks = append(s.Forks, ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})

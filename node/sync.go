@@ -51,6 +51,13 @@ type syncer struct {
 	probed   map[string]time.Time  // peer/site divergence checks, rate-limited
 }
 
+// lastSyncTime returns when this node last completed a sync with a member.
+func (s *syncer) lastSyncTime() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastSync
+}
+
 func newSyncer(n *Node) *syncer {
 	// A node at its site's first epoch may write at once; one that was moved
 	// here first catches up its site's log from the family.
@@ -138,7 +145,7 @@ func (s *syncer) loop(ctx context.Context) {
 func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
-	start := time.Now()
+	start := s.n.cfg.Now()
 	have, heads := s.n.frontierWithHeads()
 	st, err := s.n.mesh.Fetch(fctx, p, have, heads, nil)
 	if err != nil && ctx.Err() == nil {
@@ -152,7 +159,7 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	}
 	s.n.events.emit(EvCatchUp, map[string]any{"peer": p.String(), "reason": reason, "entries": st.Appended, "bytes": st.Bytes, "ok": err == nil})
 	if st.Appended > 0 {
-		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", time.Since(start).Round(time.Millisecond))
+		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", s.n.cfg.Now().Sub(start).Round(time.Millisecond))
 	}
 	if err == nil {
 		s.mu.Lock()
@@ -409,9 +416,9 @@ func (s *syncer) compareHeads(from peer.ID, hb mesh.Heartbeat) {
 		}
 		key := from.String() + "/" + site
 		s.mu.Lock()
-		recent := time.Since(s.probed[key]) < 10*time.Second
+		recent := s.n.cfg.Now().Sub(s.probed[key]) < 10*time.Second
 		if !recent {
-			s.probed[key] = time.Now()
+			s.probed[key] = s.n.cfg.Now()
 		}
 		s.mu.Unlock()
 		if recent {
@@ -578,15 +585,15 @@ type ReceiptMember struct {
 // syncNow starts a round now and, with wait > 0, waits until every member
 // holds everything this node holds or the time runs out.
 func (s *syncer) syncNow(ctx context.Context, wait time.Duration) Receipt {
-	start := time.Now()
+	start := s.n.cfg.Now()
 	s.n.mesh.Redial()
 	s.n.mesh.PublishHeartbeat()
 	s.post(ctx, syncEvent{kind: "syncnow"})
 	deadline := start.Add(wait)
 	for {
 		rc := s.receipt(ctx)
-		if rc.CaughtUp || !time.Now().Before(deadline) || ctx.Err() != nil {
-			rc.Waited = time.Since(start).Round(time.Millisecond).String()
+		if rc.CaughtUp || !s.n.cfg.Now().Before(deadline) || ctx.Err() != nil {
+			rc.Waited = s.n.cfg.Now().Sub(start).Round(time.Millisecond).String()
 			return rc
 		}
 		t := time.NewTimer(200 * time.Millisecond)

@@ -247,14 +247,16 @@ another ppsync already runs on DATA.`,
 				level = slog.LevelInfo // Open's Validate names the bad setting
 			}
 			cfg.Version = version
-			cfg.Logger = newLogger(c.stderr, logFormat, level)
+			cfg.Level = new(slog.LevelVar) // `ppsync set log-level` changes it while the node runs
+			cfg.Level.Set(level)
+			cfg.Logger = newLogger(c.stderr, logFormat, cfg.Level)
 			if logFile != "" {
 				if err := os.MkdirAll(filepath.Dir(logFile), 0o700); err != nil {
 					return fmt.Errorf("cannot create the log directory for %s: %w", logFile, err)
 				}
 				rot := &lumberjack.Logger{Filename: logFile, MaxSize: 10, MaxBackups: 5, Compress: true}
 				defer rot.Close()
-				cfg.Logger = slog.New(fanout{cfg.Logger.Handler(), slog.NewJSONHandler(rot, &slog.HandlerOptions{Level: level})})
+				cfg.Logger = slog.New(fanout{cfg.Logger.Handler(), slog.NewJSONHandler(rot, &slog.HandlerOptions{Level: cfg.Level})})
 			}
 			cfg.Env = c.getenv
 			cfg.Now = c.now
@@ -328,7 +330,7 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, fmt.Errorf("unknown log level %q", s)
 }
 
-func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+func newLogger(w io.Writer, format string, level slog.Leveler) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
