@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"reflect"
-	"runtime"
 	"sort"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/ppsync/ppsync/internal/atomicfile"
 )
 
 // FormatVersion is the file format this package writes and the newest it reads.
@@ -174,59 +174,6 @@ func readFile(path string) ([]byte, error) {
 	return data, nil
 }
 
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory (created 0600, then given perm), synced before it is renamed over
-// path; the directory is synced afterwards where the OS supports it. A crash
-// leaves either the old file or the new one, never a torn one.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("family: write %s: %w", path, err)
-	}
-	tmpName := tmp.Name()
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
-	if err = tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("family: write %s: %w", path, err)
-	}
-	if _, err = tmp.Write(data); err != nil {
-		return fmt.Errorf("family: write %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("family: write %s: sync: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("family: write %s: %w", path, err)
-	}
-	if err = os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("family: write %s: %w", path, err)
-	}
-	if err = syncDir(dir); err != nil {
-		return fmt.Errorf("family: write %s: sync directory: %w", path, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil // directories cannot be opened for sync there; rename is durable enough
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // exists reports whether path exists; errors other than "not exist" are returned.
 func exists(path string) (bool, error) {
 	_, err := os.Lstat(path)
@@ -283,4 +230,13 @@ func canonicalTime(t time.Time) string {
 // stamp normalizes a caller's clock reading for a file: UTC, whole seconds.
 func stamp(now time.Time) time.Time {
 	return now.UTC().Truncate(time.Second)
+}
+
+// writeFileAtomic writes data to path so that a crash leaves the old file or
+// the new one, never a torn one (see internal/atomicfile).
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	if err := atomicfile.Write(path, data, perm); err != nil {
+		return fmt.Errorf("family: %w", err)
+	}
+	return nil
 }

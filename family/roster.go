@@ -350,6 +350,15 @@ func (r *Roster) Check(cert *Certificate) error {
 	return nil
 }
 
+// CheckRevocation verifies a revocation like AddRevocation, without adding
+// it.
+func (r *Roster) CheckRevocation(rev *Revocation) error {
+	if rev == nil {
+		return fmt.Errorf("%w: no revocation", ErrFormat)
+	}
+	return rev.verify(r.familyID, r.authority)
+}
+
 // Certificates returns copies of every certificate held, sorted by site and
 // epoch: what a node persists and offers to its peers.
 func (r *Roster) Certificates() []*Certificate {

@@ -12,6 +12,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/ppsync/ppsync/internal/atomicfile"
+
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -233,30 +235,11 @@ func SaveConfig(c Config) error {
 	return writeFileAtomic(filepath.Join(c.DataDir, ConfigFile), buf.Bytes(), 0o644)
 }
 
-// writeFileAtomic writes data to path through a synced temporary file.
+// writeFileAtomic writes data to path so that a crash leaves the old file or
+// the new one (see internal/atomicfile).
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("node: write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("node: write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("node: write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("node: write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("node: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("node: write %s: %w", path, err)
+	if err := atomicfile.Write(path, data, mode); err != nil {
+		return fmt.Errorf("node: %w", err)
 	}
 	return nil
 }

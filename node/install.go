@@ -70,8 +70,9 @@ func loadRoster(dataDir string) (*family.Roster, error) {
 	return r, nil
 }
 
-// installFile checks a certificate or revocation against the roster, adds it
-// there and stores it in DATA/certs.
+// installFile checks a certificate or revocation against the roster, stores
+// it in DATA/certs and then adds it to the roster: what the running node
+// acts on is on disk first, so a restart never forgets it.
 func installFile(dataDir string, r *family.Roster, data []byte) (InstallResult, error) {
 	var res InstallResult
 	c, rv, err := family.ParseInstallable(data)
@@ -81,34 +82,46 @@ func installFile(dataDir string, r *family.Roster, data []byte) (InstallResult, 
 	var name string
 	if c != nil {
 		res.Installed, res.Site, res.Epoch = "certificate", c.Site, c.Epoch
-		changed, err := r.Add(c)
-		if err != nil && !(changed && errors.Is(err, family.ErrSuperseded)) {
+		// An older epoch is kept as history (entries signed under it stay
+		// verifiable); anything else Check refuses, Add would too.
+		if err := r.Check(c); err != nil && !errors.Is(err, family.ErrSuperseded) {
 			return res, err
 		}
-		res.Changed = changed
 		name = fmt.Sprintf("%s-e%d.json", c.Site, c.Epoch)
 		data, err = c.Marshal()
-		if err != nil {
-			return res, err
-		}
 	} else {
 		res.Installed, res.Site, res.Epoch = "revocation", rv.Site, rv.Epoch
-		changed, err := r.AddRevocation(rv)
-		if err != nil {
+		if err := r.CheckRevocation(rv); err != nil {
 			return res, err
 		}
-		res.Changed = changed
 		name = fmt.Sprintf("%s-revoked-e%d.json", rv.Site, rv.Epoch)
 		data, err = rv.Marshal()
-		if err != nil {
-			return res, err
-		}
+	}
+	if err != nil {
+		return res, err
 	}
 	dir := filepath.Join(dataDir, CertsDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return res, fmt.Errorf("node: create %s: %w", dir, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, name), data, 0o644); err != nil {
+	path := filepath.Join(dir, name)
+	_, statErr := os.Stat(path)
+	existed := statErr == nil
+	if err := writeFileAtomic(path, data, 0o644); err != nil {
+		return res, err
+	}
+	if c != nil {
+		res.Changed, err = r.Add(c)
+		if err != nil && !(res.Changed && errors.Is(err, family.ErrSuperseded)) {
+			if !existed {
+				os.Remove(path) // refused after all (a revocation came in meanwhile)
+			}
+			return res, err
+		}
+	} else if res.Changed, err = r.AddRevocation(rv); err != nil {
+		if !existed {
+			os.Remove(path)
+		}
 		return res, err
 	}
 	return res, nil
