@@ -965,3 +965,46 @@ func atkWriteDirect(t testing.TB, n *Node, site string, count int, table string)
 	}
 	n.sync.published(out)
 }
+
+// TestForgedCatchUpEntryIsShownAndCounted: entries a member hands over that
+// the log refuses (here clinic-a's next entry signed with another key,
+// arriving as a catch-up run) are counted in /metrics by reason and shown in
+// the activity feed as "rejected"; the log is unchanged.
+func TestForgedCatchUpEntryIsShownAndCounted(t *testing.T) {
+	tf := newTestFamily(t)
+	tf.add("relay", "relay")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
+	tf.start("relay")
+	tf.start("clinic-a")
+	b := tf.start("clinic-b")
+	tf.write("clinic-a", 1, "patients")
+	tf.waitConverged(10*time.Second, "relay", "clinic-a", "clinic-b")
+	head := b.n.txlog.Head("clinic-a")
+	forged := atkSignEntry(t, tf.auth.FamilyID(), "clinic-a", 1, head.Seq+1, head.Hash, wire.SchemaVersion, atkNewKey(t), "patients", "forged")
+	from := tf.nodes["clinic-a"].r.n.mesh.ID()
+	if _, err := b.n.sync.Entries(context.Background(), from, []*wire.Signed{forged}, false); !errors.Is(err, wire.ErrSignature) {
+		t.Fatalf("Entries of a forged run: %v, want a signature error", err)
+	}
+	if got := b.n.counters.rejectedSignature.Load(); got != 1 {
+		t.Fatalf("rejected (signature) = %d, want 1", got)
+	}
+	var act map[string][]Event
+	b.call(t, "GET", "/v1/activity?limit=20", nil, &act)
+	found := false
+	for _, ev := range act["events"] {
+		if ev.Type == EvRejected && strings.Contains(string(ev.Data), `"site":"clinic-a"`) && strings.Contains(string(ev.Data), from.String()) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no rejected event in the activity feed: %+v", act["events"])
+	}
+	metrics := metricsText(t, b)
+	if !strings.Contains(metrics, `ppsync_rejections_total{reason="entry-signature"} 1`) {
+		t.Fatalf("metrics lack the refused entry:\n%s", metrics)
+	}
+	if b.n.txlog.Head("clinic-a") != head {
+		t.Fatal("the forged entry changed the log")
+	}
+}

@@ -19,6 +19,10 @@ type counters struct {
 	catchupOK       atomic.Uint64 // catch-up sessions that succeeded
 	catchupFailed   atomic.Uint64 // catch-up sessions that failed
 	publishDropped  atomic.Uint64 // own entries not gossiped (queue full; catch-up delivers them)
+	// entries from members refused after the mesh let them in
+	rejectedSignature atomic.Uint64 // not signed by the key of their site and epoch
+	rejectedChain     atomic.Uint64 // not linked to the previous entry of their site
+	rejectedOther     atomic.Uint64 // another family, a fenced epoch, malformed
 }
 
 // collector computes every metric when Prometheus scrapes: the node keeps no
@@ -101,6 +105,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, v := range n.mesh.Rejections() {
 		counter(mRejections, v, reason)
 	}
+	counter(mRejections, k.rejectedSignature.Load(), "entry-signature")
+	counter(mRejections, k.rejectedChain.Load(), "entry-chain")
+	counter(mRejections, k.rejectedOther.Load(), "entry-refused")
 	if n.dbs != nil {
 		d := n.DBStatus()
 		counter(mDBCaptured, d.Captured)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -308,6 +309,7 @@ func (s *syncer) appendRun(ctx context.Context, from peer.ID, run []*wire.Signed
 		last := run[len(run)-1]
 		s.n.events.emit(EvReceived, map[string]any{"site": last.Site, "from": last.Seq - uint64(res.Appended) + 1, "to": last.Seq, "peer": from.String(), "via": via})
 	}
+	s.rejected(from, run, err)
 	var fork *txlog.ForkError
 	if errors.As(err, &fork) {
 		s.n.log.Error("fork detected: two copies of a site wrote different entries", "site", fork.Site, "seq", fork.Seq, "peer", from)
@@ -315,6 +317,32 @@ func (s *syncer) appendRun(ctx context.Context, from peer.ID, run []*wire.Signed
 		s.n.goTracked(func() { s.spreadFork(fork.Site) })
 	}
 	return res.Appended, err
+}
+
+// rejected counts and shows entries a member sent that the log refused as
+// invalid (a forged signature, a broken chain, another family, a fenced
+// epoch, a malformed entry); gaps, forks and duplicates are not refusals.
+func (s *syncer) rejected(from peer.ID, run []*wire.Signed, err error) {
+	var c *atomic.Uint64
+	switch {
+	case err == nil:
+		return
+	case errors.Is(err, wire.ErrSignature):
+		c = &s.n.counters.rejectedSignature
+	case errors.Is(err, txlog.ErrChain):
+		c = &s.n.counters.rejectedChain
+	case errors.Is(err, txlog.ErrWrongFamily), errors.Is(err, txlog.ErrEpoch), errors.Is(err, txlog.ErrFenced), errors.Is(err, wire.ErrInvalid):
+		c = &s.n.counters.rejectedOther
+	default:
+		return
+	}
+	c.Add(1)
+	site := ""
+	if len(run) > 0 {
+		site = run[0].Site
+	}
+	s.n.log.Warn("entries from a member refused", "peer", from, "site", site, "err", err)
+	s.n.events.emit(EvRejected, map[string]any{"peer": from.String(), "site": site, "error": err.Error()})
 }
 
 // spreadFork gossips the proof of a site's fork.
