@@ -1,7 +1,7 @@
 // Command ppsync runs and administers a ppsync node: one site's member of a
-// sync family. See the README for every command; `ppsync help` lists them.
+// sync family. See docs/operations.md for every command; `ppsync help` lists them.
 //
-// The command-line contract (README.md, docs/api.md) fixes the forms,
+// The command-line contract (docs/operations.md, docs/api.md) fixes the forms,
 // outputs and exit codes; this package maps flags to calls of package node
 // (and package family for the offline `ppsync family` commands) and errors to
 // exit codes with one plain-language line on stderr.

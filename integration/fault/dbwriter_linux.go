@@ -206,7 +206,7 @@ type dbWriter struct {
 }
 
 // dbDSN is the practice software's way to open the file: a busy timeout, as
-// the README asks of it, foreign keys on, and BEGIN IMMEDIATE so that a
+// docs/operations.md asks of it, foreign keys on, and BEGIN IMMEDIATE so that a
 // transaction waits for the write lock at its start, never at its commit.
 func dbDSN(path string, lock string) string {
 	q := url.Values{}

@@ -230,7 +230,7 @@ type nodeSetup struct {
 
 // WithDB binds a site to a practice database: its `ppsync init` gets
 // --db url (like sqlite:/abs/path.db; the database must exist), as the
-// README's "The practice database" says. The running node then captures
+// docs/operations.md's "The practice database" says. The running node then captures
 // every change committed there and writes the other sites' changes back.
 func WithDB(url string) NodeOption { return func(s *nodeSetup) { s.db = url } }
 
