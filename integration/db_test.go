@@ -446,6 +446,17 @@ func TestDatabaseInsertCollisionIsAConflict(t *testing.T) {
 		if !strings.Contains(out, "Alice North") || !strings.Contains(out, "Bob South") {
 			t.Errorf("conflicts at %s do not show both sides of patient 1: %s", filepath.Base(d), out)
 		}
+		// The text output shows the two rows whole, each as its site wrote it.
+		text := ppsync(t, "conflicts", "--data", d).want(t, exitOK).stdout
+		whole := 0
+		for _, l := range splitLines(text) {
+			if (strings.Contains(l, "Alice North") && strings.Contains(l, "1970-01-01")) || (strings.Contains(l, "Bob South") && strings.Contains(l, "1980-02-02")) {
+				whole++
+			}
+		}
+		if !strings.Contains(text, "patients/1: written at") || whole != 2 {
+			t.Errorf("conflicts at %s do not show both rows whole:\n%s", filepath.Base(d), text)
+		}
 		// db check names the collision too (the databases match the merged row).
 		out = ppsync(t, "db", "check", "--data", d).want(t, exitOK).stdout
 		if !strings.Contains(out, "conflict  patients/1  column name") {

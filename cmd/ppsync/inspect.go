@@ -292,9 +292,26 @@ func writeConflicts(w io.Writer, cs []node.ConflictJSON) {
 		}
 		fmt.Fprintln(w)
 	}
+	// Several fields of one record written by the same two entries (two
+	// sites inserting the same key at the same time, typically) are shown
+	// as two whole rows, each as its site wrote it.
+	rows, single := rowConflicts(concurrent)
+	for _, rc := range rows {
+		fmt.Fprintf(w, "%s/%s: written at %s and %s at the same time; the family keeps %s's version of each field below\n",
+			rc.table, rc.key, rc.a.site, rc.b.site, rc.winner)
+		for _, side := range []rowSide{rc.a, rc.b} {
+			fmt.Fprintf(w, "  %s#%d: %s\n", side.site, side.seq, compactJSON(side.fields))
+		}
+	}
+	if len(single) == 0 {
+		return
+	}
+	if len(rows) > 0 {
+		fmt.Fprintln(w)
+	}
 	tw := newTable(w)
 	fmt.Fprintln(tw, "TIME\tRECORD\tWINNER\tINCOMING\tEXISTING")
-	for _, cf := range concurrent {
+	for _, cf := range single {
 		field := cf.Field
 		if field == "" {
 			field = "-"
@@ -307,6 +324,71 @@ func writeConflicts(w io.Writer, cs []node.ConflictJSON) {
 			conflictSide(cf.Incoming), conflictSide(cf.Existing))
 	}
 	tw.Flush()
+}
+
+// rowSide is one site's version of the fields of a row conflict.
+type rowSide struct {
+	site   string
+	seq    uint64
+	fields map[string]any
+}
+
+// rowConflict is two entries that wrote several fields of one record
+// concurrently.
+type rowConflict struct {
+	table, key string
+	winner     string
+	a, b       rowSide // a: the winner's side
+}
+
+// rowConflicts gathers the field conflicts of one record between the same
+// two entries (two or more fields) into row conflicts, in the order of their
+// first field; the others are returned as they are.
+func rowConflicts(cs []node.ConflictJSON) ([]rowConflict, []node.ConflictJSON) {
+	type pair struct {
+		table, key, is, es string
+		iq, eq             uint64
+	}
+	groups := map[pair][]node.ConflictJSON{}
+	var order []pair
+	for _, cf := range cs {
+		if cf.Field == "" || cf.Incoming.Deleted || cf.Existing.Deleted {
+			continue
+		}
+		p := pair{cf.Table, cf.Key, cf.Incoming.Site, cf.Existing.Site, cf.Incoming.Seq, cf.Existing.Seq}
+		if _, ok := groups[p]; !ok {
+			order = append(order, p)
+		}
+		groups[p] = append(groups[p], cf)
+	}
+	var rows []rowConflict
+	inRow := map[uint64]bool{}
+	for _, p := range order {
+		g := groups[p]
+		if len(g) < 2 {
+			continue
+		}
+		in := rowSide{site: p.is, seq: p.iq, fields: map[string]any{}}
+		ex := rowSide{site: p.es, seq: p.eq, fields: map[string]any{}}
+		for _, cf := range g {
+			in.fields[cf.Field] = cf.Incoming.Value
+			ex.fields[cf.Field] = cf.Existing.Value
+			inRow[cf.ID] = true
+		}
+		rc := rowConflict{table: p.table, key: p.key, winner: g[0].Winner, a: in, b: ex}
+		if g[0].Winner == fmt.Sprintf("%s#%d", ex.site, ex.seq) {
+			rc.a, rc.b = ex, in
+		}
+		rc.winner = rc.a.site
+		rows = append(rows, rc)
+	}
+	var rest []node.ConflictJSON
+	for _, cf := range cs {
+		if !inRow[cf.ID] {
+			rest = append(rest, cf)
+		}
+	}
+	return rows, rest
 }
 
 func refusedSide(s node.ConflictSideJSON) string {
