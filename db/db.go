@@ -215,17 +215,16 @@ func Retries(rows []Row, refused []RowConflict, s Syncer) ([]Row, error) {
 	if len(refused) == 0 {
 		return nil, nil
 	}
-	type key struct{ t, k string }
-	have := make(map[key]bool, len(rows))
+	have := make(map[[2]string]bool, len(rows))
 	for _, r := range rows {
-		have[key{r.Table, r.Key}] = true
+		have[[2]string{r.Table, r.Key}] = true
 	}
 	var out []Row
 	for _, c := range refused {
-		if have[key{c.Table, c.Key}] {
+		if have[[2]string{c.Table, c.Key}] {
 			continue
 		}
-		have[key{c.Table, c.Key}] = true
+		have[[2]string{c.Table, c.Key}] = true
 		r, err := s.Merged(c.Table, c.Key)
 		if err != nil {
 			return nil, fmt.Errorf("db: read the merged row %s/%s to try it again: %w", c.Table, c.Key, err)
@@ -239,14 +238,13 @@ func Retries(rows []Row, refused []RowConflict, s Syncer) ([]Row, error) {
 // Resolved returns the rows of before (refused earlier) that now (refused
 // after an apply) no longer holds: written at last.
 func Resolved(before, now []RowConflict) []RowConflict {
-	type key struct{ t, k string }
-	still := make(map[key]bool, len(now))
+	still := make(map[[2]string]bool, len(now))
 	for _, k := range now {
-		still[key{k.Table, k.Key}] = true
+		still[[2]string{k.Table, k.Key}] = true
 	}
 	var out []RowConflict
 	for _, k := range before {
-		if !still[key{k.Table, k.Key}] {
+		if !still[[2]string{k.Table, k.Key}] {
 			out = append(out, k)
 		}
 	}

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"database/sql"
 	"encoding/json"
 	"path/filepath"
 	"strings"
@@ -16,13 +17,7 @@ import (
 // its parent arrives in a later one, not skipped for good (found by the
 // fault suite: "db-apply-fk-across-batches").
 func TestDatabaseForeignKeyAcrossApplyBatches(t *testing.T) {
-	dir := t.TempDir()
-	paths := map[string]string{"north": filepath.Join(dir, "north.db"), "south": filepath.Join(dir, "south.db")}
-	north, south := practiceDB(t, paths["north"]), practiceDB(t, paths["south"])
-	_, data, procs := dbFamily(t, paths)
-	for _, d := range data {
-		waitDBReady(t, d)
-	}
+	north, south, data, procs := twoClinics(t)
 	procs["south"].stopClean()
 	mustExec(t, north, `INSERT INTO patients(id, name) VALUES (1, 'Ada')`)
 	mustExec(t, north, `INSERT INTO appointments(id, patient, at) VALUES (1, 1, '2026-12-03T09:00')`)
@@ -57,13 +52,7 @@ func TestDatabaseForeignKeyAcrossApplyBatches(t *testing.T) {
 // with both sides and by `db status`, kept across a restart, and written
 // once the local appointment is gone, without a repair.
 func TestDatabaseRefusedRowIsTriedAgain(t *testing.T) {
-	dir := t.TempDir()
-	paths := map[string]string{"north": filepath.Join(dir, "north.db"), "south": filepath.Join(dir, "south.db")}
-	north, south := practiceDB(t, paths["north"]), practiceDB(t, paths["south"])
-	_, data, procs := dbFamily(t, paths)
-	for _, d := range data {
-		waitDBReady(t, d)
-	}
+	north, south, data, procs := twoClinics(t)
 	mustExec(t, north, `INSERT INTO patients(id, name) VALUES (7, 'Grace')`)
 	waitSameRows(t, north, south)
 	procs["south"].stopClean()
@@ -162,4 +151,18 @@ func waitNoRefused(tb testing.TB, data string) {
 		}
 		time.Sleep(pollEvery)
 	}
+}
+
+// twoClinics sets up a relay and the sites north and south with SQLite
+// practice databases as the README says, started and ready.
+func twoClinics(t *testing.T) (north, south *sql.DB, data map[string]string, procs map[string]*proc) {
+	t.Helper()
+	dir := t.TempDir()
+	paths := map[string]string{"north": filepath.Join(dir, "north.db"), "south": filepath.Join(dir, "south.db")}
+	north, south = practiceDB(t, paths["north"]), practiceDB(t, paths["south"])
+	_, data, procs = dbFamily(t, paths)
+	for _, d := range data {
+		waitDBReady(t, d)
+	}
+	return north, south, data, procs
 }

@@ -429,13 +429,7 @@ func reopen(tb testing.TB, path string) *sql.DB {
 // detected and listed as a conflict with both sides, and both databases end
 // with the same row.
 func TestDatabaseInsertCollisionIsAConflict(t *testing.T) {
-	dir := t.TempDir()
-	paths := map[string]string{"north": filepath.Join(dir, "north.db"), "south": filepath.Join(dir, "south.db")}
-	north, south := practiceDB(t, paths["north"]), practiceDB(t, paths["south"])
-	_, data, procs := dbFamily(t, paths)
-	for _, d := range data {
-		waitDBReady(t, d)
-	}
+	north, south, data, procs := twoClinics(t)
 	procs["south"].stopClean()
 	mustExec(t, north, `INSERT INTO patients(name, dob) VALUES ('Alice North', '1970-01-01')`)
 	mustExec(t, south, `INSERT INTO patients(name, dob) VALUES ('Bob South', '1980-02-02')`)

@@ -38,13 +38,7 @@ func atkNewKey(t testing.TB) ed25519.PrivateKey {
 // TestStrangerGetsNothing: a node of another family, and a raw libp2p host
 // with its own key, get nothing from the family and deliver nothing to it.
 func TestStrangerGetsNothing(t *testing.T) {
-	tf := newTestFamily(t)
-	tf.add("relay", "relay")
-	tf.add("clinic-a", "site")
-	tf.add("clinic-b", "site")
-	tf.start("relay")
-	tf.start("clinic-a")
-	tf.start("clinic-b")
+	tf, _, _ := relayAndTwoSites(t)
 	relay := tf.nodes["relay"].r.n
 
 	// A whole other family whose site is configured to dial our relay.
@@ -971,13 +965,7 @@ func atkWriteDirect(t testing.TB, n *Node, site string, count int, table string)
 // arriving as a catch-up run) are counted in /metrics by reason and shown in
 // the activity feed as "rejected"; the log is unchanged.
 func TestForgedCatchUpEntryIsShownAndCounted(t *testing.T) {
-	tf := newTestFamily(t)
-	tf.add("relay", "relay")
-	tf.add("clinic-a", "site")
-	tf.add("clinic-b", "site")
-	tf.start("relay")
-	tf.start("clinic-a")
-	b := tf.start("clinic-b")
+	tf, _, b := relayAndTwoSites(t)
 	tf.write("clinic-a", 1, "patients")
 	tf.waitConverged(10*time.Second, "relay", "clinic-a", "clinic-b")
 	head := b.n.txlog.Head("clinic-a")

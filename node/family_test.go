@@ -301,3 +301,14 @@ func TestSitesReachableOnlyThroughRelay(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// relayAndTwoSites starts a relay and the sites clinic-a and clinic-b, each
+// set up as the README says (its own certificate, the relay to bootstrap).
+func relayAndTwoSites(t testing.TB) (tf *testFamily, a, b *running) {
+	tf = newTestFamily(t)
+	tf.add("relay", "relay")
+	tf.add("clinic-a", "site")
+	tf.add("clinic-b", "site")
+	tf.start("relay")
+	return tf, tf.start("clinic-a"), tf.start("clinic-b")
+}

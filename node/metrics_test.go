@@ -26,13 +26,7 @@ func scrape(t *testing.T, r *running, pattern string) float64 {
 }
 
 func TestMetricsMoveAsEntriesFlow(t *testing.T) {
-	tf := newTestFamily(t)
-	tf.add("relay", "relay")
-	tf.add("clinic-a", "site")
-	tf.add("clinic-b", "site")
-	tf.start("relay")
-	a := tf.start("clinic-a")
-	b := tf.start("clinic-b")
+	tf, a, b := relayAndTwoSites(t)
 	if v := scrape(t, a, `ppsync_entries_total\{origin="own"\}`); v != 0 {
 		t.Fatalf("own entries before writing: %v", v)
 	}
