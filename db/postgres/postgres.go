@@ -278,6 +278,9 @@ type Conn struct {
 	sch    *db.Schema
 	tables map[string]*tableInfo // column types, by table name
 	fk     *fkGraph
+	// rangeWarn are the columns whose new IDs are not from this site's
+	// range, in plain words (RangeWarnings), as of the last Install.
+	rangeWarn []string
 }
 
 // Open connects to the PostgreSQL database a URL names
