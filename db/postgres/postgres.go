@@ -121,10 +121,14 @@
 // children first (the foreign key graph from pg_constraint; PostgreSQL defers
 // only DEFERRABLE constraints, which are deferred to the end of the batch),
 // upserted with INSERT ... ON CONFLICT (key) DO UPDATE of the fields present
-// (OVERRIDING SYSTEM VALUE, for identity columns), all in one round trip
-// inside one savepoint. If any row is refused, that savepoint is rolled back
-// and the rows are written one at a time, each in its own savepoint, retried
-// while any succeeds, and the rest reported as db.RowConflict. The drained
+// (OVERRIDING SYSTEM VALUE, for identity columns): one statement for all the
+// rows of a table with the same fields present, their values read by
+// json_populate_recordset (each value parsed by its column type's input
+// function, as for a single row), all in one round trip inside one
+// savepoint. If any row is refused (or two keys name one row), that
+// savepoint is rolled back and the rows are written one at a time, each in
+// its own savepoint, retried while any succeeds, and the rest reported as
+// db.RowConflict. The drained
 // change rows are deleted and the apply cursor stored in the same
 // transaction. Cascaded deletes and updates (ON DELETE CASCADE) happen in the
 // apply's transaction and are not captured: every site cascades on its own.
