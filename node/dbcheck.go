@@ -138,6 +138,11 @@ func (n *Node) DBStatus() DBStatus {
 				st.Warnings = append(st.Warnings, t.Name+": SQLite gives a new row the highest ID + 1 (with or without AUTOINCREMENT), so two sites inserting at the same time can create the same ID; ppsync records it as a conflict (ppsync conflicts) and keeps the newer row")
 			}
 		}
+		// PostgreSQL: the columns whose sequences got no range of this
+		// site's own (db/postgres RangeWarnings).
+		if rw, ok := d.c.(interface{ RangeWarnings() []string }); ok {
+			st.Warnings = append(st.Warnings, rw.RangeWarnings()...)
+		}
 	}
 	for _, c := range d.refused {
 		st.Refused = append(st.Refused, DBRowConflict{Table: c.Table, Key: c.Key, Reason: c.Reason, Merged: c.Fields})

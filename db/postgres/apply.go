@@ -357,11 +357,14 @@ func (c *Conn) write(ctx context.Context, tx pgx.Tx, sch *db.Schema, rows []db.R
 	if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT ppsync_fast`); err != nil {
 		return 0, nil, c.errf("apply", err)
 	}
-	if _, ok := refusal(ferr); !ok {
+	if _, ok := refusal(ferr); !ok && !sameRowTwice(ferr) {
 		return 0, nil, c.errf("apply", ferr)
 	}
 	if !careful {
-		return 0, nil, c.refusedError(ctx, tx, stmts, ferr)
+		if err := c.refusedError(ctx, tx, stmts, ferr); err != nil {
+			return 0, nil, err
+		}
+		return len(stmts), conflicts, nil
 	}
 	written, more, err := c.writeCarefully(ctx, tx, stmts)
 	if err != nil {
@@ -370,14 +373,20 @@ func (c *Conn) write(ctx context.Context, tx pgx.Tx, sch *db.Schema, rows []db.R
 	return written, append(conflicts, more...), nil
 }
 
-// writeFast sends every statement in one round trip inside the savepoint
-// ppsync_fast, with deferrable constraints deferred to its end.
+// writeFast writes every statement inside the savepoint ppsync_fast, with
+// deferrable constraints deferred to its end, in one round trip: the rows
+// of one table with the same columns become one statement over all their
+// values (json_populate_recordset instead of json_populate_record, so each
+// value is read exactly as the row's own statement reads it), in the
+// statements' order (each table has its own rank, so a group never jumps
+// ahead of a table it depends on). A row the database refuses fails the
+// whole savepoint; the rows are then written one at a time.
 func (c *Conn) writeFast(ctx context.Context, tx pgx.Tx, stmts []stmt) error {
 	b := &pgx.Batch{}
 	b.Queue(`SAVEPOINT ppsync_fast`)
 	b.Queue(`SET CONSTRAINTS ALL DEFERRED`)
-	for _, st := range stmts {
-		b.Queue(st.sql, st.arg)
+	for _, g := range groupStmts(stmts) {
+		b.Queue(g.sql, g.arg)
 	}
 	b.Queue(`SET CONSTRAINTS ALL IMMEDIATE`) // checks what was deferred
 	b.Queue(`RELEASE SAVEPOINT ppsync_fast`)
@@ -392,6 +401,48 @@ func (c *Conn) writeFast(ctx context.Context, tx pgx.Tx, stmts []stmt) error {
 		first = err
 	}
 	return first
+}
+
+// maxGroupBytes bounds the JSON of one grouped statement.
+const maxGroupBytes = 8 << 20
+
+// stmtGroup is one statement for many rows: a JSON array of their objects.
+type stmtGroup struct {
+	sql string
+	arg string
+}
+
+// groupStmts turns the statements into one statement per table and set of
+// columns (the rows whose single-row statements are the same text), in the
+// order of each group's first statement.
+func groupStmts(stmts []stmt) []stmtGroup {
+	type acc struct {
+		sql string
+		buf strings.Builder
+	}
+	var order []*acc
+	open := map[string]*acc{}
+	for _, st := range stmts {
+		a := open[st.sql]
+		if a != nil && a.buf.Len()+len(st.arg) > maxGroupBytes {
+			a = nil // full: a new group after it
+		}
+		if a == nil {
+			a = &acc{sql: strings.Replace(st.sql, "json_populate_record(", "json_populate_recordset(", 1)}
+			a.buf.WriteByte('[')
+			open[st.sql] = a
+			order = append(order, a)
+		} else {
+			a.buf.WriteByte(',')
+		}
+		a.buf.WriteString(st.arg)
+	}
+	out := make([]stmtGroup, len(order))
+	for i, a := range order {
+		a.buf.WriteByte(']')
+		out[i] = stmtGroup{sql: a.sql, arg: a.buf.String()}
+	}
+	return out
 }
 
 // writeCarefully writes statements one at a time, each in a savepoint with
@@ -460,6 +511,14 @@ func (c *Conn) writeCarefully(ctx context.Context, tx pgx.Tx, stmts []stmt) (int
 	}
 }
 
+// sameRowTwice says whether err is an upsert of many rows meeting one row
+// twice (two keys the column's type reads as one value): the rows are then
+// written one at a time.
+func sameRowTwice(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "21000"
+}
+
 // refusal says whether err is the database refusing a row (a constraint, a
 // value, a trigger of the practice software raising an error), and why.
 func refusal(err error) (string, bool) {
@@ -520,7 +579,7 @@ func (c *Conn) diagnose(ctx context.Context, tx pgx.Tx, st stmt, err error) stri
 }
 
 // refusedError finds the row the database refused, for a write that must
-// not leave any out.
+// not leave any out; nil when every row could be written one at a time.
 func (c *Conn) refusedError(ctx context.Context, tx pgx.Tx, stmts []stmt, ferr error) error {
 	_, conflicts, err := c.writeCarefully(ctx, tx, stmts)
 	if err != nil {
@@ -532,6 +591,9 @@ func (c *Conn) refusedError(ctx context.Context, tx pgx.Tx, stmts []stmt, ferr e
 			return fmt.Errorf("%w%s", db.ErrValue, strings.TrimPrefix(k.Reason, db.ErrValue.Error()))
 		}
 		return fmt.Errorf("postgres: %s/%s: %s", k.Table, k.Key, k.Reason)
+	}
+	if sameRowTwice(ferr) {
+		return nil // every row written one at a time
 	}
 	return c.errf("write", ferr)
 }

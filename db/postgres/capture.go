@@ -231,10 +231,7 @@ func (c *Conn) Install(ctx context.Context, s *db.Schema) error {
 			return c.errf("drop the capture triggers of "+table+", which is no longer synced", err)
 		}
 	}
-	if c.opts.Slot > 0 {
-		return c.moveSequences(ctx, s)
-	}
-	return nil
+	return c.moveSequences(ctx, s) // slot 0: moves nothing, warns
 }
 
 // inLockedTx runs fn in a transaction that waits at most 10 s for a table lock.

@@ -121,10 +121,14 @@
 // children first (the foreign key graph from pg_constraint; PostgreSQL defers
 // only DEFERRABLE constraints, which are deferred to the end of the batch),
 // upserted with INSERT ... ON CONFLICT (key) DO UPDATE of the fields present
-// (OVERRIDING SYSTEM VALUE, for identity columns), all in one round trip
-// inside one savepoint. If any row is refused, that savepoint is rolled back
-// and the rows are written one at a time, each in its own savepoint, retried
-// while any succeeds, and the rest reported as db.RowConflict. The drained
+// (OVERRIDING SYSTEM VALUE, for identity columns): one statement for all the
+// rows of a table with the same fields present, their values read by
+// json_populate_recordset (each value parsed by its column type's input
+// function, as for a single row), all in one round trip inside one
+// savepoint. If any row is refused (or two keys name one row), that
+// savepoint is rolled back and the rows are written one at a time, each in
+// its own savepoint, retried while any succeeds, and the rest reported as
+// db.RowConflict. The drained
 // change rows are deleted and the apply cursor stored in the same
 // transaction. Cascaded deletes and updates (ON DELETE CASCADE) happen in the
 // apply's transaction and are not captured: every site cascades on its own.
@@ -194,12 +198,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -276,6 +283,9 @@ type Conn struct {
 	sch    *db.Schema
 	tables map[string]*tableInfo // column types, by table name
 	fk     *fkGraph
+	// rangeWarn are the columns whose new IDs are not from this site's
+	// range, in plain words (RangeWarnings), as of the last Install.
+	rangeWarn []string
 }
 
 // Open connects to the PostgreSQL database a URL names
@@ -391,14 +401,82 @@ func scrub(msg string, secrets ...string) string {
 }
 
 // errf wraps err for a message about the database, without its password.
+// When the server is down or cannot be reached, the message says so in
+// plain words (ServerDownError).
 func (c *Conn) errf(what string, err error) error {
 	if err == nil {
 		return nil
+	}
+	if why, ok := serverAway(err); ok {
+		return &ServerDownError{Where: c.where, Why: scrub(why, c.password), What: what, Err: err}
 	}
 	if c.password != "" && strings.Contains(err.Error(), c.password) {
 		return fmt.Errorf("postgres: %s (%s): %s", what, c.where, scrub(err.Error(), c.password))
 	}
 	return fmt.Errorf("postgres: %s (%s): %w", what, c.where, err)
+}
+
+// ServerDownError is an operation that failed because the PostgreSQL server
+// is not running, is shutting down or starting up, or cannot be reached. Its
+// message says so plainly (it is what `ppsync db status` shows while the
+// outage lasts); the node tries again and goes on by itself once the server
+// answers. Err is the driver's error.
+type ServerDownError struct {
+	Where string // the database's URL, without a password
+	Why   string // "is not running (...)", "is shutting down", ...
+	What  string // what ppsync was doing
+	Err   error
+}
+
+func (e *ServerDownError) Error() string {
+	return fmt.Sprintf("postgres: the PostgreSQL server %s (database %s, while: %s)", e.Why, e.Where, e.What)
+}
+
+func (e *ServerDownError) Unwrap() error { return e.Err }
+
+// serverAway says whether err means the server is down or unreachable
+// rather than refusing something, and why, in plain words.
+func serverAway(err error) (string, bool) {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "57P01": // admin_shutdown: it ended the session
+			return "is shutting down (it ended ppsync's session: " + pe.Message + ")", true
+		case pe.Code == "57P02": // crash_shutdown
+			return "is restarting after a crash of one of its processes (" + pe.Message + ")", true
+		case pe.Code == "57P03": // cannot_connect_now
+			switch m := pe.Message; {
+			case strings.Contains(m, "shutting down"):
+				return "is shutting down (" + m + ")", true
+			case strings.Contains(m, "starting up"), strings.Contains(m, "recovery"), strings.Contains(m, "not yet accepting"):
+				return "is starting up (" + m + ")", true
+			default:
+				return "is not accepting connections (" + m + ")", true
+			}
+		case strings.HasPrefix(pe.Code, "08"): // connection_exception
+			return "cannot be reached (" + pe.Message + ")", true
+		}
+		return "", false
+	}
+	var ce *pgconn.ConnectError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT):
+		return "is not running, or does not listen at that address", true
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, pgconn.ErrConnClosed), errors.Is(err, net.ErrClosed):
+		return "closed the connection (it stopped or restarted)", true
+	case errors.As(err, &ce):
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "cannot be reached (no answer in time)", true
+		}
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			return "cannot be reached (" + oe.Err.Error() + ")", true
+		}
+		return "cannot be reached", true
+	}
+	return "", false
 }
 
 // Driver implements db.Connector.

@@ -96,29 +96,61 @@ func (o ownedSequence) holds(hi int64) bool {
 // moveSequences gives this site's sequences their range (see "IDs" in the
 // package doc): a sequence of increment 1 whose next value is below the
 // range is restarted at its start; one inside the range, or above it, is
-// left alone. Sequences that cannot take the range are logged and left
-// alone. It is idempotent and only ever moves a sequence forward.
+// left alone. Sequences that cannot take the range are logged, left alone
+// and listed by RangeWarnings, and so are columns whose default takes IDs
+// from a sequence they do not own. It is idempotent and only ever moves a
+// sequence forward.
 func (c *Conn) moveSequences(ctx context.Context, s *db.Schema) error {
+	var warn []string
+	defer func() {
+		c.mu.Lock()
+		c.rangeWarn = warn
+		c.mu.Unlock()
+	}()
 	lo, hi, ok := Range(c.opts.Slot)
-	if !ok {
-		if c.opts.Slot != 0 {
-			c.log.Warn("postgres: this site's slot is too large for an ID range in a bigint; sequences left alone", "slot", c.opts.Slot)
-		}
-		return nil
-	}
 	seqs, err := c.ownedSequences(ctx, s)
 	if err != nil {
 		return err
 	}
+	borrowed, err := c.borrowedSequences(ctx, s)
+	if err != nil {
+		return err
+	}
+	for _, b := range borrowed {
+		c.log.Warn("postgres: a column's default takes IDs from a sequence it does not own, which is left alone; its new IDs can collide with another site's",
+			"table", b.table, "column", b.column, "sequence", b.name)
+		warn = append(warn, fmt.Sprintf("%s.%s: its default takes new IDs from the sequence %s, which the column does not own (not serial, bigserial or identity), so ppsync gave it no range of this site's own: new rows here can get the same IDs as rows of another site (make the column bigserial or an identity column)",
+			b.table, b.column, b.name))
+	}
+	if !ok {
+		why := "this site's certificate has no slot (it was issued by an older ppsync; one from `ppsync family move` has a slot)"
+		if c.opts.Slot != 0 {
+			why = fmt.Sprintf("this site's slot %d is too large for an ID range in a bigint", c.opts.Slot)
+			c.log.Warn("postgres: this site's slot is too large for an ID range in a bigint; sequences left alone", "slot", c.opts.Slot)
+		}
+		for _, sq := range seqs {
+			warn = append(warn, fmt.Sprintf("%s.%s: %s, so ppsync gave its sequence %s no ID range of this site's own: new rows here can get the same IDs as rows of another site", sq.table, sq.column, why, sq.name))
+		}
+		return nil
+	}
+	rng := fmt.Sprintf("%d to %d", lo, hi)
 	for _, sq := range seqs {
 		where := []any{"table", sq.table, "column", sq.column, "sequence", sq.name, "slot", c.opts.Slot, "range", fmt.Sprintf("%d-%d", lo, hi)}
+		col := sq.table + "." + sq.column
+		collide := "new rows here can get the same IDs as rows of another site"
 		switch {
 		case sq.increment != 1:
 			c.log.Warn("postgres: a sequence with an increment other than 1 is left alone; its new IDs can collide with another site's", append(where, "increment", sq.increment)...)
+			warn = append(warn, fmt.Sprintf("%s: its sequence %s counts in steps of %d, so ppsync left it alone instead of moving it into this site's ID range (%s): %s (set INCREMENT BY 1)", col, sq.name, sq.increment, rng, collide))
 			continue
 		case sq.max < hi || !sq.holds(hi):
 			c.log.Warn("postgres: a sequence whose column or MAXVALUE cannot hold this site's ID range is left alone (make the column bigint); its new IDs can collide with another site's",
 				append(where, "type", sq.colType, "maxvalue", sq.max)...)
+			what := fmt.Sprintf("the column's type (%s) cannot hold", sq.colType)
+			if sq.holds(hi) {
+				what = fmt.Sprintf("its sequence's MAXVALUE (%d) is below", sq.max)
+			}
+			warn = append(warn, fmt.Sprintf("%s: %s this site's ID range (%s), so ppsync left its sequence %s alone: %s (make the column bigint)", col, what, rng, sq.name, collide))
 			continue
 		}
 		// Read first, without a lock: once the sequence is in its range
@@ -156,15 +188,73 @@ func (c *Conn) moveSequences(ctx context.Context, s *db.Schema) error {
 		switch {
 		case errors.As(err, &pe) && pe.Code == "42501": // insufficient_privilege: not the owner
 			c.log.Warn("postgres: ppsync's role may not alter this sequence (it must own the table); its new IDs can collide with another site's", append(where, "err", pe.Message)...)
+			warn = append(warn, fmt.Sprintf("%s: ppsync's database role may not change its sequence %s (the role must own the table), so it could not move it into this site's ID range (%s): %s", col, sq.name, rng, collide))
 		case err != nil:
 			return c.errf("move the sequence "+sq.name+" into this site's ID range", err)
 		case moved:
 			c.log.Info("postgres: sequence moved into this site's ID range", append(where, "was", next, "now", lo)...)
 		case next > hi:
 			c.log.Warn("postgres: a sequence is beyond this site's ID range and is left alone (never moved back); its new IDs can collide with another site's", append(where, "next", next)...)
+			warn = append(warn, fmt.Sprintf("%s: its sequence %s is at %d, beyond this site's ID range (%s), and ppsync never moves a sequence back: %s", col, sq.name, next, rng, collide))
 		}
 	}
 	return nil
+}
+
+// RangeWarnings names, in plain words, each column of a synced table whose
+// new IDs do not come from this site's own range (see "IDs" in the package
+// doc): its sequence could not be moved into the range (increment other
+// than 1, a column type or MAXVALUE too small for it, not ppsync's to alter,
+// already beyond it, no slot in the certificate), or its default takes IDs
+// from a sequence it does not own. `ppsync db status` shows them. As of the
+// last Install.
+func (c *Conn) RangeWarnings() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.rangeWarn...)
+}
+
+// borrowedSequence is a column of a synced table whose default calls
+// nextval on a sequence the column does not own.
+type borrowedSequence struct {
+	table, column, name string
+}
+
+// borrowedSequences lists the columns of the synced tables whose default
+// takes values from a sequence they do not own.
+func (c *Conn) borrowedSequences(ctx context.Context, s *db.Schema) ([]borrowedSequence, error) {
+	names := make([]string, 0, len(s.Tables))
+	for _, t := range s.Tables {
+		names = append(names, t.Name)
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	rows, err := c.pool.Query(ctx, `
+		SELECT DISTINCT r.relname, a.attname, quote_ident(sn.nspname) || '.' || quote_ident(sq.relname)
+		FROM pg_attrdef ad
+		JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+		JOIN pg_class sq ON sq.oid = d.refobjid AND sq.relkind = 'S'
+		JOIN pg_namespace sn ON sn.oid = sq.relnamespace
+		JOIN pg_class r ON r.oid = ad.adrelid
+		JOIN pg_namespace rn ON rn.oid = r.relnamespace
+		JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = ad.adnum
+		WHERE rn.nspname = $1 AND r.relname = ANY($2)
+			AND NOT EXISTS (SELECT 1 FROM pg_depend o WHERE o.classid = 'pg_class'::regclass AND o.objid = sq.oid
+				AND o.refclassid = 'pg_class'::regclass AND o.refobjid = r.oid AND o.refobjsubid = a.attnum AND o.deptype IN ('a', 'i'))
+		ORDER BY 1, 2, 3`, c.schema, names)
+	if err != nil {
+		return nil, c.errf("read the column defaults of the synced tables", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (borrowedSequence, error) {
+		var b borrowedSequence
+		err := r.Scan(&b.table, &b.column, &b.name)
+		return b, err
+	})
+	if err != nil {
+		return nil, c.errf("read the column defaults of the synced tables", err)
+	}
+	return out, nil
 }
 
 // seqNext is the value a sequence hands out next (without taking it).

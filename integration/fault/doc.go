@@ -90,12 +90,37 @@
 // site, each site's own log must hold each row change at most once per
 // committed change and no row of another site, and `ppsync verify` must pass.
 //
+// PostgresFaults does the same with PostgreSQL: one real server (Debian's
+// postgresql binaries, run by the scenario as the postgres user in a
+// directory of its own) holds a database per site, and listens on a unix
+// socket only, in a directory every namespace reaches (`ppsync init --db
+// postgres://clinic@/clinic_1?host=SOCKETDIR`). A writer per site commits
+// plain SQL transactions through pgx (IDs from bigserial sequences that
+// ppsync moved into the site's range, values of many types, foreign keys, a
+// composite key), reads each row it wrote back in the same transaction, and
+// keeps every committed transaction in its ledger; when the server is gone
+// it tries again until a transaction commits, and a commit whose answer was
+// lost enters the ledger only if pg_xact_status says it committed. The
+// faults: the server stopped with pg_ctl stop -m fast and with -m immediate
+// (crash recovery at the next start) and started again while every node
+// runs and every writer writes — every site's `db status` must name the
+// outage plainly while it lasts and, with no node restarted, clear it and
+// capture again once the server is back — a site killed with kill -9 while
+// it captures a burst and while its apply holds its tables' lock, and a site
+// stopped while its database changes. Afterwards every database must hold
+// exactly the ledgers' rows (row text compared), `ppsync db check` exit 0,
+// `db status` name no problem, nothing waiting, no refused row and only the
+// expected warning (a serial column too small for the ID ranges), and each
+// site's log hold each committed change at most once (an inserted-only row
+// exactly once) and no other site's row.
+//
 // # Running
 //
 // `go test ./integration/fault/` (part of `make check`) runs TestFaults: the
 // schedules of fixedSeeds plus one random seed (printed), and one each of the
 // long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-// cloned-site, online-truth, lan-discovery and DatabaseFaults scenarios, a few
+// cloned-site, online-truth, lan-discovery, DatabaseFaults and PostgresFaults
+// scenarios (PostgresFaults skipped where PostgreSQL is not installed), a few
 // at a time. Each failure prints the command that replays it:
 // PPSYNC_FAULT_SEED=N (with PPSYNC_FAULT_DURATION for a soak schedule) and
 // -run 'TestFaults/NAME'. A scenario whose only violations are those of a

@@ -33,6 +33,12 @@ func replayDatabase(seed uint64, d time.Duration) string {
 	return fmt.Sprintf("PPSYNC_FAULT_SEED=%d PPSYNC_FAULT_DURATION=%s go test ./integration/fault/ -run 'TestFaults/DatabaseFaults$' -v", seed, d)
 }
 
+// replayPostgres is the command that replays the PostgresFaults scenario
+// with faults for d.
+func replayPostgres(seed uint64, d time.Duration) string {
+	return fmt.Sprintf("PPSYNC_FAULT_SEED=%d PPSYNC_FAULT_DURATION=%s go test ./integration/fault/ -run 'TestFaults/PostgresFaults$' -v", seed, d)
+}
+
 // scenario is one subtest of TestFaults.
 type scenario struct {
 	name   string
@@ -48,8 +54,9 @@ type scenario struct {
 //     relay as the only path, stalls, SIGSTOP, long offline stretches) for the
 //     fixed seeds plus one random seed, or only PPSYNC_FAULT_SEED;
 //   - long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-//     cloned-site, online-truth, lan-discovery, DatabaseFaults: one
-//     scenario each (seed PPSYNC_FAULT_SEED or a fixed one).
+//     cloned-site, online-truth, lan-discovery, DatabaseFaults,
+//     PostgresFaults: one scenario each (seed PPSYNC_FAULT_SEED or a fixed
+//     one).
 //
 // After each: every acknowledged transaction at every node with its content,
 // none applied twice, equal digests, `ppsync verify` clean on every node.
@@ -100,6 +107,8 @@ func TestFaults(t *testing.T) {
 	// replays a soak round), at least one round of them.
 	special("DatabaseFaults", 19, func(ctx context.Context, e Env, s uint64) (Result, error) { return DatabaseFaults(ctx, e, s, d) })
 	list[len(list)-1].replay = replayDatabase(list[len(list)-1].seed, d)
+	special("PostgresFaults", 20, func(ctx context.Context, e Env, s uint64) (Result, error) { return PostgresFaults(ctx, e, s, d) })
+	list[len(list)-1].replay = replayPostgres(list[len(list)-1].seed, d)
 
 	par := 3
 	if v := os.Getenv("PPSYNC_FAULT_PARALLEL"); v != "" {

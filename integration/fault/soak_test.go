@@ -58,6 +58,9 @@ func TestSoak(t *testing.T) {
 		{"DatabaseFaults", nil, "DatabaseFaults", func(e Env, s uint64, d time.Duration) (Result, error) {
 			return DatabaseFaults(testContext(t), e, s, d)
 		}},
+		{"PostgresFaults", nil, "PostgresFaults", func(e Env, s uint64, d time.Duration) (Result, error) {
+			return PostgresFaults(testContext(t), e, s, d)
+		}},
 	}
 	end := time.Now().Add(total)
 	for round := 0; time.Now().Before(end); round++ {
@@ -76,6 +79,9 @@ func TestSoak(t *testing.T) {
 			if sp.timed != nil {
 				d := time.Duration(30+rng.IntN(61)) * time.Second
 				replay = replayDatabase(seed, d)
+				if sp.name == "PostgresFaults" {
+					replay = replayPostgres(seed, d)
+				}
 				res, err = sp.timed(env, seed, d)
 			} else {
 				replay = fmt.Sprintf("PPSYNC_FAULT_SEED=%d go test ./integration/fault/ -run 'TestFaults/%s$' -v", seed, sp.test)
