@@ -78,7 +78,9 @@ const maxMaskColumns = 62
 // capture time) rather than by value.
 func rowidCapture(t *db.Table) bool { return !t.WithoutRowid && len(t.Columns) <= maxMaskColumns }
 
-// triggerSQL returns the three capture triggers of t.
+// triggerSQL returns the three capture triggers of t; rowidKey says that
+// t's key is its rowid (a single INTEGER PRIMARY KEY column, the rowid's
+// alias: see keyIsRowid).
 //
 // For a rowid table the triggers record as little as they can, so that the
 // practice software's writes stay fast: an insert records the rowid, an
@@ -89,7 +91,13 @@ func rowidCapture(t *db.Table) bool { return !t.WithoutRowid && len(t.Columns) <
 // which cannot be read afterwards; so does an update that changes the key
 // (a delete of the old key and an insert). A WITHOUT ROWID table, or one of
 // more than 62 columns, records every value in the trigger.
-func triggerSQL(t *db.Table) []string {
+//
+// A rowid is the row's only while the row exists when it is the key. Any
+// other rowid table (a composite or non-INTEGER key) gives a new row the
+// rowid of a deleted one that had the highest, and VACUUM may renumber its
+// rowids; so its inserts and updates also record the row's key, and capture
+// reads a row's values only for the key the change recorded (readChanges).
+func triggerSQL(t *db.Table, rowidKey bool) []string {
 	if !rowidCapture(t) {
 		return valueTriggerSQL(t)
 	}
@@ -100,18 +108,37 @@ func triggerSQL(t *db.Table) []string {
 	for i, col := range t.Columns {
 		mask[i] = `(CASE WHEN OLD.` + quote(col.Name) + ` IS NOT NEW.` + quote(col.Name) + ` THEN ` + strconv.FormatInt(int64(1)<<i, 10) + ` ELSE 0 END)`
 	}
+	newKey := pkJSON(t, "NEW")
+	if rowidKey {
+		newKey = `''`
+	}
 	pkChanged := anyChanged(t, pkCols(t))
 	return []string{
 		`CREATE TRIGGER ` + name("ins") + ` AFTER INSERT ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
-			ins + `VALUES (` + lit(t.Name) + `, 'i', '', NULL, NEW.rowid, NULL); END`,
+			ins + `VALUES (` + lit(t.Name) + `, 'i', ` + newKey + `, NULL, NEW.rowid, NULL); END`,
 		`CREATE TRIGGER ` + name("upd") + ` AFTER UPDATE ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
-			ins + `SELECT ` + lit(t.Name) + `, 'u', '', NULL, NEW.rowid, ` + strings.Join(mask, " | ") +
+			ins + `SELECT ` + lit(t.Name) + `, 'u', ` + newKey + `, NULL, NEW.rowid, ` + strings.Join(mask, " | ") +
 			` WHERE NOT ` + pkChanged + ` AND ` + anyChanged(t, t.Columns) + `; ` +
 			ins + `SELECT ` + lit(t.Name) + `, 'delete', ` + pkJSON(t, "OLD") + `, NULL, NULL, NULL WHERE ` + pkChanged + `; ` +
-			ins + `SELECT ` + lit(t.Name) + `, 'i', '', NULL, NEW.rowid, NULL WHERE ` + pkChanged + `; END`,
+			ins + `SELECT ` + lit(t.Name) + `, 'i', ` + newKey + `, NULL, NEW.rowid, NULL WHERE ` + pkChanged + `; END`,
 		`CREATE TRIGGER ` + name("del") + ` AFTER DELETE ON ` + quote(t.Name) + ` WHEN ` + notApplying + ` BEGIN ` +
 			ins + `VALUES (` + lit(t.Name) + `, 'delete', ` + pkJSON(t, "OLD") + `, NULL, NULL, NULL); END`,
 	}
+}
+
+// keyIsRowid reports whether table's key is its rowid: a rowid table whose
+// primary key has no index of its own (a single INTEGER PRIMARY KEY column,
+// the rowid's alias; "INTEGER PRIMARY KEY DESC" and "INT PRIMARY KEY" are
+// not, and get an index like any other key).
+func keyIsRowid(ctx context.Context, q querier, t *db.Table) (bool, error) {
+	if t.WithoutRowid || len(t.PK) != 1 {
+		return false, nil
+	}
+	var n int
+	if err := q.QueryRowContext(ctx, `SELECT count(*) FROM pragma_index_list(?) WHERE origin = 'pk'`, t.Name).Scan(&n); err != nil {
+		return false, fmt.Errorf("sqlite: read the key of %s: %w", t.Name, err)
+	}
+	return n == 0, nil
 }
 
 // valueTriggerSQL returns capture triggers that record every value.
@@ -137,7 +164,9 @@ func valueTriggerSQL(t *db.Table) []string {
 
 // Install implements db.Connector: the triggers of every synced table are
 // (re)created in one transaction, so a table's new columns are captured from
-// the next commit on.
+// the next commit on. Changes recorded by an earlier version's triggers and
+// still waiting are brought to this version's format in the same
+// transaction (upgradeChanges).
 func (c *Conn) Install(ctx context.Context, s *db.Schema) error {
 	tx, err := c.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -150,7 +179,16 @@ func (c *Conn) Install(ctx context.Context, s *db.Schema) error {
 				return fmt.Errorf("sqlite: replace the capture triggers of %s: %w", t.Name, err)
 			}
 		}
-		for _, q := range triggerSQL(&t) {
+		rowidKey, err := keyIsRowid(ctx, tx, &t)
+		if err != nil {
+			return err
+		}
+		if rowidCapture(&t) && !rowidKey {
+			if err := upgradeChanges(ctx, tx, &t); err != nil {
+				return err
+			}
+		}
+		for _, q := range triggerSQL(&t, rowidKey) {
 			if _, err := tx.ExecContext(ctx, q); err != nil {
 				return fmt.Errorf("sqlite: create the capture triggers of %s: %w", t.Name, err)
 			}
@@ -158,6 +196,33 @@ func (c *Conn) Install(ctx context.Context, s *db.Schema) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("sqlite: install the capture triggers: %w", err)
+	}
+	return nil
+}
+
+// upgradeChanges gives the waiting inserts and updates of t (whose key is
+// not its rowid) that an earlier version recorded by rowid alone (an empty
+// pk) the key they belong to, so that they are captured exactly once:
+//   - one followed by an insert at the same rowid belongs to a row that was
+//     deleted, or whose key changed, since (a row takes a rowid only when no
+//     row holds it): that row's recorded delete covers it, so it goes;
+//   - one whose rowid no row holds now belongs to a row deleted since, and
+//     goes too;
+//   - any other belongs to the row at its rowid now, and gets its key.
+//
+// Changes already in this version's format (a key recorded) are left alone,
+// so this can run at every Install.
+func upgradeChanges(ctx context.Context, tx *sql.Tx, t *db.Table) error {
+	stmts := []string{
+		`DELETE FROM ` + changesTable + ` WHERE id IN (SELECT c.id FROM ` + changesTable + ` AS c JOIN (SELECT rid, max(id) AS last FROM ` + changesTable +
+			` WHERE tbl = ?1 AND op = 'i' GROUP BY rid) AS l ON l.rid = c.rid WHERE c.tbl = ?1 AND c.op IN ('i', 'u') AND c.pk = '' AND c.id < l.last)`,
+		`DELETE FROM ` + changesTable + ` WHERE tbl = ?1 AND op IN ('i', 'u') AND pk = '' AND NOT EXISTS (SELECT 1 FROM ` + quote(t.Name) + ` WHERE rowid = ` + changesTable + `.rid)`,
+		`UPDATE ` + changesTable + ` SET pk = coalesce((SELECT ` + pkJSON(t, quote(t.Name)) + ` FROM ` + quote(t.Name) + ` WHERE rowid = ` + changesTable + `.rid), '') WHERE tbl = ?1 AND op IN ('i', 'u') AND pk = ''`,
+	}
+	for _, q := range stmts {
+		if _, err := tx.ExecContext(ctx, q, t.Name); err != nil {
+			return fmt.Errorf("sqlite: bring the waiting changes of %s to this version's format: %w", t.Name, err)
+		}
 	}
 	return nil
 }
@@ -257,6 +322,13 @@ type rowsQuerier interface {
 // in the same read. Transactions cannot be told apart inside SQLite, so a
 // batch holds whatever whole transactions were committed between two reads;
 // a transaction of more than maxOps changes spans several batches.
+//
+// An insert or update that recorded its row's key (a table whose key is not
+// its rowid) is left to the delete of that key when one was recorded after
+// it: the row it changed was deleted or re-keyed since, even if a row has
+// the key again by now (that row's insert is recorded). Otherwise it takes
+// the values of the row at its rowid if that row has the key, or else of
+// the row with the key wherever it is now (rowFinder).
 func readChanges(ctx context.Context, q rowsQuerier, sch *db.Schema, after uint64, maxOps int) ([]db.Batch, error) {
 	if sch == nil {
 		return nil, errors.New("sqlite: capture before the schema was read")
@@ -267,6 +339,7 @@ func readChanges(ctx context.Context, q rowsQuerier, sch *db.Schema, after uint6
 	}
 	var crs []changeRow
 	byRowid := map[string][]int64{}
+	keyed := map[string]bool{} // tables with changes that recorded a key
 	for rows.Next() {
 		var r changeRow
 		if err := rows.Scan(&r.id, &r.tbl, &r.op, &r.pk, &r.vals, &r.rid, &r.mask); err != nil {
@@ -276,6 +349,9 @@ func readChanges(ctx context.Context, q rowsQuerier, sch *db.Schema, after uint6
 		crs = append(crs, r)
 		if r.op == "i" || r.op == "u" {
 			byRowid[r.tbl] = append(byRowid[r.tbl], r.rid.Int64)
+			if r.pk != "" {
+				keyed[r.tbl] = true
+			}
 		}
 	}
 	rows.Close()
@@ -285,20 +361,43 @@ func readChanges(ctx context.Context, q rowsQuerier, sch *db.Schema, after uint6
 	if len(crs) == 0 {
 		return nil, nil
 	}
-	current := map[string]map[int64][]any{}
+	current := map[string]map[int64]currentRow{}
 	for tbl, rids := range byRowid {
 		t, ok := sch.Table(tbl)
 		if !ok {
 			continue // a table no longer synced (or dropped): nothing to send
 		}
-		m, err := readRows(ctx, q, t, rids)
+		m, err := readRows(ctx, q, t, rids, keyed[tbl])
 		if err != nil {
 			return nil, err
 		}
 		current[tbl] = m
 	}
+	// The row each insert and update changed (nil: gone since).
+	rowOf := make([]*currentRow, len(crs))
+	var moved []int // changes whose key the row at their rowid does not have
+	find := rowFinder{q: q, crs: crs, full: len(crs) >= maxOps}
+	for i, r := range crs {
+		if r.op != "i" && r.op != "u" {
+			continue
+		}
+		row, ok := current[r.tbl][r.rid.Int64]
+		switch {
+		case r.pk == "": // the key is the rowid (or an old change not upgraded)
+		case find.deletedLater(i):
+			ok = false
+		case !ok || row.key != r.pk:
+			moved, ok = append(moved, i), false
+		}
+		if ok {
+			rowOf[i] = &row
+		}
+	}
+	if err := find.byKey(ctx, sch, moved, rowOf); err != nil {
+		return nil, err
+	}
 	b := db.Batch{Pos: crs[len(crs)-1].id}
-	for _, r := range crs {
+	for i, r := range crs {
 		var op wire.Op
 		switch r.op {
 		case "i", "u":
@@ -306,11 +405,10 @@ func readChanges(ctx context.Context, q rowsQuerier, sch *db.Schema, after uint6
 			if !ok {
 				continue
 			}
-			vals, ok := current[r.tbl][r.rid.Int64]
-			if !ok {
+			if rowOf[i] == nil {
 				continue // deleted since: its delete follows
 			}
-			op = rowOp(t, vals, r)
+			op = rowOp(t, rowOf[i].vals, r)
 		default:
 			if op, err = r.valueOp(); err != nil {
 				return nil, err
@@ -322,6 +420,150 @@ func readChanges(ctx context.Context, q rowsQuerier, sch *db.Schema, after uint6
 		b.Ops = nil // only changes of rows gone since: the position still moves
 	}
 	return []db.Batch{b}, nil
+}
+
+// currentRow is a row's values as capture reads them, and its key as the
+// triggers record it (when asked for).
+type currentRow struct {
+	vals []any
+	key  string
+}
+
+// rowFinder finds the rows of changes that recorded their key.
+type rowFinder struct {
+	q    rowsQuerier
+	crs  []changeRow // the changes read, in id order
+	full bool        // more changes may follow crs in the change table
+	// deleted: the last id of a recorded delete per table and key, in crs.
+	deleted map[[2]string]uint64
+}
+
+// deletedLater reports whether a delete of the key that crs[i] recorded
+// follows it among the changes read.
+func (f *rowFinder) deletedLater(i int) bool {
+	if f.deleted == nil {
+		f.deleted = map[[2]string]uint64{}
+		for _, c := range f.crs {
+			if c.op == "delete" {
+				f.deleted[[2]string{c.tbl, c.pk}] = c.id
+			}
+		}
+	}
+	r := f.crs[i]
+	return f.deleted[[2]string{r.tbl, r.pk}] > r.id
+}
+
+// byKey sets rowOf[i] for the changes crs[i] of moved, whose rowid's row
+// does not have the key they recorded. A delete of the key recorded after
+// the change, among the changes not read this time, means that the row was
+// deleted or re-keyed since: it stays nil. Otherwise the row moved to
+// another rowid (VACUUM may renumber the rowids of a table whose key is not
+// its rowid, as older SQLite versions do, and an UPDATE may set a rowid), and
+// is read by its key, if it is still there.
+func (f *rowFinder) byKey(ctx context.Context, sch *db.Schema, moved []int, rowOf []*currentRow) error {
+	if len(moved) == 0 {
+		return nil
+	}
+	later := map[[2]string]bool{}
+	if f.full {
+		last := f.crs[len(f.crs)-1].id
+		const chunk = 500
+		for off := 0; off < len(moved); off += chunk {
+			part := moved[off:min(off+chunk, len(moved))]
+			args := []any{last}
+			for _, i := range part {
+				args = append(args, f.crs[i].pk)
+			}
+			rows, err := f.q.QueryContext(ctx, `SELECT tbl, pk FROM `+changesTable+` WHERE id > ? AND op = 'delete' AND pk IN (`+
+				strings.TrimSuffix(strings.Repeat("?,", len(part)), ",")+`)`, args...)
+			if err != nil {
+				return fmt.Errorf("sqlite: read changes: %w", err)
+			}
+			for rows.Next() {
+				var k [2]string
+				if err := rows.Scan(&k[0], &k[1]); err != nil {
+					rows.Close()
+					return fmt.Errorf("sqlite: read changes: %w", err)
+				}
+				later[k] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("sqlite: read changes: %w", err)
+			}
+		}
+	}
+	for _, i := range moved {
+		r := f.crs[i]
+		t, ok := sch.Table(r.tbl)
+		if !ok || later[[2]string{r.tbl, r.pk}] {
+			continue
+		}
+		row, ok, err := f.lookup(ctx, t, r)
+		if err != nil {
+			return err
+		}
+		if ok {
+			rowOf[i] = &row
+		}
+	}
+	return nil
+}
+
+// lookup reads the row of t with the key that r recorded.
+func (f *rowFinder) lookup(ctx context.Context, t *db.Table, r changeRow) (currentRow, bool, error) {
+	var pk []json.RawMessage
+	if err := json.Unmarshal([]byte(r.pk), &pk); err != nil {
+		return currentRow{}, false, fmt.Errorf("sqlite: change %d of %s: key %q: %w", r.id, r.tbl, r.pk, err)
+	}
+	if len(pk) != len(t.PK) {
+		return currentRow{}, false, nil // recorded under another key (the table changed since)
+	}
+	where := make([]string, len(pk))
+	var args []any
+	for j, p := range pk {
+		v, err := decodeVal(p)
+		if err != nil {
+			return currentRow{}, false, fmt.Errorf("sqlite: change %d of %s: key: %w", r.id, r.tbl, err)
+		}
+		if v == nil {
+			where[j] = quote(t.PK[j]) + ` IS NULL`
+			continue
+		}
+		where[j] = quote(t.PK[j]) + ` = ?`
+		args = append(args, toSQL(v))
+	}
+	rows, err := f.q.QueryContext(ctx, `SELECT `+strings.Join(valueCols(t), ", ")+` FROM `+quote(t.Name)+` WHERE `+strings.Join(where, " AND ")+` LIMIT 1`, args...)
+	if err != nil {
+		return currentRow{}, false, fmt.Errorf("sqlite: read changed rows of %s: %w", t.Name, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return currentRow{}, false, rows.Err()
+	}
+	vals := make([]any, len(t.Columns))
+	ptrs := make([]any, len(vals))
+	for j := range vals {
+		ptrs[j] = &vals[j]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return currentRow{}, false, fmt.Errorf("sqlite: read changed rows of %s: %w", t.Name, err)
+	}
+	for j := range vals {
+		vals[j] = fromSQL(vals[j])
+	}
+	return currentRow{vals: vals, key: r.pk}, true, nil
+}
+
+// valueCols are t's columns as capture selects them: unary + keeps the
+// value and its storage class but hides the declared type, so the driver
+// never turns a DATE column's text into a time.Time.
+func valueCols(t *db.Table) []string {
+	cols := make([]string, len(t.Columns))
+	for i, col := range t.Columns {
+		cols[i] = "+" + quote(col.Name)
+	}
+	return cols
 }
 
 // rowOp makes the put of an insert (every column) or an update (the
@@ -346,13 +588,15 @@ func rowOp(t *db.Table, vals []any, r changeRow) wire.Op {
 	return wire.Op{Kind: wire.OpPut, Table: t.Name, Key: key, Fields: fields}
 }
 
-// readRows reads the current values of t's rows with the given rowids.
-func readRows(ctx context.Context, q rowsQuerier, t *db.Table, rids []int64) (map[int64][]any, error) {
-	cols := make([]string, len(t.Columns))
-	for i, col := range t.Columns {
-		cols[i] = "+" + quote(col.Name)
+// readRows reads the current values of t's rows with the given rowids and,
+// with withKey, each row's key as the triggers record it.
+func readRows(ctx context.Context, q rowsQuerier, t *db.Table, rids []int64, withKey bool) (map[int64]currentRow, error) {
+	cols := valueCols(t)
+	key := `''`
+	if withKey {
+		key = pkJSON(t, quote(t.Name))
 	}
-	out := make(map[int64][]any, len(rids))
+	out := make(map[int64]currentRow, len(rids))
 	const chunk = 500
 	for off := 0; off < len(rids); off += chunk {
 		part := rids[off:min(off+chunk, len(rids))]
@@ -361,26 +605,27 @@ func readRows(ctx context.Context, q rowsQuerier, t *db.Table, rids []int64) (ma
 		for i, id := range part {
 			args[i] = id
 		}
-		rows, err := q.QueryContext(ctx, `SELECT rowid, `+strings.Join(cols, ", ")+` FROM `+quote(t.Name)+` WHERE rowid IN (`+marks+`)`, args...)
+		rows, err := q.QueryContext(ctx, `SELECT rowid, `+key+`, `+strings.Join(cols, ", ")+` FROM `+quote(t.Name)+` WHERE rowid IN (`+marks+`)`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: read changed rows of %s: %w", t.Name, err)
 		}
 		for rows.Next() {
 			var rid int64
-			vals := make([]any, len(cols))
-			ptrs := make([]any, len(cols)+1)
-			ptrs[0] = &rid
-			for i := range vals {
-				ptrs[i+1] = &vals[i]
+			var r currentRow
+			r.vals = make([]any, len(cols))
+			ptrs := make([]any, len(cols)+2)
+			ptrs[0], ptrs[1] = &rid, &r.key
+			for i := range r.vals {
+				ptrs[i+2] = &r.vals[i]
 			}
 			if err := rows.Scan(ptrs...); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("sqlite: read changed rows of %s: %w", t.Name, err)
 			}
-			for i := range vals {
-				vals[i] = fromSQL(vals[i])
+			for i := range r.vals {
+				r.vals[i] = fromSQL(r.vals[i])
 			}
-			out[rid] = vals
+			out[rid] = r
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {

@@ -142,7 +142,10 @@ func (c *Conn) ensureTables(ctx context.Context) error {
 	stmts := []string{
 		`CREATE TABLE IF NOT EXISTS ` + metaTable + ` (k TEXT PRIMARY KEY, v TEXT NOT NULL)`,
 		// op: 'i' (a row inserted: rid), 'u' (columns of mask changed: rid),
-		// 'put' or 'delete' (the values, or the key, recorded as JSON).
+		// 'put' or 'delete' (the values, or the key, recorded as JSON). An
+		// 'i' or 'u' of a table whose key is not its rowid also records the
+		// row's key in pk ('' otherwise, and in changes an earlier version
+		// recorded).
 		`CREATE TABLE IF NOT EXISTS ` + changesTable + ` (id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, op TEXT NOT NULL, pk TEXT NOT NULL, vals TEXT, rid INTEGER, mask INTEGER)`,
 		`CREATE TABLE IF NOT EXISTS ` + applyingTable + ` (x INTEGER)`,
 		// Merged rows the database refused, tried again by every apply.

@@ -76,10 +76,10 @@ const (
 // else); `ppsync db check` exits 0 at every site and `db status` names no
 // refused row; each site's own log holds no row of another site and each
 // row change at most once per committed change (an inserted-only row: one
-// put); the nodes converge and `ppsync verify` passes. Two product bugs it
-// found are KnownBugs: rows refused for a foreign key across apply batches
-// (db-fk-refused) and notes captured twice through a reused rowid
-// (db-capture-rowid).
+// put); the nodes converge and `ppsync verify` passes. A product bug it
+// found is a KnownBug: rows refused for a foreign key across apply batches
+// (db-fk-refused); another, notes captured twice through a reused rowid
+// (db-capture-rowid), is fixed and guarded here.
 func DatabaseFaults(ctx context.Context, env Env, seed uint64, d time.Duration) (res Result, err error) {
 	res = Result{Name: "DatabaseFaults", Seed: seed}
 	rng := rand.New(rand.NewPCG(seed, 0xdbfa))

@@ -43,31 +43,14 @@ type KnownBug struct {
 //     a child refused by its foreign key in one batch (its parent's newest
 //     change in a later one) was never written again; refused rows are now
 //     kept in the database with the apply position and tried again by every
-//     apply.
+//     apply (PostgresFaults showed the same in PostgreSQL: pg-fk-refused);
+//   - db-capture-rowid-reuse (DatabaseFaults, violations db-capture-rowid):
+//     SQLite capture recorded inserts and updates by rowid alone, so in a
+//     table whose key is not its rowid (notes, PRIMARY KEY (patient, n)) a
+//     new row that took a deleted row's rowid was captured once more per
+//     waiting change of the deleted one; now such changes also record the
+//     row's key and are read only under it (db/sqlite readChanges).
 var KnownBugs = []KnownBug{
-	{
-		ID: "db-capture-rowid-reuse",
-		Summary: "SQLite capture records inserts and updates by rowid and reads the values at capture time " +
-			"(db/sqlite readChanges). A table whose key is not its rowid (notes, PRIMARY KEY (patient, n)) gives a " +
-			"new row the rowid of a deleted one when that one had the highest rowid; a change of the deleted row still " +
-			"waiting in _ppsync_changes (the node stopped, killed, or not yet polled) is then read as a put of the new " +
-			"row, so the new row is captured once more than it was changed (the log holds a put of it per earlier " +
-			"change at that rowid; the deleted row's insert is not in the log at all, only its delete). No value is " +
-			"wrong, but a change is no longer in the log exactly once. Deterministic: with the node stopped, insert " +
-			"note (1,1), delete it, insert note (1,2) (same rowid), start: one entry holds put (1,2), delete (1,1), " +
-			"put (1,2).",
-		match: func(v Violation) bool { return v.Kind == "db-capture-rowid" },
-	},
-	{
-		ID: "pg-apply-fk-across-batches",
-		Summary: "PostgreSQL apply (db/postgres applyOnce) has the same flaw as db-apply-fk-across-batches: it writes the " +
-			"merged rows in batches of 5,000 in state-cursor order, a row refused for a foreign key (its parent's newest " +
-			"change lies in a later batch) is reported as a conflict, the apply position moves past it and it is never " +
-			"written again. PostgresFaults shows it when a site cut off while another wrote a 3,600-row burst catches up " +
-			"more than 5,000 merged rows at once: appointments refused with 'Key (patient)=(...) is not present in table " +
-			"patients' stay missing (db check: missing). A table of refused rows retried on each apply (under way) fixes it.",
-		match: func(v Violation) bool { return v.Kind == "pg-fk-refused" },
-	},
 	{
 		ID: "pg-apply-lost-delete",
 		Summary: "PostgresFaults: after the heal, a site's PostgreSQL database still holds a child row (a note or an " +
