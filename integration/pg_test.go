@@ -181,6 +181,14 @@ func pgJoin(tb testing.TB, sup *support, site string, environ []string, extra ..
 // ready.
 func pgStart(tb testing.TB, data string, environ []string) *proc {
 	tb.Helper()
+	p := pgLaunch(tb, data, environ)
+	p.waitReady(readyTimeout, 5*time.Millisecond)
+	return p
+}
+
+// pgLaunch starts `ppsync run` on data with environ without waiting.
+func pgLaunch(tb testing.TB, data string, environ []string) *proc {
+	tb.Helper()
 	p := &proc{tb: tb, data: data, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(ppsyncBin, runArgs(data)...)
 	p.cmd.Env = environ
@@ -206,7 +214,6 @@ func pgStart(tb testing.TB, data string, environ []string) *proc {
 			<-p.done
 		}
 	})
-	p.waitReady(readyTimeout, 5*time.Millisecond)
 	return p
 }
 

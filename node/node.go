@@ -17,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/ppsync/ppsync/db"
+	"github.com/ppsync/ppsync/db/postgres"
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
@@ -216,7 +217,7 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 	if n.cfg.DB == "" {
 		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up with the practice database %s, but %s names none (db = ...): restore the setting, or ask support to move the node", n.id.DBDetail, ConfigFile)}
 	}
-	c, err := openConnector(ctx, n.cfg.DB, n.cfg.DBTables, n.cfg.DBExclude, pgAuthOf(n.cfg.DBPasswordFile, n.cfg.Env), n)
+	c, err := n.connectPracticeDB(ctx)
 	if err != nil {
 		return err
 	}
@@ -235,6 +236,31 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one has %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)}
 	}
 	return nil
+}
+
+// connectPracticeDB opens the practice database's connector. A database
+// server that is not up yet (the machine is starting, PostgreSQL restarts)
+// is waited for, with the reason in the log, until ctx ends: the binding can
+// only be checked against the database itself, so the node starts once it
+// answers.
+func (n *Node) connectPracticeDB(ctx context.Context) (db.Connector, error) {
+	wait := 500 * time.Millisecond
+	for {
+		c, err := openConnector(ctx, n.cfg.DB, n.cfg.DBTables, n.cfg.DBExclude, pgAuthOf(n.cfg.DBPasswordFile, n.cfg.Env), n)
+		var down *postgres.ServerDownError
+		if err == nil || !errors.As(err, &down) {
+			return c, err
+		}
+		n.log.Warn("waiting for the practice database's server before starting", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (gave up waiting: %v)", err, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(wait*2, 10*time.Second)
+	}
 }
 
 // appVersion is the practice software's schema version at this site: the
