@@ -250,3 +250,26 @@ func Resolved(before, now []RowConflict) []RowConflict {
 	}
 	return out
 }
+
+// Newest keeps, of rows read from the merged state's change feed page by
+// page, only the last version of each row, in the order of those last
+// versions. A row that changed again while the pages were read appears
+// twice (its older version on an earlier page): writing both, in an order a
+// connector chooses (deletes before upserts, parents first), could put the
+// older version last.
+func Newest(rows []Row) []Row {
+	last := make(map[[2]string]int, len(rows))
+	for i, r := range rows {
+		last[[2]string{r.Table, r.Key}] = i
+	}
+	if len(last) == len(rows) {
+		return rows
+	}
+	out := make([]Row, 0, len(last))
+	for i, r := range rows {
+		if last[[2]string{r.Table, r.Key}] == i {
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -511,6 +511,7 @@ func (d *dbsync) step(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		d.n.log.Debug("practice database apply", "from", cur, "to", res.Cursor, "rows", res.Rows, "captured", res.Captured, "refused", len(res.Conflicts), "resolved", res.Resolved)
 		if err := d.n.db.Set(keyApplied, u64(res.Cursor), pebble.NoSync); err != nil {
 			return fmt.Errorf("node: record the apply position: %w", err)
 		}

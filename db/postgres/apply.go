@@ -257,7 +257,7 @@ func changed(s db.Syncer, cursor uint64, maxRows int) ([]db.Row, uint64, error) 
 		}
 		next = n
 	}
-	return rows, next, nil
+	return db.Newest(rows), next, nil
 }
 
 // Write implements db.Connector: rows written as an apply writes them, with

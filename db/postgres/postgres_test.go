@@ -34,7 +34,12 @@ type node struct {
 	batches []db.Batch
 	merged  map[string]db.Row
 	feed    []string
-	events  []string
+	history []db.Row // each feed position's row as it was then
+	// snapshots makes Changed return each position's row as it was then,
+	// as a reader of the real feed sees a row that changed again between
+	// two of its pages: the same key twice, the older version first.
+	snapshots bool
+	events    []string
 	// onCaptured, when set, runs in Captured before the batches are taken.
 	onCaptured func([]db.Batch)
 }
@@ -92,6 +97,7 @@ func (n *node) mergeLocked(table, key string, fields map[string]any) {
 		n.merged[k] = db.Row{Table: table, Key: key, Fields: f}
 	}
 	n.feed = append(n.feed, k)
+	n.history = append(n.history, n.merged[k])
 }
 
 // remote merges a change of another site (nil fields: a delete).
@@ -108,6 +114,10 @@ func (n *node) Changed(after uint64, limit int) ([]db.Row, uint64, error) {
 	var rows []db.Row
 	i := int(after)
 	for ; i < len(n.feed) && len(rows) < limit; i++ {
+		if n.snapshots {
+			rows = append(rows, n.history[i])
+			continue
+		}
 		rows = append(rows, n.merged[n.feed[i]])
 	}
 	return rows, uint64(i), nil
@@ -1292,4 +1302,29 @@ func mustTable(t *testing.T, c *Conn, name string) *db.Table {
 		t.Fatalf("no table %s", name)
 	}
 	return tab
+}
+
+// A row that changed again while the apply read the merged rows page by
+// page (put, then delete) is written once, as its newest version: the older
+// put must not follow the delete (deletes of a table nothing refers to go
+// before the upserts).
+func TestApplyRowChangedBetweenPages(t *testing.T) {
+	url := newDB(t)
+	p := sqlConn(t, url)
+	mustExec(t, p, `CREATE TABLE parent (id int PRIMARY KEY, name text);
+		CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id), name text)`)
+	c := open(t, url)
+	n := newNode()
+	n.snapshots = true
+	n.remote("parent", "1", map[string]any{"id": int64(1), "name": "p1"})
+	n.remote("child", "1", map[string]any{"id": int64(1), "parent_id": int64(1), "name": "c1"})
+	n.remote("child", "1", nil)
+	n.remote("parent", "1", nil)
+	res := apply(t, c, n)
+	if len(res.Conflicts) != 0 {
+		t.Fatalf("apply %+v", res)
+	}
+	if got := count(t, p, `SELECT count(*) FROM child`) + count(t, p, `SELECT count(*) FROM parent`); got != 0 {
+		t.Fatalf("%d rows left: an older version was written after the delete", got)
+	}
 }

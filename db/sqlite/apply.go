@@ -174,6 +174,7 @@ func (c *Conn) applyOnce(ctx context.Context, s db.Syncer, maxRows int, careful 
 			}
 			next = n
 		}
+		rows = db.Newest(rows)
 		if retries, err = db.Retries(rows, before, s); err != nil {
 			return res, nil, 0, err
 		}
