@@ -153,6 +153,8 @@ type Stats struct {
 	Captured       uint64 // changes captured since start
 	Applied        uint64 // rows applied since start
 	PendingCapture uint64 // change rows waiting in the change table
+	// PendingByTable is PendingCapture per table.
+	PendingByTable map[string]uint64
 	LastCapture    time.Time
 	LastApply      time.Time
 }

@@ -41,6 +41,28 @@ func TestDatabaseForeignKeyAcrossApplyBatches(t *testing.T) {
 		t.Fatalf("south holds %d appointments of patient 1 (%v), want 1", n, err)
 	}
 	waitNoRefused(t, data["south"])
+	// db status per table: what was applied, when, and nothing waiting.
+	var st struct {
+		PerTable []struct {
+			Table          string     `json:"table"`
+			Applied        uint64     `json:"applied"`
+			PendingCapture uint64     `json:"pending_capture"`
+			PendingApply   uint64     `json:"pending_apply"`
+			LastApply      *time.Time `json:"last_apply"`
+		} `json:"per_table"`
+	}
+	raw := ppsync(t, "db", "status", "--data", data["south"], "--json").want(t, exitOK).stdout
+	if err := json.Unmarshal([]byte(raw), &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, ts := range st.PerTable {
+		if ts.Table == "appointments" && (ts.Applied == 0 || ts.LastApply == nil || ts.PendingApply != 0 || ts.PendingCapture != 0) {
+			t.Errorf("db status of appointments at south: %+v", ts)
+		}
+	}
+	if text := ppsync(t, "db", "status", "--data", data["south"]).want(t, exitOK).stdout; !strings.Contains(text, "appointments  captured 0 (0 waiting), applied 1 (0 waiting), last apply") {
+		t.Errorf("db status at south:\n%s", text)
+	}
 	out := ppsync(t, "db", "check", "--data", data["south"]).want(t, exitOK).stdout
 	if strings.Contains(out, "missing") || strings.Contains(out, "different") {
 		t.Fatalf("db check at south after the catch-up:\n%s", out)

@@ -38,11 +38,17 @@ type DBStatus struct {
 	Problem        string          `json:"problem,omitempty"`
 }
 
-// DBTableStatus is one synced table's counters.
+// DBTableStatus is one synced table's sync.
 type DBTableStatus struct {
-	Table    string `json:"table"`
-	Captured uint64 `json:"captured"`
-	Applied  uint64 `json:"applied"`
+	Table          string     `json:"table"`
+	Captured       uint64     `json:"captured"`        // changes captured since start
+	Applied        uint64     `json:"applied"`         // merged rows written since start
+	PendingCapture uint64     `json:"pending_capture"` // changes waiting in the change table
+	PendingApply   uint64     `json:"pending_apply"`   // merged changes not yet written (of the first 10,000 waiting)
+	LastCapture    *time.Time `json:"last_capture"`
+	LastApply      *time.Time `json:"last_apply"`
+	Refused        int        `json:"refused"`           // rows the database refused
+	Problem        string     `json:"problem,omitempty"` // in plain words
 }
 
 // DBRowConflict is a merged row the database refused, with both sides.
@@ -111,6 +117,7 @@ func (n *Node) DBStatus() DBStatus {
 		t := cs.LastApply.UTC()
 		st.LastApply = &t
 	}
+	var pendingApply map[string]uint64
 	if ss, err := n.state.Stats(); err == nil {
 		if cur, err := d.c.ApplyCursor(n.ctx); err == nil {
 			d.mu.Lock()
@@ -118,6 +125,7 @@ func (n *Node) DBStatus() DBStatus {
 			d.mu.Unlock()
 			if ss.Cursor > cur {
 				st.PendingApply = ss.Cursor - cur
+				pendingApply = d.pendingByTable(cur)
 			}
 		}
 	}
@@ -128,7 +136,25 @@ func (n *Node) DBStatus() DBStatus {
 		st.SchemaVersion = d.schema.Version
 		for _, t := range d.schema.Tables {
 			st.Tables = append(st.Tables, t.Name)
-			st.PerTable = append(st.PerTable, DBTableStatus{Table: t.Name, Captured: d.perCaptured[t.Name], Applied: d.perApplied[t.Name]})
+			ts := DBTableStatus{Table: t.Name, Captured: d.perCaptured[t.Name], Applied: d.perApplied[t.Name],
+				PendingCapture: cs.PendingByTable[t.Name], PendingApply: pendingApply[t.Name]}
+			if at, ok := d.lastCaptured[t.Name]; ok {
+				at = at.UTC()
+				ts.LastCapture = &at
+			}
+			if at, ok := d.lastApplied[t.Name]; ok {
+				at = at.UTC()
+				ts.LastApply = &at
+			}
+			for _, k := range d.refused {
+				if k.Table == t.Name {
+					ts.Refused++
+				}
+			}
+			if ts.Refused > 0 {
+				ts.Problem = fmt.Sprintf("the database refused %d merged rows (ppsync conflicts shows them with both versions); each is tried again after every change", ts.Refused)
+			}
+			st.PerTable = append(st.PerTable, ts)
 		}
 		for _, k := range d.schema.Skipped {
 			st.Skipped = append(st.Skipped, k.Table+": "+k.Reason)
@@ -412,6 +438,31 @@ func (n *Node) refusedConflicts(ctx context.Context, limit int) []ConflictJSON {
 			}
 		}
 		out = append(out, cf)
+	}
+	return out
+}
+
+// dbPendingScan is how many waiting changes db status counts per table.
+const dbPendingScan = 10000
+
+// pendingByTable counts, per table, the merged changes after cursor that
+// are to be written into the database (the database's own left out), among
+// the first dbPendingScan.
+func (d *dbsync) pendingByTable(cursor uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	seen := 0
+	for seen < dbPendingScan {
+		cs, next, err := d.n.state.Changes(cursor, min(1000, dbPendingScan-seen))
+		if err != nil || len(cs) == 0 {
+			break
+		}
+		for _, c := range cs {
+			if !d.isEcho(c) {
+				out[c.Table]++
+			}
+		}
+		seen += len(cs)
+		cursor = next
 	}
 	return out
 }

@@ -193,7 +193,7 @@ func TestBrowserDatabaseBox(t *testing.T) {
 	sqlExec(t, d, `INSERT INTO patients(name) VALUES ('Ada')`)
 	waitJS(t, ctx, "the row captured", `(() => {
 		const row = document.querySelector('#db-tables-body tr[data-table="patients"]');
-		return row && row.cells[1].textContent === "1" && row.cells[2].textContent === "0" &&
+		return row && row.cells[1].textContent === "1" && row.cells[2].textContent === "0" && row.cells[3].textContent === "0" &&
 			document.getElementById("db-captured").textContent === "1" &&
 			document.getElementById("db-pending-capture").textContent === "Nothing waiting" })()`, 15*time.Second)
 

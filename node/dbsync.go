@@ -125,6 +125,9 @@ type dbsync struct {
 	// per table, since start
 	perCaptured map[string]uint64
 	perApplied  map[string]uint64
+	// when each table last had a change captured, a row applied
+	lastCaptured map[string]time.Time
+	lastApplied  map[string]time.Time
 	appliedNow  map[string]uint64 // rows handed to the apply in progress
 	// own holds the seqs of this site's entries that came from the
 	// database (capture, initial load): a row whose newest version is one
@@ -212,7 +215,8 @@ func (d *dbsync) needsApply(cursor uint64) (need bool, seen uint64, err error) {
 }
 
 func newDBSync(n *Node, c db.Connector) *dbsync {
-	return &dbsync{n: n, c: c, kick: make(chan struct{}, 1), perCaptured: map[string]uint64{}, perApplied: map[string]uint64{}, appliedNow: map[string]uint64{}}
+	return &dbsync{n: n, c: c, kick: make(chan struct{}, 1), perCaptured: map[string]uint64{}, perApplied: map[string]uint64{}, appliedNow: map[string]uint64{},
+		lastCaptured: map[string]time.Time{}, lastApplied: map[string]time.Time{}}
 }
 
 // poke asks for an apply soon (entries arrived).
@@ -518,8 +522,10 @@ func (d *dbsync) step(ctx context.Context) error {
 		d.mu.Lock()
 		d.applied += uint64(res.Rows)
 		if res.Rows > 0 {
+			now := d.n.cfg.Now()
 			for t, k := range d.appliedNow {
 				d.perApplied[t] += k
+				d.lastApplied[t] = now
 			}
 		}
 		d.mu.Unlock()
@@ -588,8 +594,10 @@ func (d *dbsync) Captured(ctx context.Context, bs []db.Batch) error {
 		d.fromDB(out)
 		d.mu.Lock()
 		d.captured += uint64(len(b.Ops))
+		now := d.n.cfg.Now()
 		for _, op := range b.Ops {
 			d.perCaptured[op.Table]++
+			d.lastCaptured[op.Table] = now
 		}
 		d.mu.Unlock()
 	}

@@ -75,7 +75,17 @@ func printDBStatus(c *cli, st node.DBStatus) {
 		if i == 0 {
 			label = "Tables"
 		}
-		row(label, "%s  captured %d, applied %d", t.Table, t.Captured, t.Applied)
+		line := fmt.Sprintf("%s  captured %d (%d waiting), applied %d (%d waiting)", t.Table, t.Captured, t.PendingCapture, t.Applied, t.PendingApply)
+		if t.LastCapture != nil {
+			line += ", last capture " + formatTime(*t.LastCapture)
+		}
+		if t.LastApply != nil {
+			line += ", last apply " + formatTime(*t.LastApply)
+		}
+		if t.Problem != "" {
+			line += ": " + t.Problem
+		}
+		row(label, "%s", line)
 	}
 	for i, s := range st.Skipped {
 		label := ""

@@ -682,9 +682,19 @@ func (c *Conn) Stats() db.Stats {
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	var n int64
-	if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM `+changeTable).Scan(&n); err == nil {
-		st.PendingCapture = uint64(n)
+	st.PendingByTable = map[string]uint64{}
+	rows, err := c.pool.Query(ctx, `SELECT tbl, count(*) FROM `+changeTable+` GROUP BY tbl`)
+	if err != nil {
+		return st
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t string
+		var n int64
+		if rows.Scan(&t, &n) == nil {
+			st.PendingByTable[t] = uint64(n)
+			st.PendingCapture += uint64(n)
+		}
 	}
 	return st
 }

@@ -338,9 +338,19 @@ func (c *Conn) Stats() db.Stats {
 	c.mu.Lock()
 	st := c.stats
 	c.mu.Unlock()
-	var n uint64
-	if err := c.r.QueryRow(`SELECT count(*) FROM ` + changesTable).Scan(&n); err == nil {
-		st.PendingCapture = n
+	st.PendingByTable = map[string]uint64{}
+	rows, err := c.r.Query(`SELECT tbl, count(*) FROM ` + changesTable + ` GROUP BY tbl`)
+	if err != nil {
+		return st
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t string
+		var n uint64
+		if rows.Scan(&t, &n) == nil {
+			st.PendingByTable[t] = n
+			st.PendingCapture += n
+		}
 	}
 	return st
 }

@@ -339,9 +339,16 @@
       const app = document.createElement("td");
       app.className = "num";
       app.textContent = String(t.applied);
-      tr.append(th, cap, app);
+      const wait = document.createElement("td");
+      wait.className = "num";
+      wait.textContent = String((t.pending_capture || 0) + (t.pending_apply || 0));
+      if (t.problem) {
+        th.textContent = t.table + " (" + t.problem + ")";
+      }
+      tr.append(th, cap, app, wait);
       body.appendChild(tr);
     }
+    setText($("db-waiting"), String((d.pending_capture || 0) + (d.pending_apply || 0)));
     setText($("db-captured"), String(d.captured));
     setText($("db-applied"), String(d.applied));
     $("db-tables").hidden = tables.length === 0;
