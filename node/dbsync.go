@@ -128,7 +128,7 @@ type dbsync struct {
 	// when each table last had a change captured, a row applied
 	lastCaptured map[string]time.Time
 	lastApplied  map[string]time.Time
-	appliedNow  map[string]uint64 // rows handed to the apply in progress
+	appliedNow   map[string]uint64 // rows handed to the apply in progress
 	// own holds the seqs of this site's entries that came from the
 	// database (capture, initial load): a row whose newest version is one
 	// of them is already in the database as it is merged, and is not
