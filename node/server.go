@@ -182,40 +182,25 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	return nil
 }
 
-// toOps converts API operations to entry operations, checking each.
-func toOps(in []OpJSON) ([]wire.Op, error) {
-	if len(in) == 0 {
-		return nil, badRequest(`a transaction needs at least one operation: {"ops":[{"op":"put","table":"T","key":"K","fields":{...}}]}`)
+// ownOps checks one transaction of the API: its operations by the one check
+// every write goes through (wire.CheckOps, the messages `ppsync import` gives
+// too), then against DATA/schema.json when there is one.
+func (n *Node) ownOps(tx TxRequest) ([]wire.Op, error) {
+	in := make([]wire.OpInput, len(tx.Ops))
+	for i, o := range tx.Ops {
+		in[i] = wire.OpInput{Op: o.Op, Table: o.Table, Key: o.Key, Fields: o.Fields}
 	}
-	out := make([]wire.Op, len(in))
-	for i, o := range in {
-		switch o.Op {
-		case "put":
-			if o.Fields == nil {
-				o.Fields = map[string]any{} // a record with no fields (yet)
-			}
-			out[i] = wire.Op{Kind: wire.OpPut, Table: o.Table, Key: o.Key, Fields: o.Fields}
-		case "delete":
-			if len(o.Fields) != 0 {
-				return nil, badRequest("operation %d deletes %s/%s but carries fields", i+1, o.Table, o.Key)
-			}
-			out[i] = wire.Op{Kind: wire.OpDelete, Table: o.Table, Key: o.Key}
-		default:
-			return nil, badRequest("operation %d has \"op\": %q; use \"put\" or \"delete\"", i+1, o.Op)
-		}
-	}
-	if err := wire.ValidateOps(out); err != nil {
+	ops, err := wire.CheckOps(in)
+	if err != nil {
 		return nil, err
 	}
-	return out, nil
-}
-
-// checkSchema applies DATA/schema.json, when there is one, to own writes.
-func (n *Node) checkSchema(ops []wire.Op) error {
 	n.mu.Lock()
 	s := n.schema
 	n.mu.Unlock()
-	return s.check(ops)
+	if err := s.check(ops); err != nil {
+		return nil, err
+	}
+	return ops, nil
 }
 
 func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
@@ -224,10 +209,7 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	ops, err := toOps(req.Ops)
-	if err == nil {
-		err = n.checkSchema(ops)
-	}
+	ops, err := n.ownOps(req)
 	if err != nil {
 		n.writeErr(w, err)
 		return
@@ -263,10 +245,7 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	txs := make([][]wire.Op, len(req.Transactions))
 	for i, t := range req.Transactions {
-		ops, err := toOps(t.Ops)
-		if err == nil {
-			err = n.checkSchema(ops)
-		}
+		ops, err := n.ownOps(t)
 		if err != nil {
 			n.writeErr(w, fmt.Errorf("transaction %d: %w", i+1, err))
 			return
