@@ -108,7 +108,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Version = "dev"
 	}
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("node: %w", err)
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -214,7 +214,7 @@ func (n *Node) open(ctx context.Context) error {
 // refuses (exit 4) one that is not the database init bound this node to.
 func (n *Node) openPracticeDB(ctx context.Context) error {
 	if n.cfg.DB == "" {
-		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up with the practice database %s, but %s names none (db = ...): restore the setting, or ask support to move the node", n.id.DBDetail, ConfigFile)}
+		return refusedError(db.ErrBinding, "this node was set up with the practice database %s, but %s names none (db = ...): restore the setting, or ask support to move the node", n.id.DBDetail, ConfigFile)
 	}
 	c, err := openConnector(ctx, n.cfg.DB, n.cfg.DBTables, n.cfg.DBExclude, pgAuthOf(n.cfg.DBPasswordFile, n.cfg.Env), n)
 	if err != nil {
@@ -226,13 +226,13 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 		return err
 	}
 	if n.id.DBID == "" {
-		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up without a practice database, but %s names %s: a database is bound when the node is set up (ppsync init --db); ask support to move the node", ConfigFile, n.cfg.DB)}
+		return refusedError(db.ErrBinding, "this node was set up without a practice database, but %s names %s: a database is bound when the node is set up (ppsync init --db); ask support to move the node", ConfigFile, n.cfg.DB)
 	}
 	// The random ID travels with every copy of the database (a file copy, a
 	// CREATE DATABASE ... TEMPLATE): the database must also be where it was
 	// (the same file; the same PostgreSQL database on the same server).
 	if got.ID != n.id.DBID || (n.id.DBDetail != "" && got.Detail != n.id.DBDetail) {
-		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one has %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)}
+		return refusedError(db.ErrBinding, "%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one has %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)
 	}
 	return nil
 }
@@ -387,12 +387,8 @@ func (n *Node) startMesh(ctx context.Context) error {
 // heartbeat is what this node gossips about itself.
 func (n *Node) heartbeat() mesh.Heartbeat {
 	status := "ok"
-	if n.txlog != nil {
-		for _, f := range n.txlog.Forks() {
-			if f.Site == n.id.Site {
-				status = "forked"
-			}
-		}
+	if n.txlog != nil && n.ownForked() {
+		status = "forked"
 	}
 	hb := mesh.Heartbeat{Site: n.id.Site, Role: string(n.id.Role), Version: n.cfg.Version, Protocol: mesh.ProtocolVersion,
 		Schema: wire.SchemaVersion, Wall: n.cfg.Now().UTC(), Status: status}
@@ -422,7 +418,8 @@ func (n *Node) recheckCertificate() {
 	}
 }
 
-// writeBlocked says why own writes are refused now, or nil.
+// writeBlocked says why own writes are refused now, or nil. Each reason is
+// decided here, with its message and the API's answer.
 func (n *Node) writeBlocked() error {
 	n.mu.Lock()
 	refusedErr := n.refused
@@ -431,15 +428,61 @@ func (n *Node) writeBlocked() error {
 		return refusedErr
 	}
 	if n.id.Role == family.RoleRelay {
-		return nil // the log refuses a relay's writes with its own message
+		return errReadOnly
 	}
 	if err := n.checkSpace(); err != nil {
 		return err
 	}
 	if why := n.sync.writeGate(); why != "" {
-		return fmt.Errorf("%w: %s", ErrCatchingUp, why)
+		return catchingUp(why)
+	}
+	if n.ownForked() {
+		return n.forkedError()
 	}
 	return nil
+}
+
+// catchingUp: own writes wait until the own log has caught up (why says
+// what it waits for).
+func catchingUp(why string) error {
+	return newAPIError(http.StatusConflict, codeCatchingUp, ErrCatchingUp, "catching up: %s", why)
+}
+
+// errReadOnly: a relay writes nothing of its own.
+var errReadOnly = &apiError{status: http.StatusConflict, code: codeReadOnly, err: txlog.ErrReadOnly,
+	msg: "this node is a relay: it stores and forwards the family's logs but writes no transactions of its own"}
+
+// ownForked reports whether this site's own log has forked.
+func (n *Node) ownForked() bool {
+	for _, f := range n.txlog.Forks() {
+		if f.Site == n.id.Site {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *Node) forkedError() error {
+	return newAPIError(http.StatusConflict, codeForked, txlog.ErrForked,
+		"another copy of this site (%q) has written entries this node did not; writes are stopped until support resolves the fork", n.id.Site)
+}
+
+// ownWriteError gives the API's answer to what the log refused of an own
+// write: a fork or a move it found at commit time, a stop, an entry over a
+// limit. Anything else is left as it is.
+func (n *Node) ownWriteError(err error) error {
+	switch {
+	case errors.Is(err, txlog.ErrForked):
+		return n.forkedError()
+	case errors.Is(err, txlog.ErrEpoch):
+		return newAPIError(http.StatusConflict, codeRefused, err,
+			"this node's certificate has epoch %d but its site's log is at epoch %d: the site was moved to another machine", n.cert.Epoch, n.txlog.Head(n.id.Site).Epoch)
+	case errors.Is(err, txlog.ErrClosed):
+		return newAPIError(http.StatusServiceUnavailable, codeStopping, err, "the node is stopping; try again once it runs")
+	case errors.Is(err, txlog.ErrReadOnly):
+		return errReadOnly
+	}
+	return invalidOps(err)
 }
 
 // checkSpace refuses writes (own and received) while the data directory's
@@ -461,7 +504,7 @@ func (n *Node) checkSpaceFor(size uint64) error {
 		return nil
 	}
 	if size > 0 {
-		return fmt.Errorf("%w: the disk holding %s has %d MiB free, but this write needs about %d MiB on top of the %d MiB ppsync keeps free so that nothing is half-written; free some space there, or send smaller batches", ErrDiskFull, n.cfg.DataDir, free>>20, (3*size)>>20, reserve>>20)
+		return newAPIError(http.StatusInsufficientStorage, codeDiskFull, ErrDiskFull, "disk almost full: the disk holding %s has %d MiB free, but this write needs about %d MiB on top of the %d MiB ppsync keeps free so that nothing is half-written; free some space there, or send smaller batches", n.cfg.DataDir, free>>20, (3*size)>>20, reserve>>20)
 	}
-	return fmt.Errorf("%w: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", ErrDiskFull, n.cfg.DataDir, free>>20, reserve>>20)
+	return newAPIError(http.StatusInsufficientStorage, codeDiskFull, ErrDiskFull, "disk almost full: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", n.cfg.DataDir, free>>20, reserve>>20)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/cockroachdb/pebble/v2"
 	"io"
 	"log/slog"
 	"net"
@@ -15,9 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/wire"
-	"github.com/ppsync/ppsync/txlog"
 )
 
 // Request limits of the API.
@@ -66,16 +66,16 @@ func (n *Node) guard(next http.Handler, pg *page) http.Handler {
 	loopbackOnly := isLoopbackHost(n.cfg.API)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if loopbackOnly && !isLoopbackRemote(r.RemoteAddr) {
-			writeError(w, http.StatusForbidden, "forbidden", "this API only answers requests from this machine")
+			n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "this API only answers requests from this machine"))
 			return
 		}
 		if !n.bearerOK(r) && !pg.public(r) {
 			switch verdict, why := pg.authorize(r); verdict {
 			case sessionRefused:
-				writeError(w, http.StatusForbidden, "forbidden", why)
+				n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "%s", why))
 				return
 			case noSession:
-				writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'")
+				n.writeErr(w, newAPIError(http.StatusUnauthorized, codeUnauthorized, nil, "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'"))
 				return
 			}
 		}
@@ -116,51 +116,26 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, APIError{Error: msg, Code: code})
 }
 
-// plain strips the package and sentinel prefixes that errors carry for
-// programmers ("wire: too large: ...") from a message meant for people.
-func plain(err error) string {
-	msg := err.Error()
-	for _, p := range []string{"wire: too large: ", "wire: invalid: ", "wire: malformed: ", "bad request: ", "node: ", "txlog: ", "state: "} {
-		msg = strings.ReplaceAll(msg, p, "")
-	}
-	return msg
-}
-
-// writeErr maps an error to a status and a plain message.
+// writeErr answers an error: an apiError (anywhere in the chain) with its
+// status and code and the error's whole message, as it is; anything else is
+// an internal error, logged.
 func (n *Node) writeErr(w http.ResponseWriter, err error) {
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the request is larger than %d bytes", mbe.Limit))
-	case errors.Is(err, wire.ErrTooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", plain(err))
-	case errors.Is(err, wire.ErrInvalid), errors.Is(err, wire.ErrMalformed), errors.Is(err, errBadRequest):
-		writeError(w, http.StatusBadRequest, "bad_request", plain(err))
-	case errors.Is(err, ErrDiskFull):
-		writeError(w, http.StatusInsufficientStorage, "disk_full", plain(err))
-	case errors.Is(err, ErrCatchingUp):
-		writeError(w, http.StatusConflict, "catching_up", plain(err))
-	case errors.Is(err, txlog.ErrReadOnly):
-		writeError(w, http.StatusConflict, "read_only", "this node is a relay: it stores and forwards the family's logs but writes no transactions of its own")
-	case errors.Is(err, txlog.ErrForked):
-		writeError(w, http.StatusConflict, "forked", plain(err))
-	case errors.Is(err, txlog.ErrEpoch), errors.Is(err, ErrRefused):
-		writeError(w, http.StatusConflict, "refused", plain(err))
-	case errors.Is(err, family.ErrWrongFamily), errors.Is(err, family.ErrBadSignature), errors.Is(err, family.ErrFormat),
-		errors.Is(err, family.ErrSuperseded), errors.Is(err, family.ErrRevoked), errors.Is(err, family.ErrConflict):
-		writeError(w, http.StatusBadRequest, "bad_request", plain(err))
-	case errors.Is(err, txlog.ErrClosed):
-		writeError(w, http.StatusServiceUnavailable, "stopping", "the node is stopping; try again once it runs")
-	default:
-		n.log.Error("API request failed", "err", err)
-		writeError(w, http.StatusInternalServerError, "internal", plain(err))
+	var ae *apiError
+	if errors.As(err, &ae) {
+		writeError(w, ae.status, ae.code, err.Error())
+		return
 	}
+	n.log.Error("API request failed", "err", err)
+	writeError(w, http.StatusInternalServerError, codeInternal, err.Error())
 }
 
-var errBadRequest = errors.New("bad request")
-
-func badRequest(format string, a ...any) error {
-	return fmt.Errorf("%w: %s", errBadRequest, fmt.Sprintf(format, a...))
+// readLimited turns a body over its limit into the API's answer.
+func readLimited(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return tooLarge("the request is larger than %d bytes", mbe.Limit)
+	}
+	return err
 }
 
 // decodeBody reads a JSON body of at most limit bytes into v, keeping numbers
@@ -172,7 +147,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return err
+			return readLimited(err)
 		}
 		return badRequest("the request body is not valid JSON: %v", err)
 	}
@@ -192,7 +167,7 @@ func (n *Node) ownOps(tx TxRequest) ([]wire.Op, error) {
 	}
 	ops, err := wire.CheckOps(in)
 	if err != nil {
-		return nil, err
+		return nil, invalidOps(err)
 	}
 	n.mu.Lock()
 	s := n.schema
@@ -214,18 +189,12 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	if err := n.writeBlocked(); err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	s, err := n.txlog.Write(r.Context(), ops)
+	out, err := n.writeBatch(r.Context(), [][]wire.Op{ops})
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	n.sync.published([]*wire.Signed{s})
-	n.counters.committed.Add(1)
-	n.events.emit(EvCommitted, map[string]any{"site": s.Site, "from": s.Seq, "to": s.Seq})
+	s := out[0]
 	writeJSON(w, http.StatusOK, TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()})
 }
 
@@ -240,7 +209,7 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(req.Transactions) > maxBatchTxs {
-		n.writeErr(w, fmt.Errorf("%w: the batch holds %d transactions, the limit is %d", wire.ErrTooLarge, len(req.Transactions), maxBatchTxs))
+		n.writeErr(w, tooLarge("the batch holds %d transactions, the limit is %d", len(req.Transactions), maxBatchTxs))
 		return
 	}
 	txs := make([][]wire.Op, len(req.Transactions))
@@ -268,7 +237,7 @@ func (n *Node) getRecord(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no record %q in table %q", key, table))
+		n.writeErr(w, newAPIError(http.StatusNotFound, codeNotFound, nil, "no record %q in table %q", key, table))
 		return
 	}
 	writeJSON(w, http.StatusOK, recordJSON(rec))
@@ -400,12 +369,12 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 	if req.LogLevel != "" {
 		next.LogLevel = req.LogLevel
 	}
-	err := next.Validate()
-	if err == nil {
-		err = SaveConfig(next) // outside n.mu: status and the page go on meanwhile
+	if err := next.Validate(); err != nil {
+		n.writeErr(w, err) // a bad setting: 400
+		return
 	}
-	if err != nil {
-		n.writeErr(w, badRequest("%v", err))
+	if err := SaveConfig(next); err != nil { // outside n.mu: status and the page go on meanwhile
+		n.writeErr(w, err)
 		return
 	}
 	n.mu.Lock()
@@ -426,12 +395,12 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInstallLen))
 	if err != nil {
-		n.writeErr(w, err)
+		n.writeErr(w, readLimited(err))
 		return
 	}
 	res, err := installFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
 	if err != nil {
-		n.writeErr(w, err)
+		n.writeErr(w, installError(err))
 		return
 	}
 	res.Running = true
@@ -563,11 +532,6 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 		if err := n.writeBlocked(); err != nil {
 			s.Writable, s.WriteBlocked = false, err.Error()
 		}
-		for _, f := range s.Forks {
-			if f.Site == n.id.Site {
-				s.Writable, s.WriteBlocked = false, "another copy of this site wrote entries this node did not: support must resolve the fork"
-			}
-		}
 	} else {
 		s.WriteBlocked = "relay: writes no transactions of its own"
 	}
@@ -634,7 +598,7 @@ func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*
 	}
 	out, err := n.txlog.WriteManyWith(ctx, txs, extra)
 	if err != nil {
-		return nil, err
+		return nil, n.ownWriteError(err)
 	}
 	n.sync.published(out)
 	if n.dbs != nil {
