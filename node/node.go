@@ -393,13 +393,7 @@ func (n *Node) heartbeat() mesh.Heartbeat {
 	hb := mesh.Heartbeat{Site: n.id.Site, Role: string(n.id.Role), Version: n.cfg.Version, Protocol: mesh.ProtocolVersion,
 		Schema: wire.SchemaVersion, Wall: n.cfg.Now().UTC(), Status: status}
 	if n.txlog != nil {
-		heads := n.txlog.Heads()
-		hb.Frontier = make(map[string]uint64, len(heads))
-		hb.Heads = make(map[string][]byte, len(heads))
-		for site, h := range heads {
-			hb.Frontier[site] = h.Seq
-			hb.Heads[site] = append([]byte(nil), h.Hash[:]...)
-		}
+		hb.Frontier, hb.Heads = n.frontierWithHeads()
 	}
 	return hb
 }

@@ -475,17 +475,14 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
 	}
 	cfg := n.currentConfig()
-	var own uint64
-	if n.id.Role == family.RoleSite {
-		own = n.txlog.Head(n.id.Site).Seq
+	if n.id.Role == family.RoleSite { // own entries no other member is known to hold
+		s.Pending = beyond(n.txlog.Head(n.id.Site).Seq, n.sync.mostHeld(n.id.Site))
 	}
-	var held uint64 // the most of this site's log any member is known to hold
 	versions := map[string][]string{}
 	for _, p := range peers {
 		if p.Connected {
 			s.Peers++
 		}
-		held = max(held, p.Frontier[n.id.Site])
 		if p.Version != "" && p.Version != n.cfg.Version {
 			versions[p.Version] = append(versions[p.Version], p.Site)
 		}
@@ -509,9 +506,6 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 		s.Online, s.OfflineReason = true, "connectivity check is off: no family member is connected right now"
 	default:
 		s.OfflineReason = offlineReason(n.cfg.Now(), n.id.Role == family.RoleRelay, n.mesh.Peers(), s.Bootstrap)
-	}
-	if own > held {
-		s.Pending = own - held
 	}
 	if last := n.sync.lastSyncTime(); !last.IsZero() {
 		t := last.UTC()
