@@ -59,14 +59,16 @@ type Node struct {
 	goMu   sync.Mutex     // guards stopping, and wg.Add against Close's wg.Wait
 	// stopping is set once Close has begun: goTracked starts nothing more.
 	stopping bool
-	// saveMu serializes changes of the settings (each saved to ppsync.toml
-	// before it takes effect); mu is not held while the file is written.
-	saveMu sync.Mutex
+	// settingsTurn is the turn to change the settings (one slot): one change
+	// at a time reads them, saves ppsync.toml and applies them. Only changes
+	// of the settings wait for it, and a waiting request gives up when it
+	// ends; mu is not held while the file is written.
+	settingsTurn chan struct{}
+	schema       *Schema // DATA/schema.json, nil when absent; set by Open only
 
-	mu       sync.Mutex // guards the fields below and ppsync.toml
+	mu       sync.Mutex // guards the fields below
 	settings Config
-	refused  error   // set when the node's own certificate stopped being current
-	schema   *Schema // DATA/schema.json, nil when absent
+	refused  error // set when the node's own certificate stopped being current
 	closed   bool
 }
 
@@ -110,7 +112,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now()}
+	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now(), settingsTurn: make(chan struct{}, 1)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.events = newEventHub(cfg.Now)
 	ok := false
@@ -241,16 +243,22 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 // practice database's (SQLite user_version, or the configured query), else
 // schema.json's version, else 0.
 func (n *Node) appVersion() uint32 {
-	if d := n.dbs; d != nil {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if d.schema != nil {
-			return d.schema.Version
-		}
-		return 0
+	if n.dbs != nil {
+		return n.dbs.appVersion()
 	}
 	if n.schema != nil && n.schema.Version > 0 {
 		return uint32(n.schema.Version)
+	}
+	return 0
+}
+
+// appVersion is the practice database's schema version (0 until its tables
+// have been read).
+func (d *dbsync) appVersion() uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.schema != nil {
+		return d.schema.Version
 	}
 	return 0
 }

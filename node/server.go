@@ -169,10 +169,7 @@ func (n *Node) ownOps(tx TxRequest) ([]wire.Op, error) {
 	if err != nil {
 		return nil, invalidOps(err)
 	}
-	n.mu.Lock()
-	s := n.schema
-	n.mu.Unlock()
-	if err := s.check(ops); err != nil {
+	if err := n.schema.check(ops); err != nil {
 		return nil, err
 	}
 	return ops, nil
@@ -354,13 +351,33 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	n.saveMu.Lock() // one change at a time, saved before it takes effect
-	defer n.saveMu.Unlock()
+	select { // one change at a time, saved before it takes effect
+	case n.settingsTurn <- struct{}{}:
+	case <-r.Context().Done():
+		n.writeErr(w, r.Context().Err())
+		return
+	}
+	next, err := n.changeSettings(req)
+	<-n.settingsTurn
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	// The sync loop reads the interval from the settings: events that
+	// overtake each other still leave it at the last one saved.
+	n.sync.post(r.Context(), syncEvent{kind: "interval"})
+	n.events.emit(EvSettings, n.currentSettings())
+	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
+	writeJSON(w, http.StatusOK, n.currentSettings())
+}
+
+// changeSettings applies a change of the settings, saved to ppsync.toml
+// first; the caller holds the settings' turn.
+func (n *Node) changeSettings(req Settings) (Config, error) {
 	next := n.currentConfig()
 	if req.SyncInterval != "" {
 		if err := next.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
-			n.writeErr(w, badRequest("sync_interval: %v", err))
-			return
+			return next, badRequest("sync_interval: %v", err)
 		}
 	}
 	if req.ConnectivityCheck != nil {
@@ -370,12 +387,10 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 		next.LogLevel = req.LogLevel
 	}
 	if err := next.Validate(); err != nil {
-		n.writeErr(w, err) // a bad setting: 400
-		return
+		return next, err // a bad setting: 400
 	}
 	if err := SaveConfig(next); err != nil { // outside n.mu: status and the page go on meanwhile
-		n.writeErr(w, err)
-		return
+		return next, err
 	}
 	n.mu.Lock()
 	n.settings = next
@@ -386,10 +401,7 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 			n.cfg.Level.Set(l)
 		}
 	}
-	n.sync.post(r.Context(), syncEvent{kind: "interval", interval: time.Duration(next.SyncInterval)})
-	n.events.emit(EvSettings, n.currentSettings())
-	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
-	writeJSON(w, http.StatusOK, n.currentSettings())
+	return next, nil
 }
 
 func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {

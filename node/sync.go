@@ -26,7 +26,6 @@ type syncEvent struct {
 	peer     peer.ID
 	frontier map[string]uint64
 	ok       bool
-	interval time.Duration
 }
 
 // peerView is what the node knows of a member from its heartbeats.
@@ -129,7 +128,7 @@ func (s *syncer) loop(ctx context.Context) {
 			case "syncnow":
 				acts = eng.syncNow(now)
 			case "interval":
-				eng.setInterval(ev.interval)
+				eng.setInterval(time.Duration(s.n.currentConfig().SyncInterval))
 			}
 		}
 		for _, a := range acts {
@@ -490,9 +489,13 @@ func (s *syncer) Duplicate(p peer.ID) {
 // duplicates lists the sites seen running as two processes at once.
 func (s *syncer) duplicates() []string {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
+	twins := make([]peer.ID, 0, len(s.twins))
 	for p := range s.twins {
+		twins = append(twins, p)
+	}
+	s.mu.Unlock()
+	var out []string
+	for _, p := range twins { // the roster's lock is not taken under the syncer's
 		if m, ok := s.n.roster.Member(p); ok {
 			out = append(out, m.Site)
 		} else {
