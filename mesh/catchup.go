@@ -34,10 +34,11 @@ type catchupRequest struct {
 	Sites  []string          `codec:"si"` // only these sites (empty: all)
 }
 
-// divergeWindow is how far back a server resends when the asker's head hash
+// DivergeWindow is how far back a server resends when the asker's head hash
 // differs from its own entry at that seq (two copies of a site wrote the same
-// seqs): the asker finds the first differing entry and records the fork.
-const divergeWindow = 1000
+// seqs): the asker finds the first differing entry and records the fork. A
+// node that pushes its branch of a fork starts as far back.
+const DivergeWindow = 1000
 
 // catchupBatch is one compressed frame of a response: a contiguous run.
 type catchupBatch struct {
@@ -120,8 +121,8 @@ func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
 		head, from := front[site], req.Have[site]+1
 		if have := req.Have[site]; have > 0 && have <= head && len(req.Heads[site]) == len(wire.Hash{}) && m.hashAt(site, have) != wire.Hash(req.Heads[site]) {
 			from = 1
-			if have > divergeWindow {
-				from = have - divergeWindow + 1
+			if have > DivergeWindow {
+				from = have - DivergeWindow + 1
 			}
 		}
 		if head < from {

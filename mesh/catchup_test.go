@@ -69,7 +69,7 @@ func checkRuns(t *testing.T, calls []entriesCall, a *testNode, order []string, w
 // Catch-up: B fetches thousands of entries of two sites from A and receives
 // each exactly once, in order, in contiguous runs; a fetch when up to date
 // brings nothing; a partial one resumes where B is; a diverged head makes A
-// resend the last divergeWindow entries; a site filter is honoured.
+// resend the last DivergeWindow entries; a site filter is honoured.
 func TestCatchup(t *testing.T) {
 	ia, ib, ic := newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "c")
 	const nA, nC = 2500, 1300
@@ -140,7 +140,7 @@ func TestCatchup(t *testing.T) {
 		if st.Entries != nA-500 {
 			t.Errorf("stats %+v, want %d entries", st, nA-500)
 		}
-		checkRuns(t, runsSince(b.h, n), a, []string{"a"}, map[string][2]uint64{"a": {1500 - divergeWindow + 1, nA}})
+		checkRuns(t, runsSince(b.h, n), a, []string{"a"}, map[string][2]uint64{"a": {1500 - DivergeWindow + 1, nA}})
 	})
 
 	t.Run("site filter", func(t *testing.T) {

@@ -26,6 +26,10 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
+// DefaultHeartbeatInterval is how often a node gossips its heartbeat unless
+// configured otherwise; a member quiet for half of it is pinged.
+const DefaultHeartbeatInterval = 5 * time.Second
+
 // Config configures the mesh.
 type Config struct {
 	Key       ed25519.PrivateKey // the node's identity (required)
@@ -38,7 +42,8 @@ type Config struct {
 	Logger    *slog.Logger
 	// MDNS enables LAN discovery. Off in tests (it multicasts on the LAN).
 	MDNS bool
-	// HeartbeatInterval is how often this node gossips its heartbeat (default 5s).
+	// HeartbeatInterval is how often this node gossips its heartbeat
+	// (default DefaultHeartbeatInterval).
 	HeartbeatInterval time.Duration
 	// Heartbeat returns this node's current heartbeat (required).
 	Heartbeat func() Heartbeat
@@ -108,7 +113,7 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.HeartbeatInterval <= 0 {
-		cfg.HeartbeatInterval = 5 * time.Second
+		cfg.HeartbeatInterval = DefaultHeartbeatInterval
 	}
 	if cfg.RedialInterval <= 0 {
 		cfg.RedialInterval = 3 * time.Second

@@ -11,7 +11,7 @@ import (
 // APIError is the body of every error response.
 type APIError struct {
 	Error string `json:"error"`          // one plain-language line: what happened and what to do
-	Code  string `json:"code,omitempty"` // machine-readable: bad_request, unauthorized, forbidden, not_found, too_large, catching_up, forked, read_only, refused, stopping, internal
+	Code  string `json:"code,omitempty"` // machine-readable: bad_request, unauthorized, forbidden, not_found, too_large, catching_up, forked, read_only, refused, disk_full, stopping, internal
 }
 
 // OpJSON is one operation as the API takes and shows it.

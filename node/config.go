@@ -113,32 +113,33 @@ func DefaultConfig(dataDir string) Config {
 	}
 }
 
-// Validate checks every setting and says which one is wrong and how to fix it.
+// Validate checks every setting and says which one is wrong and how to fix it
+// (in the API's words: PUT /v1/settings answers 400 with the message).
 func (c *Config) Validate() error {
 	if c.DataDir == "" {
-		return errors.New("node: no data directory given (use --data DIR)")
+		return badRequest("no data directory given (use --data DIR)")
 	}
 	host, port, err := net.SplitHostPort(c.API)
 	if err != nil || port == "" {
-		return fmt.Errorf("node: api address %q is not HOST:PORT (for example 127.0.0.1:7474)", c.API)
+		return badRequest("api address %q is not HOST:PORT (for example 127.0.0.1:7474)", c.API)
 	}
 	if host == "" {
-		return fmt.Errorf("node: api address %q has no host; use 127.0.0.1 to keep the API on this machine", c.API)
+		return badRequest("api address %q has no host; use 127.0.0.1 to keep the API on this machine", c.API)
 	}
 	if d := time.Duration(c.SyncInterval); d < time.Second || d > 24*time.Hour {
-		return fmt.Errorf("node: sync_interval %s is out of range (1s to 24h)", d)
+		return badRequest("sync_interval %s is out of range (1s to 24h)", d)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("node: log_level %q is not one of debug, info, warn, error", c.LogLevel)
+		return badRequest("log_level %q is not one of debug, info, warn, error", c.LogLevel)
 	}
 	if c.DB != "" && !strings.HasPrefix(c.DB, "sqlite:") && !strings.HasPrefix(c.DB, "postgres://") && !strings.HasPrefix(c.DB, "postgresql://") {
-		return fmt.Errorf("node: db %q is not a database URL ppsync knows (use sqlite:/path/to/practice.db or postgres://USER@HOST:PORT/DBNAME)", c.DB)
+		return badRequest("db %q is not a database URL ppsync knows (use sqlite:/path/to/practice.db or postgres://USER@HOST:PORT/DBNAME)", c.DB)
 	}
 	for _, a := range append(append([]string(nil), c.Listen...), c.Bootstrap...) {
 		if !strings.HasPrefix(a, "/") {
-			return fmt.Errorf("node: address %q is not a multiaddress (like /ip4/0.0.0.0/tcp/7475)", a)
+			return badRequest("address %q is not a multiaddress (like /ip4/0.0.0.0/tcp/7475)", a)
 		}
 	}
 	return nil
@@ -174,7 +175,7 @@ func LoadConfig(dataDir string) (Config, error) {
 	}
 	c.DataDir = dataDir
 	if err := c.Validate(); err != nil {
-		return c, fmt.Errorf("%w (in %s)", err, path)
+		return c, fmt.Errorf("node: %w (in %s)", err, path)
 	}
 	return c, nil
 }

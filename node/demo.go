@@ -717,14 +717,14 @@ func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode
 				want[site] = max(want[site], n)
 			}
 		}
-		var total, have uint64
+		var total, lacking uint64
 		for _, s := range sites {
-			f := nodes[s].n.txlog.Frontier()
-			for site, n := range want {
+			for _, n := range want {
 				total += n
-				have += min(f[site], n)
 			}
+			lacking += missing(want, nodes[s].n.txlog.Frontier())
 		}
+		have := total - lacking
 		same := have == total
 		if same {
 			var first wire.Hash

@@ -34,7 +34,6 @@ type fetchAction struct {
 
 type enginePeer struct {
 	up       bool
-	frontier map[string]uint64 // from its heartbeats
 	inFlight bool
 	pending  string    // a reason that arrived while a session ran
 	failures int       // consecutive failed sessions
@@ -92,8 +91,6 @@ func (e *engine) peerDown(id string) {
 
 // heartbeat: a member's frontier; fetch when it holds more than local.
 func (e *engine) heartbeat(id string, frontier, local map[string]uint64, now time.Time) []fetchAction {
-	p := e.peer(id)
-	p.frontier = frontier
 	if !ahead(frontier, local) {
 		return nil
 	}
@@ -217,14 +214,4 @@ func (e *engine) upPeers() []string {
 	}
 	sort.Strings(ids)
 	return ids
-}
-
-// ahead reports whether theirs holds any site further than ours.
-func ahead(theirs, ours map[string]uint64) bool {
-	for s, n := range theirs {
-		if n > ours[s] {
-			return true
-		}
-	}
-	return false
 }

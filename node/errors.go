@@ -4,8 +4,10 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"net/http"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
 )
 
@@ -26,24 +28,96 @@ var (
 	ErrDiskFull = errors.New("node: disk almost full")
 )
 
-// refusal is a certificate problem that stops the node (exit 4). Its message
-// is written for a clinic; it matches ErrRefused and unwraps to its cause.
-type refusal struct {
-	msg   string
-	cause error
+// apiError is an error whose message is written for the clinic, with the
+// answer the API gives it (docs/api.md lists the statuses and codes). It is
+// created where the error is decided; on the way up, code adds plain context
+// only (fmt.Errorf("transaction %d: %w", ...)), and writeErr answers with
+// the whole message, as it is. It unwraps to its cause, so errors.Is still
+// finds the sentinels (ErrCatchingUp, wire.ErrTooLarge, ...).
+type apiError struct {
+	status int    // HTTP status
+	code   string // APIError.Code
+	msg    string
+	err    error // the cause; may be nil
 }
 
-func (r *refusal) Error() string        { return r.msg }
-func (r *refusal) Unwrap() error        { return r.cause }
-func (r *refusal) Is(target error) bool { return target == ErrRefused }
+func (e *apiError) Error() string { return e.msg }
+func (e *apiError) Unwrap() error { return e.err }
+
+// API error codes (APIError.Code).
+const (
+	codeBadRequest   = "bad_request"
+	codeUnauthorized = "unauthorized"
+	codeForbidden    = "forbidden"
+	codeNotFound     = "not_found"
+	codeTooLarge     = "too_large"
+	codeCatchingUp   = "catching_up"
+	codeForked       = "forked"
+	codeReadOnly     = "read_only"
+	codeRefused      = "refused"
+	codeDiskFull     = "disk_full"
+	codeStopping     = "stopping"
+	codeInternal     = "internal"
+)
+
+func newAPIError(status int, code string, cause error, format string, a ...any) *apiError {
+	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, a...), err: cause}
+}
+
+// badRequest: the request itself is wrong (400).
+func badRequest(format string, a ...any) error {
+	return newAPIError(http.StatusBadRequest, codeBadRequest, nil, format, a...)
+}
+
+// tooLarge: the request is over a limit, which the message names (413).
+func tooLarge(format string, a ...any) error {
+	return newAPIError(http.StatusRequestEntityTooLarge, codeTooLarge, wire.ErrTooLarge, format, a...)
+}
+
+// errBadRequest is for callers that wrap it ("%w: detail"): the API answers
+// 400 with "bad request: detail". New code calls badRequest.
+var errBadRequest error = &apiError{status: http.StatusBadRequest, code: codeBadRequest, msg: "bad request"}
+
+// refusedError is a certificate or database problem that stops the node
+// (exit 4) or its writes (409 refused). Its message is written for a clinic;
+// it matches ErrRefused and unwraps to its cause.
+func refusedError(cause error, format string, a ...any) error {
+	return newAPIError(http.StatusConflict, codeRefused, fmt.Errorf("%w (%w)", ErrRefused, cause), format, a...)
+}
 
 // refused turns a certificate problem (superseded, revoked) into a refusal.
 func refused(site string, err error) error {
 	switch {
 	case errors.Is(err, family.ErrRevoked):
-		return &refusal{cause: err, msg: fmt.Sprintf("site %q has been revoked from the family, so this node may not run. Ask support if this is a mistake.", site)}
+		return refusedError(err, "site %q has been revoked from the family, so this node may not run. Ask support if this is a mistake.", site)
 	case errors.Is(err, family.ErrSuperseded):
-		return &refusal{cause: err, msg: fmt.Sprintf("site %q has been moved to another machine or data directory (support re-issued its certificate), so this copy may not run: two copies of one site would split the practice's data. Ask support if this is a mistake.", site)}
+		return refusedError(err, "site %q has been moved to another machine or data directory (support re-issued its certificate), so this copy may not run: two copies of one site would split the practice's data. Ask support if this is a mistake.", site)
+	}
+	return err
+}
+
+// invalidOps gives the API's answer to operations the one check of
+// operations refused (a wire rule: 413 over a limit, else 400), with its
+// message as it is.
+func invalidOps(err error) error {
+	switch {
+	case errors.Is(err, wire.ErrTooLarge):
+		return &apiError{status: http.StatusRequestEntityTooLarge, code: codeTooLarge, msg: err.Error(), err: err}
+	case errors.Is(err, wire.ErrInvalid), errors.Is(err, wire.ErrMalformed):
+		return &apiError{status: http.StatusBadRequest, code: codeBadRequest, msg: err.Error(), err: err}
+	}
+	return err
+}
+
+// installError gives the API's answer to a certificate or revocation the
+// roster refuses (of another family, badly signed or formed, superseded,
+// revoked, in conflict): 400, with family's message as it is.
+func installError(err error) error {
+	for _, refusal := range []error{family.ErrWrongFamily, family.ErrBadSignature, family.ErrFormat,
+		family.ErrSuperseded, family.ErrRevoked, family.ErrConflict} {
+		if errors.Is(err, refusal) {
+			return &apiError{status: http.StatusBadRequest, code: codeBadRequest, msg: err.Error(), err: err}
+		}
 	}
 	return err
 }

@@ -121,7 +121,7 @@ func (h *eventHub) recent(before uint64, n int) []Event {
 func (n *Node) getEvents(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
-		writeError(w, http.StatusInternalServerError, "internal", "streaming is not supported here")
+		n.writeErr(w, newAPIError(http.StatusInternalServerError, codeInternal, nil, "streaming is not supported here"))
 		return
 	}
 	var after uint64

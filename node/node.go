@@ -60,14 +60,16 @@ type Node struct {
 	goMu   sync.Mutex     // guards stopping, and wg.Add against Close's wg.Wait
 	// stopping is set once Close has begun: goTracked starts nothing more.
 	stopping bool
-	// saveMu serializes changes of the settings (each saved to ppsync.toml
-	// before it takes effect); mu is not held while the file is written.
-	saveMu sync.Mutex
+	// settingsTurn is the turn to change the settings (one slot): one change
+	// at a time reads them, saves ppsync.toml and applies them. Only changes
+	// of the settings wait for it, and a waiting request gives up when it
+	// ends; mu is not held while the file is written.
+	settingsTurn chan struct{}
+	schema       *Schema // DATA/schema.json, nil when absent; set by Open only
 
-	mu       sync.Mutex // guards the fields below and ppsync.toml
+	mu       sync.Mutex // guards the fields below
 	settings Config
-	refused  error   // set when the node's own certificate stopped being current
-	schema   *Schema // DATA/schema.json, nil when absent
+	refused  error // set when the node's own certificate stopped being current
 	closed   bool
 }
 
@@ -109,9 +111,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Version = "dev"
 	}
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("node: %w", err)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now()}
+	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now(), settingsTurn: make(chan struct{}, 1)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.events = newEventHub(cfg.Now)
 	ok := false
@@ -215,7 +217,7 @@ func (n *Node) open(ctx context.Context) error {
 // refuses (exit 4) one that is not the database init bound this node to.
 func (n *Node) openPracticeDB(ctx context.Context) error {
 	if n.cfg.DB == "" {
-		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up with the practice database %s, but %s names none (db = ...): restore the setting, or ask support to move the node", n.id.DBDetail, ConfigFile)}
+		return refusedError(db.ErrBinding, "this node was set up with the practice database %s, but %s names none (db = ...): restore the setting, or ask support to move the node", n.id.DBDetail, ConfigFile)
 	}
 	c, err := n.connectPracticeDB(ctx)
 	if err != nil {
@@ -227,13 +229,13 @@ func (n *Node) openPracticeDB(ctx context.Context) error {
 		return err
 	}
 	if n.id.DBID == "" {
-		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("this node was set up without a practice database, but %s names %s: a database is bound when the node is set up (ppsync init --db); ask support to move the node", ConfigFile, n.cfg.DB)}
+		return refusedError(db.ErrBinding, "this node was set up without a practice database, but %s names %s: a database is bound when the node is set up (ppsync init --db); ask support to move the node", ConfigFile, n.cfg.DB)
 	}
 	// The random ID travels with every copy of the database (a file copy, a
 	// CREATE DATABASE ... TEMPLATE): the database must also be where it was
 	// (the same file; the same PostgreSQL database on the same server).
 	if got.ID != n.id.DBID || (n.id.DBDetail != "" && got.Detail != n.id.DBDetail) {
-		return &refusal{cause: db.ErrBinding, msg: fmt.Sprintf("%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one has %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)}
+		return refusedError(db.ErrBinding, "%s is not the practice database this node was set up with (expected %s, database ID %.12s…; this one has %.12s…): a copy or another database would split the practice's data; point db = at the right database, or ask support to move the node", got.Detail, n.id.DBDetail, n.id.DBID, got.ID)
 	}
 	return nil
 }
@@ -267,16 +269,22 @@ func (n *Node) connectPracticeDB(ctx context.Context) (db.Connector, error) {
 // practice database's (SQLite user_version, or the configured query), else
 // schema.json's version, else 0.
 func (n *Node) appVersion() uint32 {
-	if d := n.dbs; d != nil {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if d.schema != nil {
-			return d.schema.Version
-		}
-		return 0
+	if n.dbs != nil {
+		return n.dbs.appVersion()
 	}
 	if n.schema != nil && n.schema.Version > 0 {
 		return uint32(n.schema.Version)
+	}
+	return 0
+}
+
+// appVersion is the practice database's schema version (0 until its tables
+// have been read).
+func (d *dbsync) appVersion() uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.schema != nil {
+		return d.schema.Version
 	}
 	return 0
 }
@@ -413,23 +421,13 @@ func (n *Node) startMesh(ctx context.Context) error {
 // heartbeat is what this node gossips about itself.
 func (n *Node) heartbeat() mesh.Heartbeat {
 	status := "ok"
-	if n.txlog != nil {
-		for _, f := range n.txlog.Forks() {
-			if f.Site == n.id.Site {
-				status = "forked"
-			}
-		}
+	if n.txlog != nil && n.ownForked() {
+		status = "forked"
 	}
 	hb := mesh.Heartbeat{Site: n.id.Site, Role: string(n.id.Role), Version: n.cfg.Version, Protocol: mesh.ProtocolVersion,
 		Schema: wire.SchemaVersion, Wall: n.cfg.Now().UTC(), Status: status}
 	if n.txlog != nil {
-		heads := n.txlog.Heads()
-		hb.Frontier = make(map[string]uint64, len(heads))
-		hb.Heads = make(map[string][]byte, len(heads))
-		for site, h := range heads {
-			hb.Frontier[site] = h.Seq
-			hb.Heads[site] = append([]byte(nil), h.Hash[:]...)
-		}
+		hb.Frontier, hb.Heads = n.frontierWithHeads()
 	}
 	return hb
 }
@@ -448,7 +446,8 @@ func (n *Node) recheckCertificate() {
 	}
 }
 
-// writeBlocked says why own writes are refused now, or nil.
+// writeBlocked says why own writes are refused now, or nil. Each reason is
+// decided here, with its message and the API's answer.
 func (n *Node) writeBlocked() error {
 	n.mu.Lock()
 	refusedErr := n.refused
@@ -457,15 +456,61 @@ func (n *Node) writeBlocked() error {
 		return refusedErr
 	}
 	if n.id.Role == family.RoleRelay {
-		return nil // the log refuses a relay's writes with its own message
+		return errReadOnly
 	}
 	if err := n.checkSpace(); err != nil {
 		return err
 	}
 	if why := n.sync.writeGate(); why != "" {
-		return fmt.Errorf("%w: %s", ErrCatchingUp, why)
+		return catchingUp(why)
+	}
+	if n.ownForked() {
+		return n.forkedError()
 	}
 	return nil
+}
+
+// catchingUp: own writes wait until the own log has caught up (why says
+// what it waits for).
+func catchingUp(why string) error {
+	return newAPIError(http.StatusConflict, codeCatchingUp, ErrCatchingUp, "catching up: %s", why)
+}
+
+// errReadOnly: a relay writes nothing of its own.
+var errReadOnly = &apiError{status: http.StatusConflict, code: codeReadOnly, err: txlog.ErrReadOnly,
+	msg: "this node is a relay: it stores and forwards the family's logs but writes no transactions of its own"}
+
+// ownForked reports whether this site's own log has forked.
+func (n *Node) ownForked() bool {
+	for _, f := range n.txlog.Forks() {
+		if f.Site == n.id.Site {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *Node) forkedError() error {
+	return newAPIError(http.StatusConflict, codeForked, txlog.ErrForked,
+		"another copy of this site (%q) has written entries this node did not; writes are stopped until support resolves the fork", n.id.Site)
+}
+
+// ownWriteError gives the API's answer to what the log refused of an own
+// write: a fork or a move it found at commit time, a stop, an entry over a
+// limit. Anything else is left as it is.
+func (n *Node) ownWriteError(err error) error {
+	switch {
+	case errors.Is(err, txlog.ErrForked):
+		return n.forkedError()
+	case errors.Is(err, txlog.ErrEpoch):
+		return newAPIError(http.StatusConflict, codeRefused, err,
+			"this node's certificate has epoch %d but its site's log is at epoch %d: the site was moved to another machine", n.cert.Epoch, n.txlog.Head(n.id.Site).Epoch)
+	case errors.Is(err, txlog.ErrClosed):
+		return newAPIError(http.StatusServiceUnavailable, codeStopping, err, "the node is stopping; try again once it runs")
+	case errors.Is(err, txlog.ErrReadOnly):
+		return errReadOnly
+	}
+	return invalidOps(err)
 }
 
 // checkSpace refuses writes (own and received) while the data directory's
@@ -487,7 +532,7 @@ func (n *Node) checkSpaceFor(size uint64) error {
 		return nil
 	}
 	if size > 0 {
-		return fmt.Errorf("%w: the disk holding %s has %d MiB free, but this write needs about %d MiB on top of the %d MiB ppsync keeps free so that nothing is half-written; free some space there, or send smaller batches", ErrDiskFull, n.cfg.DataDir, free>>20, (3*size)>>20, reserve>>20)
+		return newAPIError(http.StatusInsufficientStorage, codeDiskFull, ErrDiskFull, "disk almost full: the disk holding %s has %d MiB free, but this write needs about %d MiB on top of the %d MiB ppsync keeps free so that nothing is half-written; free some space there, or send smaller batches", n.cfg.DataDir, free>>20, (3*size)>>20, reserve>>20)
 	}
-	return fmt.Errorf("%w: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", ErrDiskFull, n.cfg.DataDir, free>>20, reserve>>20)
+	return newAPIError(http.StatusInsufficientStorage, codeDiskFull, ErrDiskFull, "disk almost full: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", n.cfg.DataDir, free>>20, reserve>>20)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/cockroachdb/pebble/v2"
 	"io"
 	"log/slog"
 	"net"
@@ -15,9 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/wire"
-	"github.com/ppsync/ppsync/txlog"
 )
 
 // Request limits of the API.
@@ -66,16 +66,16 @@ func (n *Node) guard(next http.Handler, pg *page) http.Handler {
 	loopbackOnly := isLoopbackHost(n.cfg.API)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if loopbackOnly && !isLoopbackRemote(r.RemoteAddr) {
-			writeError(w, http.StatusForbidden, "forbidden", "this API only answers requests from this machine")
+			n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "this API only answers requests from this machine"))
 			return
 		}
 		if !n.bearerOK(r) && !pg.public(r) {
 			switch verdict, why := pg.authorize(r); verdict {
 			case sessionRefused:
-				writeError(w, http.StatusForbidden, "forbidden", why)
+				n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "%s", why))
 				return
 			case noSession:
-				writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'")
+				n.writeErr(w, newAPIError(http.StatusUnauthorized, codeUnauthorized, nil, "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'"))
 				return
 			}
 		}
@@ -116,51 +116,26 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, APIError{Error: msg, Code: code})
 }
 
-// plain strips the package and sentinel prefixes that errors carry for
-// programmers ("wire: too large: ...") from a message meant for people.
-func plain(err error) string {
-	msg := err.Error()
-	for _, p := range []string{"wire: too large: ", "wire: invalid: ", "wire: malformed: ", "bad request: ", "node: ", "txlog: ", "state: "} {
-		msg = strings.ReplaceAll(msg, p, "")
-	}
-	return msg
-}
-
-// writeErr maps an error to a status and a plain message.
+// writeErr answers an error: an apiError (anywhere in the chain) with its
+// status and code and the error's whole message, as it is; anything else is
+// an internal error, logged.
 func (n *Node) writeErr(w http.ResponseWriter, err error) {
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the request is larger than %d bytes", mbe.Limit))
-	case errors.Is(err, wire.ErrTooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", plain(err))
-	case errors.Is(err, wire.ErrInvalid), errors.Is(err, wire.ErrMalformed), errors.Is(err, errBadRequest):
-		writeError(w, http.StatusBadRequest, "bad_request", plain(err))
-	case errors.Is(err, ErrDiskFull):
-		writeError(w, http.StatusInsufficientStorage, "disk_full", plain(err))
-	case errors.Is(err, ErrCatchingUp):
-		writeError(w, http.StatusConflict, "catching_up", plain(err))
-	case errors.Is(err, txlog.ErrReadOnly):
-		writeError(w, http.StatusConflict, "read_only", "this node is a relay: it stores and forwards the family's logs but writes no transactions of its own")
-	case errors.Is(err, txlog.ErrForked):
-		writeError(w, http.StatusConflict, "forked", plain(err))
-	case errors.Is(err, txlog.ErrEpoch), errors.Is(err, ErrRefused):
-		writeError(w, http.StatusConflict, "refused", plain(err))
-	case errors.Is(err, family.ErrWrongFamily), errors.Is(err, family.ErrBadSignature), errors.Is(err, family.ErrFormat),
-		errors.Is(err, family.ErrSuperseded), errors.Is(err, family.ErrRevoked), errors.Is(err, family.ErrConflict):
-		writeError(w, http.StatusBadRequest, "bad_request", plain(err))
-	case errors.Is(err, txlog.ErrClosed):
-		writeError(w, http.StatusServiceUnavailable, "stopping", "the node is stopping; try again once it runs")
-	default:
-		n.log.Error("API request failed", "err", err)
-		writeError(w, http.StatusInternalServerError, "internal", plain(err))
+	var ae *apiError
+	if errors.As(err, &ae) {
+		writeError(w, ae.status, ae.code, err.Error())
+		return
 	}
+	n.log.Error("API request failed", "err", err)
+	writeError(w, http.StatusInternalServerError, codeInternal, err.Error())
 }
 
-var errBadRequest = errors.New("bad request")
-
-func badRequest(format string, a ...any) error {
-	return fmt.Errorf("%w: %s", errBadRequest, fmt.Sprintf(format, a...))
+// readLimited turns a body over its limit into the API's answer.
+func readLimited(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return tooLarge("the request is larger than %d bytes", mbe.Limit)
+	}
+	return err
 }
 
 // decodeBody reads a JSON body of at most limit bytes into v, keeping numbers
@@ -172,7 +147,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return err
+			return readLimited(err)
 		}
 		return badRequest("the request body is not valid JSON: %v", err)
 	}
@@ -182,40 +157,22 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	return nil
 }
 
-// toOps converts API operations to entry operations, checking each.
-func toOps(in []OpJSON) ([]wire.Op, error) {
-	if len(in) == 0 {
-		return nil, badRequest(`a transaction needs at least one operation: {"ops":[{"op":"put","table":"T","key":"K","fields":{...}}]}`)
+// ownOps checks one transaction of the API: its operations by the one check
+// every write goes through (wire.CheckOps, the messages `ppsync import` gives
+// too), then against DATA/schema.json when there is one.
+func (n *Node) ownOps(tx TxRequest) ([]wire.Op, error) {
+	in := make([]wire.OpInput, len(tx.Ops))
+	for i, o := range tx.Ops {
+		in[i] = wire.OpInput{Op: o.Op, Table: o.Table, Key: o.Key, Fields: o.Fields}
 	}
-	out := make([]wire.Op, len(in))
-	for i, o := range in {
-		switch o.Op {
-		case "put":
-			if o.Fields == nil {
-				o.Fields = map[string]any{} // a record with no fields (yet)
-			}
-			out[i] = wire.Op{Kind: wire.OpPut, Table: o.Table, Key: o.Key, Fields: o.Fields}
-		case "delete":
-			if len(o.Fields) != 0 {
-				return nil, badRequest("operation %d deletes %s/%s but carries fields", i+1, o.Table, o.Key)
-			}
-			out[i] = wire.Op{Kind: wire.OpDelete, Table: o.Table, Key: o.Key}
-		default:
-			return nil, badRequest("operation %d has \"op\": %q; use \"put\" or \"delete\"", i+1, o.Op)
-		}
+	ops, err := wire.CheckOps(in)
+	if err != nil {
+		return nil, invalidOps(err)
 	}
-	if err := wire.ValidateOps(out); err != nil {
+	if err := n.schema.check(ops); err != nil {
 		return nil, err
 	}
-	return out, nil
-}
-
-// checkSchema applies DATA/schema.json, when there is one, to own writes.
-func (n *Node) checkSchema(ops []wire.Op) error {
-	n.mu.Lock()
-	s := n.schema
-	n.mu.Unlock()
-	return s.check(ops)
+	return ops, nil
 }
 
 func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
@@ -224,26 +181,17 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	ops, err := toOps(req.Ops)
-	if err == nil {
-		err = n.checkSchema(ops)
-	}
+	ops, err := n.ownOps(req)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	if err := n.writeBlocked(); err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	s, err := n.txlog.Write(r.Context(), ops)
+	out, err := n.writeBatch(r.Context(), [][]wire.Op{ops})
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	n.sync.published([]*wire.Signed{s})
-	n.counters.committed.Add(1)
-	n.events.emit(EvCommitted, map[string]any{"site": s.Site, "from": s.Seq, "to": s.Seq})
+	s := out[0]
 	writeJSON(w, http.StatusOK, TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()})
 }
 
@@ -258,15 +206,12 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(req.Transactions) > maxBatchTxs {
-		n.writeErr(w, fmt.Errorf("%w: the batch holds %d transactions, the limit is %d", wire.ErrTooLarge, len(req.Transactions), maxBatchTxs))
+		n.writeErr(w, tooLarge("the batch holds %d transactions, the limit is %d", len(req.Transactions), maxBatchTxs))
 		return
 	}
 	txs := make([][]wire.Op, len(req.Transactions))
 	for i, t := range req.Transactions {
-		ops, err := toOps(t.Ops)
-		if err == nil {
-			err = n.checkSchema(ops)
-		}
+		ops, err := n.ownOps(t)
 		if err != nil {
 			n.writeErr(w, fmt.Errorf("transaction %d: %w", i+1, err))
 			return
@@ -289,7 +234,7 @@ func (n *Node) getRecord(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no record %q in table %q", key, table))
+		n.writeErr(w, newAPIError(http.StatusNotFound, codeNotFound, nil, "no record %q in table %q", key, table))
 		return
 	}
 	writeJSON(w, http.StatusOK, recordJSON(rec))
@@ -406,13 +351,33 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	n.saveMu.Lock() // one change at a time, saved before it takes effect
-	defer n.saveMu.Unlock()
+	select { // one change at a time, saved before it takes effect
+	case n.settingsTurn <- struct{}{}:
+	case <-r.Context().Done():
+		n.writeErr(w, r.Context().Err())
+		return
+	}
+	next, err := n.changeSettings(req)
+	<-n.settingsTurn
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	// The sync loop reads the interval from the settings: events that
+	// overtake each other still leave it at the last one saved.
+	n.sync.post(r.Context(), syncEvent{kind: "interval"})
+	n.events.emit(EvSettings, n.currentSettings())
+	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
+	writeJSON(w, http.StatusOK, n.currentSettings())
+}
+
+// changeSettings applies a change of the settings, saved to ppsync.toml
+// first; the caller holds the settings' turn.
+func (n *Node) changeSettings(req Settings) (Config, error) {
 	next := n.currentConfig()
 	if req.SyncInterval != "" {
 		if err := next.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
-			n.writeErr(w, badRequest("sync_interval: %v", err))
-			return
+			return next, badRequest("sync_interval: %v", err)
 		}
 	}
 	if req.ConnectivityCheck != nil {
@@ -421,13 +386,11 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 	if req.LogLevel != "" {
 		next.LogLevel = req.LogLevel
 	}
-	err := next.Validate()
-	if err == nil {
-		err = SaveConfig(next) // outside n.mu: status and the page go on meanwhile
+	if err := next.Validate(); err != nil {
+		return next, err // a bad setting: 400
 	}
-	if err != nil {
-		n.writeErr(w, badRequest("%v", err))
-		return
+	if err := SaveConfig(next); err != nil { // outside n.mu: status and the page go on meanwhile
+		return next, err
 	}
 	n.mu.Lock()
 	n.settings = next
@@ -438,21 +401,18 @@ func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
 			n.cfg.Level.Set(l)
 		}
 	}
-	n.sync.post(r.Context(), syncEvent{kind: "interval", interval: time.Duration(next.SyncInterval)})
-	n.events.emit(EvSettings, n.currentSettings())
-	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
-	writeJSON(w, http.StatusOK, n.currentSettings())
+	return next, nil
 }
 
 func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInstallLen))
 	if err != nil {
-		n.writeErr(w, err)
+		n.writeErr(w, readLimited(err))
 		return
 	}
 	res, err := installFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
 	if err != nil {
-		n.writeErr(w, err)
+		n.writeErr(w, installError(err))
 		return
 	}
 	res.Running = true
@@ -527,17 +487,14 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
 	}
 	cfg := n.currentConfig()
-	var own uint64
-	if n.id.Role == family.RoleSite {
-		own = n.txlog.Head(n.id.Site).Seq
+	if n.id.Role == family.RoleSite { // own entries no other member is known to hold
+		s.Pending = beyond(n.txlog.Head(n.id.Site).Seq, n.sync.mostHeld(n.id.Site))
 	}
-	var held uint64 // the most of this site's log any member is known to hold
 	versions := map[string][]string{}
 	for _, p := range peers {
 		if p.Connected {
 			s.Peers++
 		}
-		held = max(held, p.Frontier[n.id.Site])
 		if p.Version != "" && p.Version != n.cfg.Version {
 			versions[p.Version] = append(versions[p.Version], p.Site)
 		}
@@ -562,9 +519,6 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 	default:
 		s.OfflineReason = offlineReason(n.cfg.Now(), n.id.Role == family.RoleRelay, n.mesh.Peers(), s.Bootstrap)
 	}
-	if own > held {
-		s.Pending = own - held
-	}
 	if last := n.sync.lastSyncTime(); !last.IsZero() {
 		t := last.UTC()
 		s.LastSync = &t
@@ -583,11 +537,6 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 		s.Writable = true
 		if err := n.writeBlocked(); err != nil {
 			s.Writable, s.WriteBlocked = false, err.Error()
-		}
-		for _, f := range s.Forks {
-			if f.Site == n.id.Site {
-				s.Writable, s.WriteBlocked = false, "another copy of this site wrote entries this node did not: support must resolve the fork"
-			}
 		}
 	} else {
 		s.WriteBlocked = "relay: writes no transactions of its own"
@@ -655,7 +604,7 @@ func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*
 	}
 	out, err := n.txlog.WriteManyWith(ctx, txs, extra)
 	if err != nil {
-		return nil, err
+		return nil, n.ownWriteError(err)
 	}
 	n.sync.published(out)
 	if n.dbs != nil {

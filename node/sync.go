@@ -26,7 +26,6 @@ type syncEvent struct {
 	peer     peer.ID
 	frontier map[string]uint64
 	ok       bool
-	interval time.Duration
 }
 
 // peerView is what the node knows of a member from its heartbeats.
@@ -129,7 +128,7 @@ func (s *syncer) loop(ctx context.Context) {
 			case "syncnow":
 				acts = eng.syncNow(now)
 			case "interval":
-				eng.setInterval(ev.interval)
+				eng.setInterval(time.Duration(s.n.currentConfig().SyncInterval))
 			}
 		}
 		for _, a := range acts {
@@ -177,7 +176,7 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 func (s *syncer) probeLoop(ctx context.Context) {
 	every := s.n.cfg.HeartbeatInterval
 	if every <= 0 {
-		every = 5 * time.Second
+		every = mesh.DefaultHeartbeatInterval
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -188,20 +187,23 @@ func (s *syncer) probeLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		for _, pi := range s.n.mesh.Peers() {
-			if !pi.Connected {
-				continue
-			}
-			pctx, cancel := context.WithTimeout(ctx, every)
-			hb, err := s.n.mesh.Probe(pctx, pi.Member.PeerID)
-			cancel()
-			if err == nil {
-				s.compareHeads(pi.Member.PeerID, hb)
-				if ahead(hb.Frontier, s.n.txlog.Frontier()) {
-					s.post(ctx, syncEvent{kind: "heartbeat", peer: pi.Member.PeerID, frontier: hb.Frontier})
-				}
+			if pi.Connected {
+				_, _ = s.probe(ctx, pi.Member.PeerID, every)
 			}
 		}
 	}
+}
+
+// probe asks member p for its heartbeat now, over this node's own stream,
+// and takes it in as one that came by gossip.
+func (s *syncer) probe(ctx context.Context, p peer.ID, timeout time.Duration) (mesh.Heartbeat, error) {
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	hb, err := s.n.mesh.Probe(pctx, p)
+	if err == nil {
+		s.Heartbeat(p, hb)
+	}
+	return hb, err
 }
 
 // publishLoop gossips own entries, once each, in the order committed.
@@ -365,8 +367,8 @@ func (s *syncer) spreadFork(site string) {
 // its head, to every connected member, where they are kept as evidence.
 func (s *syncer) pushBranch(site string, seq uint64) {
 	from := uint64(1)
-	if seq > 1000 {
-		from = seq - 1000 + 1
+	if seq > mesh.DivergeWindow {
+		from = seq - mesh.DivergeWindow + 1
 	}
 	if h := s.n.txlog.Head(site); h.Seq >= from {
 		s.n.mesh.PushRange(site, from, h.Seq)
@@ -390,7 +392,8 @@ func (s *syncer) ForkProof(from peer.ID, a, b *wire.Signed) {
 	}
 }
 
-// Heartbeat is the mesh.Handler side: a member's heartbeat.
+// Heartbeat is the mesh.Handler side: a member's heartbeat, gossiped or
+// asked for (probe). It is the one place a member's heads are taken in.
 func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 	now := s.n.cfg.Now()
 	skew := hb.Wall.Sub(now)
@@ -400,6 +403,7 @@ func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 		v = &peerView{}
 		s.views[from] = v
 	}
+	wasSkewed := skewed(v.skew)
 	v.hb, v.seen, v.skew = hb, now, skew
 	warn := hb.Version != s.n.cfg.Version && v.warnedOn != hb.Version
 	if warn {
@@ -409,7 +413,7 @@ func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 	if warn {
 		s.n.log.Warn("systems are on different versions", "site", hb.Site, "peer_version", hb.Version, "this_version", s.n.cfg.Version)
 	}
-	if skew > clockSkewLimit || skew < -clockSkewLimit {
+	if skewed(skew) && !wasSkewed {
 		s.n.log.Warn("clock skew with a member", "site", hb.Site, "skew", skew.Round(time.Second))
 	}
 	s.updateCaughtUp()
@@ -485,9 +489,13 @@ func (s *syncer) Duplicate(p peer.ID) {
 // duplicates lists the sites seen running as two processes at once.
 func (s *syncer) duplicates() []string {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
+	twins := make([]peer.ID, 0, len(s.twins))
 	for p := range s.twins {
+		twins = append(twins, p)
+	}
+	s.mu.Unlock()
+	var out []string
+	for _, p := range twins { // the roster's lock is not taken under the syncer's
 		if m, ok := s.n.roster.Member(p); ok {
 			out = append(out, m.Site)
 		} else {
@@ -519,6 +527,25 @@ func (s *syncer) PeerChanged(p peer.ID, up bool) {
 // DocumentsChanged is the mesh.Handler side: membership changed.
 func (s *syncer) DocumentsChanged() { s.n.recheckCertificate() }
 
+// skewed reports whether a member's clock is off by more than the limit.
+func skewed(skew time.Duration) bool { return skew > clockSkewLimit || skew < -clockSkewLimit }
+
+// mostHeld returns the most of site's log any member is known to hold (from
+// its latest heartbeat).
+func (s *syncer) mostHeld(site string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mostHeldLocked(site)
+}
+
+func (s *syncer) mostHeldLocked(site string) uint64 {
+	var most uint64
+	for _, v := range s.views {
+		most = max(most, v.hb.Frontier[site])
+	}
+	return most
+}
+
 // updateCaughtUp: the own log has caught up when no member is known to hold
 // more of this site than this node does.
 func (s *syncer) updateCaughtUp() {
@@ -526,11 +553,9 @@ func (s *syncer) updateCaughtUp() {
 	own := s.n.txlog.Head(site).Seq
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, v := range s.views {
-		if v.hb.Frontier[site] > own {
-			s.caughtUp = false
-			return
-		}
+	if beyond(s.mostHeldLocked(site), own) > 0 {
+		s.caughtUp = false
+		return
 	}
 	if !s.lastSync.IsZero() || s.n.cert.Epoch <= 1 {
 		s.caughtUp = true
@@ -578,16 +603,12 @@ func (s *syncer) peers() []PeerJSON {
 			row.Version, row.Frontier = v.hb.Version, v.hb.Frontier
 			seen := v.seen.UTC()
 			row.LastSeen = &seen
-			if v.skew > clockSkewLimit || v.skew < -clockSkewLimit {
+			if skewed(v.skew) {
 				row.ClockSkew = v.skew.Round(time.Second).String()
 			}
 		}
 		s.mu.Unlock()
-		for site, n := range local {
-			if n > row.Frontier[site] {
-				row.Lag += n - row.Frontier[site]
-			}
-		}
+		row.Lag = missing(local, row.Frontier)
 		out = append(out, row)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
@@ -646,18 +667,12 @@ func (s *syncer) receipt(ctx context.Context) Receipt {
 				m.Reason = fmt.Sprintf("not reachable (last seen %s)", pi.LastSeen.UTC().Format(time.RFC3339))
 			}
 		default:
-			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			theirs, err := s.n.mesh.FrontierOf(fctx, pi.Member.PeerID)
-			cancel()
+			hb, err := s.probe(ctx, pi.Member.PeerID, 5*time.Second)
 			if err != nil {
 				m.Reason = "did not answer: " + err.Error()
 				break
 			}
-			for site, n := range local {
-				if n > theirs[site] {
-					m.Behind += n - theirs[site]
-				}
-			}
+			m.Behind = missing(local, hb.Frontier)
 			if m.Behind == 0 {
 				m.CaughtUp = true
 			} else {
@@ -668,17 +683,4 @@ func (s *syncer) receipt(ctx context.Context) Receipt {
 		rc.Members = append(rc.Members, m)
 	}
 	return rc
-}
-
-// frontierWithHeads returns the durable frontier and each site's head hash,
-// what a catch-up request carries.
-func (n *Node) frontierWithHeads() (map[string]uint64, map[string][]byte) {
-	hs := n.txlog.Heads()
-	have := make(map[string]uint64, len(hs))
-	heads := make(map[string][]byte, len(hs))
-	for site, h := range hs {
-		have[site] = h.Seq
-		heads[site] = append([]byte(nil), h.Hash[:]...)
-	}
-	return have, heads
 }

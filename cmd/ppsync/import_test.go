@@ -137,3 +137,25 @@ func TestImportSpeed(t *testing.T) {
 		t.Errorf("import of %d lines took %v", n, el)
 	}
 }
+
+// badImportOps are operations the node refuses (node's badOpCases): the
+// import refuses each line before sending it, with the node's message.
+var badImportOps = []struct{ ops, msg string }{
+	{`[]`, `"ops" is empty; a transaction needs at least one operation: {"ops":[{"op":"put","table":"T","key":"K","fields":{...}}]}`},
+	{`[{"op":"upsert","table":"t","key":"k","fields":{}}]`, `operation 1: "op" is "upsert"; it must be "put" or "delete"`},
+	{`[{"op":"put","table":"","key":"k","fields":{"a":1}}]`, `operation 1: "table" is empty`},
+	{`[{"op":"delete","table":"t","key":"k"},{"op":"delete","table":"t","key":""}]`, `operation 2: "key" is empty`},
+	{`[{"op":"put","table":"t","key":"` + strings.Repeat("k", 300) + `","fields":{"a":1}}]`, `operation 1: "key" is 300 bytes, the limit is 256`},
+	{`[{"op":"delete","table":"t","key":"k","fields":{"a":1}}]`, `operation 1: a delete takes no "fields" (it deletes the whole record t/k)`},
+	{`[{"op":"put","table":"t","key":"k","fields":{"":1}}]`, `operation 1 (t/k): field name is empty`},
+	{`[{"op":"put","table":"t","key":"k","fields":{"n":1e400}}]`, `operation 1 (t/k) field "n": "1e400" is not a number`},
+	{`[{"op":"put","table":"t","key":"k","fields":{"d":` + strings.Repeat("[", 33) + strings.Repeat("]", 33) + `}}]`, `operation 1 (t/k) field "d": value nests deeper than 32 levels`},
+}
+
+func TestImportChecksAsTheNodeDoes(t *testing.T) {
+	for _, c := range badImportOps {
+		if err := checkImportLine([]byte(`{"ops":` + c.ops + `}`)); err == nil || err.Error() != c.msg {
+			t.Errorf("%.60s: %v, want %q", c.ops, err, c.msg)
+		}
+	}
+}

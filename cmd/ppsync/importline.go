@@ -29,7 +29,9 @@ type importOp struct {
 }
 
 // checkImportLine checks that a line is one transaction the node can take,
-// and says what is wrong in plain words if not.
+// and says what is wrong in plain words if not. The line's JSON shape is
+// checked here; its operations by the one check every write goes through
+// (wire.CheckOps), which the node applies too, with the same messages.
 func checkImportLine(line []byte) error {
 	if line[0] != '{' {
 		return errors.New(`not a JSON object; each line must look like {"ops":[{"op":"put","table":"t","key":"k","fields":{}}]}`)
@@ -46,57 +48,49 @@ func checkImportLine(line []byte) error {
 	if tx.Ops == nil {
 		return errors.New(`has no "ops" array`)
 	}
-	ops := *tx.Ops
-	if len(ops) == 0 {
-		return errors.New(`"ops" is empty; a transaction needs at least one operation`)
-	}
-	if len(ops) > wire.MaxOps {
-		return fmt.Errorf("has %d operations, the limit is %d", len(ops), wire.MaxOps)
-	}
-	for i, op := range ops {
-		if err := checkImportOp(op); err != nil {
+	ops := make([]wire.OpInput, len(*tx.Ops))
+	for i, op := range *tx.Ops {
+		in, err := importOpInput(op)
+		if err != nil {
 			return fmt.Errorf("operation %d: %v", i+1, err)
 		}
+		ops[i] = in
 	}
-	return nil
+	_, err := wire.CheckOps(ops)
+	return err
 }
 
-func checkImportOp(op importOp) error {
-	if op.Op != "put" && op.Op != "delete" {
-		if op.Op == "" {
-			return errors.New(`"op" is missing; it must be "put" or "delete"`)
-		}
-		return fmt.Errorf(`"op" is %q; it must be "put" or "delete"`, truncate(op.Op, 20))
-	}
+// importOpInput checks the shape of one operation of a line (a line names
+// the table and the key, and gives a put its fields as an object) and
+// decodes it for wire.CheckOps.
+func importOpInput(op importOp) (wire.OpInput, error) {
+	in := wire.OpInput{Op: op.Op}
 	for _, f := range []struct {
 		name string
 		v    *string
-	}{{"table", op.Table}, {"key", op.Key}} {
-		switch {
-		case f.v == nil:
-			return fmt.Errorf("%q is missing", f.name)
-		case *f.v == "":
-			return fmt.Errorf("%q is empty", f.name)
-		case len(*f.v) > wire.MaxNameBytes:
-			return fmt.Errorf("%q is %d bytes, the limit is %d", f.name, len(*f.v), wire.MaxNameBytes)
+		to   *string
+	}{{"table", op.Table, &in.Table}, {"key", op.Key, &in.Key}} {
+		if f.v == nil {
+			return in, fmt.Errorf("%q is missing", f.name)
 		}
+		*f.to = *f.v
 	}
 	fields := bytes.TrimSpace(op.Fields)
 	isNull := len(fields) == 0 || string(fields) == "null"
 	switch {
 	case op.Op == "put" && isNull:
-		return errors.New(`a put needs "fields", a JSON object`)
-	case op.Op == "put" && fields[0] != '{':
-		return errors.New(`"fields" must be a JSON object`)
-	case op.Op == "delete" && !isNull && !isEmptyObject(fields):
-		return errors.New(`a delete takes no "fields"`)
+		return in, errors.New(`a put needs "fields", a JSON object`)
+	case isNull:
+		return in, nil
+	case fields[0] != '{':
+		return in, errors.New(`"fields" must be a JSON object`)
 	}
-	return nil
-}
-
-// isEmptyObject reports whether a JSON value is {} (with any spacing).
-func isEmptyObject(v []byte) bool {
-	return len(v) >= 2 && v[0] == '{' && len(bytes.TrimSpace(v[1:len(v)-1])) == 0 && v[len(v)-1] == '}'
+	dec := json.NewDecoder(bytes.NewReader(fields))
+	dec.UseNumber() // as the node does: integers keep every digit
+	if err := dec.Decode(&in.Fields); err != nil {
+		return in, describeLineError(err)
+	}
+	return in, nil
 }
 
 // describeLineError turns a JSON decoding error into plain words.

@@ -110,6 +110,24 @@ func TestWithRealNode(t *testing.T) {
 	if r.stdout != `{"n":9007199254740993,"name":"Ada"}`+"\n" {
 		t.Errorf("get printed %q", r.stdout)
 	}
+	// A bad operation gets the same message from the node's API as from
+	// import's own check.
+	cl, err := node.NewClient(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for _, c := range badImportOps {
+		var tx node.TxRequest
+		dec := json.NewDecoder(strings.NewReader(`{"ops":` + c.ops + `}`))
+		dec.UseNumber()
+		if err := dec.Decode(&tx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Transact(context.Background(), tx); err == nil || err.Error() != c.msg {
+			t.Errorf("the node refused %.60s with %v, want %q", c.ops, err, c.msg)
+		}
+	}
 	r = ppsync(t, importLines(2500), env, "import", "--data", data, "-")
 	r.want(t, exitOK)
 	if r.stdout != `{"transactions":2500,"last_seq":2501}`+"\n" {

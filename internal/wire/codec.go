@@ -56,7 +56,7 @@ func Marshal(v any) ([]byte, error) {
 func Unmarshal(b []byte, v any) (err error) {
 	defer func() {
 		if r := recover(); r != nil { // the codec should not panic; belt and braces for untrusted input
-			err = fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, r)
+			err = errorf(ErrMalformed, "cannot decode %T: %v", v, r)
 		}
 	}()
 	dec := decoders.Get().(*codec.Decoder)
@@ -64,7 +64,7 @@ func Unmarshal(b []byte, v any) (err error) {
 	err = dec.Decode(v)
 	decoders.Put(dec) // not reached after a panic: a decoder in an unknown state is dropped
 	if err != nil {
-		return fmt.Errorf("%w: decode %T: %v", ErrMalformed, v, err)
+		return errorf(ErrMalformed, "cannot decode %T: %v", v, err)
 	}
 	return nil
 }
@@ -98,7 +98,7 @@ func EncodeBody(e *Entry) ([]byte, error) {
 		return nil, err
 	}
 	if len(b)+ed25519.SignatureSize+16 > MaxEntryBytes {
-		return nil, fmt.Errorf("%w: entry %s encodes to %d bytes, the limit is %d", ErrTooLarge, e.ID(), len(b), MaxEntryBytes)
+		return nil, errorf(ErrTooLarge, "entry %s encodes to %d bytes, the limit is %d", e.ID(), len(b), MaxEntryBytes)
 	}
 	return b, nil
 }
@@ -116,7 +116,7 @@ func Sign(e *Entry, key ed25519.PrivateKey) (*Signed, error) {
 // Verify checks s's signature against the writer's public key.
 func (s *Signed) Verify(pub ed25519.PublicKey) error {
 	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, s.Hash[:], s.Sig) {
-		return fmt.Errorf("%w: entry %s (%s) is not signed by the key of site %q epoch %d", ErrSignature, s.ID(), s.Hash.Short(), s.Site, s.Epoch)
+		return errorf(ErrSignature, "entry %s (%s) is not signed by the key of site %q epoch %d", s.ID(), s.Hash.Short(), s.Site, s.Epoch)
 	}
 	return nil
 }
@@ -139,7 +139,7 @@ func (s *Signed) Marshal() []byte {
 // check the signature: that needs the writer's key (see Signed.Verify).
 func DecodeEnvelope(b []byte) (*Signed, error) {
 	if len(b) > MaxEntryBytes {
-		return nil, fmt.Errorf("%w: entry is %d bytes, the limit is %d", ErrTooLarge, len(b), MaxEntryBytes)
+		return nil, errorf(ErrTooLarge, "entry is %d bytes, the limit is %d", len(b), MaxEntryBytes)
 	}
 	var env Envelope
 	if err := Unmarshal(b, &env); err != nil {
@@ -156,10 +156,10 @@ func DecodeEnvelope(b []byte) (*Signed, error) {
 // DecodeBody decodes and validates untrusted body bytes with their signature.
 func DecodeBody(body, sig []byte) (*Signed, error) {
 	if len(body) > MaxEntryBytes {
-		return nil, fmt.Errorf("%w: entry body is %d bytes, the limit is %d", ErrTooLarge, len(body), MaxEntryBytes)
+		return nil, errorf(ErrTooLarge, "entry body is %d bytes, the limit is %d", len(body), MaxEntryBytes)
 	}
 	if len(sig) != ed25519.SignatureSize {
-		return nil, fmt.Errorf("%w: signature is %d bytes, want %d", ErrMalformed, len(sig), ed25519.SignatureSize)
+		return nil, errorf(ErrMalformed, "signature is %d bytes, want %d", len(sig), ed25519.SignatureSize)
 	}
 	s := &Signed{Body: body, Sig: sig, Hash: HashOf(body)}
 	if err := Unmarshal(body, &s.Entry); err != nil {

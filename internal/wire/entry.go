@@ -69,7 +69,7 @@ func ParseHash(s string) (Hash, error) {
 	var h Hash
 	b, err := hex.DecodeString(s)
 	if err != nil || len(b) != len(h) {
-		return h, fmt.Errorf("%w: %q is not a 64-digit hex hash", ErrMalformed, s)
+		return h, errorf(ErrMalformed, "%q is not a 64-digit hex hash", s)
 	}
 	copy(h[:], b)
 	return h, nil
@@ -109,25 +109,25 @@ func (e *Entry) Validate() error {
 		return err
 	}
 	if e.Family == "" || len(e.Family) > 128 {
-		return fmt.Errorf("%w: entry %s has no valid family ID", ErrInvalid, e.ID())
+		return errorf(ErrInvalid, "entry %s has no valid family ID", e.ID())
 	}
 	if e.Seq == 0 {
-		return fmt.Errorf("%w: entry of site %q has seq 0 (seqs start at 1)", ErrInvalid, e.Site)
+		return errorf(ErrInvalid, "entry of site %q has seq 0 (seqs start at 1)", e.Site)
 	}
 	if e.Epoch == 0 {
-		return fmt.Errorf("%w: entry %s has epoch 0 (epochs start at 1)", ErrInvalid, e.ID())
+		return errorf(ErrInvalid, "entry %s has epoch 0 (epochs start at 1)", e.ID())
 	}
 	if e.Seq == 1 && !e.Prev.IsZero() {
-		return fmt.Errorf("%w: entry %s is the first of its site but names a previous hash", ErrInvalid, e.ID())
+		return errorf(ErrInvalid, "entry %s is the first of its site but names a previous hash", e.ID())
 	}
 	if e.Seq > 1 && e.Prev.IsZero() {
-		return fmt.Errorf("%w: entry %s has no previous hash", ErrInvalid, e.ID())
+		return errorf(ErrInvalid, "entry %s has no previous hash", e.ID())
 	}
 	if e.Schema == 0 {
-		return fmt.Errorf("%w: entry %s has schema version 0", ErrInvalid, e.ID())
+		return errorf(ErrInvalid, "entry %s has schema version 0", e.ID())
 	}
 	if len(e.Deps) > MaxDeps {
-		return fmt.Errorf("%w: entry %s names %d sites in its deps, the limit is %d", ErrTooLarge, e.ID(), len(e.Deps), MaxDeps)
+		return errorf(ErrTooLarge, "entry %s names %d sites in its deps, the limit is %d", e.ID(), len(e.Deps), MaxDeps)
 	}
 	for s := range e.Deps {
 		if err := ValidateSiteID(s); err != nil {
@@ -135,45 +135,4 @@ func (e *Entry) Validate() error {
 		}
 	}
 	return ValidateOps(e.Ops)
-}
-
-// ValidateOps checks a transaction's operations and normalizes their field
-// values in place. It is what a writer calls before an entry is stamped.
-func ValidateOps(ops []Op) error {
-	if len(ops) == 0 {
-		return fmt.Errorf("%w: a transaction needs at least one operation", ErrInvalid)
-	}
-	if len(ops) > MaxOps {
-		return fmt.Errorf("%w: a transaction has %d operations, the limit is %d", ErrTooLarge, len(ops), MaxOps)
-	}
-	for i := range ops {
-		op := &ops[i]
-		if err := ValidateName("table name", op.Table); err != nil {
-			return fmt.Errorf("operation %d: %w", i+1, err)
-		}
-		if err := ValidateName("record key", op.Key); err != nil {
-			return fmt.Errorf("operation %d: %w", i+1, err)
-		}
-		switch op.Kind {
-		case OpPut:
-			for name, v := range op.Fields {
-				if err := ValidateName("field name", name); err != nil {
-					return fmt.Errorf("operation %d (%s/%s): %w", i+1, op.Table, op.Key, err)
-				}
-				nv, err := NormalizeValue(v)
-				if err != nil {
-					return fmt.Errorf("operation %d (%s/%s) field %q: %w", i+1, op.Table, op.Key, name, err)
-				}
-				op.Fields[name] = nv
-			}
-		case OpDelete:
-			if len(op.Fields) != 0 {
-				return fmt.Errorf("%w: operation %d deletes %s/%s but carries fields", ErrInvalid, i+1, op.Table, op.Key)
-			}
-			op.Fields = nil
-		default:
-			return fmt.Errorf("%w: operation %d has unknown kind %d (want put or delete)", ErrInvalid, i+1, op.Kind)
-		}
-	}
-	return nil
 }

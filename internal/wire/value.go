@@ -2,7 +2,6 @@ package wire
 
 import (
 	"encoding/json"
-	"fmt"
 	"math"
 	"strconv"
 	"unicode/utf8"
@@ -27,14 +26,14 @@ func normalize(v any, depth int) (any, error) {
 		return x, nil
 	case string:
 		if !validUTF8(x) {
-			return nil, fmt.Errorf("%w: string value is not valid UTF-8", ErrInvalid)
+			return nil, errorf(ErrInvalid, "string value is not valid UTF-8")
 		}
 		return x, nil
 	case []byte:
 		return normalize(string(x), depth)
 	case float64:
 		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return nil, fmt.Errorf("%w: number %v is not allowed (JSON has no NaN or infinity)", ErrInvalid, x)
+			return nil, errorf(ErrInvalid, "number %v is not allowed (JSON has no NaN or infinity)", x)
 		}
 		return x, nil
 	case float32:
@@ -63,12 +62,12 @@ func normalize(v any, depth int) (any, error) {
 		}
 		f, err := strconv.ParseFloat(string(x), 64)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %q is not a number", ErrInvalid, string(x))
+			return nil, errorf(ErrInvalid, "%q is not a number", string(x))
 		}
 		return normalize(f, depth)
 	case []any:
 		if depth >= MaxDepth {
-			return nil, fmt.Errorf("%w: value nests deeper than %d levels", ErrTooLarge, MaxDepth)
+			return nil, errorf(ErrTooLarge, "value nests deeper than %d levels", MaxDepth)
 		}
 		out := make([]any, len(x))
 		for i, e := range x {
@@ -81,12 +80,12 @@ func normalize(v any, depth int) (any, error) {
 		return out, nil
 	case map[string]any:
 		if depth >= MaxDepth {
-			return nil, fmt.Errorf("%w: value nests deeper than %d levels", ErrTooLarge, MaxDepth)
+			return nil, errorf(ErrTooLarge, "value nests deeper than %d levels", MaxDepth)
 		}
 		out := make(map[string]any, len(x))
 		for k, e := range x {
 			if !validUTF8(k) {
-				return nil, fmt.Errorf("%w: object key is not valid UTF-8", ErrInvalid)
+				return nil, errorf(ErrInvalid, "object key is not valid UTF-8")
 			}
 			n, err := normalize(e, depth+1)
 			if err != nil {
@@ -97,7 +96,7 @@ func normalize(v any, depth int) (any, error) {
 		return out, nil
 	case map[any]any:
 		if depth >= MaxDepth {
-			return nil, fmt.Errorf("%w: value nests deeper than %d levels", ErrTooLarge, MaxDepth)
+			return nil, errorf(ErrTooLarge, "value nests deeper than %d levels", MaxDepth)
 		}
 		out := make(map[string]any, len(x))
 		for k, e := range x {
@@ -108,10 +107,10 @@ func normalize(v any, depth int) (any, error) {
 			case []byte:
 				ks = string(kk)
 			default:
-				return nil, fmt.Errorf("%w: object key %v is not a string", ErrInvalid, k)
+				return nil, errorf(ErrInvalid, "object key %v is not a string", k)
 			}
 			if !validUTF8(ks) {
-				return nil, fmt.Errorf("%w: object key is not valid UTF-8", ErrInvalid)
+				return nil, errorf(ErrInvalid, "object key is not valid UTF-8")
 			}
 			n, err := normalize(e, depth+1)
 			if err != nil {
@@ -121,7 +120,7 @@ func normalize(v any, depth int) (any, error) {
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("%w: value of type %T is not JSON-compatible", ErrInvalid, v)
+	return nil, errorf(ErrInvalid, "value of type %T is not JSON-compatible", v)
 }
 
 func normalizeUint(u uint64) any {
