@@ -120,15 +120,20 @@ func (n *Node) DBStatus() DBStatus {
 	var pendingApply map[string]uint64
 	if ss, err := n.state.Stats(); err == nil {
 		if cur, err := d.c.ApplyCursor(n.ctx); err == nil {
-			d.mu.Lock()
-			cur = max(cur, d.echoCursor) // changes up to it are the database's own
-			d.mu.Unlock()
+			cur = max(cur, d.echoFloor()) // changes up to it are the database's own
 			if ss.Cursor > cur {
 				st.PendingApply = ss.Cursor - cur
 				pendingApply = d.pendingByTable(cur)
 			}
 		}
 	}
+	d.statusInto(&st, cs, pendingApply)
+	return st
+}
+
+// statusInto fills in what the owner goroutine keeps of the database's
+// sync: counters, schema, warnings, refused rows.
+func (d *dbsync) statusInto(st *DBStatus, cs db.Stats, pendingApply map[string]uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st.Captured, st.Applied, st.Loading, st.LoadedRows, st.Problem = d.captured, d.applied, d.loading, d.loadRows, d.lastErr
@@ -173,7 +178,6 @@ func (n *Node) DBStatus() DBStatus {
 	for _, c := range d.refused {
 		st.Refused = append(st.Refused, DBRowConflict{Table: c.Table, Key: c.Key, Reason: c.Reason, Merged: c.Fields})
 	}
-	return st
 }
 
 // DBCheck compares every synced table's rows with the merged state; with
@@ -183,12 +187,10 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 	start := n.cfg.Now()
 	res := DBCheckResult{Differences: []DBRowDiff{}, Tables: []string{}, Complete: true, Time: start.UTC()}
 	if n.dbs == nil {
-		return res, fmt.Errorf("%w: this node syncs no practice database", errBadRequest)
+		return res, badRequest("this node syncs no practice database")
 	}
 	d := n.dbs
-	d.mu.Lock()
-	sch := d.schema
-	d.mu.Unlock()
+	sch := d.currentSchema()
 	if sch == nil {
 		return res, fmt.Errorf("node: the practice database is not ready yet: %s", d.problem())
 	}
@@ -270,10 +272,7 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 		}
 	}
 	if repair {
-		d.mu.Lock()
-		restored := d.restored
-		d.mu.Unlock()
-		if restored {
+		if d.isRestored() {
 			if rb, ok := d.c.(rebaser); ok {
 				if err := rb.Rebase(ctx, d.CapturePos()); err != nil {
 					return res, err
@@ -382,7 +381,7 @@ func (n *Node) postDBCheck(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.ContentLength != 0 {
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
-			n.writeErr(w, fmt.Errorf("%w: %v", errBadRequest, err))
+			n.writeErr(w, badRequest("%v", err))
 			return
 		}
 	}
@@ -410,10 +409,7 @@ func (n *Node) refusedConflicts(ctx context.Context, limit int) []ConflictJSON {
 		return out
 	}
 	d := n.dbs
-	d.mu.Lock()
-	refused := slices.Clone(d.refused)
-	sch := d.schema
-	d.mu.Unlock()
+	refused, sch := d.refusedRows(), d.currentSchema()
 	for _, k := range refused {
 		if len(out) == limit {
 			break
@@ -465,4 +461,33 @@ func (d *dbsync) pendingByTable(cursor uint64) map[string]uint64 {
 		cursor = next
 	}
 	return out
+}
+
+// echoFloor returns the state cursor up to which every change is the
+// database's own.
+func (d *dbsync) echoFloor() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.echoCursor
+}
+
+// currentSchema returns the synced tables (nil before they were read).
+func (d *dbsync) currentSchema() *db.Schema {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.schema
+}
+
+// isRestored reports whether the database is behind the node.
+func (d *dbsync) isRestored() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.restored
+}
+
+// refusedRows returns a copy of the rows the database refused.
+func (d *dbsync) refusedRows() []db.RowConflict {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.refused)
 }
