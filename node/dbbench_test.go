@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +33,45 @@ func peakRSS() uint64 {
 		}
 	}
 	return 0
+}
+
+// resetPeakRSS starts a new peak RSS measurement (Linux: clear_refs 5
+// resets VmHWM to the current RSS); elsewhere it does nothing.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// heapPeak tracks the highest Go heap seen by sample: all objects (live or
+// not yet swept), and the live heap as the last GC marked it.
+type heapPeak struct {
+	s          []metrics.Sample
+	peak, live uint64
+}
+
+func (h *heapPeak) sample() {
+	if h.s == nil {
+		h.s = []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	}
+	metrics.Read(h.s)
+	if h.s[0].Value.Kind() == metrics.KindUint64 {
+		h.peak = max(h.peak, h.s[0].Value.Uint64())
+	}
+	if h.s[1].Value.Kind() == metrics.KindUint64 {
+		h.live = max(h.live, h.s[1].Value.Uint64())
+	}
+}
+
+// cpuProfile writes a CPU profile to file until the returned function runs.
+func cpuProfile(b *testing.B, file string) func() {
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 // BenchmarkDBInitialLoad: a practice database of PPSYNC_BENCH_ROWS rows
@@ -79,6 +120,13 @@ func BenchmarkDBInitialLoad(b *testing.B) {
 		d.Close()
 		runtime.GC()
 		before := peakRSS()
+		resetPeakRSS()
+		var heap heapPeak
+		heap.sample()
+		stopProfile := func() {}
+		if f := os.Getenv("PPSYNC_BENCH_CPUPROFILE"); f != "" { // the load alone
+			stopProfile = cpuProfile(b, f)
+		}
 
 		tf := newTestFamily(b)
 		tf.addDB("clinic-a", "sqlite:"+path)
@@ -96,20 +144,38 @@ func BenchmarkDBInitialLoad(b *testing.B) {
 			if time.Now().After(deadline) {
 				b.Fatal("the initial load did not finish")
 			}
+			heap.sample()
 			time.Sleep(20 * time.Millisecond)
 		}
 		load := time.Since(start)
+		stopProfile()
+		heap.sample()
 		recs, _ := r.n.state.Stats()
 		if recs.Records != uint64(total) {
 			b.Fatalf("the state holds %d records after the load, want %d", recs.Records, total)
 		}
 		after := peakRSS()
+		if os.Getenv("PPSYNC_BENCH_PEBBLE") != "" {
+			fmt.Println(r.n.db.Metrics())
+			it, _ := r.n.db.NewIter(nil)
+			sizes := map[string][2]int{}
+			for it.First(); it.Valid(); it.Next() {
+				k := it.Key()
+				p := string(k[:min(2, len(k))])
+				v := sizes[p]
+				v[0]++
+				v[1] += len(k) + len(it.Value())
+				sizes[p] = v
+			}
+			it.Close()
+			fmt.Println(sizes)
+		}
 		rate := func(d time.Duration) float64 { return float64(total) / d.Seconds() }
 		b.ReportMetric(rate(load), "load-rows/s")
 		b.ReportMetric(rate(read), "select-rows/s")
 		b.ReportMetric(float64(after>>20), "peak-RSS-MiB")
-		fmt.Printf("initial load of %d rows: %.0f rows/s (a plain SELECT of the same rows: %.0f rows/s); peak RSS of the process %d MiB before the node started, %d MiB after the load\n",
-			total, rate(load), rate(read), before>>20, after>>20)
+		fmt.Printf("initial load of %d rows: %.0f rows/s (a plain SELECT of the same rows: %.0f rows/s); RSS of the process %d MiB before the node started, peak %d MiB during the load; Go heap peak %d MiB, live after a GC at most %d MiB\n",
+			total, rate(load), rate(read), before>>20, after>>20, heap.peak>>20, heap.live>>20)
 	}
 }
 

@@ -642,6 +642,12 @@ func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed,
 // writeBatchWith is writeBatch with extra writes in the same durable batch
 // (the practice database's capture position).
 func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
+	return n.writeLoad(ctx, txs, nil, extra)
+}
+
+// writeLoad is writeBatchWith for the transactions of an initial load
+// (loads[i] from state.NewLoad, or 0: see txlog.WriteLoad).
+func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if err := n.writeBlocked(); err != nil {
 		return nil, err
 	}
@@ -650,7 +656,7 @@ func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*
 			return nil, err
 		}
 	}
-	out, err := n.txlog.WriteManyWith(ctx, txs, extra)
+	out, err := n.txlog.WriteLoad(ctx, txs, loads, extra)
 	if err != nil {
 		return nil, err
 	}
