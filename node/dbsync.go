@@ -460,7 +460,7 @@ func (d *dbsync) load(ctx context.Context, s *db.Schema) error {
 
 // Sizes of the initial load's work (see load).
 const (
-	dbLoadQueue      = 16        // batches read ahead of the commits
+	dbLoadQueue      = 8         // batches read ahead of the commits
 	dbLoadGroupBytes = 512 << 10 // estimated bytes of rows committed in one durable write
 	dbLoadEntryBytes = 256 << 10 // estimated bytes of one entry (the limit is wire.MaxEntryBytes)
 )

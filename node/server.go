@@ -646,7 +646,10 @@ func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*
 }
 
 // writeLoad is writeBatchWith for the transactions of an initial load
-// (loads[i] from state.NewLoad, or 0: see txlog.WriteLoad).
+// (loads[i] from state.NewLoad, or 0: see txlog.WriteLoad). The entries of a
+// load (loads not nil) are not gossiped: peers fetch them by catch-up, in
+// compressed batches, once a heartbeat shows this site's log ahead; queued
+// for gossip, thousands of large entries would wait in memory.
 func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if err := n.writeBlocked(); err != nil {
 		return nil, err
@@ -660,7 +663,9 @@ func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, e
 	if err != nil {
 		return nil, err
 	}
-	n.sync.published(out)
+	if loads == nil {
+		n.sync.published(out)
+	}
 	if n.dbs != nil {
 		n.dbs.poke() // an API write reaches the practice database too
 	}
