@@ -6,11 +6,19 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
 )
 
 // Benchmarks of a node with a SQLite practice database (`make bench`).
@@ -33,10 +41,85 @@ func peakRSS() uint64 {
 	return 0
 }
 
+// resetPeakRSS starts a new peak RSS measurement (Linux: clear_refs 5
+// resets VmHWM to the current RSS); elsewhere it does nothing.
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// heapPeak tracks the highest Go heap seen by sample: all objects (live or
+// not yet swept), and the live heap as the last GC marked it.
+type heapPeak struct {
+	s          []metrics.Sample
+	peak, live uint64
+}
+
+// sample reads the heap and reports whether the live heap reached a new peak.
+func (h *heapPeak) sample() bool {
+	if h.s == nil {
+		h.s = []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	}
+	metrics.Read(h.s)
+	if h.s[0].Value.Kind() == metrics.KindUint64 {
+		h.peak = max(h.peak, h.s[0].Value.Uint64())
+	}
+	if h.s[1].Value.Kind() == metrics.KindUint64 && h.s[1].Value.Uint64() > h.live {
+		h.live = h.s[1].Value.Uint64()
+		return true
+	}
+	return false
+}
+
+// writeHeapProfile writes the heap profile (as of the last GC) to file.
+func writeHeapProfile(b *testing.B, file string) {
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// cpuProfile writes a CPU profile to file until the returned function runs.
+func cpuProfile(b *testing.B, file string) func() {
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// cpuTime returns the CPU time (user and system) the process has used so far
+// (Linux /proc/self/stat), or 0.
+func cpuTime() time.Duration {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // after the command name
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseUint(f[11], 10, 64)
+	stime, _ := strconv.ParseUint(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // clock ticks (USER_HZ = 100)
+}
+
 // BenchmarkDBInitialLoad: a practice database of PPSYNC_BENCH_ROWS rows
-// (default 1,000,000) published by a node's first run, beside reading the
-// same rows with a plain SELECT in the same run; the peak RSS of the whole
-// test process (the node runs in it) before and after.
+// (default 1,000,000) published by a node's first run, beside two
+// baselines in the same run: a plain SELECT of the rows, and raw Pebble
+// storing them (see rawLoad). Reported: rows/s of each, the load's rate as
+// a ratio of the raw one, the CPU time the process spent per 1,000 rows of
+// the load, and the peak RSS of the process and of its Go heap during the
+// load (the node runs in the process). PPSYNC_BENCH_CPUPROFILE=FILE writes
+// a CPU profile of the load alone.
 func BenchmarkDBInitialLoad(b *testing.B) {
 	total := 1_000_000
 	if v, err := strconv.Atoi(os.Getenv("PPSYNC_BENCH_ROWS")); err == nil && v > 0 {
@@ -78,10 +161,19 @@ func BenchmarkDBInitialLoad(b *testing.B) {
 		read := time.Since(start)
 		d.Close()
 		runtime.GC()
+		debug.FreeOSMemory()
 		before := peakRSS()
+		resetPeakRSS()
+		var heap heapPeak
+		heap.sample()
+		stopProfile := func() {}
+		if f := os.Getenv("PPSYNC_BENCH_CPUPROFILE"); f != "" { // the load alone
+			stopProfile = cpuProfile(b, f)
+		}
 
 		tf := newTestFamily(b)
 		tf.addDB("clinic-a", "sqlite:"+path)
+		cpu := cpuTime()
 		start = time.Now()
 		r := tf.start("clinic-a")
 		deadline := time.Now().Add(30 * time.Minute)
@@ -96,21 +188,103 @@ func BenchmarkDBInitialLoad(b *testing.B) {
 			if time.Now().After(deadline) {
 				b.Fatal("the initial load did not finish")
 			}
+			if heap.sample() && os.Getenv("PPSYNC_BENCH_MEMPROFILE") != "" {
+				writeHeapProfile(b, os.Getenv("PPSYNC_BENCH_MEMPROFILE"))
+			}
 			time.Sleep(20 * time.Millisecond)
 		}
 		load := time.Since(start)
+		cpu = cpuTime() - cpu
+		stopProfile()
+		heap.sample()
 		recs, _ := r.n.state.Stats()
 		if recs.Records != uint64(total) {
 			b.Fatalf("the state holds %d records after the load, want %d", recs.Records, total)
 		}
 		after := peakRSS()
+		tf.stop("clinic-a")
+		raw := rawLoad(b, path, filepath.Join(b.TempDir(), "raw"))
 		rate := func(d time.Duration) float64 { return float64(total) / d.Seconds() }
 		b.ReportMetric(rate(load), "load-rows/s")
+		b.ReportMetric(rate(raw), "raw-rows/s")
+		b.ReportMetric(rate(load)/rate(raw), "ratio")
 		b.ReportMetric(rate(read), "select-rows/s")
 		b.ReportMetric(float64(after>>20), "peak-RSS-MiB")
-		fmt.Printf("initial load of %d rows: %.0f rows/s (a plain SELECT of the same rows: %.0f rows/s); peak RSS of the process %d MiB before the node started, %d MiB after the load\n",
-			total, rate(load), rate(read), before>>20, after>>20)
+		b.ReportMetric(float64(heap.peak>>20), "peak-heap-MiB")
+		fmt.Printf("initial load of %d rows: %.0f rows/s, %.0f ms of CPU per 1,000 rows; raw Pebble storing the same rows: %.0f rows/s (ratio %.2f); a plain SELECT: %.0f rows/s\n",
+			total, rate(load), float64(cpu.Milliseconds())*1000/float64(total), rate(raw), rate(load)/rate(raw), rate(read))
+		fmt.Printf("  RSS of the process %d MiB before the node started, peak %d MiB during the load; Go heap peak %d MiB (live after a GC at most %d MiB)\n",
+			before>>20, after>>20, heap.peak>>20, heap.live>>20)
 	}
+}
+
+// rawLoad is the baseline of the initial load: the same rows read with a
+// plain SELECT, and stored in raw Pebble (the node's store options) as the
+// bare minimum of the node's work: each row's fields encoded (wire.Marshal)
+// under its own key (the record) and each 1,000 rows' ops as one value (the
+// log entry), committed in synced batches of 3,000 rows. No signatures,
+// hashes, versions, change feed or conflict checks.
+func rawLoad(b *testing.B, practice, dir string) time.Duration {
+	d, err := sql.Open("sqlite", "file:"+practice+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	pdb, err := store.Open(dir, store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pdb.Close()
+	start := time.Now()
+	rows, err := d.Query(`SELECT id, name, dob, phone, balance, notes FROM patients ORDER BY id`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rows.Close()
+	batch := pdb.NewBatch()
+	var ops []wire.Op
+	n := 0
+	for rows.Next() {
+		var id int64
+		var name, dob, phone, notes string
+		var bal float64
+		if err := rows.Scan(&id, &name, &dob, &phone, &bal, &notes); err != nil {
+			b.Fatal(err)
+		}
+		op := wire.Op{Kind: wire.OpPut, Table: "patients", Key: strconv.FormatInt(id, 10),
+			Fields: map[string]any{"id": id, "name": name, "dob": dob, "phone": phone, "balance": bal, "notes": notes}}
+		v, err := wire.Marshal(op.Fields)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = batch.Set([]byte("r/patients/"+op.Key), v, nil)
+		ops = append(ops, op)
+		n++
+		if len(ops) == 1000 {
+			v, err := wire.Marshal(ops)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = batch.Set(fmt.Appendf(nil, "l/%012d", n), v, nil)
+			ops = ops[:0]
+		}
+		if n%3000 == 0 {
+			if err := batch.Commit(pebble.Sync); err != nil {
+				b.Fatal(err)
+			}
+			batch.Close()
+			batch = pdb.NewBatch()
+		}
+	}
+	if len(ops) > 0 {
+		v, _ := wire.Marshal(ops)
+		_ = batch.Set(fmt.Appendf(nil, "l/%012d", n), v, nil)
+	}
+	if err := batch.Commit(pebble.Sync); err != nil {
+		b.Fatal(err)
+	}
+	batch.Close()
+	return time.Since(start)
 }
 
 // loadedFlag reports whether the initial load's end was stored.

@@ -374,8 +374,15 @@ func (d *dbsync) appliedRefused(res db.ApplyResult) {
 	}
 }
 
-// load publishes every existing row as this site's entries, in batches, and
-// stores the capture position the snapshot includes with the last batch.
+// load publishes every existing row as this site's entries and stores the
+// capture position the snapshot includes at the end.
+//
+// The database is read on its own goroutine while the rows read before are
+// committed: batches of dbSnapshotRows rows wait in a short queue (at most
+// dbLoadQueue batches), and whatever has queued up, up to about
+// dbLoadGroupBytes, is committed as one group: entries of at most
+// dbLoadEntryBytes each, stored with the load's progress in one batch and one
+// durable sync. Memory is bounded by these sizes, not by the tables'.
 func (d *dbsync) load(ctx context.Context, s *db.Schema) error {
 	d.mu.Lock()
 	d.loading, d.loadRows = true, 0
@@ -400,42 +407,99 @@ func (d *dbsync) load(ctx context.Context, s *db.Schema) error {
 	} else if !errors.Is(err, pebble.ErrNotFound) {
 		return fmt.Errorf("node: read the initial load's progress: %w", err)
 	}
-	publish := func(ops []wire.Op, table, lastKey string, pos uint64) error {
-		if !prog.Started {
-			prog.Pos, prog.Started = pos, true
+
+	// Rows whose key is one integer column are distinct within one read
+	// (a primary key), so the state may take their entries as new records
+	// without looking for them first.
+	loadID := d.n.state.NewLoad()
+	intKey := map[string]string{}
+	for _, t := range s.Tables {
+		if len(t.PK) == 1 {
+			intKey[t.Name] = t.PK[0]
 		}
-		prog.Table, prog.Key = table, lastKey
-		pb, err := json.Marshal(prog)
-		if err != nil {
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	queue := make(chan loadBatch, dbLoadQueue)
+	var (
+		readPos uint64
+		readErr error
+	)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		defer close(queue)
+		send := func(b loadBatch) error {
+			b.txs, b.size = appendLoadEntries(nil, b.ops) // here, beside the commits
+			b.loads = make([]uint64, len(b.txs))
+			for i, tx := range b.txs {
+				if distinctKeys(tx, intKey) {
+					b.loads[i] = loadID
+				}
+			}
+			select {
+			case queue <- b:
+				return nil
+			case <-rctx.Done():
+				return rctx.Err()
+			}
+		}
+		if r, ok := d.c.(resumable); ok {
+			readPos, readErr = r.SnapshotFrom(rctx, s, dbSnapshotRows, prog.Table, prog.Key, func(ops []wire.Op, table, lastKey string, pos uint64) error {
+				return send(loadBatch{ops: ops, table: table, key: lastKey, pos: pos})
+			})
+			return
+		}
+		readPos, readErr = d.c.Snapshot(rctx, s, dbSnapshotRows, func(ops []wire.Op) error {
+			return send(loadBatch{ops: ops})
+		})
+	}()
+	// stop ends the read (if it still runs) and waits for it: its read
+	// transaction is over when load returns.
+	stop := func() {
+		cancel()
+		for range queue {
+		}
+		<-readDone
+	}
+
+	_, resumed := d.c.(resumable)
+	var group []loadBatch
+	for {
+		b, ok := <-queue
+		if !ok {
+			break
+		}
+		group = append(group[:0], b)
+		size := b.size
+	fill: // take what else is queued, up to a group's size
+		for size < dbLoadGroupBytes {
+			select {
+			case b, ok := <-queue:
+				if !ok {
+					break fill
+				}
+				group = append(group, b)
+				size += b.size
+			default:
+				break fill
+			}
+		}
+		if err := d.publishLoad(ctx, &prog, group, resumed); err != nil {
+			stop()
 			return err
 		}
-		out, err := d.n.writeBatchWith(ctx, [][]wire.Op{ops}, func(b *pebble.Batch) error {
-			return b.Set(keyLoadProgress, pb, nil)
-		})
-		if err != nil {
-			return fmt.Errorf("node: initial load of the practice database: %w", err)
-		}
-		d.fromDB(out)
-		d.mu.Lock()
-		d.loadRows += uint64(len(ops))
-		d.mu.Unlock()
-		return nil
+		clear(group) // the rows are committed: let them go
 	}
-	var pos uint64
-	var err error
-	if r, ok := d.c.(resumable); ok {
-		pos, err = r.SnapshotFrom(ctx, s, dbSnapshotRows, prog.Table, prog.Key, publish)
-	} else {
-		pos, err = d.c.Snapshot(ctx, s, dbSnapshotRows, func(ops []wire.Op) error {
-			return publish(ops, "", "", 0)
-		})
-		prog.Pos, prog.Started = pos, true // a full read: its own position
+	<-readDone
+	if readErr != nil {
+		return readErr
 	}
-	if err != nil {
-		return err
+	if !resumed {
+		prog.Pos, prog.Started = readPos, true // a full read: its own position
 	}
 	if !prog.Started {
-		prog.Pos = pos // nothing to publish
+		prog.Pos = readPos // nothing to publish
 	}
 	b := d.n.db.NewBatch()
 	defer b.Close()
@@ -447,6 +511,108 @@ func (d *dbsync) load(ctx context.Context, s *db.Schema) error {
 	}
 	d.n.log.Info("practice database loaded", "rows", d.loadRows)
 	return nil
+}
+
+// Sizes of the initial load's work (see load).
+const (
+	dbLoadQueue      = 8         // batches read ahead of the commits
+	dbLoadGroupBytes = 512 << 10 // estimated bytes of rows committed in one durable write
+	dbLoadEntryBytes = 256 << 10 // estimated bytes of one entry (the limit is wire.MaxEntryBytes)
+)
+
+// loadBatch is one batch of the initial load's read, with where it ends.
+type loadBatch struct {
+	ops        []wire.Op
+	txs        [][]wire.Op // ops cut into entries
+	loads      []uint64    // per entry: the load's ID if its keys are distinct from all others of the load, else 0
+	size       uint64      // estimated bytes of ops
+	table, key string      // the last row (resumable connectors)
+	pos        uint64      // the read's capture position (resumable connectors)
+}
+
+// publishLoad commits the batches of one group as entries, with the load's
+// progress after the last of them, in one durable write: all or nothing.
+func (d *dbsync) publishLoad(ctx context.Context, prog *loadProgress, group []loadBatch, resumed bool) error {
+	var txs [][]wire.Op
+	var loads []uint64
+	rows := 0
+	for _, b := range group {
+		txs = append(txs, b.txs...)
+		loads = append(loads, b.loads...)
+		rows += len(b.ops)
+	}
+	if len(txs) == 0 {
+		return nil
+	}
+	last := group[len(group)-1]
+	if !prog.Started {
+		prog.Pos, prog.Started = last.pos, true
+	}
+	if resumed {
+		prog.Table, prog.Key = last.table, last.key
+	}
+	pb, err := json.Marshal(prog)
+	if err != nil {
+		return err
+	}
+	out, err := d.n.writeLoad(ctx, txs, loads, func(b *pebble.Batch) error {
+		return b.Set(keyLoadProgress, pb, nil)
+	})
+	if err != nil {
+		return fmt.Errorf("node: initial load of the practice database: %w", err)
+	}
+	d.fromDB(out)
+	d.mu.Lock()
+	d.loadRows += uint64(rows)
+	d.mu.Unlock()
+	return nil
+}
+
+// appendLoadEntries cuts a batch of rows into entries of at most
+// dbLoadEntryBytes (estimated) and wire.MaxOps operations, and returns the
+// batch's estimated size.
+func appendLoadEntries(txs [][]wire.Op, ops []wire.Op) ([][]wire.Op, uint64) {
+	var total, size uint64
+	start := 0
+	for i := range ops {
+		n := loadOpSize(&ops[i])
+		if i > start && (size+n > dbLoadEntryBytes || i-start >= wire.MaxOps) {
+			txs = append(txs, ops[start:i:i])
+			start, size = i, 0
+		}
+		size += n
+		total += n
+	}
+	if start < len(ops) {
+		txs = append(txs, ops[start:])
+	}
+	return txs, total
+}
+
+// distinctKeys reports whether ops are puts of rows keyed by one integer
+// column (intKey: table -> its one key column): such keys are distinct
+// across one consistent read of a table.
+func distinctKeys(ops []wire.Op, intKey map[string]string) bool {
+	for i := range ops {
+		op := &ops[i]
+		col, ok := intKey[op.Table]
+		if !ok || op.Kind != wire.OpPut {
+			return false
+		}
+		if _, ok := op.Fields[col].(int64); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// loadOpSize estimates the encoded size of one operation, as opsSize does.
+func loadOpSize(op *wire.Op) uint64 {
+	n := uint64(64 + len(op.Table) + len(op.Key))
+	for k, v := range op.Fields {
+		n += uint64(len(k)) + valueSize(v)
+	}
+	return n
 }
 
 // loadProgress is where an initial load stands (stored with each batch).

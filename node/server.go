@@ -594,6 +594,15 @@ func (n *Node) writeBatch(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed,
 // writeBatchWith is writeBatch with extra writes in the same durable batch
 // (the practice database's capture position).
 func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
+	return n.writeLoad(ctx, txs, nil, extra)
+}
+
+// writeLoad is writeBatchWith for the transactions of an initial load
+// (loads[i] from state.NewLoad, or 0: see txlog.WriteLoad). The entries of a
+// load (loads not nil) are not gossiped: peers fetch them by catch-up, in
+// compressed batches, once a heartbeat shows this site's log ahead; queued
+// for gossip, thousands of large entries would wait in memory.
+func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if err := n.writeBlocked(); err != nil {
 		return nil, err
 	}
@@ -602,11 +611,13 @@ func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*
 			return nil, err
 		}
 	}
-	out, err := n.txlog.WriteManyWith(ctx, txs, extra)
+	out, err := n.txlog.WriteLoad(ctx, txs, loads, extra)
 	if err != nil {
 		return nil, n.ownWriteError(err)
 	}
-	n.sync.published(out)
+	if loads == nil {
+		n.sync.published(out)
+	}
 	if n.dbs != nil {
 		n.dbs.poke() // an API write reaches the practice database too
 	}

@@ -333,6 +333,7 @@ func (s *State) Clear(ctx context.Context) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("state: clear: %w", err)
 	}
+	s.fresh = nil
 	s.log.Info("state cleared for a rebuild", "cursor", floor.Cursor, "conflict_id", floor.Conflict)
 	return nil
 }

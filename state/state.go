@@ -29,6 +29,20 @@ type State struct {
 	// the values it used are skipped, never reused.
 	cursor     atomic.Uint64 // last change-feed cursor handed out
 	conflictID atomic.Uint64 // last conflict ID handed out
+
+	loads atomic.Uint64 // last initial load ID handed out (NewLoad)
+	// fresh says, per table, whether the puts of an initial load (by its
+	// ID) need no read of their records: the table held no record when
+	// that load first wrote it, and only that load's puts wrote it since.
+	// Used by Apply's goroutine only; kept in memory alone, so a restart
+	// forgets it and reads again.
+	fresh map[string]freshTable
+}
+
+// freshTable is what is known of a table for one initial load.
+type freshTable struct {
+	load  uint64
+	empty bool // the table held no record when the load first wrote it
 }
 
 // storedFloor survives Clear so that cursors and conflict IDs keep growing
@@ -152,12 +166,35 @@ func (s *State) Apply(b *pebble.Batch, e *wire.Signed) error {
 // updates the record and conflict counts once for all of them. It is how the
 // log applies a whole group commit.
 func (s *State) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
+	return s.applyAll(b, es, nil)
+}
+
+// NewLoad returns a new ID for the entries of one initial load (see
+// ApplyLoad). IDs are not reused while the State lives.
+func (s *State) NewLoad() uint64 { return s.loads.Add(1) }
+
+// ApplyLoad is ApplyAll where loads[i], if not 0, says that es[i] belongs to
+// the initial load of that ID (NewLoad) and puts only records that no other
+// applied entry of that load puts: each row of a database read once, in one
+// consistent read. Such puts skip reading their record (a miss that costs a
+// lookup through every level of the store) while the table has held nothing
+// but that load's records: the table is checked once for the load, and any
+// other write to it ends this until the next check. The result is the same as
+// ApplyAll's, byte for byte. loads must be as long as es (or nil).
+func (s *State) ApplyLoad(b *pebble.Batch, es []*wire.Signed, loads []uint64) error {
+	if loads != nil && len(loads) != len(es) {
+		return fmt.Errorf("state: apply: %d load IDs for %d entries", len(loads), len(es))
+	}
+	return s.applyAll(b, es, loads)
+}
+
+func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64) error {
 	if b == nil {
 		return errors.New("state: apply: nil batch")
 	}
 	var recordsDelta int64
 	var conflicts uint64
-	for _, e := range es {
+	for i, e := range es {
 		if e == nil {
 			return errors.New("state: apply: nil entry")
 		}
@@ -165,6 +202,9 @@ func (s *State) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
 			return fmt.Errorf("state: apply %s: %w (entry schema %d, supported %d)", e.ID(), ErrSchema, e.Schema, wire.SchemaVersion)
 		}
 		a := applier{s: s, b: b, e: e}
+		if loads != nil {
+			a.load = loads[i]
+		}
 		for i := range e.Ops {
 			if err := a.applyOp(i, &e.Ops[i]); err != nil {
 				return err
@@ -205,9 +245,10 @@ func (s *State) addCounts(b *pebble.Batch, recordsDelta int64, conflicts uint64)
 
 // applier holds the work of one Apply.
 type applier struct {
-	s *State
-	b *pebble.Batch
-	e *wire.Signed
+	s    *State
+	b    *pebble.Batch
+	e    *wire.Signed
+	load uint64 // the initial load e belongs to (ApplyLoad), or 0
 
 	won          bool // the entry became the writer of something
 	recordsDelta int64
@@ -235,9 +276,16 @@ func (a *applier) fail(err error) error {
 
 func (a *applier) applyOp(i int, op *wire.Op) error {
 	key := recordKey(op.Table, op.Key)
-	raw, stored, err := getCopy(a.b, key)
+	known, err := a.knownNew(op)
 	if err != nil {
 		return a.fail(err)
+	}
+	var raw []byte
+	var stored bool
+	if !known {
+		if raw, stored, err = getCopy(a.b, key); err != nil {
+			return a.fail(err)
+		}
 	}
 	var rec storedRecord
 	if stored {
@@ -295,6 +343,36 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		a.noteChange(touched{table: op.Table, key: op.Key, wasStored: stored}, key)
 	}
 	return nil
+}
+
+// knownNew reports whether op's record is known not to be stored, so that
+// reading it can be skipped: op is a put of an initial load (see ApplyLoad)
+// into a table that only that load has written since it was empty. Any
+// other write to a table ends what is known of it.
+func (a *applier) knownNew(op *wire.Op) (bool, error) {
+	s := a.s
+	if a.load == 0 || op.Kind != wire.OpPut {
+		if len(s.fresh) > 0 {
+			delete(s.fresh, op.Table)
+		}
+		return false, nil
+	}
+	if f, ok := s.fresh[op.Table]; ok && f.load == a.load {
+		return f.empty, nil
+	}
+	it, err := a.b.NewIter(&pebble.IterOptions{LowerBound: tablePrefix(op.Table), UpperBound: tableEnd(op.Table)})
+	if err != nil {
+		return false, err
+	}
+	empty := !it.First()
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return false, err
+	}
+	if s.fresh == nil {
+		s.fresh = map[string]freshTable{}
+	}
+	s.fresh[op.Table] = freshTable{load: a.load, empty: empty}
+	return empty, nil
 }
 
 // noteChange adds t to the records changed by this Apply, once.

@@ -33,6 +33,15 @@ func (l *Log) WriteMany(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed, e
 // how a database capture position is stored together with what it captured,
 // so a change is in the log exactly once.
 func (l *Log) WriteManyWith(ctx context.Context, txs [][]wire.Op, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
+	return l.WriteLoad(ctx, txs, nil, extra)
+}
+
+// WriteLoad is WriteManyWith for transactions of an initial load: loads[i],
+// if not 0, is the ID (from the applier) of the load txs[i] belongs to, and
+// says that txs[i] puts only records that no other transaction of that load
+// puts. A LoadApplier uses that to apply them without reading their records
+// first where it knows they are new. loads is as long as txs, or nil.
+func (l *Log) WriteLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if l.cfg.Self == nil {
 		return nil, ErrReadOnly
 	}
@@ -47,7 +56,10 @@ func (l *Log) WriteManyWith(ctx context.Context, txs [][]wire.Op, extra func(*pe
 			return nil, err
 		}
 	}
-	r := &request{own: txs, extra: extra}
+	if loads != nil && len(loads) != len(txs) {
+		return nil, fmt.Errorf("txlog: %d load IDs for %d transactions", len(loads), len(txs))
+	}
+	r := &request{own: txs, extra: extra, loads: loads}
 	if err := l.submit(ctx, r); err != nil {
 		return nil, err
 	}

@@ -17,6 +17,7 @@ type request struct {
 	proof *[2]*wire.Signed          // a fork proof from a peer (checked)
 	fn    func() error              // exclusive work run between groups (replay)
 	extra func(*pebble.Batch) error // own: more writes for the same batch (a capture position)
+	loads []uint64                  // own: the initial load each transaction belongs to (WriteLoad), or nil
 
 	out  []*wire.Signed // own: the committed entries
 	res  RunResult      // remote: what happened
@@ -46,10 +47,11 @@ type RunResult struct {
 // group is one group commit under construction.
 type group struct {
 	b        *pebble.Batch
-	heads    map[string]Head // heads as of this group (copy-on-write over l.heads)
-	forks    map[string]Fork // forks found in this group
-	writes   []*wire.Signed  // new entries to store and apply, in order
-	unsigned []*wire.Signed  // own entries still to sign
+	heads    map[string]Head         // heads as of this group (copy-on-write over l.heads)
+	forks    map[string]Fork         // forks found in this group
+	writes   []*wire.Signed          // new entries to store and apply, in order
+	unsigned []*wire.Signed          // own entries still to sign
+	loads    map[*wire.Signed]uint64 // entries of an initial load (WriteLoad): the load
 }
 
 // run is the committer: it builds each group, makes it visible with an
@@ -313,6 +315,15 @@ func (l *Log) stampOwn(g *group, r *request) error {
 		}
 	}
 	g.heads[self.Site] = head
+	for i, load := range r.loads {
+		if load == 0 {
+			continue
+		}
+		if g.loads == nil {
+			g.loads = make(map[*wire.Signed]uint64, len(out))
+		}
+		g.loads[out[i]] = load
+	}
 	g.writes = append(g.writes, out...)
 	g.unsigned = append(g.unsigned, out...)
 	r.out = out
@@ -350,9 +361,18 @@ func (l *Log) signAll(ss []*wire.Signed) (wait func()) {
 func (l *Log) writeAll(g *group, signed func()) error {
 	defer signed() // never leave signers running past the group
 	apply := make([]*wire.Signed, 0, len(g.writes))
+	la, hinted := l.cfg.Apply.(LoadApplier)
+	hinted = hinted && len(g.loads) > 0
+	var loads []uint64
+	if hinted {
+		loads = make([]uint64, 0, len(g.writes))
+	}
 	for _, s := range g.writes {
 		if !l.holds(s) {
 			apply = append(apply, s)
+			if hinted {
+				loads = append(loads, g.loads[s])
+			}
 			continue
 		}
 		if err := g.b.Set(seqKey(spaceHeld, s.Site, s.Seq), nil, nil); err != nil {
@@ -360,7 +380,13 @@ func (l *Log) writeAll(g *group, signed func()) error {
 		}
 	}
 	if len(apply) > 0 {
-		if err := l.cfg.Apply.ApplyAll(g.b, apply); err != nil {
+		var err error
+		if hinted {
+			err = la.ApplyLoad(g.b, apply, loads)
+		} else {
+			err = l.cfg.Apply.ApplyAll(g.b, apply)
+		}
+		if err != nil {
 			return fmt.Errorf("txlog: apply: %w", err)
 		}
 	}

@@ -71,6 +71,13 @@ type Applier interface {
 	ApplyAll(b *pebble.Batch, es []*wire.Signed) error
 }
 
+// LoadApplier is an Applier that can apply the entries of an initial load
+// faster (see WriteLoad): loads[i], if not 0, names the load es[i] belongs to.
+type LoadApplier interface {
+	Applier
+	ApplyLoad(b *pebble.Batch, es []*wire.Signed, loads []uint64) error
+}
+
 // Identity is the signing identity of the node's own site.
 type Identity struct {
 	Site  string
