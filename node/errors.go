@@ -74,10 +74,6 @@ func tooLarge(format string, a ...any) error {
 	return newAPIError(http.StatusRequestEntityTooLarge, codeTooLarge, wire.ErrTooLarge, format, a...)
 }
 
-// errBadRequest is for callers that wrap it ("%w: detail"): the API answers
-// 400 with "bad request: detail". New code calls badRequest.
-var errBadRequest error = &apiError{status: http.StatusBadRequest, code: codeBadRequest, msg: "bad request"}
-
 // refusedError is a certificate or database problem that stops the node
 // (exit 4) or its writes (409 refused). Its message is written for a clinic;
 // it matches ErrRefused and unwraps to its cause.
