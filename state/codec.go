@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 
 	"github.com/ppsync/ppsync/internal/wire"
@@ -277,6 +278,9 @@ func decodeUints(b []byte, xs ...*uint64) error {
 // call: wire.Marshal of the list, split at its elements. (A msgpack value
 // encodes the same inside an array as alone.)
 func encodeValues(vals []any) ([][]byte, error) {
+	if out, ok := encodeScalars(vals); ok {
+		return out, nil
+	}
 	enc, err := wire.Marshal(vals)
 	if err != nil {
 		return nil, err
@@ -297,6 +301,78 @@ func encodeValues(vals []any) ([][]byte, error) {
 		return nil, fmt.Errorf("split encoded values: %w", d.err)
 	}
 	return out, nil
+}
+
+// encodeScalars is encodeValues for values that are all nil, bool, int64,
+// float64 or string (a row of a practice database, mostly), written by hand
+// as wire.Marshal writes them, without the codec's reflection. ok is false
+// when some value is of another type.
+func encodeScalars(vals []any) (out [][]byte, ok bool) {
+	n := 0
+	for _, v := range vals {
+		switch x := v.(type) {
+		case nil, bool:
+			n++
+		case int64, float64:
+			n += 9
+		case string:
+			n += 5 + len(x)
+		default:
+			return nil, false
+		}
+	}
+	buf := make([]byte, 0, n)
+	out = make([][]byte, len(vals))
+	for i, v := range vals {
+		start := len(buf)
+		buf = appendScalar(buf, v)
+		out[i] = buf[start:len(buf):len(buf)]
+	}
+	return out, true
+}
+
+// appendScalar appends the MessagePack encoding of a nil, bool, int64,
+// float64 or string value exactly as wire.Marshal encodes it: the smallest
+// integer form (signed), float64 always as 8 bytes, str8 for 32..255 bytes.
+func appendScalar(b []byte, v any) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(b, 0xc0)
+	case bool:
+		if x {
+			return append(b, 0xc3)
+		}
+		return append(b, 0xc2)
+	case int64:
+		switch {
+		case x >= 0 && x <= 127:
+			return append(b, byte(x))
+		case x < 0 && x >= -32:
+			return append(b, byte(x))
+		case x >= math.MinInt8 && x <= math.MaxInt8:
+			return append(b, 0xd0, byte(x))
+		case x >= math.MinInt16 && x <= math.MaxInt16:
+			return binary.BigEndian.AppendUint16(append(b, 0xd1), uint16(x))
+		case x >= math.MinInt32 && x <= math.MaxInt32:
+			return binary.BigEndian.AppendUint32(append(b, 0xd2), uint32(x))
+		}
+		return binary.BigEndian.AppendUint64(append(b, 0xd3), uint64(x))
+	case float64:
+		return binary.BigEndian.AppendUint64(append(b, 0xcb), math.Float64bits(x))
+	case string:
+		switch n := len(x); {
+		case n < 32:
+			b = append(b, 0xa0|byte(n))
+		case n < 1<<8:
+			b = append(b, 0xd9, byte(n))
+		case n < 1<<16:
+			b = binary.BigEndian.AppendUint16(append(b, 0xda), uint16(n))
+		default:
+			b = binary.BigEndian.AppendUint32(append(b, 0xdb), uint32(n))
+		}
+		return append(b, x...)
+	}
+	panic(fmt.Sprintf("state: appendScalar of %T", v))
 }
 
 func (d *decoder) msgpackArrayHeader() uint64 {

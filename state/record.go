@@ -85,6 +85,14 @@ func (r *storedRecord) put(v Version, names []string, vals [][]byte) bool {
 	if v.Compare(r.Del) <= 0 {
 		return false // older than the tombstone: invisible
 	}
+	if r.Put.IsZero() && len(r.Fields) == 0 { // a new record: the fields as given
+		r.Put = v
+		r.Fields = make([]storedField, len(names))
+		for i, name := range names {
+			r.Fields[i] = storedField{Name: name, Ver: v, Val: vals[i]}
+		}
+		return true
+	}
 	r.Fields = slices.Grow(r.Fields, len(names))
 	changed := false
 	if v.Compare(r.Put) > 0 {
