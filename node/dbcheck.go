@@ -15,6 +15,7 @@ import (
 	"github.com/ppsync/ppsync/db"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/state"
 )
 
 // DBStatus answers GET /v1/db and is `ppsync db status --json`.
@@ -99,7 +100,12 @@ type DBRowDiff struct {
 const dbCheckListLimit = 1000
 
 // DBStatus reports the practice database's sync.
-func (n *Node) DBStatus() DBStatus {
+func (n *Node) DBStatus() DBStatus { return n.dbStatus(true) }
+
+// dbStatus is DBStatus; without perTable it leaves out the per-table count
+// of merged changes waiting to be written (a read of up to dbPendingScan
+// changes), which /metrics does not show.
+func (n *Node) dbStatus(perTable bool) DBStatus {
 	st := DBStatus{Tables: []string{}, PerTable: []DBTableStatus{}, Skipped: []string{}, Refused: []DBRowConflict{}, Warnings: []string{}}
 	if n.dbs == nil {
 		st.Problem = "this node syncs no practice database (set one up with `ppsync init --db`)"
@@ -123,7 +129,9 @@ func (n *Node) DBStatus() DBStatus {
 			cur = max(cur, d.echoFloor()) // changes up to it are the database's own
 			if ss.Cursor > cur {
 				st.PendingApply = ss.Cursor - cur
-				pendingApply = d.pendingByTable(cur)
+				if perTable {
+					pendingApply = d.pendingByTable(cur)
+				}
 			}
 		}
 	}
@@ -446,20 +454,10 @@ const dbPendingScan = 10000
 // the first dbPendingScan.
 func (d *dbsync) pendingByTable(cursor uint64) map[string]uint64 {
 	out := map[string]uint64{}
-	seen := 0
-	for seen < dbPendingScan {
-		cs, next, err := d.n.state.Changes(cursor, min(1000, dbPendingScan-seen))
-		if err != nil || len(cs) == 0 {
-			break
-		}
-		for _, c := range cs {
-			if !d.isEcho(c) {
-				out[c.Table]++
-			}
-		}
-		seen += len(cs)
-		cursor = next
-	}
+	_, _ = d.toWrite(cursor, dbPendingScan, func(c state.Change) bool { // a read error leaves the counts so far
+		out[c.Table]++
+		return true
+	})
 	return out
 }
 

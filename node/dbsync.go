@@ -197,21 +197,41 @@ func (d *dbsync) isEcho(r state.Change) bool {
 // the cursor up to which it looked: changes the state takes in while it
 // scans lie past that cursor and are looked at next time.
 func (d *dbsync) needsApply(cursor uint64) (need bool, seen uint64, err error) {
-	for {
-		cs, next, err := d.n.state.Changes(cursor, 1000)
+	seen, err = d.toWrite(cursor, 0, func(state.Change) bool {
+		need = true
+		return false
+	})
+	return need, seen, err
+}
+
+// toWrite calls fn with each merged change after cursor that is to be
+// written into the database (not only the database's own), looking at
+// most at limit changes (0: all), until fn returns false. It returns the
+// cursor up to which it looked: the start of the page where fn stopped, or
+// the end of what it read.
+func (d *dbsync) toWrite(cursor uint64, limit int, fn func(state.Change) bool) (uint64, error) {
+	looked := 0
+	for limit == 0 || looked < limit {
+		page := 1000
+		if limit > 0 {
+			page = min(page, limit-looked)
+		}
+		cs, next, err := d.n.state.Changes(cursor, page)
 		if err != nil {
-			return false, cursor, err
+			return cursor, err
 		}
 		for _, c := range cs {
-			if !d.isEcho(c) {
-				return true, cursor, nil
+			if !d.isEcho(c) && !fn(c) {
+				return cursor, nil
 			}
 		}
 		if len(cs) == 0 || next == cursor {
-			return false, cursor, nil
+			return cursor, nil
 		}
+		looked += len(cs)
 		cursor = next
 	}
+	return cursor, nil
 }
 
 func newDBSync(n *Node, c db.Connector) *dbsync {
@@ -575,7 +595,7 @@ func appendLoadEntries(txs [][]wire.Op, ops []wire.Op) ([][]wire.Op, uint64) {
 	var total, size uint64
 	start := 0
 	for i := range ops {
-		n := loadOpSize(&ops[i])
+		n := opSize(&ops[i])
 		if i > start && (size+n > dbLoadEntryBytes || i-start >= wire.MaxOps) {
 			txs = append(txs, ops[start:i:i])
 			start, size = i, 0
@@ -604,15 +624,6 @@ func distinctKeys(ops []wire.Op, intKey map[string]string) bool {
 		}
 	}
 	return true
-}
-
-// loadOpSize estimates the encoded size of one operation, as opsSize does.
-func loadOpSize(op *wire.Op) uint64 {
-	n := uint64(64 + len(op.Table) + len(op.Key))
-	for k, v := range op.Fields {
-		n += uint64(len(k)) + valueSize(v)
-	}
-	return n
 }
 
 // loadProgress is where an initial load stands (stored with each batch).
@@ -657,9 +668,7 @@ func (d *dbsync) step(ctx context.Context) error {
 			if ss.Cursor <= cur {
 				return nil
 			}
-			d.mu.Lock()
-			from := max(cur, d.echoCursor) // changes up to echoCursor were all the database's own
-			d.mu.Unlock()
+			from := max(cur, d.echoFloor()) // changes up to it were all the database's own
 			if ss.Cursor <= from {
 				return nil
 			}

@@ -109,7 +109,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mRejections, k.rejectedChain.Load(), "entry-chain")
 	counter(mRejections, k.rejectedOther.Load(), "entry-refused")
 	if n.dbs != nil {
-		d := n.DBStatus()
+		d := n.dbStatus(false)
 		counter(mDBCaptured, d.Captured)
 		counter(mDBApplied, d.Applied)
 		gauge(mDBPendingCapture, float64(d.PendingCapture))

@@ -631,12 +631,18 @@ func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, e
 func opsSize(txs [][]wire.Op) uint64 {
 	var n uint64
 	for _, ops := range txs {
-		for _, op := range ops {
-			n += uint64(64 + len(op.Table) + len(op.Key))
-			for k, v := range op.Fields {
-				n += uint64(len(k)) + valueSize(v)
-			}
+		for i := range ops {
+			n += opSize(&ops[i])
 		}
+	}
+	return n
+}
+
+// opSize estimates the encoded size of one operation.
+func opSize(op *wire.Op) uint64 {
+	n := uint64(64 + len(op.Table) + len(op.Key))
+	for k, v := range op.Fields {
+		n += uint64(len(k)) + valueSize(v)
 	}
 	return n
 }
