@@ -237,6 +237,23 @@ func Retries(rows []Row, refused []RowConflict, s Syncer) ([]Row, error) {
 	return out, nil
 }
 
+// NewlyRefused returns the rows of now (refused after an apply) that before
+// (refused earlier) does not hold with the same reason: what the stored
+// list of refused rows must take in.
+func NewlyRefused(before, now []RowConflict) []RowConflict {
+	had := make(map[[2]string]string, len(before))
+	for _, k := range before {
+		had[[2]string{k.Table, k.Key}] = k.Reason
+	}
+	var out []RowConflict
+	for _, k := range now {
+		if why, ok := had[[2]string{k.Table, k.Key}]; !ok || why != k.Reason {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Resolved returns the rows of before (refused earlier) that now (refused
 // after an apply) no longer holds: written at last.
 func Resolved(before, now []RowConflict) []RowConflict {

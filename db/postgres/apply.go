@@ -214,7 +214,7 @@ func storeRefused(ctx context.Context, tx pgx.Tx, before, now []db.RowConflict) 
 			return 0, err
 		}
 	}
-	for _, k := range now {
+	for _, k := range db.NewlyRefused(before, now) {
 		if _, err := tx.Exec(ctx, `INSERT INTO `+refusedTable+` (tbl, key, reason) VALUES ($1, $2, $3) ON CONFLICT (tbl, key) DO UPDATE SET reason = excluded.reason`, k.Table, k.Key, k.Reason); err != nil {
 			return 0, err
 		}

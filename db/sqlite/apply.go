@@ -240,7 +240,7 @@ func storeRefused(ctx context.Context, tx *sql.Tx, before, now []db.RowConflict)
 		}
 	}
 	since := time.Now().UTC().Format(time.RFC3339)
-	for _, k := range now {
+	for _, k := range db.NewlyRefused(before, now) {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO `+refusedTable+`(tbl, key, reason, since) VALUES (?, ?, ?, ?) ON CONFLICT(tbl, key) DO UPDATE SET reason = excluded.reason`, k.Table, k.Key, k.Reason, since); err != nil {
 			return 0, fmt.Errorf("sqlite: apply: record a refused row: %w", err)
 		}
