@@ -47,17 +47,19 @@ func layer(path string) string {
 // allowed lists, per layer, the layers of this module it may depend on
 // (directly or not): cmd -> node -> {mesh, txlog, state, lock, family} -> internal.
 var allowed = map[string][]string{
-	"cmd":         {"node", "family", "mesh", "txlog", "state", "lock", "db", "internal"},
-	"node":        {"mesh", "txlog", "state", "lock", "family", "db", "internal"},
+	"cmd":         {"node", "family", "mesh", "txlog", "state", "lock", "db", "alert", "notify", "internal"},
+	"node":        {"mesh", "txlog", "state", "lock", "family", "db", "alert", "notify", "internal"},
 	"db":          {"db", "internal"},
+	"alert":       {"internal"},
+	"notify":      {"internal"},
 	"mesh":        {"internal"},
 	"txlog":       {"internal"},
 	"state":       {"internal"},
 	"lock":        {"internal"},
 	"family":      {"internal"},
 	"internal":    {"internal"},
-	"integration": {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "db", "internal"},
-	"":            {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "db", "internal", "integration"},
+	"integration": {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "db", "alert", "notify", "internal"},
+	"":            {"cmd", "node", "mesh", "txlog", "state", "lock", "family", "db", "alert", "notify", "internal", "integration"},
 }
 
 // directAllowed restricts what cmd may import directly: node, and family for

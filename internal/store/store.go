@@ -9,6 +9,7 @@
 //	's'  state: records, conflicts, change feed
 //	'm'  node metadata (database ID, format)
 //	'd'  node: the practice database's capture position and load progress
+//	'a'  alert: rules, the monitor's state, the outbox
 package store
 
 import (
@@ -26,6 +27,7 @@ const (
 	PrefixState byte = 's'
 	PrefixMeta  byte = 'm'
 	PrefixDB    byte = 'd'
+	PrefixAlert byte = 'a'
 )
 
 // Options tune the database. The zero value is the production setting.
