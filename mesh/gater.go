@@ -39,6 +39,9 @@ func (g *gater) InterceptAccept(network.ConnMultiaddrs) bool { return true } // 
 func (g *gater) InterceptSecured(dir network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
 	if g.m.cfg.Family.Banned(p) {
 		g.m.count("banned_peer")
+		if dir == network.DirInbound {
+			g.m.bannedTried(p)
+		}
 		return false
 	}
 	if _, ok := g.m.cfg.Family.Member(p); ok {

@@ -90,6 +90,7 @@ type Mesh struct {
 	waiters      map[peer.ID][]chan helloResult
 	reservations map[peer.ID]time.Time // relay -> reservation expiry
 	reserving    map[peer.ID]bool
+	banned       map[peer.ID]time.Time // revoked or superseded peers that tried to connect, last try
 }
 
 type peerState struct {
@@ -287,6 +288,32 @@ func (m *Mesh) count(reason string) {
 	m.mu.Lock()
 	m.counts[reason]++
 	m.mu.Unlock()
+}
+
+// bannedTried records that a banned peer (revoked, or a moved site's old
+// machine) tried to connect.
+func (m *Mesh) bannedTried(p peer.ID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.banned == nil {
+		m.banned = map[peer.ID]time.Time{}
+	}
+	if len(m.banned) < 1024 || m.banned[p] != (time.Time{}) {
+		m.banned[p] = time.Now()
+	}
+}
+
+// BannedTries returns, per banned peer that tried to connect (a revoked copy
+// of a site, or a moved site's old machine still running), when it last
+// tried.
+func (m *Mesh) BannedTries() map[peer.ID]time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[peer.ID]time.Time, len(m.banned))
+	for p, t := range m.banned {
+		out[p] = t
+	}
+	return out
 }
 
 // Rejections returns the count of rejected connections, streams and messages
