@@ -58,6 +58,7 @@ const (
 	codeDiskFull     = "disk_full"
 	codeStopping     = "stopping"
 	codeInternal     = "internal"
+	codeSendFailed   = "send_failed"
 )
 
 func newAPIError(status int, code string, cause error, format string, a ...any) *apiError {
