@@ -2,12 +2,15 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -477,4 +480,38 @@ func (a *alerter) firing() int {
 		}
 	}
 	return n
+}
+
+// smtpSettings reads the [smtp] settings with the password (password_file,
+// else PPSYNC_SMTP_PASSWORD) and the extra trusted certificates.
+func smtpSettings(c SMTPConfig, env func(string) string) (notify.SMTP, error) {
+	s := notify.SMTP{Server: c.Server, From: c.From, TLS: c.TLS, Username: c.Username}
+	if c.Server == "" {
+		return s, fmt.Errorf("%w: no mail server is set: add an [smtp] table with server and from to ppsync.toml", notify.ErrConfig)
+	}
+	switch {
+	case c.PasswordFile != "":
+		b, err := os.ReadFile(c.PasswordFile)
+		if err != nil {
+			return s, fmt.Errorf("%w: [smtp] password_file: %v", notify.ErrConfig, err)
+		}
+		s.Password = strings.TrimRight(string(b), "\r\n")
+	case env != nil:
+		s.Password = env("PPSYNC_SMTP_PASSWORD")
+	}
+	if c.CAFile != "" {
+		b, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return s, fmt.Errorf("%w: [smtp] ca_file: %v", notify.ErrConfig, err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return s, fmt.Errorf("%w: [smtp] ca_file %s holds no PEM certificate", notify.ErrConfig, c.CAFile)
+		}
+		s.RootCAs = pool
+	}
+	return s, s.Check()
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/internal/atomicfile"
+	"github.com/ppsync/ppsync/notify"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -66,6 +67,8 @@ type Config struct {
 	// DBPasswordFile holds the PostgreSQL password (else the environment's
 	// PPSYNC_DB_PASSWORD or PGPASSWORD); never printed.
 	DBPasswordFile string `toml:"db_password_file"`
+	// SMTP is the mail server alerts are sent through ([smtp]).
+	SMTP SMTPConfig `toml:"smtp"`
 	// HeartbeatInterval is how often the node gossips its heartbeat (tests
 	// shorten it; default 5s).
 	HeartbeatInterval time.Duration `toml:"-"`
@@ -81,6 +84,18 @@ type Config struct {
 	Level *slog.LevelVar      `toml:"-"`
 	Env   func(string) string `toml:"-"` // environment (PPSYNC_MACHINE_ID); nil: empty
 	Now   func() time.Time    `toml:"-"` // clock; nil: time.Now
+}
+
+// SMTPConfig is the [smtp] table of ppsync.toml: the mail server the alert
+// monitor sends through. The password comes from password_file or
+// PPSYNC_SMTP_PASSWORD and is never printed.
+type SMTPConfig struct {
+	Server       string `toml:"server"` // host:port
+	From         string `toml:"from"`
+	TLS          string `toml:"tls"` // starttls (default), tls, none (only to 127.0.0.1)
+	Username     string `toml:"username"`
+	PasswordFile string `toml:"password_file"`
+	CAFile       string `toml:"ca_file"` // PEM certificates to trust besides the system's (a private mail server)
 }
 
 // Duration is a time.Duration written as "30s" in TOML and JSON.
@@ -136,6 +151,11 @@ func (c *Config) Validate() error {
 	}
 	if c.DB != "" && !strings.HasPrefix(c.DB, "sqlite:") && !strings.HasPrefix(c.DB, "postgres://") && !strings.HasPrefix(c.DB, "postgresql://") {
 		return badRequest("db %q is not a database URL ppsync knows (use sqlite:/path/to/practice.db or postgres://USER@HOST:PORT/DBNAME)", c.DB)
+	}
+	if c.SMTP != (SMTPConfig{}) {
+		if err := (notify.SMTP{Server: c.SMTP.Server, From: c.SMTP.From, TLS: c.SMTP.TLS, Username: c.SMTP.Username}).Check(); err != nil {
+			return badRequest("%v", err)
+		}
 	}
 	for _, a := range append(append([]string(nil), c.Listen...), c.Bootstrap...) {
 		if !strings.HasPrefix(a, "/") {
@@ -221,6 +241,20 @@ db_exclude = [{{range $i, $a := .DBExclude}}{{if $i}}, {{end}}{{printf "%q" $a}}
 
 # PostgreSQL: a file holding the database password (mode 0600).
 db_password_file = {{printf "%q" .DBPasswordFile}}
+
+# The mail server alert emails go through (` + "`ppsync alerts add --email`" + `).
+[smtp]
+# host:port, like "smtp.example.com:587" (empty: no email alerts).
+server = {{printf "%q" .SMTP.Server}}
+# The sender's address.
+from = {{printf "%q" .SMTP.From}}
+# "starttls" (port 587), "tls" (port 465), or "none" (only to a server on 127.0.0.1).
+tls = {{printf "%q" .SMTP.TLS}}
+username = {{printf "%q" .SMTP.Username}}
+# A file holding the password (mode 0600); or PPSYNC_SMTP_PASSWORD in the environment.
+password_file = {{printf "%q" .SMTP.PasswordFile}}
+# PEM certificates to trust for a mail server with a private certificate.
+ca_file = {{printf "%q" .SMTP.CAFile}}
 `))
 
 // SaveConfig writes c to DATA/ppsync.toml, every setting present and commented.
