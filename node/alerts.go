@@ -62,44 +62,6 @@ type alerterDeps struct {
 	sites   func() []string // the family's sites, to check a rule's --site
 }
 
-// AlertJSON is one rule as `ppsync alerts list --json` and GET /v1/alerts
-// show it.
-type AlertJSON struct {
-	ID       string             `json:"id"`
-	Site     string             `json:"site"`
-	Emails   []string           `json:"emails,omitempty"`
-	Webhook  string             `json:"webhook,omitempty"`
-	Hours    string             `json:"hours"`
-	After    string             `json:"after"`
-	Remind   string             `json:"remind,omitempty"`
-	Paused   *time.Time         `json:"paused_until,omitempty"`
-	State    string             `json:"state"` // ok, alerting, waiting (an outage below the threshold), paused
-	Problems []AlertProblem     `json:"problems,omitempty"`
-	LastSent *AlertDeliveryRow  `json:"last_sent,omitempty"`
-	Pending  []AlertDeliveryRow `json:"pending,omitempty"`        // messages not delivered yet (retrying)
-	Secret   string             `json:"webhook_secret,omitempty"` // only in the answer of add
-}
-
-// AlertProblem is one open problem of a rule's site.
-type AlertProblem struct {
-	Kind    string    `json:"kind"`
-	Since   time.Time `json:"since"`
-	Alerted bool      `json:"alerted"`
-}
-
-// AlertDeliveryRow is one message on one channel.
-type AlertDeliveryRow struct {
-	ID       string     `json:"id"`
-	Channel  string     `json:"channel"`
-	Event    string     `json:"event"`
-	Subject  string     `json:"subject"`
-	Sent     *time.Time `json:"sent,omitempty"`
-	Attempts int        `json:"attempts"`
-	Error    string     `json:"error,omitempty"`
-	Next     *time.Time `json:"next_try,omitempty"`
-	GaveUp   bool       `json:"gave_up,omitempty"`
-}
-
 func newAlerter(deps alerterDeps) (*alerter, error) {
 	a := &alerter{alerterDeps: deps}
 	a.wake = make(chan struct{}, 1)

@@ -53,6 +53,7 @@ type Node struct {
 	events   *eventHub
 	counters counters
 	page     *page // the sync page's logins and sessions
+	alerts   *alerter
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
@@ -199,6 +200,9 @@ func (n *Node) open(ctx context.Context) error {
 		return err
 	}
 	if err := n.startMesh(ctx); err != nil {
+		return err
+	}
+	if err := n.startAlerts(); err != nil {
 		return err
 	}
 	if n.dbc != nil {

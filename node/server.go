@@ -51,6 +51,11 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("GET /v1/activity", n.getActivity)
 	mux.HandleFunc("GET /v1/db", n.getDB)
 	mux.HandleFunc("POST /v1/db/check", n.postDBCheck)
+	mux.HandleFunc("GET /v1/alerts", n.getAlerts)
+	mux.HandleFunc("POST /v1/alerts", n.postAlert)
+	mux.HandleFunc("DELETE /v1/alerts/{id}", n.deleteAlert)
+	mux.HandleFunc("POST /v1/alerts/{id}/pause", n.postAlertPause)
+	mux.HandleFunc("POST /v1/alerts/{id}/test", n.postAlertTest)
 	mux.Handle("GET /metrics", n.metricsHandler())
 	pg := n.newPage()
 	n.page = pg
