@@ -47,6 +47,7 @@ type alerter struct {
 	states map[string]*alert.State
 	saved  map[string]time.Time // when each state was last saved
 	up     time.Time
+	passes int // evaluations run since start (tests wait on it)
 }
 
 // alerterDeps is what the monitor is given by the node.
@@ -155,6 +156,9 @@ func (a *alerter) evaluate() {
 			a.poke()
 		}
 	}
+	a.mu.Lock()
+	a.passes++
+	a.mu.Unlock()
 }
 
 func cloneState(st *alert.State) alert.State {

@@ -61,7 +61,7 @@ func (n *Node) alertObservation(site string) alert.Observation {
 	} else {
 		local := n.txlog.Frontier()
 		for _, p := range n.sync.peers() {
-			if p.Site != site || p.Role == "relay" && site != p.Site {
+			if p.Site != site {
 				continue
 			}
 			obs.Connected = obs.Connected || p.Connected

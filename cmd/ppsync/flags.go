@@ -30,7 +30,7 @@ func commands() []*command {
 		initCommand(), installCommand(), runCommand(),
 		putCommand(), deleteCommand(), importCommand(), getCommand(), listCommand(), digestCommand(),
 		statusCommand(), peersCommand(), logCommand(), syncNowCommand(), setCommand(), openCommand(), conflictsCommand(),
-		dbCommand(), verifyCommand(), versionCommand(), demoCommand(), serviceCommand(), helpCommand(),
+		dbCommand(), alertsCommand(), verifyCommand(), versionCommand(), demoCommand(), serviceCommand(), helpCommand(),
 	}
 }
 
