@@ -187,3 +187,26 @@ func (n *Node) postAlertTest(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, res)
 }
+
+// AlertStats are the alert monitor's figures (/metrics, the sync page).
+type AlertStats struct {
+	Rules, Firing, Pending int
+	Sent, Failed           uint64
+}
+
+// AlertStats returns the alert monitor's figures.
+func (n *Node) AlertStats() AlertStats {
+	a := n.alerts
+	s := AlertStats{Firing: a.firing(), Sent: a.sent.Load(), Failed: a.failed.Load()}
+	a.mu.Lock()
+	s.Rules = len(a.rules)
+	a.mu.Unlock()
+	if p, err := a.db.Pending(); err == nil {
+		for _, d := range p {
+			if d.Sent.IsZero() && !d.GaveUp {
+				s.Pending++
+			}
+		}
+	}
+	return s
+}

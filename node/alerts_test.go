@@ -231,6 +231,12 @@ func TestAlertsRetryWhileTheMailServerRefuses(t *testing.T) {
 	if len(list.Alerts[0].Pending) != 0 || list.Alerts[0].LastSent == nil {
 		t.Fatalf("after the retry: %+v", list.Alerts[0])
 	}
+	metrics := metricsText(t, relay)
+	for _, want := range []string{"ppsync_alert_rules 1", "ppsync_alerts_firing 1", `ppsync_alert_messages_total{result="sent"} 1`, `ppsync_alert_messages_total{result="failed"} 1`, "ppsync_alert_messages_pending 0"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
 
 func TestAlertsBadInput(t *testing.T) {

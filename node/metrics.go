@@ -76,12 +76,23 @@ var (
 		"Merged rows the practice database refused (tried again after every change until written).", nil, nil)
 	mDBProblem = prometheus.NewDesc("ppsync_db_problem",
 		"1 when syncing the practice database has a problem (GET /v1/db says which).", nil, nil)
+
+	// The alert monitor.
+	mAlertRules = prometheus.NewDesc("ppsync_alert_rules",
+		"Alert rules this node watches.", nil, nil)
+	mAlertsFiring = prometheus.NewDesc("ppsync_alerts_firing",
+		"Alert rules whose site has a problem that was told and has not recovered.", nil, nil)
+	mAlertMessages = prometheus.NewDesc("ppsync_alert_messages_total",
+		"Alert messages (per channel) sent, and attempts that failed (each is retried).", []string{"result"}, nil)
+	mAlertPending = prometheus.NewDesc("ppsync_alert_messages_pending",
+		"Alert messages (per channel) not delivered yet.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mEntries, mCatchupBytes, mCatchupSessions, mRejections, mDropped, mPeers,
 		mBacklog, mLag, mFrontier, mConflicts, mRecords, mForks, mHeld, mLastSync, mVersionMismatch, mOnline,
-		mDBCaptured, mDBApplied, mDBPendingCapture, mDBPendingApply, mDBRefused, mDBProblem} {
+		mDBCaptured, mDBApplied, mDBPendingCapture, mDBPendingApply, mDBRefused, mDBProblem,
+		mAlertRules, mAlertsFiring, mAlertMessages, mAlertPending} {
 		ch <- d
 	}
 }
@@ -117,6 +128,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mDBRefused, float64(len(d.Refused)))
 		gauge(mDBProblem, b2f(d.Problem != ""))
 	}
+	as := n.AlertStats()
+	gauge(mAlertRules, float64(as.Rules))
+	gauge(mAlertsFiring, float64(as.Firing))
+	counter(mAlertMessages, as.Sent, "sent")
+	counter(mAlertMessages, as.Failed, "failed")
+	gauge(mAlertPending, float64(as.Pending))
 	peers := n.sync.peers()
 	st, err := n.statusOf(peers)
 	if err != nil {
