@@ -54,7 +54,8 @@ type alerter struct {
 type alerterDeps struct {
 	db      alertdb.DB
 	log     *slog.Logger
-	now     func() time.Time
+	now     func() time.Time // the monitor's clock
+	nodeNow func() time.Time // the node's clock, which observations' contact times are in
 	smtp    func() (notify.SMTP, error)
 	client  *http.Client
 	observe func(site string) alert.Observation
@@ -130,7 +131,10 @@ func (a *alerter) evaluate() {
 		if r == nil {
 			continue // removed meanwhile
 		}
-		obs := a.observe(rule.Site) // outside the lock: it reads the node
+		obs := a.observe(rule.Site)    // outside the lock: it reads the node
+		if !obs.LastContact.IsZero() { // to the monitor's clock, by its age
+			obs.LastContact = now.Add(-a.nodeNow().Sub(obs.LastContact))
+		}
 		msgs, changed := alert.Evaluate(&rule, &st, obs, c, now)
 		var ds []alert.Delivery
 		for _, m := range msgs {

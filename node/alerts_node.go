@@ -15,9 +15,10 @@ import (
 // wakes once a second to find none.
 func (n *Node) startAlerts() error {
 	a, err := newAlerter(alerterDeps{
-		db:  alertdb.New(n.db),
-		log: n.log.With("component", "alerts"),
-		now: n.cfg.Now,
+		db:      alertdb.New(n.db),
+		log:     n.log.With("component", "alerts"),
+		now:     n.alertNow(),
+		nodeNow: n.cfg.Now,
 		smtp: func() (notify.SMTP, error) {
 			cfg := n.currentConfig()
 			return smtpSettings(cfg.SMTP, n.cfg.Env)
@@ -42,6 +43,14 @@ func (n *Node) startAlerts() error {
 	n.alerts = a
 	n.goTracked(func() { a.run(n.ctx) })
 	return nil
+}
+
+// alertNow is the monitor's clock: the node's, or Config.AlertNow.
+func (n *Node) alertNow() func() time.Time {
+	if n.cfg.AlertNow != nil {
+		return n.cfg.AlertNow
+	}
+	return n.cfg.Now
 }
 
 // revokedRecent is how long after its last try a revoked copy of a site

@@ -84,6 +84,10 @@ type Config struct {
 	Level *slog.LevelVar      `toml:"-"`
 	Env   func(string) string `toml:"-"` // environment (PPSYNC_MACHINE_ID); nil: empty
 	Now   func() time.Time    `toml:"-"` // clock; nil: time.Now
+	// AlertNow is the alert monitor's clock (nil: Now). Fault tests set it
+	// (PPSYNC_ALERT_CLOCK) to put the monitor inside or outside opening
+	// hours without shifting the node's own clock.
+	AlertNow func() time.Time `toml:"-"`
 }
 
 // SMTPConfig is the [smtp] table of ppsync.toml: the mail server the alert

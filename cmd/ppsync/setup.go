@@ -270,6 +270,18 @@ another ppsync already runs on DATA.`,
 				now := c.now
 				cfg.Now = func() time.Time { return now().Add(off) }
 			}
+			// PPSYNC_ALERT_CLOCK (an RFC 3339 time) starts the alert monitor's
+			// clock at that time, running from there: for fault tests of
+			// opening hours only.
+			if v := c.getenv("PPSYNC_ALERT_CLOCK"); v != "" {
+				at, err := time.Parse(time.RFC3339, v)
+				if err != nil {
+					return &exitCodeError{code: exitUsage, msg: fmt.Sprintf("PPSYNC_ALERT_CLOCK=%q is not a time like 2026-12-04T17:59:00Z", v)}
+				}
+				off := at.Sub(c.now())
+				now := c.now
+				cfg.AlertNow = func() time.Time { return now().Add(off) }
+			}
 
 			ctx, stop := c.notify(c.ctx)
 			defer stop()
