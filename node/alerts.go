@@ -92,9 +92,26 @@ func (a *alerter) run(ctx context.Context) {
 		a.deliver(ctx)
 		select {
 		case <-ctx.Done():
+			a.saveAll()
 			return
 		case <-t.C:
 		case <-a.wake:
+		}
+	}
+}
+
+// saveAll saves every rule's state as the monitor stops, so that the next
+// start counts outages from the last contact seen.
+func (a *alerter) saveAll() {
+	a.mu.Lock()
+	states := make(map[string]alert.State, len(a.states))
+	for id, st := range a.states {
+		states[id] = cloneState(st)
+	}
+	a.mu.Unlock()
+	for id, st := range states {
+		if err := a.db.Decide(id, st, nil); err != nil {
+			a.log.Warn("alert state not saved at stop", "rule", id, "err", err)
 		}
 	}
 }

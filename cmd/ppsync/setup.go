@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -270,15 +271,14 @@ another ppsync already runs on DATA.`,
 				now := c.now
 				cfg.Now = func() time.Time { return now().Add(off) }
 			}
-			// PPSYNC_ALERT_CLOCK (an RFC 3339 time) starts the alert monitor's
-			// clock at that time, running from there: for fault tests of
-			// opening hours only.
+			// PPSYNC_ALERT_CLOCK=TIME[@UNIX] (RFC 3339; UNIX seconds, default
+			// now) sets the alert monitor's clock to read TIME at the instant
+			// UNIX, running from there: for fault tests of opening hours only.
 			if v := c.getenv("PPSYNC_ALERT_CLOCK"); v != "" {
-				at, err := time.Parse(time.RFC3339, v)
+				off, err := alertClockOffset(v, c.now())
 				if err != nil {
-					return &exitCodeError{code: exitUsage, msg: fmt.Sprintf("PPSYNC_ALERT_CLOCK=%q is not a time like 2026-12-04T17:59:00Z", v)}
+					return &exitCodeError{code: exitUsage, msg: err.Error()}
 				}
-				off := at.Sub(c.now())
 				now := c.now
 				cfg.AlertNow = func() time.Time { return now().Add(off) }
 			}
@@ -395,4 +395,21 @@ func (c *cli) client(dataDir string) (*node.Client, error) {
 		return nil, apiError(dataDir, err)
 	}
 	return cl, nil
+}
+
+// alertClockOffset reads PPSYNC_ALERT_CLOCK: TIME[@UNIX].
+func alertClockOffset(v string, now time.Time) (time.Duration, error) {
+	at, ref, hasRef := strings.Cut(v, "@")
+	t, err := time.Parse(time.RFC3339, at)
+	if err != nil {
+		return 0, fmt.Errorf("PPSYNC_ALERT_CLOCK=%q is not a time like 2026-12-04T17:59:00Z (optionally @UNIX_SECONDS)", v)
+	}
+	if hasRef {
+		secs, err := strconv.ParseFloat(ref, 64)
+		if err != nil {
+			return 0, fmt.Errorf("PPSYNC_ALERT_CLOCK=%q: %q is not Unix seconds", v, ref)
+		}
+		now = time.Unix(0, int64(secs*1e9))
+	}
+	return t.Sub(now), nil
 }

@@ -68,7 +68,11 @@ type Server struct {
 }
 
 // Start listens on 127.0.0.1 on a free port.
-func Start(o Options) (*Server, error) {
+func Start(o Options) (*Server, error) { return StartOn(nil, o) }
+
+// StartOn serves on ln (a listener made in another network namespace, say),
+// or on a new one on 127.0.0.1 when ln is nil. With TLS "tls" it wraps ln.
+func StartOn(ln net.Listener, o Options) (*Server, error) {
 	s := &Server{fail: o.Fail, changed: make(chan struct{})}
 	s.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		_, isTLS := c.TLSConnectionState()
@@ -88,14 +92,15 @@ func Start(o Options) (*Server, error) {
 		}
 		s.srv.TLSConfig = cfg
 	}
+	if ln == nil {
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("mailsink: listen: %w", err)
+		}
+	}
 	if o.TLS == "tls" {
-		s.ln, err = tls.Listen("tcp", "127.0.0.1:0", s.srv.TLSConfig)
-	} else {
-		s.ln, err = net.Listen("tcp", "127.0.0.1:0")
+		ln = tls.NewListener(ln, s.srv.TLSConfig)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("mailsink: listen: %w", err)
-	}
+	s.ln = ln
 	go func() { _ = s.srv.Serve(s.ln) }()
 	return s, nil
 }
