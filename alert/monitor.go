@@ -29,6 +29,11 @@ type Observation struct {
 	Connected   bool      // connected now (the mesh's liveness check holds)
 	LastContact time.Time // the last successful exchange (a heartbeat or a catch-up); zero: none since start
 	Backlog     uint64    // entries not yet exchanged, in either direction
+	// Frontier is what the site last reported holding (per site, the
+	// highest seq), Local what the monitor holds. Progress is judged on
+	// them: what either held when a round began must reach the other.
+	Frontier map[string]uint64
+	Local    map[string]uint64
 	Version     string    // the version the site last reported
 	Forked      bool
 	Revoked     bool // revoked and still trying to connect
@@ -59,9 +64,18 @@ type Outage struct {
 // State is what the monitor remembers of one rule, persisted so that a
 // restart neither alerts twice for one outage nor misses a recovery.
 type State struct {
-	LastContact  time.Time          `json:"last_contact,omitzero"`
-	BacklogLow   uint64             `json:"backlog_low,omitempty"`
-	BacklogSince time.Time          `json:"backlog_since,omitzero"` // when the backlog last shrank
+	LastContact time.Time `json:"last_contact,omitzero"`
+	// Connected is when the site last connected (zero while it is not).
+	Connected time.Time `json:"connected,omitzero"`
+	// A round of exchange: what the site held when it began must reach the
+	// monitor (WantLocal) and what the monitor held must reach the site
+	// (WantRemote). Caught is when a round last completed. A round that
+	// does not complete within After (inside opening hours) is a stall; a
+	// site that keeps writing completes rounds all the same.
+	Round      time.Time         `json:"round,omitzero"`
+	WantLocal  map[string]uint64 `json:"want_local,omitempty"`
+	WantRemote map[string]uint64 `json:"want_remote,omitempty"`
+	Caught     time.Time         `json:"caught,omitzero"`
 	Sync         *Outage            `json:"sync,omitempty"`         // not-synced or stalled: one outage
 	Urgent       map[string]*Outage `json:"urgent,omitempty"`       // fork, revoked, version
 	Last         Observation        `json:"last"`
@@ -95,24 +109,40 @@ type LastReport struct {
 // the messages to send. It returns changed when the state must be saved
 // (an outage opened, was told or closed), not for every new contact time.
 func Evaluate(r *Rule, st *State, obs Observation, c Context, now time.Time) (msgs []Message, changed bool) {
+	frontier, local := obs.Frontier, obs.Local
+	if obs.Connected {
+		obs.LastContact = now // connected (the mesh's liveness check holds): in contact now
+	}
 	if obs.LastContact.After(st.LastContact) {
 		st.LastContact = obs.LastContact
 	}
+	obs.Frontier, obs.Local = nil, nil // not kept in Last
 	st.Last = obs
 	paused := r.PausedAt(now)
 	sched := &r.Schedule
 
-	// Backlog that does not shrink while connected.
-	switch {
-	case !obs.Connected || obs.Backlog == 0:
-		st.BacklogLow, st.BacklogSince = 0, time.Time{}
-	case st.BacklogSince.IsZero() || obs.Backlog < st.BacklogLow:
-		st.BacklogLow, st.BacklogSince = obs.Backlog, now
+	// Rounds of exchange while connected.
+	if !obs.Connected {
+		st.Connected, st.Round, st.WantLocal, st.WantRemote = time.Time{}, time.Time{}, nil, nil
+	} else {
+		if st.Connected.IsZero() {
+			st.Connected = now
+		}
+		if st.Round.IsZero() {
+			st.Round, st.WantLocal, st.WantRemote = now, clone(frontier), clone(local)
+		}
+		if covers(local, st.WantLocal) && covers(frontier, st.WantRemote) {
+			st.Caught = now
+			st.Round, st.WantLocal, st.WantRemote = now, clone(frontier), clone(local)
+		}
 	}
+	// Everything either side held when the site (re)connected has reached
+	// the other.
+	delivered := obs.Connected && !st.Caught.Before(st.Connected)
 
 	// Not synced, or stalled: one outage at a time.
 	if o := st.Sync; o != nil {
-		if obs.Connected && obs.Backlog == 0 && st.LastContact.After(o.Since) {
+		if delivered && st.Caught.After(o.Since) {
 			if !o.Alerted.IsZero() {
 				msgs = append(msgs, message(r, st, c, o, WhatRecovery, now))
 			}
@@ -131,8 +161,8 @@ func Evaluate(r *Rule, st *State, obs Observation, c Context, now time.Time) (ms
 		switch {
 		case !obs.Connected && settled && !now.Before(sched.Due(since, r.After)) && !sched.Due(since, r.After).IsZero():
 			st.Sync, changed = &Outage{Kind: KindNotSynced, Since: since}, true
-		case obs.Connected && !st.BacklogSince.IsZero() && !now.Before(sched.Due(st.BacklogSince, r.After)) && !sched.Due(st.BacklogSince, r.After).IsZero():
-			st.Sync, changed = &Outage{Kind: KindStalled, Since: st.BacklogSince}, true
+		case obs.Connected && !st.Round.IsZero() && !now.Before(sched.Due(st.Round, r.After)) && !sched.Due(st.Round, r.After).IsZero():
+			st.Sync, changed = &Outage{Kind: KindStalled, Since: st.Round}, true
 		}
 	}
 	if o := st.Sync; o != nil && !paused {
@@ -334,4 +364,25 @@ func lasted(d time.Duration) string {
 		unit = "day"
 	}
 	return fmt.Sprintf("%d %s %d h %d min", days, unit, int(d.Hours())%24, int(d.Minutes())%60)
+}
+
+// covers reports whether have holds at least want of every site.
+func covers(have, want map[string]uint64) bool {
+	for site, seq := range want {
+		if have[site] < seq {
+			return false
+		}
+	}
+	return true
+}
+
+func clone(m map[string]uint64) map[string]uint64 {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]uint64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }

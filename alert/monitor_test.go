@@ -50,8 +50,10 @@ func (w world) observe(now time.Time, last *time.Time) Observation {
 		o.Connected = true
 		*last = now
 	}
+	o.Local, o.Frontier = map[string]uint64{"s": 10}, map[string]uint64{"s": 10}
 	if in(w.stalled, now) {
 		o.Backlog = 7
+		o.Frontier = map[string]uint64{"s": 3}
 	}
 	o.Forked = in(w.forked, now)
 	o.LastContact = *last
@@ -160,7 +162,7 @@ func TestMonitorOutages(t *testing.T) {
 			"2026-12-02 08:00", "2026-12-02 16:00", []string{"2026-12-02 09:40"}, "alert/not-synced@Wed 10:00 recovery/not-synced@Wed 15:00"},
 		{"connected but the backlog is stuck",
 			weekdayRule(t, "30m", ""), world{stalled: [][2]time.Time{win("2026-12-02 09:00", "2026-12-02 11:00")}},
-			"2026-12-02 08:00", "2026-12-02 12:00", nil, "alert/stalled@Wed 09:30 recovery/stalled@Wed 11:00"},
+			"2026-12-02 08:00", "2026-12-02 12:00", nil, "alert/stalled@Wed 09:29 recovery/stalled@Wed 11:00"},
 		{"a fork alerts at any hour, at once",
 			weekdayRule(t, "1h", ""), world{forked: [][2]time.Time{win("2026-12-05 03:00", "2026-12-05 04:00")}},
 			"2026-12-05 00:00", "2026-12-05 06:00", nil, "alert/fork@Sat 03:00 recovery/fork@Sat 04:00"},
@@ -229,5 +231,25 @@ func TestMessageText(t *testing.T) {
 	msgs, _ = Evaluate(&r, &st, Observation{Known: true, Connected: true, LastContact: L("2026-12-07 09:15")}, c, L("2026-12-07 09:15"))
 	if len(msgs) != 1 || msgs[0].What != WhatRecovery || !strings.Contains(msgs[0].Text, "lasted 2 days 15 h 45 min") || !strings.Contains(msgs[0].Text, "delivered") {
 		t.Fatalf("recovery: %+v", msgs)
+	}
+}
+
+// A site that keeps writing while connected always has a backlog, but every
+// round of exchange completes: no stall.
+func TestMonitorBusySiteIsNotStalled(t *testing.T) {
+	L := func(s string) time.Time { return at(t, london, s) }
+	r := weekdayRule(t, "30m", "")
+	var st State
+	c := Context{Family: "F", Up: L("2026-12-01 00:00")}
+	for i := 0; i < 240; i++ {
+		now := L("2026-12-02 09:00").Add(time.Duration(i) * time.Minute)
+		// Each minute the site has written 5 more than the monitor holds,
+		// and holds what the monitor held a minute ago.
+		obs := Observation{Known: true, Connected: true, Backlog: 5,
+			Frontier: map[string]uint64{"site": uint64(5*i + 5), "other": uint64(i)},
+			Local:    map[string]uint64{"site": uint64(5 * i), "other": uint64(i + 1)}}
+		if msgs, _ := Evaluate(&r, &st, obs, c, now); len(msgs) > 0 {
+			t.Fatalf("at %s: %s", now.Format("15:04"), msgs[0].Subject)
+		}
 	}
 }

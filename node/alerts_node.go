@@ -78,6 +78,7 @@ func (n *Node) alertObservation(site string) alert.Observation {
 				obs.LastContact = *p.LastSeen
 				obs.Version = p.Version
 				obs.Backlog = missing(local, p.Frontier) + missing(p.Frontier, local)
+				obs.Frontier, obs.Local = p.Frontier, local
 			}
 		}
 	}
