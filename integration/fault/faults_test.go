@@ -54,7 +54,7 @@ type scenario struct {
 //     relay as the only path, stalls, SIGSTOP, long offline stretches) for the
 //     fixed seeds plus one random seed, or only PPSYNC_FAULT_SEED;
 //   - long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-//     cloned-site, online-truth, lan-discovery, DatabaseFaults,
+//     cloned-site, online-truth, lan-discovery, alerts, DatabaseFaults,
 //     PostgresFaults: one scenario each (seed PPSYNC_FAULT_SEED or a fixed
 //     one).
 //
@@ -103,6 +103,7 @@ func TestFaults(t *testing.T) {
 	special("cloned-site", 13, ClonedSite)
 	special("online-truth", 17, OnlineTruth)
 	special("lan-discovery", 18, LANDiscovery)
+	special("alerts", 21, Alerts)
 	// Its faults go on for the schedules' length (PPSYNC_FAULT_DURATION
 	// replays a soak round), at least one round of them.
 	special("DatabaseFaults", 19, func(ctx context.Context, e Env, s uint64) (Result, error) { return DatabaseFaults(ctx, e, s, d) })
