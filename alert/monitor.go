@@ -34,10 +34,10 @@ type Observation struct {
 	// them: what either held when a round began must reach the other.
 	Frontier map[string]uint64
 	Local    map[string]uint64
-	Version     string    // the version the site last reported
-	Forked      bool
-	Revoked     bool // revoked and still trying to connect
-	OtherVer    bool // Version differs from the monitor's
+	Version  string // the version the site last reported
+	Forked   bool
+	Revoked  bool // revoked and still trying to connect
+	OtherVer bool // Version differs from the monitor's
 }
 
 // Context names the practice and the monitor in messages.
@@ -72,13 +72,13 @@ type State struct {
 	// (WantRemote). Caught is when a round last completed. A round that
 	// does not complete within After (inside opening hours) is a stall; a
 	// site that keeps writing completes rounds all the same.
-	Round      time.Time         `json:"round,omitzero"`
-	WantLocal  map[string]uint64 `json:"want_local,omitempty"`
-	WantRemote map[string]uint64 `json:"want_remote,omitempty"`
-	Caught     time.Time         `json:"caught,omitzero"`
-	Sync         *Outage            `json:"sync,omitempty"`         // not-synced or stalled: one outage
-	Urgent       map[string]*Outage `json:"urgent,omitempty"`       // fork, revoked, version
-	Last         Observation        `json:"last"`
+	Round      time.Time          `json:"round,omitzero"`
+	WantLocal  map[string]uint64  `json:"want_local,omitempty"`
+	WantRemote map[string]uint64  `json:"want_remote,omitempty"`
+	Caught     time.Time          `json:"caught,omitzero"`
+	Sync       *Outage            `json:"sync,omitempty"`   // not-synced or stalled: one outage
+	Urgent     map[string]*Outage `json:"urgent,omitempty"` // fork, revoked, version
+	Last       Observation        `json:"last"`
 }
 
 // Message is one notice to send on the rule's channels.

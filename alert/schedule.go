@@ -31,9 +31,9 @@ func clock(m int) string { return fmt.Sprintf("%02d:%02d", m/60, m%60) }
 // of hours, or none when closed, in one time zone, and the holidays (local
 // dates, closed all day).
 type Schedule struct {
-	Zone     string    `json:"tz"`
-	Days     [7]*Span  `json:"days"`
-	Holidays []string  `json:"holidays,omitempty"` // YYYY-MM-DD, sorted
+	Zone     string   `json:"tz"`
+	Days     [7]*Span `json:"days"`
+	Holidays []string `json:"holidays,omitempty"` // YYYY-MM-DD, sorted
 	loc      *time.Location
 }
 
