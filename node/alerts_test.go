@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/ppsync/ppsync/internal/mailsink"
 	"github.com/ppsync/ppsync/notify"
 )
@@ -273,5 +275,52 @@ func TestAlertsBadInput(t *testing.T) {
 	var e APIError
 	if code := relay.call(t, "DELETE", "/v1/alerts/a123", nil, &e); code != 404 || !strings.Contains(e.Error, "alerts list") {
 		t.Fatalf("remove unknown: %d %+v", code, e)
+	}
+}
+
+func TestBrowserAlertsBox(t *testing.T) {
+	needChromium(t)
+	tf, sink, _, _ := alertFamily(t, 0)
+	relay := tf.nodes["relay"].r
+	waitFor(t, 20*time.Second, "the relay to see clinic-b", func() bool { return siteConnected(relay, "clinic-b") })
+	var added AlertJSON
+	req := AlertRequest{Site: "clinic-b", Emails: []string{"manager@clinic.example"}, Days: "daily", Hours: []string{"00:00-24:00"}, TZ: "UTC", After: "1s"}
+	if code := relay.call(t, "POST", "/v1/alerts", req, &added); code != http.StatusCreated {
+		t.Fatalf("add: %d", code)
+	}
+	tf.stop("clinic-b")
+	ctx := newBrowser(t, 1280, 900)
+	do(t, ctx, "open the relay's page", chromedp.Navigate(loginLink(t, relay).URL), chromedp.WaitVisible(chromedp.CSS("#alerts-card")))
+	waitJS(t, ctx, "the rule alerting", `(() => { const li = document.querySelector("#alerts-list li");
+		return li && li.textContent.includes("clinic-b: tells manager@clinic.example") &&
+			li.querySelector(".state-alerting") && li.textContent.includes("has not synced since") &&
+			li.textContent.includes("Last message: ppsync: clinic-b has not synced") })()`, 30*time.Second)
+	do(t, ctx, "press Send test", chromedp.Click(chromedp.CSS("#alerts-list li button")))
+	waitJS(t, ctx, "the test sent", `document.querySelector("#alerts-list [role=status]").textContent === "Sent by email."`, 15*time.Second)
+	if n := len(mailsWith(sink, "test message")); n != 1 {
+		t.Fatalf("%d test mails arrived", n)
+	}
+	// The alert is in the activity feed too.
+	do(t, ctx, "open More details", chromedp.Click(chromedp.CSS("#more > summary")), chromedp.WaitVisible(chromedp.CSS("#activity li")))
+	waitJS(t, ctx, "the alert in the feed", `document.getElementById("activity").textContent.includes("Alert for clinic-b: ppsync: clinic-b has not synced")`, 10*time.Second)
+}
+
+func TestPageSessionAlertRoutes(t *testing.T) {
+	for _, c := range []struct {
+		method, path string
+		ok           bool
+	}{
+		{"GET", "/v1/alerts", true},
+		{"POST", "/v1/alerts/a1b2/test", true},
+		{"POST", "/v1/alerts", false},
+		{"DELETE", "/v1/alerts/a1b2", false},
+		{"POST", "/v1/alerts/a1b2/pause", false},
+		{"POST", "/v1/alerts//test", false},
+		{"POST", "/v1/alerts/a/b/test", false},
+		{"GET", "/v1/alerts/a1b2/test", false},
+	} {
+		if got := pageMay(c.method, c.path); got != c.ok {
+			t.Errorf("a page session may %s %s: %v, want %v", c.method, c.path, got, c.ok)
+		}
 	}
 }

@@ -56,6 +56,18 @@ var pageRoutes = map[string]bool{
 	"POST /v1/logout":   true,
 	"GET /v1/db":        true,
 	"POST /v1/db/check": true, // without repair only: see checkOnly
+	"GET /v1/alerts":    true,
+}
+
+// pageMay reports whether a page session may make the request: one of
+// pageRoutes, or the "send test" button of an alert rule.
+func pageMay(method, path string) bool {
+	if pageRoutes[method+" "+path] {
+		return true
+	}
+	id, ok := strings.CutPrefix(path, "/v1/alerts/")
+	id, ok2 := strings.CutSuffix(id, "/test")
+	return method == http.MethodPost && ok && ok2 && id != "" && !strings.Contains(id, "/")
 }
 
 // LoginLink answers POST /v1/login-token.
@@ -138,7 +150,7 @@ func (p *page) authorize(r *http.Request) (sessionVerdict, string) {
 	if !p.validSession(r) {
 		return noSession, ""
 	}
-	if !pageRoutes[r.Method+" "+r.URL.Path] {
+	if !pageMay(r.Method, r.URL.Path) {
 		return sessionRefused, "the sync page's session may not make this request; use the API key (DATA/api.key)"
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

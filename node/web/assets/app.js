@@ -230,10 +230,12 @@
     refreshing = true;
     try {
       const dbp = refreshDB(); // on its own: the rest shows whatever it answers
+      const alp = refreshAlerts();
       const [st, pr] = await Promise.all([api("GET", "/v1/status"), api("GET", "/v1/peers")]);
       renderStatus(st);
       renderPeers(pr.peers || []);
       await dbp;
+      await alp;
     } catch (e) {
       if (e.down) {
         const r = $("st-running");
@@ -444,6 +446,96 @@
     }
   }
 
+  // ---- alerts -------------------------------------------------------------------
+
+  const KIND_WORDS = {
+    "not-synced": "has not synced", stalled: "connected but not catching up", fork: "two copies are writing (fork)",
+    revoked: "a removed copy is trying to connect", version: "runs another version", test: "test",
+  };
+
+  async function refreshAlerts() {
+    let res;
+    try {
+      res = await api("GET", "/v1/alerts");
+    } catch (e) {
+      if (!e.down && e.status !== 401) setText($("alerts-smtp"), "The node did not list its alert rules: " + e.message);
+      return;
+    }
+    renderAlerts(res);
+  }
+
+  function renderAlerts(res) {
+    const rules = res.alerts || [];
+    setText($("alerts-smtp"), rules.length ? "Email goes through " + res.smtp + "." : "");
+    $("alerts-none").hidden = rules.length > 0;
+    const list = $("alerts-list");
+    list.replaceChildren();
+    for (const a of rules) {
+      const li = document.createElement("li");
+      const head = document.createElement("p");
+      const who = (a.emails || []).slice();
+      if (a.webhook) who.push("a webhook");
+      head.textContent = a.site + ": tells " + who.join(", ") + " after " + shortDuration(a.after) + " without sync, " + a.hours +
+        (a.remind ? ", reminding every " + shortDuration(a.remind) : "");
+      const state = document.createElement("p");
+      state.className = "state-" + a.state;
+      let words = a.state === "alerting" ? "Alerting" : a.state === "paused" ? "Paused until " + clock(a.paused_until) : "All well";
+      const probs = (a.problems || []).map((p) => (KIND_WORDS[p.kind] || p.kind) + " since " + clock(p.since) + (p.alerted ? "" : " (not told yet)"));
+      if (probs.length) words += ": " + a.site + " " + probs.join("; ");
+      state.textContent = words;
+      li.append(head, state);
+      if (a.last_sent && a.last_sent.sent) {
+        const last = document.createElement("p");
+        last.className = "hint";
+        last.textContent = "Last message: " + a.last_sent.subject + " (" + a.last_sent.channel + ", " + ago(a.last_sent.sent) + ")";
+        li.append(last);
+      }
+      for (const p of a.pending || []) {
+        if (!p.error) continue;
+        const e = document.createElement("p");
+        e.className = "pending";
+        e.textContent = (p.gave_up ? "Not sent (gave up after " : "Not sent yet (" + p.attempts + " tries, next " + clock(p.next_try) + "; ") +
+          (p.gave_up ? p.attempts + " tries): " : "") + p.subject + " by " + p.channel + ": " + p.error;
+        li.append(e);
+      }
+      const actions = document.createElement("div");
+      actions.className = "actions";
+      const btn = document.createElement("button");
+      btn.type = "button";
+      btn.textContent = "Send test";
+      btn.setAttribute("aria-label", "Send a test message of the rule for " + a.site);
+      const msg = document.createElement("span");
+      msg.className = "hint";
+      msg.setAttribute("role", "status");
+      const kept = testMsgs[a.id]; // the answer of a test, kept across refreshes
+      if (kept) { msg.className = kept[0]; msg.textContent = kept[1]; }
+      btn.addEventListener("click", () => sendTest(a, btn, msg));
+      actions.append(btn, msg);
+      li.append(actions);
+      list.append(li);
+    }
+  }
+
+  const testMsgs = {}; // rule ID -> [class, text] of its last test
+
+  async function sendTest(a, btn, msg) {
+    btn.disabled = true;
+    btn.setAttribute("aria-busy", "true");
+    msg.className = "hint";
+    setText(msg, "Sending…");
+    try {
+      const res = await api("POST", "/v1/alerts/" + encodeURIComponent(a.id) + "/test");
+      testMsgs[a.id] = ["msg saved", "Sent by " + (res.deliveries || []).map((d) => d.channel).join(" and ") + "."];
+    } catch (e) {
+      testMsgs[a.id] = ["msg error", e.message];
+    } finally {
+      msg.className = testMsgs[a.id][0];
+      setText(msg, testMsgs[a.id][1]);
+      btn.disabled = false;
+      btn.removeAttribute("aria-busy");
+    }
+  }
+
   // ---- Sync Now --------------------------------------------------------------
 
   async function syncNow() {
@@ -562,6 +654,12 @@
         return ["Refused entries of " + (d.site || "a site") + " from " + siteOf(d.peer) + ": " + (d.error || "invalid"), true];
       case "conflict":
         return ["Conflict: " + JSON.stringify(d), true];
+      case "alert":
+        return [d.what === "recovery" ? "Alert rule for " + d.site + ": recovered (" + d.subject + ")" : "Alert for " + d.site + ": " + d.subject, d.what !== "recovery"];
+      case "alert-sent":
+        return ["Alert message sent by " + d.channel + " (" + d.event + ")", false];
+      case "alert-error":
+        return ["Alert message not sent by " + d.channel + (d.gave_up ? " (gave up): " : " (tried again later): ") + d.error, true];
       default:
         return [ev.type + ": " + JSON.stringify(d), false];
     }
@@ -622,7 +720,8 @@
 
   // ---- live events -------------------------------------------------------------
 
-  const TYPES = ["committed", "received", "catch-up", "peer", "fork", "settings", "installed", "sync-now", "rejected"];
+  const TYPES = ["committed", "received", "catch-up", "peer", "fork", "settings", "installed", "sync-now", "rejected",
+    "alert", "alert-sent", "alert-error"];
 
   function listen(after) {
     if (!window.EventSource) return;
