@@ -260,7 +260,9 @@ func (e *Engine) appended(a Append, o Outcome, now time.Time) {
 	site := a.Run[0].Site
 	switch o.Kind {
 	case OutcomeGap:
-		if a.Gossip && !a.Held && e.held.holdRun(a.Run, a.Peer, now) {
+		// A drained run meets a gap only when another append raced it;
+		// it waits again like any gossip.
+		if a.Gossip && e.held.holdRun(a.Run, a.Peer, now) {
 			e.drain(site) // the gap may have closed since the append
 			return
 		}
