@@ -2,7 +2,11 @@ package ppsync
 
 import (
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -121,5 +125,69 @@ func TestEveryPackageHasDoc(t *testing.T) {
 		if strings.TrimSpace(p.Doc) == "" {
 			t.Errorf("%s has no package doc comment", p.ImportPath)
 		}
+	}
+}
+
+// TestEngineIsPure keeps node/engine a pure state machine: it depends on no
+// networking, storage or process-level package of this module or outside it
+// (go list -deps), and none of its files reads the clock, sets a timer,
+// sleeps, takes a lock or starts a goroutine (a scan of its source). The
+// standard library's net, os and sync reach it only through internal/wire
+// (its msgpack codec links them); the engine adds none of its own.
+func TestEngineIsPure(t *testing.T) {
+	const pkg = module + "/node/engine"
+	deps := func(p string) []string {
+		out, err := exec.Command("go", "list", "-deps", p).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v", p, err)
+		}
+		return strings.Fields(string(out))
+	}
+	under := func(d, prefix string) bool { return d == prefix || strings.HasPrefix(d, prefix+"/") }
+	viaWire := map[string]bool{}
+	for _, d := range deps(module + "/internal/wire") {
+		viaWire[d] = true
+	}
+	for _, d := range deps(pkg) {
+		for _, f := range []string{module + "/mesh", module + "/txlog", module + "/state", module + "/lock", module + "/db",
+			"github.com/libp2p", "github.com/cockroachdb/pebble", "github.com/cockroachdb/pebble/v2"} {
+			if under(d, f) {
+				t.Errorf("%s depends on %s", pkg, d)
+			}
+		}
+		for _, f := range []string{"net", "os", "sync"} {
+			if under(d, f) && !viaWire[d] {
+				t.Errorf("%s depends on %s (not through internal/wire)", pkg, d)
+			}
+		}
+	}
+	files, err := filepath.Glob(filepath.Join("node", "engine", "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no source in node/engine (%v)", err)
+	}
+	calls := map[string]bool{"Now": true, "Since": true, "Until": true, "NewTimer": true, "NewTicker": true,
+		"After": true, "AfterFunc": true, "Tick": true, "Sleep": true}
+	fset := token.NewFileSet()
+	for _, name := range files {
+		f, err := parser.ParseFile(fset, name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range f.Imports {
+			if p := strings.Trim(imp.Path.Value, `"`); p == "sync" || p == "sync/atomic" {
+				t.Errorf("%s imports %s", name, p)
+			}
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.GoStmt:
+				t.Errorf("%s: starts a goroutine", fset.Position(n.Pos()))
+			case *ast.SelectorExpr:
+				if x, ok := n.X.(*ast.Ident); ok && x.Name == "time" && calls[n.Sel.Name] {
+					t.Errorf("%s: calls time.%s (the engine takes the time from its inputs)", fset.Position(n.Pos()), n.Sel.Name)
+				}
+			}
+			return true
+		})
 	}
 }

@@ -1,8 +1,11 @@
 package node
 
+import "github.com/ppsync/ppsync/node/engine"
+
 // How far behind is whom: the one loop over the log's heads, and the one
 // lag computation every surface uses (peers' lag, the Sync Now receipt,
-// status's pending, the write gate, the sync engine, the demo).
+// status's pending, the write gate, the sync engine, the demo), which lives
+// in package engine.
 
 // frontierWithHeads returns the durable frontier and each site's head hash:
 // what a heartbeat and a catch-up request carry.
@@ -17,23 +20,11 @@ func (n *Node) frontierWithHeads() (map[string]uint64, map[string][]byte) {
 	return have, heads
 }
 
-// missing counts the entries a frontier holds that another lacks: for every
-// site of have, how far it is past of.
-func missing(have, of map[string]uint64) uint64 {
-	var n uint64
-	for site, seq := range have {
-		n += beyond(seq, of[site])
-	}
-	return n
-}
+// missing counts the entries a frontier holds that another lacks.
+func missing(have, of map[string]uint64) uint64 { return engine.Missing(have, of) }
 
 // beyond is how many seqs a is past b (0 when it is not).
-func beyond(a, b uint64) uint64 {
-	if a > b {
-		return a - b
-	}
-	return 0
-}
+func beyond(a, b uint64) uint64 { return engine.Beyond(a, b) }
 
 // ahead reports whether theirs holds any entry ours lacks.
 func ahead(theirs, ours map[string]uint64) bool { return missing(theirs, ours) > 0 }

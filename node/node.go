@@ -418,7 +418,6 @@ func (n *Node) startMesh(ctx context.Context) error {
 	}
 	n.goTracked(func() { n.sync.loop(n.ctx) })
 	n.goTracked(func() { n.sync.publishLoop(n.ctx) })
-	n.goTracked(func() { n.sync.probeLoop(n.ctx) })
 	return nil
 }
 

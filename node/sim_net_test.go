@@ -1,50 +1,52 @@
 package node
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"sort"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/peer"
-
 	"github.com/ppsync/ppsync/internal/wire"
-	"github.com/ppsync/ppsync/txlog"
+	"github.com/ppsync/ppsync/node/engine"
 )
 
-// --- the engine, as sync.go drives it ---------------------------------------------
+// --- the engine, driven as sync.go drives it ----------------------------------------
 
-func (w *simWorld) act(n *simNode, acts []fetchAction) {
-	for _, a := range acts {
-		w.startSession(n, a)
-	}
+// drive steps in through n's engine and carries out its actions with
+// engine.Drive, the dispatcher the node's driver uses; sess is the catch-up
+// session whose batch this is, if any.
+func (w *simWorld) drive(n *simNode, in engine.Input, sess *simSession) *simFx {
+	fx := &simFx{w: w, n: n, sess: sess}
+	engine.Drive(n.eng.Step, fx, in)
 	w.checkEngine(n)
+	return fx
 }
 
 func (w *simWorld) up(n, p *simNode) {
 	w.tracef("%s: %s up", n.id, p.id)
-	w.act(n, n.eng.peerUp(p.id, w.clock()))
+	w.drive(n, engine.PeerUp{Now: w.clock(), Peer: p.id}, nil)
 }
 
 func (w *simWorld) down(n, p *simNode) {
 	w.tracef("%s: %s down", n.id, p.id)
-	n.eng.peerDown(p.id)
-	w.checkEngine(n)
+	w.drive(n, engine.PeerDown{Now: w.clock(), Peer: p.id}, nil)
 }
 
 // checkEngine: at most one session per peer, no more than MaxInFlight, and
 // the engine's idea of what runs matches what runs.
 func (w *simWorld) checkEngine(n *simNode) {
+	if n.eng == nil {
+		return
+	}
 	per := map[string]int{}
 	for _, s := range n.sessions {
 		per[s.server.id]++
 	}
-	if len(n.sessions) > n.eng.cfg.MaxInFlight {
-		w.fail("%s runs %d sessions, more than %d", n.id, len(n.sessions), n.eng.cfg.MaxInFlight)
+	if len(n.sessions) > n.eng.MaxInFlight() {
+		w.fail("%s runs %d sessions, more than %d", n.id, len(n.sessions), n.eng.MaxInFlight())
 	}
 	for _, p := range w.nodes {
-		ep := n.eng.peers[p.id]
-		inFlight := ep != nil && ep.inFlight
+		inFlight := n.eng.InFlight(p.id)
 		if per[p.id] > 1 {
 			w.fail("%s runs %d sessions with %s at once", n.id, per[p.id], p.id)
 		}
@@ -54,9 +56,102 @@ func (w *simWorld) checkEngine(n *simNode) {
 	}
 }
 
+// simFx carries out one node's engine actions in the simulated world: it is
+// the simulation's engine.Effects.
+type simFx struct {
+	w    *simWorld
+	n    *simNode
+	sess *simSession
+	gate engine.WriteGate
+}
+
+func (fx *simFx) Fetch(a engine.Fetch) { fx.w.startSession(fx.n, a) }
+
+// ForkCheck, SpreadFork and PushBranch: the simulation has no forks, so a
+// differing head hash or a fork is a violation.
+func (fx *simFx) ForkCheck(a engine.ForkCheck) {
+	fx.w.fail("%s: fork check of %s#%d with %s, but no site forked", fx.n.id, a.Site, a.Seq, a.Peer)
+}
+
+func (fx *simFx) SpreadFork(a engine.SpreadFork) {
+	fx.w.fail("%s: spreads a fork of %s#%d, but no site forked", fx.n.id, a.Site, a.Seq)
+}
+
+func (fx *simFx) PushBranch(a engine.PushBranch) {
+	fx.w.fail("%s: pushes a branch of %s from %d, but no site forked", fx.n.id, a.Site, a.From)
+}
+
+// Append appends through the node's appendReceived, as the driver does.
+// Anything but a gap or a duplicate is a violation here (the simulation has
+// no forks or forgeries).
+func (fx *simFx) Append(a engine.Append) engine.Outcome {
+	w, n := fx.w, fx.n
+	o := appendReceived(context.Background(), n.store, a)
+	first, last := a.Run[0], a.Run[len(a.Run)-1]
+	via := "catch-up"
+	switch {
+	case a.Held:
+		via = "held gossip"
+	case a.Gossip:
+		via = "gossip"
+	}
+	switch o.Kind {
+	case engine.OutcomeGap:
+		w.tracef("%s <-%s %s %s#%d..%d: gap (holds %d)", n.id, via, a.Peer, first.Site, first.Seq, last.Seq, o.Seq)
+	case engine.OutcomeOK, engine.OutcomeDuplicate:
+		if a.Gossip {
+			w.stats.appendedGossip += o.Appended
+		} else {
+			w.stats.appendedCatchup += o.Appended
+		}
+		w.tracef("%s <-%s %s %s#%d..%d: +%d dup %d", n.id, via, a.Peer, first.Site, first.Seq, last.Seq, o.Appended, o.Duplicates)
+	default:
+		w.fail("%s: %s from %s of %s#%d..%d: %s: %v", n.id, via, a.Peer, first.Site, first.Seq, last.Seq, o.Kind, o.Err)
+	}
+	if o.Err != nil && fx.sess != nil && !a.Gossip {
+		fx.sess.skip[first.Site] = true // mesh skips the rest of a site after an error
+	}
+	return o
+}
+
+// Probe asks the peer for its heartbeat: a request there, the answer back.
+func (fx *simFx) Probe(a engine.Probe) {
+	w, n := fx.w, fx.n
+	p := w.byID[a.Peer]
+	inc := n.inc
+	w.send(n, p, func(_ *simConn, _ bool) {
+		f, heads := w.headsOf(p)
+		w.send(p, n, func(_ *simConn, _ bool) {
+			if n.inc == inc {
+				w.drive(n, engine.Heartbeat{Now: w.clock(), Peer: p.id, Frontier: f, Heads: heads}, nil)
+			}
+		})
+	})
+}
+
+// SetTimer keeps one wake-up per node, at the earliest time asked for, as
+// the driver's loop does.
+func (fx *simFx) SetTimer(a engine.SetTimer) {
+	w, n := fx.w, fx.n
+	if !n.wakeAt.IsZero() && !a.At.Before(n.wakeAt) {
+		return
+	}
+	n.wakeAt = a.At
+	inc := n.inc
+	w.after(max(a.At.Sub(w.clock()), 0), func() {
+		if !n.alive || n.inc != inc || !n.wakeAt.Equal(a.At) {
+			return
+		}
+		n.wakeAt = time.Time{}
+		w.drive(n, engine.Wake{Now: w.clock()}, nil)
+	})
+}
+
+func (fx *simFx) WriteGate(a engine.WriteGate) { fx.gate = a }
+
 // --- catch-up sessions --------------------------------------------------------------
 
-func (w *simWorld) startSession(n *simNode, a fetchAction) {
+func (w *simWorld) startSession(n *simNode, a engine.Fetch) {
 	p := w.byID[a.Peer]
 	w.nsession++
 	s := &simSession{id: w.nsession, client: n, server: p, reason: a.Reason,
@@ -143,11 +238,7 @@ func (w *simWorld) deliver(s *simSession, run []*wire.Signed, last bool) {
 		site := run[0].Site
 		n.batches++
 		if !s.skip[site] {
-			res, err := n.store.AppendRun(run)
-			w.appended(n, s.server, "catch-up", run, res, err)
-			if err != nil {
-				s.skip[site] = true
-			}
+			w.drive(n, engine.Received{Now: w.clock(), Peer: s.server.id, Run: run}, s)
 		}
 		if k, ok := w.crashAtBatch[n.idx]; ok && n.batches >= k {
 			delete(w.crashAtBatch, n.idx)
@@ -182,62 +273,7 @@ func (w *simWorld) endSession(s *simSession, ok bool, why string) {
 		w.stats.failed++
 		w.tracef("%s fetch #%d from %s failed: %s", n.id, s.id, s.server.id, why)
 	}
-	w.act(n, n.eng.done(s.server.id, ok, w.clock()))
-}
-
-// appended handles the result of a run or gossiped entry as sync.go's
-// Entries does: a gossiped entry ahead of the log waits in the reorder
-// buffer, a gap that stays open (or a catch-up gap) tells the engine, and
-// whatever extends the log lets the held entries after it follow. Anything
-// but a gap is a violation here (the simulation has no forks or forgeries).
-func (w *simWorld) appended(n, from *simNode, via string, run []*wire.Signed, res txlog.RunResult, err error) {
-	first, last := run[0], run[len(run)-1]
-	var gap *txlog.GapError
-	switch {
-	case errors.As(err, &gap) && via == "gossip" && n.held.holdRun(run, peer.ID(from.id), w.clock()):
-		w.tracef("%s <-%s %s %s#%d..%d: held (holds %d)", n.id, via, from.id, first.Site, first.Seq, last.Seq, gap.Have)
-		if n.held.arm() {
-			w.gapCheck(n)
-		}
-	case errors.As(err, &gap):
-		w.tracef("%s <-%s %s %s#%d..%d: gap (holds %d)", n.id, via, from.id, first.Site, first.Seq, last.Seq, gap.Have)
-		w.act(n, n.eng.gap(from.id, w.clock()))
-	case err != nil:
-		w.fail("%s: %s from %s of %s#%d..%d: %v", n.id, via, from.id, first.Site, first.Seq, last.Seq, err)
-	default:
-		if via == "gossip" {
-			w.stats.appendedGossip += res.Appended
-		} else {
-			w.stats.appendedCatchup += res.Appended
-		}
-		w.tracef("%s <-%s %s %s#%d..%d: +%d dup %d", n.id, via, from.id, first.Site, first.Seq, last.Seq, res.Appended, res.Duplicates)
-		if res.Appended > 0 {
-			if h, ok := n.held.next(first.Site, n.store.Frontier()[first.Site]); ok {
-				res, err := n.store.AppendRemote(h.e)
-				w.appended(n, w.byID[string(h.from)], "gossip", []*wire.Signed{h.e}, res, err)
-			}
-		}
-	}
-}
-
-// gapCheck runs sync.go's gap check gapWait from now in this incarnation:
-// held entries whose gap stayed open are dropped and their senders fetched
-// from.
-func (w *simWorld) gapCheck(n *simNode) {
-	inc := n.inc
-	w.after(gapWait, func() {
-		if !n.alive || n.inc != inc {
-			return
-		}
-		frontier := n.store.Frontier()
-		for _, p := range n.held.expired(w.clock(), func(site string) uint64 { return frontier[site] }) {
-			w.tracef("%s: held gossip from %s still has a gap", n.id, p)
-			w.act(n, n.eng.gap(string(p), w.clock()))
-		}
-		if n.held.disarm() && n.held.arm() {
-			w.gapCheck(n)
-		}
-	})
+	w.drive(n, engine.FetchDone{Now: w.clock(), Peer: s.server.id, OK: ok}, nil)
 }
 
 // applied is called by the store for each entry it applies.
@@ -302,8 +338,7 @@ func (w *simWorld) receive(n, from *simNode, e *wire.Signed, bypass bool) {
 		return
 	}
 	n.seen[key] = w.now
-	res, err := n.store.AppendRemote(e)
-	w.appended(n, from, "gossip", []*wire.Signed{e}, res, err)
+	w.drive(n, engine.Received{Now: w.clock(), Peer: from.id, Run: []*wire.Signed{e}, Gossip: true}, nil)
 	if w.opt.Forward {
 		for _, p := range w.peersOf(n) {
 			if p != from {
@@ -314,12 +349,24 @@ func (w *simWorld) receive(n, from *simNode, e *wire.Signed, bypass bool) {
 }
 
 func (w *simWorld) heartbeat(n *simNode) {
-	f := n.store.Frontier()
+	f, heads := w.headsOf(n)
 	for _, p := range w.peersOf(n) {
 		w.send(n, p, func(_ *simConn, _ bool) {
-			w.act(p, p.eng.heartbeat(n.id, f, p.store.Frontier(), w.clock()))
+			w.drive(p, engine.Heartbeat{Now: w.clock(), Peer: n.id, Frontier: f, Heads: heads}, nil)
 		})
 	}
+}
+
+// headsOf is what n's heartbeat carries: its frontier and each site's head
+// hash.
+func (w *simWorld) headsOf(n *simNode) (map[string]uint64, map[string][]byte) {
+	f := n.store.Frontier()
+	heads := make(map[string][]byte, len(f))
+	for site := range f {
+		_, h := n.store.Head(site)
+		heads[site] = append([]byte(nil), h[:]...)
+	}
+	return f, heads
 }
 
 // --- writes -----------------------------------------------------------------------
@@ -342,6 +389,10 @@ func (w *simWorld) genOps() []wire.Op {
 func (w *simWorld) write(n *simNode, k int) {
 	if !n.alive {
 		w.fail("%s: write at a node that is down", n.id)
+		return
+	}
+	if g := w.drive(n, engine.WriteAsked{Now: w.clock()}, nil).gate; !g.Open {
+		w.tracef("%s: write refused: %s", n.id, g.Reason)
 		return
 	}
 	txs := make([][]wire.Op, k)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/engine"
 )
 
 // --- faults ---------------------------------------------------------------------------
@@ -152,14 +153,14 @@ func (w *simWorld) start() {
 		if n := w.pick(w.aliveNodes(false)); n != nil {
 			w.tracef("%s: Sync now", n.id)
 			w.dial(n)
-			w.act(n, n.eng.syncNow(w.clock()))
+			w.drive(n, engine.SyncNow{Now: w.clock()}, nil)
 		}
 	})
 	w.process(w.opt.Settings, on, func() {
 		if n := w.pick(w.aliveNodes(false)); n != nil {
 			n.interval = []time.Duration{5 * time.Second, 15 * time.Second, time.Minute}[w.rng.IntN(3)]
 			w.tracef("%s: sync interval set to %s", n.id, n.interval)
-			n.eng.setInterval(n.interval)
+			w.drive(n, engine.IntervalChanged{Now: w.clock(), Interval: n.interval}, nil)
 		}
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/engine"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -28,10 +29,15 @@ import (
 type simStore interface {
 	// Write commits own transactions, one entry each, durably.
 	Write(txs [][]wire.Op) ([]*wire.Signed, error)
-	// AppendRemote takes one gossiped entry; AppendRun a catch-up batch.
-	AppendRemote(e *wire.Signed) (txlog.RunResult, error)
-	AppendRun(run []*wire.Signed) (txlog.RunResult, error)
+	// AppendRemote takes one gossiped entry; AppendRun a run (node's
+	// appendReceived chooses, as for the real log).
+	AppendRemote(ctx context.Context, e *wire.Signed) (txlog.RunResult, error)
+	AppendRun(ctx context.Context, run []*wire.Signed) (txlog.RunResult, error)
 	Frontier() map[string]uint64
+	// Head returns site's highest contiguous seq held and its hash.
+	Head(site string) (uint64, wire.Hash)
+	// Forks lists the sites known to have forked.
+	Forks() []engine.Fork
 	// Range returns the held entries of site from..to (to inclusive).
 	Range(site string, from, to uint64) []*wire.Signed
 	// HashAt returns the hash of held entry (site, seq).
@@ -175,11 +181,22 @@ func simModelHash(e *wire.Entry) wire.Hash {
 	return out
 }
 
-func (m *simModelStore) AppendRemote(e *wire.Signed) (txlog.RunResult, error) {
-	return m.AppendRun([]*wire.Signed{e})
+func (m *simModelStore) AppendRemote(ctx context.Context, e *wire.Signed) (txlog.RunResult, error) {
+	return m.AppendRun(ctx, []*wire.Signed{e})
 }
 
-func (m *simModelStore) AppendRun(run []*wire.Signed) (txlog.RunResult, error) {
+func (m *simModelStore) Head(site string) (uint64, wire.Hash) {
+	l := m.logs[site]
+	if len(l) == 0 {
+		return 0, wire.Hash{}
+	}
+	return uint64(len(l)), l[len(l)-1].Hash
+}
+
+// Forks: the model never records a fork (any fork is a violation).
+func (m *simModelStore) Forks() []engine.Fork { return nil }
+
+func (m *simModelStore) AppendRun(_ context.Context, run []*wire.Signed) (txlog.RunResult, error) {
 	var res txlog.RunResult
 	if len(run) == 0 {
 		return res, nil
@@ -406,16 +423,23 @@ func simCopyEntry(e *wire.Signed) *wire.Signed {
 	return c
 }
 
-func (r *simRealStore) AppendRemote(e *wire.Signed) (txlog.RunResult, error) {
-	return r.log.AppendRemote(context.Background(), simCopyEntry(e))
+func (r *simRealStore) AppendRemote(ctx context.Context, e *wire.Signed) (txlog.RunResult, error) {
+	return r.log.AppendRemote(ctx, simCopyEntry(e))
 }
 
-func (r *simRealStore) AppendRun(run []*wire.Signed) (txlog.RunResult, error) {
+func (r *simRealStore) Head(site string) (uint64, wire.Hash) {
+	h := r.log.Head(site)
+	return h.Seq, h.Hash
+}
+
+func (r *simRealStore) Forks() []engine.Fork { return engineLog{r.log}.Forks() }
+
+func (r *simRealStore) AppendRun(ctx context.Context, run []*wire.Signed) (txlog.RunResult, error) {
 	cp := make([]*wire.Signed, len(run))
 	for i, e := range run {
 		cp[i] = simCopyEntry(e)
 	}
-	return r.log.AppendRun(context.Background(), cp)
+	return r.log.AppendRun(ctx, cp)
 }
 
 func (r *simRealStore) Frontier() map[string]uint64 {

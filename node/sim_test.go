@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/engine"
 )
 
 // A deterministic simulation of the sync engine and the node logic around it
@@ -210,11 +211,11 @@ type simNode struct {
 	applied  map[wire.ID]int // observer: applications of each entry (persisted with the state)
 	alive    bool            // volatile from here on
 	inc      int             // incarnation: bumped by each crash
-	eng      *engine         // a new one at each boot
+	eng      *engine.Engine  // a new one at each boot
 	seen     map[simSeen]time.Duration
 	sessions []*simSession // outgoing catch-up sessions in flight
 	batches  int           // catch-up batches received in this incarnation
-	held     *reorder      // gossip ahead of the log, as sync.go holds it
+	wakeAt   time.Time     // the engine's wake-up timer (zero: none)
 }
 
 type simSeen struct {
@@ -431,11 +432,10 @@ func simFrontier(f map[string]uint64) string {
 // boot starts a node's volatile part: a new engine and its loops.
 func (w *simWorld) boot(n *simNode) {
 	n.alive = true
-	n.eng = newEngine(engineConfig{Interval: n.interval})
+	n.eng = engine.New(engine.Config{Log: n.store, OwnSite: n.site, Epoch: 1, Interval: n.interval, ProbeEvery: w.opt.Heartbeat})
 	n.seen = map[simSeen]time.Duration{}
-	n.sessions, n.batches = nil, 0
-	n.held = newReorder()
-	w.loop(n, time.Second, func() { w.act(n, n.eng.tick(w.clock())) })
+	n.sessions, n.batches, n.wakeAt = nil, 0, time.Time{}
+	w.loop(n, time.Second, func() { w.drive(n, engine.Tick{Now: w.clock()}, nil) })
 	w.loop(n, w.opt.Heartbeat, func() { w.heartbeat(n) })
 	w.loop(n, w.opt.Redial, func() { w.dial(n) })
 	w.dial(n)
@@ -471,7 +471,7 @@ func (w *simWorld) crash(n *simNode, why string) {
 	for _, s := range n.sessions {
 		s.done = true
 	}
-	n.sessions, n.seen, n.held = nil, nil, nil
+	n.sessions, n.seen, n.wakeAt = nil, nil, time.Time{}
 	for _, c := range w.conns {
 		if (c.a == n.idx || c.b == n.idx) && c.open[c.side(n.idx)] {
 			c.open[c.side(n.idx)] = false

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/engine"
 	"github.com/ppsync/ppsync/txlog"
 )
 
@@ -20,12 +20,10 @@ import (
 // every status surface reports it.
 const clockSkewLimit = 2 * time.Minute
 
-// syncEvent is one input of the sync loop.
+// syncEvent is what the API posts to the driver (only "interval": the sync
+// interval setting changed).
 type syncEvent struct {
-	kind     string // up, down, heartbeat, gap, held, done, syncnow, interval
-	peer     peer.ID
-	frontier map[string]uint64
-	ok       bool
+	kind string
 }
 
 // peerView is what the node knows of a member from its heartbeats.
@@ -36,116 +34,346 @@ type peerView struct {
 	warnedOn string // version already warned about
 }
 
-// syncer owns the engine and everything the mesh reports.
+// syncer is the thin driver of the sync engine (package engine, where every
+// sync decision is made): mesh.Handler callbacks, the API and its own tick
+// and timer become the engine's inputs, and it carries out the engine's
+// actions through engine.Drive (see call). It holds the engine behind mu only
+// while calling Step or a query, never across I/O. What is not policy stays
+// here: the gossip publish queue, counters, events, logging, the members'
+// views for status, and Sync Now's receipt.
 type syncer struct {
-	n      *Node
-	events chan syncEvent
-	pubq   chan []byte
-	held   *reorder // gossip that arrived ahead of its predecessor
+	n    *Node
+	pubq chan []byte
+	wake wakeTimer
 
-	mu       sync.Mutex
-	views    map[peer.ID]*peerView
-	lastSync time.Time
-	caughtUp bool                  // own log has caught up with what the family holds of it
-	twins    map[peer.ID]time.Time // members seen running as two processes at once
-	probed   map[string]time.Time  // peer/site divergence checks, rate-limited
+	mu    sync.Mutex // guards the fields below
+	eng   *engine.Engine
+	views map[peer.ID]*peerView
+}
+
+func newSyncer(n *Node) *syncer {
+	every := n.cfg.HeartbeatInterval
+	if every <= 0 {
+		every = mesh.DefaultHeartbeatInterval
+	}
+	eng := engine.New(engine.Config{Log: engineLog{n.txlog}, OwnSite: n.id.Site, Epoch: n.cert.Epoch,
+		Interval: time.Duration(n.currentConfig().SyncInterval), ProbeEvery: every, DivergeWindow: mesh.DivergeWindow})
+	return &syncer{n: n, pubq: make(chan []byte, 8192), wake: newWakeTimer(), eng: eng, views: map[peer.ID]*peerView{}}
+}
+
+// step runs one input through the engine under the lock.
+func (s *syncer) step(in engine.Input) []engine.Action {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eng.Step(in)
+}
+
+// drive steps in and carries out what the engine decides; ctx bounds the
+// synchronous appends.
+func (s *syncer) drive(ctx context.Context, in engine.Input) *call {
+	c := &call{s: s, ctx: ctx}
+	engine.Drive(s.step, c, in)
+	return c
+}
+
+func (s *syncer) now() time.Time { return s.n.cfg.Now() }
+
+// engineLog is the engine's read-only view of the log.
+type engineLog struct{ l *txlog.Log }
+
+func (g engineLog) Head(site string) (uint64, wire.Hash) {
+	h := g.l.Head(site)
+	return h.Seq, h.Hash
+}
+
+func (g engineLog) HashAt(site string, seq uint64) (wire.Hash, bool) {
+	e, err := g.l.Get(site, seq)
+	if err != nil {
+		return wire.Hash{}, false
+	}
+	return e.Hash, true
+}
+
+func (g engineLog) Forks() []engine.Fork {
+	fs := g.l.Forks()
+	out := make([]engine.Fork, len(fs))
+	for i, f := range fs {
+		out[i] = engine.Fork{Site: f.Site, Seq: f.Seq}
+	}
+	return out
 }
 
 // lastSyncTime returns when this node last completed a sync with a member.
 func (s *syncer) lastSyncTime() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lastSync
+	return s.eng.LastSync()
 }
 
-func newSyncer(n *Node) *syncer {
-	// A node at its site's first epoch may write at once; one that was moved
-	// here first catches up its site's log from the family.
-	return &syncer{n: n, events: make(chan syncEvent, 4096), pubq: make(chan []byte, 8192), held: newReorder(), views: map[peer.ID]*peerView{},
-		caughtUp: n.cert.Epoch <= 1, twins: map[peer.ID]time.Time{}, probed: map[string]time.Time{}}
+// heldCount returns the number of gossiped entries waiting for their
+// predecessor.
+func (s *syncer) heldCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eng.Held()
 }
 
-// post hands an event to the loop. Heartbeats are dropped when the loop is
-// behind (the next one carries the same news); other events wait.
+// post hands the API's news to the engine.
 func (s *syncer) post(ctx context.Context, ev syncEvent) {
-	if ev.kind == "heartbeat" {
+	if ev.kind == "interval" {
+		s.drive(ctx, engine.IntervalChanged{Now: s.now(), Interval: time.Duration(s.n.currentConfig().SyncInterval)})
+	}
+}
+
+// wakeTimer is the one wake-up the engine asked for: the earliest time
+// requested since it last fired. The loop owns the real timer.
+type wakeTimer struct {
+	mu      sync.Mutex
+	at      time.Time
+	changed chan struct{}
+}
+
+func newWakeTimer() wakeTimer { return wakeTimer{changed: make(chan struct{}, 1)} }
+
+func (w *wakeTimer) request(at time.Time) {
+	w.mu.Lock()
+	earlier := w.at.IsZero() || at.Before(w.at)
+	if earlier {
+		w.at = at
+	}
+	w.mu.Unlock()
+	if earlier {
 		select {
-		case s.events <- ev:
+		case w.changed <- struct{}{}:
 		default:
 		}
-		return
-	}
-	select {
-	case s.events <- ev:
-	case <-ctx.Done():
 	}
 }
 
-// loop runs the engine until ctx ends.
+func (w *wakeTimer) next() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.at
+}
+
+func (w *wakeTimer) fired() {
+	w.mu.Lock()
+	w.at = time.Time{}
+	w.mu.Unlock()
+}
+
+// loop ticks the engine every second and wakes it when it asked to be, until
+// ctx ends.
 func (s *syncer) loop(ctx context.Context) {
-	eng := newEngine(engineConfig{Interval: time.Duration(s.n.currentConfig().SyncInterval)})
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	gapTimer := time.NewTimer(gapWait)
-	gapTimer.Stop()
-	var gapC <-chan time.Time // set while a gap check is scheduled
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
 	for {
-		var acts []fetchAction
-		now := s.n.cfg.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			acts = eng.tick(now)
-		case <-gapC:
-			// Held gossip whose gap stayed open: fetch from whoever sent it.
-			gapC = nil
-			for _, p := range s.held.expired(now, func(site string) uint64 { return s.n.txlog.Head(site).Seq }) {
-				acts = append(acts, eng.gap(p.String(), now)...)
+			s.drive(ctx, engine.Tick{Now: s.now()})
+		case <-s.wake.changed:
+			if at := s.wake.next(); !at.IsZero() {
+				timer.Reset(max(at.Sub(s.now()), 0))
 			}
-			if s.held.disarm() && s.held.arm() {
-				gapTimer.Reset(gapWait)
-				gapC = gapTimer.C
-			}
-		case ev := <-s.events:
-			id := ev.peer.String()
-			switch ev.kind {
-			case "up":
-				acts = eng.peerUp(id, now)
-			case "down":
-				eng.peerDown(id)
-			case "heartbeat":
-				acts = eng.heartbeat(id, ev.frontier, s.n.txlog.Frontier(), now)
-			case "gap":
-				acts = eng.gap(id, now)
-			case "held":
-				if gapC == nil {
-					gapTimer.Reset(gapWait)
-					gapC = gapTimer.C
-				}
-			case "done":
-				acts = eng.done(id, ev.ok, now)
-			case "syncnow":
-				acts = eng.syncNow(now)
-			case "interval":
-				eng.setInterval(time.Duration(s.n.currentConfig().SyncInterval))
-			}
-		}
-		for _, a := range acts {
-			p, err := peer.Decode(a.Peer)
-			if err != nil {
-				continue
-			}
-			s.n.goTracked(func() { s.fetch(ctx, p, a.Reason) })
+		case <-timer.C:
+			s.wake.fired()
+			s.drive(ctx, engine.Wake{Now: s.now()})
 		}
 	}
 }
 
-// fetch runs one catch-up session and reports back to the loop.
+// call carries out the actions of one engine.Drive: it implements
+// engine.Effects. Background work runs under the node's context; what the
+// caller needs back (how many entries its run brought and the log's answer,
+// the write gate) is kept here.
+type call struct {
+	s         *syncer
+	ctx       context.Context
+	appended  int
+	first     *engine.Outcome // the outcome of the first append (the caller's run)
+	gate      engine.WriteGate
+	gateGiven bool
+}
+
+// Fetch runs one catch-up session in the background.
+func (c *call) Fetch(a engine.Fetch) {
+	p, err := peer.Decode(a.Peer)
+	if err != nil {
+		return
+	}
+	c.s.n.goTracked(func() { c.s.fetch(c.s.n.ctx, p, a.Reason) })
+}
+
+// ForkCheck fetches one site's entry at a seq where a member's head hash
+// differs from the local one.
+func (c *call) ForkCheck(a engine.ForkCheck) {
+	s := c.s
+	from, err := peer.Decode(a.Peer)
+	if err != nil {
+		return
+	}
+	s.n.log.Warn("a member holds another entry for the same seq: checking for a fork", "site", a.Site, "seq", a.Seq, "peer", from)
+	s.n.goTracked(func() {
+		ctx, cancel := context.WithTimeout(s.n.ctx, time.Minute)
+		defer cancel()
+		if _, err := s.n.mesh.Fetch(ctx, from, map[string]uint64{a.Site: a.Seq - 1}, nil, []string{a.Site}); err != nil && ctx.Err() == nil {
+			s.n.log.Debug("fork check fetch failed", "peer", from, "site", a.Site, "err", err)
+		}
+	})
+}
+
+// Append appends a run to the log (unless the disk is almost full) and
+// reports what it brought: counters, the received event, refusals, a fork.
+func (c *call) Append(a engine.Append) engine.Outcome {
+	s := c.s
+	var o engine.Outcome
+	if err := s.n.checkSpace(); err != nil {
+		o = engine.Outcome{Kind: engine.OutcomeSpaceFull, Err: err} // the session ends; the engine retries with backoff
+	} else {
+		o = appendReceived(c.ctx, s.n.txlog, a)
+	}
+	from := a.Peer
+	if p, err := peer.Decode(a.Peer); err == nil {
+		from = p.String()
+	}
+	if o.Appended > 0 {
+		via := "catch-up"
+		if a.Gossip {
+			via = "gossip"
+			s.n.counters.receivedGossip.Add(uint64(o.Appended))
+		} else {
+			s.n.counters.receivedCatchUp.Add(uint64(o.Appended))
+		}
+		last := a.Run[len(a.Run)-1]
+		s.n.events.emit(EvReceived, map[string]any{"site": last.Site, "from": last.Seq - uint64(o.Appended) + 1, "to": last.Seq, "peer": from, "via": via})
+		if s.n.dbs != nil {
+			s.n.dbs.poke() // write the merged rows into the practice database
+		}
+	}
+	switch o.Kind {
+	case engine.OutcomeRefused:
+		s.rejected(from, a.Run, o)
+	case engine.OutcomeFork:
+		s.n.log.Error("fork detected: two copies of a site wrote different entries", "site", o.Site, "seq", o.Seq, "peer", from)
+		s.n.events.emit(EvFork, map[string]any{"site": o.Site, "seq": o.Seq, "peer": from})
+	}
+	if a.Held && o.Err != nil {
+		s.n.log.Debug("held gossip entries not appended", "first", a.Run[0].ID(), "entries", len(a.Run), "err", o.Err)
+	}
+	c.appended += o.Appended
+	if c.first == nil {
+		c.first = &o
+	}
+	return o
+}
+
+// SpreadFork gossips the proof of a site's fork.
+func (c *call) SpreadFork(a engine.SpreadFork) {
+	s := c.s
+	s.n.goTracked(func() {
+		x, y, err := s.n.txlog.ForkProof(a.Site)
+		if err != nil {
+			s.n.log.Error("cannot build the proof of a fork", "site", a.Site, "err", err)
+			return
+		}
+		if err := s.n.mesh.PublishForkProof(s.n.ctx, x, y); err != nil && s.n.ctx.Err() == nil {
+			s.n.log.Warn("fork proof not gossiped", "site", a.Site, "err", err)
+		}
+	})
+}
+
+// PushBranch carries this node's entries of a forked site, from a.From to
+// its head, to every connected member, where they are kept as evidence.
+func (c *call) PushBranch(a engine.PushBranch) {
+	s := c.s
+	s.n.goTracked(func() {
+		if h := s.n.txlog.Head(a.Site); h.Seq >= a.From {
+			s.n.mesh.PushRange(a.Site, a.From, h.Seq)
+		}
+	})
+}
+
+// Probe asks a member for its heartbeat over this node's own stream: a
+// cloned twin that no gossip reaches still shows within seconds.
+func (c *call) Probe(a engine.Probe) {
+	s := c.s
+	p, err := peer.Decode(a.Peer)
+	if err != nil {
+		return
+	}
+	every := s.n.cfg.HeartbeatInterval
+	if every <= 0 {
+		every = mesh.DefaultHeartbeatInterval
+	}
+	s.n.goTracked(func() { _, _ = s.probe(s.n.ctx, p, every) })
+}
+
+// SetTimer asks the loop for a wake-up.
+func (c *call) SetTimer(a engine.SetTimer) { c.s.wake.request(a.At) }
+
+// WriteGate keeps the engine's answer for writeGate.
+func (c *call) WriteGate(a engine.WriteGate) { c.gate, c.gateGiven = a, true }
+
+// runLog is what appending a received run needs of a log: txlog.Log's, and
+// the simulation's stores'.
+type runLog interface {
+	AppendRemote(ctx context.Context, e *wire.Signed) (txlog.RunResult, error)
+	AppendRun(ctx context.Context, run []*wire.Signed) (txlog.RunResult, error)
+}
+
+// appendReceived appends a received run (one gossiped entry alone, anything
+// else as a run) and classifies what the log did. The driver and the
+// simulation both append through it.
+func appendReceived(ctx context.Context, l runLog, a engine.Append) engine.Outcome {
+	var res txlog.RunResult
+	var err error
+	if a.Gossip && len(a.Run) == 1 {
+		res, err = l.AppendRemote(ctx, a.Run[0])
+	} else {
+		res, err = l.AppendRun(ctx, a.Run)
+	}
+	return outcomeOf(res, err)
+}
+
+// outcomeOf classifies an append's result for the engine: a gap, a fork, a
+// refusal (an invalid entry: a forged signature, a broken chain, another
+// family, a fenced epoch, a malformed entry) with what was wrong, or another
+// failure.
+func outcomeOf(res txlog.RunResult, err error) engine.Outcome {
+	o := engine.Outcome{Appended: res.Appended, Duplicates: res.Duplicates, Err: err}
+	var gap *txlog.GapError
+	var fork *txlog.ForkError
+	switch {
+	case err == nil && res.Appended > 0:
+		o.Kind = engine.OutcomeOK
+	case err == nil:
+		o.Kind = engine.OutcomeDuplicate
+	case errors.As(err, &gap):
+		o.Kind, o.Site, o.Seq = engine.OutcomeGap, gap.Site, gap.Have
+	case errors.As(err, &fork):
+		o.Kind, o.Site, o.Seq = engine.OutcomeFork, fork.Site, fork.Seq
+	case errors.Is(err, wire.ErrSignature):
+		o.Kind, o.Reason = engine.OutcomeRefused, "signature"
+	case errors.Is(err, txlog.ErrChain):
+		o.Kind, o.Reason = engine.OutcomeRefused, "chain"
+	case errors.Is(err, txlog.ErrWrongFamily), errors.Is(err, txlog.ErrEpoch), errors.Is(err, txlog.ErrFenced), errors.Is(err, wire.ErrInvalid):
+		o.Kind, o.Reason = engine.OutcomeRefused, "other"
+	default:
+		o.Kind = engine.OutcomeFailed
+	}
+	return o
+}
+
+// fetch runs one catch-up session and reports back to the engine.
 func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
-	start := s.n.cfg.Now()
+	start := s.now()
 	have, heads := s.n.frontierWithHeads()
 	st, err := s.n.mesh.Fetch(fctx, p, have, heads, nil)
 	if err != nil && ctx.Err() == nil {
@@ -159,39 +387,9 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	}
 	s.n.events.emit(EvCatchUp, map[string]any{"peer": p.String(), "reason": reason, "entries": st.Appended, "bytes": st.Bytes, "ok": err == nil})
 	if st.Appended > 0 {
-		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", s.n.cfg.Now().Sub(start).Round(time.Millisecond))
+		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", s.now().Sub(start).Round(time.Millisecond))
 	}
-	if err == nil {
-		s.mu.Lock()
-		s.lastSync = s.n.cfg.Now()
-		s.mu.Unlock()
-	}
-	s.updateCaughtUp()
-	s.post(ctx, syncEvent{kind: "done", peer: p, ok: err == nil})
-}
-
-// probeLoop asks every connected member for its heads each heartbeat
-// interval over this node's own streams and compares them with the log: a
-// cloned twin that no gossip reaches still finds a fork within seconds.
-func (s *syncer) probeLoop(ctx context.Context) {
-	every := s.n.cfg.HeartbeatInterval
-	if every <= 0 {
-		every = mesh.DefaultHeartbeatInterval
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, pi := range s.n.mesh.Peers() {
-			if pi.Connected {
-				_, _ = s.probe(ctx, pi.Member.PeerID, every)
-			}
-		}
-	}
+	s.drive(ctx, engine.FetchDone{Now: s.now(), Peer: p.String(), OK: err == nil})
 }
 
 // probe asks member p for its heartbeat now, over this node's own stream,
@@ -232,147 +430,37 @@ func (s *syncer) published(es []*wire.Signed) {
 	}
 }
 
-// Entries is the mesh.Handler side: runs received from peers. A gossiped
-// entry that arrived before its predecessor waits in the reorder buffer for a
-// moment (see reorder); whatever extends the log lets the held entries after
-// it follow.
+// Entries is the mesh.Handler side: runs received from peers. The engine
+// decides what follows (a gossiped entry ahead of its predecessor waits in
+// its reorder buffer; whatever extends the log lets the held entries after
+// it follow); it returns how many entries were appended, held ones that
+// followed included, and the log's answer to the run. A gossiped run that
+// skipped ahead is no error: the engine holds it or fetches the gap.
 func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
-	if err := s.n.checkSpace(); err != nil {
-		return 0, err // the session ends; the engine retries with backoff
+	c := s.drive(ctx, engine.Received{Now: s.now(), Peer: from.String(), Run: run, Gossip: gossip})
+	if c.first == nil || (gossip && c.first.Kind == engine.OutcomeGap) {
+		return c.appended, nil
 	}
-	n, err := s.appendRun(ctx, from, run, gossip)
-	var gap *txlog.GapError
-	if errors.As(err, &gap) {
-		if gossip && s.held.holdRun(run, from, s.n.cfg.Now()) {
-			if s.held.arm() {
-				s.post(ctx, syncEvent{kind: "held"})
-			}
-			return n, nil
-		}
-		s.post(ctx, syncEvent{kind: "gap", peer: from})
-	}
-	if n > 0 {
-		n += s.drain(ctx, run[0].Site)
-		if s.n.dbs != nil {
-			s.n.dbs.poke() // write the merged rows into the practice database
-		}
-	}
-	return n, err
-}
-
-// drain appends the held entries that now extend site's log, in order, as
-// one run per pass, and returns how many it appended.
-func (s *syncer) drain(ctx context.Context, site string) int {
-	total := 0
-	for {
-		head := s.n.txlog.Head(site).Seq
-		var run []*wire.Signed
-		var from peer.ID
-		for {
-			h, ok := s.held.next(site, head+uint64(len(run)))
-			if !ok {
-				break
-			}
-			if len(run) == 0 {
-				from = h.from
-			}
-			run = append(run, h.e)
-		}
-		if len(run) == 0 {
-			return total
-		}
-		n, err := s.appendRun(ctx, from, run, true)
-		total += n
-		if err != nil {
-			s.n.log.Debug("held gossip entries not appended", "first", run[0].ID(), "entries", len(run), "err", err)
-			return total
-		}
-	}
-}
-
-// appendRun appends a run to the log and reports what it brought: counters,
-// the received event, and a fork when one shows.
-func (s *syncer) appendRun(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
-	var res txlog.RunResult
-	var err error
-	if gossip && len(run) == 1 {
-		res, err = s.n.txlog.AppendRemote(ctx, run[0])
-	} else {
-		res, err = s.n.txlog.AppendRun(ctx, run)
-	}
-	if res.Appended > 0 {
-		via := "catch-up"
-		if gossip {
-			via = "gossip"
-			s.n.counters.receivedGossip.Add(uint64(res.Appended))
-		} else {
-			s.n.counters.receivedCatchUp.Add(uint64(res.Appended))
-		}
-		last := run[len(run)-1]
-		s.n.events.emit(EvReceived, map[string]any{"site": last.Site, "from": last.Seq - uint64(res.Appended) + 1, "to": last.Seq, "peer": from.String(), "via": via})
-	}
-	s.rejected(from, run, err)
-	var fork *txlog.ForkError
-	if errors.As(err, &fork) {
-		s.n.log.Error("fork detected: two copies of a site wrote different entries", "site", fork.Site, "seq", fork.Seq, "peer", from)
-		s.n.events.emit(EvFork, map[string]any{"site": fork.Site, "seq": fork.Seq, "peer": from.String()})
-		s.n.goTracked(func() { s.spreadFork(fork.Site) })
-	}
-	return res.Appended, err
+	return c.appended, c.first.Err
 }
 
 // rejected counts and shows entries a member sent that the log refused as
-// invalid (a forged signature, a broken chain, another family, a fenced
-// epoch, a malformed entry); gaps, forks and duplicates are not refusals.
-func (s *syncer) rejected(from peer.ID, run []*wire.Signed, err error) {
-	var c *atomic.Uint64
-	switch {
-	case err == nil:
-		return
-	case errors.Is(err, wire.ErrSignature):
-		c = &s.n.counters.rejectedSignature
-	case errors.Is(err, txlog.ErrChain):
-		c = &s.n.counters.rejectedChain
-	case errors.Is(err, txlog.ErrWrongFamily), errors.Is(err, txlog.ErrEpoch), errors.Is(err, txlog.ErrFenced), errors.Is(err, wire.ErrInvalid):
-		c = &s.n.counters.rejectedOther
+// invalid; gaps, forks and duplicates are not refusals.
+func (s *syncer) rejected(from string, run []*wire.Signed, o engine.Outcome) {
+	switch o.Reason {
+	case "signature":
+		s.n.counters.rejectedSignature.Add(1)
+	case "chain":
+		s.n.counters.rejectedChain.Add(1)
 	default:
-		return
+		s.n.counters.rejectedOther.Add(1)
 	}
-	c.Add(1)
 	site := ""
 	if len(run) > 0 {
 		site = run[0].Site
 	}
-	s.n.log.Warn("entries from a member refused", "peer", from, "site", site, "err", err)
-	s.n.events.emit(EvRejected, map[string]any{"peer": from.String(), "site": site, "error": err.Error()})
-}
-
-// spreadFork gossips the proof of a site's fork.
-func (s *syncer) spreadFork(site string) {
-	a, b, err := s.n.txlog.ForkProof(site)
-	if err != nil {
-		s.n.log.Error("cannot build the proof of a fork", "site", site, "err", err)
-		return
-	}
-	if err := s.n.mesh.PublishForkProof(s.n.ctx, a, b); err != nil && s.n.ctx.Err() == nil {
-		s.n.log.Warn("fork proof not gossiped", "site", site, "err", err)
-	}
-	// Carry this node's branch from the fork on to the others, where it is
-	// kept as evidence: no acknowledged entry lives in one place only.
-	s.pushBranch(site, a.Seq)
-}
-
-// pushBranch carries this node's entries of a forked site, from a little
-// before the seq the proof names (the branches may have parted earlier) to
-// its head, to every connected member, where they are kept as evidence.
-func (s *syncer) pushBranch(site string, seq uint64) {
-	from := uint64(1)
-	if seq > mesh.DivergeWindow {
-		from = seq - mesh.DivergeWindow + 1
-	}
-	if h := s.n.txlog.Head(site); h.Seq >= from {
-		s.n.mesh.PushRange(site, from, h.Seq)
-	}
+	s.n.log.Warn("entries from a member refused", "peer", from, "site", site, "err", o.Err)
+	s.n.events.emit(EvRejected, map[string]any{"peer": from, "site": site, "error": o.Err.Error()})
 }
 
 // ForkProof is the mesh.Handler side: a member's proof of a fork.
@@ -383,19 +471,16 @@ func (s *syncer) ForkProof(from peer.ID, a, b *wire.Signed) {
 		return
 	}
 	if added {
-		// Whoever learns of a fork passes on its own branch too: a copy of
-		// the forked site that only heard of it still holds entries no one
-		// else has.
-		s.n.goTracked(func() { s.pushBranch(a.Site, a.Seq) })
 		s.n.events.emit(EvFork, map[string]any{"site": a.Site, "seq": a.Seq, "peer": from.String()})
 		s.n.log.Error("fork reported by a member: two copies of a site wrote different entries", "site", a.Site, "seq", a.Seq, "peer", from)
 	}
+	s.drive(s.n.ctx, engine.ForkProofReceived{Now: s.now(), Peer: from.String(), Site: a.Site, Seq: a.Seq, Added: added})
 }
 
 // Heartbeat is the mesh.Handler side: a member's heartbeat, gossiped or
 // asked for (probe). It is the one place a member's heads are taken in.
 func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
-	now := s.n.cfg.Now()
+	now := s.now()
 	skew := hb.Wall.Sub(now)
 	s.mu.Lock()
 	v := s.views[from]
@@ -416,112 +501,49 @@ func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 	if skewed(skew) && !wasSkewed {
 		s.n.log.Warn("clock skew with a member", "site", hb.Site, "skew", skew.Round(time.Second))
 	}
-	s.updateCaughtUp()
-	s.compareHeads(from, hb)
-	s.post(s.n.ctx, syncEvent{kind: "heartbeat", peer: from, frontier: hb.Frontier})
-}
-
-// compareHeads looks for a site whose entry at the member's head differs from
-// the one held here: two copies of a site that wrote the same number of
-// entries show no gap anywhere, only different hashes. On a mismatch it
-// fetches that entry from the member, and the log records the fork.
-func (s *syncer) compareHeads(from peer.ID, hb mesh.Heartbeat) {
-	for site, n := range hb.Frontier {
-		theirs := hb.Heads[site]
-		if n == 0 || len(theirs) != len(wire.Hash{}) {
-			continue
-		}
-		mine := s.n.txlog.Head(site)
-		if n > mine.Seq {
-			continue // ahead: the catch-up it triggers compares the chains
-		}
-		ours := mine.Hash
-		if n < mine.Seq {
-			e, err := s.n.txlog.Get(site, n)
-			if err != nil {
-				continue
-			}
-			ours = e.Hash
-		}
-		if wire.Hash(theirs) == ours {
-			continue
-		}
-		key := from.String() + "/" + site
-		s.mu.Lock()
-		recent := s.n.cfg.Now().Sub(s.probed[key]) < 10*time.Second
-		if !recent {
-			s.probed[key] = s.n.cfg.Now()
-		}
-		s.mu.Unlock()
-		if recent {
-			continue
-		}
-		s.n.log.Warn("a member holds another entry for the same seq: checking for a fork", "site", site, "seq", n, "peer", from)
-		s.n.goTracked(func() {
-			ctx, cancel := context.WithTimeout(s.n.ctx, time.Minute)
-			defer cancel()
-			if _, err := s.n.mesh.Fetch(ctx, from, map[string]uint64{site: n - 1}, nil, []string{site}); err != nil && ctx.Err() == nil {
-				s.n.log.Debug("fork check fetch failed", "peer", from, "site", site, "err", err)
-			}
-		})
-	}
+	s.drive(s.n.ctx, engine.Heartbeat{Now: now, Peer: from.String(), Frontier: hb.Frontier, Heads: hb.Heads})
 }
 
 // Duplicate is the mesh.Handler side: two processes run one member's identity.
 func (s *syncer) Duplicate(p peer.ID) {
-	s.mu.Lock()
-	s.twins[p] = s.n.cfg.Now()
-	s.mu.Unlock()
 	site := ""
 	if m, ok := s.n.roster.Member(p); ok {
 		site = m.Site
 	}
 	s.n.events.emit(EvFork, map[string]any{"site": site, "peer": p.String(), "duplicate": true})
-	// Whichever copy answers, compare everything it holds.
-	s.n.goTracked(func() {
-		ctx, cancel := context.WithTimeout(s.n.ctx, time.Minute)
-		defer cancel()
-		have, heads := s.n.frontierWithHeads()
-		_, _ = s.n.mesh.Fetch(ctx, p, have, heads, nil)
-	})
+	s.drive(s.n.ctx, engine.DuplicateSeen{Now: s.now(), Peer: p.String()})
 }
 
 // duplicates lists the sites seen running as two processes at once.
 func (s *syncer) duplicates() []string {
 	s.mu.Lock()
-	twins := make([]peer.ID, 0, len(s.twins))
-	for p := range s.twins {
-		twins = append(twins, p)
-	}
+	twins := s.eng.Twins()
 	s.mu.Unlock()
 	var out []string
-	for _, p := range twins { // the roster's lock is not taken under the syncer's
-		if m, ok := s.n.roster.Member(p); ok {
+	for _, id := range twins { // the roster's lock is not taken under the syncer's
+		p, err := peer.Decode(id)
+		if m, ok := s.n.roster.Member(p); err == nil && ok {
 			out = append(out, m.Site)
 		} else {
-			out = append(out, p.String())
+			out = append(out, id)
 		}
 	}
 	sort.Strings(out)
 	return out
 }
 
-// PeerChanged is the mesh.Handler side: a member connected or left. A member
-// that connects hears of every fork this node knows.
+// PeerChanged is the mesh.Handler side: a member connected or left.
 func (s *syncer) PeerChanged(p peer.ID, up bool) {
-	kind := "down"
 	site := ""
 	if m, ok := s.n.roster.Member(p); ok {
 		site = m.Site
 	}
 	s.n.events.emit(EvPeer, map[string]any{"peer": p.String(), "site": site, "connected": up})
 	if up {
-		kind = "up"
-		for _, f := range s.n.txlog.Forks() {
-			s.n.goTracked(func() { s.spreadFork(f.Site) })
-		}
+		s.drive(s.n.ctx, engine.PeerUp{Now: s.now(), Peer: p.String()})
+	} else {
+		s.drive(s.n.ctx, engine.PeerDown{Now: s.now(), Peer: p.String()})
 	}
-	s.post(s.n.ctx, syncEvent{kind: kind, peer: p})
 }
 
 // DocumentsChanged is the mesh.Handler side: membership changed.
@@ -535,44 +557,16 @@ func skewed(skew time.Duration) bool { return skew > clockSkewLimit || skew < -c
 func (s *syncer) mostHeld(site string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.mostHeldLocked(site)
-}
-
-func (s *syncer) mostHeldLocked(site string) uint64 {
-	var most uint64
-	for _, v := range s.views {
-		most = max(most, v.hb.Frontier[site])
-	}
-	return most
-}
-
-// updateCaughtUp: the own log has caught up when no member is known to hold
-// more of this site than this node does.
-func (s *syncer) updateCaughtUp() {
-	site := s.n.id.Site
-	own := s.n.txlog.Head(site).Seq
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if beyond(s.mostHeldLocked(site), own) > 0 {
-		s.caughtUp = false
-		return
-	}
-	if !s.lastSync.IsZero() || s.n.cert.Epoch <= 1 {
-		s.caughtUp = true
-	}
+	return s.eng.MostHeld(site)
 }
 
 // writeGate says why own writes must wait, or "" when they may go ahead.
 func (s *syncer) writeGate() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.caughtUp {
+	c := s.drive(s.n.ctx, engine.WriteAsked{Now: s.now()})
+	if !c.gateGiven || c.gate.Open {
 		return ""
 	}
-	if s.n.cert.Epoch > 1 {
-		return "this node was moved here and is catching up its site's log from the family before it accepts writes; try again in a moment"
-	}
-	return "another node holds newer entries of this site than this node does; this node is catching up before it accepts writes; try again in a moment"
+	return c.gate.Reason
 }
 
 // PeerJSON is one row of GET /v1/peers and `ppsync peers`.
@@ -637,7 +631,7 @@ func (s *syncer) syncNow(ctx context.Context, wait time.Duration) Receipt {
 	start := s.n.cfg.Now()
 	s.n.mesh.Redial()
 	s.n.mesh.PublishHeartbeat()
-	s.post(ctx, syncEvent{kind: "syncnow"})
+	s.drive(ctx, engine.SyncNow{Now: s.now()})
 	deadline := start.Add(wait)
 	for {
 		rc := s.receipt(ctx)
