@@ -136,16 +136,11 @@ func (a *alerter) evaluate() {
 	a.mu.Unlock()
 	sort.Strings(ids)
 	for _, id := range ids {
+		rule, st, ok := a.snapshot(id)
 		a.mu.Lock()
-		r := a.rules[id]
-		var rule alert.Rule
-		var st alert.State
-		if r != nil {
-			rule, st = *r, cloneState(a.states[id])
-		}
 		last := a.saved[id]
 		a.mu.Unlock()
-		if r == nil {
+		if !ok {
 			continue // removed meanwhile
 		}
 		obs := a.observe(rule.Site)    // outside the lock: it reads the node
@@ -180,6 +175,17 @@ func (a *alerter) evaluate() {
 	a.mu.Lock()
 	a.passes++
 	a.mu.Unlock()
+}
+
+// snapshot copies a rule and its state, to use outside the lock.
+func (a *alerter) snapshot(id string) (alert.Rule, alert.State, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.rules[id]
+	if r == nil {
+		return alert.Rule{}, alert.State{}, false
+	}
+	return *r, cloneState(a.states[id]), true
 }
 
 func cloneState(st *alert.State) alert.State {
@@ -338,15 +344,8 @@ func (a *alerter) Pause(id string, until time.Time) (AlertJSON, error) {
 // Test sends a test message on every channel of the rule now and says how
 // each went.
 func (a *alerter) Test(ctx context.Context, id string) ([]AlertDeliveryRow, error) {
-	a.mu.Lock()
-	r := a.rules[id]
-	var rule alert.Rule
-	var st alert.State
-	if r != nil {
-		rule, st = *r, cloneState(a.states[id])
-	}
-	a.mu.Unlock()
-	if r == nil {
+	rule, st, ok := a.snapshot(id)
+	if !ok {
 		return nil, errNoRule(id)
 	}
 	c := a.context()
