@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	_ "modernc.org/sqlite" // the practice software's driver in the demo
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/mailsink"
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
@@ -377,6 +379,14 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	}
 	say("1. created the family %q (authority key in %s)", "Demo Dental Practice", authDir)
 
+	// A mail server on this machine, for the alert the relay sends when a
+	// clinic goes offline.
+	mail, err := mailsink.Start(mailsink.Options{TLS: "none"})
+	if err != nil {
+		return fmt.Errorf("demo: a local mail server: %w", err)
+	}
+	defer mail.Close()
+
 	all := append([]string{"relay"}, demoSites...)
 	nodes := map[string]*demoNode{}
 	defer func() {
@@ -434,6 +444,9 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		cfg.API, cfg.Listen, cfg.MDNS, cfg.Env, cfg.Version = "127.0.0.1:0", []string{"/ip4/127.0.0.1/tcp/0"}, false, env, o.Version
 		cfg.HeartbeatInterval = time.Second
 		cfg.SyncInterval = Duration(5 * time.Second)
+		if s == "relay" {
+			cfg.SMTP = SMTPConfig{Server: mail.Addr(), From: "monitor@ppsync-demo.example", TLS: "none"}
+		}
 		n, err := Open(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("demo: start %s: %w", s, err)
@@ -534,6 +547,14 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	}
 
 	offline := demoSites[2]
+	rule, err := nodes["relay"].n.AddAlert(ctx, AlertRequest{Site: offline, Emails: []string{"manager@" + offline + ".example"},
+		Days: "daily", Hours: []string{"00:00-24:00"}, TZ: "UTC", After: "3s"})
+	if err != nil {
+		return fmt.Errorf("demo: alert rule: %w", err)
+	}
+	say("   the relay watches %s: `ppsync alerts add --site %s --email manager@%s.example --days daily", offline, offline, offline)
+	say("   --hours 00:00-24:00 --tz UTC --after 3s` (rule %s; a real rule has opening hours and --after 1h),", rule.ID)
+	say("   emailing through a mail server the demo runs at %s", mail.Addr())
 	stop(offline)
 	say("5. %s went offline (machine switched off); the other clinics keep working", offline)
 	firstOffline := map[string]int64{}
@@ -556,6 +577,9 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	if _, err := demoConverge(ctx, o.Out, nodes, []string{"relay", demoSites[0], demoSites[1]}, 60*time.Second); err != nil {
 		return err
 	}
+	if err := demoShowMail(ctx, o.Out, mail, offline+" has not synced", "   the relay's alert arrived by email"); err != nil {
+		return err
+	}
 	if err := start(offline); err != nil {
 		return err
 	}
@@ -563,6 +587,14 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	rows, err := demoConverge(ctx, o.Out, nodes, all, 120*time.Second)
 	if err != nil {
 		return err
+	}
+	if err := demoShowMail(ctx, nil, mail, offline+" is syncing again", ""); err != nil {
+		return err
+	}
+	for _, m := range mail.Messages() {
+		if strings.Contains(m.Subject, "syncing again") {
+			say("   and the recovery notice: %q", m.Subject)
+		}
 	}
 
 	say("")
@@ -619,6 +651,34 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	say("")
 	say("The family keeps running; press Ctrl-C to stop.")
 	<-ctx.Done()
+	return nil
+}
+
+// demoShowMail waits for a message whose subject holds subject and, with
+// out, prints it under title.
+func demoShowMail(ctx context.Context, out io.Writer, mail *mailsink.Server, subject, title string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	msgs, err := mail.Wait(ctx, func(ms []mailsink.Message) bool {
+		return slices.ContainsFunc(ms, func(m mailsink.Message) bool { return strings.Contains(m.Subject, subject) })
+	})
+	if err != nil {
+		return fmt.Errorf("demo: no email %q: %w", subject, err)
+	}
+	if out == nil {
+		return nil
+	}
+	for _, m := range msgs {
+		if !strings.Contains(m.Subject, subject) {
+			continue
+		}
+		fmt.Fprintf(out, "%s (to %s):\n", title, strings.Join(m.To, ", "))
+		fmt.Fprintf(out, "   | Subject: %s\n", m.Subject)
+		for _, l := range strings.Split(strings.TrimRight(strings.ReplaceAll(m.Body, "\r\n", "\n"), "\n"), "\n") {
+			fmt.Fprintf(out, "   | %s\n", l)
+		}
+		return nil
+	}
 	return nil
 }
 

@@ -24,6 +24,10 @@ func TestDemoConverges(t *testing.T) {
 		"ppsync db check: no differences",
 		"sqlite3 " + filepath.Join(dir, "databases", "clinic-south.db") + " 'SELECT * FROM patients LIMIT 5'",
 		"read from clinic-east.db",
+		"the relay's alert arrived by email (to manager@clinic-east.example)",
+		"Subject: ppsync: clinic-east has not synced since",
+		"What to check first",
+		"and the recovery notice: \"ppsync: clinic-east is syncing again",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("the output lacks %q:\n%s", want, out.String())
