@@ -110,7 +110,7 @@ func TestStrangerGetsNothing(t *testing.T) {
 	// address it was given on probation, showed only its own certificate,
 	// was refused (another family), and says so.
 	atkWaitFor(t, 15*time.Second, "the stranger reports its bootstrap as no member of its family", func() (bool, string) {
-		st, err := stranger.Status()
+		st, err := stranger.Status(context.Background())
 		if err != nil {
 			return false, err.Error()
 		}

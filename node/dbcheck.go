@@ -99,9 +99,6 @@ type DBRowDiff struct {
 
 const dbCheckListLimit = 1000
 
-// DBStatus reports the practice database's sync.
-func (n *Node) DBStatus() DBStatus { return n.dbStatus(true) }
-
 // dbStatus is DBStatus; without perTable it leaves out the per-table count
 // of merged changes waiting to be written (a read of up to dbPendingScan
 // changes), which /metrics does not show.
@@ -374,7 +371,11 @@ func (d *dbsync) repaired() {
 }
 
 func (n *Node) getDB(w http.ResponseWriter, r *http.Request) {
-	st := n.DBStatus()
+	st, err := n.DBStatus(r.Context())
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
 	if !n.bearerOK(r) { // the sync page: no row contents, only where and why
 		for i := range st.Refused {
 			st.Refused[i].Merged = nil

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -77,7 +78,7 @@ func waitDB(t testing.TB, r *running, what string, cond func(DBStatus) bool) DBS
 	t.Helper()
 	var st DBStatus
 	waitUntil(t, what, 20*time.Second, func() (bool, string) {
-		st = r.n.DBStatus()
+		st, _ = r.n.DBStatus(context.Background())
 		b, _ := json.Marshal(st)
 		return cond(st), string(b)
 	})

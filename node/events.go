@@ -130,8 +130,7 @@ func (n *Node) getEvents(w http.ResponseWriter, r *http.Request) {
 	} else if v := r.URL.Query().Get("after"); v != "" {
 		after, _ = strconv.ParseUint(v, 10, 64)
 	}
-	past, c := n.events.subscribe(after)
-	defer n.events.unsubscribe(c)
+	past, next := n.Events(r.Context(), after)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
@@ -149,18 +148,14 @@ func (n *Node) getEvents(w http.ResponseWriter, r *http.Request) {
 	defer t.Stop()
 	for {
 		select {
-		case <-r.Context().Done():
-			return
-		case <-n.ctx.Done():
-			return
 		case <-t.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return
 			}
 			fl.Flush()
-		case ev, ok := <-c:
+		case ev, ok := <-next:
 			if !ok {
-				return // too slow: the client reconnects with Last-Event-ID
+				return // ended, or too slow: the client reconnects with Last-Event-ID
 			}
 			if !write(ev) {
 				return
@@ -172,15 +167,12 @@ func (n *Node) getEvents(w http.ResponseWriter, r *http.Request) {
 
 // getActivity pages the activity feed, newest first (?before=ID&limit=N).
 func (n *Node) getActivity(w http.ResponseWriter, r *http.Request) {
-	limit, err := intParam(r, "limit", 50, 1000)
+	limit, err := intParam(r, "limit", 0)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
 	before, _ := strconv.ParseUint(r.URL.Query().Get("before"), 10, 64)
-	evs := n.events.recent(before, limit)
-	if evs == nil {
-		evs = []Event{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"events": evs})
+	evs, err := n.Activity(r.Context(), before, limit)
+	n.answer(w, map[string]any{"events": evs}, err)
 }

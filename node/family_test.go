@@ -215,12 +215,12 @@ func TestFamilyConvergesThroughRelay(t *testing.T) {
 		r.call(t, "POST", "/v1/transactions", fmt.Sprintf(`{"ops":[{"op":"put","table":"shared","key":"k","fields":{"by":%q}}]}`, s), nil)
 	}
 	tf.waitConverged(30*time.Second, "relay", "clinic-a", "clinic-b", "clinic-c")
-	st, _ := tf.nodes["clinic-a"].r.n.Status()
+	st, _ := tf.nodes["clinic-a"].r.n.Status(context.Background())
 	if st.Peers < 1 || !st.Online {
 		t.Fatalf("status: peers %d online %v", st.Peers, st.Online)
 	}
 	// The relay names itself by the name its certificate gives it.
-	if rs, _ := tf.nodes["relay"].r.n.Status(); rs.Site != "relay" || rs.Role != "relay" {
+	if rs, _ := tf.nodes["relay"].r.n.Status(context.Background()); rs.Site != "relay" || rs.Role != "relay" {
 		t.Fatalf("relay status: site %q role %q, want relay/relay", rs.Site, rs.Role)
 	}
 }

@@ -448,7 +448,12 @@ func (n *Node) recheckCertificate() {
 
 // writeBlocked says why own writes are refused now, or nil. Each reason is
 // decided here, with its message and the API's answer.
-func (n *Node) writeBlocked() error {
+func (n *Node) writeBlocked() error { return n.writeBlockedFor(0) }
+
+// writeBlockedFor is writeBlocked for a write of about size bytes: the
+// free-space check counts what it will take on disk (see checkSpaceFor).
+// Every own write goes through it once, with its estimate.
+func (n *Node) writeBlockedFor(size uint64) error {
 	n.mu.Lock()
 	refusedErr := n.refused
 	n.mu.Unlock()
@@ -458,7 +463,7 @@ func (n *Node) writeBlocked() error {
 	if n.id.Role == family.RoleRelay {
 		return errReadOnly
 	}
-	if err := n.checkSpace(); err != nil {
+	if err := n.checkSpaceFor(size); err != nil {
 		return err
 	}
 	if why := n.sync.writeGate(); why != "" {

@@ -384,7 +384,7 @@ func browserFamilyDB(t *testing.T, dbURL string) *testFamily {
 		for _, p := range peers {
 			ready = ready && p.Connected && p.Version != ""
 		}
-		if st, err := a.Status(); err == nil && ready && st.VersionMismatch {
+		if st, err := a.Status(context.Background()); err == nil && ready && st.VersionMismatch {
 			return tf
 		}
 		if time.Now().After(deadline) {

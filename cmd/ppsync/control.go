@@ -373,7 +373,7 @@ sites have converged (1 if they do not).`,
 			}
 			ctx, stop := c.notify(c.ctx) // Ctrl-C ends the demo cleanly
 			defer stop()
-			if err := node.RunDemo(ctx, node.DemoOptions{Dir: dir, NoWait: noWait, Out: c.stdout, Version: version, Env: c.getenv}); err != nil {
+			if err := runDemo(ctx, demoOptions{Dir: dir, NoWait: noWait, Out: c.stdout, Version: version, Env: c.getenv}); err != nil {
 				return err
 			}
 			return nil
