@@ -31,6 +31,7 @@ import (
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Test-only helpers for the attack tests: a raw libp2p peer that speaks the
@@ -347,9 +348,9 @@ func (tf *testFamily) atkMember(name string, nodes ...string) (*atkPeer, map[str
 }
 
 // status fetches GET /v1/status of a running node.
-func (tf *testFamily) atkStatus(name string) Status {
+func (tf *testFamily) atkStatus(name string) api.Status {
 	tf.t.Helper()
-	var st Status
+	var st api.Status
 	if code := tf.nodes[name].r.call(tf.t, "GET", "/v1/status", nil, &st); code != 200 {
 		tf.t.Fatalf("status of %s: HTTP %d", name, code)
 	}

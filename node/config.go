@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/internal/atomicfile"
+	"github.com/ppsync/ppsync/node/api"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -21,10 +22,10 @@ import (
 const (
 	ConfigFile      = "ppsync.toml"
 	NodeKeyFile     = "node.key"
-	APIKeyFile      = "api.key"
+	APIKeyFile      = api.APIKeyFile
 	FamilyFile      = "family.json"
 	JoinRequestFile = "join-request.json"
-	RuntimeFile     = "runtime.json"
+	RuntimeFile     = api.RuntimeFile
 	CertsDir        = "certs"
 	DBDir           = "db"
 )

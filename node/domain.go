@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // The domain API: the only way into a running node. The HTTP handlers
@@ -46,7 +47,7 @@ func (e *TxError) Unwrap() error { return e.Err }
 // than the reserve once the write's estimated size is on it. The committed
 // entries are gossiped, reach the practice database and the activity feed.
 // It returns one result per transaction, in order.
-func (n *Node) Write(ctx context.Context, txs []TxRequest) ([]TxResult, error) {
+func (n *Node) Write(ctx context.Context, txs []api.TxRequest) ([]api.TxResult, error) {
 	if len(txs) == 0 {
 		return nil, badRequest("the batch holds no transactions")
 	}
@@ -65,9 +66,9 @@ func (n *Node) Write(ctx context.Context, txs []TxRequest) ([]TxResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := make([]TxResult, len(out))
+	res := make([]api.TxResult, len(out))
 	for i, s := range out {
-		res[i] = TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()}
+		res[i] = api.TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()}
 	}
 	return res, nil
 }
@@ -75,7 +76,7 @@ func (n *Node) Write(ctx context.Context, txs []TxRequest) ([]TxResult, error) {
 // ownOps checks one transaction of the API: its operations by the one check
 // every write goes through (wire.CheckOps, the messages `ppsync import` gives
 // too), then against DATA/schema.json when there is one.
-func (n *Node) ownOps(tx TxRequest) ([]wire.Op, error) {
+func (n *Node) ownOps(tx api.TxRequest) ([]wire.Op, error) {
 	in := make([]wire.OpInput, len(tx.Ops))
 	for i, o := range tx.Ops {
 		in[i] = wire.OpInput{Op: o.Op, Table: o.Table, Key: o.Key, Fields: o.Fields}
@@ -92,16 +93,16 @@ func (n *Node) ownOps(tx TxRequest) ([]wire.Op, error) {
 
 // Get returns the live record table/key of the merged state; an absent or
 // deleted record is a not_found error.
-func (n *Node) Get(ctx context.Context, table, key string) (RecordJSON, error) {
+func (n *Node) Get(ctx context.Context, table, key string) (api.RecordJSON, error) {
 	if err := ctx.Err(); err != nil {
-		return RecordJSON{}, err
+		return api.RecordJSON{}, err
 	}
 	rec, ok, err := n.state.Get(table, key)
 	if err != nil {
-		return RecordJSON{}, fmt.Errorf("node: get %s/%s: %w", table, key, err)
+		return api.RecordJSON{}, fmt.Errorf("node: get %s/%s: %w", table, key, err)
 	}
 	if !ok {
-		return RecordJSON{}, notFound("no record %q in table %q", key, table)
+		return api.RecordJSON{}, notFound("no record %q in table %q", key, table)
 	}
 	return recordJSON(rec), nil
 }
@@ -118,16 +119,16 @@ func listLimit(limit, def, ceiling int) int {
 // List returns up to limit (<= 0: 1000; at most 10000) live records of table
 // with keys after after, in key order, without their table and version. Next
 // is set when more follow.
-func (n *Node) List(ctx context.Context, table, after string, limit int) (ListResult, error) {
+func (n *Node) List(ctx context.Context, table, after string, limit int) (api.ListResult, error) {
 	if err := ctx.Err(); err != nil {
-		return ListResult{}, err
+		return api.ListResult{}, err
 	}
 	limit = listLimit(limit, defaultListN, maxListLimit)
 	recs, err := n.state.List(table, after, limit+1)
 	if err != nil {
-		return ListResult{}, fmt.Errorf("node: list %s: %w", table, err)
+		return api.ListResult{}, fmt.Errorf("node: list %s: %w", table, err)
 	}
-	res := ListResult{Records: make([]RecordJSON, 0, len(recs))}
+	res := api.ListResult{Records: make([]api.RecordJSON, 0, len(recs))}
 	if len(recs) > limit {
 		recs = recs[:limit]
 		next := recs[limit-1].Key
@@ -144,21 +145,21 @@ func (n *Node) List(ctx context.Context, table, after string, limit int) (ListRe
 // Changes returns up to limit (<= 0: 1000; at most 10000) changes of the
 // merged state after the cursor after, the cursor to follow on from, and the
 // cursor of the last rebuild of the state.
-func (n *Node) Changes(ctx context.Context, after uint64, limit int) (ChangesResult, error) {
+func (n *Node) Changes(ctx context.Context, after uint64, limit int) (api.ChangesResult, error) {
 	if err := ctx.Err(); err != nil {
-		return ChangesResult{}, err
+		return api.ChangesResult{}, err
 	}
 	chs, next, err := n.state.Changes(after, listLimit(limit, defaultListN, maxListLimit))
 	if err != nil {
-		return ChangesResult{}, fmt.Errorf("node: changes: %w", err)
+		return api.ChangesResult{}, fmt.Errorf("node: changes: %w", err)
 	}
 	st, err := n.state.Stats()
 	if err != nil {
-		return ChangesResult{}, fmt.Errorf("node: changes: %w", err)
+		return api.ChangesResult{}, fmt.Errorf("node: changes: %w", err)
 	}
-	res := ChangesResult{Changes: make([]ChangeJSON, 0, len(chs)), Next: next, Cleared: st.ClearedAt}
+	res := api.ChangesResult{Changes: make([]api.ChangeJSON, 0, len(chs)), Next: next, Cleared: st.ClearedAt}
 	for _, c := range chs {
-		res.Changes = append(res.Changes, ChangeJSON{Cursor: c.Cursor, RecordJSON: recordJSON(c.Record)})
+		res.Changes = append(res.Changes, api.ChangeJSON{Cursor: c.Cursor, RecordJSON: recordJSON(c.Record)})
 	}
 	return res, nil
 }
@@ -180,13 +181,13 @@ func (n *Node) Digest(ctx context.Context) (string, error) {
 // practice database refused (oldest first, each with the family's merged row
 // and the database's own), then up to limit recorded concurrent writes,
 // newest first.
-func (n *Node) Conflicts(ctx context.Context, limit int) (ConflictsResult, error) {
+func (n *Node) Conflicts(ctx context.Context, limit int) (api.ConflictsResult, error) {
 	limit = listLimit(limit, defaultListN, maxListLimit)
 	cs, err := n.state.Conflicts(limit)
 	if err != nil {
-		return ConflictsResult{}, fmt.Errorf("node: conflicts: %w", err)
+		return api.ConflictsResult{}, fmt.Errorf("node: conflicts: %w", err)
 	}
-	res := ConflictsResult{Conflicts: n.refusedConflicts(ctx, limit)}
+	res := api.ConflictsResult{Conflicts: n.refusedConflicts(ctx, limit)}
 	for _, c := range cs {
 		res.Conflicts = append(res.Conflicts, conflictJSON(c))
 	}
@@ -195,7 +196,7 @@ func (n *Node) Conflicts(ctx context.Context, limit int) (ConflictsResult, error
 
 // Log returns the newest limit (<= 0: 100; at most 10000) log entries of
 // site, or of every site when site is "", oldest first.
-func (n *Node) Log(ctx context.Context, site string, limit int) (LogResult, error) {
+func (n *Node) Log(ctx context.Context, site string, limit int) (api.LogResult, error) {
 	limit = listLimit(limit, defaultLogN, maxListLimit)
 	sites := []string{}
 	if site != "" {
@@ -205,10 +206,10 @@ func (n *Node) Log(ctx context.Context, site string, limit int) (LogResult, erro
 			sites = append(sites, s)
 		}
 	}
-	all := []EntryJSON{}
+	all := []api.EntryJSON{}
 	for _, s := range sites {
 		if err := ctx.Err(); err != nil {
-			return LogResult{}, err
+			return api.LogResult{}, err
 		}
 		h := n.txlog.Head(s)
 		from := uint64(1)
@@ -217,7 +218,7 @@ func (n *Node) Log(ctx context.Context, site string, limit int) (LogResult, erro
 		}
 		es, err := n.txlog.Range(s, from, limit)
 		if err != nil {
-			return LogResult{}, fmt.Errorf("node: log of %s: %w", s, err)
+			return api.LogResult{}, fmt.Errorf("node: log of %s: %w", s, err)
 		}
 		for _, e := range es {
 			all = append(all, entryJSON(e))
@@ -227,71 +228,84 @@ func (n *Node) Log(ctx context.Context, site string, limit int) (LogResult, erro
 	if len(all) > limit {
 		all = all[len(all)-limit:]
 	}
-	return LogResult{Entries: all}, nil
+	return api.LogResult{Entries: all}, nil
 }
 
 // Status reports the node's state: who it is, its frontier and peers, whether
 // it is online and may write (and why not), and the warnings to show
 // prominently.
-func (n *Node) Status(ctx context.Context) (Status, error) {
+func (n *Node) Status(ctx context.Context) (api.Status, error) {
 	if err := ctx.Err(); err != nil {
-		return Status{}, err
+		return api.Status{}, err
 	}
 	return n.statusOf(n.sync.peers())
 }
 
 // Peers lists every other family member as this node sees it, by site.
-func (n *Node) Peers(ctx context.Context) ([]PeerJSON, error) {
+func (n *Node) Peers(ctx context.Context) ([]api.PeerJSON, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	ps := n.sync.peers()
+	return peersJSON(n.sync.peers()), nil
+}
+
+// peersJSON gives the syncer's view of the peers as the API shows it.
+func peersJSON(ps []PeerJSON) []api.PeerJSON {
 	if ps == nil {
-		ps = []PeerJSON{}
+		return nil // "peers": null, as it always was
 	}
-	return ps, nil
+	out := make([]api.PeerJSON, len(ps))
+	for i, p := range ps {
+		out[i] = api.PeerJSON(p)
+	}
+	return out
 }
 
 // SyncNow starts a sync round now and, with wait > 0 (at most an hour),
 // waits until every member holds everything this node holds, the time runs
 // out or ctx ends; the receipt says, per member, caught up or why not.
-func (n *Node) SyncNow(ctx context.Context, wait time.Duration) (Receipt, error) {
+func (n *Node) SyncNow(ctx context.Context, wait time.Duration) (api.Receipt, error) {
 	if wait < 0 || wait > maxSyncWait {
-		return Receipt{}, badRequest("wait=%q is not a duration between 0 and 1h (like 30s)", wait.String())
+		return api.Receipt{}, badRequest("wait=%q is not a duration between 0 and 1h (like 30s)", wait.String())
 	}
 	n.events.emit(EvSyncNow, map[string]any{"wait": wait.String()})
-	return n.sync.syncNow(ctx, wait), nil
+	rc := n.sync.syncNow(ctx, wait)
+	out := api.Receipt{CaughtUp: rc.CaughtUp, Waited: rc.Waited}
+	for _, m := range rc.Members {
+		out.Members = append(out.Members, api.ReceiptMember(m))
+	}
+	return out, nil
 }
 
 // Settings returns the node's changeable settings, as they are now.
-func (n *Node) Settings(ctx context.Context) (Settings, error) {
+func (n *Node) Settings(ctx context.Context) (api.Settings, error) {
 	if err := ctx.Err(); err != nil {
-		return Settings{}, err
+		return api.Settings{}, err
 	}
 	return n.currentSettings(), nil
 }
 
-func (n *Node) currentSettings() Settings {
+func (n *Node) currentSettings() api.Settings {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	cc := n.settings.ConnectivityCheck
-	return Settings{SyncInterval: time.Duration(n.settings.SyncInterval).String(), ConnectivityCheck: &cc, LogLevel: n.settings.LogLevel}
+	return api.Settings{SyncInterval: time.Duration(n.settings.SyncInterval).String(), ConnectivityCheck: &cc, LogLevel: n.settings.LogLevel}
 }
 
 // SetSettings changes the settings given (empty fields are kept): they are
 // checked, saved to ppsync.toml, then take effect; it returns them all. One
 // change runs at a time; a change waiting for its turn gives up when ctx
 // ends. A bad setting is a bad_request error.
-func (n *Node) SetSettings(ctx context.Context, req Settings) (Settings, error) {
+func (n *Node) SetSettings(ctx context.Context, req api.Settings) (api.Settings, error) {
 	select { // one change at a time, saved before it takes effect
 	case n.settingsTurn <- struct{}{}:
 	case <-ctx.Done():
-		return Settings{}, ctx.Err()
+		return api.Settings{}, ctx.Err()
 	}
 	next, err := n.changeSettings(req)
 	<-n.settingsTurn
 	if err != nil {
-		return Settings{}, err
+		return api.Settings{}, err
 	}
 	// The sync loop reads the interval from the settings: events that
 	// overtake each other still leave it at the last one saved.
@@ -303,7 +317,7 @@ func (n *Node) SetSettings(ctx context.Context, req Settings) (Settings, error) 
 
 // changeSettings applies a change of the settings, saved to ppsync.toml
 // first; the caller holds the settings' turn.
-func (n *Node) changeSettings(req Settings) (Config, error) {
+func (n *Node) changeSettings(req api.Settings) (Config, error) {
 	next := n.currentConfig()
 	if req.SyncInterval != "" {
 		if err := next.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
@@ -337,13 +351,13 @@ func (n *Node) changeSettings(req Settings) (Config, error) {
 // Install installs a certificate or revocation file (its bytes) into the
 // running node: stored in DATA/certs first, then acted on, and spread to the
 // peers. A file the roster refuses is a bad_request error.
-func (n *Node) Install(ctx context.Context, data []byte) (InstallResult, error) {
+func (n *Node) Install(ctx context.Context, data []byte) (api.InstallResult, error) {
 	if err := ctx.Err(); err != nil {
-		return InstallResult{}, err
+		return api.InstallResult{}, err
 	}
 	res, err := installFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
 	if err != nil {
-		return InstallResult{}, installError(err)
+		return api.InstallResult{}, installError(err)
 	}
 	res.Running = true
 	if res.Changed {
@@ -359,7 +373,7 @@ func (n *Node) Install(ctx context.Context, data []byte) (InstallResult, error) 
 // the ID after (oldest first) and a channel of the later ones. The channel is
 // closed when ctx ends, when the node closes, and when the subscriber falls
 // behind (it then subscribes again after the last ID it got).
-func (n *Node) Events(ctx context.Context, after uint64) ([]Event, <-chan Event) {
+func (n *Node) Events(ctx context.Context, after uint64) ([]api.Event, <-chan api.Event) {
 	past, c := n.events.subscribe(after)
 	if !n.goTracked(func() {
 		select {
@@ -376,22 +390,22 @@ func (n *Node) Events(ctx context.Context, after uint64) ([]Event, <-chan Event)
 // Activity pages the activity feed (DATA/activity.log): up to limit (<= 0:
 // 50; at most 1000) events before the ID before (0: the newest), newest
 // first.
-func (n *Node) Activity(ctx context.Context, before uint64, limit int) ([]Event, error) {
+func (n *Node) Activity(ctx context.Context, before uint64, limit int) ([]api.Event, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	evs := n.events.recent(before, listLimit(limit, 50, 1000))
 	if evs == nil {
-		evs = []Event{}
+		evs = []api.Event{}
 	}
 	return evs, nil
 }
 
 // DBStatus reports the practice database's sync: what is captured, applied,
 // waiting and refused, per table. On a node without one, Problem says so.
-func (n *Node) DBStatus(ctx context.Context) (DBStatus, error) {
+func (n *Node) DBStatus(ctx context.Context) (api.DBStatus, error) {
 	if err := ctx.Err(); err != nil {
-		return DBStatus{}, err
+		return api.DBStatus{}, err
 	}
 	return n.dbStatus(true), nil
 }
@@ -403,9 +417,9 @@ type Metrics struct {
 	// Rejections counts connections, streams, gossip messages and entries
 	// refused, by reason.
 	Rejections map[string]uint64
-	Peers      []PeerJSON
-	Status     Status
-	DB         *DBStatus // nil on a node without a practice database; no per-table pending counts
+	Peers      []api.PeerJSON
+	Status     api.Status
+	DB         *api.DBStatus // nil on a node without a practice database; no per-table pending counts
 }
 
 // Counters are the node's monotonically increasing figures since it started.
@@ -439,8 +453,9 @@ func (n *Node) Metrics(ctx context.Context) (Metrics, error) {
 	if err := ctx.Err(); err != nil {
 		return m, err
 	}
-	m.Peers = n.sync.peers()
-	st, err := n.statusOf(m.Peers)
+	peers := n.sync.peers()
+	m.Peers = peersJSON(peers)
+	st, err := n.statusOf(peers)
 	if err != nil {
 		return m, fmt.Errorf("node: metrics: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // testFamily is an authority with a relay and sites, all running in this
@@ -187,7 +188,7 @@ func (tf *testFamily) write(site string, n int, table string) {
 	r := tf.nodes[site].r
 	for i := 0; i < n; i++ {
 		body := fmt.Sprintf(`{"ops":[{"op":"put","table":%q,"key":"%s-%d","fields":{"site":%q,"i":%d}}]}`, table, site, i, site, i)
-		var tx TxResult
+		var tx api.TxResult
 		if code := r.call(tf.t, "POST", "/v1/transactions", body, &tx); code != 200 {
 			tf.t.Fatalf("write at %s: %d", site, code)
 		}
@@ -238,9 +239,9 @@ func TestOfflineSiteCatchesUp(t *testing.T) {
 	tf.waitConverged(20*time.Second, "relay", "clinic-a", "clinic-b")
 	tf.stop("clinic-b")
 	// clinic-a writes thousands while clinic-b is off.
-	var req BatchRequest
+	var req api.BatchRequest
 	for i := 0; i < 3000; i++ {
-		req.Transactions = append(req.Transactions, TxRequest{Ops: []OpJSON{{Op: "put", Table: "appointments", Key: fmt.Sprintf("a%05d", i), Fields: map[string]any{"slot": i}}}})
+		req.Transactions = append(req.Transactions, api.TxRequest{Ops: []api.OpJSON{{Op: "put", Table: "appointments", Key: fmt.Sprintf("a%05d", i), Fields: map[string]any{"slot": i}}}})
 	}
 	if code := tf.nodes["clinic-a"].r.call(t, "POST", "/v1/transactions/batch", req, nil); code != 200 {
 		t.Fatalf("batch: %d", code)

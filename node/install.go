@@ -10,6 +10,7 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/lock"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // loadRoster builds the family roster from DATA/family.json and every
@@ -73,8 +74,8 @@ func loadRoster(dataDir string) (*family.Roster, error) {
 // installFile checks a certificate or revocation against the roster, stores
 // it in DATA/certs and then adds it to the roster: what the running node
 // acts on is on disk first, so a restart never forgets it.
-func installFile(dataDir string, r *family.Roster, data []byte) (InstallResult, error) {
-	var res InstallResult
+func installFile(dataDir string, r *family.Roster, data []byte) (api.InstallResult, error) {
+	var res api.InstallResult
 	c, rv, err := family.ParseInstallable(data)
 	if err != nil {
 		return res, err
@@ -129,18 +130,18 @@ func installFile(dataDir string, r *family.Roster, data []byte) (InstallResult, 
 
 // InstallOffline installs a certificate or revocation into a node that is not
 // running. (A running node takes it through its API and gossips it.)
-func InstallOffline(dataDir string, data []byte) (InstallResult, error) {
+func InstallOffline(dataDir string, data []byte) (api.InstallResult, error) {
 	lk, err := lock.Acquire(dataDir)
 	if err != nil {
-		return InstallResult{}, err
+		return api.InstallResult{}, err
 	}
 	defer lk.Release()
 	if _, err := readIdentity(dataDir); err != nil {
-		return InstallResult{}, err
+		return api.InstallResult{}, err
 	}
 	r, err := loadRoster(dataDir)
 	if err != nil {
-		return InstallResult{}, err
+		return api.InstallResult{}, err
 	}
 	return installFile(dataDir, r, data)
 }

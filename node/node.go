@@ -24,6 +24,7 @@ import (
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -52,7 +53,6 @@ type Node struct {
 	dbc      db.Connector // its connector
 	events   *eventHub
 	counters counters
-	page     *page // the sync page's logins and sessions
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
@@ -322,7 +322,7 @@ func (k rosterKeys) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error
 func (n *Node) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- n.srv.Serve(n.ln) }()
-	rt := Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: n.mesh.Addrs()}
+	rt := api.Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: n.mesh.Addrs()}
 	b, err := json.MarshalIndent(rt, "", "  ")
 	if err != nil {
 		return fmt.Errorf("node: encode runtime: %w", err)

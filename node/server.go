@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/web"
 )
 
 // Request limits of the API.
@@ -43,29 +46,39 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("GET /v1/db", n.getDB)
 	mux.HandleFunc("POST /v1/db/check", n.postDBCheck)
 	mux.Handle("GET /metrics", n.metricsHandler())
-	pg := n.newPage()
-	n.page = pg
-	pg.routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
-	pg.logLink()
+	pg := web.New(web.Options{Addr: n.ln.Addr().String(), DataDir: n.cfg.DataDir, Auth: apiKey{n.apiKey}, Now: n.cfg.Now, Logger: n.log})
+	pg.Routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
+	pg.LogLink()
 	return n.guard(mux, pg)
 }
 
+// apiKey authorizes the requests that carry the API key.
+type apiKey struct{ key string }
+
+// Authorized reports whether r carries the API key.
+func (k apiKey) Authorized(r *http.Request) bool {
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+k.key)) == 1
+}
+
+// bearerOK reports whether r carries the API key (not a page session).
+func (n *Node) bearerOK(r *http.Request) bool { return apiKey{n.apiKey}.Authorized(r) }
+
 // guard authenticates every request with the API key or, for the sync
-// page's requests, a page session (see page.go) and, when the API is bound
+// page's requests, a page session (see node/web) and, when the API is bound
 // to loopback, refuses requests from anywhere else.
-func (n *Node) guard(next http.Handler, pg *page) http.Handler {
+func (n *Node) guard(next http.Handler, pg *web.Page) http.Handler {
 	loopbackOnly := isLoopbackHost(n.cfg.API)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if loopbackOnly && !isLoopbackRemote(r.RemoteAddr) {
 			n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "this API only answers requests from this machine"))
 			return
 		}
-		if !n.bearerOK(r) && !pg.public(r) {
-			switch verdict, why := pg.authorize(r); verdict {
-			case sessionRefused:
+		if !n.bearerOK(r) && !pg.Public(r) {
+			switch verdict, why := pg.Authorize(r); verdict {
+			case web.SessionRefused:
 				n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "%s", why))
 				return
-			case noSession:
+			case web.NoSession:
 				n.writeErr(w, newAPIError(http.StatusUnauthorized, codeUnauthorized, nil, "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'"))
 				return
 			}
@@ -104,7 +117,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, APIError{Error: msg, Code: code})
+	writeJSON(w, status, api.APIError{Error: msg, Code: code})
 }
 
 // answer writes v, or the error when err is not nil.
@@ -158,12 +171,12 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 }
 
 func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
-	var req TxRequest
+	var req api.TxRequest
 	if err := decodeBody(w, r, maxTxBody, &req); err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	out, err := n.Write(r.Context(), []TxRequest{req})
+	out, err := n.Write(r.Context(), []api.TxRequest{req})
 	var te *TxError
 	if errors.As(err, &te) {
 		err = te.Err // one transaction: its error as it is
@@ -176,7 +189,7 @@ func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
-	var req BatchRequest
+	var req api.BatchRequest
 	if err := decodeBody(w, r, maxBatchBody, &req); err != nil {
 		n.writeErr(w, err)
 		return
@@ -186,7 +199,7 @@ func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
+	writeJSON(w, http.StatusOK, api.BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
 }
 
 func (n *Node) getRecord(w http.ResponseWriter, r *http.Request) {
@@ -247,7 +260,7 @@ func (n *Node) getChanges(w http.ResponseWriter, r *http.Request) {
 
 func (n *Node) getDigest(w http.ResponseWriter, r *http.Request) {
 	d, err := n.Digest(r.Context())
-	n.answer(w, DigestResult{Digest: d}, err)
+	n.answer(w, api.DigestResult{Digest: d}, err)
 }
 
 func (n *Node) getConflicts(w http.ResponseWriter, r *http.Request) {
@@ -266,7 +279,7 @@ func (n *Node) getSettings(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
-	var req Settings
+	var req api.Settings
 	if err := decodeBody(w, r, maxTxBody, &req); err != nil {
 		n.writeErr(w, err)
 		return
@@ -302,16 +315,11 @@ func (n *Node) getStatus(w http.ResponseWriter, r *http.Request) {
 
 func (n *Node) getPeers(w http.ResponseWriter, r *http.Request) {
 	ps, err := n.Peers(r.Context())
-	n.answer(w, PeersResult{Peers: ps}, err)
-}
-
-// SyncRequest is the body of POST /v1/sync.
-type SyncRequest struct {
-	Wait string `json:"wait,omitempty"` // e.g. "30s": wait for every member to catch up
+	n.answer(w, api.PeersResult{Peers: ps}, err)
 }
 
 func (n *Node) postSync(w http.ResponseWriter, r *http.Request) {
-	var req SyncRequest
+	var req api.SyncRequest
 	if r.ContentLength != 0 {
 		if err := decodeBody(w, r, maxTxBody, &req); err != nil {
 			n.writeErr(w, err)

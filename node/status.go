@@ -5,15 +5,16 @@ import (
 	"strings"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // statusOf builds the status from an already computed list of peers (the
 // metrics collector needs both and computes the peers once).
-func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
-	s := Status{
+func (n *Node) statusOf(peers []PeerJSON) (api.Status, error) {
+	s := api.Status{
 		Site: n.id.Site, Role: string(n.id.Role), PeerID: n.id.PeerID, Version: n.cfg.Version,
 		FamilyID: n.id.FamilyID, FamilyName: n.roster.Info().Name, Epoch: n.cert.Epoch,
-		Frontier: n.txlog.Frontier(), Forks: []ForkJSON{}, StartedAt: n.start.UTC(),
+		Frontier: n.txlog.Frontier(), Forks: []api.ForkJSON{}, StartedAt: n.start.UTC(),
 		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
 	}
 	cfg := n.currentConfig()
@@ -55,7 +56,7 @@ func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
 	}
 	s.SyncInterval = n.currentSettings().SyncInterval
 	for _, f := range n.txlog.Forks() {
-		s.Forks = append(s.Forks, ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})
+		s.Forks = append(s.Forks, api.ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})
 	}
 	for _, d := range n.sync.duplicates() {
 		s.Warnings = append(s.Warnings, fmt.Sprintf("two copies of site %s are running at once (a copied data directory or a cloned machine): they split the practice's data; stop one and ask support", d))

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // The demo: a family on this machine, set up and run with the node package's
@@ -336,7 +337,7 @@ type demoNode struct {
 	site string
 	data string
 	n    *node.Node
-	c    *node.Client // its local API
+	c    *api.Client // its local API
 	stop context.CancelFunc
 	done chan error
 	db   *demoDB // the clinic's practice database; nil for the relay
@@ -840,8 +841,8 @@ func shortDigest(d string) string { return d[:min(len(d), 12)] }
 
 // demoRuntime reads a running node's runtime.json: its API address and the
 // addresses it listens on for the family (what support gives the family).
-func demoRuntime(data string) (node.Runtime, error) {
-	var rt node.Runtime
+func demoRuntime(data string) (api.Runtime, error) {
+	var rt api.Runtime
 	b, err := os.ReadFile(filepath.Join(data, node.RuntimeFile))
 	if err != nil {
 		return rt, fmt.Errorf("demo: %w", err)
@@ -854,14 +855,14 @@ func demoRuntime(data string) (node.Runtime, error) {
 
 // demoClient waits until the node started on dn.data answers its API (Run
 // writes runtime.json once it serves) and returns a client for it.
-func demoClient(ctx context.Context, dn *demoNode) (*node.Client, error) {
+func demoClient(ctx context.Context, dn *demoNode) (*api.Client, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := node.NewClient(dn.data)
+		c, err := api.NewClient(dn.data)
 		if err == nil {
 			return c, nil
 		}
-		if !errors.Is(err, node.ErrNotRunning) || time.Now().After(deadline) {
+		if !errors.Is(err, api.ErrNotRunning) || time.Now().After(deadline) {
 			return nil, err
 		}
 		select {
