@@ -32,6 +32,7 @@ import (
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // Test-only helpers for the attack tests: a raw libp2p peer that speaks the
@@ -303,7 +304,7 @@ func atkHoldFor(t testing.TB, d time.Duration, what string, cond func() (bool, s
 // nodeKeyOf reads a node's Ed25519 key from its data directory.
 func (tf *testFamily) atkNodeKey(name string) ed25519.PrivateKey {
 	tf.t.Helper()
-	k, err := readNodeKey(filepath.Join(tf.nodes[name].data, NodeKeyFile))
+	k, err := datadir.ReadNodeKey(filepath.Join(tf.nodes[name].data, NodeKeyFile))
 	if err != nil {
 		tf.t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // The domain API: the only way into a running node. The HTTP handlers
@@ -355,7 +356,7 @@ func (n *Node) Install(ctx context.Context, data []byte) (api.InstallResult, err
 	if err := ctx.Err(); err != nil {
 		return api.InstallResult{}, err
 	}
-	res, err := installFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
+	res, err := datadir.InstallFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
 	if err != nil {
 		return api.InstallResult{}, installError(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/txlog"
 )
 
@@ -20,7 +21,7 @@ import (
 // status and code decided where it arose and its whole message, as it is;
 // an error nobody decided is internal, its message unstripped.
 func TestWriteErrAnswersTheDecidedError(t *testing.T) {
-	n := &Node{log: slog.New(slog.DiscardHandler), cert: &family.Certificate{Epoch: 1}, id: identity{Site: "clinic-a"}}
+	n := &Node{log: slog.New(slog.DiscardHandler), cert: &family.Certificate{Epoch: 1}, id: datadir.Identity{Site: "clinic-a"}}
 	_, opsErr := wire.CheckOps([]wire.OpInput{{Op: "put", Table: "t", Key: strings.Repeat("k", 300)}})
 	cases := []struct {
 		name   string

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // testFamily is an authority with a relay and sites, all running in this
@@ -89,7 +90,7 @@ func (tf *testFamily) addWith(site, role string, mod func(*InitOptions), know ..
 
 func (tf *testFamily) install(fn *famNode, doc []byte) {
 	tf.t.Helper()
-	if _, err := InstallOffline(fn.data, doc); err != nil {
+	if _, err := datadir.InstallOffline(fn.data, doc); err != nil {
 		tf.t.Fatal(err)
 	}
 }
@@ -127,7 +128,7 @@ func (tf *testFamily) startWith(site string, mod func(*Config)) *running {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: tf.t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(fn.data)
+	r.key, _ = datadir.ReadAPIKey(fn.data)
 	go func() { r.done <- n.Run(ctx) }()
 	fn.r = r
 	tf.t.Cleanup(r.stop)
@@ -273,7 +274,7 @@ func TestSitesReachableOnlyThroughRelay(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &running{t: t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-		r.key, _ = readAPIKey(fn.data)
+		r.key, _ = datadir.ReadAPIKey(fn.data)
 		go func() { r.done <- n.Run(ctx) }()
 		fn.r = r
 		t.Cleanup(r.stop)

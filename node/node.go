@@ -25,6 +25,7 @@ import (
 	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -34,7 +35,7 @@ import (
 type Node struct {
 	cfg      Config
 	log      *slog.Logger
-	id       identity
+	id       datadir.Identity
 	key      ed25519.PrivateKey
 	apiKey   string
 	roster   *family.Roster
@@ -131,7 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 
 func (n *Node) open(ctx context.Context) error {
 	dir := n.cfg.DataDir
-	id, err := readIdentity(dir)
+	id, err := datadir.ReadIdentity(dir)
 	if err != nil {
 		return err
 	}
@@ -139,13 +140,13 @@ func (n *Node) open(ctx context.Context) error {
 	if n.lock, err = lock.Acquire(dir); err != nil {
 		return err
 	}
-	if n.key, err = readNodeKey(filepath.Join(dir, NodeKeyFile)); err != nil {
+	if n.key, err = datadir.ReadNodeKey(filepath.Join(dir, NodeKeyFile)); err != nil {
 		return err
 	}
-	if n.apiKey, err = readAPIKey(dir); err != nil {
+	if n.apiKey, err = datadir.ReadAPIKey(dir); err != nil {
 		return err
 	}
-	if n.roster, err = loadRoster(dir); err != nil {
+	if n.roster, err = datadir.LoadRoster(dir); err != nil {
 		return err
 	}
 	if n.roster.FamilyID() != id.FamilyID {
@@ -179,7 +180,7 @@ func (n *Node) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		dbID = bindingID(dbID, practice.ID)
+		dbID = datadir.BindingID(dbID, practice.ID)
 	}
 	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID},
 		lock.Binding{Fingerprint: fp, DatabaseID: dbID}); err != nil {
@@ -327,7 +328,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: encode runtime: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(n.cfg.DataDir, RuntimeFile), append(b, '\n'), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(filepath.Join(n.cfg.DataDir, RuntimeFile), append(b, '\n'), 0o644); err != nil {
 		return err
 	}
 	n.log.Info("ppsync node running", "site", n.id.Site, "role", n.id.Role, "api", rt.API, "version", n.cfg.Version)

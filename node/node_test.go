@@ -18,6 +18,7 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // fixture is a family with an authority and one initialised node directory.
@@ -68,7 +69,7 @@ func (f *fixture) admit(reqPath string, move bool) *family.Certificate {
 		f.t.Fatal(err)
 	}
 	cb, _ := c.Marshal()
-	if _, err := InstallOffline(f.data, cb); err != nil {
+	if _, err := datadir.InstallOffline(f.data, cb); err != nil {
 		f.t.Fatal(err)
 	}
 	return c
@@ -112,7 +113,7 @@ func (f *fixture) startConfig(cfg Config) *running {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: f.t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(f.data)
+	r.key, _ = datadir.ReadAPIKey(f.data)
 	go func() { r.done <- n.Run(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -329,7 +330,7 @@ func TestSupersededAndRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	moved := f.admitFile(res.JoinRequest, true)
-	if _, err := InstallOffline(f.data, moved); err != nil {
+	if _, err := datadir.InstallOffline(f.data, moved); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(context.Background(), f.config()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "moved") {
@@ -342,7 +343,7 @@ func TestSupersededAndRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	rb, _ := rev.Marshal()
-	if _, err := InstallOffline(g.data, rb); err != nil {
+	if _, err := datadir.InstallOffline(g.data, rb); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(context.Background(), g.config()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "revoked") {
@@ -389,7 +390,7 @@ func TestSetupErrors(t *testing.T) {
 	// A certificate of another family.
 	other := newFixture(t, "clinic-a", "site")
 	foreign := other.admitFileFor(t, "clinic-q")
-	if _, err := InstallOffline(f.data, foreign); !errors.Is(err, family.ErrWrongFamily) {
+	if _, err := datadir.InstallOffline(f.data, foreign); !errors.Is(err, family.ErrWrongFamily) {
 		t.Fatalf("foreign certificate: %v", err)
 	}
 	// A corrupt config file.
@@ -509,7 +510,7 @@ func TestDiskAlmostFullRefusesWrites(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(f.data)
+	r.key, _ = datadir.ReadAPIKey(f.data)
 	go func() { r.done <- n.Run(ctx) }()
 	t.Cleanup(r.stop)
 	var e api.APIError

@@ -21,6 +21,7 @@ import (
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // The demo: a family on this machine, set up and run with the node package's
@@ -425,7 +426,7 @@ func runDemo(ctx context.Context, o demoOptions) error {
 		if err != nil {
 			return err
 		}
-		if _, err := node.InstallOffline(dn.data, cb); err != nil {
+		if _, err := datadir.InstallOffline(dn.data, cb); err != nil {
 			return err
 		}
 		nodes[s] = dn

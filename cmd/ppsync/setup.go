@@ -19,6 +19,7 @@ import (
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // Setting up and running a node: init, install, run.
@@ -150,7 +151,7 @@ gossips it to the family; a stopped node stores it for its next start. FILE - re
 				if _, serr := os.Stat(dir); serr != nil {
 					return fmt.Errorf("%s does not exist; set up the node first with `ppsync init --data %s ...`", dir, dir)
 				}
-				res, err = node.InstallOffline(dir, file)
+				res, err = datadir.InstallOffline(dir, file)
 				if err != nil {
 					return err
 				}

@@ -1,4 +1,4 @@
-package node
+package datadir
 
 import (
 	"errors"
@@ -13,9 +13,9 @@ import (
 	"github.com/ppsync/ppsync/node/api"
 )
 
-// loadRoster builds the family roster from DATA/family.json and every
+// LoadRoster builds the family roster from DATA/family.json and every
 // certificate and revocation installed in DATA/certs.
-func loadRoster(dataDir string) (*family.Roster, error) {
+func LoadRoster(dataDir string) (*family.Roster, error) {
 	info, err := family.LoadInfo(filepath.Join(dataDir, FamilyFile))
 	if err != nil {
 		return nil, err
@@ -71,10 +71,10 @@ func loadRoster(dataDir string) (*family.Roster, error) {
 	return r, nil
 }
 
-// installFile checks a certificate or revocation against the roster, stores
+// InstallFile checks a certificate or revocation against the roster, stores
 // it in DATA/certs and then adds it to the roster: what the running node
 // acts on is on disk first, so a restart never forgets it.
-func installFile(dataDir string, r *family.Roster, data []byte) (api.InstallResult, error) {
+func InstallFile(dataDir string, r *family.Roster, data []byte) (api.InstallResult, error) {
 	var res api.InstallResult
 	c, rv, err := family.ParseInstallable(data)
 	if err != nil {
@@ -108,7 +108,7 @@ func installFile(dataDir string, r *family.Roster, data []byte) (api.InstallResu
 	path := filepath.Join(dir, name)
 	_, statErr := os.Stat(path)
 	existed := statErr == nil
-	if err := writeFileAtomic(path, data, 0o644); err != nil {
+	if err := WriteFileAtomic(path, data, 0o644); err != nil {
 		return res, err
 	}
 	if c != nil {
@@ -136,12 +136,12 @@ func InstallOffline(dataDir string, data []byte) (api.InstallResult, error) {
 		return api.InstallResult{}, err
 	}
 	defer lk.Release()
-	if _, err := readIdentity(dataDir); err != nil {
+	if _, err := ReadIdentity(dataDir); err != nil {
 		return api.InstallResult{}, err
 	}
-	r, err := loadRoster(dataDir)
+	r, err := LoadRoster(dataDir)
 	if err != nil {
 		return api.InstallResult{}, err
 	}
-	return installFile(dataDir, r, data)
+	return InstallFile(dataDir, r, data)
 }
