@@ -191,3 +191,42 @@ func TestEngineIsPure(t *testing.T) {
 		})
 	}
 }
+
+// depsOf lists the packages pkg depends on, directly or not (go list -deps).
+func depsOf(t *testing.T, pkg string) []string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{.Standard}}", pkg).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", pkg, err)
+	}
+	return strings.Split(strings.TrimSpace(string(out)), "\n")
+}
+
+// TestNodeSubpackages keeps node's parts to their jobs: node/api (the API's
+// types and the client) links the standard library only; node/web (the sync
+// page) links no storage and no network library; node/datadir (the data
+// directory) knows nothing of the mesh, the state or the log.
+func TestNodeSubpackages(t *testing.T) {
+	heavy := []string{"github.com/cockroachdb/pebble", "github.com/libp2p/"}
+	for _, pkg := range []string{module + "/node/api", module + "/node/web"} {
+		for _, line := range depsOf(t, pkg) {
+			path, std, _ := strings.Cut(line, " ")
+			for _, h := range heavy {
+				if strings.HasPrefix(path, h) {
+					t.Errorf("%s depends on %s", pkg, path)
+				}
+			}
+			if pkg == module+"/node/api" && std != "true" && path != pkg {
+				t.Errorf("%s depends on %s: it may use the standard library only", pkg, path)
+			}
+		}
+	}
+	for _, line := range depsOf(t, module+"/node/datadir") {
+		path, _, _ := strings.Cut(line, " ")
+		for _, no := range []string{"mesh", "state", "txlog"} {
+			if path == module+"/"+no || strings.HasPrefix(path, module+"/"+no+"/") {
+				t.Errorf("node/datadir depends on %s", path)
+			}
+		}
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // ActivityFile keeps the activity feed (GET /v1/activity, the sync page's
@@ -40,8 +42,8 @@ type activityStore struct {
 
 // openActivityStore loads the kept events (the older file first, at most the
 // newest evRingSize) and opens the activity file for appending.
-func openActivityStore(path string, maxSize int64, log *slog.Logger) (*activityStore, []Event, error) {
-	var kept []Event
+func openActivityStore(path string, maxSize int64, log *slog.Logger) (*activityStore, []api.Event, error) {
+	var kept []api.Event
 	var last uint64
 	for _, p := range []string{path + ".1", path} {
 		evs, err := readActivityFile(p, last)
@@ -53,7 +55,7 @@ func openActivityStore(path string, maxSize int64, log *slog.Logger) (*activityS
 			kept = append(kept, ev)
 		}
 		if len(kept) > evRingSize {
-			kept = append([]Event(nil), kept[len(kept)-evRingSize:]...)
+			kept = append([]api.Event(nil), kept[len(kept)-evRingSize:]...)
 		}
 	}
 	s := &activityStore{path: path, maxSize: maxSize, log: log}
@@ -65,7 +67,7 @@ func openActivityStore(path string, maxSize int64, log *slog.Logger) (*activityS
 
 // readActivityFile returns the events of one file with IDs above after, in
 // order. Damaged lines (a crash in the middle of a write) are skipped.
-func readActivityFile(path string, after uint64) ([]Event, error) {
+func readActivityFile(path string, after uint64) ([]api.Event, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -76,9 +78,9 @@ func readActivityFile(path string, after uint64) ([]Event, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, activityBufSize), activityMaxLine)
-	var out []Event
+	var out []api.Event
 	for sc.Scan() {
-		var ev Event
+		var ev api.Event
 		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ID <= after || ev.Type == "" {
 			continue
 		}
@@ -119,7 +121,7 @@ func endsWithNewline(path string, size int64) bool {
 }
 
 // append writes one event, rotating the file when it is full.
-func (s *activityStore) append(ev Event) {
+func (s *activityStore) append(ev api.Event) {
 	if s.broken {
 		return
 	}
@@ -192,12 +194,12 @@ const activityQueue = 4096
 // numbering goes on after them. Events emitted before (while the node was
 // starting, when nobody could subscribe yet) are numbered after the kept
 // ones.
-func (h *eventHub) attach(kept []Event) chan Event {
+func (h *eventHub) attach(kept []api.Event) chan api.Event {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make(chan Event, activityQueue)
+	out := make(chan api.Event, activityQueue)
 	early := h.ring // numbered from 1 by this fresh hub
-	h.ring = append(make([]Event, 0, len(kept)+len(early)), kept...)
+	h.ring = append(make([]api.Event, 0, len(kept)+len(early)), kept...)
 	h.next = 1
 	if len(kept) > 0 {
 		h.next = kept[len(kept)-1].ID + 1
@@ -213,7 +215,7 @@ func (h *eventHub) attach(kept []Event) chan Event {
 		}
 	}
 	if len(h.ring) > evRingSize {
-		h.ring = append([]Event(nil), h.ring[len(h.ring)-evRingSize:]...)
+		h.ring = append([]api.Event(nil), h.ring[len(h.ring)-evRingSize:]...)
 	}
 	h.out = out
 	return out
@@ -266,7 +268,7 @@ func (n *Node) keepActivity() {
 // writeActivity is the activity file's writer: it appends the queued events,
 // flushes them every activityFlushEvery, and when ctx ends detaches the hub,
 // writes what is still queued and closes the file.
-func writeActivity(ctx context.Context, h *eventHub, q chan Event, st *activityStore, log *slog.Logger) {
+func writeActivity(ctx context.Context, h *eventHub, q chan api.Event, st *activityStore, log *slog.Logger) {
 	t := time.NewTicker(activityFlushEvery)
 	defer t.Stop()
 	var warned uint64

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 func TestActivityKeptAcrossRestarts(t *testing.T) {
@@ -18,7 +20,7 @@ func TestActivityKeptAcrossRestarts(t *testing.T) {
 		r.call(t, "POST", "/v1/transactions", fmt.Sprintf(`{"ops":[{"op":"put","table":"t","key":"k%d","fields":{}}]}`, i), nil)
 	}
 	r.call(t, "PUT", "/v1/settings", `{"sync_interval":"3m"}`, nil)
-	var before map[string][]Event
+	var before map[string][]api.Event
 	r.call(t, "GET", "/v1/activity", nil, &before)
 	if len(before["events"]) < 4 {
 		t.Fatalf("activity before restart: %+v", before)
@@ -27,7 +29,7 @@ func TestActivityKeptAcrossRestarts(t *testing.T) {
 
 	r = f.start()
 	r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"after","fields":{}}]}`, nil)
-	var after map[string][]Event
+	var after map[string][]api.Event
 	r.call(t, "GET", "/v1/activity", nil, &after)
 	evs := after["events"]
 	if len(evs) != len(before["events"])+1 {
@@ -124,7 +126,7 @@ func TestActivityFileSurvivesDamage(t *testing.T) {
 
 // startActivityWriter attaches st to h as a node does and returns a stop
 // that ends the writer and waits until it closed the file.
-func startActivityWriter(h *eventHub, kept []Event, st *activityStore) (stop func()) {
+func startActivityWriter(h *eventHub, kept []api.Event, st *activityStore) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	q := h.attach(kept)
 	done := make(chan struct{})

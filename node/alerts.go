@@ -17,6 +17,7 @@ import (
 
 	"github.com/ppsync/ppsync/alert"
 	"github.com/ppsync/ppsync/alert/alertdb"
+	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/notify"
 )
 
@@ -270,21 +271,21 @@ func errNoRule(id string) error {
 }
 
 // Add makes a rule from spec and starts watching.
-func (a *alerter) Add(spec alert.RuleSpec) (AlertJSON, error) {
+func (a *alerter) Add(spec alert.RuleSpec) (api.AlertJSON, error) {
 	r, err := alert.NewRule(spec, a.now())
 	if err != nil {
-		return AlertJSON{}, badRequest("%s", err.Error())
+		return api.AlertJSON{}, badRequest("%s", err.Error())
 	}
 	if sites := a.sites(); !slices.Contains(sites, r.Site) {
-		return AlertJSON{}, badRequest("--site %q is not a site of this family (its sites: %v)", r.Site, sites)
+		return api.AlertJSON{}, badRequest("--site %q is not a site of this family (its sites: %v)", r.Site, sites)
 	}
 	if len(r.Emails) > 0 {
 		if _, err := a.smtp(); err != nil {
-			return AlertJSON{}, badRequest("the rule emails, but %v", err)
+			return api.AlertJSON{}, badRequest("the rule emails, but %v", err)
 		}
 	}
 	if err := a.db.PutRule(r); err != nil {
-		return AlertJSON{}, err
+		return api.AlertJSON{}, err
 	}
 	st := alert.State{}
 	a.mu.Lock()
@@ -317,7 +318,7 @@ func (a *alerter) Remove(id string) error {
 
 // Pause silences a rule's new alerts and reminders until the given time
 // (recoveries of problems already told still go out).
-func (a *alerter) Pause(id string, until time.Time) (AlertJSON, error) {
+func (a *alerter) Pause(id string, until time.Time) (api.AlertJSON, error) {
 	a.mu.Lock()
 	r := a.rules[id]
 	var c alert.Rule
@@ -326,11 +327,11 @@ func (a *alerter) Pause(id string, until time.Time) (AlertJSON, error) {
 	}
 	a.mu.Unlock()
 	if r == nil {
-		return AlertJSON{}, errNoRule(id)
+		return api.AlertJSON{}, errNoRule(id)
 	}
 	c.Paused = until.UTC()
 	if err := a.db.PutRule(c); err != nil {
-		return AlertJSON{}, err
+		return api.AlertJSON{}, err
 	}
 	a.mu.Lock()
 	if a.rules[id] != nil {
@@ -343,7 +344,7 @@ func (a *alerter) Pause(id string, until time.Time) (AlertJSON, error) {
 
 // Test sends a test message on every channel of the rule now and says how
 // each went.
-func (a *alerter) Test(ctx context.Context, id string) ([]AlertDeliveryRow, error) {
+func (a *alerter) Test(ctx context.Context, id string) ([]api.AlertDeliveryRow, error) {
 	rule, st, ok := a.snapshot(id)
 	if !ok {
 		return nil, errNoRule(id)
@@ -353,7 +354,7 @@ func (a *alerter) Test(ctx context.Context, id string) ([]AlertDeliveryRow, erro
 	now := a.now()
 	st.Last = a.observe(rule.Site)
 	m := alert.TestMessage(&rule, &st, c, now)
-	var out []AlertDeliveryRow
+	var out []api.AlertDeliveryRow
 	var errs []error
 	for _, d := range alert.Deliveries(&rule, m, now) {
 		err := a.send(ctx, d)
@@ -376,7 +377,7 @@ func (a *alerter) Test(ctx context.Context, id string) ([]AlertDeliveryRow, erro
 }
 
 // List returns every rule with its state, last message and pending ones.
-func (a *alerter) List() ([]AlertJSON, error) {
+func (a *alerter) List() ([]api.AlertJSON, error) {
 	pending, err := a.db.Pending()
 	if err != nil {
 		return nil, err
@@ -391,7 +392,7 @@ func (a *alerter) List() ([]AlertJSON, error) {
 	}
 	a.mu.Unlock()
 	sort.Slice(rules, func(i, j int) bool { return rules[i].ID < rules[j].ID })
-	out := make([]AlertJSON, 0, len(rules))
+	out := make([]api.AlertJSON, 0, len(rules))
 	for i := range rules {
 		r := &rules[i]
 		st := states[r.ID]
@@ -410,8 +411,8 @@ func (a *alerter) List() ([]AlertJSON, error) {
 	return out, nil
 }
 
-func (a *alerter) row(r *alert.Rule, st *alert.State, now time.Time) AlertJSON {
-	row := AlertJSON{ID: r.ID, Site: r.Site, Emails: r.Emails, Webhook: r.Webhook, Hours: r.Schedule.String(), After: r.After.String(), State: "ok"}
+func (a *alerter) row(r *alert.Rule, st *alert.State, now time.Time) api.AlertJSON {
+	row := api.AlertJSON{ID: r.ID, Site: r.Site, Emails: r.Emails, Webhook: r.Webhook, Hours: r.Schedule.String(), After: r.After.String(), State: "ok"}
 	if r.Remind > 0 {
 		row.Remind = r.Remind.String()
 	}
@@ -420,7 +421,7 @@ func (a *alerter) row(r *alert.Rule, st *alert.State, now time.Time) AlertJSON {
 		row.Paused, row.State = &p, "paused"
 	}
 	add := func(o *alert.Outage) {
-		row.Problems = append(row.Problems, AlertProblem{Kind: o.Kind, Since: o.Since, Alerted: !o.Alerted.IsZero()})
+		row.Problems = append(row.Problems, api.AlertProblem{Kind: o.Kind, Since: o.Since, Alerted: !o.Alerted.IsZero()})
 		if !o.Alerted.IsZero() && row.State != "paused" {
 			row.State = "alerting"
 		}
@@ -436,8 +437,8 @@ func (a *alerter) row(r *alert.Rule, st *alert.State, now time.Time) AlertJSON {
 	return row
 }
 
-func deliveryRow(d alert.Delivery) AlertDeliveryRow {
-	row := AlertDeliveryRow{ID: d.ID, Channel: d.Channel, Event: d.Msg.What, Subject: d.Msg.Subject, Attempts: d.Attempts, Error: d.LastErr, GaveUp: d.GaveUp}
+func deliveryRow(d alert.Delivery) api.AlertDeliveryRow {
+	row := api.AlertDeliveryRow{ID: d.ID, Channel: d.Channel, Event: d.Msg.What, Subject: d.Msg.Subject, Attempts: d.Attempts, Error: d.LastErr, GaveUp: d.GaveUp}
 	if !d.Sent.IsZero() {
 		s := d.Sent
 		row.Sent = &s

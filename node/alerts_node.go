@@ -7,6 +7,7 @@ import (
 
 	"github.com/ppsync/ppsync/alert"
 	"github.com/ppsync/ppsync/alert/alertdb"
+	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/notify"
 )
 
@@ -97,12 +98,12 @@ func (n *Node) alertObservation(site string) alert.Observation {
 }
 
 // Alerts lists the alert rules with their state and messages.
-func (n *Node) Alerts(context.Context) (AlertsResult, error) {
+func (n *Node) Alerts(context.Context) (api.AlertsResult, error) {
 	rows, err := n.alerts.List()
 	if err != nil {
-		return AlertsResult{}, err
+		return api.AlertsResult{}, err
 	}
-	res := AlertsResult{Alerts: rows}
+	res := api.AlertsResult{Alerts: rows}
 	if s, err := smtpSettings(n.currentConfig().SMTP, n.cfg.Env); err != nil {
 		res.SMTP = err.Error()
 	} else {
@@ -120,7 +121,7 @@ func tlsName(t string) string {
 
 // AddAlert makes an alert rule; the answer carries the webhook's signing
 // secret, shown this once.
-func (n *Node) AddAlert(_ context.Context, req AlertRequest) (AlertJSON, error) {
+func (n *Node) AddAlert(_ context.Context, req api.AlertRequest) (api.AlertJSON, error) {
 	return n.alerts.Add(alert.RuleSpec{Site: req.Site, Emails: req.Emails, Webhook: req.Webhook, Days: req.Days, Hours: req.Hours,
 		Zone: req.TZ, After: req.After, Remind: req.Remind, Holidays: req.Holidays})
 }
@@ -130,14 +131,14 @@ func (n *Node) RemoveAlert(_ context.Context, id string) error { return n.alerts
 
 // PauseAlert silences a rule's alerts and reminders until the given time
 // (the zero time resumes it).
-func (n *Node) PauseAlert(_ context.Context, id string, until time.Time) (AlertJSON, error) {
+func (n *Node) PauseAlert(_ context.Context, id string, until time.Time) (api.AlertJSON, error) {
 	return n.alerts.Pause(id, until)
 }
 
 // TestAlert sends a test message on every channel of a rule now.
-func (n *Node) TestAlert(ctx context.Context, id string) (AlertTestResult, error) {
+func (n *Node) TestAlert(ctx context.Context, id string) (api.AlertTestResult, error) {
 	rows, err := n.alerts.Test(ctx, id)
-	return AlertTestResult{Deliveries: rows}, err
+	return api.AlertTestResult{Deliveries: rows}, err
 }
 
 // The HTTP side: thin handlers over the methods above.
@@ -152,7 +153,7 @@ func (n *Node) getAlerts(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) postAlert(w http.ResponseWriter, r *http.Request) {
-	var req AlertRequest
+	var req api.AlertRequest
 	if err := decodeBody(w, r, 64<<10, &req); err != nil {
 		n.writeErr(w, err)
 		return

@@ -31,6 +31,8 @@ import (
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // Test-only helpers for the attack tests: a raw libp2p peer that speaks the
@@ -302,7 +304,7 @@ func atkHoldFor(t testing.TB, d time.Duration, what string, cond func() (bool, s
 // nodeKeyOf reads a node's Ed25519 key from its data directory.
 func (tf *testFamily) atkNodeKey(name string) ed25519.PrivateKey {
 	tf.t.Helper()
-	k, err := readNodeKey(filepath.Join(tf.nodes[name].data, NodeKeyFile))
+	k, err := datadir.ReadNodeKey(filepath.Join(tf.nodes[name].data, NodeKeyFile))
 	if err != nil {
 		tf.t.Fatal(err)
 	}
@@ -347,9 +349,9 @@ func (tf *testFamily) atkMember(name string, nodes ...string) (*atkPeer, map[str
 }
 
 // status fetches GET /v1/status of a running node.
-func (tf *testFamily) atkStatus(name string) Status {
+func (tf *testFamily) atkStatus(name string) api.Status {
 	tf.t.Helper()
-	var st Status
+	var st api.Status
 	if code := tf.nodes[name].r.call(tf.t, "GET", "/v1/status", nil, &st); code != 200 {
 		tf.t.Fatalf("status of %s: HTTP %d", name, code)
 	}

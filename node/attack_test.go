@@ -20,6 +20,7 @@ import (
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/txlog"
 )
 
@@ -110,7 +111,7 @@ func TestStrangerGetsNothing(t *testing.T) {
 	// address it was given on probation, showed only its own certificate,
 	// was refused (another family), and says so.
 	atkWaitFor(t, 15*time.Second, "the stranger reports its bootstrap as no member of its family", func() (bool, string) {
-		st, err := stranger.Status()
+		st, err := stranger.Status(context.Background())
 		if err != nil {
 			return false, err.Error()
 		}
@@ -230,7 +231,7 @@ func TestRevokedNodeIsCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	rb, _ := rev.Marshal()
-	var res InstallResult
+	var res api.InstallResult
 	if code := tf.nodes["relay"].r.call(t, "POST", "/v1/install", string(rb), &res); code != 200 || !res.Changed {
 		t.Fatalf("install revocation at the relay: %d %+v", code, res)
 	}
@@ -497,7 +498,7 @@ func atkSetupMove(t testing.TB, sameSecond bool) *atkMove {
 			t.Skipf("timing: could not issue the certificate (%s) in the second of the last write (%s)", c.IssuedAt, atkHLCTime(last.HLC))
 		}
 	}
-	var res InstallResult
+	var res api.InstallResult
 	if code := tf.nodes["relay"].r.call(t, "POST", "/v1/install", string(nw.cert), &res); code != 200 || !res.Changed {
 		t.Fatalf("install the moved certificate at the relay: %d %+v", code, res)
 	}
@@ -546,16 +547,16 @@ func atkHLCTime(v uint64) time.Time { return hlc.Timestamp(v).Time() }
 
 // startNew starts the new machine connected and waits until it accepts a
 // write; every refusal before must say catching_up. It returns the write.
-func (ms *atkMove) startNew(t testing.TB) TxResult {
+func (ms *atkMove) startNew(t testing.TB) api.TxResult {
 	tf := ms.tf
 	tf.start("clinic-a-new")
 	var tx struct {
-		TxResult
-		APIError
+		api.TxResult
+		api.APIError
 	}
 	refused := 0
 	atkWaitFor(t, 15*time.Second, "the new machine accepts a write", func() (bool, string) {
-		tx.TxResult, tx.APIError = TxResult{}, APIError{}
+		tx.TxResult, tx.APIError = api.TxResult{}, api.APIError{}
 		code := tf.nodes["clinic-a-new"].r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"new","fields":{"a":1}}]}`, &tx)
 		if code == 200 {
 			return true, ""
@@ -588,7 +589,7 @@ func TestMovedSiteOldMachineIsFenced(t *testing.T) {
 	})
 	// The new machine, alone, refuses writes: it has not learned its log.
 	tf.startWith("clinic-a-new", func(c *Config) { c.Bootstrap = nil })
-	var apiErr APIError
+	var apiErr api.APIError
 	if code := tf.nodes["clinic-a-new"].r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":1}}]}`, &apiErr); code != 409 || apiErr.Code != "catching_up" {
 		t.Fatalf("a write at the new machine before it caught up: %d %+v", code, apiErr)
 	}
@@ -676,7 +677,7 @@ func TestMoveRightAfterAWriteKeepsThatWrite(t *testing.T) {
 	ms := atkSetupMove(t, true)
 	tf := ms.tf
 	nwDone := make(chan struct{})
-	var tx TxResult
+	var tx api.TxResult
 	var failed string
 	func() {
 		defer close(nwDone)
@@ -684,8 +685,8 @@ func TestMoveRightAfterAWriteKeepsThatWrite(t *testing.T) {
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) {
 			var r struct {
-				TxResult
-				APIError
+				api.TxResult
+				api.APIError
 			}
 			if code := tf.nodes["clinic-a-new"].r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"new","fields":{"a":1}}]}`, &r); code == 200 {
 				tx = r.TxResult
@@ -772,8 +773,8 @@ func TestClonedDataDirForkIsDetected(t *testing.T) {
 	for i := range 4 {
 		for _, c := range copies {
 			var r struct {
-				TxResult
-				APIError
+				api.TxResult
+				api.APIError
 			}
 			body := fmt.Sprintf(`{"ops":[{"op":"put","table":"visits","key":"%s-%d","fields":{"i":%d}}]}`, c, i, i)
 			if code := tf.nodes[c].r.call(t, "POST", "/v1/transactions", body, &r); code == 200 {
@@ -845,7 +846,7 @@ func TestClonedDataDirForkIsDetected(t *testing.T) {
 	}
 	// The copies may write no more.
 	for _, c := range copies {
-		var e APIError
+		var e api.APIError
 		if code := tf.nodes[c].r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{}}]}`, &e); code == 200 {
 			t.Logf("note: %s still accepts writes after the fork", c)
 		}
@@ -932,7 +933,7 @@ func TestNewerSchemaEntryIsStoredNotApplied(t *testing.T) {
 		if err != nil || got.Hash != e.Hash {
 			t.Fatalf("%s stores %v, %v", s, got, err)
 		}
-		var apiErr APIError
+		var apiErr api.APIError
 		if code := tf.nodes[s].r.call(t, "GET", "/v1/records/patients/from-the-future", nil, &apiErr); code != 404 {
 			t.Fatalf("%s shows the newer-schema record: HTTP %d", s, code)
 		}
@@ -977,7 +978,7 @@ func TestForgedCatchUpEntryIsShownAndCounted(t *testing.T) {
 	if got := b.n.counters.rejectedSignature.Load(); got != 1 {
 		t.Fatalf("rejected (signature) = %d, want 1", got)
 	}
-	var act map[string][]Event
+	var act map[string][]api.Event
 	b.call(t, "GET", "/v1/activity?limit=20", nil, &act)
 	found := false
 	for _, ev := range act["events"] {

@@ -12,22 +12,22 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/ppsync/ppsync/internal/atomicfile"
-	"github.com/ppsync/ppsync/notify"
-
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/ppsync/ppsync/node/datadir"
+	"github.com/ppsync/ppsync/notify"
 )
 
-// Files in a node's data directory.
+// Files in a node's data directory (node/datadir names them).
 const (
-	ConfigFile      = "ppsync.toml"
-	NodeKeyFile     = "node.key"
-	APIKeyFile      = "api.key"
-	FamilyFile      = "family.json"
-	JoinRequestFile = "join-request.json"
-	RuntimeFile     = "runtime.json"
-	CertsDir        = "certs"
-	DBDir           = "db"
+	ConfigFile      = datadir.ConfigFile
+	NodeKeyFile     = datadir.NodeKeyFile
+	APIKeyFile      = datadir.APIKeyFile
+	FamilyFile      = datadir.FamilyFile
+	JoinRequestFile = datadir.JoinRequestFile
+	RuntimeFile     = datadir.RuntimeFile
+	CertsDir        = datadir.CertsDir
+	DBDir           = datadir.DBDir
 )
 
 // Defaults of the settings in ppsync.toml.
@@ -271,14 +271,5 @@ func SaveConfig(c Config) error {
 	if err := configTemplate.Execute(&buf, data); err != nil {
 		return fmt.Errorf("node: render config: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(c.DataDir, ConfigFile), buf.Bytes(), 0o644)
-}
-
-// writeFileAtomic writes data to path so that a crash leaves the old file or
-// the new one (see internal/atomicfile).
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := atomicfile.Write(path, data, mode); err != nil {
-		return fmt.Errorf("node: %w", err)
-	}
-	return nil
+	return datadir.WriteFileAtomic(filepath.Join(c.DataDir, ConfigFile), buf.Bytes(), 0o644)
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"os"
@@ -178,7 +179,7 @@ func BenchmarkDBInitialLoad(b *testing.B) {
 		r := tf.start("clinic-a")
 		deadline := time.Now().Add(30 * time.Minute)
 		for {
-			st := r.n.DBStatus()
+			st, _ := r.n.DBStatus(context.Background())
 			if st.Problem != "" {
 				b.Fatalf("initial load: %s", st.Problem)
 			}

@@ -15,98 +15,17 @@ import (
 	"github.com/ppsync/ppsync/db"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/state"
 )
 
-// DBStatus answers GET /v1/db and is `ppsync db status --json`.
-type DBStatus struct {
-	Driver         string          `json:"driver"` // "" when the node syncs no practice database
-	Database       string          `json:"database,omitempty"`
-	Tables         []string        `json:"tables"`
-	PerTable       []DBTableStatus `json:"per_table"`
-	Skipped        []string        `json:"skipped"` // tables not synced, with why
-	SchemaVersion  uint32          `json:"schema_version"`
-	Captured       uint64          `json:"captured"`        // changes captured into this site's log since start
-	Applied        uint64          `json:"applied"`         // merged rows written into the database since start
-	PendingCapture uint64          `json:"pending_capture"` // changes waiting in the database's change table
-	PendingApply   uint64          `json:"pending_apply"`   // merged changes not yet written into the database
-	LastCapture    *time.Time      `json:"last_capture"`
-	LastApply      *time.Time      `json:"last_apply"`
-	Loading        bool            `json:"loading"`   // the initial load runs
-	LoadedRows     uint64          `json:"load_rows"` // rows published by the initial load so far
-	Refused        []DBRowConflict `json:"refused"`   // merged rows the database refused (newest last)
-	Warnings       []string        `json:"warnings"`  // tables whose new IDs can collide between sites, ...
-	Problem        string          `json:"problem,omitempty"`
-}
-
-// DBTableStatus is one synced table's sync.
-type DBTableStatus struct {
-	Table          string     `json:"table"`
-	Captured       uint64     `json:"captured"`        // changes captured since start
-	Applied        uint64     `json:"applied"`         // merged rows written since start
-	PendingCapture uint64     `json:"pending_capture"` // changes waiting in the change table
-	PendingApply   uint64     `json:"pending_apply"`   // merged changes not yet written (of the first 10,000 waiting)
-	LastCapture    *time.Time `json:"last_capture"`
-	LastApply      *time.Time `json:"last_apply"`
-	Refused        int        `json:"refused"`           // rows the database refused
-	Problem        string     `json:"problem,omitempty"` // in plain words
-}
-
-// DBRowConflict is a merged row the database refused, with both sides.
-type DBRowConflict struct {
-	Table  string         `json:"table"`
-	Key    string         `json:"key"`
-	Reason string         `json:"reason"`
-	Merged map[string]any `json:"merged"`
-}
-
-// DBCheckResult answers POST /v1/db/check and is `ppsync db check --json`.
-type DBCheckResult struct {
-	Checked     int          `json:"checked"` // rows compared
-	Differences []DBRowDiff  `json:"differences"`
-	Repaired    int          `json:"repaired"`
-	Tables      []string     `json:"tables"`
-	Complete    bool         `json:"complete"`  // false when the list was cut at the limit
-	Conflicts   []DBConflict `json:"conflicts"` // rows two sites wrote concurrently (merged; ppsync conflicts shows both sides)
-	Problem     string       `json:"problem,omitempty"`
-	Time        time.Time    `json:"time"`
-	Elapsed     string       `json:"elapsed"`
-}
-
-// DBConflict is a column two sites wrote concurrently with different values:
-// the merged row holds the winner; both sides are named.
-type DBConflict struct {
-	Table  string   `json:"table"`
-	Key    string   `json:"key"`
-	Column string   `json:"column,omitempty"` // "" when one side deleted the row
-	Sites  []string `json:"sites"`
-	Values []any    `json:"values"` // in the order of Sites
-	Winner string   `json:"winner"`
-}
-
-// DBRowDiff is one row that differs between the database and the merged
-// state: missing (in the state, not in the database), extra (in the database,
-// deleted in the state), different (columns differ), new (in the database,
-// never seen by the family: captured by a repair).
-type DBRowDiff struct {
-	Table    string         `json:"table"`
-	Key      string         `json:"key"`
-	Kind     string         `json:"kind"`
-	Columns  []string       `json:"columns,omitempty"`
-	Database map[string]any `json:"database,omitempty"`
-	Merged   map[string]any `json:"merged,omitempty"`
-}
-
 const dbCheckListLimit = 1000
-
-// DBStatus reports the practice database's sync.
-func (n *Node) DBStatus() DBStatus { return n.dbStatus(true) }
 
 // dbStatus is DBStatus; without perTable it leaves out the per-table count
 // of merged changes waiting to be written (a read of up to dbPendingScan
 // changes), which /metrics does not show.
-func (n *Node) dbStatus(perTable bool) DBStatus {
-	st := DBStatus{Tables: []string{}, PerTable: []DBTableStatus{}, Skipped: []string{}, Refused: []DBRowConflict{}, Warnings: []string{}}
+func (n *Node) dbStatus(perTable bool) api.DBStatus {
+	st := api.DBStatus{Tables: []string{}, PerTable: []api.DBTableStatus{}, Skipped: []string{}, Refused: []api.DBRowConflict{}, Warnings: []string{}}
 	if n.dbs == nil {
 		st.Problem = "this node syncs no practice database (set one up with `ppsync init --db`)"
 		return st
@@ -141,7 +60,7 @@ func (n *Node) dbStatus(perTable bool) DBStatus {
 
 // statusInto fills in what the owner goroutine keeps of the database's
 // sync: counters, schema, warnings, refused rows.
-func (d *dbsync) statusInto(st *DBStatus, cs db.Stats, pendingApply map[string]uint64) {
+func (d *dbsync) statusInto(st *api.DBStatus, cs db.Stats, pendingApply map[string]uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st.Captured, st.Applied, st.Loading, st.LoadedRows, st.Problem = d.captured, d.applied, d.loading, d.loadRows, d.lastErr
@@ -149,7 +68,7 @@ func (d *dbsync) statusInto(st *DBStatus, cs db.Stats, pendingApply map[string]u
 		st.SchemaVersion = d.schema.Version
 		for _, t := range d.schema.Tables {
 			st.Tables = append(st.Tables, t.Name)
-			ts := DBTableStatus{Table: t.Name, Captured: d.perCaptured[t.Name], Applied: d.perApplied[t.Name],
+			ts := api.DBTableStatus{Table: t.Name, Captured: d.perCaptured[t.Name], Applied: d.perApplied[t.Name],
 				PendingCapture: cs.PendingByTable[t.Name], PendingApply: pendingApply[t.Name]}
 			if at, ok := d.lastCaptured[t.Name]; ok {
 				at = at.UTC()
@@ -184,16 +103,16 @@ func (d *dbsync) statusInto(st *DBStatus, cs db.Stats, pendingApply map[string]u
 		}
 	}
 	for _, c := range d.refused {
-		st.Refused = append(st.Refused, DBRowConflict{Table: c.Table, Key: c.Key, Reason: c.Reason, Merged: c.Fields})
+		st.Refused = append(st.Refused, api.DBRowConflict{Table: c.Table, Key: c.Key, Reason: c.Reason, Merged: c.Fields})
 	}
 }
 
 // DBCheck compares every synced table's rows with the merged state; with
 // repair it makes the database match through the apply path (rows the family
 // never saw are captured as this site's, not deleted).
-func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) {
+func (n *Node) DBCheck(ctx context.Context, repair bool) (api.DBCheckResult, error) {
 	start := n.cfg.Now()
-	res := DBCheckResult{Differences: []DBRowDiff{}, Tables: []string{}, Complete: true, Time: start.UTC()}
+	res := api.DBCheckResult{Differences: []api.DBRowDiff{}, Tables: []string{}, Complete: true, Time: start.UTC()}
 	if n.dbs == nil {
 		return res, badRequest("this node syncs no practice database")
 	}
@@ -214,7 +133,7 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 		}); err != nil {
 			return res, err
 		}
-		note := func(df DBRowDiff) {
+		note := func(df api.DBRowDiff) {
 			if len(res.Differences) < dbCheckListLimit {
 				res.Differences = append(res.Differences, df)
 			} else {
@@ -233,12 +152,12 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 				res.Checked++
 				have, ok := inDB[rec.Key]
 				if !ok {
-					note(DBRowDiff{Table: t.Name, Key: rec.Key, Kind: "missing", Merged: rec.Fields})
+					note(api.DBRowDiff{Table: t.Name, Key: rec.Key, Kind: "missing", Merged: rec.Fields})
 					fix = append(fix, db.Row{Table: t.Name, Key: rec.Key, Fields: rec.Fields})
 					continue
 				}
 				if cols := differing(t, have, rec.Fields); len(cols) > 0 {
-					note(DBRowDiff{Table: t.Name, Key: rec.Key, Kind: "different", Columns: cols, Database: have, Merged: rec.Fields})
+					note(api.DBRowDiff{Table: t.Name, Key: rec.Key, Kind: "different", Columns: cols, Database: have, Merged: rec.Fields})
 					fix = append(fix, db.Row{Table: t.Name, Key: rec.Key, Fields: rec.Fields})
 				}
 			}
@@ -261,21 +180,21 @@ func (n *Node) DBCheck(ctx context.Context, repair bool) (DBCheckResult, error) 
 				return res, err
 			}
 			if deleted {
-				note(DBRowDiff{Table: t.Name, Key: k, Kind: "extra", Database: inDB[k]})
+				note(api.DBRowDiff{Table: t.Name, Key: k, Kind: "extra", Database: inDB[k]})
 				fix = append(fix, db.Row{Table: t.Name, Key: k})
 				continue
 			}
-			note(DBRowDiff{Table: t.Name, Key: k, Kind: "new", Database: inDB[k]})
+			note(api.DBRowDiff{Table: t.Name, Key: k, Kind: "new", Database: inDB[k]})
 			newOps = append(newOps, wire.Op{Kind: wire.OpPut, Table: t.Name, Key: k, Fields: inDB[k]})
 		}
 	}
-	res.Conflicts = []DBConflict{}
+	res.Conflicts = []api.DBConflict{}
 	if cs, err := n.state.Conflicts(dbCheckListLimit); err == nil {
 		for _, c := range cs {
 			if _, ok := sch.Table(c.Table); !ok {
 				continue
 			}
-			res.Conflicts = append(res.Conflicts, DBConflict{Table: c.Table, Key: c.Key, Column: c.Field,
+			res.Conflicts = append(res.Conflicts, api.DBConflict{Table: c.Table, Key: c.Key, Column: c.Field,
 				Sites: []string{c.Existing.Version.Site, c.Incoming.Version.Site}, Values: []any{c.Existing.Value, c.Incoming.Value}, Winner: c.Winner.Site})
 		}
 	}
@@ -374,7 +293,11 @@ func (d *dbsync) repaired() {
 }
 
 func (n *Node) getDB(w http.ResponseWriter, r *http.Request) {
-	st := n.DBStatus()
+	st, err := n.DBStatus(r.Context())
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
 	if !n.bearerOK(r) { // the sync page: no row contents, only where and why
 		for i := range st.Refused {
 			st.Refused[i].Merged = nil
@@ -411,8 +334,8 @@ func (n *Node) postDBCheck(w http.ResponseWriter, r *http.Request) {
 
 // refusedConflicts returns up to limit rows the practice database refused,
 // each with both sides: the family's merged row and the database's own.
-func (n *Node) refusedConflicts(ctx context.Context, limit int) []ConflictJSON {
-	out := []ConflictJSON{}
+func (n *Node) refusedConflicts(ctx context.Context, limit int) []api.ConflictJSON {
+	out := []api.ConflictJSON{}
 	if n.dbs == nil {
 		return out
 	}
@@ -422,13 +345,13 @@ func (n *Node) refusedConflicts(ctx context.Context, limit int) []ConflictJSON {
 		if len(out) == limit {
 			break
 		}
-		cf := ConflictJSON{Table: k.Table, Key: k.Key, Refused: k.Reason}
+		cf := api.ConflictJSON{Table: k.Table, Key: k.Key, Refused: k.Reason}
 		rec, ok, err := n.state.Get(k.Table, k.Key)
 		switch {
 		case err != nil:
 			cf.Incoming.Value = "(unreadable: " + err.Error() + ")"
 		case ok:
-			cf.Incoming = ConflictSideJSON{Site: rec.Version.Site, Seq: rec.Version.Seq, Time: hlc.Timestamp(rec.Version.HLC).Time(), Value: rec.Fields}
+			cf.Incoming = api.ConflictSideJSON{Site: rec.Version.Site, Seq: rec.Version.Seq, Time: hlc.Timestamp(rec.Version.HLC).Time(), Value: rec.Fields}
 		default:
 			cf.Incoming.Deleted = true
 		}

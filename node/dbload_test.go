@@ -49,10 +49,10 @@ func TestDatabaseInitialLoadEntriesAndState(t *testing.T) {
 	tf.addDB("clinic-a", "sqlite:"+path)
 	r := tf.start("clinic-a")
 	waitUntil(t, "the initial load", 60*time.Second, func() (bool, string) {
-		st := r.n.DBStatus()
+		st, _ := r.n.DBStatus(context.Background())
 		return dbReady(st) && loadedFlag(r.n), fmt.Sprintf("%+v", st)
 	})
-	if st := r.n.DBStatus(); st.LoadedRows != patients+codes+3 {
+	if st, _ := r.n.DBStatus(context.Background()); st.LoadedRows != patients+codes+3 {
 		t.Errorf("load rows %d, want %d", st.LoadedRows, patients+codes+3)
 	}
 

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/web"
 	_ "modernc.org/sqlite"
 )
 
@@ -73,11 +76,11 @@ func waitUntil(t testing.TB, what string, d time.Duration, cond func() (bool, st
 }
 
 // waitDB polls the node's DBStatus until cond holds.
-func waitDB(t testing.TB, r *running, what string, cond func(DBStatus) bool) DBStatus {
+func waitDB(t testing.TB, r *running, what string, cond func(api.DBStatus) bool) api.DBStatus {
 	t.Helper()
-	var st DBStatus
+	var st api.DBStatus
 	waitUntil(t, what, 20*time.Second, func() (bool, string) {
-		st = r.n.DBStatus()
+		st, _ = r.n.DBStatus(context.Background())
 		b, _ := json.Marshal(st)
 		return cond(st), string(b)
 	})
@@ -86,7 +89,7 @@ func waitDB(t testing.TB, r *running, what string, cond func(DBStatus) bool) DBS
 
 // dbReady reports whether the node read the database's tables and finished
 // its initial load, with no problem.
-func dbReady(st DBStatus) bool {
+func dbReady(st api.DBStatus) bool {
 	return len(st.Tables) > 0 && !st.Loading && st.Problem == ""
 }
 
@@ -109,10 +112,10 @@ func TestPageDBSession(t *testing.T) {
 		return &pageClientOf{t: t, c: c, base: r.base}
 	}
 	sa, sb := session(a), session(b)
-	hdr := map[string]string{PageHeader: "1"}
+	hdr := map[string]string{web.PageHeader: "1"}
 
 	code, body := sa.do("GET", "/v1/db", "", nil)
-	var st DBStatus
+	var st api.DBStatus
 	if code != 200 || json.Unmarshal([]byte(body), &st) != nil || st.Driver != "sqlite" || !strings.HasSuffix(st.Database, path) || len(st.PerTable) != 1 {
 		t.Fatalf("GET /v1/db with a session: %d %s", code, body)
 	}
@@ -127,8 +130,8 @@ func TestPageDBSession(t *testing.T) {
 		code   int
 		says   string
 	}{
-		{`{"repair":false}`, nil, 403, PageHeader}, // no page header: maybe another site's form
-		{`{"repair":false}`, map[string]string{PageHeader: "1", "Origin": "http://evil.example"}, 403, "another web site"},
+		{`{"repair":false}`, nil, 403, web.PageHeader}, // no page header: maybe another site's form
+		{`{"repair":false}`, map[string]string{web.PageHeader: "1", "Origin": "http://evil.example"}, 403, "another web site"},
 		{`{"repair":true}`, hdr, 403, "--repair"},                                 // the page never repairs
 		{`{"repair":false,"repair":true}`, hdr, 403, "--repair"},                  // read as the handler reads it: the last one counts
 		{`{"Repair":true}`, hdr, 403, "--repair"},                                 // field names match as the handler matches them
@@ -143,7 +146,7 @@ func TestPageDBSession(t *testing.T) {
 		}
 	}
 	// The API key may still repair.
-	var res DBCheckResult
+	var res api.DBCheckResult
 	if code := a.call(t, "POST", "/v1/db/check", `{"repair":true}`, &res); code != 200 {
 		t.Fatalf("repair with the key: %d", code)
 	}

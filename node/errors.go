@@ -70,6 +70,11 @@ func badRequest(format string, a ...any) error {
 	return newAPIError(http.StatusBadRequest, codeBadRequest, nil, format, a...)
 }
 
+// notFound: what was asked for does not exist (404).
+func notFound(format string, a ...any) error {
+	return newAPIError(http.StatusNotFound, codeNotFound, nil, format, a...)
+}
+
 // tooLarge: the request is over a limit, which the message names (413).
 func tooLarge(format string, a ...any) error {
 	return newAPIError(http.StatusRequestEntityTooLarge, codeTooLarge, wire.ErrTooLarge, format, a...)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/txlog"
 )
 
@@ -19,7 +21,7 @@ import (
 // status and code decided where it arose and its whole message, as it is;
 // an error nobody decided is internal, its message unstripped.
 func TestWriteErrAnswersTheDecidedError(t *testing.T) {
-	n := &Node{log: slog.New(slog.DiscardHandler), cert: &family.Certificate{Epoch: 1}, id: identity{Site: "clinic-a"}}
+	n := &Node{log: slog.New(slog.DiscardHandler), cert: &family.Certificate{Epoch: 1}, id: datadir.Identity{Site: "clinic-a"}}
 	_, opsErr := wire.CheckOps([]wire.OpInput{{Op: "put", Table: "t", Key: strings.Repeat("k", 300)}})
 	cases := []struct {
 		name   string
@@ -56,7 +58,7 @@ func TestWriteErrAnswersTheDecidedError(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			w := httptest.NewRecorder()
 			n.writeErr(w, c.err)
-			var got APIError
+			var got api.APIError
 			if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
 				t.Fatal(err)
 			}
@@ -79,17 +81,17 @@ func TestDeepErrorReachesTheAPI(t *testing.T) {
 	f := newFixture(t, "clinic-a", "site")
 	r := f.start()
 	big := `{"ops":[{"op":"put","table":"t","key":"k","fields":{"blob":"` + strings.Repeat("x", 600<<10) + `"}}]}`
-	var e APIError
+	var e api.APIError
 	if code := r.call(t, "POST", "/v1/transactions", big, &e); code != 413 || e.Code != "too_large" ||
 		!strings.HasPrefix(e.Error, "entry clinic-a#1 encodes to ") || !strings.HasSuffix(e.Error, "bytes, the limit is 524288") {
 		t.Errorf("one transaction: %d %+v", code, e)
 	}
-	e = APIError{}
+	e = api.APIError{}
 	if code := r.call(t, "POST", "/v1/transactions/batch", `{"transactions":[{"ops":[{"op":"delete","table":"t","key":"k"}]},`+big+`]}`, &e); code != 413 || e.Code != "too_large" ||
 		!strings.HasPrefix(e.Error, "transaction 2: entry clinic-a#2 encodes to ") {
 		t.Errorf("batch: %d %+v", code, e)
 	}
-	var st Status
+	var st api.Status
 	r.call(t, "GET", "/v1/status", nil, &st)
 	if st.Frontier["clinic-a"] != 0 {
 		t.Fatalf("refused writes committed something: %v", st.Frontier)

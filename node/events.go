@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Event types of the activity feed and GET /v1/events.
@@ -33,18 +35,18 @@ type eventHub struct {
 
 	mu   sync.Mutex
 	next uint64
-	ring []Event
-	subs map[chan Event]struct{}
+	ring []api.Event
+	subs map[chan api.Event]struct{}
 	// out is the queue of the activity file's writer (DATA/activity.log,
 	// see activity.go), which keeps events across restarts; nil until the
 	// node attaches it, and after it stops. dropped counts events the full
 	// queue could not take (kept in memory, not on disk).
-	out     chan Event
+	out     chan api.Event
 	dropped uint64
 }
 
 func newEventHub(now func() time.Time) *eventHub {
-	return &eventHub{now: now, next: 1, subs: map[chan Event]struct{}{}}
+	return &eventHub{now: now, next: 1, subs: map[chan api.Event]struct{}{}}
 }
 
 func (h *eventHub) emit(typ string, data any) {
@@ -54,7 +56,7 @@ func (h *eventHub) emit(typ string, data any) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ev := Event{ID: h.next, Type: typ, Time: h.now().UTC(), Data: raw}
+	ev := api.Event{ID: h.next, Type: typ, Time: h.now().UTC(), Data: raw}
 	h.next++
 	if len(h.ring) == evRingSize {
 		copy(h.ring, h.ring[1:])
@@ -79,21 +81,21 @@ func (h *eventHub) emit(typ string, data any) {
 }
 
 // subscribe returns the kept events after id and a channel of new ones.
-func (h *eventHub) subscribe(after uint64) ([]Event, chan Event) {
+func (h *eventHub) subscribe(after uint64) ([]api.Event, chan api.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var past []Event
+	var past []api.Event
 	for _, ev := range h.ring {
 		if ev.ID > after {
 			past = append(past, ev)
 		}
 	}
-	c := make(chan Event, evSubBuffer)
+	c := make(chan api.Event, evSubBuffer)
 	h.subs[c] = struct{}{}
 	return past, c
 }
 
-func (h *eventHub) unsubscribe(c chan Event) {
+func (h *eventHub) unsubscribe(c chan api.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.subs[c]; ok {
@@ -104,10 +106,10 @@ func (h *eventHub) unsubscribe(c chan Event) {
 
 // recent returns up to n of the newest events, newest first, before id
 // (0: the newest).
-func (h *eventHub) recent(before uint64, n int) []Event {
+func (h *eventHub) recent(before uint64, n int) []api.Event {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var out []Event
+	var out []api.Event
 	for i := len(h.ring) - 1; i >= 0 && len(out) < n; i-- {
 		if before == 0 || h.ring[i].ID < before {
 			out = append(out, h.ring[i])
@@ -130,12 +132,11 @@ func (n *Node) getEvents(w http.ResponseWriter, r *http.Request) {
 	} else if v := r.URL.Query().Get("after"); v != "" {
 		after, _ = strconv.ParseUint(v, 10, 64)
 	}
-	past, c := n.events.subscribe(after)
-	defer n.events.unsubscribe(c)
+	past, next := n.Events(r.Context(), after)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	write := func(ev Event) bool {
+	write := func(ev api.Event) bool {
 		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Type, ev.Data)
 		return err == nil
 	}
@@ -149,18 +150,14 @@ func (n *Node) getEvents(w http.ResponseWriter, r *http.Request) {
 	defer t.Stop()
 	for {
 		select {
-		case <-r.Context().Done():
-			return
-		case <-n.ctx.Done():
-			return
 		case <-t.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return
 			}
 			fl.Flush()
-		case ev, ok := <-c:
+		case ev, ok := <-next:
 			if !ok {
-				return // too slow: the client reconnects with Last-Event-ID
+				return // ended, or too slow: the client reconnects with Last-Event-ID
 			}
 			if !write(ev) {
 				return
@@ -172,15 +169,12 @@ func (n *Node) getEvents(w http.ResponseWriter, r *http.Request) {
 
 // getActivity pages the activity feed, newest first (?before=ID&limit=N).
 func (n *Node) getActivity(w http.ResponseWriter, r *http.Request) {
-	limit, err := intParam(r, "limit", 50, 1000)
+	limit, err := intParam(r, "limit", 0)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
 	before, _ := strconv.ParseUint(r.URL.Query().Get("before"), 10, 64)
-	evs := n.events.recent(before, limit)
-	if evs == nil {
-		evs = []Event{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"events": evs})
+	evs, err := n.Activity(r.Context(), before, limit)
+	n.answer(w, map[string]any{"events": evs}, err)
 }

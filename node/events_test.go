@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // readEvents reads SSE events from the stream until n "id:" lines were seen.
@@ -58,7 +60,7 @@ func TestEventsResumeAfterDisconnect(t *testing.T) {
 	if strings.Join(rest, ",") != "4,5" {
 		t.Fatalf("resumed events %v", rest)
 	}
-	var act map[string][]Event
+	var act map[string][]api.Event
 	r.call(t, "GET", "/v1/activity?limit=2", nil, &act)
 	if len(act["events"]) != 2 || act["events"][0].ID != 5 || act["events"][0].Type != EvCommitted {
 		t.Fatalf("activity %+v", act)
@@ -101,11 +103,11 @@ func TestSetLogLevelChangesRunningLogger(t *testing.T) {
 	if n.log.Enabled(context.Background(), slog.LevelDebug) {
 		t.Fatal("debug enabled at level info")
 	}
-	c, err := NewClient(f.data)
+	c, err := api.NewClient(f.data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.UpdateSettings(context.Background(), Settings{LogLevel: "debug"}); err != nil {
+	if _, err := c.UpdateSettings(context.Background(), api.Settings{LogLevel: "debug"}); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Level.Level() != slog.LevelDebug || !n.log.Enabled(context.Background(), slog.LevelDebug) {

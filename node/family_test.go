@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // testFamily is an authority with a relay and sites, all running in this
@@ -88,7 +90,7 @@ func (tf *testFamily) addWith(site, role string, mod func(*InitOptions), know ..
 
 func (tf *testFamily) install(fn *famNode, doc []byte) {
 	tf.t.Helper()
-	if _, err := InstallOffline(fn.data, doc); err != nil {
+	if _, err := datadir.InstallOffline(fn.data, doc); err != nil {
 		tf.t.Fatal(err)
 	}
 }
@@ -126,7 +128,7 @@ func (tf *testFamily) startWith(site string, mod func(*Config)) *running {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: tf.t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(fn.data)
+	r.key, _ = datadir.ReadAPIKey(fn.data)
 	go func() { r.done <- n.Run(ctx) }()
 	fn.r = r
 	tf.t.Cleanup(r.stop)
@@ -187,7 +189,7 @@ func (tf *testFamily) write(site string, n int, table string) {
 	r := tf.nodes[site].r
 	for i := 0; i < n; i++ {
 		body := fmt.Sprintf(`{"ops":[{"op":"put","table":%q,"key":"%s-%d","fields":{"site":%q,"i":%d}}]}`, table, site, i, site, i)
-		var tx TxResult
+		var tx api.TxResult
 		if code := r.call(tf.t, "POST", "/v1/transactions", body, &tx); code != 200 {
 			tf.t.Fatalf("write at %s: %d", site, code)
 		}
@@ -215,12 +217,12 @@ func TestFamilyConvergesThroughRelay(t *testing.T) {
 		r.call(t, "POST", "/v1/transactions", fmt.Sprintf(`{"ops":[{"op":"put","table":"shared","key":"k","fields":{"by":%q}}]}`, s), nil)
 	}
 	tf.waitConverged(30*time.Second, "relay", "clinic-a", "clinic-b", "clinic-c")
-	st, _ := tf.nodes["clinic-a"].r.n.Status()
+	st, _ := tf.nodes["clinic-a"].r.n.Status(context.Background())
 	if st.Peers < 1 || !st.Online {
 		t.Fatalf("status: peers %d online %v", st.Peers, st.Online)
 	}
 	// The relay names itself by the name its certificate gives it.
-	if rs, _ := tf.nodes["relay"].r.n.Status(); rs.Site != "relay" || rs.Role != "relay" {
+	if rs, _ := tf.nodes["relay"].r.n.Status(context.Background()); rs.Site != "relay" || rs.Role != "relay" {
 		t.Fatalf("relay status: site %q role %q, want relay/relay", rs.Site, rs.Role)
 	}
 }
@@ -238,9 +240,9 @@ func TestOfflineSiteCatchesUp(t *testing.T) {
 	tf.waitConverged(20*time.Second, "relay", "clinic-a", "clinic-b")
 	tf.stop("clinic-b")
 	// clinic-a writes thousands while clinic-b is off.
-	var req BatchRequest
+	var req api.BatchRequest
 	for i := 0; i < 3000; i++ {
-		req.Transactions = append(req.Transactions, TxRequest{Ops: []OpJSON{{Op: "put", Table: "appointments", Key: fmt.Sprintf("a%05d", i), Fields: map[string]any{"slot": i}}}})
+		req.Transactions = append(req.Transactions, api.TxRequest{Ops: []api.OpJSON{{Op: "put", Table: "appointments", Key: fmt.Sprintf("a%05d", i), Fields: map[string]any{"slot": i}}}})
 	}
 	if code := tf.nodes["clinic-a"].r.call(t, "POST", "/v1/transactions/batch", req, nil); code != 200 {
 		t.Fatalf("batch: %d", code)
@@ -272,7 +274,7 @@ func TestSitesReachableOnlyThroughRelay(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &running{t: t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-		r.key, _ = readAPIKey(fn.data)
+		r.key, _ = datadir.ReadAPIKey(fn.data)
 		go func() { r.done <- n.Run(ctx) }()
 		fn.r = r
 		t.Cleanup(r.stop)

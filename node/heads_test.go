@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 func TestMissing(t *testing.T) {
@@ -45,9 +47,9 @@ func TestLagAgreesEverywhere(t *testing.T) {
 	waitLags := func(want map[string]uint64, pending uint64) {
 		t.Helper()
 		atkWaitFor(t, 20*time.Second, fmt.Sprintf("lags %v pending %d", want, pending), func() (bool, string) {
-			var pr PeersResult
+			var pr api.PeersResult
 			a.call(t, "GET", "/v1/peers", nil, &pr)
-			var st Status
+			var st api.Status
 			a.call(t, "GET", "/v1/status", nil, &st)
 			metrics := metricsText(t, a)
 			got := map[string]uint64{}

@@ -14,6 +14,7 @@ import (
 	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // InitOptions are the inputs of `ppsync init`.
@@ -80,7 +81,7 @@ func Init(opts InitOptions) (InitResult, error) {
 		return res, err
 	}
 	defer lk.Release()
-	if id, err := readIdentity(opts.DataDir); err == nil {
+	if id, err := datadir.ReadIdentity(opts.DataDir); err == nil {
 		return res, fmt.Errorf("node: %s already holds the node of site %q; use an empty directory for a new node", opts.DataDir, id.Site)
 	}
 
@@ -114,7 +115,7 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err != nil {
 		return res, err
 	}
-	priv, err := writeNodeKey(filepath.Join(opts.DataDir, NodeKeyFile))
+	priv, err := datadir.WriteNodeKey(filepath.Join(opts.DataDir, NodeKeyFile))
 	if err != nil {
 		return res, err
 	}
@@ -122,7 +123,7 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if err := writeAPIKey(filepath.Join(opts.DataDir, APIKeyFile)); err != nil {
+	if err := datadir.WriteAPIKey(filepath.Join(opts.DataDir, APIKeyFile)); err != nil {
 		return res, err
 	}
 	if err := family.SaveInfo(filepath.Join(opts.DataDir, FamilyFile), info); err != nil {
@@ -142,7 +143,7 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := os.MkdirAll(filepath.Join(opts.DataDir, CertsDir), 0o700); err != nil {
 		return res, fmt.Errorf("node: create %s: %w", CertsDir, err)
 	}
-	req, err := family.NewJoinRequest(info, opts.Site, role, priv.Public().(ed25519PublicKey), fp, bindingID(dbID, practice.ID), opts.Now())
+	req, err := family.NewJoinRequest(info, opts.Site, role, priv.Public().(ed25519PublicKey), fp, datadir.BindingID(dbID, practice.ID), opts.Now())
 	if err != nil {
 		return res, err
 	}
@@ -151,7 +152,7 @@ func Init(opts InitOptions) (InitResult, error) {
 		return res, err
 	}
 	res.JoinRequest = filepath.Join(opts.DataDir, JoinRequestFile)
-	if err := writeFileAtomic(res.JoinRequest, rb, 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(res.JoinRequest, rb, 0o644); err != nil {
 		return res, err
 	}
 	cfg := DefaultConfig(opts.DataDir)
@@ -159,15 +160,15 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := SaveConfig(cfg); err != nil {
 		return res, err
 	}
-	idb, err := json.MarshalIndent(identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
+	idb, err := json.MarshalIndent(datadir.Identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
 		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second), DBID: practice.ID, DBDetail: practice.Detail}, "", "  ")
 	if err != nil {
 		return res, fmt.Errorf("node: encode identity: %w", err)
 	}
 	// node.json last: its presence marks a complete setup.
-	if err := writeFileAtomic(filepath.Join(opts.DataDir, NodeFile), append(idb, '\n'), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(filepath.Join(opts.DataDir, datadir.NodeFile), append(idb, '\n'), 0o644); err != nil {
 		return res, err
 	}
-	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), bindingID(dbID, practice.ID), fp
+	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), datadir.BindingID(dbID, practice.ID), fp
 	return res, nil
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // TestSettingsTurnBlocksNothingElse: while a change of the settings holds its
@@ -17,8 +19,8 @@ func TestSettingsTurnBlocksNothingElse(t *testing.T) {
 	r := f.start()
 	r.n.settingsTurn <- struct{}{} // a change in progress, stuck in its write
 	done := make(chan int, 2)
-	go func() { done <- r.call(t, "GET", "/v1/status", nil, &Status{}) }()
-	go func() { done <- r.call(t, "GET", "/v1/settings", nil, &Settings{}) }()
+	go func() { done <- r.call(t, "GET", "/v1/status", nil, &api.Status{}) }()
+	go func() { done <- r.call(t, "GET", "/v1/settings", nil, &api.Settings{}) }()
 	for range 2 {
 		select {
 		case code := <-done:
@@ -38,7 +40,7 @@ func TestSettingsTurnBlocksNothingElse(t *testing.T) {
 		t.Fatalf("a change waiting for its turn answered %d", resp.StatusCode)
 	}
 	<-r.n.settingsTurn // the change in progress ends
-	var s Settings
+	var s api.Settings
 	if code := r.call(t, "PUT", "/v1/settings", `{"log_level":"warn"}`, &s); code != 200 || s.LogLevel != "warn" {
 		t.Fatalf("change after the turn was free: %d %+v", code, s)
 	}

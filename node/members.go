@@ -7,6 +7,7 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // members lets the mesh ask the node's roster about membership.
@@ -87,7 +88,7 @@ func (m members) DocumentsOf(p peer.ID) [][]byte {
 }
 
 func (m members) Learn(doc []byte) (bool, error) {
-	res, err := installFile(m.n.cfg.DataDir, m.n.roster, doc)
+	res, err := datadir.InstallFile(m.n.cfg.DataDir, m.n.roster, doc)
 	if err != nil {
 		return false, err
 	}

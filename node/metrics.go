@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -25,9 +26,18 @@ type counters struct {
 	rejectedOther     atomic.Uint64 // another family, a fenced epoch, malformed
 }
 
-// collector computes every metric when Prometheus scrapes: the node keeps no
-// metric state of its own beyond the counters.
-type collector struct{ n *Node }
+// collector computes every metric when Prometheus scrapes, from one
+// Metrics snapshot of the domain API: the node keeps no metric state of its
+// own beyond the counters.
+type collector struct {
+	n   metricsSource
+	ctx context.Context // the scrape's: Collect is given none
+}
+
+// metricsSource is what the collector needs of the node.
+type metricsSource interface {
+	Metrics(ctx context.Context) (Metrics, error)
+}
 
 var (
 	mEntries = prometheus.NewDesc("ppsync_entries_total",
@@ -98,29 +108,25 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	n := c.n
-	k := &n.counters
+	m, err := c.n.Metrics(c.ctx)
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	counter(mEntries, k.committed.Load(), "own")
-	counter(mEntries, k.receivedGossip.Load(), "gossip")
-	counter(mEntries, k.receivedCatchUp.Load(), "catch-up")
-	counter(mCatchupBytes, k.catchupBytes.Load())
-	counter(mCatchupSessions, k.catchupOK.Load(), "ok")
-	counter(mCatchupSessions, k.catchupFailed.Load(), "failed")
-	counter(mDropped, k.publishDropped.Load())
-	for reason, v := range n.mesh.Rejections() {
+	k := m.Counters
+	counter(mEntries, k.Committed, "own")
+	counter(mEntries, k.ReceivedGossip, "gossip")
+	counter(mEntries, k.ReceivedCatchUp, "catch-up")
+	counter(mCatchupBytes, k.CatchupBytes)
+	counter(mCatchupSessions, k.CatchupOK, "ok")
+	counter(mCatchupSessions, k.CatchupFailed, "failed")
+	counter(mDropped, k.PublishDropped)
+	for reason, v := range m.Rejections {
 		counter(mRejections, v, reason)
 	}
-	counter(mRejections, k.rejectedSignature.Load(), "entry-signature")
-	counter(mRejections, k.rejectedChain.Load(), "entry-chain")
-	counter(mRejections, k.rejectedOther.Load(), "entry-refused")
-	if n.dbs != nil {
-		d := n.dbStatus(false)
+	if d := m.DB; d != nil {
 		counter(mDBCaptured, d.Captured)
 		counter(mDBApplied, d.Applied)
 		gauge(mDBPendingCapture, float64(d.PendingCapture))
@@ -128,19 +134,18 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(mDBRefused, float64(len(d.Refused)))
 		gauge(mDBProblem, b2f(d.Problem != ""))
 	}
-	as := n.AlertStats()
+	as := m.Alerts
 	gauge(mAlertRules, float64(as.Rules))
 	gauge(mAlertsFiring, float64(as.Firing))
 	counter(mAlertMessages, as.Sent, "sent")
 	counter(mAlertMessages, as.Failed, "failed")
 	gauge(mAlertPending, float64(as.Pending))
-	peers := n.sync.peers()
-	st, err := n.statusOf(peers)
 	if err != nil {
-		return
+		return // no status: the figures above only
 	}
+	st := m.Status
 	via := map[string]float64{"direct": 0, "relay": 0}
-	for _, p := range peers {
+	for _, p := range m.Peers {
 		if p.Connected {
 			via[p.Via]++
 		}
@@ -159,7 +164,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mHeld, float64(st.Held))
 	age := -1.0
 	if st.LastSync != nil {
-		age = n.cfg.Now().Sub(*st.LastSync).Seconds()
+		age = m.Time.Sub(*st.LastSync).Seconds()
 	}
 	gauge(mLastSync, age)
 	gauge(mVersionMismatch, b2f(st.VersionMismatch))
@@ -177,6 +182,6 @@ func b2f(b bool) float64 {
 // global registry: several nodes may share a process).
 func (n *Node) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{n})
+	reg.MustRegister(collector{n: n, ctx: n.ctx})
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second})
 }

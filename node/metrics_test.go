@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -106,7 +107,7 @@ func TestMetricsDB(t *testing.T) {
 	// The change table the triggers write to is gone: a problem.
 	sqlExec(t, d, `DROP TABLE _ppsync_changes`)
 	waitMetrics("problem", map[string]float64{"ppsync_db_problem": 1})
-	if st := a.n.DBStatus(); st.Problem == "" {
+	if st, _ := a.n.DBStatus(context.Background()); st.Problem == "" {
 		t.Fatal("ppsync_db_problem is 1 but DBStatus has no problem")
 	}
 

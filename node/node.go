@@ -24,6 +24,8 @@ import (
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -33,7 +35,7 @@ import (
 type Node struct {
 	cfg      Config
 	log      *slog.Logger
-	id       identity
+	id       datadir.Identity
 	key      ed25519.PrivateKey
 	apiKey   string
 	roster   *family.Roster
@@ -52,7 +54,6 @@ type Node struct {
 	dbc      db.Connector // its connector
 	events   *eventHub
 	counters counters
-	page     *page // the sync page's logins and sessions
 	alerts   *alerter
 
 	ctx    context.Context // ends when the node closes
@@ -132,7 +133,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 
 func (n *Node) open(ctx context.Context) error {
 	dir := n.cfg.DataDir
-	id, err := readIdentity(dir)
+	id, err := datadir.ReadIdentity(dir)
 	if err != nil {
 		return err
 	}
@@ -140,13 +141,13 @@ func (n *Node) open(ctx context.Context) error {
 	if n.lock, err = lock.Acquire(dir); err != nil {
 		return err
 	}
-	if n.key, err = readNodeKey(filepath.Join(dir, NodeKeyFile)); err != nil {
+	if n.key, err = datadir.ReadNodeKey(filepath.Join(dir, NodeKeyFile)); err != nil {
 		return err
 	}
-	if n.apiKey, err = readAPIKey(dir); err != nil {
+	if n.apiKey, err = datadir.ReadAPIKey(dir); err != nil {
 		return err
 	}
-	if n.roster, err = loadRoster(dir); err != nil {
+	if n.roster, err = datadir.LoadRoster(dir); err != nil {
 		return err
 	}
 	if n.roster.FamilyID() != id.FamilyID {
@@ -180,7 +181,7 @@ func (n *Node) open(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		dbID = bindingID(dbID, practice.ID)
+		dbID = datadir.BindingID(dbID, practice.ID)
 	}
 	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID},
 		lock.Binding{Fingerprint: fp, DatabaseID: dbID}); err != nil {
@@ -326,12 +327,12 @@ func (k rosterKeys) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error
 func (n *Node) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- n.srv.Serve(n.ln) }()
-	rt := Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: n.mesh.Addrs()}
+	rt := api.Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: n.mesh.Addrs()}
 	b, err := json.MarshalIndent(rt, "", "  ")
 	if err != nil {
 		return fmt.Errorf("node: encode runtime: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(n.cfg.DataDir, RuntimeFile), append(b, '\n'), 0o644); err != nil {
+	if err := datadir.WriteFileAtomic(filepath.Join(n.cfg.DataDir, RuntimeFile), append(b, '\n'), 0o644); err != nil {
 		return err
 	}
 	n.log.Info("ppsync node running", "site", n.id.Site, "role", n.id.Role, "api", rt.API, "version", n.cfg.Version)
@@ -451,7 +452,12 @@ func (n *Node) recheckCertificate() {
 
 // writeBlocked says why own writes are refused now, or nil. Each reason is
 // decided here, with its message and the API's answer.
-func (n *Node) writeBlocked() error {
+func (n *Node) writeBlocked() error { return n.writeBlockedFor(0) }
+
+// writeBlockedFor is writeBlocked for a write of about size bytes: the
+// free-space check counts what it will take on disk (see checkSpaceFor).
+// Every own write goes through it once, with its estimate.
+func (n *Node) writeBlockedFor(size uint64) error {
 	n.mu.Lock()
 	refusedErr := n.refused
 	n.mu.Unlock()
@@ -461,7 +467,7 @@ func (n *Node) writeBlocked() error {
 	if n.id.Role == family.RoleRelay {
 		return errReadOnly
 	}
-	if err := n.checkSpace(); err != nil {
+	if err := n.checkSpaceFor(size); err != nil {
 		return err
 	}
 	if why := n.sync.writeGate(); why != "" {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // fixture is a family with an authority and one initialised node directory.
@@ -67,7 +69,7 @@ func (f *fixture) admit(reqPath string, move bool) *family.Certificate {
 		f.t.Fatal(err)
 	}
 	cb, _ := c.Marshal()
-	if _, err := InstallOffline(f.data, cb); err != nil {
+	if _, err := datadir.InstallOffline(f.data, cb); err != nil {
 		f.t.Fatal(err)
 	}
 	return c
@@ -111,7 +113,7 @@ func (f *fixture) startConfig(cfg Config) *running {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: f.t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(f.data)
+	r.key, _ = datadir.ReadAPIKey(f.data)
 	go func() { r.done <- n.Run(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -170,23 +172,23 @@ func TestNodeServesTheAPI(t *testing.T) {
 	f := newFixture(t, "clinic-a", "site")
 	r := f.start()
 
-	var tx TxResult
+	var tx api.TxResult
 	if code := r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"patients","key":"p1","fields":{"name":"Ada","age":36}}]}`, &tx); code != 200 || tx.Seq != 1 || tx.Site != "clinic-a" {
 		t.Fatalf("put: %d %+v", code, tx)
 	}
-	var rec RecordJSON
+	var rec api.RecordJSON
 	if code := r.call(t, "GET", "/v1/records/patients/p1", nil, &rec); code != 200 || rec.Fields["name"] != "Ada" || rec.Fields["age"] != float64(36) {
 		t.Fatalf("get: %d %+v", code, rec)
 	}
-	var batch BatchResult
-	req := BatchRequest{}
+	var batch api.BatchResult
+	req := api.BatchRequest{}
 	for i := 0; i < 50; i++ {
-		req.Transactions = append(req.Transactions, TxRequest{Ops: []OpJSON{{Op: "put", Table: "appointments", Key: fmt.Sprintf("a%03d", i), Fields: map[string]any{"slot": i}}}})
+		req.Transactions = append(req.Transactions, api.TxRequest{Ops: []api.OpJSON{{Op: "put", Table: "appointments", Key: fmt.Sprintf("a%03d", i), Fields: map[string]any{"slot": i}}}})
 	}
 	if code := r.call(t, "POST", "/v1/transactions/batch", req, &batch); code != 200 || batch.Transactions != 50 || batch.LastSeq != 51 {
 		t.Fatalf("batch: %d %+v", code, batch)
 	}
-	var list ListResult
+	var list api.ListResult
 	if code := r.call(t, "GET", "/v1/records/appointments?limit=20", nil, &list); code != 200 || len(list.Records) != 20 || list.Next == nil || *list.Next != "a019" {
 		t.Fatalf("list: %d %d %v", code, len(list.Records), list.Next)
 	}
@@ -194,26 +196,26 @@ func TestNodeServesTheAPI(t *testing.T) {
 	if list.Records[0].Key != "a020" {
 		t.Fatalf("second page starts at %s", list.Records[0].Key)
 	}
-	var del TxResult
+	var del api.TxResult
 	r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"delete","table":"patients","key":"p1"}]}`, &del)
-	if code := r.call(t, "GET", "/v1/records/patients/p1", nil, &APIError{}); code != 404 {
+	if code := r.call(t, "GET", "/v1/records/patients/p1", nil, &api.APIError{}); code != 404 {
 		t.Fatalf("deleted record: %d", code)
 	}
-	var ch ChangesResult
+	var ch api.ChangesResult
 	r.call(t, "GET", "/v1/changes", nil, &ch)
 	if len(ch.Changes) != 51 || ch.Next == 0 {
 		t.Fatalf("changes: %d next %d", len(ch.Changes), ch.Next)
 	}
-	var dg DigestResult
+	var dg api.DigestResult
 	if r.call(t, "GET", "/v1/digest", nil, &dg); len(dg.Digest) != 64 {
 		t.Fatalf("digest %q", dg.Digest)
 	}
-	var lg LogResult
+	var lg api.LogResult
 	r.call(t, "GET", "/v1/log?limit=5", nil, &lg)
 	if len(lg.Entries) != 5 || lg.Entries[4].Seq != 52 {
 		t.Fatalf("log: %+v", lg.Entries)
 	}
-	var st Status
+	var st api.Status
 	r.call(t, "GET", "/v1/status", nil, &st)
 	if st.Site != "clinic-a" || st.Role != "site" || st.Frontier["clinic-a"] != 52 || st.Records != 50 || st.Version != "test" || st.Forks == nil {
 		t.Fatalf("status: %+v", st)
@@ -223,11 +225,11 @@ func TestNodeServesTheAPI(t *testing.T) {
 func TestSettingsPersist(t *testing.T) {
 	f := newFixture(t, "clinic-a", "site")
 	r := f.start()
-	var s Settings
+	var s api.Settings
 	if code := r.call(t, "PUT", "/v1/settings", `{"sync_interval":"2m"}`, &s); code != 200 || s.SyncInterval != "2m0s" {
 		t.Fatalf("set: %d %+v", code, s)
 	}
-	if code := r.call(t, "PUT", "/v1/settings", `{"sync_interval":"soon"}`, &APIError{}); code != 400 {
+	if code := r.call(t, "PUT", "/v1/settings", `{"sync_interval":"soon"}`, &api.APIError{}); code != 400 {
 		t.Fatalf("bad interval: %d", code)
 	}
 	r.stop()
@@ -254,12 +256,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"batch with one bad", "/v1/transactions/batch", `{"transactions":[{"ops":[{"op":"put","table":"t","key":"1","fields":{"a":1}}]},{"ops":[{"op":"nope"}]}]}`, 400},
 	}
 	for _, c := range cases {
-		var e APIError
+		var e api.APIError
 		if code := r.call(t, "POST", c.path, c.body, &e); code != c.code || e.Error == "" {
 			t.Errorf("%s: %d %+v, want %d with a message", c.name, code, e, c.code)
 		}
 	}
-	var st Status
+	var st api.Status
 	r.call(t, "GET", "/v1/status", nil, &st)
 	if st.Frontier["clinic-a"] != 0 {
 		t.Fatalf("bad input committed something: %v", st.Frontier)
@@ -289,7 +291,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 func TestRelayRefusesWrites(t *testing.T) {
 	f := newFixture(t, "relay-1", "relay")
 	r := f.start()
-	var e APIError
+	var e api.APIError
 	if code := r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":1}}]}`, &e); code != 409 || e.Code != "read_only" {
 		t.Fatalf("relay write: %d %+v", code, e)
 	}
@@ -328,7 +330,7 @@ func TestSupersededAndRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	moved := f.admitFile(res.JoinRequest, true)
-	if _, err := InstallOffline(f.data, moved); err != nil {
+	if _, err := datadir.InstallOffline(f.data, moved); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(context.Background(), f.config()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "moved") {
@@ -341,7 +343,7 @@ func TestSupersededAndRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	rb, _ := rev.Marshal()
-	if _, err := InstallOffline(g.data, rb); err != nil {
+	if _, err := datadir.InstallOffline(g.data, rb); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(context.Background(), g.config()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "revoked") {
@@ -388,7 +390,7 @@ func TestSetupErrors(t *testing.T) {
 	// A certificate of another family.
 	other := newFixture(t, "clinic-a", "site")
 	foreign := other.admitFileFor(t, "clinic-q")
-	if _, err := InstallOffline(f.data, foreign); !errors.Is(err, family.ErrWrongFamily) {
+	if _, err := datadir.InstallOffline(f.data, foreign); !errors.Is(err, family.ErrWrongFamily) {
 		t.Fatalf("foreign certificate: %v", err)
 	}
 	// A corrupt config file.
@@ -432,7 +434,7 @@ func TestCloseUnderWriteLoadLosesNothing(t *testing.T) {
 					return
 				default:
 				}
-				var tx TxResult
+				var tx api.TxResult
 				body := fmt.Sprintf(`{"ops":[{"op":"put","table":"t","key":"%d-%d","fields":{"v":%d}}]}`, w, i, i)
 				req, _ := http.NewRequest("POST", r.base+"/v1/transactions", strings.NewReader(body))
 				req.Header.Set("Authorization", "Bearer "+r.key)
@@ -466,7 +468,7 @@ func TestCloseUnderWriteLoadLosesNothing(t *testing.T) {
 		t.Fatalf("runtime.json left after a clean stop: %v", err)
 	}
 	r2 := f.start()
-	var st Status
+	var st api.Status
 	r2.call(t, "GET", "/v1/status", nil, &st)
 	for seq := range acked {
 		if seq > st.Frontier["clinic-a"] {
@@ -508,14 +510,14 @@ func TestDiskAlmostFullRefusesWrites(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, n: n, base: "http://" + n.Addr(), cancel: cancel, done: make(chan error, 1)}
-	r.key, _ = readAPIKey(f.data)
+	r.key, _ = datadir.ReadAPIKey(f.data)
 	go func() { r.done <- n.Run(ctx) }()
 	t.Cleanup(r.stop)
-	var e APIError
+	var e api.APIError
 	if code := r.call(t, "POST", "/v1/transactions", `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":1}}]}`, &e); code != 507 || e.Code != "disk_full" || !strings.Contains(e.Error, "free some space") {
 		t.Fatalf("write on a full disk: %d %+v", code, e)
 	}
-	var st Status
+	var st api.Status
 	r.call(t, "GET", "/v1/status", nil, &st)
 	if st.Writable || st.Frontier["clinic-a"] != 0 {
 		t.Fatalf("status on a full disk: writable %v frontier %v", st.Writable, st.Frontier)

@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // bootstrapStatus reports each bootstrap address the node was given.
-func (n *Node) bootstrapStatus() []BootstrapJSON {
-	out := []BootstrapJSON{}
+func (n *Node) bootstrapStatus() []api.BootstrapJSON {
+	out := []api.BootstrapJSON{}
 	for _, b := range n.mesh.Bootstrap() {
-		bj := BootstrapJSON{Addr: b.Addr, PeerID: b.PeerID.String(), Site: b.Site, State: b.State, Detail: b.Detail}
+		bj := api.BootstrapJSON{Addr: b.Addr, PeerID: b.PeerID.String(), Site: b.Site, State: b.State, Detail: b.Detail}
 		if !b.Since.IsZero() {
 			t := b.Since.UTC()
 			bj.Since = &t
@@ -24,7 +25,7 @@ func (n *Node) bootstrapStatus() []BootstrapJSON {
 
 // offlineReason says, in the words of what the user did, why no member is
 // connected and what to do about it.
-func offlineReason(now time.Time, relay bool, peers []mesh.PeerInfo, boot []BootstrapJSON) string {
+func offlineReason(now time.Time, relay bool, peers []mesh.PeerInfo, boot []api.BootstrapJSON) string {
 	if relay && len(boot) == 0 {
 		if len(peers) == 0 {
 			return "no site has joined this relay yet: sites connect to it once support gave them its address"

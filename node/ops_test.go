@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // badOpCases are operations every write path must refuse with the same
@@ -38,17 +39,17 @@ func TestEveryWritePathRefusesTheSameBadOp(t *testing.T) {
 	const good = `{"ops":[{"op":"put","table":"t","key":"ok","fields":{"a":1}}]}`
 	for _, c := range badOpCases {
 		t.Run(c.name, func(t *testing.T) {
-			var e APIError
+			var e api.APIError
 			if code := r.call(t, "POST", "/v1/transactions", `{"ops":`+c.ops+`}`, &e); code != c.status || e.Code != c.code || e.Error != c.msg {
 				t.Errorf("one transaction: %d %+v, want %d %s %q", code, e, c.status, c.code, c.msg)
 			}
-			e = APIError{}
+			e = api.APIError{}
 			if code := r.call(t, "POST", "/v1/transactions/batch", `{"transactions":[`+good+`,{"ops":`+c.ops+`}]}`, &e); code != c.status || e.Code != c.code || e.Error != "transaction 2: "+c.msg {
 				t.Errorf("batch: %d %+v, want %d %s %q", code, e, c.status, c.code, "transaction 2: "+c.msg)
 			}
 			// The same operations as the practice database's capture hands
 			// them to the log (kinds already parsed).
-			var in []OpJSON
+			var in []api.OpJSON
 			dec := json.NewDecoder(strings.NewReader(c.ops))
 			dec.UseNumber()
 			if err := dec.Decode(&in); err != nil {
@@ -70,7 +71,7 @@ func TestEveryWritePathRefusesTheSameBadOp(t *testing.T) {
 			}
 		})
 	}
-	var st Status
+	var st api.Status
 	r.call(t, "GET", "/v1/status", nil, &st)
 	if st.Frontier["clinic-a"] != 0 {
 		t.Fatalf("refused writes committed something: %v", st.Frontier)

@@ -19,6 +19,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/web"
 )
 
 // pageClient is a browser stand-in: it keeps cookies and does not follow
@@ -52,9 +54,9 @@ func pageDo(t *testing.T, c *http.Client, method, u, body string, header map[str
 
 // loginLink asks the node for a one-time link with the API key, through the
 // client `ppsync open` uses.
-func loginLink(t *testing.T, r *running) LoginLink {
+func loginLink(t *testing.T, r *running) api.LoginLink {
 	t.Helper()
-	cl, err := NewClientFor(r.base, r.key)
+	cl, err := api.NewClientFor(r.base, r.key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +72,7 @@ func TestLoginTokenAndSession(t *testing.T) {
 	f := newFixture(t, "clinic-a", "site")
 	r := f.start()
 	c := pageClient(t)
-	page := map[string]string{PageHeader: "1"}
+	page := map[string]string{web.PageHeader: "1"}
 
 	// Without a session or the key: the API refuses, the page explains.
 	if code, _, _ := pageDo(t, c, "GET", r.base+"/v1/status", "", nil); code != 401 {
@@ -88,7 +90,7 @@ func TestLoginTokenAndSession(t *testing.T) {
 	if err != nil || u.Host != strings.TrimPrefix(r.base, "http://") || u.Path != "/" || len(u.Query().Get("token")) != 43 {
 		t.Fatalf("link %q", l.URL)
 	}
-	if d := time.Until(l.Expires); d < LoginTokenTTL-5*time.Second || d > LoginTokenTTL+time.Second {
+	if d := time.Until(l.Expires); d < web.LoginTokenTTL-5*time.Second || d > web.LoginTokenTTL+time.Second {
 		t.Fatalf("link expires in %s", d)
 	}
 	if l2 := loginLink(t, r); l2.URL == l.URL {
@@ -131,10 +133,10 @@ func TestLoginTokenAndSession(t *testing.T) {
 	if code, _, _ := pageDo(t, c, "PUT", r.base+"/v1/settings", `{"sync_interval":"2m"}`, nil); code != 403 {
 		t.Fatalf("PUT without the page header: %d", code)
 	}
-	if code, _, _ := pageDo(t, c, "PUT", r.base+"/v1/settings", `{"sync_interval":"2m"}`, map[string]string{PageHeader: "1", "Origin": "http://evil.example"}); code != 403 {
+	if code, _, _ := pageDo(t, c, "PUT", r.base+"/v1/settings", `{"sync_interval":"2m"}`, map[string]string{web.PageHeader: "1", "Origin": "http://evil.example"}); code != 403 {
 		t.Fatalf("PUT from another origin: %d", code)
 	}
-	if code, body, _ := pageDo(t, c, "PUT", r.base+"/v1/settings", `{"sync_interval":"2m"}`, map[string]string{PageHeader: "1", "Origin": r.base}); code != 200 || !strings.Contains(body, `"2m0s"`) {
+	if code, body, _ := pageDo(t, c, "PUT", r.base+"/v1/settings", `{"sync_interval":"2m"}`, map[string]string{web.PageHeader: "1", "Origin": r.base}); code != 200 || !strings.Contains(body, `"2m0s"`) {
 		t.Fatalf("PUT with the page header: %d %s", code, body)
 	}
 	// A session reaches only the page's endpoints: no records, no writes, no new links.
@@ -159,7 +161,7 @@ func TestLoginTokenAndSession(t *testing.T) {
 		t.Fatalf("status after logout: %d", code)
 	}
 	// The API key still works as before.
-	if code := r.call(t, "GET", "/v1/status", nil, &Status{}); code != 200 {
+	if code := r.call(t, "GET", "/v1/status", nil, &api.Status{}); code != 200 {
 		t.Fatalf("bearer: %d", code)
 	}
 }
@@ -201,54 +203,6 @@ func TestLoginLinkInStartupLog(t *testing.T) {
 	}
 	if code, _, h := pageDo(t, pageClient(t), "GET", m[1], "", nil); code != http.StatusSeeOther || h.Get("Set-Cookie") == "" {
 		t.Fatalf("the logged link: %d", code)
-	}
-}
-
-func TestLoginTokensAndSessionsExpire(t *testing.T) {
-	f := newFixture(t, "clinic-a", "site")
-	r := f.start()
-	pg := r.n.newPage()
-	now := time.Now()
-	pg.now = func() time.Time { return now }
-
-	l := pg.issue()
-	tok := strings.TrimPrefix(l.URL, pg.base+"/?token=")
-	now = now.Add(LoginTokenTTL)
-	if pg.redeem(tok) {
-		t.Fatal("a token worked after 2 minutes")
-	}
-	l = pg.issue()
-	tok = strings.TrimPrefix(l.URL, pg.base+"/?token=")
-	if !pg.redeem(tok) || pg.redeem(tok) {
-		t.Fatal("a fresh token must work exactly once")
-	}
-
-	id := pg.startSession()
-	req := func() *http.Request {
-		hr, _ := http.NewRequest("GET", "/v1/status", nil)
-		hr.AddCookie(&http.Cookie{Name: pg.cookie, Value: id})
-		return hr
-	}
-	now = now.Add(SessionIdle - time.Minute)
-	if !pg.validSession(req()) {
-		t.Fatal("session ended before 12 h idle")
-	}
-	now = now.Add(SessionIdle - time.Minute) // used a minute ago: still idle less than 12 h
-	if !pg.validSession(req()) {
-		t.Fatal("using a session must keep it alive")
-	}
-	now = now.Add(SessionIdle)
-	if pg.validSession(req()) {
-		t.Fatal("session survived 12 h idle")
-	}
-
-	// Memory stays bounded whatever a client does.
-	for i := 0; i < 3*maxLoginTokens; i++ {
-		pg.issue()
-		pg.startSession()
-	}
-	if len(pg.tokens) > maxLoginTokens || len(pg.sessions) > maxSessions {
-		t.Fatalf("%d tokens, %d sessions kept", len(pg.tokens), len(pg.sessions))
 	}
 }
 
@@ -384,7 +338,7 @@ func browserFamilyDB(t *testing.T, dbURL string) *testFamily {
 		for _, p := range peers {
 			ready = ready && p.Connected && p.Version != ""
 		}
-		if st, err := a.Status(); err == nil && ready && st.VersionMismatch {
+		if st, err := a.Status(context.Background()); err == nil && ready && st.VersionMismatch {
 			return tf
 		}
 		if time.Now().After(deadline) {
@@ -500,7 +454,7 @@ func TestBrowserScreenshots(t *testing.T) {
 			t.Fatalf("write at clinic-b: %d", code)
 		}
 	}
-	waitDB(t, a, "captured and applied", func(st DBStatus) bool {
+	waitDB(t, a, "captured and applied", func(st api.DBStatus) bool {
 		return st.Captured == 3 && st.Applied == 2 && st.PendingCapture == 0
 	})
 	a.call(t, "PUT", "/v1/settings", `{"sync_interval":"30s"}`, nil)

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 func TestSchemaRefusesUnknownTablesAndWrongTypes(t *testing.T) {
@@ -41,12 +43,12 @@ func TestSchemaRefusesUnknownTablesAndWrongTypes(t *testing.T) {
 		if strings.HasPrefix(body, `{"transactions"`) {
 			path += "/batch"
 		}
-		var e APIError
+		var e api.APIError
 		if code := r.call(t, "POST", path, body, &e); code != 400 || !strings.Contains(e.Error, want) {
 			t.Errorf("%s: %d %q, want 400 containing %q", body, code, e.Error, want)
 		}
 	}
-	var st Status
+	var st api.Status
 	r.call(t, "GET", "/v1/status", nil, &st)
 	if st.Frontier["clinic-a"] != uint64(len(ok)) {
 		t.Fatalf("refused writes committed something: %v", st.Frontier)

@@ -1,33 +1,27 @@
 package node
 
 import (
-	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/web"
 )
 
 // Request limits of the API.
 const (
 	maxTxBody     = 1 << 20  // one transaction (an entry is at most 512 KiB)
 	maxBatchBody  = 64 << 20 // one batch
-	maxBatchTxs   = 10000
-	maxListLimit  = 10000
-	defaultListN  = 1000
-	defaultLogN   = 100
 	maxInstallLen = 64 << 10
 )
 
@@ -57,29 +51,39 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("POST /v1/alerts/{id}/pause", n.postAlertPause)
 	mux.HandleFunc("POST /v1/alerts/{id}/test", n.postAlertTest)
 	mux.Handle("GET /metrics", n.metricsHandler())
-	pg := n.newPage()
-	n.page = pg
-	pg.routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
-	pg.logLink()
+	pg := web.New(web.Options{Addr: n.ln.Addr().String(), DataDir: n.cfg.DataDir, Auth: apiKey{n.apiKey}, Now: n.cfg.Now, Logger: n.log})
+	pg.Routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
+	pg.LogLink()
 	return n.guard(mux, pg)
 }
 
+// apiKey authorizes the requests that carry the API key.
+type apiKey struct{ key string }
+
+// Authorized reports whether r carries the API key.
+func (k apiKey) Authorized(r *http.Request) bool {
+	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+k.key)) == 1
+}
+
+// bearerOK reports whether r carries the API key (not a page session).
+func (n *Node) bearerOK(r *http.Request) bool { return apiKey{n.apiKey}.Authorized(r) }
+
 // guard authenticates every request with the API key or, for the sync
-// page's requests, a page session (see page.go) and, when the API is bound
+// page's requests, a page session (see node/web) and, when the API is bound
 // to loopback, refuses requests from anywhere else.
-func (n *Node) guard(next http.Handler, pg *page) http.Handler {
+func (n *Node) guard(next http.Handler, pg *web.Page) http.Handler {
 	loopbackOnly := isLoopbackHost(n.cfg.API)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if loopbackOnly && !isLoopbackRemote(r.RemoteAddr) {
 			n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "this API only answers requests from this machine"))
 			return
 		}
-		if !n.bearerOK(r) && !pg.public(r) {
-			switch verdict, why := pg.authorize(r); verdict {
-			case sessionRefused:
+		if !n.bearerOK(r) && !pg.Public(r) {
+			switch verdict, why := pg.Authorize(r); verdict {
+			case web.SessionRefused:
 				n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "%s", why))
 				return
-			case noSession:
+			case web.NoSession:
 				n.writeErr(w, newAPIError(http.StatusUnauthorized, codeUnauthorized, nil, "missing or wrong API key: send the key from DATA/api.key as 'Authorization: Bearer KEY'"))
 				return
 			}
@@ -118,7 +122,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, APIError{Error: msg, Code: code})
+	writeJSON(w, status, api.APIError{Error: msg, Code: code})
+}
+
+// answer writes v, or the error when err is not nil.
+func (n *Node) answer(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		n.writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 // writeErr answers an error: an apiError (anywhere in the chain) with its
@@ -162,90 +175,45 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	return nil
 }
 
-// ownOps checks one transaction of the API: its operations by the one check
-// every write goes through (wire.CheckOps, the messages `ppsync import` gives
-// too), then against DATA/schema.json when there is one.
-func (n *Node) ownOps(tx TxRequest) ([]wire.Op, error) {
-	in := make([]wire.OpInput, len(tx.Ops))
-	for i, o := range tx.Ops {
-		in[i] = wire.OpInput{Op: o.Op, Table: o.Table, Key: o.Key, Fields: o.Fields}
-	}
-	ops, err := wire.CheckOps(in)
-	if err != nil {
-		return nil, invalidOps(err)
-	}
-	if err := n.schema.check(ops); err != nil {
-		return nil, err
-	}
-	return ops, nil
-}
-
 func (n *Node) postTransaction(w http.ResponseWriter, r *http.Request) {
-	var req TxRequest
+	var req api.TxRequest
 	if err := decodeBody(w, r, maxTxBody, &req); err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	ops, err := n.ownOps(req)
+	out, err := n.Write(r.Context(), []api.TxRequest{req})
+	var te *TxError
+	if errors.As(err, &te) {
+		err = te.Err // one transaction: its error as it is
+	}
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	out, err := n.writeBatch(r.Context(), [][]wire.Op{ops})
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	s := out[0]
-	writeJSON(w, http.StatusOK, TxResult{Site: s.Site, Seq: s.Seq, Hash: s.Hash.String()})
+	writeJSON(w, http.StatusOK, out[0])
 }
 
 func (n *Node) postBatch(w http.ResponseWriter, r *http.Request) {
-	var req BatchRequest
+	var req api.BatchRequest
 	if err := decodeBody(w, r, maxBatchBody, &req); err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	if len(req.Transactions) == 0 {
-		n.writeErr(w, badRequest("the batch holds no transactions"))
-		return
-	}
-	if len(req.Transactions) > maxBatchTxs {
-		n.writeErr(w, tooLarge("the batch holds %d transactions, the limit is %d", len(req.Transactions), maxBatchTxs))
-		return
-	}
-	txs := make([][]wire.Op, len(req.Transactions))
-	for i, t := range req.Transactions {
-		ops, err := n.ownOps(t)
-		if err != nil {
-			n.writeErr(w, fmt.Errorf("transaction %d: %w", i+1, err))
-			return
-		}
-		txs[i] = ops
-	}
-	out, err := n.writeBatch(r.Context(), txs)
+	out, err := n.Write(r.Context(), req.Transactions)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
+	writeJSON(w, http.StatusOK, api.BatchResult{Transactions: len(out), LastSeq: out[len(out)-1].Seq})
 }
 
 func (n *Node) getRecord(w http.ResponseWriter, r *http.Request) {
-	table, key := r.PathValue("table"), r.PathValue("key")
-	rec, ok, err := n.state.Get(table, key)
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	if !ok {
-		n.writeErr(w, newAPIError(http.StatusNotFound, codeNotFound, nil, "no record %q in table %q", key, table))
-		return
-	}
-	writeJSON(w, http.StatusOK, recordJSON(rec))
+	rec, err := n.Get(r.Context(), r.PathValue("table"), r.PathValue("key"))
+	n.answer(w, rec, err)
 }
 
-func intParam(r *http.Request, name string, def, max int) (int, error) {
+// intParam reads a positive number from the query (def when absent).
+func intParam(r *http.Request, name string, def int) (int, error) {
 	v := r.URL.Query().Get(name)
 	if v == "" {
 		return def, nil
@@ -254,159 +222,75 @@ func intParam(r *http.Request, name string, def, max int) (int, error) {
 	if err != nil || i < 1 {
 		return 0, badRequest("%s=%q is not a positive number", name, v)
 	}
-	return min(i, max), nil
+	return i, nil
+}
+
+// uintParam reads a cursor or an event ID from the query (0 when absent).
+func uintParam(r *http.Request, name, what string) (uint64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	u, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, badRequest("%s=%q is not %s", name, v, what)
+	}
+	return u, nil
 }
 
 func (n *Node) listRecords(w http.ResponseWriter, r *http.Request) {
-	limit, err := intParam(r, "limit", defaultListN, maxListLimit)
+	limit, err := intParam(r, "limit", 0)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	recs, err := n.state.List(r.PathValue("table"), r.URL.Query().Get("after"), limit+1)
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	res := ListResult{Records: make([]RecordJSON, 0, len(recs))}
-	if len(recs) > limit {
-		recs = recs[:limit]
-		next := recs[limit-1].Key
-		res.Next = &next
-	}
-	for _, rec := range recs {
-		j := recordJSON(rec)
-		j.Table, j.Version = "", nil
-		res.Records = append(res.Records, j)
-	}
-	writeJSON(w, http.StatusOK, res)
+	res, err := n.List(r.Context(), r.PathValue("table"), r.URL.Query().Get("after"), limit)
+	n.answer(w, res, err)
 }
 
 func (n *Node) getChanges(w http.ResponseWriter, r *http.Request) {
-	limit, err := intParam(r, "limit", defaultListN, maxListLimit)
+	limit, err := intParam(r, "limit", 0)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	var after uint64
-	if v := r.URL.Query().Get("after"); v != "" {
-		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
-			n.writeErr(w, badRequest("after=%q is not a cursor (a number from a previous answer's \"next\")", v))
-			return
-		}
-	}
-	chs, next, err := n.state.Changes(after, limit)
+	after, err := uintParam(r, "after", `a cursor (a number from a previous answer's "next")`)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	st, err := n.state.Stats()
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	res := ChangesResult{Changes: make([]ChangeJSON, 0, len(chs)), Next: next, Cleared: st.ClearedAt}
-	for _, c := range chs {
-		res.Changes = append(res.Changes, ChangeJSON{Cursor: c.Cursor, RecordJSON: recordJSON(c.Record)})
-	}
-	writeJSON(w, http.StatusOK, res)
+	res, err := n.Changes(r.Context(), after, limit)
+	n.answer(w, res, err)
 }
 
 func (n *Node) getDigest(w http.ResponseWriter, r *http.Request) {
-	d, err := n.state.Digest()
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, DigestResult{Digest: d.String()})
+	d, err := n.Digest(r.Context())
+	n.answer(w, api.DigestResult{Digest: d}, err)
 }
 
 func (n *Node) getConflicts(w http.ResponseWriter, r *http.Request) {
-	limit, err := intParam(r, "limit", defaultListN, maxListLimit)
+	limit, err := intParam(r, "limit", 0)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	cs, err := n.state.Conflicts(limit)
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	res := ConflictsResult{Conflicts: n.refusedConflicts(r.Context(), limit)}
-	for _, c := range cs {
-		res.Conflicts = append(res.Conflicts, conflictJSON(c))
-	}
-	writeJSON(w, http.StatusOK, res)
+	res, err := n.Conflicts(r.Context(), limit)
+	n.answer(w, res, err)
 }
 
 func (n *Node) getSettings(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, n.currentSettings())
-}
-
-func (n *Node) currentSettings() Settings {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	cc := n.settings.ConnectivityCheck
-	return Settings{SyncInterval: time.Duration(n.settings.SyncInterval).String(), ConnectivityCheck: &cc, LogLevel: n.settings.LogLevel}
+	s, err := n.Settings(r.Context())
+	n.answer(w, s, err)
 }
 
 func (n *Node) putSettings(w http.ResponseWriter, r *http.Request) {
-	var req Settings
+	var req api.Settings
 	if err := decodeBody(w, r, maxTxBody, &req); err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	select { // one change at a time, saved before it takes effect
-	case n.settingsTurn <- struct{}{}:
-	case <-r.Context().Done():
-		n.writeErr(w, r.Context().Err())
-		return
-	}
-	next, err := n.changeSettings(req)
-	<-n.settingsTurn
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	// The sync loop reads the interval from the settings: events that
-	// overtake each other still leave it at the last one saved.
-	n.sync.post(r.Context(), syncEvent{kind: "interval"})
-	n.events.emit(EvSettings, n.currentSettings())
-	n.log.Info("settings changed", "sync_interval", time.Duration(next.SyncInterval).String(), "connectivity_check", next.ConnectivityCheck, "log_level", next.LogLevel)
-	writeJSON(w, http.StatusOK, n.currentSettings())
-}
-
-// changeSettings applies a change of the settings, saved to ppsync.toml
-// first; the caller holds the settings' turn.
-func (n *Node) changeSettings(req Settings) (Config, error) {
-	next := n.currentConfig()
-	if req.SyncInterval != "" {
-		if err := next.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
-			return next, badRequest("sync_interval: %v", err)
-		}
-	}
-	if req.ConnectivityCheck != nil {
-		next.ConnectivityCheck = *req.ConnectivityCheck
-	}
-	if req.LogLevel != "" {
-		next.LogLevel = req.LogLevel
-	}
-	if err := next.Validate(); err != nil {
-		return next, err // a bad setting: 400
-	}
-	if err := SaveConfig(next); err != nil { // outside n.mu: status and the page go on meanwhile
-		return next, err
-	}
-	n.mu.Lock()
-	n.settings = next
-	n.mu.Unlock()
-	if n.cfg.Level != nil {
-		var l slog.Level
-		if l.UnmarshalText([]byte(next.LogLevel)) == nil {
-			n.cfg.Level.Set(l)
-		}
-	}
-	return next, nil
+	s, err := n.SetSettings(r.Context(), req)
+	n.answer(w, s, err)
 }
 
 func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {
@@ -415,162 +299,32 @@ func (n *Node) postInstall(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, readLimited(err))
 		return
 	}
-	res, err := installFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
-	if err != nil {
-		n.writeErr(w, installError(err))
-		return
-	}
-	res.Running = true
-	if res.Changed {
-		// Spread it: peers hear of it now, and peers it ends are cut off.
-		n.goTracked(n.mesh.DocumentsUpdated)
-	}
-	n.events.emit(EvInstalled, res)
-	n.log.Info("installed", "kind", res.Installed, "site", res.Site, "epoch", res.Epoch, "changed", res.Changed)
-	writeJSON(w, http.StatusOK, res)
+	res, err := n.Install(r.Context(), data)
+	n.answer(w, res, err)
 }
 
 func (n *Node) getLog(w http.ResponseWriter, r *http.Request) {
-	limit, err := intParam(r, "limit", defaultLogN, maxListLimit)
+	limit, err := intParam(r, "limit", 0)
 	if err != nil {
 		n.writeErr(w, err)
 		return
 	}
-	sites := []string{}
-	if s := r.URL.Query().Get("site"); s != "" {
-		sites = append(sites, s)
-	} else {
-		for s := range n.txlog.Heads() {
-			sites = append(sites, s)
-		}
-	}
-	var all []EntryJSON
-	for _, s := range sites {
-		h := n.txlog.Head(s)
-		from := uint64(1)
-		if h.Seq > uint64(limit) {
-			from = h.Seq - uint64(limit) + 1
-		}
-		es, err := n.txlog.Range(s, from, limit)
-		if err != nil {
-			n.writeErr(w, err)
-			return
-		}
-		for _, e := range es {
-			all = append(all, entryJSON(e))
-		}
-	}
-	sortEntries(all)
-	if len(all) > limit {
-		all = all[len(all)-limit:]
-	}
-	if all == nil {
-		all = []EntryJSON{}
-	}
-	writeJSON(w, http.StatusOK, LogResult{Entries: all})
+	res, err := n.Log(r.Context(), r.URL.Query().Get("site"), limit)
+	n.answer(w, res, err)
 }
 
 func (n *Node) getStatus(w http.ResponseWriter, r *http.Request) {
-	st, err := n.Status()
-	if err != nil {
-		n.writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
-}
-
-// Status reports the node's state (GET /v1/status, `ppsync status`).
-func (n *Node) Status() (Status, error) { return n.statusOf(n.sync.peers()) }
-
-// statusOf builds the status from an already computed list of peers (the
-// metrics collector needs both and computes the peers once).
-func (n *Node) statusOf(peers []PeerJSON) (Status, error) {
-	s := Status{
-		Site: n.id.Site, Role: string(n.id.Role), PeerID: n.id.PeerID, Version: n.cfg.Version,
-		FamilyID: n.id.FamilyID, FamilyName: n.roster.Info().Name, Epoch: n.cert.Epoch,
-		Frontier: n.txlog.Frontier(), Forks: []ForkJSON{}, StartedAt: n.start.UTC(),
-		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
-	}
-	cfg := n.currentConfig()
-	if n.id.Role == family.RoleSite { // own entries no other member is known to hold
-		s.Pending = beyond(n.txlog.Head(n.id.Site).Seq, n.sync.mostHeld(n.id.Site))
-	}
-	versions := map[string][]string{}
-	for _, p := range peers {
-		if p.Connected {
-			s.Peers++
-		}
-		if p.Version != "" && p.Version != n.cfg.Version {
-			versions[p.Version] = append(versions[p.Version], p.Site)
-		}
-		if p.ClockSkew != "" {
-			s.Warnings = append(s.Warnings, fmt.Sprintf("the clock of %s differs from this machine's by %s: check both machines' time settings", p.Site, p.ClockSkew))
-		}
-	}
-	if len(versions) > 0 {
-		s.VersionMismatch = true
-		msg := fmt.Sprintf("systems are on different versions: this node runs %s", n.cfg.Version)
-		for v, sites := range versions {
-			msg += fmt.Sprintf("; %s run%s %s", strings.Join(sites, ", "), map[bool]string{true: "s", false: ""}[len(sites) == 1], v)
-		}
-		s.Warnings = append(s.Warnings, msg)
-	}
-	s.Bootstrap = n.bootstrapStatus()
-	switch {
-	case s.Peers > 0:
-		s.Online = true
-	case !cfg.ConnectivityCheck:
-		s.Online, s.OfflineReason = true, "connectivity check is off: no family member is connected right now"
-	default:
-		s.OfflineReason = offlineReason(n.cfg.Now(), n.id.Role == family.RoleRelay, n.mesh.Peers(), s.Bootstrap)
-	}
-	if last := n.sync.lastSyncTime(); !last.IsZero() {
-		t := last.UTC()
-		s.LastSync = &t
-	}
-	s.SyncInterval = n.currentSettings().SyncInterval
-	for _, f := range n.txlog.Forks() {
-		s.Forks = append(s.Forks, ForkJSON{Site: f.Site, Seq: f.Seq, Held: f.Held.String(), Offered: f.Offered.String()})
-	}
-	for _, d := range n.sync.duplicates() {
-		s.Warnings = append(s.Warnings, fmt.Sprintf("two copies of site %s are running at once (a copied data directory or a cloned machine): they split the practice's data; stop one and ask support", d))
-	}
-	for _, f := range s.Forks {
-		s.Warnings = append(s.Warnings, fmt.Sprintf("fork: site %s wrote two different entries at seq %d (two copies of one site are writing); its later entries are quarantined until support resolves it", f.Site, f.Seq))
-	}
-	if n.id.Role == family.RoleSite {
-		s.Writable = true
-		if err := n.writeBlocked(); err != nil {
-			s.Writable, s.WriteBlocked = false, err.Error()
-		}
-	} else {
-		s.WriteBlocked = "relay: writes no transactions of its own"
-	}
-	st, err := n.state.Stats()
-	if err != nil {
-		return s, err
-	}
-	s.Records, s.Conflicts = st.Records, st.Conflicts
-	if s.Held, err = n.txlog.Held(); err != nil {
-		return s, err
-	}
-	if s.Held > 0 {
-		s.Warnings = append(s.Warnings, fmt.Sprintf("%d entries wait to be applied: they were written by a newer ppsync or a newer version of the practice software (schema version above this site's %d); they are applied once this site is upgraded, nothing is lost", s.Held, n.appVersion()))
-	}
-	return s, nil
+	st, err := n.Status(r.Context())
+	n.answer(w, st, err)
 }
 
 func (n *Node) getPeers(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"peers": n.sync.peers()})
-}
-
-// SyncRequest is the body of POST /v1/sync.
-type SyncRequest struct {
-	Wait string `json:"wait,omitempty"` // e.g. "30s": wait for every member to catch up
+	ps, err := n.Peers(r.Context())
+	n.answer(w, api.PeersResult{Peers: ps}, err)
 }
 
 func (n *Node) postSync(w http.ResponseWriter, r *http.Request) {
-	var req SyncRequest
+	var req api.SyncRequest
 	if r.ContentLength != 0 {
 		if err := decodeBody(w, r, maxTxBody, &req); err != nil {
 			n.writeErr(w, err)
@@ -580,14 +334,14 @@ func (n *Node) postSync(w http.ResponseWriter, r *http.Request) {
 	var wait time.Duration
 	if req.Wait != "" {
 		d, err := time.ParseDuration(req.Wait)
-		if err != nil || d < 0 || d > time.Hour {
+		if err != nil || d < 0 || d > maxSyncWait {
 			n.writeErr(w, badRequest("wait=%q is not a duration between 0 and 1h (like 30s)", req.Wait))
 			return
 		}
 		wait = d
 	}
-	n.events.emit(EvSyncNow, map[string]any{"wait": wait.String()})
-	writeJSON(w, http.StatusOK, n.sync.syncNow(r.Context(), wait))
+	rc, err := n.SyncNow(r.Context(), wait)
+	n.answer(w, rc, err)
 }
 
 // writeBatch commits own transactions (one entry each, all or none), then
@@ -608,13 +362,8 @@ func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*
 // compressed batches, once a heartbeat shows this site's log ahead; queued
 // for gossip, thousands of large entries would wait in memory.
 func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
-	if err := n.writeBlocked(); err != nil {
+	if err := n.writeBlockedFor(opsSize(txs)); err != nil {
 		return nil, err
-	}
-	if n.id.Role == family.RoleSite {
-		if err := n.checkSpaceFor(opsSize(txs)); err != nil {
-			return nil, err
-		}
 	}
 	out, err := n.txlog.WriteLoad(ctx, txs, loads, extra)
 	if err != nil {

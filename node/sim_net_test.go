@@ -123,7 +123,7 @@ func (fx *simFx) Probe(a engine.Probe) {
 		f, heads := w.headsOf(p)
 		w.send(p, n, func(_ *simConn, _ bool) {
 			if n.inc == inc {
-				w.drive(n, engine.Heartbeat{Now: w.clock(), Peer: p.id, Frontier: f, Heads: heads}, nil)
+				w.drive(n, engine.NewHeartbeat(n.store, w.clock(), p.id, f, heads), nil)
 			}
 		})
 	})
@@ -352,7 +352,7 @@ func (w *simWorld) heartbeat(n *simNode) {
 	f, heads := w.headsOf(n)
 	for _, p := range w.peersOf(n) {
 		w.send(n, p, func(_ *simConn, _ bool) {
-			w.drive(p, engine.Heartbeat{Now: w.clock(), Peer: n.id, Frontier: f, Heads: heads}, nil)
+			w.drive(p, engine.NewHeartbeat(p.store, w.clock(), n.id, f, heads), nil)
 		})
 	}
 }

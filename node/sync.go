@@ -501,7 +501,7 @@ func (s *syncer) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 	if skewed(skew) && !wasSkewed {
 		s.n.log.Warn("clock skew with a member", "site", hb.Site, "skew", skew.Round(time.Second))
 	}
-	s.drive(s.n.ctx, engine.Heartbeat{Now: now, Peer: from.String(), Frontier: hb.Frontier, Heads: hb.Heads})
+	s.drive(s.n.ctx, engine.NewHeartbeat(engineLog{s.n.txlog}, now, from.String(), hb.Frontier, hb.Heads))
 }
 
 // Duplicate is the mesh.Handler side: two processes run one member's identity.

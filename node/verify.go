@@ -9,6 +9,7 @@ import (
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/lock"
+	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -33,7 +34,7 @@ func Verify(ctx context.Context, dataDir string, progress func(stage string, don
 	if progress == nil {
 		progress = func(string, uint64, uint64) {}
 	}
-	if _, err := readIdentity(dataDir); err != nil {
+	if _, err := datadir.ReadIdentity(dataDir); err != nil {
 		return rep, err
 	}
 	lk, err := lock.Acquire(dataDir)
@@ -41,7 +42,7 @@ func Verify(ctx context.Context, dataDir string, progress func(stage string, don
 		return rep, err
 	}
 	defer lk.Release()
-	roster, err := loadRoster(dataDir)
+	roster, err := datadir.LoadRoster(dataDir)
 	if err != nil {
 		return rep, err
 	}

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Alerts: tell the practice when a site stops syncing.
@@ -51,7 +51,7 @@ Prints {"id":"..."} (and the webhook's signing secret, shown only here).`,
 				return err
 			}
 			defer cl.Close()
-			row, err := cl.AddAlert(c.ctx, node.AlertRequest{Site: site, Emails: emails, Webhook: webhook, Days: days, Hours: hours, TZ: tz, After: after, Remind: remind, Holidays: holidays})
+			row, err := cl.AddAlert(c.ctx, api.AlertRequest{Site: site, Emails: emails, Webhook: webhook, Days: days, Hours: hours, TZ: tz, After: after, Remind: remind, Holidays: holidays})
 			if err != nil {
 				return apiError(dir, err)
 			}
@@ -94,7 +94,7 @@ func alertsListCommand() *command {
 	}
 }
 
-func printAlerts(c *cli, res node.AlertsResult) {
+func printAlerts(c *cli, res api.AlertsResult) {
 	fmt.Fprintf(c.stdout, "Mail server: %s\n", res.SMTP)
 	if len(res.Alerts) == 0 {
 		fmt.Fprintln(c.stdout, "No alert rules. Add one with `ppsync alerts add`.")
@@ -146,7 +146,7 @@ func printAlerts(c *cli, res node.AlertsResult) {
 	}
 }
 
-func alertsIDCommand(name, summary string, run func(c *cli, cl *node.Client, dir, id string) error) *command {
+func alertsIDCommand(name, summary string, run func(c *cli, cl *api.Client, dir, id string) error) *command {
 	var data string
 	return &command{
 		name:     "alerts " + name,
@@ -169,7 +169,7 @@ func alertsIDCommand(name, summary string, run func(c *cli, cl *node.Client, dir
 }
 
 func alertsRemoveCommand() *command {
-	return alertsIDCommand("remove", "delete an alert rule", func(c *cli, cl *node.Client, dir, id string) error {
+	return alertsIDCommand("remove", "delete an alert rule", func(c *cli, cl *api.Client, dir, id string) error {
 		if err := cl.RemoveAlert(c.ctx, id); err != nil {
 			return apiError(dir, err)
 		}
@@ -179,7 +179,7 @@ func alertsRemoveCommand() *command {
 }
 
 func alertsTestCommand() *command {
-	return alertsIDCommand("test", "send a test message of a rule now, on every channel", func(c *cli, cl *node.Client, dir, id string) error {
+	return alertsIDCommand("test", "send a test message of a rule now, on every channel", func(c *cli, cl *api.Client, dir, id string) error {
 		res, err := cl.TestAlert(c.ctx, id)
 		if err != nil {
 			return apiError(dir, err)

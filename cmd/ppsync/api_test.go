@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // fakeNode is an in-memory stand-in for a running node's API, enough to
@@ -27,7 +27,7 @@ type fakeNode struct {
 	seq      uint64
 	records  map[string]map[string]map[string]any // table -> key -> fields
 	batches  int
-	settings node.Settings
+	settings api.Settings
 	install  []byte
 }
 
@@ -38,7 +38,7 @@ func newFakeNode(t *testing.T) *fakeNode {
 	f := &fakeNode{dir: t.TempDir(), records: map[string]map[string]map[string]any{}}
 	f.Server = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.Close)
-	rt, _ := json.Marshal(node.Runtime{PID: os.Getpid(), API: f.URL, Addrs: []string{}})
+	rt, _ := json.Marshal(api.Runtime{PID: os.Getpid(), API: f.URL, Addrs: []string{}})
 	if err := os.WriteFile(filepath.Join(f.dir, "runtime.json"), rt, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -50,10 +50,10 @@ func newFakeNode(t *testing.T) *fakeNode {
 
 func fail(w http.ResponseWriter, status int, code, msg string) {
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(node.APIError{Error: msg, Code: code})
+	json.NewEncoder(w).Encode(api.APIError{Error: msg, Code: code})
 }
 
-func (f *fakeNode) apply(tx node.TxRequest) error {
+func (f *fakeNode) apply(tx api.TxRequest) error {
 	if len(tx.Ops) == 0 {
 		return fmt.Errorf("a transaction needs at least one operation")
 	}
@@ -97,12 +97,12 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == "GET" && r.URL.Path == "/v1/status":
 		last := time.Now().Add(-90 * time.Second)
-		enc.Encode(node.Status{Site: "clinic-a", Role: "site", PeerID: "12D3KooW", Version: "1.2.3", FamilyName: "Smile",
+		enc.Encode(api.Status{Site: "clinic-a", Role: "site", PeerID: "12D3KooW", Version: "1.2.3", FamilyName: "Smile",
 			FamilyID: strings.Repeat("ab", 32), Online: true, Frontier: map[string]uint64{"clinic-a": f.seq, "clinic-b": 7},
-			Peers: 2, Forks: []node.ForkJSON{{Site: "clinic-b", Seq: 5, Held: "aaaaaaaaaa", Offered: "bbbbbbbbbb"}},
+			Peers: 2, Forks: []api.ForkJSON{{Site: "clinic-b", Seq: 5, Held: "aaaaaaaaaa", Offered: "bbbbbbbbbb"}},
 			LastSync: &last, Records: 3, Writable: true, SyncInterval: "30s"})
 	case r.Method == "POST" && r.URL.Path == "/v1/transactions":
-		var tx node.TxRequest
+		var tx api.TxRequest
 		if err := dec.Decode(&tx); err != nil {
 			fail(w, 400, "bad_request", err.Error())
 			return
@@ -111,9 +111,9 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 			fail(w, 400, "bad_request", err.Error())
 			return
 		}
-		enc.Encode(node.TxResult{Site: "clinic-a", Seq: f.seq, Hash: "00"})
+		enc.Encode(api.TxResult{Site: "clinic-a", Seq: f.seq, Hash: "00"})
 	case r.Method == "POST" && r.URL.Path == "/v1/transactions/batch":
-		var b node.BatchRequest
+		var b api.BatchRequest
 		if err := dec.Decode(&b); err != nil {
 			fail(w, 400, "bad_request", "the batch is not valid JSON: "+err.Error())
 			return
@@ -137,14 +137,14 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		f.batches++
-		enc.Encode(node.BatchResult{Transactions: len(b.Transactions), LastSeq: f.seq})
+		enc.Encode(api.BatchResult{Transactions: len(b.Transactions), LastSeq: f.seq})
 	case r.Method == "GET" && len(parts) == 3 && parts[0] == "records":
 		fields, ok := f.records[parts[1]][parts[2]]
 		if !ok {
 			fail(w, 404, "not_found", "no such record")
 			return
 		}
-		enc.Encode(node.RecordJSON{Table: parts[1], Key: parts[2], Fields: fields})
+		enc.Encode(api.RecordJSON{Table: parts[1], Key: parts[2], Fields: fields})
 	case r.Method == "GET" && len(parts) == 2 && parts[0] == "records":
 		var keys []string
 		after := r.URL.Query().Get("after")
@@ -154,7 +154,7 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		sort.Strings(keys)
-		res := node.ListResult{Records: []node.RecordJSON{}}
+		res := api.ListResult{Records: []api.RecordJSON{}}
 		const page = 2 // small pages, so the command must follow "next"
 		for i, k := range keys {
 			if i == page {
@@ -162,22 +162,22 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 				res.Next = &next
 				break
 			}
-			res.Records = append(res.Records, node.RecordJSON{Key: k, Fields: f.records[parts[1]][k]})
+			res.Records = append(res.Records, api.RecordJSON{Key: k, Fields: f.records[parts[1]][k]})
 		}
 		enc.Encode(res)
 	case r.Method == "GET" && r.URL.Path == "/v1/digest":
-		enc.Encode(node.DigestResult{Digest: "d1g357"})
+		enc.Encode(api.DigestResult{Digest: "d1g357"})
 	case r.Method == "GET" && r.URL.Path == "/v1/log":
 		at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-		enc.Encode(node.LogResult{Entries: []node.EntryJSON{{Site: "clinic-a", Seq: 1, Hash: "0123456789abcdef", Time: at,
-			Ops: []node.OpJSON{{Op: "put", Table: "patients", Key: "p1", Fields: map[string]any{"name": "Ada", "dob": "1815"}}, {Op: "delete", Table: "patients", Key: "p2"}}}}})
+		enc.Encode(api.LogResult{Entries: []api.EntryJSON{{Site: "clinic-a", Seq: 1, Hash: "0123456789abcdef", Time: at,
+			Ops: []api.OpJSON{{Op: "put", Table: "patients", Key: "p1", Fields: map[string]any{"name": "Ada", "dob": "1815"}}, {Op: "delete", Table: "patients", Key: "p2"}}}}})
 	case r.Method == "GET" && r.URL.Path == "/v1/conflicts":
 		at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-		enc.Encode(node.ConflictsResult{Conflicts: []node.ConflictJSON{{ID: 1, Table: "patients", Key: "p1", Field: "phone",
-			Incoming: node.ConflictSideJSON{Site: "clinic-b", Seq: 4, Time: at, Value: "555-1234"},
-			Existing: node.ConflictSideJSON{Site: "clinic-a", Seq: 9, Time: at, Value: "555-9999"}, Winner: "clinic-b#4"}}})
+		enc.Encode(api.ConflictsResult{Conflicts: []api.ConflictJSON{{ID: 1, Table: "patients", Key: "p1", Field: "phone",
+			Incoming: api.ConflictSideJSON{Site: "clinic-b", Seq: 4, Time: at, Value: "555-1234"},
+			Existing: api.ConflictSideJSON{Site: "clinic-a", Seq: 9, Time: at, Value: "555-9999"}, Winner: "clinic-b#4"}}})
 	case r.Method == "PUT" && r.URL.Path == "/v1/settings":
-		var s node.Settings
+		var s api.Settings
 		dec.Decode(&s)
 		if s.SyncInterval != "" {
 			f.settings.SyncInterval = s.SyncInterval
@@ -188,7 +188,7 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 		enc.Encode(f.settings)
 	case r.Method == "POST" && r.URL.Path == "/v1/install":
 		f.install, _ = io.ReadAll(r.Body)
-		enc.Encode(node.InstallResult{Installed: "certificate", Site: "clinic-a", Epoch: 2, Changed: true, Running: true})
+		enc.Encode(api.InstallResult{Installed: "certificate", Site: "clinic-a", Epoch: 2, Changed: true, Running: true})
 	default:
 		fail(w, 404, "not_found", "no such endpoint")
 	}
@@ -246,7 +246,7 @@ func TestInspectCommands(t *testing.T) {
 	f := newFakeNode(t)
 	r := ppsync(t, "", nil, "status", "--data", f.dir, "--json")
 	r.want(t, exitOK)
-	var st node.Status
+	var st api.Status
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Site != "clinic-a" || st.Frontier["clinic-b"] != 7 {
 		t.Errorf("status --json: %q (%v)", r.stdout, err)
 	}
@@ -270,7 +270,7 @@ func TestInspectCommands(t *testing.T) {
 	}
 	r = ppsync(t, "", nil, "log", "--data", f.dir, "--json", "--site", "clinic-a")
 	r.want(t, exitOK)
-	var e node.EntryJSON
+	var e api.EntryJSON
 	if err := json.Unmarshal([]byte(r.stdout), &e); err != nil || e.Seq != 1 || len(e.Ops) != 2 {
 		t.Errorf("log --json: %q (%v)", r.stdout, err)
 	}
@@ -282,7 +282,7 @@ func TestInspectCommands(t *testing.T) {
 	}
 	r = ppsync(t, "", nil, "conflicts", "--data", f.dir, "--json")
 	r.want(t, exitOK)
-	var cf node.ConflictJSON
+	var cf api.ConflictJSON
 	if err := json.Unmarshal([]byte(r.stdout), &cf); err != nil || cf.Winner != "clinic-b#4" {
 		t.Errorf("conflicts --json: %q (%v)", r.stdout, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Control commands: set, verify, and the mesh commands this build does not
@@ -67,14 +68,14 @@ func setCommand() *command {
 
 // parseSetting checks a setting and its value, and returns the change to
 // send and how to show the setting's new value.
-func parseSetting(cmd *command, name, value string) (node.Settings, func(node.Settings) string, error) {
+func parseSetting(cmd *command, name, value string) (api.Settings, func(api.Settings) string, error) {
 	switch name {
 	case "sync-interval":
 		d, err := time.ParseDuration(value)
 		if err != nil || d <= 0 {
-			return node.Settings{}, nil, usageErrorf(cmd.name, "sync-interval %q is not a positive duration (write it like 30s, 5m or 1h)", value)
+			return api.Settings{}, nil, usageErrorf(cmd.name, "sync-interval %q is not a positive duration (write it like 30s, 5m or 1h)", value)
 		}
-		return node.Settings{SyncInterval: d.String()}, func(s node.Settings) string { return s.SyncInterval }, nil
+		return api.Settings{SyncInterval: d.String()}, func(s api.Settings) string { return s.SyncInterval }, nil
 	case "connectivity-check":
 		var on bool
 		switch value {
@@ -82,9 +83,9 @@ func parseSetting(cmd *command, name, value string) (node.Settings, func(node.Se
 			on = true
 		case "off", "false", "no":
 		default:
-			return node.Settings{}, nil, usageErrorf(cmd.name, "connectivity-check is %q; it must be on or off", value)
+			return api.Settings{}, nil, usageErrorf(cmd.name, "connectivity-check is %q; it must be on or off", value)
 		}
-		return node.Settings{ConnectivityCheck: &on}, func(s node.Settings) string {
+		return api.Settings{ConnectivityCheck: &on}, func(s api.Settings) string {
 			if s.ConnectivityCheck == nil {
 				return "?"
 			}
@@ -95,11 +96,11 @@ func parseSetting(cmd *command, name, value string) (node.Settings, func(node.Se
 		}, nil
 	case "log-level":
 		if _, err := parseLevel(value); err != nil {
-			return node.Settings{}, nil, usageErrorf(cmd.name, "log-level is %q; it must be debug, info, warn or error", value)
+			return api.Settings{}, nil, usageErrorf(cmd.name, "log-level is %q; it must be debug, info, warn or error", value)
 		}
-		return node.Settings{LogLevel: value}, func(s node.Settings) string { return s.LogLevel }, nil
+		return api.Settings{LogLevel: value}, func(s api.Settings) string { return s.LogLevel }, nil
 	}
-	return node.Settings{}, nil, usageErrorf(cmd.name, "unknown setting %q; the settings are %s", name, settingNames)
+	return api.Settings{}, nil, usageErrorf(cmd.name, "unknown setting %q; the settings are %s", name, settingNames)
 }
 
 func verifyCommand() *command {
@@ -373,7 +374,7 @@ sites have converged (1 if they do not).`,
 			}
 			ctx, stop := c.notify(c.ctx) // Ctrl-C ends the demo cleanly
 			defer stop()
-			if err := node.RunDemo(ctx, node.DemoOptions{Dir: dir, NoWait: noWait, Out: c.stdout, Version: version, Env: c.getenv}); err != nil {
+			if err := runDemo(ctx, demoOptions{Dir: dir, NoWait: noWait, Out: c.stdout, Version: version, Env: c.getenv}); err != nil {
 				return err
 			}
 			return nil

@@ -10,7 +10,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Data commands: put, delete, get, list, digest (import is in import.go).
@@ -40,7 +40,7 @@ transaction, durable before the command answers. Example:
 			if err != nil {
 				return err
 			}
-			return c.transact(dir, node.OpJSON{Op: "put", Table: pos[0], Key: pos[1], Fields: fields})
+			return c.transact(dir, api.OpJSON{Op: "put", Table: pos[0], Key: pos[1], Fields: fields})
 		},
 	}
 }
@@ -57,19 +57,19 @@ func deleteCommand() *command {
 			if err != nil {
 				return err
 			}
-			return c.transact(dir, node.OpJSON{Op: "delete", Table: pos[0], Key: pos[1]})
+			return c.transact(dir, api.OpJSON{Op: "delete", Table: pos[0], Key: pos[1]})
 		},
 	}
 }
 
 // transact commits one operation and prints {"site":"...","seq":N}.
-func (c *cli) transact(dir string, op node.OpJSON) error {
+func (c *cli) transact(dir string, op api.OpJSON) error {
 	cl, err := c.client(dir)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	res, err := cl.Transact(c.ctx, node.TxRequest{Ops: []node.OpJSON{op}})
+	res, err := cl.Transact(c.ctx, api.TxRequest{Ops: []api.OpJSON{op}})
 	if err != nil {
 		return apiError(dir, err)
 	}
@@ -170,7 +170,7 @@ func getCommand() *command {
 			}
 			defer cl.Close()
 			rec, err := cl.Get(c.ctx, pos[0], pos[1])
-			if errors.Is(err, node.ErrNotFound) {
+			if errors.Is(err, api.ErrNotFound) {
 				return &exitCodeError{code: exitError, msg: fmt.Sprintf("no record %s in table %s", pos[1], pos[0])}
 			}
 			if err != nil {

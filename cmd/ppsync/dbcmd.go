@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 func dbCommand() *command {
@@ -46,7 +46,7 @@ func dbStatusCommand() *command {
 	}
 }
 
-func printDBStatus(c *cli, st node.DBStatus) {
+func printDBStatus(c *cli, st api.DBStatus) {
 	tw := newTable(c.stdout)
 	defer tw.Flush()
 	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, args...)...) }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Exit codes of the command-line contract.
@@ -103,7 +104,7 @@ func exitCode(err error) int {
 		return ec.code
 	case errors.As(err, &ue), errors.Is(err, flag.ErrHelp):
 		return exitUsage
-	case errors.As(err, &nr), errors.Is(err, node.ErrNotRunning):
+	case errors.As(err, &nr), errors.Is(err, api.ErrNotRunning):
 		return exitNotRunning
 	case errors.Is(err, node.ErrLocked):
 		return exitLocked

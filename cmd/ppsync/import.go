@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/internal/wire"
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Import limits. A chunk is one batch request; the node takes at most
@@ -91,7 +91,7 @@ Progress is shown on stderr every 2 seconds when stderr is a terminal, or with -
 // request in flight at a time, so chunks commit in file order).
 type importer struct {
 	ctx      context.Context
-	send     func(context.Context, []byte) (node.BatchResult, error)
+	send     func(context.Context, []byte) (api.BatchResult, error)
 	dir      string
 	name     string // the input, for errors
 	now      func() time.Time
@@ -117,7 +117,7 @@ type importChunk struct {
 }
 
 type importOutcome struct {
-	res node.BatchResult
+	res api.BatchResult
 	err error
 }
 
@@ -294,12 +294,12 @@ func (imp *importer) fail(err error) (importResult, error) {
 		lines = fmt.Sprintf("line %d", ch.first)
 	}
 	before := importedBefore(imp.done, fmt.Sprintf("line %d", ch.first))
-	if errors.Is(err, node.ErrNotRunning) {
+	if errors.Is(err, api.ErrNotRunning) {
 		return importResult{}, &exitCodeError{code: exitNotRunning,
 			msg: fmt.Sprintf("the node on %s stopped answering while importing %s (none of them was imported); %s; start it with `ppsync run --data %s` and resume from line %d",
 				imp.dir, lines, before, imp.dir, ch.first)}
 	}
-	var se *node.APIStatusError
+	var se *api.APIStatusError
 	if !errors.As(err, &se) {
 		return importResult{}, &exitCodeError{code: exitError,
 			msg: fmt.Sprintf("importing %s failed, and the node may or may not have committed them: %v; %s", lines, ce.err, before)}

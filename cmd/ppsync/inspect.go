@@ -8,7 +8,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Inspection commands: status, log, conflicts.
@@ -46,7 +46,7 @@ start sync). --json prints the object of GET /v1/status (see docs/api.md).`,
 }
 
 // writeStatus prints the status for people: warnings first, then aligned rows.
-func (c *cli) writeStatus(st node.Status) {
+func (c *cli) writeStatus(st api.Status) {
 	w := c.stdout
 	warns := statusWarnings(st)
 	for _, msg := range warns {
@@ -189,7 +189,7 @@ func flushOutput(w *bufio.Writer) error {
 }
 
 // opsSummary renders operations briefly: "put patients/p1 {dob,name}; delete patients/p2".
-func opsSummary(ops []node.OpJSON) string {
+func opsSummary(ops []api.OpJSON) string {
 	const show = 3
 	var b strings.Builder
 	for i, op := range ops {
@@ -271,8 +271,8 @@ have "refused" set).`,
 	}
 }
 
-func writeConflicts(w io.Writer, cs []node.ConflictJSON) {
-	var refused, concurrent []node.ConflictJSON
+func writeConflicts(w io.Writer, cs []api.ConflictJSON) {
+	var refused, concurrent []api.ConflictJSON
 	for _, cf := range cs {
 		if cf.Refused != "" {
 			refused = append(refused, cf)
@@ -344,12 +344,12 @@ type rowConflict struct {
 // rowConflicts gathers the field conflicts of one record between the same
 // two entries (two or more fields) into row conflicts, in the order of their
 // first field; the others are returned as they are.
-func rowConflicts(cs []node.ConflictJSON) ([]rowConflict, []node.ConflictJSON) {
+func rowConflicts(cs []api.ConflictJSON) ([]rowConflict, []api.ConflictJSON) {
 	type pair struct {
 		table, key, is, es string
 		iq, eq             uint64
 	}
-	groups := map[pair][]node.ConflictJSON{}
+	groups := map[pair][]api.ConflictJSON{}
 	var order []pair
 	for _, cf := range cs {
 		if cf.Field == "" || cf.Incoming.Deleted || cf.Existing.Deleted {
@@ -382,7 +382,7 @@ func rowConflicts(cs []node.ConflictJSON) ([]rowConflict, []node.ConflictJSON) {
 		rc.winner = rc.a.site
 		rows = append(rows, rc)
 	}
-	var rest []node.ConflictJSON
+	var rest []api.ConflictJSON
 	for _, cf := range cs {
 		if !inRow[cf.ID] {
 			rest = append(rest, cf)
@@ -391,7 +391,7 @@ func rowConflicts(cs []node.ConflictJSON) ([]rowConflict, []node.ConflictJSON) {
 	return rows, rest
 }
 
-func refusedSide(s node.ConflictSideJSON) string {
+func refusedSide(s api.ConflictSideJSON) string {
 	if s.Deleted {
 		return "(no row)"
 	}
@@ -402,7 +402,7 @@ func refusedSide(s node.ConflictSideJSON) string {
 	return v
 }
 
-func conflictSide(s node.ConflictSideJSON) string {
+func conflictSide(s api.ConflictSideJSON) string {
 	v := "deleted"
 	if !s.Deleted {
 		v = truncate(compactJSON(s.Value), 40)
@@ -413,7 +413,7 @@ func conflictSide(s node.ConflictSideJSON) string {
 // statusWarnings returns what status shows above everything else: the node's
 // own warnings (or, from a node that sends none, ones derived from the
 // status), then why writes are refused and what waits for an upgrade.
-func statusWarnings(st node.Status) []string {
+func statusWarnings(st api.Status) []string {
 	warns := slices.Clone(st.Warnings)
 	if len(warns) == 0 {
 		for _, f := range st.Forks {

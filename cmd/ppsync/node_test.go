@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -23,7 +24,7 @@ func TestExitCodes(t *testing.T) {
 		{nil, exitOK},
 		{errors.New("boom"), exitError},
 		{usageErrorf("put", "x"), exitUsage},
-		{fmt.Errorf("open: %w", node.ErrNotRunning), exitNotRunning},
+		{fmt.Errorf("open: %w", api.ErrNotRunning), exitNotRunning},
 		{&notRunningError{data: "d"}, exitNotRunning},
 		{fmt.Errorf("open: %w", node.ErrRefused), exitRefused},
 		{fmt.Errorf("open: %w", node.ErrLocked), exitLocked},
@@ -50,7 +51,7 @@ func TestWithRealNode(t *testing.T) {
 	ppsync(t, "", env, "family", "admit", "--dir", auth, "--request", filepath.Join(data, "join-request.json"), "--out", cert).want(t, exitOK)
 	r := ppsync(t, "", env, "install", "--data", data, cert, "--json")
 	r.want(t, exitOK)
-	var in node.InstallResult
+	var in api.InstallResult
 	if err := json.Unmarshal([]byte(r.stdout), &in); err != nil || !in.Changed || in.Running {
 		t.Fatalf("offline install printed %q (%v)", r.stdout, err)
 	}
@@ -112,13 +113,13 @@ func TestWithRealNode(t *testing.T) {
 	}
 	// A bad operation gets the same message from the node's API as from
 	// import's own check.
-	cl, err := node.NewClient(data)
+	cl, err := api.NewClient(data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
 	for _, c := range badImportOps {
-		var tx node.TxRequest
+		var tx api.TxRequest
 		dec := json.NewDecoder(strings.NewReader(`{"ops":` + c.ops + `}`))
 		dec.UseNumber()
 		if err := dec.Decode(&tx); err != nil {
@@ -140,7 +141,7 @@ func TestWithRealNode(t *testing.T) {
 	}
 	r = ppsync(t, "", env, "status", "--data", data, "--json")
 	r.want(t, exitOK)
-	var st node.Status
+	var st api.Status
 	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Site != "clinic-a" || st.Frontier["clinic-a"] != 2501 {
 		t.Errorf("status --json printed %q (%v)", r.stdout, err)
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/web"
 )
 
 // fakeLinkNode serves POST /v1/login-token like a node, for a data directory
@@ -26,11 +28,11 @@ func fakeLinkNode(t *testing.T) (data string, asked *int) {
 			return
 		}
 		*asked++
-		json.NewEncoder(w).Encode(node.LoginLink{URL: "http://" + r.Host + "/?token=T0KEN", Expires: time.Now().Add(node.LoginTokenTTL)})
+		json.NewEncoder(w).Encode(api.LoginLink{URL: "http://" + r.Host + "/?token=T0KEN", Expires: time.Now().Add(web.LoginTokenTTL)})
 	}))
 	t.Cleanup(srv.Close)
 	data = t.TempDir()
-	rt, _ := json.Marshal(node.Runtime{PID: os.Getpid(), API: srv.URL})
+	rt, _ := json.Marshal(api.Runtime{PID: os.Getpid(), API: srv.URL})
 	if err := os.WriteFile(filepath.Join(data, node.RuntimeFile), rt, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func TestOpenPrintsALoginLink(t *testing.T) {
 
 	r = ppsync(t, "", nil, "open", "--data", data, "--browser", "--json")
 	r.want(t, exitOK)
-	var l node.LoginLink
+	var l api.LoginLink
 	if err := json.Unmarshal([]byte(r.stdout), &l); err != nil || !strings.HasSuffix(l.URL, "/?token=T0KEN") || l.Expires.IsZero() {
 		t.Fatalf("open --json printed %q (%v)", r.stdout, err)
 	}

@@ -19,6 +19,8 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
 // Setting up and running a node: init, install, run.
@@ -137,8 +139,8 @@ gossips it to the family; a stopped node stores it for its next start. FILE - re
 			if err != nil {
 				return err
 			}
-			var res node.InstallResult
-			client, err := node.NewClient(dir)
+			var res api.InstallResult
+			client, err := api.NewClient(dir)
 			switch {
 			case err == nil:
 				defer client.Close()
@@ -146,11 +148,11 @@ gossips it to the family; a stopped node stores it for its next start. FILE - re
 				if err != nil {
 					return apiError(dir, err)
 				}
-			case errors.Is(err, node.ErrNotRunning):
+			case errors.Is(err, api.ErrNotRunning):
 				if _, serr := os.Stat(dir); serr != nil {
 					return fmt.Errorf("%s does not exist; set up the node first with `ppsync init --data %s ...`", dir, dir)
 				}
-				res, err = node.InstallOffline(dir, file)
+				res, err = datadir.InstallOffline(dir, file)
 				if err != nil {
 					return err
 				}
@@ -353,7 +355,7 @@ func newLogger(w io.Writer, format string, level slog.Leveler) *slog.Logger {
 // apiError turns a client error into the CLI's: a node that stopped answering
 // is "not running" (exit 3); anything else is printed as it is.
 func apiError(dataDir string, err error) error {
-	if errors.Is(err, node.ErrNotRunning) {
+	if errors.Is(err, api.ErrNotRunning) {
 		return &notRunningError{data: dataDir, reason: err}
 	}
 	return err
@@ -361,7 +363,7 @@ func apiError(dataDir string, err error) error {
 
 // dataClient resolves the --data directory and connects to the node running
 // there: the start of every command that talks to a running node.
-func (c *cli) dataClient(cmd *command, flagValue string) (string, *node.Client, error) {
+func (c *cli) dataClient(cmd *command, flagValue string) (string, *api.Client, error) {
 	dir, err := c.dataDir(cmd, flagValue)
 	if err != nil {
 		return "", nil, err
@@ -375,7 +377,7 @@ func (c *cli) dataClient(cmd *command, flagValue string) (string, *node.Client, 
 
 // noArgsClient reads the flags of a command that takes no arguments and
 // returns its data directory and a client of the node running there.
-func (c *cli) noArgsClient(cmd *command, data *string, args []string) (string, *node.Client, error) {
+func (c *cli) noArgsClient(cmd *command, data *string, args []string) (string, *api.Client, error) {
 	if _, err := c.parseArgs(cmd, newFlagSet(cmd), args, 0, 0, ""); err != nil {
 		return "", nil, err
 	}
@@ -384,10 +386,10 @@ func (c *cli) noArgsClient(cmd *command, data *string, args []string) (string, *
 
 // client returns a client of the node running on dataDir, or the
 // not-running error (exit 3).
-func (c *cli) client(dataDir string) (*node.Client, error) {
-	cl, err := node.NewClient(dataDir)
+func (c *cli) client(dataDir string) (*api.Client, error) {
+	cl, err := api.NewClient(dataDir)
 	if err != nil {
-		if errors.Is(err, node.ErrNotRunning) {
+		if errors.Is(err, api.ErrNotRunning) {
 			if _, serr := os.Stat(dataDir); serr != nil {
 				return nil, &notRunningError{data: dataDir, missing: true, reason: err}
 			}

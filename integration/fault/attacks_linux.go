@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // ForkDeadline is how soon every node must show a fork once both copies of a
@@ -366,7 +366,7 @@ func ForeignFamily(ctx context.Context, env Env, seed uint64) (res Result, err e
 	c := intruder.Client()
 	secret := 0
 	for i := range 20 {
-		tx := node.TxRequest{Ops: []node.OpJSON{{Op: "put", Table: "secret", Key: fmt.Sprintf("s%d", i), Fields: map[string]any{"leak": "intruder data"}}}}
+		tx := api.TxRequest{Ops: []api.OpJSON{{Op: "put", Table: "secret", Key: fmt.Sprintf("s%d", i), Fields: map[string]any{"leak": "intruder data"}}}}
 		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if _, err := c.Transact(tctx, tx); err == nil {
 			secret++
@@ -564,7 +564,7 @@ func ClonedSite(ctx context.Context, env Env, seed uint64) (res Result, err erro
 		var refusal string
 		took, err := waitFor(ctx, ForkDeadline, 100*time.Millisecond, n.Name+" refusing writes", func() (bool, string) {
 			_, err := h.Send(ctx, n, h.NewWrites(n, 1, rand.New(rand.NewPCG(seed, 9)), 0, 0), 10*time.Second)
-			var se *node.APIStatusError
+			var se *api.APIStatusError
 			if errors.As(err, &se) && se.Status == 409 {
 				refusal = fmt.Sprintf("409 %s: %s", se.Code, se.APIError.Error)
 				return true, ""

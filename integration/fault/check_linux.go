@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // CheckOptions tune the end-of-run checks.
@@ -121,7 +121,7 @@ type record struct {
 
 // readState reads a node's whole state through the change feed (each record
 // once, with the entry that wrote it last), keyed "table/key".
-func readState(ctx context.Context, c *node.Client) (map[string]record, error) {
+func readState(ctx context.Context, c *api.Client) (map[string]record, error) {
 	out := map[string]record{}
 	var after uint64
 	for {

@@ -19,7 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Fault kinds of the DatabaseFaults scenario (besides FaultKillRelay and
@@ -823,7 +823,7 @@ func firstDiff(a, b dbDump) string {
 func (r *dbRun) checkNode(ctx context.Context, w *dbWriter, fk map[string]string, missing map[string]bool) {
 	h, n := r.h, w.site
 	out, errOut, code, err := n.CLI(ctx, "db", "check", "--data", n.Data, "--json")
-	var res node.DBCheckResult
+	var res api.DBCheckResult
 	switch {
 	case err != nil:
 		h.Violate("db-check", "%s: `ppsync db check`: %v", n.Name, err)
@@ -901,7 +901,7 @@ func (r *dbRun) checkLog(ctx context.Context, w *dbWriter, want map[string]*dbRo
 		if line == "" {
 			continue
 		}
-		var e node.EntryJSON
+		var e api.EntryJSON
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			h.Violate("db-log", "%s: `ppsync log --json` printed %q: %v", n.Name, clip(line), err)
 			return

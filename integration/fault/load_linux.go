@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Tables the load writes.
@@ -41,15 +41,15 @@ type Write struct {
 	At   time.Time `json:"-"`             // when it was acknowledged
 }
 
-func (w Write) tx() node.TxRequest {
-	ops := []node.OpJSON{{Op: "put", Table: TableFT, Key: w.FT, Fields: map[string]any{"v": w.V}}}
+func (w Write) tx() api.TxRequest {
+	ops := []api.OpJSON{{Op: "put", Table: TableFT, Key: w.FT, Fields: map[string]any{"v": w.V}}}
 	if w.Own != "" {
-		ops = append(ops, node.OpJSON{Op: "put", Table: TableOwn, Key: w.Own, Fields: map[string]any{"v": w.V}})
+		ops = append(ops, api.OpJSON{Op: "put", Table: TableOwn, Key: w.Own, Fields: map[string]any{"v": w.V}})
 	}
 	if w.Hot != "" {
-		ops = append(ops, node.OpJSON{Op: "put", Table: TableHot, Key: w.Hot, Fields: map[string]any{"x": w.V}})
+		ops = append(ops, api.OpJSON{Op: "put", Table: TableHot, Key: w.Hot, Fields: map[string]any{"x": w.V}})
 	}
-	return node.TxRequest{Ops: ops}
+	return api.TxRequest{Ops: ops}
 }
 
 // Ledger records every write: acknowledged (with its seq), refused (certainly
@@ -126,7 +126,7 @@ func (l *Ledger) MaxAcked() map[string]uint64 {
 // a 4xx answer (the node refused it before committing) or a connection that
 // was refused (the request never arrived).
 func classify(err error) (reason string, certain bool) {
-	var se *node.APIStatusError
+	var se *api.APIStatusError
 	if errors.As(err, &se) {
 		code := se.Code
 		if code == "" {
@@ -136,7 +136,7 @@ func classify(err error) (reason string, certain bool) {
 		// (the node checks the free space first). Other 5xx are ambiguous.
 		return code, (se.Status >= 400 && se.Status < 500) || se.Code == "disk_full"
 	}
-	if errors.Is(err, node.ErrNotRunning) {
+	if errors.Is(err, api.ErrNotRunning) {
 		return "not_running", true
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -151,7 +151,7 @@ func classify(err error) (reason string, certain bool) {
 func (h *Harness) Send(ctx context.Context, n *Node, ws []Write, timeout time.Duration) ([]Write, error) {
 	c := n.Client()
 	if c == nil {
-		err := fmt.Errorf("%w: %s is down", node.ErrNotRunning, n.Name)
+		err := fmt.Errorf("%w: %s is down", api.ErrNotRunning, n.Name)
 		h.Ledger.fail(err, ws...)
 		return nil, err
 	}
@@ -170,7 +170,7 @@ func (h *Harness) Send(ctx context.Context, n *Node, ws []Write, timeout time.Du
 		h.Ledger.ack(ws[0])
 		return ws, nil
 	}
-	req := node.BatchRequest{Transactions: make([]node.TxRequest, len(ws))}
+	req := api.BatchRequest{Transactions: make([]api.TxRequest, len(ws))}
 	for i, w := range ws {
 		req.Transactions[i] = w.tx()
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Timeouts of node processes.
@@ -53,7 +54,7 @@ type Node struct {
 	mu      sync.Mutex
 	env     map[string]string // extra environment (PPSYNC_CLOCK_OFFSET)
 	proc    *proc
-	client  *node.Client
+	client  *api.Client
 	base    string // the API's base URL as the test process reaches it
 	key     string // the API key
 	frozen  bool
@@ -126,7 +127,7 @@ func (n *Node) Frozen() bool {
 }
 
 // Client returns the API client of the running node, or nil.
-func (n *Node) Client() *node.Client {
+func (n *Node) Client() *api.Client {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.proc == nil || n.proc.exited() {
@@ -219,7 +220,7 @@ func extraEnv(env []string) []string {
 func (n *Node) waitReady(ctx context.Context, p *proc) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	var rt node.Runtime
+	var rt api.Runtime
 	for {
 		if b, err := os.ReadFile(filepath.Join(n.Data, node.RuntimeFile)); err == nil && json.Unmarshal(b, &rt) == nil && rt.PID == p.cmd.Process.Pid {
 			break
@@ -244,7 +245,7 @@ func (n *Node) waitReady(ctx context.Context, p *proc) error {
 		n.fwd.setTarget(u.Host)
 		base = n.fwd.url()
 	}
-	c, err := node.NewClientFor(base, strings.TrimSpace(string(key)))
+	c, err := api.NewClientFor(base, strings.TrimSpace(string(key)))
 	if err != nil {
 		return err
 	}
@@ -360,10 +361,10 @@ func (n *Node) CLI(ctx context.Context, args ...string) (stdout, stderr string, 
 }
 
 // Status returns the node's GET /v1/status.
-func (n *Node) Status(ctx context.Context) (node.Status, error) {
+func (n *Node) Status(ctx context.Context) (api.Status, error) {
 	c := n.Client()
 	if c == nil {
-		return node.Status{}, fmt.Errorf("fault: %s is not running", n.Name)
+		return api.Status{}, fmt.Errorf("fault: %s is not running", n.Name)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

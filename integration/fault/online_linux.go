@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Deadlines of the online-truth scenario.
@@ -121,7 +121,7 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 	}
 	var (
 		offAt, zeroAt time.Duration // first online false (with check), first peers 0
-		offSt, zeroSt node.Status
+		offSt, zeroSt api.Status
 		wrongOffline  []string // check off: every status that said offline
 		emptyReason   bool
 		gone          = map[string]time.Duration{} // when each other node counted one peer fewer
@@ -217,7 +217,7 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 		h.Net.Unstall(n.Name, o.Name)
 	}
 	var onAt time.Duration
-	var last node.Status
+	var last api.Status
 	took, err := waitFor(ctx, 6*OnlineDeadline, statusEvery/2, n.Name+" online again after the heal", func() (bool, string) {
 		st, err := n.Status(ctx)
 		if err != nil {
@@ -248,7 +248,7 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 }
 
 // statusJSON is the part of a status that matters here, as JSON.
-func statusJSON(st node.Status) string {
+func statusJSON(st api.Status) string {
 	b, err := json.Marshal(map[string]any{"online": st.Online, "offline_reason": st.OfflineReason, "peers": st.Peers, "warnings": st.Warnings})
 	if err != nil {
 		return err.Error()

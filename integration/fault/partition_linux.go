@@ -10,7 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // RelayOnly proves that the harness's partitions hold and that the relay
@@ -151,7 +151,7 @@ func (h *Harness) hasRecord(ctx context.Context, n *Node, table, key string) (bo
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, err := c.Get(ctx, table, key)
-	if errors.Is(err, node.ErrNotFound) {
+	if errors.Is(err, api.ErrNotFound) {
 		return false, "not there yet"
 	}
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // Fault kinds of the PostgresFaults scenario (besides FaultDBKillCapture,
@@ -205,10 +205,10 @@ func (r *pgRun) note(format string, a ...any) {
 
 func (r *pgRun) pick() *pgWriter { return r.ws[r.rng.IntN(len(r.ws))] }
 
-func pgDBStatus(ctx context.Context, n *Node) (node.DBStatus, error) {
+func pgDBStatus(ctx context.Context, n *Node) (api.DBStatus, error) {
 	c := n.Client()
 	if c == nil {
-		return node.DBStatus{}, fmt.Errorf("%s is not running", n.Name)
+		return api.DBStatus{}, fmt.Errorf("%s is not running", n.Name)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -833,7 +833,7 @@ func (r *pgRun) checkDumps(ctx context.Context, want map[string]*pgRow, fk map[s
 func (r *pgRun) checkNode(ctx context.Context, w *pgWriter, fk map[string]string, missing, lost map[string]bool) {
 	h, n := r.h, w.site
 	out, errOut, code, err := n.CLI(ctx, "db", "check", "--data", n.Data, "--json")
-	var res node.DBCheckResult
+	var res api.DBCheckResult
 	switch {
 	case err != nil:
 		h.Violate("db-check", "%s: `ppsync db check`: %v", n.Name, err)
@@ -912,7 +912,7 @@ func (r *pgRun) checkLog(ctx context.Context, w *pgWriter, want map[string]*pgRo
 		if line == "" {
 			continue
 		}
-		var e node.EntryJSON
+		var e api.EntryJSON
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			h.Violate("db-log", "%s: `ppsync log --json` printed %q: %v", n.Name, clip(line), err)
 			return

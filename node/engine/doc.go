@@ -14,11 +14,13 @@
 // simulation (node/sim_*_test.go) both go through it, so the simulation tests
 // the shipped policy, not a copy.
 //
-// The engine reads the local log through Log, a small read-only interface
-// (heads, one entry's hash, the known forks). Reads are local and cheap
-// (in-memory heads, one point read); the engine never writes through it.
-// Passing the log in, rather than copying its heads into every input, keeps
-// the inputs what actually happened and lets the engine look at exactly what
-// a decision needs (a drain looks at one site's head, a fork check at one
-// entry's hash).
+// The engine reads the local log through Log, a small read-only interface:
+// during Step only what the log keeps in memory (heads, the known forks),
+// never the disk, since the driver holds its lock while Step runs. The one
+// decision that needs a stored entry's hash, comparing a member's heads with
+// the log, gets it in its input: NewHeartbeat reads those hashes through the
+// same interface before the step, outside any lock, and the driver and the
+// simulation both build heartbeats with it. Passing the log in, rather than
+// copying every head into every input, keeps the inputs what actually happened
+// and lets the engine look at exactly what a decision needs.
 package engine

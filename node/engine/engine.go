@@ -223,19 +223,9 @@ func (e *Engine) compareHeads(hb Heartbeat, now time.Time) {
 	sort.Strings(sites)
 	for _, site := range sites {
 		n, theirs := hb.Frontier[site], hb.Heads[site]
-		if n == 0 || len(theirs) != len(wire.Hash{}) {
+		ours, ok := hb.Ours[site] // only where the member is not ahead
+		if !ok || len(theirs) != len(wire.Hash{}) {
 			continue
-		}
-		mine, ours := e.cfg.Log.Head(site)
-		if n > mine {
-			continue // ahead: the catch-up it triggers compares the chains
-		}
-		if n < mine {
-			h, ok := e.cfg.Log.HashAt(site, n)
-			if !ok {
-				continue
-			}
-			ours = h
 		}
 		if wire.Hash(theirs) == ours {
 			continue

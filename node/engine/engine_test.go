@@ -267,7 +267,7 @@ func runTrace(t *testing.T, steps []string) *Engine {
 			in = Wake{Now: now}
 		case "hb":
 			fr, heads := parseFrontier(arg(2))
-			in = Heartbeat{Now: now, Peer: arg(1), Frontier: fr, Heads: heads}
+			in = NewHeartbeat(log, now, arg(1), fr, heads)
 		case "gossip", "catchup":
 			in = Received{Now: now, Peer: arg(1), Run: parseRun(t, arg(2)), Gossip: f[0] == "gossip"}
 		case "proof":

@@ -11,7 +11,8 @@ type Log interface {
 	// Head returns the highest contiguous seq held of site and its hash
 	// (0 and the zero hash when none is held).
 	Head(site string) (seq uint64, hash wire.Hash)
-	// HashAt returns the hash of the held entry (site, seq).
+	// HashAt returns the hash of the held entry (site, seq). It may read
+	// the disk: only NewHeartbeat calls it, before a step, never Step.
 	HashAt(site string, seq uint64) (wire.Hash, bool)
 	// Forks lists the sites known to have forked.
 	Forks() []Fork
@@ -47,6 +48,39 @@ type Heartbeat struct {
 	Peer     string
 	Frontier map[string]uint64
 	Heads    map[string][]byte
+	// Ours is this node's hash at the member's head, for every site where
+	// the member is not ahead: read from the log before the step (see
+	// NewHeartbeat), so the engine reads nothing from disk under the
+	// driver's lock.
+	Ours map[string]wire.Hash
+}
+
+// NewHeartbeat builds the Heartbeat input of a member's heartbeat, reading
+// this node's hashes at the member's heads from log. The driver and the
+// simulation both build it here, outside any lock.
+func NewHeartbeat(log Log, now time.Time, peer string, frontier map[string]uint64, heads map[string][]byte) Heartbeat {
+	hb := Heartbeat{Now: now, Peer: peer, Frontier: frontier, Heads: heads}
+	for site, n := range frontier {
+		if n == 0 || len(heads[site]) != len(wire.Hash{}) {
+			continue
+		}
+		mine, ours := log.Head(site)
+		if n > mine {
+			continue // ahead: the catch-up it triggers compares the chains
+		}
+		if n < mine {
+			h, ok := log.HashAt(site, n)
+			if !ok {
+				continue
+			}
+			ours = h
+		}
+		if hb.Ours == nil {
+			hb.Ours = map[string]wire.Hash{}
+		}
+		hb.Ours[site] = ours
+	}
+	return hb
 }
 
 // Received: a run of one site's entries from a member, by gossip or by a

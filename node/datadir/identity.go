@@ -1,4 +1,4 @@
-package node
+package datadir
 
 import (
 	"crypto/ed25519"
@@ -18,11 +18,8 @@ import (
 	"github.com/ppsync/ppsync/family"
 )
 
-// NodeFile holds the node's identity in its data directory.
-const NodeFile = "node.json"
-
-// identity is DATA/node.json: which site and family this directory serves.
-type identity struct {
+// Identity is DATA/node.json: which site and family this directory serves.
+type Identity struct {
 	Format    int         `json:"format"`
 	FamilyID  string      `json:"family_id"`
 	Site      string      `json:"site"`
@@ -35,10 +32,10 @@ type identity struct {
 	DBDetail string `json:"db,omitempty"`
 }
 
-// bindingID is the database ID a certificate names: the node store's own,
+// BindingID is the database ID a certificate names: the node store's own,
 // combined with the practice database's when there is one, so the
 // certificate binds the node to both.
-func bindingID(storeID, practiceID string) string {
+func BindingID(storeID, practiceID string) string {
 	if practiceID == "" {
 		return storeID
 	}
@@ -46,8 +43,8 @@ func bindingID(storeID, practiceID string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
-func readIdentity(dataDir string) (identity, error) {
-	var id identity
+func ReadIdentity(dataDir string) (Identity, error) {
+	var id Identity
 	path := filepath.Join(dataDir, NodeFile)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -65,8 +62,8 @@ func readIdentity(dataDir string) (identity, error) {
 	return id, nil
 }
 
-// nodeKey creates or reads the node's Ed25519 key (libp2p's encoding).
-func writeNodeKey(path string) (ed25519.PrivateKey, error) {
+// WriteNodeKey creates the node's Ed25519 key (libp2p's encoding).
+func WriteNodeKey(path string) (ed25519.PrivateKey, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("node: generate key: %w", err)
@@ -79,13 +76,13 @@ func writeNodeKey(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: encode key: %w", err)
 	}
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
+	if err := WriteFileAtomic(path, b, 0o600); err != nil {
 		return nil, err
 	}
 	return priv, nil
 }
 
-func readNodeKey(path string) (ed25519.PrivateKey, error) {
+func ReadNodeKey(path string) (ed25519.PrivateKey, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("node: read the node key %s: %w", path, err)
@@ -101,15 +98,15 @@ func readNodeKey(path string) (ed25519.PrivateKey, error) {
 	return ed25519.PrivateKey(raw), nil
 }
 
-func writeAPIKey(path string) error {
+func WriteAPIKey(path string) error {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return fmt.Errorf("node: generate API key: %w", err)
 	}
-	return writeFileAtomic(path, []byte(hex.EncodeToString(b)+"\n"), 0o600)
+	return WriteFileAtomic(path, []byte(hex.EncodeToString(b)+"\n"), 0o600)
 }
 
-func readAPIKey(dataDir string) (string, error) {
+func ReadAPIKey(dataDir string) (string, error) {
 	path := filepath.Join(dataDir, APIKeyFile)
 	b, err := os.ReadFile(path)
 	if err != nil {

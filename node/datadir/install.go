@@ -1,4 +1,4 @@
-package node
+package datadir
 
 import (
 	"errors"
@@ -10,11 +10,12 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/lock"
+	"github.com/ppsync/ppsync/node/api"
 )
 
-// loadRoster builds the family roster from DATA/family.json and every
+// LoadRoster builds the family roster from DATA/family.json and every
 // certificate and revocation installed in DATA/certs.
-func loadRoster(dataDir string) (*family.Roster, error) {
+func LoadRoster(dataDir string) (*family.Roster, error) {
 	info, err := family.LoadInfo(filepath.Join(dataDir, FamilyFile))
 	if err != nil {
 		return nil, err
@@ -70,11 +71,11 @@ func loadRoster(dataDir string) (*family.Roster, error) {
 	return r, nil
 }
 
-// installFile checks a certificate or revocation against the roster, stores
+// InstallFile checks a certificate or revocation against the roster, stores
 // it in DATA/certs and then adds it to the roster: what the running node
 // acts on is on disk first, so a restart never forgets it.
-func installFile(dataDir string, r *family.Roster, data []byte) (InstallResult, error) {
-	var res InstallResult
+func InstallFile(dataDir string, r *family.Roster, data []byte) (api.InstallResult, error) {
+	var res api.InstallResult
 	c, rv, err := family.ParseInstallable(data)
 	if err != nil {
 		return res, err
@@ -107,7 +108,7 @@ func installFile(dataDir string, r *family.Roster, data []byte) (InstallResult, 
 	path := filepath.Join(dir, name)
 	_, statErr := os.Stat(path)
 	existed := statErr == nil
-	if err := writeFileAtomic(path, data, 0o644); err != nil {
+	if err := WriteFileAtomic(path, data, 0o644); err != nil {
 		return res, err
 	}
 	if c != nil {
@@ -129,18 +130,18 @@ func installFile(dataDir string, r *family.Roster, data []byte) (InstallResult, 
 
 // InstallOffline installs a certificate or revocation into a node that is not
 // running. (A running node takes it through its API and gossips it.)
-func InstallOffline(dataDir string, data []byte) (InstallResult, error) {
+func InstallOffline(dataDir string, data []byte) (api.InstallResult, error) {
 	lk, err := lock.Acquire(dataDir)
 	if err != nil {
-		return InstallResult{}, err
+		return api.InstallResult{}, err
 	}
 	defer lk.Release()
-	if _, err := readIdentity(dataDir); err != nil {
-		return InstallResult{}, err
+	if _, err := ReadIdentity(dataDir); err != nil {
+		return api.InstallResult{}, err
 	}
-	r, err := loadRoster(dataDir)
+	r, err := LoadRoster(dataDir)
 	if err != nil {
-		return InstallResult{}, err
+		return api.InstallResult{}, err
 	}
-	return installFile(dataDir, r, data)
+	return InstallFile(dataDir, r, data)
 }

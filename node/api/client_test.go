@@ -1,4 +1,4 @@
-package node_test
+package api_test
 
 import (
 	"context"
@@ -13,17 +13,17 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 const clientTestKey = "test-key-123"
 
-// clientTestDir writes runtime.json naming api and the API key into a new
+// clientTestDir writes runtime.json naming addr and the API key into a new
 // data directory.
-func clientTestDir(t *testing.T, api string) string {
+func clientTestDir(t *testing.T, addr string) string {
 	t.Helper()
 	dir := t.TempDir()
-	rt, err := json.Marshal(node.Runtime{PID: 1, API: api, PeerID: "p", Addrs: []string{}})
+	rt, err := json.Marshal(api.Runtime{PID: 1, API: addr, PeerID: "p", Addrs: []string{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func newClientTestServer(t *testing.T) *clientTestServer {
 
 func TestClientCallsEveryEndpoint(t *testing.T) {
 	srv := newClientTestServer(t)
-	c, err := node.NewClient(clientTestDir(t, srv.URL))
+	c, err := api.NewClient(clientTestDir(t, srv.URL))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,14 +104,14 @@ func TestClientCallsEveryEndpoint(t *testing.T) {
 	if err != nil || st.Site != "a" || st.Frontier["a"] != 3 || !st.Online || st.LastSync != nil {
 		t.Fatalf("Status = %+v, %v", st, err)
 	}
-	tx, err := c.Transact(ctx, node.TxRequest{Ops: []node.OpJSON{{Op: "put", Table: "t", Key: "k", Fields: map[string]any{"n": json.Number("12345678901234567890")}}}})
+	tx, err := c.Transact(ctx, api.TxRequest{Ops: []api.OpJSON{{Op: "put", Table: "t", Key: "k", Fields: map[string]any{"n": json.Number("12345678901234567890")}}}})
 	if err != nil || tx.Seq != 4 {
 		t.Fatalf("Transact = %+v, %v", tx, err)
 	}
 	if want := `{"ops":[{"op":"put","table":"t","key":"k","fields":{"n":12345678901234567890}}]}`; srv.lastBody != want || srv.lastCType != "application/json" {
 		t.Errorf("Transact sent %s (%s), want %s", srv.lastBody, srv.lastCType, want)
 	}
-	b, err := c.Batch(ctx, node.BatchRequest{Transactions: []node.TxRequest{{}, {}}})
+	b, err := c.Batch(ctx, api.BatchRequest{Transactions: []api.TxRequest{{}, {}}})
 	if err != nil || b.Transactions != 2 || b.LastSeq != 6 {
 		t.Fatalf("Batch = %+v, %v", b, err)
 	}
@@ -155,7 +155,7 @@ func TestClientCallsEveryEndpoint(t *testing.T) {
 	if s, err := c.Settings(ctx); err != nil || s.SyncInterval != "1m0s" || s.ConnectivityCheck == nil || !*s.ConnectivityCheck {
 		t.Fatalf("Settings = %+v, %v", s, err)
 	}
-	if _, err := c.UpdateSettings(ctx, node.Settings{SyncInterval: "1m0s"}); err != nil || srv.lastBody != `{"sync_interval":"1m0s"}` {
+	if _, err := c.UpdateSettings(ctx, api.Settings{SyncInterval: "1m0s"}); err != nil || srv.lastBody != `{"sync_interval":"1m0s"}` {
 		t.Fatalf("UpdateSettings sent %s: %v", srv.lastBody, err)
 	}
 	in, err := c.Install(ctx, []byte(`{"format":1}`))
@@ -167,30 +167,30 @@ func TestClientCallsEveryEndpoint(t *testing.T) {
 func TestClientErrors(t *testing.T) {
 	srv := newClientTestServer(t)
 	ctx := context.Background()
-	c, err := node.NewClient(clientTestDir(t, srv.URL))
+	c, err := api.NewClient(clientTestDir(t, srv.URL))
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// An absent record: ErrNotFound, with the server's message.
 	_, err = c.Get(ctx, "t", "missing")
-	var se *node.APIStatusError
-	if !errors.Is(err, node.ErrNotFound) || !errors.As(err, &se) || se.Status != 404 || err.Error() != "no record missing in table t" {
+	var se *api.APIStatusError
+	if !errors.Is(err, api.ErrNotFound) || !errors.As(err, &se) || se.Status != 404 || err.Error() != "no record missing in table t" {
 		t.Errorf("Get of an absent record: %v", err)
 	}
 
 	// Any other error answer: the server's message and code as they are.
-	other, err := node.NewClientFor(srv.URL+"/elsewhere", clientTestKey)
+	other, err := api.NewClientFor(srv.URL+"/elsewhere", clientTestKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = other.Status(ctx)
-	if !errors.As(err, &se) || se.Status != 400 || se.Code != "bad_request" || err.Error() != "the transaction has no operations" || errors.Is(err, node.ErrNotFound) {
+	if !errors.As(err, &se) || se.Status != 400 || se.Code != "bad_request" || err.Error() != "the transaction has no operations" || errors.Is(err, api.ErrNotFound) {
 		t.Errorf("bad request: %#v", err)
 	}
 
 	// A wrong key.
-	wrong, err := node.NewClientFor(srv.URL, "nope")
+	wrong, err := api.NewClientFor(srv.URL, "nope")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,12 +205,12 @@ func TestClientNonJSONError(t *testing.T) {
 		http.Error(w, "<html>gateway</html>", http.StatusBadGateway)
 	}))
 	defer srv.Close()
-	c, err := node.NewClientFor(srv.URL, clientTestKey)
+	c, err := api.NewClientFor(srv.URL, clientTestKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.Digest(context.Background())
-	var se *node.APIStatusError
+	var se *api.APIStatusError
 	if !errors.As(err, &se) || se.Status != http.StatusBadGateway || err.Error() != "the node answered 502 Bad Gateway" {
 		t.Errorf("got %v", err)
 	}
@@ -218,7 +218,7 @@ func TestClientNonJSONError(t *testing.T) {
 
 func TestClientNotRunning(t *testing.T) {
 	// No runtime.json.
-	if _, err := node.NewClient(t.TempDir()); !errors.Is(err, node.ErrNotRunning) {
+	if _, err := api.NewClient(t.TempDir()); !errors.Is(err, api.ErrNotRunning) {
 		t.Errorf("without runtime.json: %v", err)
 	}
 	// runtime.json naming a closed port.
@@ -228,17 +228,17 @@ func TestClientNotRunning(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	if _, err := node.NewClient(clientTestDir(t, "http://"+addr)); !errors.Is(err, node.ErrNotRunning) {
+	if _, err := api.NewClient(clientTestDir(t, "http://"+addr)); !errors.Is(err, api.ErrNotRunning) {
 		t.Errorf("with a closed port: %v", err)
 	}
 	// A node that stops after the client was made.
 	srv := newClientTestServer(t)
-	c, err := node.NewClient(clientTestDir(t, srv.URL))
+	c, err := api.NewClient(clientTestDir(t, srv.URL))
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv.Close()
-	if _, err := c.Status(context.Background()); !errors.Is(err, node.ErrNotRunning) {
+	if _, err := c.Status(context.Background()); !errors.Is(err, api.ErrNotRunning) {
 		t.Errorf("after the node stopped: %v", err)
 	}
 }
@@ -246,16 +246,16 @@ func TestClientNotRunning(t *testing.T) {
 func TestClientBadFiles(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "runtime.json"), []byte("{not json"), 0o644)
-	if _, err := node.NewClient(dir); err == nil || errors.Is(err, node.ErrNotRunning) {
+	if _, err := api.NewClient(dir); err == nil || errors.Is(err, api.ErrNotRunning) {
 		t.Errorf("damaged runtime.json: %v", err)
 	}
 	dir = clientTestDir(t, "ftp://127.0.0.1:1")
-	if _, err := node.NewClient(dir); err == nil || errors.Is(err, node.ErrNotRunning) {
+	if _, err := api.NewClient(dir); err == nil || errors.Is(err, api.ErrNotRunning) {
 		t.Errorf("non-http API address: %v", err)
 	}
 	dir = clientTestDir(t, "http://127.0.0.1:1")
 	os.Remove(filepath.Join(dir, "api.key"))
-	if _, err := node.NewClient(dir); err == nil || errors.Is(err, node.ErrNotRunning) {
+	if _, err := api.NewClient(dir); err == nil || errors.Is(err, api.ErrNotRunning) {
 		t.Errorf("missing api.key: %v", err)
 	}
 }

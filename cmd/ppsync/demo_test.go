@@ -1,4 +1,4 @@
-package node
+package main
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ func TestDemoConverges(t *testing.T) {
 	dir := t.TempDir()
 	const records = 30
 	var out bytes.Buffer
-	if err := RunDemo(ctx, DemoOptions{Dir: dir, NoWait: true, Out: &out, Version: "test", Records: records}); err != nil {
+	if err := runDemo(ctx, demoOptions{Dir: dir, NoWait: true, Out: &out, Version: "test", Records: records}); err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
 	for _, want := range []string{

@@ -1,22 +1,29 @@
-package node
+// Package web is the sync page: the node's local web dashboard at GET /, its
+// files (embedded), its one-time login links and its sessions. The page's
+// script reads and steers the node through the same HTTP API as every other
+// client; this package only serves the page and decides what a page session
+// may ask of that API. It depends on no storage or network library: it is
+// given the API's address, an authorizer for the API key and a clock.
+package web
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"embed"
 	"encoding/base64"
 	"encoding/json"
 	"html/template"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // The sync page: the node's local web dashboard at GET /. Its files are in
@@ -31,7 +38,7 @@ import (
 // cross-site form or image cannot send. The page checks the practice database
 // but never repairs it: that stays with `ppsync db check --repair`.
 
-//go:embed web
+//go:embed index.html login.html assets
 var webFiles embed.FS
 
 // Sync page limits.
@@ -70,39 +77,58 @@ func pageMay(method, path string) bool {
 	return method == http.MethodPost && ok && ok2 && id != "" && !strings.Contains(id, "/")
 }
 
-// LoginLink answers POST /v1/login-token.
-type LoginLink struct {
-	URL     string    `json:"url"`     // "http://127.0.0.1:PORT/?token=T"
-	Expires time.Time `json:"expires"` // the link works once, until then
+// Authorizer decides whether a request carries the API key.
+type Authorizer interface {
+	Authorized(r *http.Request) bool
 }
 
-// page holds the sync page's login tokens and sessions, in memory only: a
-// restart ends every session.
-type page struct {
-	n      *Node
-	now    func() time.Time
-	cookie string // the cookie's name carries the port: browsers share cookies across the ports of a host
-	base   string // "http://127.0.0.1:PORT"
+// Options configure the sync page.
+type Options struct {
+	Addr    string           // the API's listening address (HOST:PORT): the base of login links, the name of the cookie
+	DataDir string           // named on the login page and in the logged link's advice
+	Auth    Authorizer       // the API key: it opens the page without a session
+	Now     func() time.Time // the clock of tokens and sessions; nil: time.Now
+	Logger  *slog.Logger     // nil: discard
+}
+
+// Page holds the sync page's login tokens and sessions, in memory only: a
+// restart ends every session. It is safe for concurrent use.
+type Page struct {
+	auth    Authorizer
+	log     *slog.Logger
+	dataDir string
+	now     func() time.Time
+	cookie  string // the cookie's name carries the port: browsers share cookies across the ports of a host
+	base    string // "http://127.0.0.1:PORT"
 
 	mu       sync.Mutex
 	tokens   map[[32]byte]time.Time // hash of a token -> when it expires
 	sessions map[[32]byte]time.Time // hash of a session ID -> when it was last used
 }
 
-func (n *Node) newPage() *page {
-	host, port, _ := net.SplitHostPort(n.ln.Addr().String())
+// New returns the sync page of the API listening at o.Addr.
+func New(o Options) *Page {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	host, port, _ := net.SplitHostPort(o.Addr)
 	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
 		host = "127.0.0.1"
 	}
-	return &page{
-		n: n, now: time.Now, cookie: "ppsync_session_" + port, base: "http://" + net.JoinHostPort(host, port),
+	return &Page{
+		auth: o.Auth, log: o.Logger, dataDir: o.DataDir, now: o.Now,
+		cookie: "ppsync_session_" + port, base: "http://" + net.JoinHostPort(host, port),
 		tokens: map[[32]byte]time.Time{}, sessions: map[[32]byte]time.Time{},
 	}
 }
 
-// routes registers the page, its files and its endpoints.
-func (p *page) routes(mux *http.ServeMux) {
-	assets, _ := fs.Sub(webFiles, "web/assets")
+// Routes registers the page, its files and its endpoints (POST
+// /v1/login-token, POST /v1/logout) on mux.
+func (p *Page) Routes(mux *http.ServeMux) {
+	assets, _ := fs.Sub(webFiles, "assets")
 	mux.HandleFunc("GET /{$}", p.serveRoot)
 	files := http.StripPrefix("/assets/", http.FileServerFS(assets))
 	mux.HandleFunc("GET /assets/", func(w http.ResponseWriter, r *http.Request) {
@@ -118,53 +144,53 @@ func (p *page) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/logout", p.postLogout)
 }
 
-// logLink logs a login link, so that whoever starts the node can open the
+// LogLink logs a login link, so that whoever starts the node can open the
 // page without typing the key.
-func (p *page) logLink() {
-	l := p.issue()
-	p.n.log.Info("sync page: open this link in a browser on this machine within 2 minutes (it works once); for a new one, run `ppsync open --data "+p.n.cfg.DataDir+"`",
+func (p *Page) LogLink() {
+	l := p.Issue()
+	p.log.Info("sync page: open this link in a browser on this machine within 2 minutes (it works once); for a new one, run `ppsync open --data "+p.dataDir+"`",
 		"url", l.URL)
 }
 
-// public reports whether r needs no authentication: the page itself (which
+// Public reports whether r needs no authentication: the page itself (which
 // shows how to log in without a session) and its static files.
-func (p *page) public(r *http.Request) bool {
+func (p *Page) Public(r *http.Request) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return false
 	}
 	return r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, "/assets/")
 }
 
-// sessionVerdict says what a request without the API key may do.
-type sessionVerdict int
+// Verdict says what a request without the API key may do.
+type Verdict int
 
 const (
-	noSession      sessionVerdict = iota // 401
-	sessionOK                            // serve it
-	sessionRefused                       // 403: a session, but not for this request
+	NoSession      Verdict = iota // 401
+	SessionOK                     // serve it
+	SessionRefused                // 403: a session, but not for this request
 )
 
-// authorize checks a request's session cookie. It returns the verdict and,
+// Authorize checks a request's session cookie. It returns the verdict and,
 // when refused, why.
-func (p *page) authorize(r *http.Request) (sessionVerdict, string) {
+func (p *Page) Authorize(r *http.Request) (Verdict, string) {
 	if !p.validSession(r) {
-		return noSession, ""
+		return NoSession, ""
 	}
 	if !pageMay(r.Method, r.URL.Path) {
-		return sessionRefused, "the sync page's session may not make this request; use the API key (DATA/api.key)"
+		return SessionRefused, "the sync page's session may not make this request; use the API key (DATA/api.key)"
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		if r.Header.Get(PageHeader) != "1" {
-			return sessionRefused, "a request of the sync page that changes something must carry the header " + PageHeader + ": 1"
+			return SessionRefused, "a request of the sync page that changes something must carry the header " + PageHeader + ": 1"
 		}
 		if o := r.Header.Get("Origin"); o != "" && o != "http://"+r.Host {
-			return sessionRefused, "this request comes from another web site"
+			return SessionRefused, "this request comes from another web site"
 		}
 	}
 	if r.Method == http.MethodPost && r.URL.Path == "/v1/db/check" && !checkOnly(r) {
-		return sessionRefused, "the sync page only checks the practice database; to repair it, run `ppsync db check --data DATA --repair`"
+		return SessionRefused, "the sync page only checks the practice database; to repair it, run `ppsync db check --data DATA --repair`"
 	}
-	return sessionOK, ""
+	return SessionOK, ""
 }
 
 // checkOnly reports whether a POST /v1/db/check asks for no repair. It reads
@@ -192,11 +218,6 @@ func checkOnly(r *http.Request) bool {
 	return !req.Repair
 }
 
-// bearerOK reports whether r carries the API key.
-func (n *Node) bearerOK(r *http.Request) bool {
-	return subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+n.apiKey)) == 1
-}
-
 func newSecret() string {
 	b := make([]byte, secretBytes)
 	rand.Read(b) // never fails (crypto/rand)
@@ -205,8 +226,8 @@ func newSecret() string {
 
 func secretHash(s string) [32]byte { return sha256.Sum256([]byte(s)) }
 
-// issue makes a one-time login link.
-func (p *page) issue() LoginLink {
+// Issue makes a one-time login link.
+func (p *Page) Issue() api.LoginLink {
 	tok := newSecret()
 	now := p.now()
 	exp := now.Add(LoginTokenTTL)
@@ -214,11 +235,11 @@ func (p *page) issue() LoginLink {
 	makeRoom(p.tokens, maxLoginTokens, func(e time.Time) bool { return !now.Before(e) })
 	p.tokens[secretHash(tok)] = exp
 	p.mu.Unlock()
-	return LoginLink{URL: p.base + "/?token=" + tok, Expires: exp.UTC().Truncate(time.Second)}
+	return api.LoginLink{URL: p.base + "/?token=" + tok, Expires: exp.UTC().Truncate(time.Second)}
 }
 
 // redeem uses up a token: true when it was issued, unused and unexpired.
-func (p *page) redeem(tok string) bool {
+func (p *Page) redeem(tok string) bool {
 	h := secretHash(tok)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -228,7 +249,7 @@ func (p *page) redeem(tok string) bool {
 }
 
 // startSession returns a new session ID.
-func (p *page) startSession() string {
+func (p *Page) startSession() string {
 	id := newSecret()
 	now := p.now()
 	p.mu.Lock()
@@ -261,7 +282,7 @@ func makeRoom(m map[[32]byte]time.Time, limit int, expired func(time.Time) bool)
 
 // validSession reports whether r carries a live session cookie, and marks
 // the session used.
-func (p *page) validSession(r *http.Request) bool {
+func (p *Page) validSession(r *http.Request) bool {
 	c, err := r.Cookie(p.cookie)
 	if err != nil || c.Value == "" {
 		return false
@@ -282,7 +303,7 @@ func (p *page) validSession(r *http.Request) bool {
 	return true
 }
 
-func (p *page) endSession(r *http.Request) {
+func (p *Page) endSession(r *http.Request) {
 	if c, err := r.Cookie(p.cookie); err == nil {
 		p.mu.Lock()
 		delete(p.sessions, secretHash(c.Value))
@@ -290,7 +311,7 @@ func (p *page) endSession(r *http.Request) {
 	}
 }
 
-func (p *page) sessionCookie(value string, maxAge int) *http.Cookie {
+func (p *Page) sessionCookie(value string, maxAge int) *http.Cookie {
 	return &http.Cookie{Name: p.cookie, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true, SameSite: http.SameSiteStrictMode}
 }
 
@@ -303,11 +324,11 @@ func setPageHeaders(w http.ResponseWriter) {
 	h.Set("Referrer-Policy", "no-referrer")
 }
 
-var loginPage = template.Must(template.ParseFS(webFiles, "web/login.html"))
+var loginPage = template.Must(template.ParseFS(webFiles, "login.html"))
 
 // serveRoot serves the dashboard to a session (or the API key), exchanges a
 // login token for a session, and otherwise explains how to log in.
-func (p *page) serveRoot(w http.ResponseWriter, r *http.Request) {
+func (p *Page) serveRoot(w http.ResponseWriter, r *http.Request) {
 	setPageHeaders(w)
 	w.Header().Set("Cache-Control", "no-store")
 	if q := r.URL.Query(); q.Has("token") {
@@ -319,11 +340,11 @@ func (p *page) serveRoot(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/", http.StatusSeeOther) // the token leaves the address bar and the history
 		return
 	}
-	if !p.validSession(r) && !p.n.bearerOK(r) {
+	if !p.validSession(r) && !p.authorized(r) {
 		p.login(w, http.StatusOK, "")
 		return
 	}
-	b, err := webFiles.ReadFile("web/index.html")
+	b, err := webFiles.ReadFile("index.html")
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -332,27 +353,30 @@ func (p *page) serveRoot(w http.ResponseWriter, r *http.Request) {
 	w.Write(b)
 }
 
-func (p *page) login(w http.ResponseWriter, status int, msg string) {
+func (p *Page) login(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	loginPage.Execute(w, map[string]string{"Message": msg, "DataDir": p.n.cfg.DataDir})
+	loginPage.Execute(w, map[string]string{"Message": msg, "DataDir": p.dataDir})
 }
 
-func (p *page) postLoginToken(w http.ResponseWriter, r *http.Request) {
+func (p *Page) postLoginToken(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, p.issue())
+	writeJSON(w, http.StatusOK, p.Issue())
 }
 
-func (p *page) postLogout(w http.ResponseWriter, r *http.Request) {
+// authorized reports whether r carries the API key.
+func (p *Page) authorized(r *http.Request) bool { return p.auth != nil && p.auth.Authorized(r) }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the client went away: nothing to do
+}
+
+func (p *Page) postLogout(w http.ResponseWriter, r *http.Request) {
 	p.endSession(r)
 	http.SetCookie(w, p.sessionCookie("", -1))
 	writeJSON(w, http.StatusOK, map[string]bool{"logged_out": true})
-}
-
-// LoginLink asks the node for a one-time link to its sync page (POST
-// /v1/login-token); `ppsync open` prints it.
-func (c *Client) LoginLink(ctx context.Context) (LoginLink, error) {
-	var l LoginLink
-	err := c.do(ctx, http.MethodPost, "/v1/login-token", nil, "", &l)
-	return l, err
 }

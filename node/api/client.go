@@ -1,4 +1,4 @@
-package node
+package api
 
 import (
 	"bytes"
@@ -368,11 +368,6 @@ func clientReadSmall(path string) ([]byte, error) {
 	return data, nil
 }
 
-// PeersResult answers GET /v1/peers.
-type PeersResult struct {
-	Peers []PeerJSON `json:"peers"`
-}
-
 // Peers lists every other family member as the node sees it (GET /v1/peers).
 func (c *Client) Peers(ctx context.Context) (PeersResult, error) {
 	var r PeersResult
@@ -394,4 +389,12 @@ func (c *Client) SyncNow(ctx context.Context, wait time.Duration) (Receipt, erro
 	}
 	err = c.do(ctx, http.MethodPost, "/v1/sync", bytes.NewReader(body), "application/json", &r)
 	return r, err
+}
+
+// LoginLink asks the node for a one-time link to its sync page (POST
+// /v1/login-token); `ppsync open` prints it.
+func (c *Client) LoginLink(ctx context.Context) (LoginLink, error) {
+	var l LoginLink
+	err := c.do(ctx, http.MethodPost, "/v1/login-token", nil, "", &l)
+	return l, err
 }

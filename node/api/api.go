@@ -1,8 +1,18 @@
-package node
+// Package api holds the local HTTP API's request and response bodies (their
+// JSON field names are a stable contract, documented in docs/api.md) and the
+// client programs use to talk to a running node. It depends on the standard
+// library only: a program that talks to a node does not link the node.
+package api
 
 import (
 	"encoding/json"
 	"time"
+)
+
+// Files of a data directory the client reads.
+const (
+	APIKeyFile  = "api.key"      // the API key (Authorization: Bearer KEY)
+	RuntimeFile = "runtime.json" // a Runtime, written by a running node
 )
 
 // The local API's request and response bodies. docs/api.md documents them;
@@ -221,4 +231,129 @@ type Event struct {
 	Type string          `json:"type"`
 	Time time.Time       `json:"time"`
 	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// DBStatus answers GET /v1/db and is `ppsync db status --json`.
+type DBStatus struct {
+	Driver         string          `json:"driver"` // "" when the node syncs no practice database
+	Database       string          `json:"database,omitempty"`
+	Tables         []string        `json:"tables"`
+	PerTable       []DBTableStatus `json:"per_table"`
+	Skipped        []string        `json:"skipped"` // tables not synced, with why
+	SchemaVersion  uint32          `json:"schema_version"`
+	Captured       uint64          `json:"captured"`        // changes captured into this site's log since start
+	Applied        uint64          `json:"applied"`         // merged rows written into the database since start
+	PendingCapture uint64          `json:"pending_capture"` // changes waiting in the database's change table
+	PendingApply   uint64          `json:"pending_apply"`   // merged changes not yet written into the database
+	LastCapture    *time.Time      `json:"last_capture"`
+	LastApply      *time.Time      `json:"last_apply"`
+	Loading        bool            `json:"loading"`   // the initial load runs
+	LoadedRows     uint64          `json:"load_rows"` // rows published by the initial load so far
+	Refused        []DBRowConflict `json:"refused"`   // merged rows the database refused (newest last)
+	Warnings       []string        `json:"warnings"`  // tables whose new IDs can collide between sites, ...
+	Problem        string          `json:"problem,omitempty"`
+}
+
+// DBTableStatus is one synced table's sync.
+type DBTableStatus struct {
+	Table          string     `json:"table"`
+	Captured       uint64     `json:"captured"`        // changes captured since start
+	Applied        uint64     `json:"applied"`         // merged rows written since start
+	PendingCapture uint64     `json:"pending_capture"` // changes waiting in the change table
+	PendingApply   uint64     `json:"pending_apply"`   // merged changes not yet written (of the first 10,000 waiting)
+	LastCapture    *time.Time `json:"last_capture"`
+	LastApply      *time.Time `json:"last_apply"`
+	Refused        int        `json:"refused"`           // rows the database refused
+	Problem        string     `json:"problem,omitempty"` // in plain words
+}
+
+// DBRowConflict is a merged row the database refused, with both sides.
+type DBRowConflict struct {
+	Table  string         `json:"table"`
+	Key    string         `json:"key"`
+	Reason string         `json:"reason"`
+	Merged map[string]any `json:"merged"`
+}
+
+// DBCheckResult answers POST /v1/db/check and is `ppsync db check --json`.
+type DBCheckResult struct {
+	Checked     int          `json:"checked"` // rows compared
+	Differences []DBRowDiff  `json:"differences"`
+	Repaired    int          `json:"repaired"`
+	Tables      []string     `json:"tables"`
+	Complete    bool         `json:"complete"`  // false when the list was cut at the limit
+	Conflicts   []DBConflict `json:"conflicts"` // rows two sites wrote concurrently (merged; ppsync conflicts shows both sides)
+	Problem     string       `json:"problem,omitempty"`
+	Time        time.Time    `json:"time"`
+	Elapsed     string       `json:"elapsed"`
+}
+
+// DBConflict is a column two sites wrote concurrently with different values:
+// the merged row holds the winner; both sides are named.
+type DBConflict struct {
+	Table  string   `json:"table"`
+	Key    string   `json:"key"`
+	Column string   `json:"column,omitempty"` // "" when one side deleted the row
+	Sites  []string `json:"sites"`
+	Values []any    `json:"values"` // in the order of Sites
+	Winner string   `json:"winner"`
+}
+
+// DBRowDiff is one row that differs between the database and the merged
+// state: missing (in the state, not in the database), extra (in the database,
+// deleted in the state), different (columns differ), new (in the database,
+// never seen by the family: captured by a repair).
+type DBRowDiff struct {
+	Table    string         `json:"table"`
+	Key      string         `json:"key"`
+	Kind     string         `json:"kind"`
+	Columns  []string       `json:"columns,omitempty"`
+	Database map[string]any `json:"database,omitempty"`
+	Merged   map[string]any `json:"merged,omitempty"`
+}
+
+// LoginLink answers POST /v1/login-token.
+type LoginLink struct {
+	URL     string    `json:"url"`     // "http://127.0.0.1:PORT/?token=T"
+	Expires time.Time `json:"expires"` // the link works once, until then
+}
+
+// SyncRequest is the body of POST /v1/sync.
+type SyncRequest struct {
+	Wait string `json:"wait,omitempty"` // e.g. "30s": wait for every member to catch up
+}
+
+// PeersResult answers GET /v1/peers.
+type PeersResult struct {
+	Peers []PeerJSON `json:"peers"`
+}
+
+// PeerJSON is one row of GET /v1/peers and `ppsync peers`.
+type PeerJSON struct {
+	Site      string            `json:"site"`
+	Role      string            `json:"role"`
+	PeerID    string            `json:"peer_id"`
+	Connected bool              `json:"connected"`
+	Via       string            `json:"via"` // direct, relay or "" when not connected
+	Version   string            `json:"version"`
+	Frontier  map[string]uint64 `json:"frontier"`
+	Lag       uint64            `json:"lag"` // entries this node holds that the member does not
+	LastSeen  *time.Time        `json:"last_seen"`
+	ClockSkew string            `json:"clock_skew,omitempty"` // set when over 2 minutes
+}
+
+// Receipt is the answer of POST /v1/sync: per member, caught up or why not.
+type Receipt struct {
+	CaughtUp bool            `json:"caught_up"` // every member holds everything this node holds
+	Members  []ReceiptMember `json:"members"`
+	Waited   string          `json:"waited"`
+}
+
+// ReceiptMember is one member's line of a receipt.
+type ReceiptMember struct {
+	Site     string `json:"site"`
+	PeerID   string `json:"peer_id"`
+	CaughtUp bool   `json:"caught_up"`
+	Behind   uint64 `json:"behind"` // entries it lacks
+	Reason   string `json:"reason,omitempty"`
 }

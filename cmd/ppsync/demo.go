@@ -1,9 +1,10 @@
-package node
+package main
 
 import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,13 +21,19 @@ import (
 
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/mailsink"
-	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/datadir"
 )
 
-// DemoOptions configure the demo: a family with a relay and three clinic
+// The demo: a family on this machine, set up and run with the node package's
+// Init, Open and Run, and watched through each node's local API (the client),
+// as any program using ppsync would.
+
+// demoOptions configure the demo: a family with a relay and three clinic
 // sites running on this machine, each clinic with its own SQLite practice
 // database.
-type DemoOptions struct {
+type demoOptions struct {
 	Dir     string    // where the family and the nodes live ("" = a new temporary directory)
 	NoWait  bool      // exit once the sites converged instead of waiting for Ctrl-C
 	Out     io.Writer // progress and results
@@ -332,15 +339,16 @@ func createDemoDB(site, path string, base int64) (*demoDB, error) {
 type demoNode struct {
 	site string
 	data string
-	n    *Node
+	n    *node.Node
+	c    *api.Client // its local API
 	stop context.CancelFunc
 	done chan error
 	db   *demoDB // the clinic's practice database; nil for the relay
 }
 
-// RunDemo runs the demo until ctx ends (or, with NoWait, until the sites
+// runDemo runs the demo until ctx ends (or, with NoWait, until the sites
 // converged). It returns an error if they do not converge.
-func RunDemo(ctx context.Context, o DemoOptions) error {
+func runDemo(ctx context.Context, o demoOptions) error {
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
@@ -404,11 +412,11 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	// learns through the relay.
 	setUp := func(s, role string, pdb *demoDB) error {
 		dn := &demoNode{site: s, data: filepath.Join(o.Dir, s), db: pdb}
-		opts := InitOptions{DataDir: dn.data, FamilyFile: familyFile, Site: s, Role: role, Env: env}
+		opts := node.InitOptions{DataDir: dn.data, FamilyFile: familyFile, Site: s, Role: role, Env: env}
 		if pdb != nil {
 			opts.DB = "sqlite:" + pdb.path
 		}
-		res, err := Init(opts)
+		res, err := node.Init(opts)
 		if err != nil {
 			return err
 		}
@@ -428,7 +436,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		if err != nil {
 			return err
 		}
-		if _, err := InstallOffline(dn.data, cb); err != nil {
+		if _, err := datadir.InstallOffline(dn.data, cb); err != nil {
 			return err
 		}
 		nodes[s] = dn
@@ -437,23 +445,26 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 
 	start := func(s string) error {
 		dn := nodes[s]
-		cfg, err := LoadConfig(dn.data)
+		cfg, err := node.LoadConfig(dn.data)
 		if err != nil {
 			return err
 		}
 		cfg.API, cfg.Listen, cfg.MDNS, cfg.Env, cfg.Version = "127.0.0.1:0", []string{"/ip4/127.0.0.1/tcp/0"}, false, env, o.Version
 		cfg.HeartbeatInterval = time.Second
-		cfg.SyncInterval = Duration(5 * time.Second)
+		cfg.SyncInterval = node.Duration(5 * time.Second)
 		if s == "relay" {
-			cfg.SMTP = SMTPConfig{Server: mail.Addr(), From: "monitor@ppsync-demo.example", TLS: "none"}
+			cfg.SMTP = node.SMTPConfig{Server: mail.Addr(), From: "monitor@ppsync-demo.example", TLS: "none"}
 		}
-		n, err := Open(ctx, cfg)
+		n, err := node.Open(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("demo: start %s: %w", s, err)
 		}
 		rctx, cancel := context.WithCancel(ctx)
 		dn.n, dn.stop, dn.done = n, cancel, make(chan error, 1)
 		go func() { dn.done <- n.Run(rctx) }()
+		if dn.c, err = demoClient(ctx, dn); err != nil {
+			return fmt.Errorf("demo: start %s: %w", s, err)
+		}
 		return nil
 	}
 	stop := func(s string) {
@@ -463,8 +474,9 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		}
 		dn.stop()
 		<-dn.done
+		dn.c.Close()
 		dn.n.Close()
-		dn.n = nil
+		dn.n, dn.c = nil, nil
 	}
 	defer func() {
 		for _, s := range all {
@@ -478,7 +490,14 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	if err := start("relay"); err != nil {
 		return err
 	}
-	relayAddr := nodes["relay"].n.mesh.Addrs()[0]
+	rt, err := demoRuntime(nodes["relay"].data)
+	if err != nil {
+		return err
+	}
+	if len(rt.Addrs) == 0 {
+		return errors.New("demo: the relay listens on no address")
+	}
+	relayAddr := rt.Addrs[0]
 	// Support adds the relay's address to family.json (`ppsync family
 	// bootstrap --add`), then the clinics are set up with that family.json.
 	info, err := family.LoadInfo(familyFile)
@@ -547,7 +566,7 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	}
 
 	offline := demoSites[2]
-	rule, err := nodes["relay"].n.AddAlert(ctx, AlertRequest{Site: offline, Emails: []string{"manager@" + offline + ".example"},
+	rule, err := nodes["relay"].c.AddAlert(ctx, api.AlertRequest{Site: offline, Emails: []string{"manager@" + offline + ".example"},
 		Days: "daily", Hours: []string{"00:00-24:00"}, TZ: "UTC", After: "3s"})
 	if err != nil {
 		return fmt.Errorf("demo: alert rule: %w", err)
@@ -600,9 +619,9 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	say("")
 	say("All four nodes hold the same data:")
 	for _, s := range all {
-		d, _ := nodes[s].n.state.Digest()
-		st, _ := nodes[s].n.state.Stats()
-		say("  %-13s digest %s  records %d", s, d.Short(), st.Records)
+		d, _ := nodes[s].c.Digest(ctx)
+		st, _ := nodes[s].c.Status(ctx)
+		say("  %-13s digest %s  records %d", s, shortDigest(d), st.Records)
 	}
 	say("The three practice databases hold the same rows (every table compared row by row, ordered by id):")
 	for _, s := range demoSites {
@@ -614,14 +633,18 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 		say("  %-13s rows %x  %s", s, r.sum[:6], strings.Join(parts, ", "))
 	}
 	for _, s := range demoSites {
-		res, err := nodes[s].n.DBCheck(ctx, false)
+		res, err := nodes[s].c.DBCheck(ctx, false)
 		if err != nil {
 			return err
 		}
 		if len(res.Differences) > 0 || res.Problem != "" {
 			return fmt.Errorf("demo: %s: the practice database differs from the merged state in %d rows %s", s, len(res.Differences), res.Problem)
 		}
-		if st := nodes[s].n.DBStatus(); len(st.Refused) > 0 {
+		st, err := nodes[s].c.DBStatus(ctx)
+		if err != nil {
+			return err
+		}
+		if len(st.Refused) > 0 {
 			return fmt.Errorf("demo: %s: the practice database refused %d merged rows (first: %s/%s: %s)", s, len(st.Refused), st.Refused[0].Table, st.Refused[0].Key, st.Refused[0].Reason)
 		}
 	}
@@ -642,7 +665,11 @@ func RunDemo(ctx context.Context, o DemoOptions) error {
 	say("")
 	say("Sync pages (each link works once, within 2 minutes; for a new one: ppsync open --data DIR):")
 	for _, s := range all {
-		say("  %-13s %s", s, nodes[s].n.page.issue().URL)
+		l, err := nodes[s].c.LoginLink(ctx)
+		if err != nil {
+			return err
+		}
+		say("  %-13s %s", s, l.URL)
 	}
 	say("Data directories: %s/<site>; the API key of each is in its api.key. Practice databases: %s/<clinic>.db", o.Dir, dbDir)
 	if o.NoWait {
@@ -721,14 +748,13 @@ func shellQuote(s string) string {
 // converge.
 func demoExplain(ctx context.Context, out io.Writer, nodes map[string]*demoNode, sites []string) {
 	for _, s := range sites {
-		n := nodes[s].n
-		d, _ := n.state.Digest()
-		st, _ := n.state.Stats()
-		held, _ := n.txlog.Held()
-		fmt.Fprintf(out, "   %-13s digest %s  records %d  held %d  frontier %v\n", s, d.Short(), st.Records, held, n.txlog.Frontier())
+		c := nodes[s].c
+		d, _ := c.Digest(ctx)
+		st, _ := c.Status(ctx)
+		fmt.Fprintf(out, "   %-13s digest %s  records %d  held %d  frontier %v\n", s, shortDigest(d), st.Records, st.Held, st.Frontier)
 		if p := nodes[s].db; p != nil {
 			sum, _ := p.quickSum(ctx)
-			ds := n.DBStatus()
+			ds, _ := c.DBStatus(ctx)
 			fmt.Fprintf(out, "   %-13s database %s  captured %d  applied %d  refused %d  %s\n", "", sum, ds.Captured, ds.Applied, len(ds.Refused), ds.Problem)
 		}
 	}
@@ -771,9 +797,15 @@ func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode
 		}
 	}
 	for {
+		frontiers := map[string]map[string]uint64{}
 		want := map[string]uint64{}
 		for _, s := range sites {
-			for site, n := range nodes[s].n.txlog.Frontier() {
+			st, err := nodes[s].c.Status(ctx)
+			if err != nil {
+				return nil, err
+			}
+			frontiers[s] = st.Frontier
+			for site, n := range st.Frontier {
 				want[site] = max(want[site], n)
 			}
 		}
@@ -782,14 +814,14 @@ func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode
 			for _, n := range want {
 				total += n
 			}
-			lacking += missing(want, nodes[s].n.txlog.Frontier())
+			lacking += demoMissing(want, frontiers[s])
 		}
 		have := total - lacking
 		same := have == total
 		if same {
-			var first wire.Hash
+			var first string
 			for i, s := range sites {
-				d, err := nodes[s].n.state.Digest()
+				d, err := nodes[s].c.Digest(ctx)
 				if err != nil {
 					return nil, err
 				}
@@ -851,5 +883,56 @@ func demoConverge(ctx context.Context, out io.Writer, nodes map[string]*demoNode
 		case <-t.C:
 		}
 		t.Stop()
+	}
+}
+
+// demoMissing counts the entries the frontier have holds that of lacks.
+func demoMissing(have, of map[string]uint64) uint64 {
+	var n uint64
+	for site, seq := range have {
+		if seq > of[site] {
+			n += seq - of[site]
+		}
+	}
+	return n
+}
+
+// shortDigest is the start of a digest, enough to tell two apart by eye.
+func shortDigest(d string) string { return d[:min(len(d), 12)] }
+
+// demoRuntime reads a running node's runtime.json: its API address and the
+// addresses it listens on for the family (what support gives the family).
+func demoRuntime(data string) (api.Runtime, error) {
+	var rt api.Runtime
+	b, err := os.ReadFile(filepath.Join(data, node.RuntimeFile))
+	if err != nil {
+		return rt, fmt.Errorf("demo: %w", err)
+	}
+	if err := json.Unmarshal(b, &rt); err != nil {
+		return rt, fmt.Errorf("demo: %s: %w", filepath.Join(data, node.RuntimeFile), err)
+	}
+	return rt, nil
+}
+
+// demoClient waits until the node started on dn.data answers its API (Run
+// writes runtime.json once it serves) and returns a client for it.
+func demoClient(ctx context.Context, dn *demoNode) (*api.Client, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := api.NewClient(dn.data)
+		if err == nil {
+			return c, nil
+		}
+		if !errors.Is(err, api.ErrNotRunning) || time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case err := <-dn.done:
+			dn.done <- err // stop reads it again
+			return nil, fmt.Errorf("the node stopped: %v", err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package node
+package api
 
 import (
 	"bytes"
@@ -21,7 +21,7 @@ func (c *Client) Alerts(ctx context.Context) (AlertsResult, error) {
 func (c *Client) AddAlert(ctx context.Context, req AlertRequest) (AlertJSON, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
-		return AlertJSON{}, fmt.Errorf("node: alert rule: %w", err)
+		return AlertJSON{}, fmt.Errorf("api: alert rule: %w", err)
 	}
 	var r AlertJSON
 	err = c.do(ctx, http.MethodPost, "/v1/alerts", bytes.NewReader(body), "application/json", &r)
