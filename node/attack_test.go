@@ -875,7 +875,7 @@ func TestVersionMismatchIsShown(t *testing.T) {
 				return false, fmt.Sprintf("%s warnings: %q", s, st.Warnings)
 			}
 			var peers struct {
-				Peers []PeerJSON `json:"peers"`
+				Peers []api.PeerJSON `json:"peers"`
 			}
 			if code := tf.nodes[s].r.call(t, "GET", "/v1/peers", nil, &peers); code != 200 {
 				return false, fmt.Sprintf("%s peers: HTTP %d", s, code)

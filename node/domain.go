@@ -247,19 +247,7 @@ func (n *Node) Peers(ctx context.Context) ([]api.PeerJSON, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return peersJSON(n.sync.peers()), nil
-}
-
-// peersJSON gives the syncer's view of the peers as the API shows it.
-func peersJSON(ps []PeerJSON) []api.PeerJSON {
-	if ps == nil {
-		return nil // "peers": null, as it always was
-	}
-	out := make([]api.PeerJSON, len(ps))
-	for i, p := range ps {
-		out[i] = api.PeerJSON(p)
-	}
-	return out
+	return n.sync.peers(), nil
 }
 
 // SyncNow starts a sync round now and, with wait > 0 (at most an hour),
@@ -270,12 +258,7 @@ func (n *Node) SyncNow(ctx context.Context, wait time.Duration) (api.Receipt, er
 		return api.Receipt{}, badRequest("wait=%q is not a duration between 0 and 1h (like 30s)", wait.String())
 	}
 	n.events.emit(EvSyncNow, map[string]any{"wait": wait.String()})
-	rc := n.sync.syncNow(ctx, wait)
-	out := api.Receipt{CaughtUp: rc.CaughtUp, Waited: rc.Waited}
-	for _, m := range rc.Members {
-		out.Members = append(out.Members, api.ReceiptMember(m))
-	}
-	return out, nil
+	return n.sync.syncNow(ctx, wait), nil
 }
 
 // Settings returns the node's changeable settings, as they are now.
@@ -457,7 +440,7 @@ func (n *Node) Metrics(ctx context.Context) (Metrics, error) {
 		return m, err
 	}
 	peers := n.sync.peers()
-	m.Peers = peersJSON(peers)
+	m.Peers = peers
 	st, err := n.statusOf(peers)
 	if err != nil {
 		return m, fmt.Errorf("node: metrics: %w", err)

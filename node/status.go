@@ -10,7 +10,7 @@ import (
 
 // statusOf builds the status from an already computed list of peers (the
 // metrics collector needs both and computes the peers once).
-func (n *Node) statusOf(peers []PeerJSON) (api.Status, error) {
+func (n *Node) statusOf(peers []api.PeerJSON) (api.Status, error) {
 	s := api.Status{
 		Site: n.id.Site, Role: string(n.id.Role), PeerID: n.id.PeerID, Version: n.cfg.Version,
 		FamilyID: n.id.FamilyID, FamilyName: n.roster.Info().Name, Epoch: n.cert.Epoch,

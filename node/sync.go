@@ -12,6 +12,7 @@ import (
 
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/node/engine"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -569,26 +570,12 @@ func (s *syncer) writeGate() string {
 	return c.gate.Reason
 }
 
-// PeerJSON is one row of GET /v1/peers and `ppsync peers`.
-type PeerJSON struct {
-	Site      string            `json:"site"`
-	Role      string            `json:"role"`
-	PeerID    string            `json:"peer_id"`
-	Connected bool              `json:"connected"`
-	Via       string            `json:"via"` // direct, relay or "" when not connected
-	Version   string            `json:"version"`
-	Frontier  map[string]uint64 `json:"frontier"`
-	Lag       uint64            `json:"lag"` // entries this node holds that the member does not
-	LastSeen  *time.Time        `json:"last_seen"`
-	ClockSkew string            `json:"clock_skew,omitempty"` // set when over 2 minutes
-}
-
 // peers lists every other member as this node sees it.
-func (s *syncer) peers() []PeerJSON {
+func (s *syncer) peers() []api.PeerJSON {
 	local := s.n.txlog.Frontier()
-	var out []PeerJSON
+	var out []api.PeerJSON
 	for _, pi := range s.n.mesh.Peers() {
-		row := PeerJSON{Site: pi.Member.Site, Role: "site", PeerID: pi.Member.PeerID.String(), Connected: pi.Connected, Via: pi.Via, Frontier: map[string]uint64{}}
+		row := api.PeerJSON{Site: pi.Member.Site, Role: "site", PeerID: pi.Member.PeerID.String(), Connected: pi.Connected, Via: pi.Via, Frontier: map[string]uint64{}}
 		if pi.Member.Relay {
 			row.Role = "relay"
 		}
@@ -609,25 +596,9 @@ func (s *syncer) peers() []PeerJSON {
 	return out
 }
 
-// Receipt is the answer of POST /v1/sync: per member, caught up or why not.
-type Receipt struct {
-	CaughtUp bool            `json:"caught_up"` // every member holds everything this node holds
-	Members  []ReceiptMember `json:"members"`
-	Waited   string          `json:"waited"`
-}
-
-// ReceiptMember is one member's line of a receipt.
-type ReceiptMember struct {
-	Site     string `json:"site"`
-	PeerID   string `json:"peer_id"`
-	CaughtUp bool   `json:"caught_up"`
-	Behind   uint64 `json:"behind"` // entries it lacks
-	Reason   string `json:"reason,omitempty"`
-}
-
 // syncNow starts a round now and, with wait > 0, waits until every member
 // holds everything this node holds or the time runs out.
-func (s *syncer) syncNow(ctx context.Context, wait time.Duration) Receipt {
+func (s *syncer) syncNow(ctx context.Context, wait time.Duration) api.Receipt {
 	start := s.n.cfg.Now()
 	s.n.mesh.Redial()
 	s.n.mesh.PublishHeartbeat()
@@ -649,11 +620,11 @@ func (s *syncer) syncNow(ctx context.Context, wait time.Duration) Receipt {
 	}
 }
 
-func (s *syncer) receipt(ctx context.Context) Receipt {
+func (s *syncer) receipt(ctx context.Context) api.Receipt {
 	local := s.n.txlog.Frontier()
-	rc := Receipt{CaughtUp: true}
+	rc := api.Receipt{CaughtUp: true}
 	for _, pi := range s.n.mesh.Peers() {
-		m := ReceiptMember{Site: pi.Member.Site, PeerID: pi.Member.PeerID.String()}
+		m := api.ReceiptMember{Site: pi.Member.Site, PeerID: pi.Member.PeerID.String()}
 		switch {
 		case !pi.Connected:
 			m.Reason = "not reachable"
