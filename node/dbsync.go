@@ -239,6 +239,26 @@ func newDBSync(n *Node, c db.Connector) *dbsync {
 		lastCaptured: map[string]time.Time{}, lastApplied: map[string]time.Time{}}
 }
 
+// loadRefused reads the rows the database refused (kept in the database
+// itself) with their merged versions. Open calls it before the node answers,
+// so that status shows them from the first request after a restart; the
+// owner goroutine calls it again when it starts.
+func (d *dbsync) loadRefused(ctx context.Context) error {
+	refused, err := d.c.Refused(ctx)
+	if err != nil {
+		return err
+	}
+	for i, k := range refused {
+		if r, err := d.Merged(k.Table, k.Key); err == nil {
+			refused[i].Fields = r.Fields
+		}
+	}
+	d.mu.Lock()
+	d.refused, d.retry = refused, len(refused) > 0
+	d.mu.Unlock()
+	return nil
+}
+
 // poke asks for an apply soon (entries arrived).
 func (d *dbsync) poke() {
 	select {
@@ -344,18 +364,9 @@ func (d *dbsync) start(ctx context.Context) error {
 			d.mu.Unlock()
 		}
 	}
-	refused, err := d.c.Refused(ctx)
-	if err != nil {
+	if err := d.loadRefused(ctx); err != nil {
 		return err
 	}
-	for i, k := range refused {
-		if r, err := d.Merged(k.Table, k.Key); err == nil {
-			refused[i].Fields = r.Fields
-		}
-	}
-	d.mu.Lock()
-	d.refused, d.retry = refused, len(refused) > 0
-	d.mu.Unlock()
 	if loaded == 0 && d.n.id.Role == "site" {
 		return d.load(ctx, s)
 	}

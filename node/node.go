@@ -208,6 +208,10 @@ func (n *Node) open(ctx context.Context) error {
 	}
 	if n.dbc != nil {
 		n.dbs = newDBSync(n, n.dbc)
+		if err := n.dbs.loadRefused(ctx); err != nil {
+			// Not fatal: the owner goroutine reads them again when it starts.
+			n.log.Warn("the rows the practice database refused could not be read yet", "err", err)
+		}
 		n.goTracked(func() { n.dbs.run(n.ctx) })
 	}
 	if n.ln, err = net.Listen("tcp", n.cfg.API); err != nil {
