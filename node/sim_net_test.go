@@ -73,6 +73,10 @@ func (fx *simFx) ForkCheck(a engine.ForkCheck) {
 	fx.w.fail("%s: fork check of %s#%d with %s, but no site forked", fx.n.id, a.Site, a.Seq, a.Peer)
 }
 
+func (fx *simFx) CheckDuplicate(a engine.CheckDuplicate) {
+	fx.w.fail("%s: checks %s as a duplicate identity, but no identity runs twice", fx.n.id, a.Peer)
+}
+
 func (fx *simFx) SpreadFork(a engine.SpreadFork) {
 	fx.w.fail("%s: spreads a fork of %s#%d, but no site forked", fx.n.id, a.Site, a.Seq)
 }

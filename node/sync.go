@@ -228,6 +228,24 @@ func (c *call) ForkCheck(a engine.ForkCheck) {
 	})
 }
 
+// CheckDuplicate compares everything a member whose identity runs twice
+// holds with this node's log, whichever copy answers.
+func (c *call) CheckDuplicate(a engine.CheckDuplicate) {
+	s := c.s
+	p, err := peer.Decode(a.Peer)
+	if err != nil {
+		return
+	}
+	s.n.goTracked(func() {
+		ctx, cancel := context.WithTimeout(s.n.ctx, time.Minute)
+		defer cancel()
+		have, heads := s.n.frontierWithHeads()
+		if _, err := s.n.mesh.Fetch(ctx, p, have, heads, nil); err != nil && ctx.Err() == nil {
+			s.n.log.Debug("duplicate identity check failed", "peer", p, "err", err)
+		}
+	})
+}
+
 // Append appends a run to the log (unless the disk is almost full) and
 // reports what it brought: counters, the received event, refusals, a fork.
 func (c *call) Append(a engine.Append) engine.Outcome {

@@ -9,6 +9,7 @@ import "fmt"
 type Effects interface {
 	Fetch(Fetch)
 	ForkCheck(ForkCheck)
+	CheckDuplicate(CheckDuplicate)
 	Append(Append) Outcome
 	SpreadFork(SpreadFork)
 	PushBranch(PushBranch)
@@ -29,6 +30,8 @@ func Drive(step func(Input) []Action, fx Effects, in Input) {
 			fx.Fetch(a)
 		case ForkCheck:
 			fx.ForkCheck(a)
+		case CheckDuplicate:
+			fx.CheckDuplicate(a)
 		case Append:
 			o := fx.Append(a)
 			Drive(step, fx, Appended{Now: in.When(), Append: a, Outcome: o})

@@ -13,6 +13,7 @@ import (
 var allActions = []Action{
 	Fetch{Peer: "a", Reason: ReasonGap},
 	ForkCheck{Peer: "a", Site: "x", Seq: 3},
+	CheckDuplicate{Peer: "a"},
 	Append{Peer: "a", Run: []*wire.Signed{{}}},
 	SpreadFork{Site: "x", Seq: 3},
 	PushBranch{Site: "x", From: 1},
@@ -24,8 +25,11 @@ var allActions = []Action{
 // recordFx writes down each effect by its action's type.
 type recordFx struct{ got []string }
 
-func (r *recordFx) Fetch(Fetch)           { r.got = append(r.got, "Fetch") }
-func (r *recordFx) ForkCheck(ForkCheck)   { r.got = append(r.got, "ForkCheck") }
+func (r *recordFx) Fetch(Fetch)         { r.got = append(r.got, "Fetch") }
+func (r *recordFx) ForkCheck(ForkCheck) { r.got = append(r.got, "ForkCheck") }
+func (r *recordFx) CheckDuplicate(CheckDuplicate) {
+	r.got = append(r.got, "CheckDuplicate")
+}
 func (r *recordFx) Append(Append) Outcome { r.got = append(r.got, "Append"); return Outcome{} }
 func (r *recordFx) SpreadFork(SpreadFork) { r.got = append(r.got, "SpreadFork") }
 func (r *recordFx) PushBranch(PushBranch) { r.got = append(r.got, "PushBranch") }

@@ -133,8 +133,13 @@ func (e *Engine) Step(in Input) []Action {
 		e.cfg.Interval = in.Interval
 	case DuplicateSeen:
 		e.twins[in.Peer] = now
-		// Whichever copy answers, compare everything it holds.
-		e.want(in.Peer, ReasonDuplicate, true)
+		// Whichever copy answers, compare everything it holds, now: at most
+		// once per ForkCheckEvery per member, as the duplicate is reported
+		// on every connection of the second copy.
+		if key := "dup/" + in.Peer; now.Sub(e.checked[key]) >= e.cfg.ForkCheckEvery {
+			e.checked[key] = now
+			e.emit(CheckDuplicate{Peer: in.Peer})
+		}
 	case ForkProofReceived:
 		if in.Added {
 			// Whoever learns of a fork passes on its own branch too: a copy

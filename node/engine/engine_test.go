@@ -93,6 +93,9 @@ func (f *traceFx) Fetch(a Fetch) { f.got = append(f.got, "fetch:"+a.Peer+":"+a.R
 func (f *traceFx) ForkCheck(a ForkCheck) {
 	f.got = append(f.got, fmt.Sprintf("forkcheck:%s:%s#%d", a.Peer, a.Site, a.Seq))
 }
+func (f *traceFx) CheckDuplicate(a CheckDuplicate) {
+	f.got = append(f.got, "checkdup:"+a.Peer)
+}
 func (f *traceFx) Append(a Append) Outcome {
 	via := "catch-up"
 	if a.Held {
@@ -422,15 +425,16 @@ func TestEngineTraces(t *testing.T) {
 			"proof a z 3 -> ", // no entry of z held: nothing to push
 		}},
 		// Duplicates.
-		{"a duplicate identity fetches within the cap, ignoring backoff", []string{
+		{"a duplicate identity is compared at once, beside sessions and the cap, once per 10s", []string{
 			"up a -> fetch:a:connect",
 			"done a fail -> ",
 			"up b -> fetch:b:connect",
 			"up c -> fetch:c:connect",
-			"dup a -> ", // two sessions run: it waits its turn
-			"done b ok -> fetch:a:duplicate",
-			"dup c -> ",
-			"done c ok -> fetch:c:duplicate",
+			"dup a -> checkdup:a", // two sessions run and a backs off: it checks all the same
+			"dup a -> ",           // reported again by the same copy's next connection
+			"dup c -> checkdup:c", // a session with c runs
+			"tick 11s -> ",
+			"dup a -> checkdup:a",
 		}},
 		// The write gate.
 		{"a moved node waits for a sync that finds no one ahead", []string{
@@ -481,7 +485,7 @@ func TestEngineQueries(t *testing.T) {
 		"up a -> fetch:a:connect",
 		"done a ok -> ",
 		"hb a x=7,me=1 -> fetch:a:peer-ahead",
-		"dup b -> ",
+		"dup b -> checkdup:b",
 		"gossip a x#5 -> append:a:x#5:gossip=gap timer:50ms",
 	})
 	if got := e.Held(); got != 1 {

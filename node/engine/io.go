@@ -162,12 +162,11 @@ type Action interface{ action() }
 
 // Reasons a catch-up session runs.
 const (
-	ReasonConnect   = "connect"
-	ReasonGap       = "gap"
-	ReasonAhead     = "peer-ahead"
-	ReasonInterval  = "interval"
-	ReasonSyncNow   = "sync-now"
-	ReasonDuplicate = "duplicate"
+	ReasonConnect  = "connect"
+	ReasonGap      = "gap"
+	ReasonAhead    = "peer-ahead"
+	ReasonInterval = "interval"
+	ReasonSyncNow  = "sync-now"
 )
 
 // Fetch: run a catch-up session with Peer (then report FetchDone).
@@ -183,6 +182,13 @@ type ForkCheck struct {
 	Site string
 	Seq  uint64
 }
+
+// CheckDuplicate: two processes run Peer's identity (a copied data
+// directory): fetch everything it holds beyond this node's frontier, with
+// this node's head hashes, whichever copy answers. It runs at once, beside
+// any session with the peer and outside the session cap, as a fork check
+// does: a fork between the two copies shows as soon as it is fetched.
+type CheckDuplicate struct{ Peer string }
 
 // Append: append a run received from Peer to the log and report the
 // Outcome. Held marks a run drained from the reorder buffer.
@@ -220,14 +226,15 @@ type WriteGate struct {
 	Reason string
 }
 
-func (Fetch) action()      {}
-func (ForkCheck) action()  {}
-func (Append) action()     {}
-func (SpreadFork) action() {}
-func (PushBranch) action() {}
-func (Probe) action()      {}
-func (SetTimer) action()   {}
-func (WriteGate) action()  {}
+func (Fetch) action()          {}
+func (ForkCheck) action()      {}
+func (CheckDuplicate) action() {}
+func (Append) action()         {}
+func (SpreadFork) action()     {}
+func (PushBranch) action()     {}
+func (Probe) action()          {}
+func (SetTimer) action()       {}
+func (WriteGate) action()      {}
 
 // --- outcomes of an append ----------------------------------------------------
 
