@@ -107,6 +107,7 @@ func Alerts(ctx context.Context, env Env, seed uint64) (res Result, err error) {
 	}
 	at := func(d time.Duration) error { return pause(ctx, time.Until(ref.Add(d))) }
 	c1, c2, c3 := h.Sites[0], h.Sites[1], h.Sites[2]
+	ambiguous := map[string]bool{}
 	step := func(what string, f func() error) {
 		if err := f(); err != nil {
 			h.Violate("harness", "%s: %v", what, err)
@@ -138,14 +139,40 @@ func Alerts(ctx context.Context, env Env, seed uint64) (res Result, err error) {
 		{150 * time.Second, "thaw clinic-1", c1.Thaw},
 		{155 * time.Second, "kill clinic-3 on Friday evening", c3.Kill},
 	}
+	// began is when each step really began: a harness starved of CPU (the
+	// race detector on a 2-core machine) can run one late, and what an outage
+	// deserves is judged on its real length, not the planned one.
+	began := map[string]time.Time{}
 	for _, e := range plan {
 		if err := at(e.at); err != nil {
 			return res, err
 		}
-		h.Logf("alerts: %s (monitor clock %s)", e.what, mustTime(alertFriday).Add(e.at).Format("Mon 15:04:05"))
+		now := time.Now()
+		began[e.what] = now
+		late := ""
+		if l := now.Sub(ref.Add(e.at)); l > time.Second {
+			late = fmt.Sprintf(", %s late", l.Round(100*time.Millisecond))
+		}
+		h.Logf("alerts: %s (monitor clock %s; %s%s)", e.what, mustTime(alertFriday).Add(e.at).Format("Mon 15:04:05"), now.UTC().Format("15:04:05.000"), late)
 		h.countFault("alerts-" + strings.Fields(e.what)[0])
 		step(e.what, e.do)
+		if d := time.Since(now); d > 2*time.Second {
+			h.Logf("alerts: %s took %s", e.what, d.Round(100*time.Millisecond))
+		}
 	}
+	// An outage this close to the threshold may or may not be told.
+	const margin = 5 * time.Second
+	expect := func(site, from, to string, want int) {
+		lasted := began[to].Sub(began[from])
+		switch {
+		case want == 1 && lasted < alertAfter+margin, want == 0 && lasted > alertAfter-margin:
+			h.Logf("alerts: %s's outage lasted %s against a threshold of %s: either outcome is right", site, lasted.Round(100*time.Millisecond), alertAfter)
+			ambiguous[site] = true
+		}
+	}
+	expect(c1.Site, plan[0].what, plan[3].what, 1)
+	expect(c2.Site, plan[1].what, plan[2].what, 0)
+	expect(c3.Site, plan[4].what, plan[5].what, 1)
 	// The weekend passes while the monitor is down: it restarts on Monday
 	// at 07:59:30 by its clock.
 	if _, err := h.Relay.Stop(); err != nil {
@@ -172,8 +199,15 @@ func Alerts(ctx context.Context, env Env, seed uint64) (res Result, err error) {
 	want := map[string][2]int{c1.Site: {1, 1}, c2.Site: {0, 0}, c3.Site: {2, 2}}
 	for site, w := range want {
 		a, r := len(alertMails(msgs, site, "has not synced")), len(alertMails(msgs, site, "syncing again"))
+		if ambiguous[site] && a == r && (a == w[0] || a == w[0]-1 || a == w[0]+1) {
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: %d alerts and %d recoveries (an outage near the threshold, as the harness ran it)", site, a, r))
+			continue
+		}
 		if a != w[0] || r != w[1] {
 			h.Violate("alerts", "%s: %d alerts and %d recoveries, want %d and %d", site, a, r, w[0], w[1])
+			if out, _, _, err := h.Relay.CLI(ctx, "alerts", "list", "--data", h.Relay.Data, "--json"); err == nil {
+				h.Logf("alerts: the monitor's rules and state:\n%s", out)
+			}
 		}
 	}
 	if len(alertMails(msgs, c1.Site, "test message")) != 1 {
