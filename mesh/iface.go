@@ -83,6 +83,7 @@ type Heartbeat struct {
 	Wall     time.Time         `codec:"wa"`           // its wall clock when sent
 	Status   string            `codec:"st"`           // "ok", "forked", "catching-up", ...
 	Addrs    []string          `codec:"ad,omitempty"`
+	Want     []string          `codec:"wk,omitempty"` // data keys it waits for (IDs): a holder gives them at once
 }
 
 // ProtocolVersion is the version of the sync protocol this build speaks.

@@ -33,13 +33,23 @@ func opsJSON(ops []wire.Op) []api.OpJSON {
 	return out
 }
 
-func entryJSON(e *wire.Signed) api.EntryJSON {
+// entryJSON shows an entry; a sealed one with its operations when this site
+// holds its key (a relay never does: it shows the header alone).
+func (n *Node) entryJSON(e *wire.Signed) api.EntryJSON {
 	prev := ""
 	if !e.Prev.IsZero() {
 		prev = e.Prev.String()
 	}
+	ops := e.Ops
+	if e.Key != "" {
+		ops = nil
+		if n.opener != nil {
+			ops = n.opener.Open(e)
+		}
+	}
 	return api.EntryJSON{Site: e.Site, Seq: e.Seq, Epoch: e.Epoch, Hash: e.Hash.String(), Prev: prev, HLC: e.HLC,
-		Time: hlc.Timestamp(e.HLC).Time(), Schema: e.Schema, Deps: e.Deps, Ops: opsJSON(e.Ops)}
+		Time: hlc.Timestamp(e.HLC).Time(), Schema: e.Schema, Deps: e.Deps, Ops: opsJSON(ops),
+		Key: e.Key, Sealed: e.Key != "" && ops == nil, Grants: len(e.Grants)}
 }
 
 // sortEntries orders entries oldest first by HLC, then site and seq.

@@ -98,6 +98,9 @@ func (n *Node) Get(ctx context.Context, table, key string) (api.RecordJSON, erro
 	if err := ctx.Err(); err != nil {
 		return api.RecordJSON{}, err
 	}
+	if n.ring == nil {
+		return api.RecordJSON{}, relayBlind()
+	}
 	rec, ok, err := n.state.Get(table, key)
 	if err != nil {
 		return api.RecordJSON{}, fmt.Errorf("node: get %s/%s: %w", table, key, err)
@@ -123,6 +126,9 @@ func listLimit(limit, def, ceiling int) int {
 func (n *Node) List(ctx context.Context, table, after string, limit int) (api.ListResult, error) {
 	if err := ctx.Err(); err != nil {
 		return api.ListResult{}, err
+	}
+	if n.ring == nil {
+		return api.ListResult{}, relayBlind()
 	}
 	limit = listLimit(limit, defaultListN, maxListLimit)
 	recs, err := n.state.List(table, after, limit+1)
@@ -150,6 +156,9 @@ func (n *Node) Changes(ctx context.Context, after uint64, limit int) (api.Change
 	if err := ctx.Err(); err != nil {
 		return api.ChangesResult{}, err
 	}
+	if n.ring == nil {
+		return api.ChangesResult{}, relayBlind()
+	}
 	chs, next, err := n.state.Changes(after, listLimit(limit, defaultListN, maxListLimit))
 	if err != nil {
 		return api.ChangesResult{}, fmt.Errorf("node: changes: %w", err)
@@ -171,6 +180,9 @@ func (n *Node) Digest(ctx context.Context) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	if n.ring == nil {
+		return "", relayBlind()
+	}
 	d, err := n.state.Digest()
 	if err != nil {
 		return "", fmt.Errorf("node: digest: %w", err)
@@ -183,6 +195,9 @@ func (n *Node) Digest(ctx context.Context) (string, error) {
 // and the database's own), then up to limit recorded concurrent writes,
 // newest first.
 func (n *Node) Conflicts(ctx context.Context, limit int) (api.ConflictsResult, error) {
+	if n.ring == nil {
+		return api.ConflictsResult{}, relayBlind()
+	}
 	limit = listLimit(limit, defaultListN, maxListLimit)
 	cs, err := n.state.Conflicts(limit)
 	if err != nil {
@@ -222,7 +237,7 @@ func (n *Node) Log(ctx context.Context, site string, limit int) (api.LogResult, 
 			return api.LogResult{}, fmt.Errorf("node: log of %s: %w", s, err)
 		}
 		for _, e := range es {
-			all = append(all, entryJSON(e))
+			all = append(all, n.entryJSON(e))
 		}
 	}
 	sortEntries(all)

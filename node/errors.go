@@ -59,6 +59,7 @@ const (
 	codeStopping     = "stopping"
 	codeInternal     = "internal"
 	codeSendFailed   = "send_failed"
+	codeRelayBlind   = "relay_blind"
 )
 
 func newAPIError(status int, code string, cause error, format string, a ...any) *apiError {
@@ -71,6 +72,11 @@ func badRequest(format string, a ...any) error {
 }
 
 // notFound: what was asked for does not exist (404).
+// relayBlind: a relay was asked for records (409): it holds none it can read.
+func relayBlind() error {
+	return newAPIError(http.StatusConflict, codeRelayBlind, ErrRelayBlind, "%s", ErrRelayBlind.Error())
+}
+
 func notFound(format string, a ...any) error {
 	return newAPIError(http.StatusNotFound, codeNotFound, nil, format, a...)
 }

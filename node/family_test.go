@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/node/datadir"
+	"github.com/ppsync/ppsync/state"
 )
 
 // testFamily is an authority with a relay and sites, all running in this
@@ -145,12 +149,66 @@ func (tf *testFamily) stop(site string) {
 	}
 }
 
+// emptyDigest is the digest of a state that holds nothing.
+func emptyDigest(t testing.TB) string {
+	t.Helper()
+	db, err := store.Open("", store.Options{FS: vfs.NewMem()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, err := state.Open(db, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := st.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
 func (tf *testFamily) digest(site string) string {
 	d, err := tf.nodes[site].r.n.state.Digest()
 	if err != nil {
 		tf.t.Fatal(err)
 	}
 	return d.String()
+}
+
+// waitKeysSettled polls until every site holds every data key any of them
+// knows of and waits for none, so that no grant entry is still to come.
+func (tf *testFamily) waitKeysSettled(d time.Duration, sites ...string) {
+	tf.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		detail := ""
+		all := map[string]bool{}
+		for _, s := range sites {
+			for _, k := range tf.nodes[s].r.n.ring.Keys() {
+				all[k.ID] = true
+			}
+		}
+		for _, s := range sites {
+			n := tf.nodes[s].r.n
+			held, _ := n.txlog.Held()
+			if w := n.ring.Wanted(); len(w) > 0 || held > 0 {
+				detail += fmt.Sprintf(" %s wants %v (holds %d entries)", s, w, held)
+			}
+			for id := range all {
+				if !n.ring.Has(id) {
+					detail += fmt.Sprintf(" %s lacks %.8s", s, id)
+				}
+			}
+		}
+		if detail == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			tf.t.Fatalf("data keys not settled after %s:%s", d, detail)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // waitConverged polls until every running node holds the same frontier and
@@ -162,7 +220,21 @@ func (tf *testFamily) waitConverged(d time.Duration, sites ...string) {
 		var first, firstFront string
 		same := true
 		var detail string
+		var relayFronts []string
 		for _, s := range sites {
+			if tf.nodes[s].r.n.ring == nil {
+				// A relay holds no readable state: its frontier alone.
+				if tf.digest(s) != emptyDigest(tf.t) {
+					tf.t.Fatalf("the relay %s holds readable state", s)
+				}
+				front := fmt.Sprint(tf.nodes[s].r.n.txlog.Frontier())
+				detail += fmt.Sprintf(" %s=%s/blind", s, front)
+				if firstFront != "" && front != firstFront {
+					same = false
+				}
+				relayFronts = append(relayFronts, front)
+				continue
+			}
 			dg := tf.digest(s)
 			// Durable heads too: the state shows a group a moment before its
 			// fsync makes the heads move.
@@ -173,6 +245,9 @@ func (tf *testFamily) waitConverged(d time.Duration, sites ...string) {
 			} else if dg != first || front != firstFront {
 				same = false
 			}
+		}
+		for _, f := range relayFronts {
+			same = same && (firstFront == "" || f == firstFront)
 		}
 		if same {
 			return

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -26,6 +27,7 @@ import (
 	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/node/datadir"
+	"github.com/ppsync/ppsync/node/keyring"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -44,6 +46,10 @@ type Node struct {
 	db       *pebble.DB
 	state    *state.State
 	txlog    *txlog.Log
+	ring     *keyring.Ring            // the family's data keys (nil at a relay)
+	opener   *keyring.Opener          // the log's applier at a site
+	revoked  atomic.Pointer[[]string] // revoked certificates (site@epoch), as of the last change of membership
+	keyPoke  chan struct{}
 	clock    *hlc.Clock
 	ln       net.Listener
 	srv      *http.Server
@@ -195,9 +201,17 @@ func (n *Node) open(ctx context.Context) error {
 	if n.cert.Role == family.RoleSite {
 		self = &txlog.Identity{Site: n.cert.Site, Epoch: n.cert.Epoch, Key: n.key}
 	}
-	n.txlog, err = txlog.Open(txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: members{n},
-		Apply: n.state, Clock: n.clock, Logger: n.log, App: n.appVersion})
-	if err != nil {
+	if err := n.openKeys(); err != nil {
+		return err
+	}
+	tc := txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: members{n},
+		Apply: noState{}, Clock: n.clock, Logger: n.log, App: n.appVersion}
+	if n.ring != nil {
+		tc.Apply, tc.Take, tc.Seal, tc.Ready = n.opener, n.opener.Take, n.sealEntry, n.entryReady
+	} else if err := n.forgetRelayState(ctx); err != nil {
+		return err
+	}
+	if n.txlog, err = txlog.Open(tc); err != nil {
 		return err
 	}
 	if err := n.startMesh(ctx); err != nil {
@@ -205,6 +219,9 @@ func (n *Node) open(ctx context.Context) error {
 	}
 	if err := n.startAlerts(); err != nil {
 		return err
+	}
+	if n.ring != nil {
+		n.goTracked(func() { n.runKeys(n.ctx) })
 	}
 	if n.dbc != nil {
 		n.dbs = newDBSync(n, n.dbc)
@@ -436,6 +453,9 @@ func (n *Node) heartbeat() mesh.Heartbeat {
 		Schema: wire.SchemaVersion, Wall: n.cfg.Now().UTC(), Status: status}
 	if n.txlog != nil {
 		hb.Frontier, hb.Heads = n.frontierWithHeads()
+	}
+	if n.ring != nil {
+		hb.Want = n.ring.Wanted()
 	}
 	return hb
 }

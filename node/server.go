@@ -45,6 +45,8 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("GET /v1/activity", n.getActivity)
 	mux.HandleFunc("GET /v1/db", n.getDB)
 	mux.HandleFunc("POST /v1/db/check", n.postDBCheck)
+	mux.HandleFunc("GET /v1/keys", n.getKeys)
+	mux.HandleFunc("POST /v1/keys/rotate", n.postRotateKey)
 	mux.HandleFunc("GET /v1/alerts", n.getAlerts)
 	mux.HandleFunc("POST /v1/alerts", n.postAlert)
 	mux.HandleFunc("DELETE /v1/alerts/{id}", n.deleteAlert)
@@ -261,6 +263,20 @@ func (n *Node) getChanges(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := n.Changes(r.Context(), after, limit)
 	n.answer(w, res, err)
+}
+
+func (n *Node) getKeys(w http.ResponseWriter, r *http.Request) {
+	k, err := n.Keys(r.Context())
+	n.answer(w, k, err)
+}
+
+func (n *Node) postRotateKey(w http.ResponseWriter, r *http.Request) {
+	if n.ring == nil {
+		n.writeErr(w, relayBlind())
+		return
+	}
+	k, err := n.RotateKey(r.Context())
+	n.answer(w, k, err)
 }
 
 func (n *Node) getDigest(w http.ResponseWriter, r *http.Request) {

@@ -17,6 +17,11 @@ func (n *Node) statusOf(peers []api.PeerJSON) (api.Status, error) {
 		Frontier: n.txlog.Frontier(), Forks: []api.ForkJSON{}, StartedAt: n.start.UTC(),
 		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
 	}
+	var keyWarn string
+	s.Encryption, keyWarn = n.encryptionStatus()
+	if keyWarn != "" {
+		s.Warnings = append(s.Warnings, keyWarn)
+	}
 	cfg := n.currentConfig()
 	if n.id.Role == family.RoleSite { // own entries no other member is known to hold
 		s.Pending = beyond(n.txlog.Head(n.id.Site).Seq, n.sync.mostHeld(n.id.Site))

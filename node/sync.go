@@ -566,7 +566,7 @@ func (s *syncer) PeerChanged(p peer.ID, up bool) {
 }
 
 // DocumentsChanged is the mesh.Handler side: membership changed.
-func (s *syncer) DocumentsChanged() { s.n.recheckCertificate() }
+func (s *syncer) DocumentsChanged() { s.n.recheckCertificate(); s.n.membershipChanged() }
 
 // skewed reports whether a member's clock is off by more than the limit.
 func skewed(skew time.Duration) bool { return skew > clockSkewLimit || skew < -clockSkewLimit }

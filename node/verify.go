@@ -3,13 +3,17 @@ package node
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"time"
 
+	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/node/datadir"
+	"github.com/ppsync/ppsync/node/keyring"
 	"github.com/ppsync/ppsync/state"
 	"github.com/ppsync/ppsync/txlog"
 )
@@ -55,7 +59,31 @@ func Verify(ctx context.Context, dataDir string, progress func(stage string, don
 	if err != nil {
 		return rep, err
 	}
-	lg, err := txlog.Open(txlog.Config{DB: db, Family: roster.FamilyID(), Keys: rosterKeys{roster}, Apply: st, Clock: hlc.New(time.Now)})
+	// A site rebuilds through its keyring (sealed entries open with the keys
+	// it holds; others stay held); a relay keeps no state at all.
+	var apply txlog.Applier = noState{}
+	tc := txlog.Config{DB: db, Family: roster.FamilyID(), Keys: rosterKeys{roster}, Apply: st, Clock: hlc.New(time.Now)}
+	if id, err := datadir.ReadIdentity(dataDir); err == nil && id.Role == family.RoleSite {
+		key, err := datadir.ReadNodeKey(filepath.Join(dataDir, NodeKeyFile))
+		if err != nil {
+			return rep, err
+		}
+		ring, err := keyring.Open(db, roster.FamilyID(), slog.New(slog.DiscardHandler))
+		if err != nil {
+			return rep, err
+		}
+		self := keyring.Self{Site: id.Site, Key: key}
+		for _, c := range roster.Certificates() {
+			if c.Site == id.Site && c.PeerID.String() == id.PeerID && c.Epoch > self.Epoch {
+				self.Epoch = c.Epoch
+			}
+		}
+		op := &keyring.Opener{Ring: ring, Self: self, State: st}
+		apply, tc.Apply = op, op
+		tc.Ready = func(s *wire.Signed) bool { return s.Key == "" || s.Opened != nil || ring.Has(s.Key) }
+	}
+	tc.Apply = apply
+	lg, err := txlog.Open(tc)
 	if err != nil {
 		return rep, err
 	}
@@ -82,7 +110,7 @@ func Verify(ctx context.Context, dataDir string, progress func(stage string, don
 	if err := st.Clear(ctx); err != nil {
 		return rep, err
 	}
-	if err := lg.Replay(ctx, st, 1000, func(done, total uint64) { progress("rebuilding the state", done, total) }); err != nil {
+	if err := lg.Replay(ctx, apply, 1000, func(done, total uint64) { progress("rebuilding the state", done, total) }); err != nil {
 		return rep, err
 	}
 	rep.Rebuilt = true

@@ -205,8 +205,9 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64) err
 		if loads != nil {
 			a.load = loads[i]
 		}
-		for i := range e.Ops {
-			if err := a.applyOp(i, &e.Ops[i]); err != nil {
+		ops := e.Payload() // a sealed entry's opened operations
+		for i := range ops {
+			if err := a.applyOp(i, &ops[i]); err != nil {
 				return err
 			}
 		}

@@ -3,6 +3,7 @@ package txlog
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -64,6 +65,22 @@ func (l *Log) WriteLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, ex
 		return nil, err
 	}
 	return r.out, nil
+}
+
+// WriteGrants commits an own entry that carries key grants and no
+// operations.
+func (l *Log) WriteGrants(ctx context.Context, grants []wire.Grant) (*wire.Signed, error) {
+	if l.cfg.Self == nil {
+		return nil, ErrReadOnly
+	}
+	if len(grants) == 0 {
+		return nil, errors.New("txlog: a grant entry needs at least one grant")
+	}
+	r := &request{own: [][]wire.Op{nil}, grant: grants}
+	if err := l.submit(ctx, r); err != nil {
+		return nil, err
+	}
+	return r.out[0], nil
 }
 
 // AppendRemote takes one entry received from a peer (gossip): it checks the

@@ -13,6 +13,7 @@ import (
 // request is one call waiting for the committer.
 type request struct {
 	own   [][]wire.Op               // own transactions, one entry each
+	grant []wire.Grant              // own: a grant entry (own is one nil transaction)
 	run   []*wire.Signed            // remote: a verified contiguous run of one site
 	proof *[2]*wire.Signed          // a fork proof from a peer (checked)
 	fn    func() error              // exclusive work run between groups (replay)
@@ -298,6 +299,14 @@ func (l *Log) stampOwn(g *group, r *request) error {
 			Seq: head.Seq + 1, Prev: head.Hash, HLC: uint64(l.cfg.Clock.Now()),
 			Schema: wire.SchemaFor(app), App: app, Deps: deps, Ops: ops,
 		}
+		switch {
+		case r.grant != nil:
+			e.Grants, e.Schema = r.grant, max(e.Schema, wire.SchemaSealed)
+		case l.cfg.Seal != nil:
+			if err := l.cfg.Seal(&e); err != nil {
+				return fmt.Errorf("txlog: seal the entry: %w", err)
+			}
+		}
 		body, err := wire.EncodeBody(&e)
 		if err != nil {
 			if len(r.own) > 1 {
@@ -367,6 +376,11 @@ func (l *Log) writeAll(g *group, signed func()) error {
 	if hinted {
 		loads = make([]uint64, 0, len(g.writes))
 	}
+	if l.cfg.Take != nil {
+		if err := l.cfg.Take(g.b, g.writes); err != nil {
+			return fmt.Errorf("txlog: take in: %w", err)
+		}
+	}
 	for _, s := range g.writes {
 		if !l.holds(s) {
 			apply = append(apply, s)
@@ -414,6 +428,9 @@ func (l *Log) writeAll(g *group, signed func()) error {
 // version (0) holds nothing for it.
 func (l *Log) holds(s *wire.Signed) bool {
 	if s.Schema > l.cfg.Schema {
+		return true
+	}
+	if l.cfg.Ready != nil && !l.cfg.Ready(s) {
 		return true
 	}
 	app := l.cfg.App()

@@ -107,6 +107,18 @@ type Config struct {
 	// version reaches it (ReleaseHeld). 0 (or nil): unknown, nothing is held
 	// for it.
 	App func() uint32
+	// Seal, if set, seals an own entry's operations before it is encoded
+	// and signed (end-to-end encryption): it sets Key and Sealed, moves Ops
+	// to Opened, and raises Schema. An error fails the write.
+	Seal func(e *wire.Entry) error
+	// Take, if set, sees every new entry of a group, held or not, in the
+	// group's batch before anything is applied: how key grants are taken in
+	// from an entry that is itself held until the key it carries is known.
+	Take func(b *pebble.Batch, es []*wire.Signed) error
+	// Ready, if set, says whether an entry can be applied now; one that
+	// cannot (sealed with a data key this node does not hold yet) is held,
+	// stored and forwarded, until ReleaseHeld finds it ready.
+	Ready func(s *wire.Signed) bool
 	// NoSync skips fsync. Only for benchmarks that measure everything else.
 	NoSync bool
 }

@@ -139,34 +139,51 @@ func (l *Log) applyHeld() error {
 	if len(ids) == 0 {
 		return nil
 	}
+	// In chunks: a site that waited long for a data key may hold a whole
+	// backlog.
+	applied := 0
+	for len(ids) > 0 {
+		n := min(len(ids), 1000)
+		k, err := l.applyHeldChunk(ids[:n])
+		if err != nil {
+			return err
+		}
+		applied += k
+		ids = ids[n:]
+	}
+	if applied > 0 {
+		l.cfg.Logger.Info("applied held entries (a newer schema, practice software or data key is here now)", "entries", applied)
+	}
+	return nil
+}
+
+func (l *Log) applyHeldChunk(ids []wire.ID) (int, error) {
 	b := l.db.NewIndexedBatch()
 	defer b.Close()
 	var apply []*wire.Signed
 	for _, id := range ids {
 		s, err := l.Get(id.Site, id.Seq)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if l.holds(s) {
 			continue
 		}
 		apply = append(apply, s)
 		if err := b.Delete(seqKey(spaceHeld, id.Site, id.Seq), nil); err != nil {
-			return fmt.Errorf("txlog: unhold %s: %w", id, err)
+			return 0, fmt.Errorf("txlog: unhold %s: %w", id, err)
 		}
 	}
-	applied := len(apply)
-	if applied == 0 {
-		return nil
+	if len(apply) == 0 {
+		return 0, nil
 	}
 	if err := l.cfg.Apply.ApplyAll(b, apply); err != nil {
-		return fmt.Errorf("txlog: apply held entries: %w", err)
+		return 0, fmt.Errorf("txlog: apply held entries: %w", err)
 	}
 	if err := b.Commit(l.write); err != nil {
-		return fmt.Errorf("txlog: apply held entries: %w", err)
+		return 0, fmt.Errorf("txlog: apply held entries: %w", err)
 	}
-	l.cfg.Logger.Info("applied entries held for a newer schema", "entries", applied)
-	return nil
+	return len(apply), nil
 }
 
 // ReleaseHeld applies the held entries this site can apply now (its
@@ -245,6 +262,10 @@ func (l *Log) replay(ctx context.Context, a Applier, batchSize int, total uint64
 		}
 		done++
 		if l.holds(s) {
+			// Held (again): the marker lets ReleaseHeld find it.
+			if err := b.Set(seqKey(spaceHeld, s.Site, s.Seq), nil, nil); err != nil {
+				return fmt.Errorf("txlog: replay: hold %s: %w", s.ID(), err)
+			}
 			continue
 		}
 		if chunk = append(chunk, s); len(chunk) >= batchSize {

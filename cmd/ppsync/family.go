@@ -17,7 +17,7 @@ func familyCommand() *command {
 		summary: "administer a sync family (the authority's offline commands)",
 		sub: []*command{
 			familyCreateCommand(), familyBootstrapCommand(), familyAdmitCommand(),
-			familyMoveCommand(), familyRevokeCommand(),
+			familyMoveCommand(), familyRevokeCommand(), familyRotateKeyCommand(),
 		},
 	}
 }
@@ -264,6 +264,45 @@ the family, and every member stops talking to the revoked site.`,
 			}
 			fmt.Fprintf(c.stdout, "Revoked site %q (every certificate up to epoch %d) into %s.\n", rev.Site, rev.Epoch, out)
 			fmt.Fprintf(c.stdout, "Next: install it into a running member with `ppsync install --data DATA %s`.\n", filepath.Base(out))
+			return nil
+		},
+	}
+}
+
+func familyRotateKeyCommand() *command {
+	var data string
+	var asJSON bool
+	return &command{
+		name:     "family rotate-key",
+		synopsis: "--data DATA [--json]",
+		summary:  "start a new data key epoch at a running site (entries written from now on use a new key)",
+		detail: `The family's entries are end-to-end encrypted with data keys that only its sites hold (a relay
+holds none). This makes a new key at the site whose data directory is DATA and gives it to every
+current site; entries written from now on are sealed with it. Old keys stay, so old entries stay
+readable. Revoking a site starts a new key epoch by itself; run this when you suspect a key leaked.`,
+		flags: func(fs *flag.FlagSet) {
+			dataFlag(fs, &data)
+			jsonFlag(fs, &asJSON)
+		},
+		run: func(c *cli, cmd *command, args []string) error {
+			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ks, err := cl.RotateKey(c.ctx)
+			if err != nil {
+				return apiError(dir, err)
+			}
+			if asJSON {
+				return writeJSONLine(c.stdout, ks)
+			}
+			for _, k := range ks.Keys {
+				if k.Sealing {
+					fmt.Fprintf(c.stdout, "New data key %.12s… (epoch %d): entries written from now on are sealed with it.\n", k.ID, k.Epoch)
+					fmt.Fprintf(c.stdout, "It is being given to every current site; %d key(s) known in all.\n", len(ks.Keys))
+				}
+			}
 			return nil
 		},
 	}

@@ -10,6 +10,7 @@
 //	'm'  node metadata (database ID, format)
 //	'd'  node: the practice database's capture position and load progress
 //	'a'  alert: rules, the monitor's state, the outbox
+//	'k'  keyring: the family's data keys and who holds them
 package store
 
 import (
@@ -28,6 +29,7 @@ const (
 	PrefixMeta  byte = 'm'
 	PrefixDB    byte = 'd'
 	PrefixAlert byte = 'a'
+	PrefixKeys  byte = 'k'
 )
 
 // Options tune the database. The zero value is the production setting.

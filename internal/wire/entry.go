@@ -11,7 +11,13 @@ import (
 // Schema 2 entries may carry App, the practice software's schema version
 // (schema 1 builds hold them: they cannot tell whether their practice
 // database has the columns).
-const SchemaVersion = 2
+//
+// Schema 3 entries are sealed (end-to-end encrypted: Key and Sealed instead of
+// Ops) or carry key grants; schema 2 builds hold them.
+const SchemaVersion = 3
+
+// SchemaSealed is the schema of a sealed entry and of one that carries grants.
+const SchemaSealed = 3
 
 // SchemaFor returns the entry schema an entry needs: 2 when it carries a
 // practice schema version, else 1 (readable by every build).
@@ -88,6 +94,55 @@ type Entry struct {
 	App    uint32            `codec:"ap,omitempty"` // the practice software's schema version it was written with (0: none)
 	Deps   map[string]uint64 `codec:"dp,omitempty"` // writer's frontier: site -> highest contiguous seq held
 	Ops    []Op              `codec:"op"`
+	// Key names the family data key that sealed the operations (its ID); the
+	// operations are then in Sealed (encrypted, the header as associated
+	// data, see SealAD) and Ops is empty. "": the operations are in clear
+	// (entries written before encryption).
+	Key    string  `codec:"ky,omitempty"`
+	Sealed []byte  `codec:"sl,omitempty"`
+	Grants []Grant `codec:"gr,omitempty"` // data keys given to sites, each wrapped to its node key
+
+	// Opened holds the operations of a sealed entry once they are known here
+	// (sealed by this node, or opened with a key it holds). Never encoded.
+	Opened []Op `codec:"-"`
+}
+
+// Grant gives one data key to one site: the key's secret wrapped to the
+// X25519 key derived from the site's node key of one certificate epoch. It is
+// in clear (a relay stores and forwards it, and cannot open it) and signed
+// with its entry by the giver.
+type Grant struct {
+	Key      string `codec:"k"`  // the data key's ID
+	KeyEpoch uint64 `codec:"e"`  // the key epoch (a rotation starts a new one)
+	To       string `codec:"t"`  // the receiving site
+	ToEpoch  uint64 `codec:"te"` // the certificate epoch whose node key it is wrapped to
+	// Excl names the certificates (site@epoch) that must never receive this
+	// key: the ones revoked when it was made. Every giver repeats it.
+	Excl []string `codec:"x,omitempty"`
+	Eph  []byte   `codec:"p"` // the wrap's ephemeral X25519 public key
+	Box  []byte   `codec:"b"` // the key's secret, sealed
+}
+
+// MaxGrants bounds the grants of one entry.
+const MaxGrants = 1024
+
+// Payload returns the entry's operations as known here: Ops in clear, or the
+// opened operations of a sealed entry (nil while it cannot be opened).
+func (e *Entry) Payload() []Op {
+	if e.Key != "" {
+		return e.Opened
+	}
+	return e.Ops
+}
+
+// SealAD returns the associated data a sealed entry's operations are bound
+// to: the canonical encoding of the entry without its operations, sealed or
+// not (family, site, epoch, seq, prev, hlc, schema, deps, key, grants), so a
+// ciphertext cannot be moved to another entry or another key.
+func SealAD(e *Entry) ([]byte, error) {
+	h := *e
+	h.Ops, h.Sealed, h.Opened = nil, nil, nil
+	return Marshal(&h)
 }
 
 // ID names an entry: (site, seq). It is unique unless the site forked.
@@ -133,6 +188,32 @@ func (e *Entry) Validate() error {
 		if err := ValidateSiteID(s); err != nil {
 			return fmt.Errorf("entry %s deps: %w", e.ID(), err)
 		}
+	}
+	if len(e.Grants) > MaxGrants {
+		return errorf(ErrTooLarge, "entry %s carries %d key grants, the limit is %d", e.ID(), len(e.Grants), MaxGrants)
+	}
+	for i := range e.Grants {
+		g := &e.Grants[i]
+		if g.Key == "" || len(g.Key) > 64 || g.KeyEpoch == 0 || g.ToEpoch == 0 || len(g.Eph) != 32 || len(g.Box) == 0 || len(g.Box) > 256 || len(g.Excl) > MaxDeps {
+			return errorf(ErrInvalid, "entry %s has a malformed key grant (%d)", e.ID(), i+1)
+		}
+		if err := ValidateSiteID(g.To); err != nil {
+			return fmt.Errorf("entry %s key grant %d: %w", e.ID(), i+1, err)
+		}
+	}
+	switch {
+	case e.Key != "":
+		if len(e.Ops) > 0 || len(e.Sealed) == 0 || len(e.Key) > 64 || e.Schema < SchemaSealed {
+			return errorf(ErrInvalid, "entry %s is sealed with key %q but carries operations in clear, no sealed body or schema %d", e.ID(), e.Key, e.Schema)
+		}
+		return nil // the operations are checked when opened
+	case len(e.Sealed) > 0:
+		return errorf(ErrInvalid, "entry %s has a sealed body but names no key", e.ID())
+	case len(e.Grants) > 0 && len(e.Ops) == 0:
+		if e.Schema < SchemaSealed {
+			return errorf(ErrInvalid, "entry %s carries key grants with schema %d", e.ID(), e.Schema)
+		}
+		return nil // a grant entry: keys only
 	}
 	return ValidateOps(e.Ops)
 }

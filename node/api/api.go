@@ -109,6 +109,9 @@ type EntryJSON struct {
 	Schema uint32            `json:"schema"`
 	Deps   map[string]uint64 `json:"deps,omitempty"`
 	Ops    []OpJSON          `json:"ops"`
+	Key    string            `json:"key,omitempty"`    // the data key that sealed it ("": written in clear)
+	Sealed bool              `json:"sealed,omitempty"` // its operations cannot be shown here (no key: a relay, or not given yet)
+	Grants int               `json:"grants,omitempty"` // data keys it gives to sites
 }
 
 // LogResult answers GET /v1/log.
@@ -184,6 +187,34 @@ type Status struct {
 	WriteBlocked    string            `json:"write_blocked,omitempty"` // why writes are refused, if they are
 	Warnings        []string          `json:"warnings"`                // plain-language problems to show prominently
 	Bootstrap       []BootstrapJSON   `json:"bootstrap"`               // the addresses this node was given to reach the family
+	Encryption      *EncryptionJSON   `json:"encryption,omitempty"`    // the family's data keys as this node stands with them
+}
+
+// EncryptionJSON is how a node stands with the family's data keys.
+type EncryptionJSON struct {
+	// State: sealing (own entries are sealed with Key), waiting (a key
+	// exists that this site does not hold yet: entries sealed with it are
+	// held), no-key (none made yet), blind (a relay: holds none).
+	State  string `json:"state"`
+	Key    string `json:"key,omitempty"` // the key own entries are sealed with
+	Epoch  uint64 `json:"epoch,omitempty"`
+	Keys   int    `json:"keys"` // keys known (held or seen given)
+	Detail string `json:"detail"`
+}
+
+// KeysJSON answers GET /v1/keys and POST /v1/keys/rotate.
+type KeysJSON struct {
+	Blind bool      `json:"blind,omitempty"` // a relay: no keys
+	Keys  []KeyJSON `json:"keys"`
+}
+
+// KeyJSON is one data key: never its secret.
+type KeyJSON struct {
+	ID      string `json:"id"`
+	Epoch   uint64 `json:"epoch"`
+	Held    bool   `json:"held"`
+	GivenTo int    `json:"given_to"` // site certificates that have it
+	Sealing bool   `json:"sealing,omitempty"`
 }
 
 // BootstrapJSON is one bootstrap address (family.json, --bootstrap or

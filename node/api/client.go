@@ -225,6 +225,20 @@ func (c *Client) Digest(ctx context.Context) (string, error) {
 	return r.Digest, err
 }
 
+// Keys lists the family's data keys as the node knows them (GET /v1/keys).
+func (c *Client) Keys(ctx context.Context) (KeysJSON, error) {
+	var r KeysJSON
+	err := c.do(ctx, http.MethodGet, "/v1/keys", nil, "", &r)
+	return r, err
+}
+
+// RotateKey starts a new key epoch (POST /v1/keys/rotate).
+func (c *Client) RotateKey(ctx context.Context) (KeysJSON, error) {
+	var r KeysJSON
+	err := c.do(ctx, http.MethodPost, "/v1/keys/rotate", nil, "", &r)
+	return r, err
+}
+
 // Log returns log entries, newest last (GET /v1/log): the newest limit
 // entries of site, or of every site when site is "".
 func (c *Client) Log(ctx context.Context, site string, limit int) (LogResult, error) {
