@@ -82,7 +82,10 @@ func Init(opts InitOptions) (InitResult, error) {
 	}
 	defer lk.Release()
 	if id, err := datadir.ReadIdentity(opts.DataDir); err == nil {
-		return res, fmt.Errorf("node: %s already holds the node of site %q; use an empty directory for a new node", opts.DataDir, id.Site)
+		if _, terr := datadir.Tighten(opts.DataDir); terr != nil {
+			return res, terr
+		}
+		return res, fmt.Errorf("node: %s already holds the node of site %q (its keys and database are now readable by this account only); use an empty directory for a new node", opts.DataDir, id.Site)
 	}
 
 	var practice db.Identity
@@ -165,10 +168,32 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("node: encode identity: %w", err)
 	}
+	if _, err := datadir.Tighten(opts.DataDir); err != nil {
+		return res, err
+	}
 	// node.json last: its presence marks a complete setup.
 	if err := datadir.WriteFileAtomic(filepath.Join(opts.DataDir, datadir.NodeFile), append(idb, '\n'), 0o644); err != nil {
 		return res, err
 	}
 	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), datadir.BindingID(dbID, practice.ID), fp
 	return res, nil
+}
+
+// TightenResult says what TightenExisting changed.
+type TightenResult struct {
+	Site    string   `json:"site"`
+	Changed []string `json:"changed"` // the paths whose permissions were tightened
+}
+
+// TightenExisting is `ppsync init --data DATA` on a directory that already
+// holds a node: it makes the node's keys and database readable by its
+// account only (on Windows, that account and Administrators), so that
+// `ppsync run` accepts them.
+func TightenExisting(dataDir string) (TightenResult, error) {
+	id, err := datadir.ReadIdentity(dataDir)
+	if err != nil {
+		return TightenResult{}, err
+	}
+	changed, err := datadir.Tighten(dataDir)
+	return TightenResult{Site: id.Site, Changed: changed}, err
 }

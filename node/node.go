@@ -141,6 +141,9 @@ func (n *Node) open(ctx context.Context) error {
 	if n.lock, err = lock.Acquire(dir); err != nil {
 		return err
 	}
+	if err := datadir.CheckPrivate(dir); err != nil {
+		return err
+	}
 	if n.key, err = datadir.ReadNodeKey(filepath.Join(dir, NodeKeyFile)); err != nil {
 		return err
 	}
