@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -78,6 +79,10 @@ func (n *Node) guard(next http.Handler, pg *web.Page) http.Handler {
 			n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "this API only answers requests from this machine"))
 			return
 		}
+		if r.URL.Path == api.HelloPath {
+			n.hello(w, r) // needs no key: it is how a client checks this is its node before sending it
+			return
+		}
 		if !n.bearerOK(r) && !pg.Public(r) {
 			switch verdict, why := pg.Authorize(r); verdict {
 			case web.SessionRefused:
@@ -90,6 +95,21 @@ func (n *Node) guard(next http.Handler, pg *web.Page) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// hello proves to a client that this node holds the API key, before the
+// client sends it (GET /v1/hello?nonce=HEX).
+func (n *Node) hello(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		n.writeErr(w, newAPIError(http.StatusMethodNotAllowed, codeBadRequest, nil, "use GET %s?nonce=HEX", api.HelloPath))
+		return
+	}
+	nonce, err := hex.DecodeString(r.URL.Query().Get("nonce"))
+	if err != nil || len(nonce) < api.MinNonce || len(nonce) > api.MaxNonce {
+		n.writeErr(w, badRequest("nonce must be %d to %d random bytes in hex", api.MinNonce, api.MaxNonce))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.Hello{Proof: hex.EncodeToString(api.ServerProof(n.apiKey, nonce))})
 }
 
 func isLoopbackHost(hostport string) bool {

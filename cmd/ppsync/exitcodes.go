@@ -43,6 +43,9 @@ func (e *notRunningError) Error() string {
 	if e.missing {
 		return fmt.Sprintf("ppsync is not running on %s, which does not exist; set up a node there with `ppsync init --data %s ...`", e.data, e.data)
 	}
+	if errors.Is(e.reason, api.ErrNotTheNode) {
+		return fmt.Sprintf("ppsync is not running on %s: %v; start it with `ppsync run --data %s`", e.data, e.reason, e.data)
+	}
 	return fmt.Sprintf("ppsync is not running on %s; start it with `ppsync run --data %s`", e.data, e.data)
 }
 

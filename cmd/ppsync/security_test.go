@@ -3,9 +3,13 @@
 package main
 
 import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -65,5 +69,35 @@ func TestRunRefusesReadableKeys(t *testing.T) {
 	r.want(t, exitOK)
 	if want := "already readable by this account only"; !strings.Contains(r.stdout, want) {
 		t.Errorf("a second init printed %q, want %q", r.stdout, want)
+	}
+}
+
+// TestStatusAtAStalePort: runtime.json left by a node that stopped names a
+// port another program now holds; `ppsync status` says the node is not
+// running (exit 3) and that program never receives the API key.
+func TestStatusAtAStalePort(t *testing.T) {
+	dir := t.TempDir()
+	key := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	var mu sync.Mutex
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, fmt.Sprintf("%s %v", r.URL, r.Header))
+		mu.Unlock()
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	os.WriteFile(filepath.Join(dir, "api.key"), []byte(key+"\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "runtime.json"), []byte(`{"pid":1,"api":"`+srv.URL+`","peer_id":"p","addrs":[]}`), 0o644)
+	ppsync(t, "", nil, "status", "--data", dir).want(t, exitNotRunning, "ppsync is not running on "+dir, "the key was not sent")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) == 0 {
+		t.Fatal("status sent nothing to the stale port: the test proves nothing")
+	}
+	for _, g := range got {
+		if strings.Contains(g, key) || strings.Contains(g, "Authorization") {
+			t.Fatalf("the program at the stale port received the key: %s", g)
+		}
 	}
 }
