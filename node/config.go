@@ -45,7 +45,16 @@ type Config struct {
 	// Listen are the libp2p addresses the node listens on.
 	Listen []string `toml:"listen"`
 	// API is the HOST:PORT of the local HTTP API; 127.0.0.1 keeps it on this machine.
+	// Any other address is served over HTTPS (DATA/api-tls.crt) unless
+	// APIInsecure.
 	API string `toml:"api"`
+	// APIInsecure serves a non-loopback API as plain HTTP, with a warning at
+	// every start (only on a network where nobody can listen in).
+	APIInsecure bool `toml:"api_insecure"`
+	// APIHosts are names, besides loopback and the API's own address, that
+	// requests may carry in their Host header (the name of this machine on
+	// the LAN). Any other name is refused, against DNS rebinding.
+	APIHosts []string `toml:"api_hosts"`
 	// Bootstrap are extra addresses of family members (usually the relay),
 	// added to those in family.json.
 	Bootstrap []string `toml:"bootstrap"`
@@ -145,6 +154,11 @@ func (c *Config) Validate() error {
 	if host == "" {
 		return badRequest("api address %q has no host; use 127.0.0.1 to keep the API on this machine", c.API)
 	}
+	for _, h := range c.APIHosts {
+		if h == "" || net.ParseIP(h) == nil && strings.ContainsAny(h, " /:@[]") {
+			return badRequest("api_hosts entry %q is not a host name or address (write it like reception-pc.clinic.local)", h)
+		}
+	}
 	if d := time.Duration(c.SyncInterval); d < time.Second || d > 24*time.Hour {
 		return badRequest("sync_interval %s is out of range (1s to 24h)", d)
 	}
@@ -212,6 +226,15 @@ listen = [{{range $i, $a := .Listen}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}
 
 # The local API and sync page (HOST:PORT). 127.0.0.1 keeps it on this machine.
 api = {{printf "%q" .API}}
+
+# A non-loopback api is served over HTTPS with a self-signed certificate
+# (api-tls.crt in the data directory; ppsync status and the other commands pin
+# it). api_insecure = true serves plain HTTP instead, with a warning at every start.
+api_insecure = {{.APIInsecure}}
+
+# Names this machine's API answers to besides 127.0.0.1, localhost and the api
+# address (like "reception-pc.clinic.local"); other names are refused.
+api_hosts = [{{range $i, $a := .APIHosts}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]
 
 # Addresses of family members to dial (the relay), in addition to family.json's.
 bootstrap = [{{range $i, $a := .Bootstrap}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]

@@ -129,6 +129,9 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := datadir.WriteAPIKey(filepath.Join(opts.DataDir, APIKeyFile)); err != nil {
 		return res, err
 	}
+	if _, err := datadir.LoadOrCreateAPICert(opts.DataDir, apiCertNames(), opts.Now()); err != nil {
+		return res, err
+	}
 	if err := family.SaveInfo(filepath.Join(opts.DataDir, FamilyFile), info); err != nil {
 		return res, err
 	}
@@ -194,6 +197,18 @@ func TightenExisting(dataDir string) (TightenResult, error) {
 	if err != nil {
 		return TightenResult{}, err
 	}
+	if _, err := datadir.LoadOrCreateAPICert(dataDir, apiCertNames(), time.Now()); err != nil {
+		return TightenResult{Site: id.Site}, err
+	}
 	changed, err := datadir.Tighten(dataDir)
 	return TightenResult{Site: id.Site, Changed: changed}, err
+}
+
+// apiCertNames are the names the API's certificate is made for besides
+// localhost and loopback: this machine's host name.
+func apiCertNames() []string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return []string{h}
+	}
+	return nil
 }
