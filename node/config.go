@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/notify"
 )
@@ -92,7 +94,10 @@ type Config struct {
 	// log-level` changes it at once, besides saving the setting.
 	Level *slog.LevelVar      `toml:"-"`
 	Env   func(string) string `toml:"-"` // environment (PPSYNC_MACHINE_ID); nil: empty
-	Now   func() time.Time    `toml:"-"` // clock; nil: time.Now
+	// Account returns the operating system account this process runs as
+	// (nil: lock.CurrentAccount); tests give another.
+	Account func() (lock.Account, error) `toml:"-"`
+	Now     func() time.Time             `toml:"-"` // clock; nil: time.Now
 	// AlertNow is the alert monitor's clock (nil: Now). Fault tests set it
 	// (PPSYNC_ALERT_CLOCK) to put the monitor inside or outside opening
 	// hours without shifting the node's own clock.
@@ -183,6 +188,17 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// notOwnerError refuses (exit 4) an account that cannot read a file of the
+// data directory: it is not the account that set the node up.
+func notOwnerError(dataDir, path string) error {
+	who := "this account"
+	if a, err := lock.CurrentAccount(); err == nil {
+		who = "the account " + a.String()
+	}
+	return fmt.Errorf("%w: %s cannot read %s, so it is not the account that set this node up; run ppsync as the account that owns %s (the service that `ppsync service install` sets up does)",
+		lock.ErrWrongAccount, who, path, dataDir)
+}
+
 // LoadConfig reads DATA/ppsync.toml over the defaults. A missing file gives
 // the defaults; a damaged one gives an error that names the file and line.
 func LoadConfig(dataDir string) (Config, error) {
@@ -194,6 +210,9 @@ func LoadConfig(dataDir string) (Config, error) {
 			return c, fmt.Errorf("node: data directory %s does not exist; create it with `ppsync init --data %s ...`", dataDir, dataDir)
 		}
 		return c, nil
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return c, notOwnerError(dataDir, path)
 	}
 	if err != nil {
 		return c, fmt.Errorf("node: read %s: %w", path, err)

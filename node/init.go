@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -166,16 +165,16 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := SaveConfig(cfg); err != nil {
 		return res, err
 	}
-	idb, err := json.MarshalIndent(datadir.Identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
-		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second), DBID: practice.ID, DBDetail: practice.Detail}, "", "  ")
-	if err != nil {
-		return res, fmt.Errorf("node: encode identity: %w", err)
-	}
 	if _, err := datadir.Tighten(opts.DataDir); err != nil {
 		return res, err
 	}
+	acct, err := lock.CurrentAccount()
+	if err != nil {
+		return res, err
+	}
 	// node.json last: its presence marks a complete setup.
-	if err := datadir.WriteFileAtomic(filepath.Join(opts.DataDir, datadir.NodeFile), append(idb, '\n'), 0o644); err != nil {
+	if err := datadir.WriteIdentity(opts.DataDir, datadir.Identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
+		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second), DBID: practice.ID, DBDetail: practice.Detail, Account: acct}); err != nil {
 		return res, err
 	}
 	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), datadir.BindingID(dbID, practice.ID), fp

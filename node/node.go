@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -111,6 +112,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Env == nil {
 		cfg.Env = func(string) string { return "" }
 	}
+	if cfg.Account == nil {
+		cfg.Account = lock.CurrentAccount
+	}
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
@@ -135,11 +139,21 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 
 func (n *Node) open(ctx context.Context) error {
 	dir := n.cfg.DataDir
+	acct, err := n.cfg.Account()
+	if err != nil {
+		return err
+	}
 	id, err := datadir.ReadIdentity(dir)
+	if errors.Is(err, fs.ErrPermission) {
+		return notOwnerError(dir, filepath.Join(dir, datadir.NodeFile))
+	}
 	if err != nil {
 		return err
 	}
 	n.id = id
+	if err := lock.CheckAccount(id.Account, acct); err != nil {
+		return err
+	}
 	if n.lock, err = lock.Acquire(dir); err != nil {
 		return err
 	}
@@ -188,8 +202,11 @@ func (n *Node) open(ctx context.Context) error {
 		}
 		dbID = datadir.BindingID(dbID, practice.ID)
 	}
-	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID},
-		lock.Binding{Fingerprint: fp, DatabaseID: dbID}); err != nil {
+	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID, Account: id.Account},
+		lock.Binding{Fingerprint: fp, DatabaseID: dbID, Account: acct}); err != nil {
+		return err
+	}
+	if err := n.recordAccount(acct); err != nil {
 		return err
 	}
 	if n.state, err = state.Open(n.db, n.log); err != nil {
@@ -224,6 +241,20 @@ func (n *Node) open(ctx context.Context) error {
 	}
 	n.srv = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return n.ctx }}
 	n.keepActivity()
+	return nil
+}
+
+// recordAccount binds a node set up before ppsync recorded the account to
+// the account that runs it first, and says so in the log.
+func (n *Node) recordAccount(acct lock.Account) error {
+	if n.id.Account.ID != "" {
+		return nil
+	}
+	n.id.Account = acct
+	if err := datadir.WriteIdentity(n.cfg.DataDir, n.id); err != nil {
+		return fmt.Errorf("%w; the node records the account that runs it in %s", err, datadir.NodeFile)
+	}
+	n.log.Info("this node had no account recorded (it was set up by an older ppsync): it is now bound to the account running it, and refuses to run as any other", "account", acct.String())
 	return nil
 }
 

@@ -16,7 +16,7 @@ const (
 	exitError      = 1
 	exitUsage      = 2
 	exitNotRunning = 3 // the node is not running
-	exitRefused    = 4 // refused by the machine lock or the database binding
+	exitRefused    = 4 // refused by the machine lock, the account or the database binding
 	exitLocked     = 5 // another node process runs on this data directory
 )
 

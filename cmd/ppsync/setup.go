@@ -234,7 +234,7 @@ func runCommand() *command {
 Settings come from DATA/ppsync.toml, then these flags. Once ready the node writes
 DATA/runtime.json (its PID, API address, peer ID and addresses), which the other commands use.
 --listen /ip4/127.0.0.1/tcp/0 and --api 127.0.0.1:0 pick free ports. Exit 4 when this node
-may not run here (another machine or database, a superseded or revoked certificate), 5 when
+may not run here (another machine, account or database, a superseded or revoked certificate), 5 when
 another ppsync already runs on DATA.`,
 		flags: func(fs *flag.FlagSet) {
 			dataFlag(fs, &data)
