@@ -65,7 +65,11 @@ func exposure(path string, _ os.FileInfo) (string, error) {
 // fixCommand is the command that makes path private: ppsync init tightens
 // the access control lists.
 func fixCommand(path string, dir bool) string {
-	return fmt.Sprintf("icacls %q /inheritance:r /grant:r \"%%USERNAME%%:F\" /grant:r \"*S-1-5-32-544:F\"", path)
+	inherit := ""
+	if dir {
+		inherit = "(OI)(CI)"
+	}
+	return `icacls "` + path + `" /inheritance:r /grant:r "%USERNAME%:` + inherit + `F" /grant:r "*S-1-5-32-544:` + inherit + `F"`
 }
 
 // restrict replaces path's access control list by one that lets only the
