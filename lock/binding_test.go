@@ -54,3 +54,39 @@ func TestCheckBinding(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckBindingAccount(t *testing.T) {
+	alice, bob := Account{ID: "1000", Name: "alice"}, Account{ID: "1001", Name: "bob"}
+	reg := Binding{Fingerprint: "aaaaaaaaaaaaaaaaaaaaaaaa", DatabaseID: "1111111111111111", Account: alice}
+	if err := CheckBinding(reg, reg); err != nil {
+		t.Fatalf("same account: %v", err)
+	}
+	// Another account: refused as such, even though its fingerprint (which
+	// hashes the account's name) differs too.
+	for _, have := range []Binding{
+		{Fingerprint: reg.Fingerprint, DatabaseID: reg.DatabaseID, Account: bob},
+		{Fingerprint: "bbbbbbbbbbbbbbbbbbbbbbbb", DatabaseID: reg.DatabaseID, Account: bob},
+	} {
+		err := CheckBinding(reg, have)
+		if !errors.Is(err, ErrWrongAccount) || !errors.Is(err, ErrRefused) || errors.Is(err, ErrWrongMachine) {
+			t.Fatalf("another account: %v", err)
+		}
+		for _, w := range []string{"set up by the account alice (1000)", "this is the account bob (1001)", "Run ppsync as alice", "ppsync service install"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("message %q lacks %q", err, w)
+			}
+		}
+	}
+	// A binding that records no account checks none.
+	old := Binding{Fingerprint: reg.Fingerprint, DatabaseID: reg.DatabaseID}
+	if err := CheckBinding(old, Binding{Fingerprint: reg.Fingerprint, DatabaseID: reg.DatabaseID, Account: bob}); err != nil {
+		t.Fatalf("a binding without an account: %v", err)
+	}
+}
+
+func TestCurrentAccount(t *testing.T) {
+	a, err := CurrentAccount()
+	if err != nil || a.ID == "" {
+		t.Fatalf("CurrentAccount = %+v, %v", a, err)
+	}
+}

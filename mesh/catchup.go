@@ -50,6 +50,9 @@ type catchupBatch struct {
 	// fork reaches even a node that no gossip reaches (a cloned copy that
 	// shares its twin's peer ID).
 	Proof [][]byte `codec:"pf,omitempty"`
+	// Refused, in the only frame of a response, says why the server did not
+	// serve the session (too many at once, too often).
+	Refused string `codec:"rf,omitempty"`
 }
 
 // FetchStats says what a catch-up session brought.
@@ -82,9 +85,7 @@ func newCodecs() (*codecs, error) {
 // compressed batches read straight from the log.
 func (m *Mesh) handleCatchup(s network.Stream) {
 	p := s.Conn().RemotePeer()
-	if _, ok := m.cfg.Family.Member(p); !ok {
-		m.count("catchup_non_member")
-		s.Reset()
+	if _, ok := m.admit(s, "catchup"); !ok {
 		return
 	}
 	defer s.Close()
@@ -101,21 +102,54 @@ func (m *Mesh) handleCatchup(s network.Stream) {
 		s.Reset()
 		return
 	}
+	if why := m.startServing(p); why != "" {
+		m.log.Debug("refused a catch-up session", "peer", p, "why", why)
+		if err := m.refuseCatchup(s, why); err != nil {
+			s.Reset()
+		}
+		return
+	}
+	defer m.stopServing(p)
 	if err := m.serveCatchup(s, req); err != nil {
 		m.log.Debug("catch-up serving stopped", "peer", p, "err", err)
 		s.Reset()
 	}
 }
 
-func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
-	front := m.cfg.Log.Frontier()
-	sites := req.Sites
-	if len(sites) == 0 {
+// refuseCatchup answers a catch-up request with why it is not served.
+func (m *Mesh) refuseCatchup(s network.Stream, why string) error {
+	raw, err := wire.Marshal(&catchupBatch{Refused: why})
+	if err != nil {
+		return err
+	}
+	_ = s.SetWriteDeadline(time.Now().Add(catchupIdle))
+	return writeFrame(s, m.codecs.enc.EncodeAll(raw, nil))
+}
+
+// requestedSites returns the sites a request asks for that this node holds,
+// each once, sorted: all of them when it names none.
+func requestedSites(req catchupRequest, front map[string]uint64) []string {
+	var sites []string
+	if len(req.Sites) == 0 {
 		for site := range front {
 			sites = append(sites, site)
 		}
+	} else {
+		seen := make(map[string]bool, len(front))
+		for _, site := range req.Sites {
+			if _, held := front[site]; held && !seen[site] {
+				seen[site] = true
+				sites = append(sites, site)
+			}
+		}
 	}
 	sort.Strings(sites)
+	return sites
+}
+
+func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
+	front := m.cfg.Log.Frontier()
+	sites := requestedSites(req, front)
 	w := bufio.NewWriterSize(s, 64<<10)
 	for _, site := range sites {
 		head, from := front[site], req.Have[site]+1
@@ -149,7 +183,7 @@ func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
 // session keeps what it committed and the next one resumes from there.
 func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, heads map[string][]byte, sites []string) (FetchStats, error) {
 	var st FetchStats
-	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "catch-up"), p, catchupProto)
+	s, err := m.openStream(ctx, p, catchupProto, "catch-up")
 	if err != nil {
 		return st, fmt.Errorf("mesh: open catch-up stream: %w", err)
 	}
@@ -220,6 +254,9 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 		}
 		st.Bytes += d.bytes
 		b, run := d.b, d.run
+		if b.Refused != "" {
+			return st, fmt.Errorf("mesh: %s refused the catch-up session: %s", p, b.Refused)
+		}
 		if len(b.Proof) == 2 {
 			pa, errA := wire.DecodeEnvelope(b.Proof[0])
 			pb, errB := wire.DecodeEnvelope(b.Proof[1])
@@ -267,7 +304,7 @@ func (m *Mesh) PushRange(site string, from, to uint64) {
 func (m *Mesh) pushTo(p peer.ID, site string, from, to uint64) error {
 	ctx, cancel := context.WithTimeout(m.ctx, time.Minute)
 	defer cancel()
-	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "push"), p, pushProto)
+	s, err := m.openStream(ctx, p, pushProto, "push")
 	if err != nil {
 		return err
 	}
@@ -283,9 +320,7 @@ func (m *Mesh) pushTo(p peer.ID, site string, from, to uint64) error {
 // them to the Handler like a catch-up run.
 func (m *Mesh) handlePush(s network.Stream) {
 	p := s.Conn().RemotePeer()
-	if _, ok := m.cfg.Family.Member(p); !ok {
-		m.count("push_non_member")
-		s.Reset()
+	if _, ok := m.admit(s, "push"); !ok {
 		return
 	}
 	defer s.Close()

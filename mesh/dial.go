@@ -534,13 +534,21 @@ func (m *Mesh) lanCandidates() []peer.AddrInfo {
 	return out
 }
 
-// candidate reports whether p may be dialed although it is not a known
-// member: a bootstrap address's peer or a peer found on the LAN.
-func (m *Mesh) candidate(p peer.ID) bool {
+// bootstrapPeer reports whether p is the peer of a bootstrap address.
+func (m *Mesh) bootstrapPeer(p peer.ID) bool {
 	for _, ai := range m.bootAIs {
 		if ai.ID == p {
 			return true
 		}
+	}
+	return false
+}
+
+// candidate reports whether p may be dialed although it is not a known
+// member: a bootstrap address's peer or a peer found on the LAN.
+func (m *Mesh) candidate(p peer.ID) bool {
+	if m.bootstrapPeer(p) {
+		return true
 	}
 	m.mu.Lock()
 	_, ok := m.lan[p]

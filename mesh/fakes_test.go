@@ -144,6 +144,14 @@ func (f *fakeFamily) DocumentsOf(p peer.ID) [][]byte {
 	return slices.Clone(f.own[p])
 }
 
+// Subject names the member a learnable document admits.
+func (f *fakeFamily) Subject(doc []byte) (peer.ID, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m, ok := f.learnable[string(doc)]
+	return m.PeerID, ok
+}
+
 func (f *fakeFamily) Learn(doc []byte) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

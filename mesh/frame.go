@@ -3,9 +3,14 @@ package mesh
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 )
+
+// errFrameTooLarge is a frame whose announced length exceeds the reader's
+// limit: refused before its body is read.
+var errFrameTooLarge = errors.New("mesh: frame too large")
 
 // Frames on streams: a uvarint length, then that many bytes. Readers enforce
 // a maximum before allocating.
@@ -26,7 +31,7 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 		return nil, err
 	}
 	if n > uint64(max) {
-		return nil, fmt.Errorf("mesh: frame of %d bytes exceeds the limit of %d", n, max)
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", errFrameTooLarge, n, max)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {

@@ -18,9 +18,7 @@ const frontierProto protocol.ID = "/ppsync/frontier/1"
 // handleFrontier answers a member with this node's durable frontier: how
 // Sync Now checks, precisely and at once, what each member holds.
 func (m *Mesh) handleFrontier(s network.Stream) {
-	if _, ok := m.cfg.Family.Member(s.Conn().RemotePeer()); !ok {
-		m.count("frontier_non_member")
-		s.Reset()
+	if _, ok := m.admit(s, "frontier"); !ok {
 		return
 	}
 	defer s.Close()
@@ -46,7 +44,7 @@ func (m *Mesh) FrontierOf(ctx context.Context, p peer.ID) (map[string]uint64, er
 // this way even when gossip cannot reach it (a cloned twin sharing a peer ID).
 func (m *Mesh) Probe(ctx context.Context, p peer.ID) (Heartbeat, error) {
 	var hb Heartbeat
-	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "frontier"), p, frontierProto)
+	s, err := m.openStream(ctx, p, frontierProto, "frontier")
 	if err != nil {
 		return hb, fmt.Errorf("mesh: ask %s for its frontier: %w", p, err)
 	}

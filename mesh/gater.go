@@ -51,7 +51,7 @@ func (g *gater) InterceptSecured(dir network.Direction, p peer.ID, _ network.Con
 		g.m.count("dial_non_member")
 		return false
 	}
-	return true // probation: see probation and acceptHello
+	return true // probation: see connProbation and acceptHello
 }
 
 func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

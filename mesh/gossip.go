@@ -450,7 +450,7 @@ func (m *Mesh) PublishForkProof(ctx context.Context, a, b *wire.Signed) error {
 		m.goTracked(func() {
 			ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
 			defer cancel()
-			s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "fork-proof"), p, forkProofProto)
+			s, err := m.openStream(ctx, p, forkProofProto, "fork-proof")
 			if err != nil {
 				return
 			}
@@ -472,9 +472,7 @@ const forkProofProto protocol.ID = "/ppsync/forkproof/1"
 // handleForkProof takes a fork proof pushed by a member.
 func (m *Mesh) handleForkProof(s network.Stream) {
 	from := s.Conn().RemotePeer()
-	if _, ok := m.cfg.Family.Member(from); !ok {
-		m.count("forkproof_non_member")
-		s.Reset()
+	if _, ok := m.admit(s, "forkproof"); !ok {
 		return
 	}
 	defer s.Close()

@@ -3,6 +3,8 @@ package mesh
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"time"
 
@@ -20,6 +22,14 @@ const (
 	helloTimeout             = 10 * time.Second
 	maxHello                 = 4 << 20
 	maxDocs                  = 10000
+	// maxStrangerHello bounds the hello read from a peer that is not known
+	// as a member: its own certificate fits many times over.
+	maxStrangerHello = 64 << 10
+	// maxStrangerDocs is how many documents of a non-member's hello are
+	// verified at most (only those that name it are looked at).
+	maxStrangerDocs = 8
+	// maxKnownDocs bounds the hashes of documents already installed.
+	maxKnownDocs = 4 * maxDocs
 )
 
 // hello is what two nodes exchange on every new connection: who they are and
@@ -33,6 +43,10 @@ type hello struct {
 	Docs     [][]byte    `codec:"do"`
 	Addrs    []string    `codec:"ad"` // the sender's own addresses
 	Known    []knownPeer `codec:"kn"` // members the sender is connected to, with addresses
+	// Small asks for an answer with the answerer's own certificate only: the
+	// sender does not know the answerer as a member yet and reads no more
+	// than maxStrangerHello from it. It asks again once it does.
+	Small bool `codec:"sm,omitempty"`
 }
 
 type knownPeer struct {
@@ -40,19 +54,25 @@ type knownPeer struct {
 	Addrs []string `codec:"ad"`
 }
 
-// myHello is this node's hello. A full hello, for a current member, carries
-// every certificate and revocation held and the addresses of the members this
-// node is connected to. A peer that has not proved a membership yet (a
-// bootstrap address or a LAN peer this node dialed) gets only what it needs to
-// check this node: the family, and the certificates that name this node; a
-// banned peer also gets the revocation or newer certificate that ended it.
-func (m *Mesh) myHello(full bool, to peer.ID) hello {
+// myHello is this node's hello to peer to. A full hello, for a current
+// member, carries every certificate and revocation held and the addresses of
+// the members this node is connected to. A peer that has not proved a
+// membership yet (a bootstrap address or a LAN peer this node dialed), or one
+// that asked for a small answer, gets only what it needs to check this node:
+// the family, and the certificates that name this node. A banned peer
+// (revoked, or a moved site's old machine) gets only what ended its
+// membership, so it stops writing: no roster, no address.
+func (m *Mesh) myHello(to peer.ID, small bool) hello {
 	hb := m.cfg.Heartbeat()
 	h := hello{Family: m.cfg.Family.ID(), Instance: m.instance, Version: hb.Version, Protocol: ProtocolVersion, Schema: hb.Schema}
-	if !full {
-		// A banned peer (revoked, or a moved site's old machine) also gets
-		// what ended its membership, so it stops writing, and nothing else.
-		h.Docs = append(m.cfg.Family.DocumentsOf(m.host.ID()), m.cfg.Family.DocumentsOf(to)...)
+	_, member := m.cfg.Family.Member(to)
+	switch {
+	case !member && m.cfg.Family.Banned(to):
+		h.Docs = m.cfg.Family.DocumentsOf(to)
+		return h
+	case !member || small:
+		h.Docs = m.cfg.Family.DocumentsOf(m.host.ID())
+		h.Small = !member
 		return h
 	}
 	h.Docs = m.cfg.Family.Documents()
@@ -115,7 +135,7 @@ func (m *Mesh) helloOutcome(p peer.ID, r helloResult) {
 	}
 }
 
-// helloDone reports whether the hello exchange with p has completed on its
+// helloDone reports whether the hello exchange with p has completed on a
 // current connection.
 func (m *Mesh) helloDone(p peer.ID) bool {
 	m.mu.Lock()
@@ -124,19 +144,20 @@ func (m *Mesh) helloDone(p peer.ID) bool {
 	return ps != nil && ps.hello
 }
 
-// onConnected starts the hello exchange on connections this node opened, and
-// puts inbound connections from peers that are not members yet on probation.
+// onConnected registers a new connection: the side that opened it says the
+// hello on it, and a connection on which no hello proved a current
+// membership within helloTimeout is closed.
 func (m *Mesh) onConnected(c network.Conn) {
-	p := c.RemotePeer()
-	if c.Stat().Direction == network.DirOutbound {
-		m.goTracked(func() { m.sayHello(p) })
+	out := c.Stat().Direction == network.DirOutbound
+	m.trackConn(c, out)
+	if out {
+		m.goTracked(func() { m.sayHelloOn(c) })
 	}
-	if _, ok := m.cfg.Family.Member(p); !ok {
-		m.goTracked(func() { m.probation(p) })
-	}
+	m.goTracked(func() { m.connProbation(c) })
 }
 
 func (m *Mesh) onDisconnected(c network.Conn) {
+	m.untrackConn(c)
 	p := c.RemotePeer()
 	if m.host.Network().Connectedness(p) == network.Connected {
 		return // another connection to the peer remains
@@ -153,48 +174,54 @@ func (m *Mesh) onDisconnected(c network.Conn) {
 	}
 }
 
-// probation disconnects a peer that has not proved a current membership
-// within helloTimeout.
-func (m *Mesh) probation(p peer.ID) {
-	t := time.NewTimer(helloTimeout)
-	defer t.Stop()
-	select {
-	case <-m.ctx.Done():
-		return
-	case <-t.C:
-	}
-	if _, ok := m.cfg.Family.Member(p); ok {
-		return
-	}
-	if m.host.Network().Connectedness(p) == network.Connected {
-		m.count("no_certificate")
-		m.log.Warn("disconnected a peer that is not a member of the family", "peer", p)
-		m.host.Network().ClosePeer(p)
+// sayHelloTo sends p this node's hello again on a connection whose hello
+// completed: news of the roster (a member's update, or a banned peer's
+// revocation).
+func (m *Mesh) sayHelloTo(p peer.ID) {
+	for _, c := range m.host.Network().ConnsToPeer(p) {
+		if m.connOK(c) {
+			m.sayHelloOn(c)
+			return
+		}
 	}
 }
 
-// sayHello opens a hello stream to p, sends this node's hello and reads p's.
-func (m *Mesh) sayHello(p peer.ID) {
+// helloLimit is the largest hello read from p: a member's may carry the
+// whole roster; a peer not known as a member gets maxStrangerHello, unless
+// it is a bootstrap address, which the operator pinned (its answer carries
+// the roster a new site joins with).
+func (m *Mesh) helloLimit(p peer.ID, member, answer bool) int {
+	if member || (answer && m.bootstrapPeer(p)) {
+		return maxHello
+	}
+	return maxStrangerHello
+}
+
+// sayHelloOn opens a hello stream on connection c, sends this node's hello
+// and reads the peer's answer.
+func (m *Mesh) sayHelloOn(c network.Conn) {
+	p := c.RemotePeer()
 	_, member := m.cfg.Family.Member(p)
 	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
 	defer cancel()
-	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "hello"), p, helloProto)
+	s, err := helloStreamOn(ctx, c)
 	if err != nil {
 		m.log.Debug("hello failed", "peer", p, "err", err)
+		m.helloEnded(c, false)
 		m.helloOutcome(p, helloResult{reason: "it does not speak ppsync's hello protocol (" + plainDialError(err) + ")"})
 		return
 	}
 	defer s.Close()
-	_ = s.SetDeadline(time.Now().Add(helloTimeout))
-	if err := m.sendHello(s, p, member); err != nil {
+	if err := m.sendHello(s, p, false); err != nil {
 		s.Reset()
+		m.helloEnded(c, false)
 		m.helloOutcome(p, helloResult{reason: "the hello exchange broke off"})
 		return
 	}
-	theirs, err := readHello(s)
+	theirs, err := m.readHello(s, m.helloLimit(p, member, true))
 	if err != nil {
-		m.count("bad_hello")
 		s.Reset()
+		m.helloEnded(c, false)
 		reason := "the hello exchange broke off"
 		if !member {
 			// A node refuses to answer a peer it cannot accept: one of another
@@ -204,82 +231,150 @@ func (m *Mesh) sayHello(p peer.ID) {
 		m.helloOutcome(p, helloResult{reason: reason})
 		return
 	}
-	m.acceptHello(p, theirs)
+	if m.acceptHello(c, theirs, member) && !member {
+		// This node asked a peer it did not know for its own certificate
+		// only; now that it proved a membership, exchange the full hellos.
+		m.goTracked(func() { m.sayHelloOn(c) })
+	}
 }
 
+// handleHello answers a hello on the connection it came on: one per
+// connection from a peer that has not proved a membership on it (a member's
+// later hellos carry news of the roster), read within the peer's limit
+// before it is decoded.
 func (m *Mesh) handleHello(s network.Stream) {
 	defer s.Close()
+	c := s.Conn()
+	p := c.RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(helloTimeout))
-	theirs, err := readHello(s)
-	if err != nil {
-		m.count("bad_hello")
+	if !m.helloReceived(c) {
+		m.count("hello_repeated")
+		m.log.Debug("refused a second hello on one connection", "peer", p, "conn", c.ID())
 		s.Reset()
+		return
+	}
+	_, member := m.cfg.Family.Member(p)
+	theirs, err := m.readHello(s, m.helloLimit(p, member, false))
+	if err != nil {
+		m.log.Debug("refused a hello", "peer", p, "err", err)
+		s.Reset()
+		m.helloEnded(c, false)
 		return
 	}
 	// Nothing of the family is told to a peer before it proved a current
 	// membership: a stranger learns neither the roster nor any address.
-	if !m.acceptHello(s.Conn().RemotePeer(), theirs) {
+	if !m.acceptHello(c, theirs, member) {
 		s.Reset()
 		return
 	}
-	if err := m.sendHello(s, s.Conn().RemotePeer(), true); err != nil {
+	if err := m.sendHello(s, p, theirs.Small); err != nil {
 		s.Reset()
 	}
 }
 
-func (m *Mesh) sendHello(s network.Stream, to peer.ID, full bool) error {
-	b, err := wire.Marshal(m.myHello(full, to))
+func (m *Mesh) sendHello(s network.Stream, to peer.ID, small bool) error {
+	b, err := wire.Marshal(m.myHello(to, small))
 	if err != nil {
 		return err
 	}
 	return writeFrame(s, b)
 }
 
-func readHello(s network.Stream) (hello, error) {
+// readHello reads one hello of at most limit bytes; a larger one is refused
+// from its length, before it is read or decoded.
+func (m *Mesh) readHello(s network.Stream, limit int) (hello, error) {
 	var h hello
-	b, err := readFrame(bufio.NewReader(s), maxHello)
+	b, err := readFrame(bufio.NewReader(s), limit)
+	if errors.Is(err, errFrameTooLarge) {
+		m.count("hello_too_large")
+		return h, fmt.Errorf("mesh: hello from %s: %w", s.Conn().RemotePeer(), err)
+	}
+	if err == nil {
+		err = wire.Unmarshal(b, &h)
+	}
+	if err == nil && (len(h.Docs) > maxDocs || len(h.Known) > maxDocs) {
+		err = errors.New("it lists too much")
+	}
 	if err != nil {
-		return h, err
-	}
-	if err := wire.Unmarshal(b, &h); err != nil {
-		return h, err
-	}
-	if len(h.Docs) > maxDocs || len(h.Known) > maxDocs {
-		return h, fmt.Errorf("mesh: hello lists too much")
+		m.count("bad_hello")
+		return h, fmt.Errorf("mesh: hello from %s: %w", s.Conn().RemotePeer(), err)
 	}
 	return h, nil
 }
 
-// acceptHello learns the peer's certificates and revocations, then keeps the
-// connection only if the peer is a current member of this family.
-func (m *Mesh) acceptHello(p peer.ID, h hello) bool {
-	if h.Family != m.cfg.Family.ID() {
-		m.count("wrong_family")
-		m.log.Warn("disconnected a node of another family", "peer", p)
-		m.host.Network().ClosePeer(p)
-		m.helloOutcome(p, helloResult{reason: "it is a node of another family"})
-		return false
-	}
-	changed := false
-	for _, d := range h.Docs {
+// learnDocs installs the certificates and revocations of a hello from p. A
+// document already installed is skipped, for everyone, without a signature
+// check. Of a peer not known as a member (member false), only a few
+// documents that name p itself are looked at: a stranger proves its own
+// membership, it does not teach the roster.
+func (m *Mesh) learnDocs(p peer.ID, docs [][]byte, member bool) (changed bool) {
+	tried := 0
+	for _, d := range docs {
+		sum := sha256.Sum256(d)
+		if m.docKnown(sum) {
+			continue
+		}
+		if !member {
+			if subj, ok := m.cfg.Family.Subject(d); !ok || subj != p || tried >= maxStrangerDocs {
+				m.count("hello_document_skipped")
+				continue
+			}
+			tried++
+		}
 		c, err := m.cfg.Family.Learn(d)
 		if err != nil {
 			m.log.Debug("ignored a certificate from a peer", "peer", p, "err", err)
 			continue
 		}
+		m.rememberDoc(sum)
 		changed = changed || c
 	}
-	if changed {
+	return changed
+}
+
+// docKnown reports whether a document with this hash is installed.
+func (m *Mesh) docKnown(sum [32]byte) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.knownDocs[sum]
+	return ok
+}
+
+func (m *Mesh) rememberDoc(sum [32]byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.knownDocs) < maxKnownDocs {
+		m.knownDocs[sum] = struct{}{}
+	}
+}
+
+// acceptHello learns the peer's certificates and revocations, then keeps the
+// connection only if the peer is a current member of this family; the
+// outcome is recorded for connection c before the Handler hears of it.
+// member says whether the peer was known as a member before the hello.
+func (m *Mesh) acceptHello(c network.Conn, h hello, member bool) bool {
+	p := c.RemotePeer()
+	if h.Family != m.cfg.Family.ID() {
+		m.count("wrong_family")
+		m.log.Warn("disconnected a node of another family", "peer", p)
+		m.helloEnded(c, false)
+		m.host.Network().ClosePeer(p)
+		m.helloOutcome(p, helloResult{reason: "it is a node of another family"})
+		return false
+	}
+	if m.learnDocs(p, h.Docs, member) {
 		m.DocumentsUpdated()
 	}
 	mem, ok := m.cfg.Family.Member(p)
 	if !ok {
 		m.count("not_member")
 		m.log.Warn("disconnected a peer that is not a current member", "peer", p)
+		m.helloEnded(c, false)
 		m.host.Network().ClosePeer(p)
 		m.helloOutcome(p, helloResult{reason: "it holds no current certificate of this family"})
 		return false
 	}
+	m.helloEnded(c, true)
 	m.addAddrs(p, h.Addrs)
 	for _, k := range h.Known {
 		id, err := peer.Decode(k.ID)
@@ -348,13 +443,13 @@ func (m *Mesh) DocumentsUpdated() {
 			m.goTracked(func() {
 				// Tell it first (the revocation or the move reaches it, so it
 				// stops accepting writes that could never sync), then cut it off.
-				m.sayHello(p)
+				m.sayHelloTo(p)
 				m.host.Network().ClosePeer(p)
 			})
 			continue
 		}
 		if _, ok := m.cfg.Family.Member(p); ok {
-			m.goTracked(func() { m.sayHello(p) })
+			m.goTracked(func() { m.sayHelloTo(p) })
 		}
 	}
 	m.cfg.Handler.DocumentsChanged()

@@ -39,6 +39,10 @@ type Family interface {
 	DocumentsOf(p peer.ID) [][]byte
 	// Learn installs a certificate or revocation received from a peer.
 	Learn(doc []byte) (changed bool, err error)
+	// Subject returns the peer ID a certificate names, read without checking
+	// its signature (false for a revocation or anything unreadable): the
+	// mesh verifies only the certificates a stranger shows for itself.
+	Subject(doc []byte) (peer.ID, bool)
 }
 
 // Log is what the mesh needs of the transaction log to serve catch-up.

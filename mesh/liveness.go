@@ -107,7 +107,7 @@ func (m *Mesh) checkLiveness(now time.Time) {
 func (m *Mesh) ping(p peer.ID) bool {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.LivenessTimeout/2)
 	defer cancel()
-	s, err := m.host.NewStream(network.WithAllowLimitedConn(ctx, "alive"), p, pingProto)
+	s, err := m.openStream(ctx, p, pingProto, "alive")
 	if err != nil {
 		return false
 	}
@@ -131,9 +131,7 @@ func (m *Mesh) ping(p peer.ID) bool {
 // handlePing echoes a member's liveness ping.
 func (m *Mesh) handlePing(s network.Stream) {
 	p := s.Conn().RemotePeer()
-	if _, ok := m.cfg.Family.Member(p); !ok {
-		m.count("ping_non_member")
-		s.Reset()
+	if _, ok := m.admit(s, "ping"); !ok {
 		return
 	}
 	defer s.Close()

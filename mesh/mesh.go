@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -58,6 +59,8 @@ type Config struct {
 	// heartbeat interval plus 1s, at least 5s). A cut link that sends no
 	// reset is noticed this way, not after TCP's minutes.
 	LivenessTimeout time.Duration
+	// Now is the clock of the catch-up rate limit (default time.Now).
+	Now func() time.Time
 }
 
 // Mesh is the node's presence in its family's network.
@@ -82,9 +85,13 @@ type Mesh struct {
 
 	mu           sync.Mutex
 	peers        map[peer.ID]*peerState
-	counts       map[string]uint64 // rejections by reason
-	bootAIs      []peer.AddrInfo   // bootstrap addresses, parsed
-	bootAddrs    []string          // bootstrap addresses, as given
+	conns        map[string]*connState // by connection ID: the hello on each
+	knownDocs    map[[32]byte]struct{} // hashes of documents installed
+	serving      map[peer.ID]int       // catch-up sessions being served, per peer
+	starts       map[peer.ID]*bucket   // catch-up session starts, per peer
+	counts       map[string]uint64     // rejections by reason
+	bootAIs      []peer.AddrInfo       // bootstrap addresses, parsed
+	bootAddrs    []string              // bootstrap addresses, as given
 	targets      map[peer.ID]*target
 	lan          map[peer.ID]peer.AddrInfo // found on the LAN, not members yet
 	waiters      map[peer.ID][]chan helloResult
@@ -122,6 +129,9 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 			cfg.RedialInterval = 30 * time.Second
 		}
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.LivenessTimeout <= 0 {
 		cfg.LivenessTimeout = max(2*cfg.HeartbeatInterval+time.Second, 5*time.Second)
 	}
@@ -131,7 +141,11 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 	}
 	m := &Mesh{cfg: cfg, log: cfg.Logger, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1),
 		targets: map[peer.ID]*target{}, lan: map[peer.ID]peer.AddrInfo{}, waiters: map[peer.ID][]chan helloResult{},
-		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{}}
+		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{},
+		conns: map[string]*connState{}, knownDocs: map[[32]byte]struct{}{}, serving: map[peer.ID]int{}, starts: map[peer.ID]*bucket{}}
+	for _, d := range cfg.Family.Documents() {
+		m.knownDocs[sha256.Sum256(d)] = struct{}{}
+	}
 	if m.codecs, err = newCodecs(); err != nil {
 		return nil, err
 	}

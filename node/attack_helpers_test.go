@@ -407,10 +407,14 @@ func atkOversized() []byte {
 	return append(b, make([]byte, 64)...)
 }
 
-// atkCopyDir copies a stopped node's data directory.
+// atkCopyDir copies a stopped node's data directory, keeping it private as
+// `cp -a` would (os.CopyFS makes every file 0644).
 func atkCopyDir(t testing.TB, src, dst string) {
 	t.Helper()
 	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := datadir.Tighten(dst); err != nil {
 		t.Fatal(err)
 	}
 }

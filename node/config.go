@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/notify"
 )
@@ -45,7 +47,16 @@ type Config struct {
 	// Listen are the libp2p addresses the node listens on.
 	Listen []string `toml:"listen"`
 	// API is the HOST:PORT of the local HTTP API; 127.0.0.1 keeps it on this machine.
+	// Any other address is served over HTTPS (DATA/api-tls.crt) unless
+	// APIInsecure.
 	API string `toml:"api"`
+	// APIInsecure serves a non-loopback API as plain HTTP, with a warning at
+	// every start (only on a network where nobody can listen in).
+	APIInsecure bool `toml:"api_insecure"`
+	// APIHosts are names, besides loopback and the API's own address, that
+	// requests may carry in their Host header (the name of this machine on
+	// the LAN). Any other name is refused, against DNS rebinding.
+	APIHosts []string `toml:"api_hosts"`
 	// Bootstrap are extra addresses of family members (usually the relay),
 	// added to those in family.json.
 	Bootstrap []string `toml:"bootstrap"`
@@ -83,7 +94,10 @@ type Config struct {
 	// log-level` changes it at once, besides saving the setting.
 	Level *slog.LevelVar      `toml:"-"`
 	Env   func(string) string `toml:"-"` // environment (PPSYNC_MACHINE_ID); nil: empty
-	Now   func() time.Time    `toml:"-"` // clock; nil: time.Now
+	// Account returns the operating system account this process runs as
+	// (nil: lock.CurrentAccount); tests give another.
+	Account func() (lock.Account, error) `toml:"-"`
+	Now     func() time.Time             `toml:"-"` // clock; nil: time.Now
 	// AlertNow is the alert monitor's clock (nil: Now). Fault tests set it
 	// (PPSYNC_ALERT_CLOCK) to put the monitor inside or outside opening
 	// hours without shifting the node's own clock.
@@ -145,6 +159,11 @@ func (c *Config) Validate() error {
 	if host == "" {
 		return badRequest("api address %q has no host; use 127.0.0.1 to keep the API on this machine", c.API)
 	}
+	for _, h := range c.APIHosts {
+		if h == "" || net.ParseIP(h) == nil && strings.ContainsAny(h, " /:@[]") {
+			return badRequest("api_hosts entry %q is not a host name or address (write it like reception-pc.clinic.local)", h)
+		}
+	}
 	if d := time.Duration(c.SyncInterval); d < time.Second || d > 24*time.Hour {
 		return badRequest("sync_interval %s is out of range (1s to 24h)", d)
 	}
@@ -169,6 +188,17 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// notOwnerError refuses (exit 4) an account that cannot read a file of the
+// data directory: it is not the account that set the node up.
+func notOwnerError(dataDir, path string) error {
+	who := "this account"
+	if a, err := lock.CurrentAccount(); err == nil {
+		who = "the account " + a.String()
+	}
+	return fmt.Errorf("%w: %s cannot read %s, so it is not the account that set this node up; run ppsync as the account that owns %s (the service that `ppsync service install` sets up does)",
+		lock.ErrWrongAccount, who, path, dataDir)
+}
+
 // LoadConfig reads DATA/ppsync.toml over the defaults. A missing file gives
 // the defaults; a damaged one gives an error that names the file and line.
 func LoadConfig(dataDir string) (Config, error) {
@@ -180,6 +210,9 @@ func LoadConfig(dataDir string) (Config, error) {
 			return c, fmt.Errorf("node: data directory %s does not exist; create it with `ppsync init --data %s ...`", dataDir, dataDir)
 		}
 		return c, nil
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return c, notOwnerError(dataDir, path)
 	}
 	if err != nil {
 		return c, fmt.Errorf("node: read %s: %w", path, err)
@@ -212,6 +245,15 @@ listen = [{{range $i, $a := .Listen}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}
 
 # The local API and sync page (HOST:PORT). 127.0.0.1 keeps it on this machine.
 api = {{printf "%q" .API}}
+
+# A non-loopback api is served over HTTPS with a self-signed certificate
+# (api-tls.crt in the data directory; ppsync status and the other commands pin
+# it). api_insecure = true serves plain HTTP instead, with a warning at every start.
+api_insecure = {{.APIInsecure}}
+
+# Names this machine's API answers to besides 127.0.0.1, localhost and the api
+# address (like "reception-pc.clinic.local"); other names are refused.
+api_hosts = [{{range $i, $a := .APIHosts}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]
 
 # Addresses of family members to dial (the relay), in addition to family.json's.
 bootstrap = [{{range $i, $a := .Bootstrap}}{{if $i}}, {{end}}{{printf "%q" $a}}{{end}}]

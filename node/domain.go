@@ -318,21 +318,19 @@ func (n *Node) SetSettings(ctx context.Context, req api.Settings) (api.Settings,
 // first; the caller holds the settings' turn.
 func (n *Node) changeSettings(req api.Settings) (Config, error) {
 	next := n.currentConfig()
-	if req.SyncInterval != "" {
-		if err := next.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
-			return next, badRequest("sync_interval: %v", err)
-		}
-	}
-	if req.ConnectivityCheck != nil {
-		next.ConnectivityCheck = *req.ConnectivityCheck
-	}
-	if req.LogLevel != "" {
-		next.LogLevel = req.LogLevel
-	}
-	if err := next.Validate(); err != nil {
+	if err := applySettings(&next, req); err != nil {
 		return next, err // a bad setting: 400
 	}
-	if err := SaveConfig(next); err != nil { // outside n.mu: status and the page go on meanwhile
+	// The file gets what it already said plus this change: settings given
+	// for this run only (flags like --api) stay out of it.
+	saved, err := LoadConfig(n.cfg.DataDir)
+	if err != nil {
+		return next, fmt.Errorf("node: the settings were not changed, as %s cannot be read: %w", ConfigFile, err)
+	}
+	if err := applySettings(&saved, req); err != nil {
+		return next, err
+	}
+	if err := SaveConfig(saved); err != nil { // outside n.mu: status and the page go on meanwhile
 		return next, err
 	}
 	n.mu.Lock()
@@ -345,6 +343,23 @@ func (n *Node) changeSettings(req api.Settings) (Config, error) {
 		}
 	}
 	return next, nil
+}
+
+// applySettings changes c as req asks (empty fields are kept) and checks
+// the result.
+func applySettings(c *Config, req api.Settings) error {
+	if req.SyncInterval != "" {
+		if err := c.SyncInterval.UnmarshalText([]byte(req.SyncInterval)); err != nil {
+			return badRequest("sync_interval: %v", err)
+		}
+	}
+	if req.ConnectivityCheck != nil {
+		c.ConnectivityCheck = *req.ConnectivityCheck
+	}
+	if req.LogLevel != "" {
+		c.LogLevel = req.LogLevel
+	}
+	return c.Validate()
 }
 
 // Install installs a certificate or revocation file (its bytes) into the

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -82,7 +81,10 @@ func Init(opts InitOptions) (InitResult, error) {
 	}
 	defer lk.Release()
 	if id, err := datadir.ReadIdentity(opts.DataDir); err == nil {
-		return res, fmt.Errorf("node: %s already holds the node of site %q; use an empty directory for a new node", opts.DataDir, id.Site)
+		if _, terr := datadir.Tighten(opts.DataDir); terr != nil {
+			return res, terr
+		}
+		return res, fmt.Errorf("node: %s already holds the node of site %q (its keys and database are now readable by this account only); use an empty directory for a new node", opts.DataDir, id.Site)
 	}
 
 	var practice db.Identity
@@ -126,6 +128,9 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := datadir.WriteAPIKey(filepath.Join(opts.DataDir, APIKeyFile)); err != nil {
 		return res, err
 	}
+	if _, err := datadir.LoadOrCreateAPICert(opts.DataDir, apiCertNames(), opts.Now()); err != nil {
+		return res, err
+	}
 	if err := family.SaveInfo(filepath.Join(opts.DataDir, FamilyFile), info); err != nil {
 		return res, err
 	}
@@ -160,15 +165,49 @@ func Init(opts InitOptions) (InitResult, error) {
 	if err := SaveConfig(cfg); err != nil {
 		return res, err
 	}
-	idb, err := json.MarshalIndent(datadir.Identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
-		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second), DBID: practice.ID, DBDetail: practice.Detail}, "", "  ")
+	if _, err := datadir.Tighten(opts.DataDir); err != nil {
+		return res, err
+	}
+	acct, err := lock.CurrentAccount()
 	if err != nil {
-		return res, fmt.Errorf("node: encode identity: %w", err)
+		return res, err
 	}
 	// node.json last: its presence marks a complete setup.
-	if err := datadir.WriteFileAtomic(filepath.Join(opts.DataDir, datadir.NodeFile), append(idb, '\n'), 0o644); err != nil {
+	if err := datadir.WriteIdentity(opts.DataDir, datadir.Identity{Format: 1, FamilyID: info.FamilyID, Site: opts.Site, Role: role,
+		PeerID: pid.String(), CreatedAt: opts.Now().UTC().Truncate(time.Second), DBID: practice.ID, DBDetail: practice.Detail, Account: acct}); err != nil {
 		return res, err
 	}
 	res.PeerID, res.DatabaseID, res.Fingerprint = pid.String(), datadir.BindingID(dbID, practice.ID), fp
 	return res, nil
+}
+
+// TightenResult says what TightenExisting changed.
+type TightenResult struct {
+	Site    string   `json:"site"`
+	Changed []string `json:"changed"` // the paths whose permissions were tightened
+}
+
+// TightenExisting is `ppsync init --data DATA` on a directory that already
+// holds a node: it makes the node's keys and database readable by its
+// account only (on Windows, that account and Administrators), so that
+// `ppsync run` accepts them.
+func TightenExisting(dataDir string) (TightenResult, error) {
+	id, err := datadir.ReadIdentity(dataDir)
+	if err != nil {
+		return TightenResult{}, err
+	}
+	if _, err := datadir.LoadOrCreateAPICert(dataDir, apiCertNames(), time.Now()); err != nil {
+		return TightenResult{Site: id.Site}, err
+	}
+	changed, err := datadir.Tighten(dataDir)
+	return TightenResult{Site: id.Site, Changed: changed}, err
+}
+
+// apiCertNames are the names the API's certificate is made for besides
+// localhost and loopback: this machine's host name.
+func apiCertNames() []string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return []string{h}
+	}
+	return nil
 }

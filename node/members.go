@@ -87,6 +87,15 @@ func (m members) DocumentsOf(p peer.ID) [][]byte {
 	return out
 }
 
+// Subject reads the peer ID a certificate names, without verifying it.
+func (m members) Subject(doc []byte) (peer.ID, bool) {
+	c, _, err := family.ParseInstallable(doc)
+	if err != nil || c == nil {
+		return "", false
+	}
+	return c.PeerID, true
+}
+
 func (m members) Learn(doc []byte) (bool, error) {
 	res, err := datadir.InstallFile(m.n.cfg.DataDir, m.n.roster, doc)
 	if err != nil {

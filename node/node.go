@@ -3,9 +3,11 @@ package node
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -53,6 +55,7 @@ type Node struct {
 	clock    *hlc.Clock
 	ln       net.Listener
 	srv      *http.Server
+	tlsFP    string // the API certificate's fingerprint when it serves HTTPS
 	start    time.Time
 	mesh     *mesh.Mesh
 	sync     *syncer
@@ -115,6 +118,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Env == nil {
 		cfg.Env = func(string) string { return "" }
 	}
+	if cfg.Account == nil {
+		cfg.Account = lock.CurrentAccount
+	}
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
@@ -139,12 +145,25 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 
 func (n *Node) open(ctx context.Context) error {
 	dir := n.cfg.DataDir
+	acct, err := n.cfg.Account()
+	if err != nil {
+		return err
+	}
 	id, err := datadir.ReadIdentity(dir)
+	if errors.Is(err, fs.ErrPermission) {
+		return notOwnerError(dir, filepath.Join(dir, datadir.NodeFile))
+	}
 	if err != nil {
 		return err
 	}
 	n.id = id
+	if err := lock.CheckAccount(id.Account, acct); err != nil {
+		return err
+	}
 	if n.lock, err = lock.Acquire(dir); err != nil {
+		return err
+	}
+	if err := datadir.CheckPrivate(dir); err != nil {
 		return err
 	}
 	if n.key, err = datadir.ReadNodeKey(filepath.Join(dir, NodeKeyFile)); err != nil {
@@ -189,8 +208,11 @@ func (n *Node) open(ctx context.Context) error {
 		}
 		dbID = datadir.BindingID(dbID, practice.ID)
 	}
-	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID},
-		lock.Binding{Fingerprint: fp, DatabaseID: dbID}); err != nil {
+	if err := lock.CheckBinding(lock.Binding{Fingerprint: n.cert.MachineFingerprint, DatabaseID: n.cert.DatabaseID, Account: id.Account},
+		lock.Binding{Fingerprint: fp, DatabaseID: dbID, Account: acct}); err != nil {
+		return err
+	}
+	if err := n.recordAccount(acct); err != nil {
 		return err
 	}
 	if n.state, err = state.Open(n.db, n.log); err != nil {
@@ -231,12 +253,67 @@ func (n *Node) open(ctx context.Context) error {
 		}
 		n.goTracked(func() { n.dbs.run(n.ctx) })
 	}
-	if n.ln, err = net.Listen("tcp", n.cfg.API); err != nil {
-		return fmt.Errorf("node: the API cannot listen on %s (%v); choose another address with --api HOST:PORT or in %s", n.cfg.API, err, ConfigFile)
+	if err := n.listenAPI(); err != nil {
+		return err
 	}
 	n.srv = &http.Server{Handler: n.handler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return n.ctx }}
 	n.keepActivity()
 	return nil
+}
+
+// recordAccount binds a node set up before ppsync recorded the account to
+// the account that runs it first, and says so in the log.
+func (n *Node) recordAccount(acct lock.Account) error {
+	if n.id.Account.ID != "" {
+		return nil
+	}
+	n.id.Account = acct
+	if err := datadir.WriteIdentity(n.cfg.DataDir, n.id); err != nil {
+		return fmt.Errorf("%w; the node records the account that runs it in %s", err, datadir.NodeFile)
+	}
+	n.log.Info("this node had no account recorded (it was set up by an older ppsync): it is now bound to the account running it, and refuses to run as any other", "account", acct.String())
+	return nil
+}
+
+// listenAPI binds the API. On loopback it serves plain HTTP; on any other
+// address HTTPS with the data directory's self-signed certificate (made on
+// first need), or plain HTTP with a warning when api_insecure is set.
+func (n *Node) listenAPI() error {
+	ln, err := net.Listen("tcp", n.cfg.API)
+	if err != nil {
+		return fmt.Errorf("node: the API cannot listen on %s (%v); choose another address with --api HOST:PORT or in %s", n.cfg.API, err, ConfigFile)
+	}
+	n.ln = ln
+	if isLoopbackHost(n.cfg.API) {
+		return nil
+	}
+	if n.cfg.APIInsecure {
+		n.log.Warn("the API listens on "+n.cfg.API+", beyond this machine, over plain HTTP (api_insecure = true): anyone on the network can read the API key, the sync page's session and the practice's data on the way; remove api_insecure from "+ConfigFile+" to serve HTTPS", "api", n.cfg.API)
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(n.cfg.API)
+	c, err := datadir.LoadOrCreateAPICert(n.cfg.DataDir, append([]string{host}, n.cfg.APIHosts...), n.cfg.Now())
+	if err != nil {
+		return fmt.Errorf("%w; the API listens on %s, beyond this machine, and is served over HTTPS only (or set api = \"127.0.0.1:7474\", or api_insecure = true, in %s)", err, n.cfg.API, ConfigFile)
+	}
+	n.tlsFP = c.Fingerprint
+	n.ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{c.Cert}})
+	n.log.Info("the API serves HTTPS with the certificate "+datadir.APITLSCertFile+"; clients pin its fingerprint from "+RuntimeFile, "fingerprint", c.Fingerprint)
+	return nil
+}
+
+// baseURL is the API's address as clients should use it: https:// when it
+// serves TLS, and a loopback address when it listens on every interface.
+func (n *Node) baseURL() string {
+	scheme := "http"
+	if n.tlsFP != "" {
+		scheme = "https"
+	}
+	host, port, _ := net.SplitHostPort(n.ln.Addr().String())
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
 }
 
 // openPracticeDB opens the practice database the configuration names and
@@ -348,7 +425,7 @@ func (k rosterKeys) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error
 func (n *Node) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- n.srv.Serve(n.ln) }()
-	rt := api.Runtime{PID: os.Getpid(), API: "http://" + n.ln.Addr().String(), PeerID: n.id.PeerID, Addrs: n.mesh.Addrs()}
+	rt := api.Runtime{PID: os.Getpid(), API: n.baseURL(), PeerID: n.id.PeerID, Addrs: n.mesh.Addrs(), TLSFingerprint: n.tlsFP}
 	b, err := json.MarshalIndent(rt, "", "  ")
 	if err != nil {
 		return fmt.Errorf("node: encode runtime: %w", err)

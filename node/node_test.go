@@ -237,6 +237,11 @@ func TestSettingsPersist(t *testing.T) {
 	if err != nil || time.Duration(c.SyncInterval) != 2*time.Minute {
 		t.Fatalf("after restart: %v %v", c.SyncInterval, err)
 	}
+	// The node ran with --api and --listen of its own (f.config): a
+	// settings change saves what the file said, not those.
+	if c.API != DefaultAPI || len(c.Listen) != 1 || c.Listen[0] != DefaultListen || !c.MDNS {
+		t.Fatalf("the run's own settings leaked into %s: api %q listen %q lan_discovery %v", ConfigFile, c.API, c.Listen, c.MDNS)
+	}
 }
 
 func TestBadInputChangesNothing(t *testing.T) {

@@ -3,12 +3,14 @@ package node
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -53,7 +55,7 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("POST /v1/alerts/{id}/pause", n.postAlertPause)
 	mux.HandleFunc("POST /v1/alerts/{id}/test", n.postAlertTest)
 	mux.Handle("GET /metrics", n.metricsHandler())
-	pg := web.New(web.Options{Addr: n.ln.Addr().String(), DataDir: n.cfg.DataDir, Auth: apiKey{n.apiKey}, Now: n.cfg.Now, Logger: n.log})
+	pg := web.New(web.Options{Addr: n.ln.Addr().String(), TLS: n.tlsFP != "", DataDir: n.cfg.DataDir, Auth: apiKey{n.apiKey}, Now: n.cfg.Now, Logger: n.log})
 	pg.Routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
 	pg.LogLink()
 	return n.guard(mux, pg)
@@ -75,9 +77,19 @@ func (n *Node) bearerOK(r *http.Request) bool { return apiKey{n.apiKey}.Authoriz
 // to loopback, refuses requests from anywhere else.
 func (n *Node) guard(next http.Handler, pg *web.Page) http.Handler {
 	loopbackOnly := isLoopbackHost(n.cfg.API)
+	hosts := allowedHosts(n.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if loopbackOnly && !isLoopbackRemote(r.RemoteAddr) {
 			n.writeErr(w, newAPIError(http.StatusForbidden, codeForbidden, nil, "this API only answers requests from this machine"))
+			return
+		}
+		if !hostAllowed(hosts, r.Host) {
+			n.writeErr(w, newAPIError(http.StatusMisdirectedRequest, codeForbidden, nil,
+				"this ppsync node does not answer to the name %q (a protection against DNS rebinding); use %s, or add the name to api_hosts in %s", r.Host, n.baseURL(), ConfigFile))
+			return
+		}
+		if r.URL.Path == api.HelloPath {
+			n.hello(w, r) // needs no key: it is how a client checks this is its node before sending it
 			return
 		}
 		if !n.bearerOK(r) && !pg.Public(r) {
@@ -92,6 +104,51 @@ func (n *Node) guard(next http.Handler, pg *web.Page) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// hello proves to a client that this node holds the API key, before the
+// client sends it (GET /v1/hello?nonce=HEX).
+func (n *Node) hello(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		n.writeErr(w, newAPIError(http.StatusMethodNotAllowed, codeBadRequest, nil, "use GET %s?nonce=HEX", api.HelloPath))
+		return
+	}
+	nonce, err := hex.DecodeString(r.URL.Query().Get("nonce"))
+	if err != nil || len(nonce) < api.MinNonce || len(nonce) > api.MaxNonce {
+		n.writeErr(w, badRequest("nonce must be %d to %d random bytes in hex", api.MinNonce, api.MaxNonce))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.Hello{Proof: hex.EncodeToString(api.ServerProof(n.apiKey, nonce))})
+}
+
+// allowedHosts are the names requests may carry in their Host header
+// besides loopback addresses: localhost, the API's own address (unless it
+// is every interface) and api_hosts, in lower case.
+func allowedHosts(c Config) map[string]bool {
+	m := map[string]bool{"localhost": true}
+	if host, _, err := net.SplitHostPort(c.API); err == nil {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			m[strings.ToLower(host)] = true
+		}
+	}
+	for _, h := range c.APIHosts {
+		m[strings.ToLower(strings.Trim(h, "[]"))] = true
+	}
+	return m
+}
+
+// hostAllowed reports whether a request's Host header names this node: a
+// loopback address or one of hosts (its port is not checked).
+func hostAllowed(hosts map[string]bool, hostHeader string) bool {
+	host := hostHeader
+	if h, _, err := net.SplitHostPort(hostHeader); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return true
+	}
+	return host != "" && hosts[host]
 }
 
 func isLoopbackHost(hostport string) bool {

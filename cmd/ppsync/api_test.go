@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -83,7 +84,21 @@ func (f *fakeNode) apply(tx api.TxRequest) error {
 	return nil
 }
 
+// answerHello answers GET /v1/hello as a node holding key does, and reports
+// whether the request was one.
+func answerHello(w http.ResponseWriter, r *http.Request, key string) bool {
+	if r.URL.Path != api.HelloPath {
+		return false
+	}
+	nonce, _ := hex.DecodeString(r.URL.Query().Get("nonce"))
+	json.NewEncoder(w).Encode(api.Hello{Proof: hex.EncodeToString(api.ServerProof(key, nonce))})
+	return true
+}
+
 func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
+	if answerHello(w, r, fakeKey) {
+		return
+	}
 	if r.Header.Get("Authorization") != "Bearer "+fakeKey {
 		fail(w, 401, "unauthorized", "wrong API key")
 		return

@@ -16,7 +16,7 @@ const (
 	exitError      = 1
 	exitUsage      = 2
 	exitNotRunning = 3 // the node is not running
-	exitRefused    = 4 // refused by the machine lock or the database binding
+	exitRefused    = 4 // refused by the machine lock, the account or the database binding
 	exitLocked     = 5 // another node process runs on this data directory
 )
 
@@ -42,6 +42,9 @@ type notRunningError struct {
 func (e *notRunningError) Error() string {
 	if e.missing {
 		return fmt.Sprintf("ppsync is not running on %s, which does not exist; set up a node there with `ppsync init --data %s ...`", e.data, e.data)
+	}
+	if errors.Is(e.reason, api.ErrNotTheNode) {
+		return fmt.Sprintf("ppsync is not running on %s: %v; start it with `ppsync run --data %s`", e.data, e.reason, e.data)
 	}
 	return fmt.Sprintf("ppsync is not running on %s; start it with `ppsync run --data %s`", e.data, e.data)
 }

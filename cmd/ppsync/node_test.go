@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/node"
 	"github.com/ppsync/ppsync/node/api"
 )
@@ -27,6 +28,7 @@ func TestExitCodes(t *testing.T) {
 		{fmt.Errorf("open: %w", api.ErrNotRunning), exitNotRunning},
 		{&notRunningError{data: "d"}, exitNotRunning},
 		{fmt.Errorf("open: %w", node.ErrRefused), exitRefused},
+		{fmt.Errorf("open: %w", lock.ErrWrongAccount), exitRefused},
 		{fmt.Errorf("open: %w", node.ErrLocked), exitLocked},
 		{&exitCodeError{code: 7}, 7},
 	} {

@@ -22,6 +22,9 @@ func fakeLinkNode(t *testing.T) (data string, asked *int) {
 	t.Helper()
 	asked = new(int)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if answerHello(w, r, "k3y") {
+			return
+		}
 		if r.Method != "POST" || r.URL.Path != "/v1/login-token" || r.Header.Get("Authorization") != "Bearer k3y" {
 			w.WriteHeader(http.StatusUnauthorized)
 			w.Write([]byte(`{"error":"missing or wrong API key","code":"unauthorized"}`))

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 )
 
@@ -19,6 +21,10 @@ type serviceSpec struct {
 	Executable  string   // absolute path of this ppsync binary
 	Args        []string // run --data ... --headless --log-file ...
 	DataDir     string   // absolute
+	// User is the account the service runs as: the one that set the node
+	// up (node.json's account), which the node requires. Empty when not
+	// known: the service manager's default (root, LocalSystem).
+	User string
 }
 
 var serviceNameUnsafe = regexp.MustCompile(`[^a-z0-9._-]+`)
@@ -29,11 +35,15 @@ func newServiceSpec(dataDir string) (serviceSpec, error) {
 	if err != nil {
 		return serviceSpec{}, fmt.Errorf("data directory %s: %w", dataDir, err)
 	}
-	site := ""
+	site, user := "", ""
 	if b, err := os.ReadFile(filepath.Join(abs, "node.json")); err == nil {
 		if m := regexp.MustCompile(`"site":\s*"([^"]*)"`).FindSubmatch(b); m != nil {
 			site = string(m[1])
 		}
+		user = accountOf(b)
+	}
+	if user == "" {
+		user = dirOwner(abs) // set up by an older ppsync: whoever owns the directory
 	}
 	if site == "" {
 		return serviceSpec{}, fmt.Errorf("%s is not a ppsync data directory (no node.json); set it up with `ppsync init --data %s ...` first", abs, abs)
@@ -53,7 +63,25 @@ func newServiceSpec(dataDir string) (serviceSpec, error) {
 		Executable:  exe,
 		Args:        []string{"run", "--data", abs, "--headless", "--log-file", filepath.Join(abs, "logs", "ppsync.log")},
 		DataDir:     abs,
+		User:        user,
 	}, nil
+}
+
+// accountOf is the name of the account node.json records ("" when none).
+func accountOf(nodeJSON []byte) string {
+	var id struct {
+		Account struct {
+			ID   string `json:"id"`
+			Name string `json:"name"`
+		} `json:"account"`
+	}
+	if json.Unmarshal(nodeJSON, &id) != nil {
+		return ""
+	}
+	if id.Account.Name != "" {
+		return id.Account.Name
+	}
+	return id.Account.ID
 }
 
 func serviceCommand() *command {
@@ -95,6 +123,9 @@ unit that install writes on Linux. Needs administrator rights (root, sudo).`,
 				return err
 			}
 			fmt.Fprintf(c.stdout, "installed the service %s; start it with `ppsync service start --data %s`\n", s.Name, s.DataDir)
+			if runtime.GOOS == "windows" && s.User != "" {
+				fmt.Fprintf(c.stdout, "It is installed to run as LocalSystem, but this node runs only as %s, who set it up: first set the service's Log On account to %s (services.msc, or `sc.exe config %s obj= .\\%s password= PASSWORD`)\n", s.User, s.User, s.Name, s.User)
+			}
 			return nil
 		}),
 		sub("uninstall", "remove the service", func(c *cli, s serviceSpec) error {
@@ -134,7 +165,12 @@ var errNoServiceManager = errors.New("no service manager")
 func systemdUnit(s serviceSpec) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[Unit]\nDescription=%s\nAfter=network-online.target\nWants=network-online.target\n\n", s.Description)
-	fmt.Fprintf(&b, "[Service]\nType=simple\nExecStart=%s", systemdQuote(s.Executable))
+	b.WriteString("[Service]\nType=simple\n")
+	if s.User != "" {
+		// The node runs only as the account that set it up.
+		fmt.Fprintf(&b, "User=%s\n", s.User)
+	}
+	fmt.Fprintf(&b, "ExecStart=%s", systemdQuote(s.Executable))
 	for _, a := range s.Args {
 		fmt.Fprintf(&b, " %s", systemdQuote(a))
 	}

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 )
 
 // systemdDir is where units are installed; /run/systemd/system exists only
@@ -75,3 +78,21 @@ func systemctl(args ...string) error {
 
 // runService runs the node; systemd controls it with signals.
 func runService(ctx context.Context, run func(context.Context) error) error { return run(ctx) }
+
+// dirOwner is the name (else the UID) of the account that owns dir; "" when
+// it cannot be found.
+func dirOwner(dir string) string {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	uid := strconv.FormatUint(uint64(st.Uid), 10)
+	if u, err := user.LookupId(uid); err == nil {
+		return u.Username
+	}
+	return uid
+}

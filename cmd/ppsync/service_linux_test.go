@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,7 +15,7 @@ func TestServiceUnit(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "node.json"), []byte(`{"format":1,"site":"clinic-north"}`), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "node.json"), []byte(`{"format":1,"site":"clinic-north","account":{"id":"1000","name":"clinicadmin"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r := ppsync(t, "", nil, "service", "unit", "--data", dir)
@@ -22,15 +23,38 @@ func TestServiceUnit(t *testing.T) {
 	for _, want := range []string{
 		"[Unit]", "Description=ppsync keeps this site's practice database in sync",
 		`run --data "` + dir + `" --headless --log-file "` + filepath.Join(dir, "logs", "ppsync.log") + `"`,
-		"Restart=on-failure", "RestartPreventExitStatus=4 5", "KillSignal=SIGTERM", "WantedBy=multi-user.target",
+		"\nUser=clinicadmin\n", "Restart=on-failure", "RestartPreventExitStatus=4 5", "KillSignal=SIGTERM", "WantedBy=multi-user.target",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("unit lacks %q:\n%s", want, r.stdout)
 		}
 	}
 	spec, err := newServiceSpec(dir)
-	if err != nil || spec.Name != "ppsync-clinic-north" {
+	if err != nil || spec.Name != "ppsync-clinic-north" || spec.User != "clinicadmin" {
 		t.Fatalf("spec %+v %v", spec, err)
+	}
+}
+
+// TestServiceUnitUser: the unit runs the node as the account init
+// recorded; for a node set up before accounts were recorded, as the owner of
+// the data directory.
+func TestServiceUnitUser(t *testing.T) {
+	data, _ := certifiedNode(t)
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ppsync(t, "", nil, "service", "unit", "--data", data)
+	r.want(t, exitOK)
+	if !strings.Contains(r.stdout, "\nUser="+me.Username+"\n") {
+		t.Errorf("the unit of a node set up by %s lacks User=:\n%s", me.Username, r.stdout)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "node.json"), []byte(`{"format":1,"site":"old-site"}`), 0o644)
+	r = ppsync(t, "", nil, "service", "unit", "--data", dir)
+	r.want(t, exitOK)
+	if !strings.Contains(r.stdout, "\nUser="+me.Username+"\n") {
+		t.Errorf("the unit of an older node owned by %s lacks User=:\n%s", me.Username, r.stdout)
 	}
 }
 

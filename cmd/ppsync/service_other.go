@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/kardianos/service"
 )
@@ -15,6 +16,13 @@ import (
 func platformService(s serviceSpec) (service.Service, error) {
 	cfg := &service.Config{Name: s.Name, DisplayName: s.DisplayName, Description: s.Description,
 		Executable: s.Executable, Arguments: s.Args}
+	if runtime.GOOS == "darwin" {
+		// launchd runs the daemon as the account that set the node up. A
+		// Windows service would need that account's password: the service
+		// is installed as LocalSystem, and its Log On account is changed
+		// to the node's (README: running as a service).
+		cfg.UserName = s.User
+	}
 	svc, err := service.New(noopProgram{}, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errNoServiceManager, err)
@@ -91,3 +99,7 @@ func (p *scmProgram) Stop(service.Service) error {
 	p.err = <-p.done
 	return nil
 }
+
+// dirOwner is not known here: a node set up by an older ppsync, without its
+// account in node.json, is installed as the service manager's default.
+func dirOwner(string) string { return "" }

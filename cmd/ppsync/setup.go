@@ -53,7 +53,10 @@ Send the join request to the family's administrator (support): they sign it with
 ` + "`ppsync family admit`" + ` and send back a certificate, which you install with
 ` + "`ppsync install --data DATA CERT`" + `. Site IDs are 1-64 characters of a-z 0-9 - _ .
 --db sqlite:/path/to/practice.db (or postgres://USER@HOST:PORT/DBNAME) binds the node to the practice's database (the certificate names it) and
-syncs every table with a primary key (--db-table names the only ones, --db-exclude leaves some out).`,
+syncs every table with a primary key (--db-table names the only ones, --db-exclude leaves some out).
+On a directory that already holds a node, ` + "`ppsync init --data DATA`" + ` (no other flag) makes its keys and
+database readable by this account only (chmod 600/700; on Windows an access control list for this
+account and Administrators), which ` + "`ppsync run`" + ` requires.`,
 		flags: func(fs *flag.FlagSet) {
 			dataFlag(fs, &data)
 			fs.StringVar(&familyFile, "family", "", "the family's `FAMILY_JSON` file (family.json)")
@@ -72,6 +75,9 @@ syncs every table with a primary key (--db-table names the only ones, --db-exclu
 			dir, err := c.dataDir(cmd, data)
 			if err != nil {
 				return err
+			}
+			if familyFile == "" && site == "" && isNodeDir(dir) {
+				return c.tightenExisting(dir, asJSON)
 			}
 			if err := required(cmd, "family", familyFile, "site", site); err != nil {
 				return err
@@ -110,6 +116,35 @@ syncs every table with a primary key (--db-table names the only ones, --db-exclu
 			return nil
 		},
 	}
+}
+
+// isNodeDir reports whether dir already holds a node (its node.json).
+func isNodeDir(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, datadir.NodeFile))
+	return err == nil
+}
+
+// tightenExisting is `ppsync init --data DATA` on an existing node.
+func (c *cli) tightenExisting(dir string, asJSON bool) error {
+	res, err := node.TightenExisting(dir)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if res.Changed == nil {
+			res.Changed = []string{}
+		}
+		return writeJSONLine(c.stdout, res)
+	}
+	if len(res.Changed) == 0 {
+		fmt.Fprintf(c.stdout, "The node of site %q in %s is already readable by this account only; nothing changed.\n", res.Site, dir)
+		return nil
+	}
+	fmt.Fprintf(c.stdout, "Made the node of site %q in %s readable by this account only:\n", res.Site, dir)
+	for _, p := range res.Changed {
+		fmt.Fprintf(c.stdout, "  %s\n", p)
+	}
+	return nil
 }
 
 func installCommand() *command {
@@ -199,7 +234,7 @@ func runCommand() *command {
 Settings come from DATA/ppsync.toml, then these flags. Once ready the node writes
 DATA/runtime.json (its PID, API address, peer ID and addresses), which the other commands use.
 --listen /ip4/127.0.0.1/tcp/0 and --api 127.0.0.1:0 pick free ports. Exit 4 when this node
-may not run here (another machine or database, a superseded or revoked certificate), 5 when
+may not run here (another machine, account or database, a superseded or revoked certificate), 5 when
 another ppsync already runs on DATA.`,
 		flags: func(fs *flag.FlagSet) {
 			dataFlag(fs, &data)

@@ -250,9 +250,12 @@ type InstallResult struct {
 // a clean stop.
 type Runtime struct {
 	PID    int      `json:"pid"`
-	API    string   `json:"api"` // "http://127.0.0.1:PORT"
+	API    string   `json:"api"` // "http://127.0.0.1:PORT", or https:// when the API is not on loopback
 	PeerID string   `json:"peer_id"`
 	Addrs  []string `json:"addrs"`
+	// TLSFingerprint is the hex SHA-256 of the API's certificate when it
+	// serves HTTPS: the client accepts that certificate only.
+	TLSFingerprint string `json:"tls_fingerprint,omitempty"`
 }
 
 // Event is one item of GET /v1/events (server-sent events: "id: N",

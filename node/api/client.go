@@ -3,6 +3,11 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,9 +77,10 @@ type Client struct {
 }
 
 // NewClient returns a client for the node running on dataDir: the API address
-// comes from dataDir/runtime.json and the key from dataDir/api.key. It checks
-// that something listens at that address; when runtime.json is missing or
-// nothing answers, the error wraps ErrNotRunning.
+// comes from dataDir/runtime.json and the key from dataDir/api.key. Before
+// it sends the key anywhere, the node must prove it holds it (Verify); when
+// runtime.json is missing, nothing answers, or what answers cannot prove it,
+// the error wraps ErrNotRunning (ErrNotTheNode for the last).
 func NewClient(dataDir string) (*Client, error) {
 	raw, err := clientReadSmall(filepath.Join(dataDir, RuntimeFile))
 	if errors.Is(err, os.ErrNotExist) {
@@ -95,21 +101,99 @@ func NewClient(dataDir string) (*Client, error) {
 	if key == "" {
 		return nil, fmt.Errorf("node: client: %s is empty; restart the node to write a new key", filepath.Join(dataDir, APIKeyFile))
 	}
-	c, err := NewClientFor(rt.API, key)
+	c, err := NewClientPinned(rt.API, key, rt.TLSFingerprint)
 	if err != nil {
 		return nil, fmt.Errorf("node: client: %s: %w", filepath.Join(dataDir, RuntimeFile), err)
 	}
-	u, _ := url.Parse(c.base) // checked by NewClientFor
-	conn, err := net.DialTimeout("tcp", clientHostPort(u), clientProbeTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("%w: nothing answers at %s (%s is left from a run that did not stop cleanly)", ErrNotRunning, c.base, RuntimeFile)
+	ctx, cancel := context.WithTimeout(context.Background(), clientProbeTimeout)
+	defer cancel()
+	if err := c.Verify(ctx); err != nil {
+		c.Close()
+		return nil, err
 	}
-	conn.Close()
+	return c, nil
+}
+
+// ErrNotTheNode: something answers at the address runtime.json names, but it
+// cannot prove it holds the API key (a program that took the port of a node
+// that stopped, or a node that was set up again). The API key was not sent.
+// It wraps ErrNotRunning.
+var ErrNotTheNode = fmt.Errorf("%w: another program answers at its address", ErrNotRunning)
+
+// ErrWrongKey: a node answers at the address runtime.json names, but its
+// proof is for another API key than the one in api.key (another node, or
+// api.key changed since it started). The key was not sent.
+var ErrWrongKey = errors.New("node: the node does not hold this API key")
+
+// Verify has the node prove that it holds the API key before any request
+// carries the key: it sends a random nonce to GET /v1/hello and checks the
+// answer against [ServerProof]. Nothing answering gives an error wrapping
+// ErrNotRunning; no proof one wrapping ErrNotTheNode (and so
+// ErrNotRunning); a proof for another key one wrapping ErrWrongKey.
+func (c *Client) Verify(ctx context.Context) error {
+	nonce := make([]byte, 32)
+	if _, err := rand.Read(nonce); err != nil {
+		return fmt.Errorf("node: client: make a nonce: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+HelloPath+"?nonce="+hex.EncodeToString(nonce), nil)
+	if err != nil {
+		return fmt.Errorf("node: client: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w: nothing answers at %s (%s is left from a run that did not stop cleanly)", ErrNotRunning, c.base, RuntimeFile)
+		}
+		return fmt.Errorf("%w: %s did not prove it is this node (%v); the API key was not sent", ErrNotTheNode, c.base, err)
+	}
+	defer resp.Body.Close()
+	var h Hello
+	dec := json.NewDecoder(io.LimitReader(resp.Body, clientMaxErrorBody))
+	if resp.StatusCode != http.StatusOK || dec.Decode(&h) != nil {
+		return fmt.Errorf("%w: %s answered %d, not this node's proof of its API key; the key was not sent (%s is left from an earlier run, or the node is an older ppsync)", ErrNotTheNode, c.base, resp.StatusCode, RuntimeFile)
+	}
+	got, err := hex.DecodeString(h.Proof)
+	if err != nil || !hmac.Equal(got, ServerProof(c.key, nonce)) {
+		return fmt.Errorf("%w: the node at %s does not hold the API key in %s (it is another node, or %s changed since it started: restart it); the key was not sent", ErrWrongKey, c.base, APIKeyFile, APIKeyFile)
+	}
+	return nil
+}
+
+// NewClientPinned is NewClientFor for an API that may serve HTTPS: with an
+// https:// address it accepts only the certificate whose SHA-256 is
+// fingerprint (runtime.json's tls_fingerprint), and refuses to be made
+// without one. It does not contact the node.
+func NewClientPinned(baseURL, key, fingerprint string) (*Client, error) {
+	c, err := NewClientFor(baseURL, key)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(c.base, "https://") {
+		return c, nil
+	}
+	fingerprint = strings.ToLower(strings.TrimSpace(fingerprint))
+	if len(fingerprint) != 2*sha256.Size {
+		return nil, fmt.Errorf("the API at %s serves HTTPS but its certificate's fingerprint is missing (tls_fingerprint); restart the node to write it", c.base)
+	}
+	tr := c.http.Transport.(*http.Transport)
+	tr.TLSClientConfig = &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // the certificate is self-signed: VerifyConnection pins it instead
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || CertFingerprint(cs.PeerCertificates[0].Raw) != fingerprint {
+				return fmt.Errorf("the API's certificate is not the one in %s (fingerprint %.16s…); the connection was refused", RuntimeFile, fingerprint)
+			}
+			return nil
+		},
+	}
 	return c, nil
 }
 
 // NewClientFor returns a client for the API at baseURL ("http://HOST:PORT")
-// with the given key. It does not contact the node.
+// with the given key. It does not contact the node (see Verify); an https://
+// address needs NewClientPinned.
 func NewClientFor(baseURL, key string) (*Client, error) {
 	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -352,17 +436,6 @@ func clientQuery(q url.Values) string {
 		return ""
 	}
 	return "?" + q.Encode()
-}
-
-// clientHostPort returns the host:port to dial for u.
-func clientHostPort(u *url.URL) string {
-	if u.Port() != "" {
-		return u.Host
-	}
-	if u.Scheme == "https" {
-		return net.JoinHostPort(u.Hostname(), "443")
-	}
-	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 // clientReadSmall reads a small file whole, refusing one over clientMaxSmallFile.

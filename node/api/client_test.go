@@ -2,8 +2,10 @@ package api_test
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ppsync/ppsync/node/api"
@@ -48,6 +51,11 @@ type clientTestServer struct {
 func newClientTestServer(t *testing.T) *clientTestServer {
 	s := &clientTestServer{}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == api.HelloPath {
+			nonce, _ := hex.DecodeString(r.URL.Query().Get("nonce"))
+			json.NewEncoder(w).Encode(api.Hello{Proof: hex.EncodeToString(api.ServerProof(clientTestKey, nonce))})
+			return
+		}
 		if r.Header.Get("Authorization") != "Bearer "+clientTestKey {
 			w.WriteHeader(http.StatusUnauthorized)
 			io.WriteString(w, `{"error":"wrong API key; use the key in DATA/api.key","code":"unauthorized"}`)
@@ -257,5 +265,64 @@ func TestClientBadFiles(t *testing.T) {
 	os.Remove(filepath.Join(dir, "api.key"))
 	if _, err := api.NewClient(dir); err == nil || errors.Is(err, api.ErrNotRunning) {
 		t.Errorf("missing api.key: %v", err)
+	}
+}
+
+// keyCatcher is a program at a stale runtime.json's port: it records
+// everything it receives, and answers the hello with proof of another key
+// (proof) or with a 404 (no proof).
+type keyCatcher struct {
+	*httptest.Server
+	mu       sync.Mutex
+	received []string // method, URL, headers and body of every request
+}
+
+func newKeyCatcher(t *testing.T, proofKey string) *keyCatcher {
+	k := &keyCatcher{}
+	k.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		k.mu.Lock()
+		k.received = append(k.received, fmt.Sprintf("%s %s %v %s", r.Method, r.URL, r.Header, body))
+		k.mu.Unlock()
+		if r.URL.Path == api.HelloPath && proofKey != "" {
+			nonce, _ := hex.DecodeString(r.URL.Query().Get("nonce"))
+			json.NewEncoder(w).Encode(api.Hello{Proof: hex.EncodeToString(api.ServerProof(proofKey, nonce))})
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(k.Close)
+	return k
+}
+
+// TestStalePortNeverGetsTheKey: a program listening where runtime.json says
+// the node was cannot prove it holds the API key, so the client refuses it
+// (not running) and never sends the key.
+func TestStalePortNeverGetsTheKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, proofKey string
+		want           error
+		notRunning     bool
+	}{
+		{"no proof", "", api.ErrNotTheNode, true},
+		{"another node's proof", "the-key-of-another-node-0123456789", api.ErrWrongKey, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := newKeyCatcher(t, tc.proofKey)
+			_, err := api.NewClient(clientTestDir(t, k.URL))
+			if !errors.Is(err, tc.want) || errors.Is(err, api.ErrNotRunning) != tc.notRunning || !strings.Contains(err.Error(), "not sent") {
+				t.Fatalf("NewClient against a stranger: %v", err)
+			}
+			k.mu.Lock()
+			defer k.mu.Unlock()
+			if len(k.received) == 0 {
+				t.Fatal("the stranger got no request: the test proves nothing")
+			}
+			for _, req := range k.received {
+				if strings.Contains(req, clientTestKey) || strings.Contains(req, "Authorization") {
+					t.Fatalf("the stranger received the key: %s", req)
+				}
+			}
+		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/lock"
 )
 
 // Identity is DATA/node.json: which site and family this directory serves.
@@ -30,6 +31,19 @@ type Identity struct {
 	// random ID ppsync stored in it and what it was ("sqlite:/srv/pps.db").
 	DBID     string `json:"db_id,omitempty"`
 	DBDetail string `json:"db,omitempty"`
+	// Account is the operating system account that set the node up; the
+	// node runs only as it. Empty in directories set up before ppsync
+	// recorded it: the first start records its own.
+	Account lock.Account `json:"account,omitzero"`
+}
+
+// WriteIdentity writes DATA/node.json.
+func WriteIdentity(dataDir string, id Identity) error {
+	b, err := json.MarshalIndent(id, "", "  ")
+	if err != nil {
+		return fmt.Errorf("node: encode identity: %w", err)
+	}
+	return WriteFileAtomic(filepath.Join(dataDir, NodeFile), append(b, '\n'), 0o644)
 }
 
 // BindingID is the database ID a certificate names: the node store's own,

@@ -85,6 +85,7 @@ type Authorizer interface {
 // Options configure the sync page.
 type Options struct {
 	Addr    string           // the API's listening address (HOST:PORT): the base of login links, the name of the cookie
+	TLS     bool             // the API serves HTTPS: links are https://, the cookie is Secure
 	DataDir string           // named on the login page and in the logged link's advice
 	Auth    Authorizer       // the API key: it opens the page without a session
 	Now     func() time.Time // the clock of tokens and sessions; nil: time.Now
@@ -99,7 +100,8 @@ type Page struct {
 	dataDir string
 	now     func() time.Time
 	cookie  string // the cookie's name carries the port: browsers share cookies across the ports of a host
-	base    string // "http://127.0.0.1:PORT"
+	base    string // "http://127.0.0.1:PORT" (https:// with TLS)
+	secure  bool   // the API serves HTTPS
 
 	mu       sync.Mutex
 	tokens   map[[32]byte]time.Time // hash of a token -> when it expires
@@ -120,7 +122,7 @@ func New(o Options) *Page {
 	}
 	return &Page{
 		auth: o.Auth, log: o.Logger, dataDir: o.DataDir, now: o.Now,
-		cookie: "ppsync_session_" + port, base: "http://" + net.JoinHostPort(host, port),
+		cookie: "ppsync_session_" + port, base: scheme(o.TLS) + "://" + net.JoinHostPort(host, port), secure: o.TLS,
 		tokens: map[[32]byte]time.Time{}, sessions: map[[32]byte]time.Time{},
 	}
 }
@@ -183,7 +185,7 @@ func (p *Page) Authorize(r *http.Request) (Verdict, string) {
 		if r.Header.Get(PageHeader) != "1" {
 			return SessionRefused, "a request of the sync page that changes something must carry the header " + PageHeader + ": 1"
 		}
-		if o := r.Header.Get("Origin"); o != "" && o != "http://"+r.Host {
+		if o := r.Header.Get("Origin"); o != "" && o != scheme(r.TLS != nil)+"://"+r.Host {
 			return SessionRefused, "this request comes from another web site"
 		}
 	}
@@ -312,7 +314,7 @@ func (p *Page) endSession(r *http.Request) {
 }
 
 func (p *Page) sessionCookie(value string, maxAge int) *http.Cookie {
-	return &http.Cookie{Name: p.cookie, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true, SameSite: http.SameSiteStrictMode}
+	return &http.Cookie{Name: p.cookie, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode}
 }
 
 // setPageHeaders sets the headers every page response carries.
@@ -379,4 +381,12 @@ func (p *Page) postLogout(w http.ResponseWriter, r *http.Request) {
 	p.endSession(r)
 	http.SetCookie(w, p.sessionCookie("", -1))
 	writeJSON(w, http.StatusOK, map[string]bool{"logged_out": true})
+}
+
+// scheme is the URL scheme of the API: https with TLS.
+func scheme(tls bool) string {
+	if tls {
+		return "https"
+	}
+	return "http"
 }
