@@ -155,7 +155,7 @@ func (m *Mesh) openStream(ctx context.Context, p peer.ID, proto protocol.ID, wha
 		s.Reset()
 		return nil, fmt.Errorf("mesh: %s with %s: the hello on its connection did not complete", what, p)
 	}
-	return s, nil
+	return m.tapped(s), nil
 }
 
 // helloStreamOn opens a hello stream on connection c itself (not on whichever

@@ -125,6 +125,7 @@ func scoreThresholds() *pubsub.PeerScoreThresholds {
 // validateEntry accepts an entry only from a member, of this family, well
 // formed, within the limits and signed by its site's key of its epoch.
 func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	m.tap.write(msg.Data) // what this node received (forwarded on as is)
 	if from == m.host.ID() {
 		return pubsub.ValidationAccept // our own, checked when committed
 	}
@@ -180,6 +181,7 @@ type verifiedHeartbeat struct {
 }
 
 func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	m.tap.write(msg.Data) // what this node received (forwarded on as is)
 	if from == m.host.ID() {
 		return pubsub.ValidationAccept
 	}
@@ -376,6 +378,7 @@ func (m *Mesh) PublishHeartbeat() {
 		m.log.Error("encode heartbeat", "err", err)
 		return
 	}
+	m.tap.write(b)
 	if err := m.hbt.Publish(m.ctx, b); err != nil && m.ctx.Err() == nil {
 		m.log.Debug("publish heartbeat", "err", err)
 	}
@@ -384,6 +387,7 @@ func (m *Mesh) PublishHeartbeat() {
 // Publish gossips one committed entry (its envelope) once. Gossip is best
 // effort: catch-up delivers whatever it drops.
 func (m *Mesh) Publish(ctx context.Context, env []byte) error {
+	m.tap.write(env)
 	if err := m.ent.Publish(ctx, env); err != nil {
 		return fmt.Errorf("mesh: publish: %w", err)
 	}
@@ -398,6 +402,7 @@ type forkProof struct {
 }
 
 func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	m.tap.write(msg.Data) // what this node received (forwarded on as is)
 	if from == m.host.ID() {
 		return pubsub.ValidationAccept
 	}
@@ -461,6 +466,7 @@ func (m *Mesh) PublishForkProof(ctx context.Context, a, b *wire.Signed) error {
 			}
 		})
 	}
+	m.tap.write(data)
 	if err := m.fkt.Publish(ctx, data); err != nil {
 		return fmt.Errorf("mesh: publish fork proof: %w", err)
 	}

@@ -204,7 +204,8 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	_, member := m.cfg.Family.Member(p)
 	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
 	defer cancel()
-	s, err := helloStreamOn(ctx, c)
+	hs, err := helloStreamOn(ctx, c)
+	s := m.tapped(hs)
 	if err != nil {
 		m.log.Debug("hello failed", "peer", p, "err", err)
 		m.helloEnded(c, false)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -37,10 +38,13 @@ type Config struct {
 	Listen    []string           // multiaddrs to listen on
 	Bootstrap []string           // multiaddrs of members to dial (with /p2p/ID), usually the relay
 	Relay     bool               // run the members-only circuit relay (the relay role)
-	Family    Family             // membership (required)
-	Log       Log                // serves catch-up (required)
-	Handler   Handler            // receives entries and events (required)
-	Logger    *slog.Logger
+	// Tap, if set, receives a copy of every byte sent and received on the
+	// mesh after transport decryption (an audit aid; see tap.go).
+	Tap     io.Writer
+	Family  Family  // membership (required)
+	Log     Log     // serves catch-up (required)
+	Handler Handler // receives entries and events (required)
+	Logger  *slog.Logger
 	// MDNS enables LAN discovery. Off in tests (it multicasts on the LAN).
 	MDNS bool
 	// HeartbeatInterval is how often this node gossips its heartbeat
@@ -66,6 +70,7 @@ type Config struct {
 // Mesh is the node's presence in its family's network.
 type Mesh struct {
 	cfg  Config
+	tap  *tap // nil: no audit copy
 	log  *slog.Logger
 	host host.Host
 	ps   *pubsub.PubSub
@@ -143,6 +148,9 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		targets: map[peer.ID]*target{}, lan: map[peer.ID]peer.AddrInfo{}, waiters: map[peer.ID][]chan helloResult{},
 		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{},
 		conns: map[string]*connState{}, knownDocs: map[[32]byte]struct{}{}, serving: map[peer.ID]int{}, starts: map[peer.ID]*bucket{}}
+	if cfg.Tap != nil {
+		m.tap = &tap{w: cfg.Tap}
+	}
 	for _, d := range cfg.Family.Documents() {
 		m.knownDocs[sha256.Sum256(d)] = struct{}{}
 	}
@@ -258,7 +266,7 @@ func (m *Mesh) tracked(h network.StreamHandler) network.StreamHandler {
 			return
 		}
 		defer m.wg.Done()
-		h(s)
+		h(m.tapped(s))
 	}
 }
 

@@ -52,6 +52,7 @@ type Node struct {
 	opener   *keyring.Opener          // the log's applier at a site
 	revoked  atomic.Pointer[[]string] // revoked certificates (site@epoch), as of the last change of membership
 	keyPoke  chan struct{}
+	tapFile  *os.File // PPSYNC_MESH_TAP, closed at the end
 	clock    *hlc.Clock
 	ln       net.Listener
 	srv      *http.Server
@@ -480,6 +481,9 @@ func (n *Node) closeAll() error {
 	if n.mesh != nil {
 		errs = append(errs, n.mesh.Close())
 	}
+	if n.tapFile != nil {
+		errs = append(errs, n.tapFile.Close())
+	}
 	n.wg.Wait()
 	if n.dbc != nil {
 		errs = append(errs, n.dbc.Close())
@@ -507,11 +511,22 @@ func (n *Node) startMesh(ctx context.Context) error {
 	n.sync = newSyncer(n)
 	boot := append(append([]string(nil), n.cfg.Bootstrap...), n.roster.Info().Bootstrap...)
 	var err error
-	n.mesh, err = mesh.New(n.ctx, mesh.Config{
+	mc := mesh.Config{
 		Key: n.key, Listen: n.cfg.Listen, Bootstrap: boot, Relay: n.id.Role == family.RoleRelay,
 		Family: members{n}, Log: logView{n}, Handler: n.sync, Logger: n.log, MDNS: n.cfg.MDNS,
 		HeartbeatInterval: n.cfg.HeartbeatInterval, Heartbeat: n.heartbeat,
-	})
+	}
+	if path := n.cfg.Env("PPSYNC_MESH_TAP"); path != "" {
+		// An audit copy of everything this node sends and receives on the
+		// mesh, after transport decryption: what a member is given.
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("node: PPSYNC_MESH_TAP=%s: %w", path, err)
+		}
+		n.tapFile, mc.Tap = f, f
+		n.log.Warn("PPSYNC_MESH_TAP is set: every byte this node sends and receives on the mesh is copied to a file (an audit aid; unset it for normal running)", "file", path)
+	}
+	n.mesh, err = mesh.New(n.ctx, mc)
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
