@@ -46,6 +46,7 @@ type Net struct {
 	closed   bool
 	refused  uint64
 	accepted uint64
+	capture  func(from, to string, b []byte) // sees every byte between two nodes (Capture)
 	wg       sync.WaitGroup
 }
 
@@ -79,6 +80,14 @@ func newNet(isolated bool, logf func(string, ...any)) *Net {
 
 // Isolated reports whether links can be cut.
 func (n *Net) Isolated() bool { return n.isolated }
+
+// Capture sets a function that sees every byte passing between two nodes
+// (isolated networks only: elsewhere nodes talk without the proxy).
+func (n *Net) Capture(f func(from, to string, b []byte)) {
+	n.mu.Lock()
+	n.capture = f
+	n.mu.Unlock()
+}
 
 // add registers a node listening on 127.0.0.1:port in ns and, when isolated,
 // opens the forwarders between it and every node already there.
@@ -203,6 +212,12 @@ func (n *Net) pump(c *pconn, dst, src net.Conn, from, to string) {
 		if k > 0 {
 			if !n.waitOpen(c, flow{from, to}) {
 				return
+			}
+			n.mu.Lock()
+			capture := n.capture
+			n.mu.Unlock()
+			if capture != nil {
+				capture(from, to, buf[:k])
 			}
 			if _, werr := dst.Write(buf[:k]); werr != nil {
 				// dst's node closed or reset: the news goes back the other way.
