@@ -210,6 +210,24 @@ func (n *Node) Conflicts(ctx context.Context, limit int) (api.ConflictsResult, e
 	return res, nil
 }
 
+// LogRange returns up to limit (<= 0: 100; at most 10000) entries of site
+// from seq from on, oldest first: paging through a whole log.
+func (n *Node) LogRange(ctx context.Context, site string, from uint64, limit int) (api.LogResult, error) {
+	if err := ctx.Err(); err != nil {
+		return api.LogResult{}, err
+	}
+	limit = listLimit(limit, defaultLogN, maxListLimit)
+	es, err := n.txlog.Range(site, max(from, 1), limit)
+	if err != nil {
+		return api.LogResult{}, fmt.Errorf("node: log of %s: %w", site, err)
+	}
+	out := api.LogResult{Entries: make([]api.EntryJSON, 0, len(es))}
+	for _, e := range es {
+		out.Entries = append(out.Entries, n.entryJSON(e))
+	}
+	return out, nil
+}
+
 // Log returns the newest limit (<= 0: 100; at most 10000) log entries of
 // site, or of every site when site is "", oldest first.
 func (n *Node) Log(ctx context.Context, site string, limit int) (api.LogResult, error) {

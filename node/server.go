@@ -382,7 +382,18 @@ func (n *Node) getLog(w http.ResponseWriter, r *http.Request) {
 		n.writeErr(w, err)
 		return
 	}
-	res, err := n.Log(r.Context(), r.URL.Query().Get("site"), limit)
+	site := r.URL.Query().Get("site")
+	if r.URL.Query().Has("from") {
+		from, err := intParam(r, "from", 1)
+		if err != nil || site == "" {
+			n.writeErr(w, badRequest("from= pages through one site's log: give site= and a seq"))
+			return
+		}
+		res, err := n.LogRange(r.Context(), site, uint64(from), limit)
+		n.answer(w, res, err)
+		return
+	}
+	res, err := n.Log(r.Context(), site, limit)
 	n.answer(w, res, err)
 }
 

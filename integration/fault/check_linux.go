@@ -24,6 +24,9 @@ type CheckOptions struct {
 	// may differ between nodes, so they are left out of the frontier, record
 	// and digest comparisons (the attack test checks them on its own).
 	Forked map[string]bool
+	// Extra records (table/key) were written by the scenario itself, each
+	// in an entry of its own, besides the load.
+	Extra map[string]bool
 }
 
 // view is one node's answers at one moment.
@@ -203,6 +206,7 @@ func (h *Harness) CheckState(ctx context.Context, nodes []*Node, o CheckOptions)
 	}
 	results := map[string]result{}
 	relays := map[string]map[string]uint64{}
+	keyOnly := h.keyOnlyEntries(ctx, nodes)
 	for _, n := range nodes {
 		c := n.Client()
 		if c == nil {
@@ -238,7 +242,7 @@ func (h *Harness) CheckState(ctx context.Context, nodes []*Node, o CheckOptions)
 			continue
 		}
 		results[n.Name] = result{frontier: st.Frontier, digest: digest}
-		h.checkNode(n.Name, st.Frontier, state, acked, ackedSeq, ownMax, written, o)
+		h.checkNode(n.Name, st.Frontier, state, acked, ackedSeq, ownMax, written, keyOnly, o)
 	}
 	var names []string
 	for name := range results {
@@ -263,8 +267,47 @@ func (h *Harness) CheckState(ctx context.Context, nodes []*Node, o CheckOptions)
 	}
 }
 
+// keyOnlyEntries pages through every site's log at the first site node
+// that answers and returns the entries that only give data keys (grants, no
+// operations): they apply no record.
+func (h *Harness) keyOnlyEntries(ctx context.Context, nodes []*Node) map[string]map[uint64]bool {
+	out := map[string]map[uint64]bool{}
+	for _, n := range nodes {
+		c := n.Client()
+		if c == nil || n == h.Relay {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		st, err := c.Status(sctx)
+		if err != nil {
+			continue
+		}
+		for site, f := range st.Frontier {
+			for from := uint64(1); from <= f; {
+				res, err := c.LogRange(sctx, site, from, 10000)
+				if err != nil || len(res.Entries) == 0 {
+					h.Violate("check", "%s: page through %s's log from %d: %v", n.Name, site, from, err)
+					break
+				}
+				for _, e := range res.Entries {
+					if e.Grants > 0 && len(e.Ops) == 0 && e.Key == "" {
+						if out[site] == nil {
+							out[site] = map[uint64]bool{}
+						}
+						out[site][e.Seq] = true
+					}
+					from = e.Seq + 1
+				}
+			}
+		}
+		return out
+	}
+	return out
+}
+
 func (h *Harness) checkNode(name string, frontier map[string]uint64, state map[string]record, acked []Write,
-	ackedSeq map[string]map[uint64]Write, ownMax map[string]Write, written map[string]map[string]bool, o CheckOptions) {
+	ackedSeq map[string]map[uint64]Write, ownMax map[string]Write, written map[string]map[string]bool, keyOnly map[string]map[uint64]bool, o CheckOptions) {
 	const maxReports = 5
 	reported := map[string]int{}
 	violate := func(kind, format string, a ...any) {
@@ -296,6 +339,13 @@ func (h *Harness) checkNode(name string, frontier map[string]uint64, state map[s
 	seqs := map[string]map[uint64]string{}
 	for k, r := range state {
 		table, key, _ := strings.Cut(k, "/")
+		if o.Extra[k] { // written by the scenario itself, in an entry of its own
+			if seqs[r.site] == nil {
+				seqs[r.site] = map[uint64]string{}
+			}
+			seqs[r.site][r.seq] = key
+			continue
+		}
 		if table != TableFT && table != TableOwn && table != TableHot {
 			violate("phantom", "record %s that the harness never wrote", k)
 			continue
@@ -326,10 +376,10 @@ func (h *Harness) checkNode(name string, frontier map[string]uint64, state map[s
 			continue
 		}
 		got := seqs[site]
-		if uint64(len(got)) != f {
+		if uint64(len(got)+len(keyOnly[site])) != f { // entries that only give data keys write no record
 			missing := []uint64{}
 			for s := uint64(1); s <= f && len(missing) < 10; s++ {
-				if _, ok := got[s]; !ok {
+				if _, ok := got[s]; !ok && !keyOnly[site][s] {
 					missing = append(missing, s)
 				}
 			}

@@ -336,6 +336,18 @@ func (c *Client) Log(ctx context.Context, site string, limit int) (LogResult, er
 	return r, err
 }
 
+// LogRange returns up to limit entries of site from seq from on, oldest
+// first (GET /v1/log?site=S&from=N).
+func (c *Client) LogRange(ctx context.Context, site string, from uint64, limit int) (LogResult, error) {
+	q := url.Values{}
+	q.Set("site", site)
+	q.Set("from", strconv.FormatUint(from, 10))
+	clientSetLimit(q, limit)
+	var r LogResult
+	err := c.do(ctx, http.MethodGet, "/v1/log"+clientQuery(q), nil, "", &r)
+	return r, err
+}
+
 // Conflicts returns recorded conflicts, newest first (GET /v1/conflicts).
 func (c *Client) Conflicts(ctx context.Context, limit int) (ConflictsResult, error) {
 	q := url.Values{}
