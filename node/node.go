@@ -189,6 +189,11 @@ func (n *Node) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A store made here (a new node, or one replaced) is private from the
+	// start: the permission check refuses one others can read.
+	if err := os.Mkdir(filepath.Join(dir, DBDir), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("node: create the database directory: %w", err)
+	}
 	if n.db, err = store.Open(filepath.Join(dir, DBDir), store.Options{Logger: n.log}); err != nil {
 		return err
 	}
