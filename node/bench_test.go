@@ -50,30 +50,59 @@ func waitFrontier(tb testing.TB, n *Node, site string, seq uint64, d time.Durati
 
 // BenchmarkCatchUp1M measures a node catching up a 1,000,000-entry backlog
 // from a peer over loopback (libp2p, compressed batches, verify, append,
-// apply), beside the local ingest rate of the same node measured in the same
-// run (no network) as the ceiling.
+// open, apply), with entries sealed (end-to-end encrypted, as every site
+// writes them) and, in the same run as the baseline, written in clear.
 func BenchmarkCatchUp1M(b *testing.B) {
 	total := 1_000_000
 	if v, err := strconv.Atoi(os.Getenv("PPSYNC_BENCH_ENTRIES")); err == nil && v > 0 {
 		total = v // a shorter run for profiling
 	}
 	for b.Loop() {
-		tf := newTestFamily(b)
-		tf.add("clinic-a", "site")
-		tf.addKnowing("clinic-b", "site", "clinic-a")
-		a := tf.start("clinic-a")
-		for _, addr := range a.n.mesh.Addrs() {
-			tf.relay = addr
+		plain := catchUpRate(b, total, true)
+		sealed := catchUpRate(b, total, false)
+		b.ReportMetric(sealed, "catch-up-entries/s")
+		b.ReportMetric(plain, "plain-catch-up-entries/s")
+		b.ReportMetric(sealed/plain, "x-sealed-vs-plain")
+		b.ReportMetric(sealed/5500, "x-5.5k-reference")
+	}
+}
+
+// catchUpRate writes total entries at one site (sealed unless plain) and
+// returns the entries/s at which a second site catches them up.
+func catchUpRate(b *testing.B, total int, plain bool) float64 {
+	tf := newTestFamily(b)
+	tf.add("clinic-b", "site")
+	tf.addKnowing("clinic-a", "site", "clinic-b") // its first entry gives clinic-b the key
+	mod := func(c *Config) { c.plain = plain }
+	a := tf.startWith("clinic-a", mod)
+	for _, addr := range a.n.mesh.Addrs() {
+		tf.relay = addr
+	}
+	writeMany(b, a.n, "clinic-a", total)
+	start := time.Now()
+	bn := tf.startWith("clinic-b", mod)
+	want := a.n.txlog.Head("clinic-a").Seq
+	waitFrontier(b, bn.n, "clinic-a", want, 10*time.Minute)
+	waitApplied(b, bn.n, 10*time.Minute)
+	secs := time.Since(start).Seconds()
+	tf.stop("clinic-b")
+	tf.stop("clinic-a")
+	return float64(total) / secs
+}
+
+// waitApplied waits until n holds no entry waiting for its data key.
+func waitApplied(tb testing.TB, n *Node, d time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		held, err := n.txlog.Held()
+		if err == nil && held == 0 {
+			return
 		}
-		writeMany(b, a.n, "clinic-a", total)
-		start := time.Now()
-		bn := tf.start("clinic-b")
-		waitFrontier(b, bn.n, "clinic-a", uint64(total), 10*time.Minute)
-		secs := time.Since(start).Seconds()
-		b.ReportMetric(float64(total)/secs, "catch-up-entries/s")
-		b.ReportMetric(float64(total)/secs/5500, "x-5.5k-reference")
-		tf.stop("clinic-b")
-		tf.stop("clinic-a")
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s still holds %d entries after %s", n.id.Site, held, d)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -81,21 +110,40 @@ func BenchmarkCatchUp1M(b *testing.B) {
 // measures, for every entry, the time from commit at the writer to applied at
 // each of two peers.
 func BenchmarkLiveReplication(b *testing.B) {
-	const rate, seconds = 1000, 5
 	for b.Loop() {
+		p50p, p99p, _ := liveReplication(b, true)
+		p50, p99, viaCatchUp := liveReplication(b, false)
+		b.ReportMetric(p50, "p50-ms")
+		b.ReportMetric(p99, "p99-ms")
+		b.ReportMetric(p50p, "plain-p50-ms")
+		b.ReportMetric(p99p, "plain-p99-ms")
+		b.ReportMetric(viaCatchUp, "%-via-catch-up")
+	}
+}
+
+// liveReplication runs one round of BenchmarkLiveReplication, entries sealed
+// unless plain, and returns p50 and p99 in ms and the share that came by
+// catch-up.
+func liveReplication(b *testing.B, plain bool) (p50, p99, viaCatchUpPct float64) {
+	const rate, seconds = 1000, 5
+	mod := func(c *Config) { c.plain = plain }
+	{
 		tf := newTestFamily(b)
 		tf.add("clinic-a", "site")
 		tf.addKnowing("clinic-b", "site", "clinic-a")
 		tf.add("clinic-c", "site")
-		a := tf.start("clinic-a")
+		a := tf.startWith("clinic-a", mod)
 		for _, addr := range a.n.mesh.Addrs() {
 			tf.relay = addr
 		}
-		peers := []*running{tf.start("clinic-b"), tf.start("clinic-c")}
+		peers := []*running{tf.startWith("clinic-b", mod), tf.startWith("clinic-c", mod)}
 		// Let the mesh form (gossip drops what is published before it does).
 		writeMany(b, a.n, "clinic-a", 1)
 		for _, p := range peers {
 			waitFrontier(b, p.n, "clinic-a", 1, 30*time.Second)
+		}
+		if !plain { // every site holds the key before the measured writes
+			tf.waitKeysSettled(30*time.Second, "clinic-a", "clinic-b", "clinic-c")
 		}
 		time.Sleep(2 * time.Second) // gossip mesh heartbeat settles; measured below, not asserted
 
@@ -148,9 +196,8 @@ func BenchmarkLiveReplication(b *testing.B) {
 		if len(lat) == 0 {
 			b.Fatal("no latencies measured")
 		}
-		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
-		b.ReportMetric(float64(len(lat)), "samples")
+		p50 = float64(lat[len(lat)/2].Microseconds()) / 1000
+		p99 = float64(lat[len(lat)*99/100].Microseconds()) / 1000
 		// How the entries arrived: gossip, or catch-up after a gap (an entry
 		// that overtook its predecessor) or a lost message.
 		var viaGossip, viaCatchUp uint64
@@ -158,8 +205,12 @@ func BenchmarkLiveReplication(b *testing.B) {
 			viaGossip += p.n.counters.receivedGossip.Load()
 			viaCatchUp += p.n.counters.receivedCatchUp.Load()
 		}
-		b.ReportMetric(100*float64(viaCatchUp)/float64(max(1, viaGossip+viaCatchUp)), "%-via-catch-up")
+		viaCatchUpPct = 100 * float64(viaCatchUp) / float64(max(1, viaGossip+viaCatchUp))
+		tf.stop("clinic-c")
+		tf.stop("clinic-b")
+		tf.stop("clinic-a")
 	}
+	return p50, p99, viaCatchUpPct
 }
 
 // BenchmarkSustained3 has three sites write as fast as they can for 3 s and

@@ -102,6 +102,10 @@ type Config struct {
 	// (PPSYNC_ALERT_CLOCK) to put the monitor inside or outside opening
 	// hours without shifting the node's own clock.
 	AlertNow func() time.Time `toml:"-"`
+
+	// plain writes own entries unsealed: only the benchmarks that measure
+	// what encryption costs set it (never a user: there is no setting).
+	plain bool
 }
 
 // SMTPConfig is the [smtp] table of ppsync.toml: the mail server the alert

@@ -236,6 +236,9 @@ func (n *Node) open(ctx context.Context) error {
 		Apply: noState{}, Clock: n.clock, Logger: n.log, App: n.appVersion}
 	if n.ring != nil {
 		tc.Apply, tc.Take, tc.Seal, tc.Ready = n.opener, n.opener.Take, n.sealEntry, n.entryReady
+		if n.cfg.plain {
+			tc.Seal = nil
+		}
 	} else if err := n.forgetRelayState(ctx); err != nil {
 		return err
 	}
