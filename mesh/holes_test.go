@@ -202,6 +202,24 @@ func TestStrangerHelloVerifiesOnlyItsOwnCertificates(t *testing.T) {
 	if _, err := first.Write([]byte{0x10}); err != nil { // a length, no body yet
 		t.Fatal(err)
 	}
+	// The second hello must come after A began reading the first (stream
+	// handlers run concurrently).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.m.mu.Lock()
+		began := false
+		for _, st := range a.m.conns { // A's connection IDs are its own
+			began = began || st.received >= 1
+		}
+		a.m.mu.Unlock()
+		if began {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("A never began reading the first hello")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	docs := [][]byte{[]byte("certificate of other")}
 	for range 100 {
 		docs = append(docs, []byte("a document that names no one"))
