@@ -236,6 +236,9 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 			} else {
 				d.bytes = len(frame)
 				d.b, d.run, d.err = m.decodeBatch(frame, "catchup")
+				if d.err == nil && m.cfg.Prepare != nil {
+					m.cfg.Prepare(d.run) // while the handler commits the batch before
+				}
 			}
 			select {
 			case batches <- d:

@@ -26,6 +26,8 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/ppsync/ppsync/internal/wire"
 )
 
 // DefaultHeartbeatInterval is how often a node gossips its heartbeat unless
@@ -40,7 +42,11 @@ type Config struct {
 	Relay     bool               // run the members-only circuit relay (the relay role)
 	// Tap, if set, receives a copy of every byte sent and received on the
 	// mesh after transport decryption (an audit aid; see tap.go).
-	Tap     io.Writer
+	Tap io.Writer
+	// Prepare, if set, sees each decoded catch-up batch in the reader
+	// goroutine, before it is handed on: work done there (opening sealed
+	// entries) overlaps with committing the batch before.
+	Prepare func(run []*wire.Signed)
 	Family  Family  // membership (required)
 	Log     Log     // serves catch-up (required)
 	Handler Handler // receives entries and events (required)

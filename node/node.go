@@ -524,6 +524,9 @@ func (n *Node) startMesh(ctx context.Context) error {
 		Family: members{n}, Log: logView{n}, Handler: n.sync, Logger: n.log, MDNS: n.cfg.MDNS,
 		HeartbeatInterval: n.cfg.HeartbeatInterval, Heartbeat: n.heartbeat,
 	}
+	if n.opener != nil {
+		mc.Prepare = n.opener.OpenAll
+	}
 	if path := n.cfg.Env("PPSYNC_MESH_TAP"); path != "" {
 		// An audit copy of everything this node sends and receives on the
 		// mesh, after transport decryption: what a member is given.

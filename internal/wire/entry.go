@@ -2,8 +2,10 @@ package wire
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 )
 
 // SchemaVersion is the newest entry schema this build can apply. Entries with a
@@ -136,13 +138,44 @@ func (e *Entry) Payload() []Op {
 }
 
 // SealAD returns the associated data a sealed entry's operations are bound
-// to: the canonical encoding of the entry without its operations, sealed or
-// not (family, site, epoch, seq, prev, hlc, schema, deps, key, grants), so a
-// ciphertext cannot be moved to another entry or another key.
+// to: the entry's header (family, site, epoch, seq, prev, hlc, schema, app,
+// deps, the key's ID and the grants' keys and recipients), so a ciphertext
+// cannot be moved to another entry, another place in a chain or another key.
+// It is built by hand, not by the codec: it runs once per entry sealed or
+// opened.
 func SealAD(e *Entry) ([]byte, error) {
-	h := *e
-	h.Ops, h.Sealed, h.Opened = nil, nil, nil
-	return Marshal(&h)
+	b := make([]byte, 0, 128+len(e.Deps)*24+len(e.Grants)*64)
+	b = append(b, "ppsync sealed entry v1\x00"...)
+	str := func(s string) { b = binary.AppendUvarint(b, uint64(len(s))); b = append(b, s...) }
+	num := func(v uint64) { b = binary.AppendUvarint(b, v) }
+	str(e.Family)
+	str(e.Site)
+	num(e.Epoch)
+	num(e.Seq)
+	b = append(b, e.Prev[:]...)
+	num(e.HLC)
+	num(uint64(e.Schema))
+	num(uint64(e.App))
+	str(e.Key)
+	sites := make([]string, 0, len(e.Deps))
+	for s := range e.Deps {
+		sites = append(sites, s)
+	}
+	slices.Sort(sites)
+	num(uint64(len(sites)))
+	for _, s := range sites {
+		str(s)
+		num(e.Deps[s])
+	}
+	num(uint64(len(e.Grants)))
+	for i := range e.Grants {
+		g := &e.Grants[i]
+		str(g.Key)
+		num(g.KeyEpoch)
+		str(g.To)
+		num(g.ToEpoch)
+	}
+	return b, nil
 }
 
 // ID names an entry: (site, seq). It is unique unless the site forked.

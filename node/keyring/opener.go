@@ -73,6 +73,22 @@ func (o *Opener) Take(b *pebble.Batch, es []*wire.Signed) error {
 	return nil
 }
 
+// OpenAll opens the sealed entries of a run whose keys are held, ahead of
+// the log (a catch-up batch as it is decoded). An entry that does not open
+// is left for the log's applier, which says so.
+func (o *Opener) OpenAll(run []*wire.Signed) {
+	for _, s := range run {
+		if s.Key == "" || s.Opened != nil {
+			continue
+		}
+		if k, ok := o.Ring.Key(s.Key); ok {
+			if ops, err := OpenOps(k, &s.Entry); err == nil {
+				s.Opened = ops
+			}
+		}
+	}
+}
+
 // Open opens a sealed entry with a held key, for reading (the log view). It
 // returns the operations, or nil when the key is not held or it does not open.
 func (o *Opener) Open(s *wire.Signed) []wire.Op {
