@@ -102,7 +102,13 @@ type dbsync struct {
 	c    db.Connector
 	kick chan struct{}
 
-	mu       sync.Mutex // guards the fields below
+	mu sync.Mutex // guards the fields below
+	// seen is the frontier the practice database has seen: the log's when
+	// the node started (nothing from others is written into the database
+	// before the first capture), then the one before each apply pass that
+	// brought the database level with the state. Captured changes say in
+	// their deps that they saw no more.
+	seen     map[string]uint64
 	schema   *db.Schema
 	loading  bool
 	restored bool // the database is behind the node: sync waits for a repair
@@ -236,7 +242,7 @@ func (d *dbsync) toWrite(cursor uint64, limit int, fn func(state.Change) bool) (
 
 func newDBSync(n *Node, c db.Connector) *dbsync {
 	return &dbsync{n: n, c: c, kick: make(chan struct{}, 1), perCaptured: map[string]uint64{}, perApplied: map[string]uint64{}, appliedNow: map[string]uint64{},
-		lastCaptured: map[string]time.Time{}, lastApplied: map[string]time.Time{}}
+		lastCaptured: map[string]time.Time{}, lastApplied: map[string]time.Time{}, seen: n.openFrontier}
 }
 
 // loadRefused reads the rows the database refused (kept in the database
@@ -651,7 +657,7 @@ type resumable interface {
 }
 
 // step captures what is pending, then writes back what changed.
-func (d *dbsync) step(ctx context.Context) error {
+func (d *dbsync) step(ctx context.Context) (err error) {
 	d.mu.Lock()
 	restored := d.restored
 	d.mu.Unlock()
@@ -663,6 +669,15 @@ func (d *dbsync) step(ctx context.Context) error {
 			return err
 		}
 	}
+	// What the state holds now is in the database once this step ends well.
+	front := d.n.txlog.Frontier()
+	defer func() {
+		if err == nil {
+			d.mu.Lock()
+			d.seen = front
+			d.mu.Unlock()
+		}
+	}()
 	for {
 		// Take the database's write lock only when the merged state moved
 		// past what the database holds: an idle node never blocks the
@@ -771,7 +786,10 @@ func (d *dbsync) Captured(ctx context.Context, bs []db.Batch) error {
 			continue
 		}
 		pos := b.Pos
-		out, err := d.n.writeBatchWith(ctx, [][]wire.Op{b.Ops}, func(pb *pebble.Batch) error {
+		d.mu.Lock()
+		seen := d.seen
+		d.mu.Unlock()
+		out, err := d.n.writeOwn(ctx, [][]wire.Op{b.Ops}, nil, seen, func(pb *pebble.Batch) error {
 			return pb.Set(keyCapturePos, u64(pos), nil)
 		})
 		if err != nil {

@@ -37,34 +37,37 @@ import (
 // Node is one running ppsync node. Open starts it, Run serves until its
 // context ends, Close stops everything Open started and waits for it.
 type Node struct {
-	cfg      Config
-	log      *slog.Logger
-	id       datadir.Identity
-	key      ed25519.PrivateKey
-	apiKey   string
-	roster   *family.Roster
-	cert     *family.Certificate // own current certificate
-	lock     *lock.Lock
-	db       *pebble.DB
-	state    *state.State
-	txlog    *txlog.Log
-	ring     *keyring.Ring            // the family's data keys (nil at a relay)
-	opener   *keyring.Opener          // the log's applier at a site
-	revoked  atomic.Pointer[[]string] // revoked certificates (site@epoch), as of the last change of membership
-	keyPoke  chan struct{}
-	tapFile  *os.File // PPSYNC_MESH_TAP, closed at the end
-	clock    *hlc.Clock
-	ln       net.Listener
-	srv      *http.Server
-	tlsFP    string // the API certificate's fingerprint when it serves HTTPS
-	start    time.Time
-	mesh     *mesh.Mesh
-	sync     *syncer
-	dbs      *dbsync      // the practice database, nil without one
-	dbc      db.Connector // its connector
-	events   *eventHub
-	counters counters
-	alerts   *alerter
+	cfg     Config
+	log     *slog.Logger
+	id      datadir.Identity
+	key     ed25519.PrivateKey
+	apiKey  string
+	roster  *family.Roster
+	cert    *family.Certificate // own current certificate
+	lock    *lock.Lock
+	db      *pebble.DB
+	state   *state.State
+	txlog   *txlog.Log
+	ring    *keyring.Ring            // the family's data keys (nil at a relay)
+	opener  *keyring.Opener          // the log's applier at a site
+	revoked atomic.Pointer[[]string] // revoked certificates (site@epoch), as of the last change of membership
+	keyPoke chan struct{}
+	tapFile *os.File // PPSYNC_MESH_TAP, closed at the end
+	// openFrontier is the log's frontier when the node opened: what the
+	// practice database can have seen of the other sites before it runs.
+	openFrontier map[string]uint64
+	clock        *hlc.Clock
+	ln           net.Listener
+	srv          *http.Server
+	tlsFP        string // the API certificate's fingerprint when it serves HTTPS
+	start        time.Time
+	mesh         *mesh.Mesh
+	sync         *syncer
+	dbs          *dbsync      // the practice database, nil without one
+	dbc          db.Connector // its connector
+	events       *eventHub
+	counters     counters
+	alerts       *alerter
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
@@ -245,6 +248,7 @@ func (n *Node) open(ctx context.Context) error {
 	if n.txlog, err = txlog.Open(tc); err != nil {
 		return err
 	}
+	n.openFrontier = n.txlog.Frontier() // before any peer's entry arrives
 	if err := n.startMesh(ctx); err != nil {
 		return err
 	}

@@ -446,10 +446,22 @@ func (n *Node) writeBatchWith(ctx context.Context, txs [][]wire.Op, extra func(*
 // compressed batches, once a heartbeat shows this site's log ahead; queued
 // for gossip, thousands of large entries would wait in memory.
 func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
+	return n.writeOwn(ctx, txs, loads, nil, extra)
+}
+
+// writeOwn is the one own-write path: the checks, the log (with deps capped
+// at seen when not nil), gossip, events.
+func (n *Node) writeOwn(ctx context.Context, txs [][]wire.Op, loads []uint64, seen map[string]uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if err := n.writeBlockedFor(opsSize(txs)); err != nil {
 		return nil, err
 	}
-	out, err := n.txlog.WriteLoad(ctx, txs, loads, extra)
+	var out []*wire.Signed
+	var err error
+	if seen != nil {
+		out, err = n.txlog.WriteSeen(ctx, txs, seen, extra)
+	} else {
+		out, err = n.txlog.WriteLoad(ctx, txs, loads, extra)
+	}
 	if err != nil {
 		return nil, n.ownWriteError(err)
 	}

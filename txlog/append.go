@@ -67,6 +67,33 @@ func (l *Log) WriteLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, ex
 	return r.out, nil
 }
 
+// WriteSeen is WriteManyWith for transactions whose writer saw only seen
+// of the other sites' logs (a practice database, which holds what was
+// applied to it, not everything the log holds): the entries' deps say no
+// more, so that a write made before another site's entry arrived is still
+// concurrent with it.
+func (l *Log) WriteSeen(ctx context.Context, txs [][]wire.Op, seen map[string]uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
+	if l.cfg.Self == nil {
+		return nil, ErrReadOnly
+	}
+	for _, ops := range txs {
+		if err := wire.ValidateOps(ops); err != nil {
+			return nil, err
+		}
+	}
+	if len(txs) == 0 {
+		return nil, nil
+	}
+	if seen == nil {
+		seen = map[string]uint64{}
+	}
+	r := &request{own: txs, extra: extra, seen: seen}
+	if err := l.submit(ctx, r); err != nil {
+		return nil, err
+	}
+	return r.out, nil
+}
+
 // WriteGrants commits an own entry that carries key grants and no
 // operations.
 func (l *Log) WriteGrants(ctx context.Context, grants []wire.Grant) (*wire.Signed, error) {

@@ -14,6 +14,7 @@ import (
 type request struct {
 	own   [][]wire.Op               // own transactions, one entry each
 	grant []wire.Grant              // own: a grant entry (own is one nil transaction)
+	seen  map[string]uint64         // own: cap the deps at what the writer saw (nil: the whole frontier)
 	run   []*wire.Signed            // remote: a verified contiguous run of one site
 	proof *[2]*wire.Signed          // a fork proof from a peer (checked)
 	fn    func() error              // exclusive work run between groups (replay)
@@ -286,6 +287,17 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	for s, h := range g.heads {
 		if s != self.Site && h.Seq > 0 {
 			deps[s] = h.Seq
+		}
+	}
+	if r.seen != nil {
+		for s, seq := range deps {
+			if c := r.seen[s]; c < seq {
+				if c == 0 {
+					delete(deps, s)
+				} else {
+					deps[s] = c
+				}
+			}
 		}
 	}
 	if len(deps) == 0 {
