@@ -71,6 +71,30 @@ func TestDepsNameTheWritersFrontier(t *testing.T) {
 	}
 }
 
+// TestWriteSeenCapsDeps: a write whose writer saw less than the log holds
+// (a practice database) names only what it saw.
+func TestWriteSeenCapsDeps(t *testing.T) {
+	e := newEnv(t, "a", nil)
+	bKey := e.keys.add(t, "b", 1)
+	cKey := e.keys.add(t, "c", 1)
+	for _, r := range [][]*wire.Signed{chain(t, "b", 1, bKey, 0, wire.Hash{}, 3, ""), chain(t, "c", 1, cKey, 0, wire.Hash{}, 2, "")} {
+		if _, err := e.log.AppendRun(bg, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := e.log.WriteSeen(bg, [][]wire.Op{put("t", "k", map[string]any{"f": 1})}, map[string]uint64{"b": 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := out[0].Deps; d["b"] != 1 || len(d) != 1 {
+		t.Fatalf("deps = %v, want b:1 only", d)
+	}
+	out, err = e.log.WriteSeen(bg, [][]wire.Op{put("t", "k", map[string]any{"f": 2})}, nil, nil)
+	if err != nil || out[0].Deps != nil {
+		t.Fatalf("deps = %v (%v), want none", out[0].Deps, err)
+	}
+}
+
 func TestGroupCommitConcurrentWriters(t *testing.T) {
 	e := newEnv(t, "a", nil)
 	const writers, each = 64, 40
