@@ -285,7 +285,7 @@ func LANDiscovery(ctx context.Context, env Env, seed uint64) (res Result, err er
 				return res, err
 			}
 			took, err := waitFor(ctx, lanTimeout, 50*time.Millisecond, s.Name+"'s write reaching "+other.Name+" over the LAN", func() (bool, string) {
-				return h.hasRecord(ctx, other, TableFT, ws[0].FT)
+				return h.hasWrite(ctx, other, ws[0])
 			})
 			if err != nil {
 				h.Violate("liveness", "%v", err)
