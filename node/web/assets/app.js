@@ -152,6 +152,15 @@
       setText(pending, st.pending > 0 ? plural(st.pending, "change", "changes") + " waiting to reach another member" : "Nothing waiting");
     }
 
+    const enc = $("st-enc");
+    const e = st.encryption;
+    enc.className = e && e.state === "waiting" ? "bad" : (e && (e.state === "sealing" || e.state === "blind") ? "good" : "");
+    setText(enc, !e ? "Unknown" :
+      e.state === "blind" ? "A relay: it holds every entry sealed and no key to read one" :
+      e.state === "waiting" ? "Waiting for the family's data key" :
+      e.state === "no-key" ? "No data key yet: the first change saved here makes one" :
+      "End-to-end encrypted (key epoch " + e.epoch + "): the vendor's relay cannot read it");
+
     const cur = $("interval-current");
     setText(cur, shortDuration(st.sync_interval));
     const input = $("interval");
@@ -165,7 +174,7 @@
     if (st.role !== "relay" && st.write_blocked) {
       list.push("This site cannot save changes right now: " + st.write_blocked);
     }
-    if (st.held > 0) {
+    if (st.held > 0 && !(st.encryption && st.encryption.state === "waiting")) { // else the key warning says it
       list.push(plural(st.held, "entry needs", "entries need") + " a newer version of ppsync before this site can apply " + (st.held === 1 ? "it" : "them") + ": update this site.");
     }
     const box = $("warnings");
