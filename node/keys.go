@@ -182,10 +182,10 @@ func (n *Node) keyStep(ctx context.Context) error {
 			return fmt.Errorf("apply entries whose key arrived: %w", err)
 		}
 	}
-	if n.writeBlocked() != nil {
-		return nil // a node that may not write (revoked, moved, catching up) gives nothing
-	}
 	if cur, ok := n.ring.Current(); ok && !n.ring.Covers(n.revokedCerts()) {
+		if n.writeBlocked() != nil {
+			return nil // a node that may not write (revoked, moved, catching up) makes no key
+		}
 		// A site was revoked after the current key was made: entries
 		// written from now on use a key it never receives.
 		if _, err := n.makeKey(cur.Epoch + 1); err != nil {
@@ -226,6 +226,9 @@ func (n *Node) giveKeys(ctx context.Context, now bool) error {
 		if now || (want[nd.To.Site][nd.Key] && t.Sub(nd.Since) >= grantDelay*time.Duration(n.holderRank(nd.Key, heard))) {
 			due = append(due, nd)
 		}
+	}
+	if len(due) == 0 || n.writeBlocked() != nil {
+		return nil // nothing to give, or a node that may not write (revoked, moved, catching up)
 	}
 	for len(due) > 0 {
 		k := min(len(due), wire.MaxGrants)
