@@ -215,39 +215,34 @@ func (tf *testFamily) waitKeysSettled(d time.Duration, sites ...string) {
 // digest, or fails after the deadline.
 func (tf *testFamily) waitConverged(d time.Duration, sites ...string) {
 	tf.t.Helper()
+	empty := emptyDigest(tf.t)
 	deadline := time.Now().Add(d)
 	for {
-		var first, firstFront string
+		var firstDigest, firstFront, detail string
 		same := true
-		var detail string
-		var relayFronts []string
-		for _, s := range sites {
-			if tf.nodes[s].r.n.ring == nil {
-				// A relay holds no readable state: its frontier alone.
-				if tf.digest(s) != emptyDigest(tf.t) {
-					tf.t.Fatalf("the relay %s holds readable state", s)
-				}
-				front := fmt.Sprint(tf.nodes[s].r.n.txlog.Frontier())
-				detail += fmt.Sprintf(" %s=%s/blind", s, front)
-				if firstFront != "" && front != firstFront {
-					same = false
-				}
-				relayFronts = append(relayFronts, front)
-				continue
-			}
+		for i, s := range sites {
+			n := tf.nodes[s].r.n
 			dg := tf.digest(s)
 			// Durable heads too: the state shows a group a moment before its
 			// fsync makes the heads move.
-			front := fmt.Sprint(tf.nodes[s].r.n.txlog.Frontier())
-			detail += fmt.Sprintf(" %s=%s/%s", s, front, dg[:8])
-			if first == "" {
-				first, firstFront = dg, front
-			} else if dg != first || front != firstFront {
-				same = false
+			front := fmt.Sprint(n.txlog.Frontier())
+			if i == 0 {
+				firstFront = front
 			}
-		}
-		for _, f := range relayFronts {
-			same = same && (firstFront == "" || f == firstFront)
+			same = same && front == firstFront
+			if n.ring == nil {
+				// A relay holds no readable state: its frontier alone.
+				if dg != empty {
+					tf.t.Fatalf("the relay %s holds readable state", s)
+				}
+				detail += fmt.Sprintf(" %s=%s/blind", s, front)
+				continue
+			}
+			detail += fmt.Sprintf(" %s=%s/%s", s, front, dg[:8])
+			if firstDigest == "" {
+				firstDigest = dg
+			}
+			same = same && dg == firstDigest
 		}
 		if same {
 			return

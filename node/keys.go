@@ -83,15 +83,6 @@ func (n *Node) sealEntry(e *wire.Entry) error {
 	return keyring.SealOps(k, e)
 }
 
-// entryReady is the log's Ready hook: a sealed entry waits for its key.
-func (n *Node) entryReady(s *wire.Signed) bool {
-	if s.Key == "" || s.Opened != nil || n.ring.Has(s.Key) {
-		return true
-	}
-	n.ring.Want(s.Key) // asked for in the heartbeat
-	return false
-}
-
 // makeKey makes a new data key of an epoch, excluding every revoked
 // certificate, and wakes the key loop to give it to the sites.
 func (n *Node) makeKey(epoch uint64) (seal.Key, error) {
@@ -104,14 +95,28 @@ func (n *Node) makeKey(epoch uint64) (seal.Key, error) {
 	return k, nil
 }
 
-// revokedCerts lists the certificates (site@epoch) the roster revoked, as
-// of the last change of membership.
-func (n *Node) revokedCerts() []string {
-	if p := n.revoked.Load(); p != nil {
-		return *p
-	}
-	return n.refreshRevoked()
+// keyView is what the keys need of the roster, read once per change of
+// membership rather than for every entry sealed.
+type keyView struct {
+	revoked []string            // revoked certificates (site@epoch)
+	to      []keyring.Recipient // the sites that should hold the family's keys
 }
+
+// keys returns the roster's view for the keys, as of the last change of
+// membership.
+func (n *Node) keys() *keyView {
+	if v := n.keyRoster.Load(); v != nil {
+		return v
+	}
+	return n.refreshKeyView()
+}
+
+// revokedCerts lists the certificates the roster revoked.
+func (n *Node) revokedCerts() []string { return n.keys().revoked }
+
+// keyRecipients lists every current site certificate (a relay is never
+// given a key).
+func (n *Node) keyRecipients() []keyring.Recipient { return n.keys().to }
 
 // membershipChanged runs when the roster changed: a revocation starts a new
 // key epoch before the next own entry is sealed, and the key loop looks at
@@ -120,36 +125,28 @@ func (n *Node) membershipChanged() {
 	if n.ring == nil {
 		return
 	}
-	n.refreshRevoked()
+	n.refreshKeyView()
 	select {
 	case n.keyPoke <- struct{}{}:
 	default:
 	}
 }
 
-func (n *Node) refreshRevoked() []string {
-	var out []string
+func (n *Node) refreshKeyView() *keyView {
+	v := &keyView{}
 	for _, rev := range n.roster.Revocations() {
 		for ep := uint64(1); ep <= rev.Epoch && ep <= 64; ep++ {
-			out = append(out, keyring.Cert(rev.Site, ep))
+			v.revoked = append(v.revoked, keyring.Cert(rev.Site, ep))
 		}
 	}
-	sort.Strings(out)
-	n.revoked.Store(&out)
-	return out
-}
-
-// keyRecipients lists the sites that should hold the family's keys: every
-// current site certificate (a relay is never given one).
-func (n *Node) keyRecipients() []keyring.Recipient {
-	var out []keyring.Recipient
+	sort.Strings(v.revoked)
 	for _, m := range n.roster.Members() {
-		if m.Role != family.RoleSite || n.roster.StateOf(m.Site, m.Epoch) != family.StateCurrent {
-			continue
+		if m.Role == family.RoleSite && n.roster.StateOf(m.Site, m.Epoch) == family.StateCurrent {
+			v.to = append(v.to, keyring.Recipient{Site: m.Site, Epoch: m.Epoch, Public: m.PublicKey})
 		}
-		out = append(out, keyring.Recipient{Site: m.Site, Epoch: m.Epoch, Public: m.PublicKey})
 	}
-	return out
+	n.keyRoster.Store(v)
+	return v
 }
 
 // runKeys is the key loop of a site.
@@ -301,9 +298,9 @@ func (n *Node) Keys(context.Context) (api.KeysJSON, error) {
 }
 
 // encryptionStatus says how this node stands with the family's keys.
-func (n *Node) encryptionStatus() (*api.EncryptionJSON, string) {
+func (n *Node) encryptionStatus() *api.EncryptionJSON {
 	if n.ring == nil {
-		return &api.EncryptionJSON{State: "blind", Detail: "a relay: stores and forwards sealed entries, holds no data key"}, ""
+		return &api.EncryptionJSON{State: "blind", Detail: "a relay: stores and forwards sealed entries, holds no data key"}
 	}
 	e := &api.EncryptionJSON{}
 	waiting := 0
@@ -320,13 +317,12 @@ func (n *Node) encryptionStatus() (*api.EncryptionJSON, string) {
 	case waiting > 0:
 		e.State = "waiting"
 		e.Detail = "waiting for the family's data key: entries sealed with it are held until a site gives it to this one"
-		return e, e.Detail
 	case e.Key == "":
 		e.State, e.Detail = "no-key", "no data key yet: the first write or the key loop makes one"
 	default:
 		e.State, e.Detail = "sealing", fmt.Sprintf("entries are sealed with key %.8s… (epoch %d)", e.Key, e.Epoch)
 	}
-	return e, ""
+	return e
 }
 
 // noState is a relay's applier: it keeps no state.

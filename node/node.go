@@ -37,22 +37,22 @@ import (
 // Node is one running ppsync node. Open starts it, Run serves until its
 // context ends, Close stops everything Open started and waits for it.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	id      datadir.Identity
-	key     ed25519.PrivateKey
-	apiKey  string
-	roster  *family.Roster
-	cert    *family.Certificate // own current certificate
-	lock    *lock.Lock
-	db      *pebble.DB
-	state   *state.State
-	txlog   *txlog.Log
-	ring    *keyring.Ring            // the family's data keys (nil at a relay)
-	opener  *keyring.Opener          // the log's applier at a site
-	revoked atomic.Pointer[[]string] // revoked certificates (site@epoch), as of the last change of membership
-	keyPoke chan struct{}
-	tapFile *os.File // PPSYNC_MESH_TAP, closed at the end
+	cfg       Config
+	log       *slog.Logger
+	id        datadir.Identity
+	key       ed25519.PrivateKey
+	apiKey    string
+	roster    *family.Roster
+	cert      *family.Certificate // own current certificate
+	lock      *lock.Lock
+	db        *pebble.DB
+	state     *state.State
+	txlog     *txlog.Log
+	ring      *keyring.Ring           // the family's data keys (nil at a relay)
+	opener    *keyring.Opener         // the log's applier at a site
+	keyRoster atomic.Pointer[keyView] // the roster as the keys see it, as of the last change of membership
+	keyPoke   chan struct{}
+	tapFile   *os.File // PPSYNC_MESH_TAP, closed at the end
 	// openFrontier is the log's frontier when the node opened: what the
 	// practice database can have seen of the other sites before it runs.
 	openFrontier map[string]uint64
@@ -238,7 +238,7 @@ func (n *Node) open(ctx context.Context) error {
 	tc := txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: members{n},
 		Apply: noState{}, Clock: n.clock, Logger: n.log, App: n.appVersion}
 	if n.ring != nil {
-		tc.Apply, tc.Take, tc.Seal, tc.Ready = n.opener, n.opener.Take, n.sealEntry, n.entryReady
+		tc.Apply, tc.Take, tc.Seal, tc.Ready = n.opener, n.opener.Take, n.sealEntry, n.ring.Ready
 		if n.cfg.plain {
 			tc.Seal = nil
 		}

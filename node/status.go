@@ -17,13 +17,7 @@ func (n *Node) statusOf(peers []api.PeerJSON) (api.Status, error) {
 		Frontier: n.txlog.Frontier(), Forks: []api.ForkJSON{}, StartedAt: n.start.UTC(),
 		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
 	}
-	var keyWarn string
-	keyAt := -1 // where the key warning is, to say how many entries wait
-	s.Encryption, keyWarn = n.encryptionStatus()
-	if keyWarn != "" {
-		keyAt = len(s.Warnings)
-		s.Warnings = append(s.Warnings, keyWarn)
-	}
+	s.Encryption = n.encryptionStatus()
 	cfg := n.currentConfig()
 	if n.id.Role == family.RoleSite { // own entries no other member is known to hold
 		s.Pending = beyond(n.txlog.Head(n.id.Site).Seq, n.sync.mostHeld(n.id.Site))
@@ -87,10 +81,12 @@ func (n *Node) statusOf(peers []api.PeerJSON) (api.Status, error) {
 	if s.Held, err = n.txlog.Held(); err != nil {
 		return s, err
 	}
-	switch {
-	case s.Held > 0 && keyAt >= 0:
+	switch waitingKey := s.Encryption.State == "waiting"; {
+	case waitingKey && s.Held == 0:
+		s.Warnings = append(s.Warnings, s.Encryption.Detail)
+	case waitingKey:
 		// They wait for the family's data key, not for an upgrade.
-		s.Warnings[keyAt] = fmt.Sprintf("waiting for the family's data key: %d entries sealed with it are held until a site gives this one the key (it asks every member; nothing is lost)", s.Held)
+		s.Warnings = append(s.Warnings, fmt.Sprintf("waiting for the family's data key: %d entries sealed with it are held until a site gives this one the key (it asks every member; nothing is lost)", s.Held))
 	case s.Held > 0:
 		s.Warnings = append(s.Warnings, fmt.Sprintf("%d entries wait to be applied: they were written by a newer ppsync or a newer version of the practice software (schema version above this site's %d); they are applied once this site is upgraded, nothing is lost", s.Held, n.appVersion()))
 	}

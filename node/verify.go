@@ -10,7 +10,6 @@ import (
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
-	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/node/keyring"
@@ -80,7 +79,7 @@ func Verify(ctx context.Context, dataDir string, progress func(stage string, don
 		}
 		op := &keyring.Opener{Ring: ring, Self: self, State: st}
 		apply, tc.Apply = op, op
-		tc.Ready = func(s *wire.Signed) bool { return s.Key == "" || s.Opened != nil || ring.Has(s.Key) }
+		tc.Ready = ring.Ready
 	}
 	tc.Apply = apply
 	lg, err := txlog.Open(tc)

@@ -43,28 +43,10 @@ func (l *Log) WriteManyWith(ctx context.Context, txs [][]wire.Op, extra func(*pe
 // puts. A LoadApplier uses that to apply them without reading their records
 // first where it knows they are new. loads is as long as txs, or nil.
 func (l *Log) WriteLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
-	if l.cfg.Self == nil {
-		return nil, ErrReadOnly
-	}
-	if len(txs) == 0 {
-		return nil, nil
-	}
-	for i, ops := range txs {
-		if err := wire.ValidateOps(ops); err != nil {
-			if len(txs) > 1 {
-				return nil, fmt.Errorf("transaction %d: %w", i+1, err)
-			}
-			return nil, err
-		}
-	}
 	if loads != nil && len(loads) != len(txs) {
 		return nil, fmt.Errorf("txlog: %d load IDs for %d transactions", len(loads), len(txs))
 	}
-	r := &request{own: txs, extra: extra, loads: loads}
-	if err := l.submit(ctx, r); err != nil {
-		return nil, err
-	}
-	return r.out, nil
+	return l.writeOwn(ctx, &request{own: txs, extra: extra, loads: loads})
 }
 
 // WriteSeen is WriteManyWith for transactions whose writer saw only seen
@@ -73,21 +55,28 @@ func (l *Log) WriteLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, ex
 // more, so that a write made before another site's entry arrived is still
 // concurrent with it.
 func (l *Log) WriteSeen(ctx context.Context, txs [][]wire.Op, seen map[string]uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
-	if l.cfg.Self == nil {
-		return nil, ErrReadOnly
-	}
-	for _, ops := range txs {
-		if err := wire.ValidateOps(ops); err != nil {
-			return nil, err
-		}
-	}
-	if len(txs) == 0 {
-		return nil, nil
-	}
 	if seen == nil {
 		seen = map[string]uint64{}
 	}
-	r := &request{own: txs, extra: extra, seen: seen}
+	return l.writeOwn(ctx, &request{own: txs, extra: extra, seen: seen})
+}
+
+// writeOwn checks own transactions and commits them as r says.
+func (l *Log) writeOwn(ctx context.Context, r *request) ([]*wire.Signed, error) {
+	if l.cfg.Self == nil {
+		return nil, ErrReadOnly
+	}
+	if len(r.own) == 0 {
+		return nil, nil
+	}
+	for i, ops := range r.own {
+		if err := wire.ValidateOps(ops); err != nil {
+			if len(r.own) > 1 {
+				return nil, fmt.Errorf("transaction %d: %w", i+1, err)
+			}
+			return nil, err
+		}
+	}
 	if err := l.submit(ctx, r); err != nil {
 		return nil, err
 	}

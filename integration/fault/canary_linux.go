@@ -228,10 +228,11 @@ func scanStore(dir string, needles map[string][]byte) ([]string, int, error) {
 
 type scanStats struct{ files, bytes int }
 
-// scanDir reports which needles occur in any file under dir.
+// scanDir reports which needles occur in any file under dir, each once
+// with the first file it was found in.
 func scanDir(dir string, needles map[string][]byte) ([]string, scanStats, error) {
 	var st scanStats
-	seen := map[string]bool{}
+	first := map[string]string{} // what -> the first file holding it
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -242,16 +243,18 @@ func scanDir(dir string, needles map[string][]byte) ([]string, scanStats, error)
 		}
 		st.files++
 		st.bytes += n
-		for _, f := range found {
-			seen[f+" (in "+filepath.Base(path)+")"] = true
+		for _, what := range found {
+			if _, ok := first[what]; !ok {
+				first[what] = filepath.Base(path)
+			}
 		}
 		return nil
 	})
 	var out []string
-	for f := range seen {
-		out = append(out, f)
+	for what, file := range first {
+		out = append(out, what+" (in "+file+")")
 	}
-	return dedupeWhat(out), st, err
+	return out, st, err
 }
 
 func scanFile(path string, needles map[string][]byte) ([]string, int, error) {
@@ -266,23 +269,4 @@ func scanFile(path string, needles map[string][]byte) ([]string, int, error) {
 		}
 	}
 	return out, len(b), nil
-}
-
-// dedupeWhat keeps one line per needle (the first file named).
-func dedupeWhat(found []string) []string {
-	byWhat := map[string]string{}
-	for _, f := range found {
-		what := f
-		if i := bytes.Index([]byte(f), []byte(" (in ")); i >= 0 {
-			what = f[:i]
-		}
-		if _, ok := byWhat[what]; !ok {
-			byWhat[what] = f
-		}
-	}
-	var out []string
-	for _, f := range byWhat {
-		out = append(out, f)
-	}
-	return out
 }

@@ -21,6 +21,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -49,7 +50,7 @@ type Ring struct {
 	db     *pebble.DB
 
 	mu      sync.Mutex
-	keys    map[string]held            // keys held, by ID
+	keys    map[string]seal.Key        // keys held, by ID
 	given   map[string]map[string]bool // key ID -> certificates given it (by anyone)
 	excl    map[string]map[string]bool // key ID -> certificates never to be given it
 	epoch   map[string]uint64          // key ID -> key epoch (held or not)
@@ -60,13 +61,9 @@ type Ring struct {
 	log     *slog.Logger
 }
 
-type held struct {
-	key seal.Key
-}
-
 // Open loads the ring of a family from db.
 func Open(db *pebble.DB, family string, log *slog.Logger) (*Ring, error) {
-	r := &Ring{family: family, db: db, keys: map[string]held{}, given: map[string]map[string]bool{},
+	r := &Ring{family: family, db: db, keys: map[string]seal.Key{}, given: map[string]map[string]bool{},
 		excl: map[string]map[string]bool{}, epoch: map[string]uint64{}, news: make(chan struct{}, 1), log: log,
 		offered: map[string]time.Time{}, lacking: map[string]time.Time{}, wanted: map[string]bool{}}
 	p := []byte{store.PrefixKeys}
@@ -90,7 +87,7 @@ func Open(db *pebble.DB, family string, log *slog.Logger) (*Ring, error) {
 			if err != nil {
 				return nil, fmt.Errorf("keyring: %w", err)
 			}
-			r.keys[key.ID] = held{key: key}
+			r.keys[key.ID] = key
 			r.epoch[key.ID] = key.Epoch
 			var ex []string
 			if len(v) > 40 {
@@ -156,8 +153,19 @@ func (r *Ring) Has(id string) bool {
 func (r *Ring) Key(id string) (seal.Key, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	h, ok := r.keys[id]
-	return h.key, ok
+	k, ok := r.keys[id]
+	return k, ok
+}
+
+// Ready is the log's Ready hook: an entry can be applied when it is in
+// clear, already opened, or sealed with a key held; one sealed with another
+// key waits, and the key is asked for (Wanted).
+func (r *Ring) Ready(s *wire.Signed) bool {
+	if s.Key == "" || s.Opened != nil || r.Has(s.Key) {
+		return true
+	}
+	r.Want(s.Key)
+	return false
 }
 
 // Want notes that an entry here is sealed with a key not held.
@@ -195,12 +203,7 @@ func (r *Ring) Wanted() []string {
 func (r *Ring) Holders(id string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]string, 0, len(r.given[id]))
-	for c := range r.given[id] {
-		out = append(out, c)
-	}
-	sort.Strings(out)
-	return out
+	return sortedSet(r.given[id])
 }
 
 // Current returns the key own entries are sealed with: the newest epoch's,
@@ -211,8 +214,7 @@ func (r *Ring) Current() (seal.Key, bool) {
 	defer r.mu.Unlock()
 	var best seal.Key
 	found := false
-	for _, h := range r.keys {
-		k := h.key
+	for _, k := range r.keys {
 		if !found || k.Epoch > best.Epoch || (k.Epoch == best.Epoch && k.ID < best.ID) {
 			best, found = k, true
 		}
@@ -224,20 +226,12 @@ func (r *Ring) Current() (seal.Key, bool) {
 func (r *Ring) Excl(id string) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]string, 0, len(r.excl[id]))
-	for c := range r.excl[id] {
-		out = append(out, c)
-	}
-	sort.Strings(out)
-	return out
+	return sortedSet(r.excl[id])
 }
 
-// AnyGranted reports whether this site has seen any key grant at all (some
-// site of the family has made a key).
-func (r *Ring) AnyGranted() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.given) > 0 || len(r.keys) > 0
+// sortedSet returns a set's members in order (never nil).
+func sortedSet(m map[string]bool) []string {
+	return append([]string{}, slices.Sorted(maps.Keys(m))...)
 }
 
 // Info is one key as status shows it.
@@ -382,7 +376,7 @@ func (r *Ring) store(b *pebble.Batch, k seal.Key, excl []string) error {
 
 func (r *Ring) remember(k seal.Key, excl []string) {
 	r.mu.Lock()
-	r.keys[k.ID] = held{key: k}
+	r.keys[k.ID] = k
 	r.epoch[k.ID] = k.Epoch
 	r.addExcl(k.ID, excl)
 	r.mu.Unlock()

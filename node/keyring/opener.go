@@ -53,9 +53,7 @@ func (o *Opener) prepare(b *pebble.Batch, es []*wire.Signed) error {
 		return err
 	}
 	for _, s := range es {
-		if s.Key != "" && s.Opened == nil {
-			o.open(s)
-		}
+		o.open(s)
 	}
 	return nil
 }
@@ -78,14 +76,7 @@ func (o *Opener) Take(b *pebble.Batch, es []*wire.Signed) error {
 // is left for the log's applier, which says so.
 func (o *Opener) OpenAll(run []*wire.Signed) {
 	for _, s := range run {
-		if s.Key == "" || s.Opened != nil {
-			continue
-		}
-		if k, ok := o.Ring.Key(s.Key); ok {
-			if ops, err := OpenOps(k, &s.Entry); err == nil {
-				s.Opened = ops
-			}
-		}
+		_ = o.tryOpen(s)
 	}
 }
 
@@ -95,24 +86,36 @@ func (o *Opener) Open(s *wire.Signed) []wire.Op {
 	if s.Key == "" {
 		return s.Ops
 	}
-	if s.Opened == nil {
-		o.open(s)
-	}
+	o.open(s)
 	return s.Opened
 }
 
+// open opens s for applying, and says so in the log when a held key does
+// not open it.
 func (o *Opener) open(s *wire.Signed) {
+	if err := o.tryOpen(s); err != nil {
+		o.Ring.log.Warn("a sealed entry does not open with its key: nothing of it is applied (every site sees the same)",
+			"entry", s.ID().String(), "key", s.Key, "err", err)
+	}
+}
+
+// tryOpen sets s.Opened when s is sealed with a held key and opens; an
+// entry in clear, already opened or sealed with a key not held is left as it
+// is (nil).
+func (o *Opener) tryOpen(s *wire.Signed) error {
+	if s.Key == "" || s.Opened != nil {
+		return nil
+	}
 	k, ok := o.Ring.Key(s.Key)
 	if !ok {
-		return
+		return nil
 	}
 	ops, err := OpenOps(k, &s.Entry)
 	if err != nil {
-		o.Ring.log.Warn("a sealed entry does not open with its key: nothing of it is applied (every site sees the same)",
-			"entry", s.ID().String(), "key", s.Key, "err", err)
-		return
+		return err
 	}
 	s.Opened = ops
+	return nil
 }
 
 // OpenOps opens a sealed entry's operations with k and checks them.
