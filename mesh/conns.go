@@ -21,6 +21,7 @@ import (
 // connState is what this node knows of the hello on one connection. Guarded
 // by Mesh.mu.
 type connState struct {
+	peer     peer.ID       // the remote peer
 	started  bool          // a hello exchange began on it (said or received)
 	received int           // hellos received on it
 	ok       bool          // a hello on it proved a current membership
@@ -33,7 +34,7 @@ type connState struct {
 func (m *Mesh) trackConn(c network.Conn, saying bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.conns[c.ID()] = &connState{started: saying, done: make(chan struct{})}
+	m.conns[c.ID()] = &connState{peer: c.RemotePeer(), started: saying, done: make(chan struct{})}
 }
 
 // untrackConn forgets a closed connection and wakes whoever waits on it.
@@ -155,41 +156,32 @@ func (m *Mesh) openStream(ctx context.Context, p peer.ID, proto protocol.ID, wha
 		s.Reset()
 		return nil, fmt.Errorf("mesh: %s with %s: the hello on its connection did not complete", what, p)
 	}
-	return m.tapped(s), nil
+	return s, nil // tapped by the family's view
 }
 
 // helloStreamOn opens a hello stream on connection c itself (not on whichever
 // connection to the peer libp2p prefers).
-func helloStreamOn(ctx context.Context, c network.Conn) (network.Stream, error) {
+func helloStreamOn(ctx context.Context, c network.Conn, proto protocol.ID) (network.Stream, error) {
 	s, err := c.NewStream(network.WithAllowLimitedConn(ctx, "hello"))
 	if err != nil {
 		return nil, err
 	}
-	if err := s.SetProtocol(helloProto); err != nil {
+	if err := s.SetProtocol(proto); err != nil {
 		s.Reset()
 		return nil, err
 	}
 	_ = s.SetDeadline(time.Now().Add(helloTimeout))
-	if err := msmux.SelectProtoOrFail(helloProto, s); err != nil {
+	if err := msmux.SelectProtoOrFail(proto, s); err != nil {
 		s.Reset()
 		return nil, err
 	}
 	return s, nil
 }
 
-// connProbation closes c if no hello proved a current membership on it
-// within helloTimeout: a stranger, or a member's key used without a hello.
-func (m *Mesh) connProbation(c network.Conn) {
-	t := time.NewTimer(helloTimeout)
-	defer t.Stop()
-	select {
-	case <-m.ctx.Done():
-		return
-	case <-t.C:
-	}
-	if m.connOK(c) || c.IsClosed() {
-		return
-	}
+// probationFailed records that no hello proved a current membership on c
+// within helloTimeout (the host closes it): a stranger, or a member's key
+// used without a hello.
+func (m *Mesh) probationFailed(c network.Conn) {
 	p := c.RemotePeer()
 	if _, ok := m.cfg.Family.Member(p); !ok {
 		m.count("no_certificate")
@@ -198,5 +190,4 @@ func (m *Mesh) connProbation(c network.Conn) {
 		m.count("no_hello")
 		m.log.Warn("closed a connection on which no hello came in time", "peer", p, "conn", c.ID())
 	}
-	_ = c.Close()
 }

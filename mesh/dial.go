@@ -377,7 +377,7 @@ func (m *Mesh) relays() []peer.AddrInfo {
 // backoff (up to 5 minutes after repeated failures) is cleared first: a link
 // that comes back is used within a dial round, not minutes later.
 func (m *Mesh) connect(ai peer.AddrInfo) error {
-	if sw, ok := m.host.Network().(*swarm.Swarm); ok {
+	if sw, ok := m.hub.h.Network().(*swarm.Swarm); ok {
 		sw.Backoff().Clear(ai.ID)
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, dialTimeout)

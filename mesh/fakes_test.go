@@ -398,10 +398,26 @@ func servingPair(t testing.TB, ia, ib identity, logA *fakeLog) (a, b *testNode) 
 
 func startNode(t testing.TB, ident identity, fam *fakeFamily, log *fakeLog, mut func(*Config)) *testNode {
 	t.Helper()
+	return runNode(t, nil, ident, fam, log, mut)
+}
+
+// attachNode attaches a family to the shared host hb (a relay serving
+// several families) and detaches it at cleanup.
+func attachNode(t testing.TB, hb *Host, ident identity, fam *fakeFamily, log *fakeLog, mut func(*Config)) *testNode {
+	t.Helper()
+	return runNode(t, hb, ident, fam, log, mut)
+}
+
+func runNode(t testing.TB, hb *Host, ident identity, fam *fakeFamily, log *fakeLog, mut func(*Config)) *testNode {
+	t.Helper()
 	if log == nil {
 		log = newLog()
 	}
 	n := &testNode{identity: ident, fam: fam, log: log, h: &fakeHandler{}}
+	role := "site"
+	if ident.relay {
+		role = "relay"
+	}
 	cfg := Config{
 		Key:     ident.key,
 		Listen:  []string{"/ip4/127.0.0.1/tcp/0"},
@@ -409,7 +425,7 @@ func startNode(t testing.TB, ident identity, fam *fakeFamily, log *fakeLog, mut 
 		Log:     log,
 		Handler: n.h,
 		Heartbeat: func() Heartbeat {
-			return Heartbeat{Site: ident.site, Role: "site", Version: "test", Protocol: ProtocolVersion, Schema: wire.SchemaVersion,
+			return Heartbeat{Site: ident.site, Role: role, Version: "test", Protocol: ProtocolVersion, Schema: wire.SchemaVersion,
 				Frontier: log.Frontier(), Heads: log.heads(), Wall: time.Now().UTC(), Status: "ok"}
 		},
 	}
@@ -417,7 +433,13 @@ func startNode(t testing.TB, ident identity, fam *fakeFamily, log *fakeLog, mut 
 		mut(&cfg)
 	}
 	cfg.MDNS = false
-	m, err := New(context.Background(), cfg)
+	var m *Mesh
+	var err error
+	if hb == nil {
+		m, err = New(context.Background(), cfg)
+	} else {
+		m, err = hb.Attach(context.Background(), cfg)
+	}
 	if err != nil {
 		t.Fatalf("start mesh of %s: %v", ident.site, err)
 	}

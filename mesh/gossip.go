@@ -47,6 +47,14 @@ func (m *Mesh) startGossip() error {
 		pubsub.WithValidateQueueSize(4096),
 		pubsub.WithMaxMessageSize(wire.MaxEntryBytes+64<<10),
 		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return isMember(p) }),
+		// The family's own gossip protocol ("/ppsync/f/<family>/meshsub/1.2.0"):
+		// at a relay each family runs its own pubsub on the shared host.
+		pubsub.WithGossipSubProtocols([]protocol.ID{m.host.scoped(pubsub.GossipSubID_v12)}, gossipFeatures),
+		// A ppsync peer lists only protoBase in identify (no family's ID);
+		// the family's view of the host tells its pubsub of members only.
+		pubsub.WithProtocolMatchFn(func(own protocol.ID) func(protocol.ID) bool {
+			return func(p protocol.ID) bool { return p == own || p == protoBase }
+		}),
 		pubsub.WithPeerScore(scoreParams(m.topicName("entries"), m.topicName("heartbeat"), isMember), scoreThresholds()),
 	)
 	if err != nil {
@@ -92,6 +100,14 @@ func (m *Mesh) startGossip() error {
 	return nil
 }
 
+// gossipFeatures gives the family's gossip protocol gossipsub 1.2's features.
+func gossipFeatures(feat pubsub.GossipSubFeature, p protocol.ID) bool {
+	if _, rest, ok := splitProto(p); ok {
+		p = rest
+	}
+	return pubsub.GossipSubDefaultFeatures(feat, p)
+}
+
 func scoreParams(entries, heartbeat string, isMember func(peer.ID) bool) *pubsub.PeerScoreParams {
 	topic := func() *pubsub.TopicScoreParams {
 		return &pubsub.TopicScoreParams{
@@ -134,6 +150,9 @@ func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Messag
 		return pubsub.ValidationReject
 	}
 	m.touch(from)
+	if !m.takeGossip() {
+		return pubsub.ValidationIgnore // over the family's rate: catch-up brings it later
+	}
 	s, err := wire.DecodeEnvelope(msg.Data)
 	if err != nil {
 		if errors.Is(err, wire.ErrTooLarge) {
@@ -190,6 +209,9 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 		return pubsub.ValidationReject
 	}
 	m.touch(from)
+	if !m.takeGossip() {
+		return pubsub.ValidationIgnore
+	}
 	if len(msg.Data) > maxHeartbeat {
 		m.count("heartbeat_oversized")
 		return pubsub.ValidationReject

@@ -153,7 +153,6 @@ func (m *Mesh) onConnected(c network.Conn) {
 	if out {
 		m.goTracked(func() { m.sayHelloOn(c) })
 	}
-	m.goTracked(func() { m.connProbation(c) })
 }
 
 func (m *Mesh) onDisconnected(c network.Conn) {
@@ -204,7 +203,7 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	_, member := m.cfg.Family.Member(p)
 	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
 	defer cancel()
-	hs, err := helloStreamOn(ctx, c)
+	hs, err := helloStreamOn(ctx, c, m.host.scoped(helloProto))
 	s := m.tapped(hs)
 	if err != nil {
 		m.log.Debug("hello failed", "peer", p, "err", err)
@@ -419,6 +418,7 @@ func (m *Mesh) acceptHello(c network.Conn, h hello, member bool) bool {
 	m.helloOutcome(p, helloResult{ok: true})
 	if first {
 		m.log.Info("member connected", "site", mem.Site, "peer", p, "version", h.Version)
+		m.announceMember(p) // the family's gossip opens its stream to it now
 		m.cfg.Handler.PeerChanged(p, true)
 		if mem.Relay && !m.cfg.Relay {
 			m.Redial() // reserve a slot now that the relay knows this node

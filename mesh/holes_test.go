@@ -46,7 +46,7 @@ func rawHello(t *testing.T, h host.Host, n *testNode, mine hello) (hello, error)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := h.NewStream(ctx, n.id, helloProto)
+	s, err := h.NewStream(ctx, n.id, scopedProto(n.m.cfg.Family.ID(), helloProto))
 	if err != nil {
 		return hello{}, err
 	}
@@ -70,7 +70,7 @@ func rawHello(t *testing.T, h host.Host, n *testNode, mine hello) (hello, error)
 // tryServe opens a stream of proto from h to n, sends req and returns what
 // came back.
 func tryServe(ctx context.Context, h host.Host, n *testNode, proto protocol.ID, req []byte) ([]byte, error) {
-	s, err := h.NewStream(ctx, n.id, proto)
+	s, err := h.NewStream(ctx, n.id, scopedProto(n.m.cfg.Family.ID(), proto))
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +158,7 @@ func TestOversizedHelloFromStrangerRefusedBeforeDecoding(t *testing.T) {
 	if err := stranger.Connect(ctx, a.addrInfo()); err != nil {
 		t.Fatal(err)
 	}
-	s, err := stranger.NewStream(ctx, a.id, helloProto)
+	s, err := stranger.NewStream(ctx, a.id, scopedProto(testFamily, helloProto))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestStrangerHelloVerifiesOnlyItsOwnCertificates(t *testing.T) {
 
 	// A first hello that stays unfinished, then a second one on the same
 	// connection: refused.
-	first, err := x.NewStream(ctx, a.id, helloProto)
+	first, err := x.NewStream(ctx, a.id, scopedProto(testFamily, helloProto))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestRevokedPeerGetsOnlyItsRevocation(t *testing.T) {
 
 	y := rawHost(t, iy.key)
 	got := make(chan hello, 4)
-	y.SetStreamHandler(helloProto, func(s network.Stream) {
+	y.SetStreamHandler(scopedProto(testFamily, helloProto), func(s network.Stream) {
 		defer s.Close()
 		fb, err := readFrame(bufio.NewReader(s), maxHello)
 		var h hello

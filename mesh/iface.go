@@ -91,4 +91,7 @@ type Heartbeat struct {
 }
 
 // ProtocolVersion is the version of the sync protocol this build speaks.
-const ProtocolVersion = 1
+// 2: every stream of a family is opened as /ppsync/f/<family ID>/<kind>
+// (see protoBase), so one host serves many families; a node of version 1
+// cannot reach a node of version 2, so a family upgrades all its nodes.
+const ProtocolVersion = 2

@@ -84,7 +84,7 @@ func (m *Mesh) checkLiveness(now time.Time) {
 		m.log.Warn("lost contact with a member: no heartbeat or answer, closing its connections",
 			"peer", p, "silent_for", m.cfg.LivenessTimeout.String())
 		m.goTracked(func() {
-			_ = m.host.Network().ClosePeer(p)
+			_ = m.hub.h.Network().ClosePeer(p) // silent for every family it is in
 			m.Redial()
 		})
 	}

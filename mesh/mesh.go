@@ -6,25 +6,16 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	"github.com/libp2p/go-libp2p/core/crypto"
-	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
-	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
-	"github.com/libp2p/go-libp2p/p2p/security/noise"
-	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
-	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
-	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/ppsync/ppsync/internal/wire"
@@ -71,6 +62,9 @@ type Config struct {
 	LivenessTimeout time.Duration
 	// Now is the clock of the catch-up rate limit (default time.Now).
 	Now func() time.Time
+	// Limits bound what this family may take of a host shared with other
+	// families (none by default).
+	Limits Limits
 }
 
 // Mesh is the node's presence in its family's network.
@@ -78,7 +72,8 @@ type Mesh struct {
 	cfg  Config
 	tap  *tap // nil: no audit copy
 	log  *slog.Logger
-	host host.Host
+	hub  *Host   // the libp2p host, perhaps shared with other families
+	host famHost // the family's view of it
 	ps   *pubsub.PubSub
 	ent  *pubsub.Topic
 	hbt  *pubsub.Topic
@@ -94,11 +89,19 @@ type Mesh struct {
 	redial   chan struct{}
 	instance string // random per process
 
+	hmu      sync.RWMutex
+	handlers map[protocol.ID]network.StreamHandler // by unscoped protocol ("/hello/1")
+	subs     []*famSub                             // event subscriptions through the family's view
+
 	mu           sync.Mutex
 	peers        map[peer.ID]*peerState
 	conns        map[string]*connState // by connection ID: the hello on each
 	knownDocs    map[[32]byte]struct{} // hashes of documents installed
 	serving      map[peer.ID]int       // catch-up sessions being served, per peer
+	servingAll   int                   // catch-up sessions being served, to all
+	streams      int                   // streams members opened to this node, open now (counted with a Streams limit)
+	gossipBucket *bucket               // the gossip rate limit, with a Gossip limit
+	limitLogged  map[string]time.Time  // when a limit's refusal was last logged, by kind
 	starts       map[peer.ID]*bucket   // catch-up session starts, per peer
 	counts       map[string]uint64     // rejections by reason
 	bootAIs      []peer.AddrInfo       // bootstrap addresses, parsed
@@ -122,12 +125,24 @@ type peerState struct {
 	lost      time.Time // when it was last disconnected for silence
 }
 
-// New starts the mesh: it listens, joins the family's topics and begins
-// dialing members. Close stops it.
+// New starts the mesh of a node that serves one family: it starts a host of
+// its own, listens, joins the family's topics and begins dialing members.
+// Close stops it and the host.
 func New(ctx context.Context, cfg Config) (*Mesh, error) {
-	if cfg.Key == nil || cfg.Family == nil || cfg.Log == nil || cfg.Handler == nil || cfg.Heartbeat == nil {
-		return nil, errors.New("mesh: config needs a key, family, log, handler and heartbeat")
+	hb, err := NewHost(ctx, HostConfig{Key: cfg.Key, Listen: cfg.Listen, Relay: cfg.Relay, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
 	}
+	m, err := hb.attach(ctx, cfg, true)
+	if err != nil {
+		_ = hb.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// newMesh makes a family's mesh on host hb; start starts it.
+func newMesh(ctx context.Context, cfg Config, hb *Host) (*Mesh, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -146,20 +161,18 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 	if cfg.LivenessTimeout <= 0 {
 		cfg.LivenessTimeout = max(2*cfg.HeartbeatInterval+time.Second, 5*time.Second)
 	}
-	priv, err := crypto.UnmarshalEd25519PrivateKey(cfg.Key)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: node key: %w", err)
-	}
-	m := &Mesh{cfg: cfg, log: cfg.Logger, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1),
+	m := &Mesh{cfg: cfg, log: cfg.Logger, hub: hb, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1),
 		targets: map[peer.ID]*target{}, lan: map[peer.ID]peer.AddrInfo{}, waiters: map[peer.ID][]chan helloResult{},
-		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{},
+		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{}, handlers: map[protocol.ID]network.StreamHandler{},
 		conns: map[string]*connState{}, knownDocs: map[[32]byte]struct{}{}, serving: map[peer.ID]int{}, starts: map[peer.ID]*bucket{}}
+	m.host = famHost{Host: hb.h, m: m}
 	if cfg.Tap != nil {
 		m.tap = &tap{w: cfg.Tap}
 	}
 	for _, d := range cfg.Family.Documents() {
 		m.knownDocs[sha256.Sum256(d)] = struct{}{}
 	}
+	var err error
 	if m.codecs, err = newCodecs(); err != nil {
 		return nil, err
 	}
@@ -178,49 +191,10 @@ func New(ctx context.Context, cfg Config) (*Mesh, error) {
 		seen[a] = true
 		ai, err := peer.AddrInfoFromString(a)
 		if err != nil {
+			m.cancel()
 			return nil, fmt.Errorf("mesh: bootstrap address %q: %v (it must end in /p2p/PEER_ID)", a, err)
 		}
 		m.bootAIs, m.bootAddrs = append(m.bootAIs, *ai), append(m.bootAddrs, a)
-	}
-	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
-	if err != nil {
-		return nil, fmt.Errorf("mesh: connection manager: %w", err)
-	}
-	listen := libp2p.ListenAddrStrings(cfg.Listen...)
-	if len(cfg.Listen) == 0 {
-		// Dial out only (and be reached through the relay). Without this,
-		// libp2p would listen on every interface by default.
-		listen = libp2p.NoListenAddrs
-	}
-	opts := []libp2p.Option{
-		libp2p.Identity(priv),
-		listen,
-		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport),
-		libp2p.Security(libp2ptls.ID, libp2ptls.New),
-		libp2p.Security(noise.ID, noise.New),
-		libp2p.ConnectionGater(&gater{m: m}),
-		libp2p.ConnectionManager(cm),
-		libp2p.DisableMetrics(),
-		libp2p.UserAgent("ppsync"),
-		libp2p.EnableRelay(),
-	}
-	if cfg.Relay {
-		opts = append(opts,
-			libp2p.ForceReachabilityPublic(),
-			libp2p.EnableRelayService(relayv2.WithResources(relayResources()), relayv2.WithACL(relayACL{m: m})),
-		)
-	} else {
-		opts = append(opts, libp2p.ForceReachabilityPrivate(), libp2p.EnableHolePunching())
-	}
-	h, err := libp2p.New(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: start libp2p host: %w", err)
-	}
-	m.host = h
-	if err := m.start(); err != nil {
-		h.Close()
-		return nil, err
 	}
 	return m, nil
 }
@@ -232,10 +206,6 @@ func (m *Mesh) start() error {
 	m.host.SetStreamHandler(forkProofProto, m.tracked(m.handleForkProof))
 	m.host.SetStreamHandler(pushProto, m.tracked(m.handlePush))
 	m.host.SetStreamHandler(pingProto, m.tracked(m.handlePing))
-	m.host.Network().Notify(&network.NotifyBundle{
-		ConnectedF:    func(_ network.Network, c network.Conn) { m.onConnected(c) },
-		DisconnectedF: func(_ network.Network, c network.Conn) { m.onDisconnected(c) },
-	})
 	if err := m.startGossip(); err != nil {
 		return err
 	}
@@ -272,7 +242,7 @@ func (m *Mesh) tracked(h network.StreamHandler) network.StreamHandler {
 			return
 		}
 		defer m.wg.Done()
-		h(m.tapped(s))
+		h(s) // tapped by Host.dispatch
 	}
 }
 
@@ -294,7 +264,11 @@ func (m *Mesh) Close() error {
 	m.closing = true
 	m.life.Unlock()
 	m.cancel()
-	err := m.host.Close()
+	m.hub.detach(m)
+	var err error
+	if m.hub.owner == m {
+		err = m.hub.Close()
+	}
 	m.wg.Wait()
 	return err
 }
@@ -348,10 +322,75 @@ func (m *Mesh) BannedTries() map[peer.ID]time.Time {
 // by reason.
 func (m *Mesh) Rejections() map[string]uint64 {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	out := make(map[string]uint64, len(m.counts))
 	for k, v := range m.counts {
 		out[k] = v
 	}
+	m.mu.Unlock()
+	if m.hub.owner == m {
+		for k, v := range m.hub.Rejections() {
+			out[k] += v
+		}
+	}
 	return out
+}
+
+// setHandler serves (or, with nil, stops serving) an unscoped protocol.
+func (m *Mesh) setHandler(p protocol.ID, h network.StreamHandler) {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	if h == nil {
+		delete(m.handlers, p)
+		return
+	}
+	m.handlers[p] = h
+}
+
+func (m *Mesh) handler(p protocol.ID) network.StreamHandler {
+	m.hmu.RLock()
+	defer m.hmu.RUnlock()
+	return m.handlers[p]
+}
+
+func (m *Mesh) addSub(s *famSub) {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	m.subs = append(m.subs, s)
+}
+
+func (m *Mesh) dropSub(s *famSub) {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	for i, o := range m.subs {
+		if o == s {
+			m.subs = append(m.subs[:i], m.subs[i+1:]...)
+			return
+		}
+	}
+}
+
+func (m *Mesh) subsSnapshot() []*famSub {
+	m.hmu.RLock()
+	defer m.hmu.RUnlock()
+	return append([]*famSub(nil), m.subs...)
+}
+
+// knows reports whether p is a member or a banned peer of this family.
+func (m *Mesh) knows(p peer.ID) bool {
+	if _, ok := m.cfg.Family.Member(p); ok {
+		return true
+	}
+	return m.cfg.Family.Banned(p)
+}
+
+// tracksPeer reports whether this family was told of a connection to p.
+func (m *Mesh) tracksPeer(p peer.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, st := range m.conns {
+		if st.peer == p {
+			return true
+		}
+	}
+	return false
 }

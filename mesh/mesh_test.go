@@ -155,7 +155,7 @@ func TestStrangerIsRefusedEverywhere(t *testing.T) {
 		{pushProto, "push_non_member"},
 		{forkProofProto, "forkproof_non_member"},
 	} {
-		s, err := out.NewStream(ctx, a.id, tc.proto)
+		s, err := out.NewStream(ctx, a.id, scopedProto(testFamily, tc.proto))
 		if err == nil {
 			_ = s.SetDeadline(time.Now().Add(10 * time.Second))
 			_ = writeFrame(s, req)
@@ -169,7 +169,7 @@ func TestStrangerIsRefusedEverywhere(t *testing.T) {
 	}
 
 	// Its hello, even naming the right family, is refused and it is cut off.
-	s, err := out.NewStream(ctx, a.id, helloProto)
+	s, err := out.NewStream(ctx, a.id, scopedProto(testFamily, helloProto))
 	if err != nil {
 		t.Fatalf("open hello stream: %v", err)
 	}

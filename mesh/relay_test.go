@@ -15,7 +15,7 @@ func TestRelayACL(t *testing.T) {
 	ir, ia, ib, ix := newIdentity(t, "r"), newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "x")
 	ir.relay = true
 	r := startNode(t, ir, newFamily(testFamily, ir, ia, ib), nil, func(c *Config) { c.Relay = true })
-	acl := relayACL{m: r.m}
+	acl := relayACL{hb: r.m.hub}
 	if !acl.AllowReserve(ia.id, nil) || !acl.AllowConnect(ia.id, nil, ib.id) {
 		t.Error("the relay refuses members")
 	}

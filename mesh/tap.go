@@ -8,8 +8,10 @@ import (
 )
 
 // A tap receives a copy of every byte this node sends and receives on the
-// mesh as the application sees it, after transport decryption: stream data
-// both ways and gossip messages. It is an audit aid (PPSYNC_MESH_TAP): it
+// mesh as the application sees it, after transport decryption: the data of
+// every stream of the family both ways (hello, catch-up, gossip's own
+// streams with their subscriptions and control messages) and the gossip
+// messages delivered. It is an audit aid (PPSYNC_MESH_TAP): it
 // shows what a member, such as the vendor's relay, is actually given.
 type tap struct {
 	mu sync.Mutex

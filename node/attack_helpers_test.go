@@ -40,11 +40,20 @@ import (
 
 // The mesh's protocol IDs and hello message, mirrored here (they are
 // unexported in package mesh) so a test can speak them as any peer could.
+// Every stream of a family is opened as /ppsync/f/<family ID>/<kind>; a
+// ppsync host lists only /ppsync/f in identify.
 const (
-	atkHelloProto    protocol.ID = "/ppsync/hello/1"
-	atkCatchupProto  protocol.ID = "/ppsync/catchup/1"
-	atkFrontierProto protocol.ID = "/ppsync/frontier/1"
+	atkHelloProto    protocol.ID = "/hello/1"
+	atkCatchupProto  protocol.ID = "/catchup/1"
+	atkFrontierProto protocol.ID = "/frontier/1"
+	atkMeshsubProto  protocol.ID = "/meshsub/1.2.0"
+	atkProtoBase     protocol.ID = "/ppsync/f"
 )
+
+// atkProto is family's stream protocol of kind.
+func atkProto(family string, kind protocol.ID) protocol.ID {
+	return protocol.ID("/ppsync/f/" + family + string(kind))
+}
 
 type atkHello struct {
 	Family   string     `codec:"fa"`
@@ -86,18 +95,20 @@ func atkReadFrame(r *bufio.Reader, max int) ([]byte, error) {
 
 // atkPeer is a bare libp2p host on 127.0.0.1 with gossipsub, driven by a test.
 type atkPeer struct {
-	t     testing.TB
-	h     host.Host
-	ps    *pubsub.PubSub
-	hello atkHello
+	t      testing.TB
+	h      host.Host
+	ps     *pubsub.PubSub
+	hello  atkHello
+	target string // the family whose nodes it speaks to
 
 	mu     sync.Mutex
 	topics map[string]*pubsub.Topic
 }
 
-// newAtkPeer builds a raw peer with key. hello is what it says in the hello
-// exchange (its Addrs are filled in).
-func newAtkPeer(t testing.TB, key ed25519.PrivateKey, hello atkHello) *atkPeer {
+// newAtkPeer builds a raw peer with key that speaks to the nodes of family
+// target. hello is what it says in the hello exchange (its Addrs are filled
+// in).
+func newAtkPeer(t testing.TB, key ed25519.PrivateKey, target string, hello atkHello) *atkPeer {
 	t.Helper()
 	priv, err := crypto.UnmarshalEd25519PrivateKey(key)
 	if err != nil {
@@ -125,6 +136,12 @@ func newAtkPeer(t testing.TB, key ed25519.PrivateKey, hello atkHello) *atkPeer {
 			return string(sum[:16])
 		}),
 		pubsub.WithFloodPublish(true),
+		pubsub.WithGossipSubProtocols([]protocol.ID{atkProto(target, atkMeshsubProto)}, func(f pubsub.GossipSubFeature, _ protocol.ID) bool {
+			return pubsub.GossipSubDefaultFeatures(f, pubsub.GossipSubID_v12)
+		}),
+		pubsub.WithProtocolMatchFn(func(own protocol.ID) func(protocol.ID) bool {
+			return func(p protocol.ID) bool { return p == own || p == atkProtoBase }
+		}),
 	)
 	if err != nil {
 		cancel()
@@ -134,8 +151,8 @@ func newAtkPeer(t testing.TB, key ed25519.PrivateKey, hello atkHello) *atkPeer {
 	for _, a := range h.Addrs() {
 		hello.Addrs = append(hello.Addrs, a.String())
 	}
-	rp := &atkPeer{t: t, h: h, ps: ps, hello: hello, topics: map[string]*pubsub.Topic{}}
-	h.SetStreamHandler(atkHelloProto, func(s network.Stream) {
+	rp := &atkPeer{t: t, h: h, ps: ps, hello: hello, target: target, topics: map[string]*pubsub.Topic{}}
+	h.SetStreamHandler(atkProto(target, atkHelloProto), func(s network.Stream) {
 		defer s.Close()
 		_ = s.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := atkReadFrame(bufio.NewReader(s), 4<<20); err != nil {
@@ -184,7 +201,7 @@ func (rp *atkPeer) sayHello(p peer.ID, h atkHello) (atkHello, error) {
 	var theirs atkHello
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := rp.h.NewStream(ctx, p, atkHelloProto)
+	s, err := rp.h.NewStream(ctx, p, atkProto(rp.target, atkHelloProto))
 	if err != nil {
 		return theirs, err
 	}
@@ -205,12 +222,12 @@ func (rp *atkPeer) sayHello(p peer.ID, h atkHello) (atkHello, error) {
 	return theirs, err
 }
 
-// tryStream opens a stream of proto to p, writes a frame and reads one: it
-// returns what came back, or the error.
-func (rp *atkPeer) tryStream(p peer.ID, proto protocol.ID, req []byte) ([]byte, error) {
+// tryStream opens a stream of the target family's kind to p, writes a frame
+// and reads one: it returns what came back, or the error.
+func (rp *atkPeer) tryStream(p peer.ID, kind protocol.ID, req []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := rp.h.NewStream(ctx, p, proto)
+	s, err := rp.h.NewStream(ctx, p, atkProto(rp.target, kind))
 	if err != nil {
 		return nil, err
 	}
@@ -327,7 +344,7 @@ func atkPeerID(t testing.TB, key ed25519.PrivateKey) peer.ID {
 func (tf *testFamily) atkMember(name string, nodes ...string) (*atkPeer, map[string]peer.ID) {
 	tf.t.Helper()
 	key := tf.atkNodeKey(name)
-	rp := newAtkPeer(tf.t, key, atkHello{Family: tf.auth.FamilyID(), Version: "test", Protocol: mesh.ProtocolVersion,
+	rp := newAtkPeer(tf.t, key, tf.auth.FamilyID(), atkHello{Family: tf.auth.FamilyID(), Version: "test", Protocol: mesh.ProtocolVersion,
 		Schema: wire.SchemaVersion, Docs: [][]byte{tf.nodes[name].cert}})
 	ids := map[string]peer.ID{}
 	for _, s := range nodes {

@@ -58,7 +58,7 @@ func TestStrangerGetsNothing(t *testing.T) {
 	// claims to be of this family.
 	before := relay.mesh.Rejections()
 	famID := tf.auth.FamilyID()
-	rp := newAtkPeer(t, atkNewKey(t), atkHello{Family: other.auth.FamilyID(), Version: "test", Protocol: mesh.ProtocolVersion, Schema: wire.SchemaVersion})
+	rp := newAtkPeer(t, atkNewKey(t), tf.auth.FamilyID(), atkHello{Family: other.auth.FamilyID(), Version: "test", Protocol: mesh.ProtocolVersion, Schema: wire.SchemaVersion})
 	rid := rp.connect(tf.relay)
 
 	req, _ := wire.Marshal(map[string]any{"fa": famID, "hv": map[string]uint64{}})
@@ -74,14 +74,21 @@ func TestStrangerGetsNothing(t *testing.T) {
 		t.Fatal("the relay gave a stranger a slot")
 	}
 	cancel()
-	// Gossip: a well-formed entry of a site of ours, signed by the stranger.
+	// Gossip: the stranger's pubsub, speaking the family's gossip protocol,
+	// opens its stream to the relay (identify lists /ppsync/f) and is
+	// refused; the relay's gossip never opens one to a stranger, so the
+	// stranger learns no topic and delivers nothing.
 	topic := atkEntriesTopic(famID)
 	rp.topic(topic)
 	forged := atkSignEntry(t, famID, "clinic-a", 1, 6, tf.nodes["clinic-a"].r.n.txlog.Head("clinic-a").Hash, wire.SchemaVersion, atkNewKey(t), "patients", "stranger")
-	atkWaitFor(t, 5*time.Second, "the relay's subscription reaches the stranger", func() (bool, string) {
-		return len(rp.topic(topic).ListPeers()) > 0, "no topic peers"
+	atkWaitFor(t, 5*time.Second, "the relay refuses the stranger's gossip stream", func() (bool, string) {
+		got := relay.mesh.Rejections()
+		return got["meshsub_non_member"] > before["meshsub_non_member"], fmt.Sprintf("%v", got)
 	})
 	rp.publish(topic, forged.Marshal())
+	if peers := rp.topic(topic).ListPeers(); len(peers) != 0 {
+		t.Errorf("the stranger sees gossip peers on the family's topic: %v", peers)
+	}
 
 	if _, err := rp.sayHello(rid, rp.hello); err != nil {
 		t.Logf("hello of another family: %v", err)
@@ -187,7 +194,7 @@ func TestStrangerLearnsNoMembership(t *testing.T) {
 	for range 2000 {
 		docs = append(docs, other.nodes["clinic-z"].cert)
 	}
-	rp := newAtkPeer(t, atkNewKey(t), atkHello{Family: tf.auth.FamilyID(), Version: "test", Protocol: mesh.ProtocolVersion, Schema: wire.SchemaVersion, Docs: docs})
+	rp := newAtkPeer(t, atkNewKey(t), tf.auth.FamilyID(), atkHello{Family: tf.auth.FamilyID(), Version: "test", Protocol: mesh.ProtocolVersion, Schema: wire.SchemaVersion, Docs: docs})
 	rid := rp.connect(tf.relay)
 	theirs, err := rp.sayHello(rid, rp.hello)
 	if err != nil {

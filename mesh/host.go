@@ -1,0 +1,626 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// protoBase is the one stream protocol a ppsync host registers with libp2p.
+// Every stream of a family is opened as protoBase/<family ID>/<kind>/<version>
+// (its hello, catch-up, gossip ...), so one host serves any number of
+// families and routes each stream to its own family's mesh, and identify,
+// which lists a host's protocols to every peer, names no family.
+const protoBase protocol.ID = "/ppsync/f"
+
+// scopedProto returns family's stream protocol for p: "/ppsync/hello/1"
+// becomes "/ppsync/f/<family>/hello/1", gossipsub's "/meshsub/1.2.0"
+// becomes "/ppsync/f/<family>/meshsub/1.2.0". An ID already scoped is
+// returned as it is.
+// Any other protocol (libp2p's circuit relay, identify) is returned as it
+// is: those are the host's, not a family's.
+func scopedProto(family string, p protocol.ID) protocol.ID {
+	s := string(p)
+	switch {
+	case strings.HasPrefix(s, string(protoBase)+"/"):
+		return p
+	case strings.HasPrefix(s, "/ppsync/"):
+		return protocol.ID(string(protoBase) + "/" + family + strings.TrimPrefix(s, "/ppsync"))
+	case strings.HasPrefix(s, "/meshsub/"):
+		return protocol.ID(string(protoBase) + "/" + family + s)
+	}
+	return p
+}
+
+// splitProto returns the family and the unscoped rest of a scoped protocol
+// ID ("/hello/1").
+func splitProto(p protocol.ID) (family string, rest protocol.ID, ok bool) {
+	s, found := strings.CutPrefix(string(p), string(protoBase)+"/")
+	if !found {
+		return "", "", false
+	}
+	family, r, found := strings.Cut(s, "/")
+	if !found || family == "" {
+		return "", "", false
+	}
+	return family, protocol.ID("/" + r), true
+}
+
+// HostConfig configures the libp2p host that one family's mesh, or at a
+// relay many families' meshes, share.
+type HostConfig struct {
+	Key    ed25519.PrivateKey // the node's identity (required)
+	Listen []string           // multiaddrs to listen on; none: dial out only
+	Relay  bool               // run the members-only circuit relay (the relay role)
+	Logger *slog.Logger
+}
+
+// Host is one libp2p host: one identity, one set of listening ports, one
+// connection manager and, at a relay, one circuit relay service, shared by
+// every family attached to it. It keeps the families apart: a connection is
+// admitted if some family admits its peer; a stream goes to the family its
+// protocol names, and only from a member of that family (or, for the hello,
+// from a peer proving it is one); each family's gossip runs on its own
+// pubsub that sees only that family's members; a circuit joins two members
+// of one family only. A peer learns of no family it is not a member of.
+type Host struct {
+	cfg HostConfig
+	log *slog.Logger
+	h   host.Host
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	life   sync.Mutex // guards closing and wg.Add against Close's wg.Wait
+	// closing is set once Close began.
+	closing bool
+
+	mu     sync.Mutex
+	fams   map[string]*Mesh    // attached families, by family ID
+	told   map[string][]*Mesh  // connection ID -> the families told of it
+	counts map[string]uint64   // rejections no family claims, by reason
+	owner  *Mesh               // the family that owns this host (mesh.New), or nil
+	conns  map[string]struct{} // open connection IDs, for probation
+}
+
+// NewHost starts a libp2p host with no family attached yet.
+func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
+	if cfg.Key == nil {
+		return nil, errors.New("mesh: the host needs the node's key")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	priv, err := crypto.UnmarshalEd25519PrivateKey(cfg.Key)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: node key: %w", err)
+	}
+	hb := &Host{cfg: cfg, log: cfg.Logger, fams: map[string]*Mesh{}, told: map[string][]*Mesh{},
+		counts: map[string]uint64{}, conns: map[string]struct{}{}}
+	hb.ctx, hb.cancel = context.WithCancel(ctx)
+	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		hb.cancel()
+		return nil, fmt.Errorf("mesh: connection manager: %w", err)
+	}
+	listen := libp2p.ListenAddrStrings(cfg.Listen...)
+	if len(cfg.Listen) == 0 {
+		// Dial out only (and be reached through the relay). Without this,
+		// libp2p would listen on every interface by default.
+		listen = libp2p.NoListenAddrs
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(priv),
+		listen,
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.ConnectionGater(hostGater{hb}),
+		libp2p.ConnectionManager(cm),
+		libp2p.DisableMetrics(),
+		libp2p.UserAgent("ppsync"),
+		libp2p.EnableRelay(),
+	}
+	if cfg.Relay {
+		opts = append(opts,
+			libp2p.ForceReachabilityPublic(),
+			libp2p.EnableRelayService(relayv2.WithResources(relayResources()), relayv2.WithACL(relayACL{hb})),
+		)
+	} else {
+		opts = append(opts, libp2p.ForceReachabilityPrivate(), libp2p.EnableHolePunching())
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		hb.cancel()
+		return nil, fmt.Errorf("mesh: start libp2p host: %w", err)
+	}
+	hb.h = h
+	h.SetStreamHandlerMatch(protoBase, func(p protocol.ID) bool {
+		_, _, ok := splitProto(p)
+		return ok
+	}, hb.dispatch)
+	h.Network().Notify(&network.NotifyBundle{
+		ConnectedF:    func(_ network.Network, c network.Conn) { hb.onConnected(c) },
+		DisconnectedF: func(_ network.Network, c network.Conn) { hb.onDisconnected(c) },
+	})
+	return hb, nil
+}
+
+// ID returns the node's peer ID.
+func (hb *Host) ID() peer.ID { return hb.h.ID() }
+
+// Addrs returns the host's addresses, each ending in /p2p/ID.
+func (hb *Host) Addrs() []string {
+	var out []string
+	for _, a := range hb.h.Addrs() {
+		out = append(out, a.Encapsulate(ma.StringCast("/p2p/"+hb.h.ID().String())).String())
+	}
+	return out
+}
+
+// Families returns the IDs of the attached families.
+func (hb *Host) Families() []string {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	out := make([]string, 0, len(hb.fams))
+	for id := range hb.fams {
+		out = append(out, id)
+	}
+	return out
+}
+
+// Connections returns the number of open connections and of streams on them.
+func (hb *Host) Connections() (conns, streams int) {
+	for _, c := range hb.h.Network().Conns() {
+		conns++
+		streams += len(c.GetStreams())
+	}
+	return conns, streams
+}
+
+// Rejections returns the connections refused that no family claimed, by
+// reason (a stranger that never said a hello, a banned peer).
+func (hb *Host) Rejections() map[string]uint64 {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	out := make(map[string]uint64, len(hb.counts))
+	for k, v := range hb.counts {
+		out[k] = v
+	}
+	return out
+}
+
+func (hb *Host) count(reason string) {
+	hb.mu.Lock()
+	hb.counts[reason]++
+	hb.mu.Unlock()
+}
+
+// Close detaches every family (each stops as its Close does) and stops the
+// host.
+func (hb *Host) Close() error {
+	hb.life.Lock()
+	hb.closing = true
+	hb.life.Unlock()
+	for _, m := range hb.snapshot() {
+		if m != hb.owner {
+			_ = m.Close()
+		}
+	}
+	hb.cancel()
+	err := hb.h.Close()
+	hb.wg.Wait()
+	return err
+}
+
+func (hb *Host) goTracked(f func()) {
+	hb.life.Lock()
+	defer hb.life.Unlock()
+	if hb.closing {
+		return
+	}
+	hb.wg.Add(1)
+	go func() {
+		defer hb.wg.Done()
+		f()
+	}()
+}
+
+// snapshot returns the attached families.
+func (hb *Host) snapshot() []*Mesh {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	out := make([]*Mesh, 0, len(hb.fams))
+	for _, m := range hb.fams {
+		out = append(out, m)
+	}
+	return out
+}
+
+// family returns the attached family with this ID, or nil.
+func (hb *Host) family(id string) *Mesh {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	return hb.fams[id]
+}
+
+// Attach joins a family's network on this host: cfg's Key, Listen and Relay
+// are the host's and are ignored. The family's Close detaches it.
+func (hb *Host) Attach(ctx context.Context, cfg Config) (*Mesh, error) {
+	return hb.attach(ctx, cfg, false)
+}
+
+func (hb *Host) attach(ctx context.Context, cfg Config, owned bool) (*Mesh, error) {
+	if cfg.Family == nil || cfg.Log == nil || cfg.Handler == nil || cfg.Heartbeat == nil {
+		return nil, errors.New("mesh: config needs a family, log, handler and heartbeat")
+	}
+	id := cfg.Family.ID()
+	if id == "" || strings.ContainsAny(id, "/ \n") {
+		return nil, fmt.Errorf("mesh: family ID %q is not usable in a protocol name", id)
+	}
+	cfg.Key, cfg.Listen, cfg.Relay = hb.cfg.Key, hb.cfg.Listen, hb.cfg.Relay
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMesh(ctx, cfg, hb)
+	if err != nil {
+		return nil, err
+	}
+	hb.mu.Lock()
+	if hb.fams[id] != nil {
+		hb.mu.Unlock()
+		m.cancel()
+		return nil, fmt.Errorf("mesh: family %s is already served by this host", id)
+	}
+	hb.fams[id] = m
+	if owned {
+		hb.owner = m
+	}
+	hb.mu.Unlock()
+	if err := m.start(); err != nil {
+		_ = m.Close()
+		return nil, err
+	}
+	// Tell the family of the connections already open to its members (a
+	// relay that serves another family already, or a family added while
+	// running).
+	for _, c := range hb.h.Network().Conns() {
+		if hb.relevantTo(m, c.RemotePeer(), c.Stat().Direction) {
+			hb.tell(m, c)
+		}
+	}
+	return m, nil
+}
+
+// detach removes a family: its streams are refused from now on, and the
+// connections to peers no other family knows are closed.
+func (hb *Host) detach(m *Mesh) {
+	hb.mu.Lock()
+	if hb.fams[m.cfg.Family.ID()] == m {
+		delete(hb.fams, m.cfg.Family.ID())
+	}
+	for id, ms := range hb.told {
+		hb.told[id] = without(ms, m)
+	}
+	rest := make([]*Mesh, 0, len(hb.fams))
+	for _, o := range hb.fams {
+		rest = append(rest, o)
+	}
+	owned := hb.owner == m
+	hb.mu.Unlock()
+	if owned {
+		return // the host closes with it
+	}
+	for _, p := range hb.h.Network().Peers() {
+		if !m.knows(p) {
+			continue
+		}
+		keep := false
+		for _, o := range rest {
+			if o.knows(p) {
+				keep = true
+				break
+			}
+		}
+		if !keep {
+			_ = hb.h.Network().ClosePeer(p)
+		}
+	}
+}
+
+func without(ms []*Mesh, m *Mesh) []*Mesh {
+	out := ms[:0:0]
+	for _, o := range ms {
+		if o != m {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// relevantTo reports whether family m takes part in a connection to p: p is
+// a member or a banned peer of m's family, or m dialed it as a candidate (a
+// bootstrap address, a LAN peer). A stranger that dialed this host belongs
+// to no family until its hello names one.
+func (hb *Host) relevantTo(m *Mesh, p peer.ID, dir network.Direction) bool {
+	if m.knows(p) {
+		return true
+	}
+	return dir == network.DirOutbound && m.candidate(p)
+}
+
+// tell hands connection c to family m once: m tracks its hello and hears
+// when it closes.
+func (hb *Host) tell(m *Mesh, c network.Conn) {
+	hb.mu.Lock()
+	if _, open := hb.conns[c.ID()]; !open {
+		hb.mu.Unlock()
+		return // closed meanwhile
+	}
+	for _, o := range hb.told[c.ID()] {
+		if o == m {
+			hb.mu.Unlock()
+			return
+		}
+	}
+	hb.told[c.ID()] = append(hb.told[c.ID()], m)
+	hb.mu.Unlock()
+	m.onConnected(c)
+}
+
+// toldOf returns the families told of connection c.
+func (hb *Host) toldOf(c network.Conn) []*Mesh {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	return append([]*Mesh(nil), hb.told[c.ID()]...)
+}
+
+// onConnected hands a new connection to the families it concerns and puts
+// it on probation: a connection on which no family's hello proved a current
+// membership within helloTimeout is closed. It runs in libp2p's Connected
+// notification, before the connection accepts any stream.
+func (hb *Host) onConnected(c network.Conn) {
+	hb.mu.Lock()
+	hb.conns[c.ID()] = struct{}{}
+	hb.mu.Unlock()
+	dir := c.Stat().Direction
+	for _, m := range hb.snapshot() {
+		if hb.relevantTo(m, c.RemotePeer(), dir) {
+			hb.tell(m, c)
+		}
+	}
+	hb.goTracked(func() { hb.probation(c) })
+}
+
+func (hb *Host) onDisconnected(c network.Conn) {
+	hb.mu.Lock()
+	delete(hb.conns, c.ID())
+	ms := hb.told[c.ID()]
+	delete(hb.told, c.ID())
+	hb.mu.Unlock()
+	for _, m := range ms {
+		m.onDisconnected(c)
+	}
+}
+
+// probation closes c if no family's hello proved a current membership on it
+// within helloTimeout: a stranger, or a member's key used without a hello.
+func (hb *Host) probation(c network.Conn) {
+	t := time.NewTimer(helloTimeout)
+	defer t.Stop()
+	select {
+	case <-hb.ctx.Done():
+		return
+	case <-t.C:
+	}
+	if c.IsClosed() {
+		return
+	}
+	ms := hb.toldOf(c)
+	for _, m := range ms {
+		if m.connOK(c) {
+			return
+		}
+	}
+	if len(ms) == 0 {
+		hb.mu.Lock()
+		owner := hb.owner
+		hb.mu.Unlock()
+		if owner != nil {
+			ms = []*Mesh{owner} // one family: it is that family's stranger
+		} else {
+			hb.count("no_certificate")
+			hb.log.Warn("disconnected a peer that proved no membership of any family served here", "peer", c.RemotePeer())
+		}
+	}
+	for _, m := range ms {
+		m.probationFailed(c)
+	}
+	_ = c.Close()
+}
+
+// dispatch hands a stream to the family its protocol names. Only the hello
+// is served to a peer that is not a member of that family yet; every other
+// stream of a non-member is reset. A hello for a family not served here is
+// read and refused as a served family refuses a stranger's, so a peer
+// cannot tell a family it does not belong to from one that is not here.
+func (hb *Host) dispatch(s network.Stream) {
+	fam, rest, ok := splitProto(s.Protocol())
+	var m *Mesh
+	if ok {
+		m = hb.family(fam)
+	}
+	if m == nil {
+		hb.refuseUnknown(s, rest)
+		return
+	}
+	h := m.handler(rest)
+	if h == nil {
+		m.count(streamKind(rest) + "_unknown_protocol")
+		_ = s.Reset()
+		return
+	}
+	p := s.Conn().RemotePeer()
+	if rest != helloKind {
+		if _, member := m.cfg.Family.Member(p); !member {
+			m.count(streamKind(rest) + "_non_member")
+			_ = s.Reset()
+			return
+		}
+	}
+	if !m.enterStream() {
+		_ = s.Reset()
+		return
+	}
+	defer m.leaveStream()
+	hb.tell(m, s.Conn())
+	h(m.tapped(s))
+}
+
+// refuseUnknown refuses a stream for a family this host does not serve.
+func (hb *Host) refuseUnknown(s network.Stream, rest protocol.ID) {
+	hb.mu.Lock()
+	owner := hb.owner
+	hb.mu.Unlock()
+	if owner != nil {
+		owner.count("wrong_family")
+	} else {
+		hb.count("stream_unknown_family")
+	}
+	if rest != helloKind {
+		_ = s.Reset()
+		return
+	}
+	hb.goTracked(func() {
+		_ = s.SetDeadline(time.Now().Add(helloTimeout))
+		_, _ = readFrame(bufio.NewReader(s), maxStrangerHello)
+		_ = s.Reset()
+		c := s.Conn()
+		if len(hb.toldOf(c)) == 0 {
+			hb.log.Warn("disconnected a node of a family not served here", "peer", c.RemotePeer())
+			_ = c.Close()
+		}
+	})
+}
+
+// streamKind names a stream's protocol in counts: "/catchup/1" is "catchup".
+func streamKind(rest protocol.ID) string {
+	k, _, _ := strings.Cut(strings.TrimPrefix(string(rest), "/"), "/")
+	return k
+}
+
+// helloKind is the unscoped rest of the hello protocol's ID.
+const helloKind protocol.ID = "/hello/1"
+
+// hostGater keeps the host to its families: a peer is admitted if some
+// family admits it (see gater for one family's rules).
+type hostGater struct{ hb *Host }
+
+func (g hostGater) InterceptPeerDial(p peer.ID) bool {
+	ms := g.hb.snapshot()
+	for _, m := range ms {
+		if m.cfg.Family.Banned(p) {
+			continue
+		}
+		if _, ok := m.cfg.Family.Member(p); ok || m.candidate(p) {
+			return true
+		}
+	}
+	for _, m := range ms {
+		if m.cfg.Family.Banned(p) {
+			m.count("dial_banned")
+		} else {
+			m.count("dial_non_member")
+		}
+	}
+	return false
+}
+
+func (g hostGater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.InterceptPeerDial(p) }
+
+func (g hostGater) InterceptAccept(network.ConnMultiaddrs) bool { return true } // the peer ID is not known yet
+
+func (g hostGater) InterceptSecured(dir network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	ms := g.hb.snapshot()
+	var bannedBy []*Mesh
+	for _, m := range ms {
+		if m.cfg.Family.Banned(p) { // listed and banned: banned wins
+			bannedBy = append(bannedBy, m)
+			continue
+		}
+		if _, ok := m.cfg.Family.Member(p); ok && !m.overConns() {
+			return true
+		}
+	}
+	if len(bannedBy) > 0 {
+		for _, m := range bannedBy {
+			m.count("banned_peer")
+			if dir == network.DirInbound {
+				m.bannedTried(p)
+			}
+		}
+		return false
+	}
+	if dir == network.DirOutbound {
+		for _, m := range ms {
+			if m.candidate(p) {
+				return true
+			}
+		}
+		for _, m := range ms {
+			m.count("dial_non_member")
+		}
+		return false
+	}
+	return true // probation: see Host.probation and acceptHello
+}
+
+func (g hostGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// relayACL lets only members of a family served here reserve a slot, and
+// joins two peers only if they are members of one family.
+type relayACL struct{ hb *Host }
+
+func (a relayACL) AllowReserve(p peer.ID, _ ma.Multiaddr) bool {
+	for _, m := range a.hb.snapshot() {
+		if _, ok := m.cfg.Family.Member(p); ok {
+			return true
+		}
+	}
+	a.hb.count("relay_reserve_non_member")
+	return false
+}
+
+func (a relayACL) AllowConnect(src peer.ID, _ ma.Multiaddr, dst peer.ID) bool {
+	for _, m := range a.hb.snapshot() {
+		_, s := m.cfg.Family.Member(src)
+		_, d := m.cfg.Family.Member(dst)
+		if s && d {
+			return true
+		}
+	}
+	a.hb.count("relay_connect_non_member")
+	return false
+}
