@@ -11,9 +11,18 @@
 //	'd'  node: the practice database's capture position and load progress
 //	'a'  alert: rules, the monitor's state, the outbox
 //	'k'  keyring: the family's data keys and who holds them
+//	'F'  family spaces: 'F' + the 32 bytes of a family ID, then that family's
+//	     keys laid out as above (see Space)
+//
+// A process that serves several families from one database keeps the keys
+// of its first (primary) family exactly as listed above (the empty Space),
+// and those of every further family under that family's Space: a component's
+// key is its Space, then its own prefix byte, then the rest as usual.
 package store
 
 import (
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -30,7 +39,78 @@ const (
 	PrefixDB    byte = 'd'
 	PrefixAlert byte = 'a'
 	PrefixKeys  byte = 'k'
+	// PrefixFamily starts a family's Space.
+	PrefixFamily byte = 'F'
 )
+
+// Space is the key space of one family in a database shared by several:
+// every key a component writes or reads for that family is the Space, then
+// the component's own prefix byte, then the rest of its key as usual. The
+// empty Space is the primary family's, whose keys are those of a database
+// serving one family. Make a non-empty one with FamilySpace.
+type Space []byte
+
+// Prefix returns a new slice holding the Space followed by p: the start of
+// every key of the component whose prefix byte is p.
+func (s Space) Prefix(p byte) []byte {
+	k := make([]byte, 0, len(s)+1)
+	k = append(k, s...)
+	return append(k, p)
+}
+
+// FamilySpace returns the Space of a family: 'F' followed by the 32 bytes
+// of its ID. A family ID is a SHA-256 written as 64 lower-case hex digits;
+// anything else is refused.
+func FamilySpace(familyID string) (Space, error) {
+	if len(familyID) != 64 {
+		return nil, fmt.Errorf("store: family ID %.80q is not 64 hex digits (%d characters)", familyID, len(familyID))
+	}
+	for i := 0; i < len(familyID); i++ {
+		if c := familyID[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return nil, fmt.Errorf("store: family ID %q has %q at position %d; it must be lower-case hex digits", familyID, c, i+1)
+		}
+	}
+	id, err := hex.DecodeString(familyID)
+	if err != nil {
+		return nil, fmt.Errorf("store: family ID %q: %w", familyID, err)
+	}
+	return append(Space{PrefixFamily}, id...), nil
+}
+
+// spaceRange returns the bounds of every key in a non-empty Space.
+func spaceRange(s Space) (lo, hi []byte, err error) {
+	if len(s) == 0 {
+		return nil, nil, errors.New("the empty space is the primary family's whole database, not a family space")
+	}
+	return []byte(s), PrefixEnd(s), nil
+}
+
+// DeleteSpace deletes every key of the Space s, synced. It refuses the
+// empty Space (which would be the primary family's keys and everything else).
+func DeleteSpace(db *pebble.DB, s Space) error {
+	lo, hi, err := spaceRange(s)
+	if err != nil {
+		return fmt.Errorf("store: delete space: %w", err)
+	}
+	if err := db.DeleteRange(lo, hi, pebble.Sync); err != nil {
+		return fmt.Errorf("store: delete space %x: %w", []byte(s), err)
+	}
+	return nil
+}
+
+// SpaceSize estimates the bytes on disk taken by the keys of the Space s
+// (Pebble's estimate: data still in the memtable is not counted until flushed).
+func SpaceSize(db *pebble.DB, s Space) (uint64, error) {
+	lo, hi, err := spaceRange(s)
+	if err != nil {
+		return 0, fmt.Errorf("store: space size: %w", err)
+	}
+	n, err := db.EstimateDiskUsage(lo, hi)
+	if err != nil {
+		return 0, fmt.Errorf("store: size of space %x: %w", []byte(s), err)
+	}
+	return n, nil
+}
 
 // Options tune the database. The zero value is the production setting.
 type Options struct {
