@@ -1,5 +1,6 @@
 // Package alertdb keeps alert rules, the monitor's state and the outbox in
-// the node's Pebble database (key prefix 'a'), so that a restart neither
+// the node's Pebble database (key prefix 'a', under the family's store.Space
+// when several families share the database), so that a restart neither
 // alerts twice for one outage, nor misses a recovery, nor loses a message
 // that was decided but not yet sent.
 package alertdb
@@ -15,7 +16,7 @@ import (
 	"github.com/ppsync/ppsync/internal/store"
 )
 
-// Key spaces under the prefix.
+// Kinds of record under the prefix.
 const (
 	kRule     = 'r' // rule ID -> Rule
 	kState    = 's' // rule ID -> State
@@ -23,14 +24,31 @@ const (
 	kLastSent = 'l' // rule ID -> the last Delivery sent
 )
 
-// DB is the alert key space of a Pebble database.
-type DB struct{ db *pebble.DB }
+// DB is the alert key space of one family in a Pebble database.
+type DB struct {
+	db    *pebble.DB
+	space []byte // the family's store.Space; empty for the primary family
+}
 
-// New wraps the node's database.
+// New wraps the node's database, with the keys of the primary family (those
+// of a database serving one family).
 func New(db *pebble.DB) DB { return DB{db: db} }
 
-func key(space byte, id string) []byte {
-	return append([]byte{store.PrefixAlert, space}, id...)
+// NewIn wraps a database shared by several families, with the keys under the
+// family's space (store.FamilySpace): space + 'a' + ….
+func NewIn(db *pebble.DB, space store.Space) DB {
+	return DB{db: db, space: append([]byte(nil), space...)}
+}
+
+// prefix returns the start of every key of one kind.
+func (d DB) prefix(kind byte) []byte {
+	k := make([]byte, 0, len(d.space)+2)
+	k = append(k, d.space...)
+	return append(k, store.PrefixAlert, kind)
+}
+
+func (d DB) key(kind byte, id string) []byte {
+	return append(d.prefix(kind), id...)
 }
 
 func (d DB) get(k []byte, v any) (bool, error) {
@@ -56,8 +74,8 @@ func set(b *pebble.Batch, k []byte, v any) error {
 	return b.Set(k, data, nil)
 }
 
-func list[T any](d DB, space byte) ([]T, error) {
-	lo := []byte{store.PrefixAlert, space}
+func list[T any](d DB, kind byte) ([]T, error) {
+	lo := d.prefix(kind)
 	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: store.PrefixEnd(lo)})
 	if err != nil {
 		return nil, fmt.Errorf("alertdb: list: %w", err)
@@ -80,7 +98,7 @@ func (d DB) Rules() ([]alert.Rule, error) { return list[alert.Rule](d, kRule) }
 // Rule returns one rule.
 func (d DB) Rule(id string) (alert.Rule, bool, error) {
 	var r alert.Rule
-	ok, err := d.get(key(kRule, id), &r)
+	ok, err := d.get(d.key(kRule, id), &r)
 	return r, ok, err
 }
 
@@ -88,7 +106,7 @@ func (d DB) Rule(id string) (alert.Rule, bool, error) {
 func (d DB) PutRule(r alert.Rule) error {
 	b := d.db.NewBatch()
 	defer b.Close()
-	if err := set(b, key(kRule, r.ID), r); err != nil {
+	if err := set(b, d.key(kRule, r.ID), r); err != nil {
 		return err
 	}
 	return commit(b)
@@ -103,14 +121,14 @@ func (d DB) RemoveRule(id string) error {
 	}
 	b := d.db.NewBatch()
 	defer b.Close()
-	for _, k := range [][]byte{key(kRule, id), key(kState, id), key(kLastSent, id)} {
+	for _, k := range [][]byte{d.key(kRule, id), d.key(kState, id), d.key(kLastSent, id)} {
 		if err := b.Delete(k, nil); err != nil {
 			return err
 		}
 	}
 	for _, p := range pending {
 		if p.Rule == id {
-			if err := b.Delete(key(kOutbox, p.ID), nil); err != nil {
+			if err := b.Delete(d.key(kOutbox, p.ID), nil); err != nil {
 				return err
 			}
 		}
@@ -121,7 +139,7 @@ func (d DB) RemoveRule(id string) error {
 // State returns what the monitor remembers of a rule.
 func (d DB) State(id string) (alert.State, error) {
 	var st alert.State
-	_, err := d.get(key(kState, id), &st)
+	_, err := d.get(d.key(kState, id), &st)
 	return st, err
 }
 
@@ -130,11 +148,11 @@ func (d DB) State(id string) (alert.State, error) {
 func (d DB) Decide(id string, st alert.State, ds []alert.Delivery) error {
 	b := d.db.NewBatch()
 	defer b.Close()
-	if err := set(b, key(kState, id), st); err != nil {
+	if err := set(b, d.key(kState, id), st); err != nil {
 		return err
 	}
 	for _, x := range ds {
-		if err := set(b, key(kOutbox, x.ID), x); err != nil {
+		if err := set(b, d.key(kOutbox, x.ID), x); err != nil {
 			return err
 		}
 	}
@@ -151,15 +169,15 @@ func (d DB) Attempted(x alert.Delivery) error {
 	b := d.db.NewBatch()
 	defer b.Close()
 	if x.Sent.IsZero() {
-		if err := set(b, key(kOutbox, x.ID), x); err != nil {
+		if err := set(b, d.key(kOutbox, x.ID), x); err != nil {
 			return err
 		}
 		return commit(b)
 	}
-	if err := b.Delete(key(kOutbox, x.ID), nil); err != nil {
+	if err := b.Delete(d.key(kOutbox, x.ID), nil); err != nil {
 		return err
 	}
-	if err := set(b, key(kLastSent, x.Rule), x); err != nil {
+	if err := set(b, d.key(kLastSent, x.Rule), x); err != nil {
 		return err
 	}
 	return commit(b)
@@ -168,7 +186,7 @@ func (d DB) Attempted(x alert.Delivery) error {
 // LastSent returns the last message sent for a rule.
 func (d DB) LastSent(id string) (alert.Delivery, bool, error) {
 	var x alert.Delivery
-	ok, err := d.get(key(kLastSent, id), &x)
+	ok, err := d.get(d.key(kLastSent, id), &x)
 	return x, ok, err
 }
 
