@@ -401,7 +401,7 @@ func (l *Log) writeAll(g *group, signed func()) error {
 			}
 			continue
 		}
-		if err := g.b.Set(seqKey(spaceHeld, s.Site, s.Seq), nil, nil); err != nil {
+		if err := g.b.Set(l.keys.seq(kindHeld, s.Site, s.Seq), nil, nil); err != nil {
 			return fmt.Errorf("txlog: hold %s: %w", s.ID(), err)
 		}
 	}
@@ -418,17 +418,17 @@ func (l *Log) writeAll(g *group, signed func()) error {
 	}
 	signed()
 	for _, s := range g.writes {
-		if err := g.b.Set(entryKey(s.Site, s.Seq), s.Marshal(), nil); err != nil {
+		if err := g.b.Set(l.keys.entry(s.Site, s.Seq), s.Marshal(), nil); err != nil {
 			return fmt.Errorf("txlog: store %s: %w", s.ID(), err)
 		}
 	}
 	for s, h := range g.heads {
-		if err := g.b.Set(siteKey(spaceHead, s), h.marshal(), nil); err != nil {
+		if err := g.b.Set(l.keys.site(kindHead, s), h.marshal(), nil); err != nil {
 			return fmt.Errorf("txlog: store head of %q: %w", s, err)
 		}
 	}
 	for s, f := range g.forks {
-		if err := g.b.Set(siteKey(spaceFork, s), f.marshal(), nil); err != nil {
+		if err := g.b.Set(l.keys.site(kindFork, s), f.marshal(), nil); err != nil {
 			return fmt.Errorf("txlog: store fork of %q: %w", s, err)
 		}
 	}
@@ -505,7 +505,7 @@ func (l *Log) addRun(g *group, run []*wire.Signed) (RunResult, error) {
 // fork, since the newer epoch's chain is the site's.
 func (l *Log) fence(g *group, run []*wire.Signed, res RunResult) (RunResult, error) {
 	for _, s := range run {
-		if err := g.b.Set(hashKey(spaceQuarantine, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+		if err := g.b.Set(l.keys.hash(kindQuarantine, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
 			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
 		}
 		res.Quarantined++
@@ -525,7 +525,7 @@ func (l *Log) hashAt(g *group, site string, seq uint64) (wire.Hash, error) {
 
 // entryAt returns the held entry (site, seq) through the group's batch.
 func (l *Log) entryAt(g *group, site string, seq uint64) (*wire.Signed, error) {
-	v, closer, err := g.b.Get(entryKey(site, seq))
+	v, closer, err := g.b.Get(l.keys.entry(site, seq))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s#%d is below the head but cannot be read: %v", ErrDamaged, site, seq, err)
 	}

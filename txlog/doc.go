@@ -20,7 +20,9 @@
 //   - entries of a newer schema than this build supports are stored and
 //     forwarded but applied only once a build that supports them opens the log.
 //
-// Key layout under store.PrefixTxlog ('t'):
+// Key layout under store.PrefixTxlog ('t'), itself under Config.Space (empty
+// for the primary family; store.FamilySpace for any other family sharing the
+// database, so each key below is then prefixed with 'F' and the family's ID):
 //
 //	t l <len><site> <seq:8>          -> entry envelope (wire.Signed.Marshal)
 //	t f <len><site>                  -> head: seq, hash, epoch

@@ -37,7 +37,7 @@ func (f Fork) marshal() []byte {
 }
 
 func (l *Log) loadForks() error {
-	p := spacePrefix(spaceFork)
+	p := l.keys.prefix(kindFork)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
 	if err != nil {
 		return fmt.Errorf("txlog: load forks: %w", err)
@@ -129,13 +129,13 @@ func (l *Log) fork(g *group, run []*wire.Signed, head Head) (RunResult, error) {
 	if err := ev.Verify(key); err != nil {
 		return res, fmt.Errorf("txlog: conflicting entry offered for %s: %w", ev.ID(), err)
 	}
-	if err := g.b.Set(hashKey(spaceEvidence, site, ev.Seq, ev.Hash), ev.Marshal(), nil); err != nil {
+	if err := g.b.Set(l.keys.hash(kindEvidence, site, ev.Seq, ev.Hash), ev.Marshal(), nil); err != nil {
 		return res, fmt.Errorf("txlog: store fork evidence: %w", err)
 	}
 	f := Fork{Site: site, Seq: forkSeq, Held: held, Offered: offered, EvidenceSeq: ev.Seq, EvidenceHash: ev.Hash}
 	g.forks[site] = f
 	for _, s := range run[idx+1:] {
-		if err := g.b.Set(hashKey(spaceQuarantine, site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+		if err := g.b.Set(l.keys.hash(kindQuarantine, site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
 			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
 		}
 		res.Quarantined++
@@ -158,7 +158,7 @@ func (l *Log) quarantine(g *group, run []*wire.Signed, head Head) (RunResult, er
 				continue
 			}
 		}
-		if err := g.b.Set(hashKey(spaceQuarantine, site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+		if err := g.b.Set(l.keys.hash(kindQuarantine, site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
 			return res, fmt.Errorf("txlog: quarantine %s: %w", s.ID(), err)
 		}
 		res.Quarantined++
@@ -179,7 +179,7 @@ func (l *Log) ForkProof(site string) (held, other *wire.Signed, err error) {
 	if !ok {
 		return nil, nil, fmt.Errorf("txlog: no fork of site %q", site)
 	}
-	ev, err := l.scanEnvelopes(hashKey(spaceEvidence, site, f.EvidenceSeq, f.EvidenceHash))
+	ev, err := l.scanEnvelopes(l.keys.hash(kindEvidence, site, f.EvidenceSeq, f.EvidenceHash))
 	if err != nil || len(ev) == 0 {
 		return nil, nil, fmt.Errorf("%w: the evidence of the fork of %q is missing", ErrDamaged, site)
 	}
@@ -235,7 +235,7 @@ func (l *Log) addProof(g *group, a, b *wire.Signed) (int, error) {
 		return 0, nil
 	}
 	for _, s := range []*wire.Signed{a, b} {
-		if err := g.b.Set(hashKey(spaceEvidence, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
+		if err := g.b.Set(l.keys.hash(kindEvidence, s.Site, s.Seq, s.Hash), s.Marshal(), nil); err != nil {
 			return 0, fmt.Errorf("txlog: store fork evidence: %w", err)
 		}
 	}

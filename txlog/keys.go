@@ -8,53 +8,72 @@ import (
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
+// Kinds of record under the log's prefix.
 const (
-	spaceEntry      = 'l'
-	spaceHead       = 'f'
-	spaceHeld       = 'h'
-	spaceFork       = 'k'
-	spaceEvidence   = 'x'
-	spaceQuarantine = 'q'
+	kindEntry      = 'l'
+	kindHead       = 'f'
+	kindHeld       = 'h'
+	kindFork       = 'k'
+	kindEvidence   = 'x'
+	kindQuarantine = 'q'
 )
 
-func spacePrefix(space byte) []byte { return []byte{store.PrefixTxlog, space} }
-
-func siteKey(space byte, site string) []byte {
-	k := make([]byte, 0, 3+len(site)+8+32)
-	k = append(k, store.PrefixTxlog, space, byte(len(site)))
-	return append(k, site...)
+// keys builds and parses the log's keys under one family's store.Space:
+// Space + 't' + kind + the rest. With the empty Space they are the keys of
+// a database serving one family.
+type keys struct {
+	space []byte // the family's Space; empty for the primary family
 }
 
-func seqKey(space byte, site string, seq uint64) []byte {
-	return binary.BigEndian.AppendUint64(siteKey(space, site), seq)
+func newKeys(space store.Space) keys {
+	return keys{space: append([]byte(nil), space...)}
 }
 
-func hashKey(space byte, site string, seq uint64, h wire.Hash) []byte {
-	return append(seqKey(space, site, seq), h[:]...)
+// prefix returns the start of every key of one kind.
+func (k keys) prefix(kind byte) []byte {
+	b := make([]byte, 0, len(k.space)+2)
+	b = append(b, k.space...)
+	return append(b, store.PrefixTxlog, kind)
 }
 
-func entryKey(site string, seq uint64) []byte { return seqKey(spaceEntry, site, seq) }
+func (k keys) site(kind byte, site string) []byte {
+	b := make([]byte, 0, len(k.space)+3+len(site)+8+32)
+	b = append(b, k.space...)
+	b = append(b, store.PrefixTxlog, kind, byte(len(site)))
+	return append(b, site...)
+}
 
-// parseSiteKey splits a key made by siteKey/seqKey/hashKey into its site and
-// the remaining bytes.
-func parseSiteKey(k []byte) (site string, rest []byte, err error) {
-	if len(k) < 3 {
-		return "", nil, fmt.Errorf("txlog: short key %x", k)
+func (k keys) seq(kind byte, site string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(k.site(kind, site), seq)
+}
+
+func (k keys) hash(kind byte, site string, seq uint64, h wire.Hash) []byte {
+	return append(k.seq(kind, site, seq), h[:]...)
+}
+
+func (k keys) entry(site string, seq uint64) []byte { return k.seq(kindEntry, site, seq) }
+
+// parseSite splits a key made by site/seq/hash into its site and the
+// remaining bytes.
+func (k keys) parseSite(key []byte) (site string, rest []byte, err error) {
+	n := len(k.space)
+	if len(key) < n+3 || string(key[:n]) != string(k.space) {
+		return "", nil, fmt.Errorf("txlog: short or foreign key %x", key)
 	}
-	n := int(k[2])
-	if len(k) < 3+n {
-		return "", nil, fmt.Errorf("txlog: damaged key %x", k)
+	l := int(key[n+2])
+	if len(key) < n+3+l {
+		return "", nil, fmt.Errorf("txlog: damaged key %x", key)
 	}
-	return string(k[3 : 3+n]), k[3+n:], nil
+	return string(key[n+3 : n+3+l]), key[n+3+l:], nil
 }
 
-func parseSeqKey(k []byte) (site string, seq uint64, err error) {
-	site, rest, err := parseSiteKey(k)
+func (k keys) parseSeq(key []byte) (site string, seq uint64, err error) {
+	site, rest, err := k.parseSite(key)
 	if err != nil {
 		return "", 0, err
 	}
 	if len(rest) < 8 {
-		return "", 0, fmt.Errorf("txlog: damaged key %x", k)
+		return "", 0, fmt.Errorf("txlog: damaged key %x", key)
 	}
 	return site, binary.BigEndian.Uint64(rest[:8]), nil
 }

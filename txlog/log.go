@@ -94,6 +94,10 @@ type Config struct {
 	Apply  Applier     // the state (required)
 	Clock  *hlc.Clock  // the node's clock (required)
 	Logger *slog.Logger
+	// Space is the family's key space in a database shared by several
+	// families (store.FamilySpace); every key of the log is Space + 't' + ….
+	// Empty for the primary family: the keys of a one-family database.
+	Space store.Space
 	// MaxBatch bounds how many entries one group commit carries (default 1024).
 	MaxBatch int
 	// QueueSize bounds the requests waiting for the committer (default 1024);
@@ -166,6 +170,7 @@ func (c *Config) validate() error {
 type Log struct {
 	cfg   Config
 	db    *pebble.DB
+	keys  keys
 	reqs  chan *request
 	syncq chan *pending // committed groups waiting for their fsync
 	stop  chan struct{}
@@ -195,6 +200,7 @@ func Open(cfg Config) (*Log, error) {
 	l := &Log{
 		cfg:   cfg,
 		db:    cfg.DB,
+		keys:  newKeys(cfg.Space),
 		reqs:  make(chan *request, cfg.QueueSize),
 		syncq: make(chan *pending, 4),
 		stop:  make(chan struct{}),
@@ -291,14 +297,14 @@ func (l *Log) Frontier() map[string]uint64 {
 }
 
 func (l *Log) loadHeads() error {
-	p := spacePrefix(spaceHead)
+	p := l.keys.prefix(kindHead)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
 	if err != nil {
 		return fmt.Errorf("txlog: load heads: %w", err)
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
-		site, _, err := parseSiteKey(it.Key())
+		site, _, err := l.keys.parseSite(it.Key())
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrDamaged, err)
 		}
@@ -323,7 +329,7 @@ func (l *Log) seedClock() error {
 		if h.Seq == 0 {
 			continue
 		}
-		v, closer, err := l.db.Get(entryKey(site, h.Seq))
+		v, closer, err := l.db.Get(l.keys.entry(site, h.Seq))
 		if err != nil {
 			return fmt.Errorf("%w: head %s#%d cannot be read: %v", ErrDamaged, site, h.Seq, err)
 		}

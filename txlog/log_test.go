@@ -396,10 +396,10 @@ func TestVerifyFindsDamage(t *testing.T) {
 	}
 	s3, _ := e.log.Get("a", 3)
 	bad := wire.Signed{Entry: s3.Entry, Hash: s3.Hash, Body: s3.Body, Sig: make([]byte, 64)}
-	if err := e.db.Set(entryKey("a", 3), bad.Marshal(), nil); err != nil {
+	if err := e.db.Set(e.log.keys.entry("a", 3), bad.Marshal(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.db.Set(entryKey("a", 4), []byte("garbage"), nil); err != nil {
+	if err := e.db.Set(e.log.keys.entry("a", 4), []byte("garbage"), nil); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := e.log.Verify(bg, nil)

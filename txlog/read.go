@@ -20,7 +20,7 @@ func (l *Log) Get(site string, seq uint64) (*wire.Signed, error) {
 	if seq > l.Head(site).Seq {
 		return nil, fmt.Errorf("%w: %s#%d", ErrNotFound, site, seq)
 	}
-	v, closer, err := l.db.Get(entryKey(site, seq))
+	v, closer, err := l.db.Get(l.keys.entry(site, seq))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s#%d", ErrNotFound, site, seq)
 	}
@@ -49,13 +49,13 @@ func (l *Log) RawRange(site string, from, to uint64, fn func(seq uint64, env []b
 	if from > to {
 		return nil
 	}
-	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(site, from), UpperBound: entryKey(site, to+1)})
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: l.keys.entry(site, from), UpperBound: l.keys.entry(site, to+1)})
 	if err != nil {
 		return fmt.Errorf("txlog: read %s#%d..%d: %w", site, from, to, err)
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
-		_, seq, err := parseSeqKey(it.Key())
+		_, seq, err := l.keys.parseSeq(it.Key())
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrDamaged, err)
 		}
@@ -87,12 +87,12 @@ func (l *Log) Range(site string, from uint64, limit int) ([]*wire.Signed, error)
 
 // Quarantined returns the quarantined entries of a site, by seq.
 func (l *Log) Quarantined(site string) ([]*wire.Signed, error) {
-	return l.scanEnvelopes(siteKey(spaceQuarantine, site))
+	return l.scanEnvelopes(l.keys.site(kindQuarantine, site))
 }
 
 // Evidence returns the stored proof of a site's fork.
 func (l *Log) Evidence(site string) ([]*wire.Signed, error) {
-	return l.scanEnvelopes(siteKey(spaceEvidence, site))
+	return l.scanEnvelopes(l.keys.site(kindEvidence, site))
 }
 
 func (l *Log) scanEnvelopes(prefix []byte) ([]*wire.Signed, error) {
@@ -119,14 +119,14 @@ func (l *Log) scanEnvelopes(prefix []byte) ([]*wire.Signed, error) {
 // applyHeld applies, at Open, the held entries whose schema this build now
 // supports, and forgets their held marks, in one durable batch.
 func (l *Log) applyHeld() error {
-	p := spacePrefix(spaceHeld)
+	p := l.keys.prefix(kindHeld)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
 	if err != nil {
 		return fmt.Errorf("txlog: load held entries: %w", err)
 	}
 	var ids []wire.ID
 	for ok := it.First(); ok; ok = it.Next() {
-		site, seq, err := parseSeqKey(it.Key())
+		site, seq, err := l.keys.parseSeq(it.Key())
 		if err != nil {
 			it.Close()
 			return fmt.Errorf("%w: %v", ErrDamaged, err)
@@ -170,7 +170,7 @@ func (l *Log) applyHeldChunk(ids []wire.ID) (int, error) {
 			continue
 		}
 		apply = append(apply, s)
-		if err := b.Delete(seqKey(spaceHeld, id.Site, id.Seq), nil); err != nil {
+		if err := b.Delete(l.keys.seq(kindHeld, id.Site, id.Seq), nil); err != nil {
 			return 0, fmt.Errorf("txlog: unhold %s: %w", id, err)
 		}
 	}
@@ -194,7 +194,7 @@ func (l *Log) ReleaseHeld(ctx context.Context) error {
 
 // Held returns how many entries wait for a newer build to be applied.
 func (l *Log) Held() (int, error) {
-	p := spacePrefix(spaceHeld)
+	p := l.keys.prefix(kindHeld)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
 	if err != nil {
 		return 0, fmt.Errorf("txlog: count held entries: %w", err)
@@ -226,7 +226,7 @@ func (l *Log) Replay(ctx context.Context, a Applier, batchSize int, progress Pro
 }
 
 func (l *Log) replay(ctx context.Context, a Applier, batchSize int, total uint64, progress Progress) error {
-	p := spacePrefix(spaceEntry)
+	p := l.keys.prefix(kindEntry)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
 	if err != nil {
 		return fmt.Errorf("txlog: replay: %w", err)
@@ -263,7 +263,7 @@ func (l *Log) replay(ctx context.Context, a Applier, batchSize int, total uint64
 		done++
 		if l.holds(s) {
 			// Held (again): the marker lets ReleaseHeld find it.
-			if err := b.Set(seqKey(spaceHeld, s.Site, s.Seq), nil, nil); err != nil {
+			if err := b.Set(l.keys.seq(kindHeld, s.Site, s.Seq), nil, nil); err != nil {
 				return fmt.Errorf("txlog: replay: hold %s: %w", s.ID(), err)
 			}
 			continue
@@ -312,7 +312,7 @@ func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 	for _, h := range heads {
 		total += h.Seq
 	}
-	p := spacePrefix(spaceEntry)
+	p := l.keys.prefix(kindEntry)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
 	if err != nil {
 		return rep, fmt.Errorf("txlog: verify: %w", err)
@@ -331,7 +331,7 @@ func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 		}
 	}
 	for ok := it.First(); ok; ok = it.Next() {
-		ks, seq, err := parseSeqKey(it.Key())
+		ks, seq, err := l.keys.parseSeq(it.Key())
 		if err != nil {
 			add("?", 0, "unreadable key %x", it.Key())
 			continue
