@@ -273,6 +273,10 @@ func (m *Mesh) Close() error {
 	return err
 }
 
+// Host returns the libp2p host this family's mesh runs on (a relay attaches
+// its further families to it).
+func (m *Mesh) Host() *Host { return m.hub }
+
 // ID returns this node's peer ID.
 func (m *Mesh) ID() peer.ID { return m.host.ID() }
 

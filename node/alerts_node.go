@@ -15,8 +15,12 @@ import (
 // node that has rules (the family's relay, usually); without rules it only
 // wakes once a second to find none.
 func (n *Node) startAlerts() error {
+	adb := alertdb.New(n.db)
+	if n.shared != nil {
+		adb = alertdb.NewIn(n.db, n.shared.space) // a relay's further family: its own key space
+	}
 	a, err := newAlerter(alerterDeps{
-		db:      alertdb.New(n.db),
+		db:      adb,
 		log:     n.log.With("component", "alerts"),
 		now:     n.alertNow(),
 		nodeNow: n.cfg.Now,

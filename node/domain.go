@@ -387,6 +387,11 @@ func (n *Node) Install(ctx context.Context, data []byte) (api.InstallResult, err
 	if err := ctx.Err(); err != nil {
 		return api.InstallResult{}, err
 	}
+	if n.fams != nil { // a relay: a certificate of a further family goes to it
+		if fid, err := FamilyOfDocument(data); err == nil && fid != n.id.FamilyID {
+			return n.installFurther(ctx, fid, data)
+		}
+	}
 	res, err := datadir.InstallFile(n.cfg.DataDir, n.roster, bytes.TrimSpace(data))
 	if err != nil {
 		return api.InstallResult{}, installError(err)

@@ -60,6 +60,8 @@ const (
 	codeInternal     = "internal"
 	codeSendFailed   = "send_failed"
 	codeRelayBlind   = "relay_blind"
+	// codeUnknownFamily: a request names a family this node does not serve.
+	codeUnknownFamily = "unknown_family"
 )
 
 func newAPIError(status int, code string, cause error, format string, a ...any) *apiError {

@@ -82,6 +82,12 @@ type Node struct {
 	settingsTurn chan struct{}
 	schema       *Schema // DATA/schema.json, nil when absent; set by Open only
 
+	// shared is set on a relay's further family: what it takes from the
+	// relay's first node (key, database, libp2p host). fams is set on a
+	// relay's first node: the further families it serves (families.go).
+	shared *shared
+	fams   *relayFamilies
+
 	mu       sync.Mutex // guards the fields below
 	settings Config
 	refused  error // set when the node's own certificate stopped being current
@@ -253,6 +259,9 @@ func (n *Node) open(ctx context.Context) error {
 		return err
 	}
 	if err := n.startAlerts(); err != nil {
+		return err
+	}
+	if err := n.openFamilies(); err != nil {
 		return err
 	}
 	if n.ring != nil {
@@ -490,6 +499,7 @@ func (n *Node) closeAll() error {
 	} else if n.ln != nil {
 		n.ln.Close()
 	}
+	errs = append(errs, n.closeFamilies()...) // before the host and database they share
 	if n.mesh != nil {
 		errs = append(errs, n.mesh.Close())
 	}
@@ -503,7 +513,7 @@ func (n *Node) closeAll() error {
 	if n.txlog != nil {
 		errs = append(errs, n.txlog.Close())
 	}
-	if n.db != nil {
+	if n.db != nil && n.shared == nil { // a further family's is its relay's
 		errs = append(errs, n.db.Close())
 	}
 	if n.lock != nil {
@@ -516,7 +526,16 @@ func (n *Node) closeAll() error {
 }
 
 // Addr returns the API's listening address.
-func (n *Node) Addr() string { return n.ln.Addr().String() }
+func (n *Node) Addr() string { return n.apiListener().Addr().String() }
+
+// apiListener is the listener of the API that serves this node: its own,
+// or at a relay's further family the relay's.
+func (n *Node) apiListener() net.Listener {
+	if n.shared != nil {
+		return n.shared.primary.ln
+	}
+	return n.ln
+}
 
 // startMesh joins the family's network and starts the sync loop.
 func (n *Node) startMesh(ctx context.Context) error {
@@ -541,7 +560,14 @@ func (n *Node) startMesh(ctx context.Context) error {
 		n.tapFile, mc.Tap = f, f
 		n.log.Warn("PPSYNC_MESH_TAP is set: every byte this node sends and receives on the mesh is copied to a file (an audit aid; unset it for normal running)", "file", path)
 	}
-	n.mesh, err = mesh.New(n.ctx, mc)
+	if n.id.Role == family.RoleRelay {
+		mc.Limits = mesh.RelayLimits() // one family's flood cannot starve the others it serves
+	}
+	if n.shared != nil {
+		n.mesh, err = n.shared.host.Attach(n.ctx, mc)
+	} else {
+		n.mesh, err = mesh.New(n.ctx, mc)
+	}
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}

@@ -28,6 +28,18 @@ const (
 )
 
 func (n *Node) handler() http.Handler {
+	mux := n.apiMux()
+	mux.HandleFunc("GET /v1/families", n.getFamilies)
+	mux.HandleFunc("DELETE /v1/families/{id}", n.deleteFamily)
+	pg := web.New(web.Options{Addr: n.ln.Addr().String(), TLS: n.tlsFP != "", DataDir: n.cfg.DataDir, Auth: apiKey{n.apiKey}, Now: n.cfg.Now, Logger: n.log})
+	pg.Routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
+	pg.LogLink()
+	return n.guard(n.routeFamily(mux), pg)
+}
+
+// apiMux is the node's API (the guard checks the key before it): at a
+// relay, each family it serves answers its own.
+func (n *Node) apiMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", n.getStatus)
 	mux.HandleFunc("POST /v1/transactions", n.postTransaction)
@@ -55,10 +67,7 @@ func (n *Node) handler() http.Handler {
 	mux.HandleFunc("POST /v1/alerts/{id}/pause", n.postAlertPause)
 	mux.HandleFunc("POST /v1/alerts/{id}/test", n.postAlertTest)
 	mux.Handle("GET /metrics", n.metricsHandler())
-	pg := web.New(web.Options{Addr: n.ln.Addr().String(), TLS: n.tlsFP != "", DataDir: n.cfg.DataDir, Auth: apiKey{n.apiKey}, Now: n.cfg.Now, Logger: n.log})
-	pg.Routes(mux) // the sync page: GET /, /assets/, POST /v1/login-token, /v1/logout
-	pg.LogLink()
-	return n.guard(mux, pg)
+	return mux
 }
 
 // apiKey authorizes the requests that carry the API key.
@@ -400,6 +409,16 @@ func (n *Node) getLog(w http.ResponseWriter, r *http.Request) {
 func (n *Node) getStatus(w http.ResponseWriter, r *http.Request) {
 	st, err := n.Status(r.Context())
 	n.answer(w, st, err)
+}
+
+func (n *Node) getFamilies(w http.ResponseWriter, r *http.Request) {
+	fs, err := n.Families(r.Context())
+	n.answer(w, api.FamiliesResult{Families: fs}, err)
+}
+
+func (n *Node) deleteFamily(w http.ResponseWriter, r *http.Request) {
+	res, err := n.RemoveFamily(r.Context(), r.PathValue("id"))
+	n.answer(w, res, err)
 }
 
 func (n *Node) getPeers(w http.ResponseWriter, r *http.Request) {

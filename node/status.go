@@ -15,7 +15,10 @@ func (n *Node) statusOf(peers []api.PeerJSON) (api.Status, error) {
 		Site: n.id.Site, Role: string(n.id.Role), PeerID: n.id.PeerID, Version: n.cfg.Version,
 		FamilyID: n.id.FamilyID, FamilyName: n.roster.Info().Name, Epoch: n.cert.Epoch,
 		Frontier: n.txlog.Frontier(), Forks: []api.ForkJSON{}, StartedAt: n.start.UTC(),
-		DataDir: n.cfg.DataDir, API: "http://" + n.ln.Addr().String(), Warnings: []string{},
+		DataDir: n.cfg.DataDir, Warnings: []string{},
+	}
+	if ln := n.apiListener(); ln != nil {
+		s.API = "http://" + ln.Addr().String()
 	}
 	s.Encryption = n.encryptionStatus()
 	cfg := n.currentConfig()

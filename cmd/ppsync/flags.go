@@ -19,6 +19,21 @@ type command struct {
 	flags func(fs *flag.FlagSet)
 	run   func(c *cli, cmd *command, args []string) error
 	sub   []*command // subcommands (family)
+	// family is --family ID, which every command that talks to a running
+	// node through --data takes: the family addressed at a relay serving
+	// several (newFlagSet defines it).
+	family string
+}
+
+// takesFamilyID reports whether a command with --data takes --family ID:
+// those that address one family of a running relay (for init and relay join
+// --family is a file; the others do not address one family).
+func takesFamilyID(name string) bool {
+	switch name {
+	case "run", "init", "install", "verify", "demo", "relay join", "relay families", "relay remove-family", "open":
+		return false
+	}
+	return true
 }
 
 // commands lists every command in the order `ppsync help` shows them. It is
@@ -30,7 +45,7 @@ func commands() []*command {
 		initCommand(), installCommand(), runCommand(),
 		putCommand(), deleteCommand(), importCommand(), getCommand(), listCommand(), digestCommand(),
 		statusCommand(), peersCommand(), logCommand(), syncNowCommand(), setCommand(), openCommand(), conflictsCommand(),
-		dbCommand(), alertsCommand(), verifyCommand(), versionCommand(), demoCommand(), serviceCommand(), helpCommand(),
+		dbCommand(), alertsCommand(), relayCommand(), verifyCommand(), versionCommand(), demoCommand(), serviceCommand(), helpCommand(),
 	}
 }
 
@@ -67,6 +82,9 @@ func newFlagSet(cmd *command) *flag.FlagSet {
 	fs.Usage = func() {}
 	if cmd.flags != nil {
 		cmd.flags(fs)
+	}
+	if fs.Lookup("data") != nil && fs.Lookup("family") == nil && takesFamilyID(cmd.name) {
+		fs.StringVar(&cmd.family, "family", "", "the `FAMILY_ID` to address at a relay that serves several (default: the one it was set up for)")
 	}
 	return fs
 }
@@ -110,6 +128,7 @@ func (c *cli) parseArgs(cmd *command, fs *flag.FlagSet, args []string, min, max 
 			break
 		}
 	}
+	c.family = cmd.family
 	switch {
 	case len(pos) < min && names != "":
 		return nil, usageErrorf(cmd.name, "needs %s (got %s)", names, countArgs(len(pos)))

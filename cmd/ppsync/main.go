@@ -31,6 +31,9 @@ type cli struct {
 	now    func() time.Time
 	// notify makes the context of `ppsync run`; tests replace it.
 	notify func(context.Context) (context.Context, context.CancelFunc)
+	// family is the --family ID the command line gave: the family its
+	// requests address at a relay serving several ("": the relay's first).
+	family string
 }
 
 // run executes one command line (without the program name) and returns the

@@ -187,7 +187,7 @@ gossips it to the family; a stopped node stores it for its next start. FILE - re
 				if _, serr := os.Stat(dir); serr != nil {
 					return fmt.Errorf("%s does not exist; set up the node first with `ppsync init --data %s ...`", dir, dir)
 				}
-				res, err = datadir.InstallOffline(dir, file)
+				res, err = node.InstallAt(dir, file)
 				if err != nil {
 					return err
 				}
@@ -423,6 +423,9 @@ func (c *cli) noArgsClient(cmd *command, data *string, args []string) (string, *
 // not-running error (exit 3).
 func (c *cli) client(dataDir string) (*api.Client, error) {
 	cl, err := api.NewClient(dataDir)
+	if err == nil && c.family != "" {
+		cl.SetFamily(c.family)
+	}
 	if err != nil {
 		if errors.Is(err, api.ErrNotRunning) {
 			if _, serr := os.Stat(dataDir); serr != nil {

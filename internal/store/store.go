@@ -98,8 +98,10 @@ func DeleteSpace(db *pebble.DB, s Space) error {
 	return nil
 }
 
-// SpaceSize estimates the bytes on disk taken by the keys of the Space s
-// (Pebble's estimate: data still in the memtable is not counted until flushed).
+// SpaceSize returns about how many bytes the keys of the Space s take:
+// Pebble's estimate of their tables on disk, or, for a space under 16 MiB
+// (whose data may still be in the memtable, which the estimate leaves out),
+// the bytes of its keys and values counted.
 func SpaceSize(db *pebble.DB, s Space) (uint64, error) {
 	lo, hi, err := spaceRange(s)
 	if err != nil {
@@ -109,8 +111,28 @@ func SpaceSize(db *pebble.DB, s Space) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("store: size of space %x: %w", []byte(s), err)
 	}
-	return n, nil
+	if n >= exactSizeBelow {
+		return n, nil
+	}
+	// The estimate counts flushed tables only: a small or young space
+	// lives mostly in the memtable. Count its keys and values instead.
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return n, fmt.Errorf("store: size of space %x: %w", []byte(s), err)
+	}
+	var sum uint64
+	for it.First(); it.Valid() && sum < exactSizeBelow; it.Next() {
+		sum += uint64(len(it.Key()) + len(it.Value()))
+	}
+	if err := it.Close(); err != nil {
+		return n, fmt.Errorf("store: size of space %x: %w", []byte(s), err)
+	}
+	return max(n, sum), nil
 }
+
+// exactSizeBelow is the size under which SpaceSize counts a space's bytes
+// instead of trusting the estimate (a bounded scan).
+const exactSizeBelow = 16 << 20
 
 // Options tune the database. The zero value is the production setting.
 type Options struct {

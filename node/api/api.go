@@ -357,6 +357,35 @@ type SyncRequest struct {
 	Wait string `json:"wait,omitempty"` // e.g. "30s": wait for every member to catch up
 }
 
+// FamiliesResult answers GET /v1/families: the families a node serves (a
+// relay may serve many; any other node, one).
+type FamiliesResult struct {
+	Families []FamilyInfo `json:"families"`
+}
+
+// FamilyInfo is one family a node serves (`ppsync relay families`).
+type FamilyInfo struct {
+	FamilyID    string            `json:"family_id"`
+	Name        string            `json:"name"`
+	Site        string            `json:"site,omitempty"` // this node's site name in the family
+	First       bool              `json:"first,omitempty"`
+	State       string            `json:"state"` // "serving", or "waiting for its certificate"
+	Sites       []string          `json:"sites"`
+	Frontier    map[string]uint64 `json:"frontier"`
+	Backlog     uint64            `json:"backlog"`      // entries held here that connected or known members lack, summed
+	BytesStored uint64            `json:"bytes_stored"` // the family's logs on disk (an estimate)
+	Online      bool              `json:"online"`
+	Peers       int               `json:"peers"`        // members connected now
+	LastContact *time.Time        `json:"last_contact"` // last heartbeat or hello of any member
+	LastSync    *time.Time        `json:"last_sync"`
+}
+
+// RemoveFamilyResult answers DELETE /v1/families/{id}.
+type RemoveFamilyResult struct {
+	FamilyID string `json:"family_id"`
+	Name     string `json:"name"`
+}
+
 // PeersResult answers GET /v1/peers.
 type PeersResult struct {
 	Peers []PeerJSON `json:"peers"`

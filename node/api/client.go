@@ -71,10 +71,20 @@ func (e *APIStatusError) Unwrap() error {
 // Client talks to a running node through its local HTTP API. It is safe for
 // concurrent use.
 type Client struct {
-	base string // "http://127.0.0.1:PORT", no trailing slash
-	key  string
-	http *http.Client
+	base   string // "http://127.0.0.1:PORT", no trailing slash
+	key    string
+	http   *http.Client
+	family string // the family addressed at a relay serving several ("": its first)
 }
+
+// FamilyHeader names the family a request is for, at a relay that serves
+// several (`--family ID`); without it a request is for the relay's first
+// family. A node that serves no such family answers 404 unknown_family.
+const FamilyHeader = "X-Ppsync-Family"
+
+// SetFamily addresses every later request to family id at a relay serving
+// several families ("" for its first).
+func (c *Client) SetFamily(id string) { c.family = id }
 
 // NewClient returns a client for the node running on dataDir: the API address
 // comes from dataDir/runtime.json and the key from dataDir/api.key. Before
@@ -394,6 +404,9 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, co
 	}
 	req.Header.Set("Authorization", "Bearer "+c.key)
 	req.Header.Set("Accept", "application/json")
+	if c.family != "" {
+		req.Header.Set(FamilyHeader, c.family)
+	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
@@ -471,6 +484,21 @@ func clientReadSmall(path string) ([]byte, error) {
 func (c *Client) Peers(ctx context.Context) (PeersResult, error) {
 	var r PeersResult
 	err := c.do(ctx, http.MethodGet, "/v1/peers", nil, "", &r)
+	return r, err
+}
+
+// Families lists the families the node serves (GET /v1/families).
+func (c *Client) Families(ctx context.Context) (FamiliesResult, error) {
+	var r FamiliesResult
+	err := c.do(ctx, http.MethodGet, "/v1/families", nil, "", &r)
+	return r, err
+}
+
+// RemoveFamily stops a relay serving a further family and erases its data
+// (DELETE /v1/families/{id}).
+func (c *Client) RemoveFamily(ctx context.Context, id string) (RemoveFamilyResult, error) {
+	var r RemoveFamilyResult
+	err := c.do(ctx, http.MethodDelete, "/v1/families/"+url.PathEscape(id), nil, "", &r)
 	return r, err
 }
 
