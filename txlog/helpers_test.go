@@ -55,6 +55,7 @@ func (k *keyring) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error) 
 // marks is an Applier that records each applied entry under the state prefix,
 // in the log's batch, so tests can check that apply and append are atomic.
 type marks struct {
+	space store.Space // the family's space: marks go under it like its state
 	mu    sync.Mutex
 	calls int
 }
@@ -68,7 +69,7 @@ func (m *marks) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
 	m.calls += len(es)
 	m.mu.Unlock()
 	for _, e := range es {
-		k := markKey(e.ID())
+		k := append(append([]byte(nil), m.space...), markKey(e.ID())...)
 		if _, c, err := b.Get(k); err == nil {
 			c.Close()
 			return fmt.Errorf("entry %s applied twice", e.ID())
@@ -154,11 +155,17 @@ func put(table, key string, fields map[string]any) []wire.Op {
 // chain signs n entries of site with key, continuing after prev (seq prevSeq).
 func chain(t testing.TB, site string, epoch uint64, key ed25519.PrivateKey, prevSeq uint64, prev wire.Hash, n int, salt string) []*wire.Signed {
 	t.Helper()
+	return chainOf(t, testFamily, site, epoch, key, prevSeq, prev, n, salt)
+}
+
+// chainOf is chain for the entries of another family.
+func chainOf(t testing.TB, family, site string, epoch uint64, key ed25519.PrivateKey, prevSeq uint64, prev wire.Hash, n int, salt string) []*wire.Signed {
+	t.Helper()
 	out := make([]*wire.Signed, 0, n)
 	for i := 0; i < n; i++ {
 		seq := prevSeq + uint64(i) + 1
 		e := &wire.Entry{
-			Family: testFamily, Site: site, Epoch: epoch, Seq: seq, Prev: prev,
+			Family: family, Site: site, Epoch: epoch, Seq: seq, Prev: prev,
 			HLC: uint64(hlc.Make(time.Now().UnixMilli(), uint16(seq))), Schema: wire.SchemaVersion,
 			Ops: put("patients", fmt.Sprintf("%s-%d", site, seq), map[string]any{"n": int64(seq), "salt": salt}),
 		}
