@@ -106,6 +106,7 @@ func TestFaults(t *testing.T) {
 	special("alerts", 21, Alerts)
 	special("canary", 22, Canary)
 	special("rotation", 23, Rotation)
+	special("TwoRelays", 24, TwoRelays)
 	// Its faults go on for the schedules' length (PPSYNC_FAULT_DURATION
 	// replays a soak round), at least one round of them.
 	special("DatabaseFaults", 19, func(ctx context.Context, e Env, s uint64) (Result, error) { return DatabaseFaults(ctx, e, s, d) })
