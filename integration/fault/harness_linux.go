@@ -55,16 +55,16 @@ func BuildBinary(dir string) (string, error) {
 
 // Options configure a harness.
 type Options struct {
-	Bin   string               // the ppsync binary (BuildBinary)
-	Dir   string               // working directory, removed by the caller
-	Sites int                  // 3 to 5 sites besides the relay
+	Bin   string // the ppsync binary (BuildBinary)
+	Dir   string // working directory, removed by the caller
+	Sites int    // 3 to 5 sites besides the relay
 	// Relays is how many relays the family has (default 1). The first is
 	// named RelayName, the others "relay-2", ...; each is set up as the
 	// README says a relay is added, and family.json names every one of them
 	// before the sites are set up.
 	Relays int
-	Seed  uint64               // drives the load's content
-	Logf  func(string, ...any) // progress lines (t.Logf)
+	Seed   uint64               // drives the load's content
+	Logf   func(string, ...any) // progress lines (t.Logf)
 	// Shared forces every node onto the test's own loopback (no partitions).
 	Shared bool
 	// Cleanup, when set, registers the harness's Close (t.Cleanup): every
