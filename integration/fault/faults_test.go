@@ -54,9 +54,9 @@ type scenario struct {
 //     relay as the only path, stalls, SIGSTOP, long offline stretches) for the
 //     fixed seeds plus one random seed, or only PPSYNC_FAULT_SEED;
 //   - long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-//     cloned-site, online-truth, lan-discovery, alerts, DatabaseFaults,
-//     PostgresFaults: one scenario each (seed PPSYNC_FAULT_SEED or a fixed
-//     one).
+//     cloned-site, online-truth, lan-discovery, alerts, canary, rotation,
+//     TwoRelays, DatabaseFaults, PostgresFaults: one scenario each (seed
+//     PPSYNC_FAULT_SEED or a fixed one).
 //
 // After each: every acknowledged transaction at every node with its content,
 // none applied twice, equal digests, `ppsync verify` clean on every node.
