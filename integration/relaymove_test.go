@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -122,7 +123,8 @@ func TestReadmeMoveRelay(t *testing.T) {
 	// The family as "Setting up a real family" has it.
 	oldRelay, _ := sup.join(t, "relay", sup.familyFile(), "--role", "relay")
 	oldRelayProc := startNode(t, oldRelay)
-	sup.addBootstrap(t, oldRelayProc.loopbackAddr())
+	oldAddr := oldRelayProc.loopbackAddr()
+	sup.addBootstrap(t, oldAddr)
 	north, _ := sup.join(t, "clinic-north", sup.familyFile())
 	south, _ := sup.join(t, "clinic-south", sup.familyFile())
 	northProc, southProc := startNode(t, north), startNode(t, south)
@@ -151,25 +153,21 @@ func TestReadmeMoveRelay(t *testing.T) {
 	newRelayProc := startNode(t, newRelay)
 	newAddr := newRelayProc.loopbackAddr()
 
-	// 2. At the old relay: the new relay connected, lag 0.
-	rd.step("ppsync peers --data /var/lib/ppsync")
-	if r := ppsync(t, "peers", "--data", oldRelay).want(t, exitOK); !strings.Contains(r.stdout, "relay-b") {
-		t.Fatalf("the old relay's peers do not list relay-b: %s", r)
-	}
-	took := waitFor(t, syncTimeout, "the old relay showing relay-b connected with lag 0", func() (bool, string) {
-		rows := peerRows(t, oldRelay)
-		for _, p := range rows {
-			if p.Site == "relay-b" {
-				return p.Connected && p.Lag == 0, fmt.Sprintf("%+v", p)
-			}
+	// 2. At the old relay: the sync-now receipt says relay-b caught up.
+	rd.step("ppsync sync-now --data /var/lib/ppsync --wait 1m")
+	caughtUp := regexp.MustCompile(`(?m)^relay-b\s+caught up$`)
+	took := waitFor(t, syncTimeout, "the old relay's sync-now receipt saying relay-b caught up", func() (bool, string) {
+		r := ppsync(t, "sync-now", "--data", oldRelay, "--wait", "5s")
+		if r.code != exitOK && r.code != exitError {
+			t.Fatalf("sync-now exited %d: %s", r.code, r)
 		}
-		return false, fmt.Sprintf("no relay-b row: %+v", rows)
+		return caughtUp.MatchString(r.stdout), r.String()
 	})
 	t.Logf("the new relay held everything the old one holds %s after its start", took.Round(time.Millisecond))
-	// The old relay's frontier, with the load still writing: the new relay
-	// must hold at least this much now.
-	if o, n := nodeStatus(t, oldRelay).Frontier, nodeStatus(t, newRelay).Frontier; n["clinic-south"] < o["clinic-south"] {
-		t.Fatalf("peers showed lag 0 but the new relay holds %v, the old %v", n, o)
+	rd.step("ppsync peers --data /var/lib/ppsync")
+	rows := peerRows(t, oldRelay)
+	if !slices.ContainsFunc(rows, func(p peerRow) bool { return p.Site == "relay-b" && p.Connected }) {
+		t.Fatalf("the old relay's peers do not show relay-b connected: %+v", rows)
 	}
 
 	// 3. The new relay's address: in family.json for new sites, and in each
@@ -179,25 +177,29 @@ func TestReadmeMoveRelay(t *testing.T) {
 	tomlLine := rd.step(`bootstrap = ["/dns4/relay-b.example/tcp/7475/p2p/12D3KooW..."]`)
 	tomlLine = strings.Replace(tomlLine, "/dns4/relay-b.example/tcp/7475/p2p/12D3KooW...", newAddr, 1)
 	load.waitAcks(t, load.count()+10, syncTimeout)
+	for _, data := range []string{north, south} {
+		setBootstrap(t, data, tomlLine)
+	}
 	// North's puts fail (exit 3) while it restarts: those are not
 	// acknowledged, and the load tries again.
+	rd.step("sudo ppsync service stop --data /var/lib/ppsync")
+	rd.step("sudo ppsync service start --data /var/lib/ppsync")
 	for _, s := range []struct {
 		data string
 		p    **proc
 	}{{north, &northProc}, {south, &southProc}} {
-		setBootstrap(t, s.data, tomlLine)
 		(*s.p).stopClean()
 		*s.p = startNode(t, s.data)
 	}
 	rd.step("ppsync status --data /var/lib/ppsync")
 	for _, data := range []string{north, south} {
-		if r := ppsync(t, "status", "--data", data).want(t, exitOK); !strings.Contains(r.stdout, newAddr) {
-			t.Fatalf("%s's status has no Bootstrap line for the new relay: %s", filepath.Base(data), r)
-		}
 		waitStatus(t, data, syncTimeout, "connected to the new relay", func(st status) bool {
 			b, ok := st.bootstrapEntry(newAddr)
 			return ok && b.State == "connected"
 		})
+		if r := ppsync(t, "status", "--data", data).want(t, exitOK); !strings.Contains(r.stdout, newAddr+"  connected (relay-b)") {
+			t.Fatalf("%s's status has no Bootstrap line `%s  connected (relay-b)`: %s", filepath.Base(data), newAddr, r)
+		}
 	}
 	load.waitAcks(t, load.count()+10, syncTimeout)
 
@@ -262,7 +264,22 @@ func TestReadmeMoveRelay(t *testing.T) {
 	if st := nodeStatus(t, south); st.Peers == nil || *st.Peers != 1 {
 		t.Errorf("south counts %v peers, want 1 (the new relay): %s", deref(st.Peers), rawStatus(t, south))
 	}
-	for _, p := range []*proc{southProc, newRelayProc} {
+	// Its family.json still names the old relay: unreachable, and harmless.
+	waitStatus(t, south, verdictTimeout, "online, the old relay's bootstrap line unreachable", func(st status) bool {
+		b, ok := st.bootstrapEntry(oldAddr)
+		return online(st) && ok && b.State == "unreachable"
+	})
+	// A site set up now, with support's family.json (which names both
+	// relays), while every other site is off: it gets the family's whole
+	// history from the new relay alone.
+	southProc.stopClean()
+	east, _ := sup.join(t, "clinic-east", sup.familyFile())
+	eastProc := startNode(t, east)
+	want := nodeStatus(t, newRelay).Frontier
+	waitStatus(t, east, syncTimeout, fmt.Sprintf("holding the new relay's %v", want), func(st status) bool {
+		return st.Frontier["clinic-north"] == want["clinic-north"] && st.Frontier["clinic-south"] == want["clinic-south"]
+	})
+	for _, p := range []*proc{eastProc, newRelayProc} {
 		p.stopClean()
 	}
 	t.Logf("moving the family to the new relay took %s", time.Since(began).Round(time.Millisecond))
