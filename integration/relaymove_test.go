@@ -111,7 +111,9 @@ func setBootstrap(tb testing.TB, data, line string) {
 // both sites and the new relay (equal frontiers, equal digests), and with
 // the old relay gone, a write made while the other site is off reaches it
 // when it comes back, although the writer is off by then: the new relay
-// stored and forwarded it.
+// stored and forwarded it. Last, a site set up with support's family.json
+// while both sites are off gets the family's whole history from the new
+// relay alone.
 //
 // This test mirrors README.md's walkthrough (readmeSteps checks each line):
 // when that section changes, change this test with it.
