@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +84,75 @@ func TestRelayServesMembersOnly(t *testing.T) {
 	})
 	if a.h.hasEvent(out.ID(), true) {
 		t.Error("A completed a hello with the stranger")
+	}
+}
+
+// A family with two relays, both given to the sites as bootstrap addresses;
+// the sites listen nowhere, so they reach each other only through a relay.
+// Each site connects to both relays and holds a slot on each; when one relay
+// goes away for good, its bootstrap entry stops saying connected and the
+// sites reach each other through the other relay.
+func TestTwoRelaysOneGone(t *testing.T) {
+	ir1, ir2, ia, ib := newIdentity(t, "relay-1"), newIdentity(t, "relay-2"), newIdentity(t, "a"), newIdentity(t, "b")
+	ir1.relay, ir2.relay = true, true
+	fam := func() *fakeFamily { return newFamily(testFamily, ir1, ir2, ia, ib) }
+	fast := func(c *Config) { c.HeartbeatInterval, c.RedialInterval = 200*time.Millisecond, 500*time.Millisecond }
+	r1 := startNode(t, ir1, fam(), nil, func(c *Config) { c.Relay = true; fast(c) })
+	r2 := startNode(t, ir2, fam(), nil, func(c *Config) { c.Relay = true; fast(c) })
+	boot := append(r1.m.Addrs(), r2.m.Addrs()...)
+	site := func(id identity) *testNode {
+		return startNode(t, id, fam(), nil, func(c *Config) { c.Listen, c.Bootstrap = nil, boot; fast(c) })
+	}
+	a, b := site(ia), site(ib)
+
+	bootState := func(n *testNode, relay peer.ID) string {
+		for _, bi := range n.m.Bootstrap() {
+			if bi.PeerID == relay {
+				return bi.State
+			}
+		}
+		return "absent"
+	}
+	reserved := func(n *testNode, relay peer.ID) bool {
+		n.m.mu.Lock()
+		defer n.m.mu.Unlock()
+		exp, ok := n.m.reservations[relay]
+		return ok && time.Until(exp) > 10*time.Minute
+	}
+	for _, n := range []*testNode{a, b} {
+		waitFor(t, n.site+" connected to both relays, with a slot on each", func() bool {
+			return bootState(n, ir1.id) == CandidateConnected && bootState(n, ir2.id) == CandidateConnected &&
+				reserved(n, ir1.id) && reserved(n, ir2.id)
+		})
+	}
+	waitFor(t, "a and b connected through a relay", func() bool {
+		return connected(a.m.host, ib.id) && a.h.hasEvent(ib.id, true) && b.h.hasEvent(ia.id, true)
+	})
+
+	if err := r1.m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*testNode{a, b} {
+		waitFor(t, n.site+" showing relay-1 gone", func() bool { return bootState(n, ir1.id) != CandidateConnected })
+	}
+	through := func(n *testNode, p, relay peer.ID) bool {
+		cs := n.m.host.Network().ConnsToPeer(p)
+		for _, c := range cs {
+			if !strings.Contains(c.RemoteMultiaddr().String(), "/p2p/"+relay.String()+"/p2p-circuit") {
+				return false
+			}
+		}
+		return len(cs) > 0
+	}
+	waitFor(t, "a and b connected through relay-2 only", func() bool {
+		return through(a, ib.id, ir2.id) && through(b, ia.id, ir2.id)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if hb, err := a.m.Probe(ctx, ib.id); err != nil || hb.Site != "b" {
+		t.Errorf("a probes b through relay-2: %+v, %v", hb, err)
+	}
+	if s := bootState(a, ir2.id); s != CandidateConnected {
+		t.Errorf("a's bootstrap entry of relay-2 is %s", s)
 	}
 }

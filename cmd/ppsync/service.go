@@ -159,6 +159,21 @@ unit that install writes on Linux. Needs administrator rights (root, sudo).`,
 
 var errNoServiceManager = errors.New("no service manager")
 
+// makeLogDir creates DATA/logs, where the service writes its log file.
+// `service install` runs as an administrator (sudo) while the service runs as
+// the account that set the node up: the directory is given to the owner of
+// the data directory, or the node could not create its log file there.
+func makeLogDir(dataDir string) error {
+	dir := filepath.Join(dataDir, "logs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create the log directory: %w", err)
+	}
+	if err := ownLike(dir, dataDir); err != nil {
+		return fmt.Errorf("give the log directory %s to the owner of %s: %w", dir, dataDir, err)
+	}
+	return nil
+}
+
 // systemdUnit renders the unit file for s. Exit codes 4 (refused by the lock
 // or binding) and 5 (already running) are not fixed by restarting, so systemd
 // does not restart on them.

@@ -32,8 +32,8 @@ func serviceInstall(s serviceSpec) error {
 	if err := checkSystemd(s.Name); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(s.DataDir, "logs"), 0o700); err != nil {
-		return fmt.Errorf("create the log directory: %w", err)
+	if err := makeLogDir(s.DataDir); err != nil {
+		return err
 	}
 	path := filepath.Join(systemdUnitDir, s.Name+".service")
 	if err := os.WriteFile(path, []byte(systemdUnit(s)), 0o644); err != nil {

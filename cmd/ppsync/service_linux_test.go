@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -70,4 +71,59 @@ func TestServiceWithoutSystemd(t *testing.T) {
 		t.Fatal("a unit was written without systemd")
 	}
 	ppsync(t, "", nil, "service", "install", "--data", t.TempDir()).want(t, exitError, "not a ppsync data directory")
+}
+
+// TestServiceLogDirOwner: `sudo ppsync service install` makes DATA/logs for
+// the service's log file, and gives it to the owner of the data directory
+// (the account the service runs as), also when it was made by root before;
+// a root-owned logs directory left the node without its log file. Needs
+// root, as install does.
+func TestServiceLogDirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("giving a directory to another account needs root")
+	}
+	const uid, gid = 65534, 65534 // nobody
+	owner := func(path string) (uint32, uint32) {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return st.Uid, st.Gid
+	}
+	for _, before := range []bool{false, true} {
+		data := filepath.Join(t.TempDir(), "data")
+		if err := os.Mkdir(data, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(data, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		if before { // made by root earlier
+			if err := os.Mkdir(filepath.Join(data, "logs"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 2 {
+			if err := makeLogDir(data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if u, g := owner(filepath.Join(data, "logs")); u != uid || g != gid {
+			t.Errorf("logs existed before: %v: owned by %d:%d, want the data directory's %d:%d", before, u, g, uid, gid)
+		}
+		fi, _ := os.Stat(filepath.Join(data, "logs"))
+		if fi.Mode().Perm() != 0o700 {
+			t.Errorf("logs has mode %v, want 0700", fi.Mode().Perm())
+		}
+	}
+	// A user who owns the data directory changes nothing.
+	mine := t.TempDir()
+	if err := makeLogDir(mine); err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := owner(filepath.Join(mine, "logs")); u != 0 {
+		t.Errorf("logs of root's own data directory owned by %d", u)
+	}
 }

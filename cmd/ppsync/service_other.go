@@ -5,8 +5,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 
 	"github.com/kardianos/service"
@@ -38,8 +36,8 @@ func (noopProgram) Start(service.Service) error { return nil }
 func (noopProgram) Stop(service.Service) error  { return nil }
 
 func serviceInstall(s serviceSpec) error {
-	if err := os.MkdirAll(filepath.Join(s.DataDir, "logs"), 0o700); err != nil {
-		return fmt.Errorf("create the log directory: %w", err)
+	if err := makeLogDir(s.DataDir); err != nil {
+		return err
 	}
 	svc, err := platformService(s)
 	if err != nil {

@@ -282,7 +282,7 @@ func (h *Harness) keyOnlyEntries(ctx context.Context, nodes []*Node) map[string]
 	out := map[string]map[uint64]bool{}
 	for _, n := range nodes {
 		c := n.Client()
-		if c == nil || n == h.Relay {
+		if c == nil || n.Role == "relay" {
 			continue
 		}
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -455,7 +455,7 @@ func (h *Harness) StopAndVerify(ctx context.Context, nodes []*Node, digest strin
 			h.Violate("verify", "%s: %v", n.Name, err)
 		case code != 0 || len(rep.Damage) > 0:
 			h.Violate("verify", "%s: `ppsync verify` exited %d: damage %q", n.Name, code, rep.Damage)
-		case digest != "" && rep.DigestAfter != digest && n != h.Relay:
+		case digest != "" && rep.DigestAfter != digest && n.Role != "relay":
 			h.Violate("verify", "%s: the state rebuilt from the logs has digest %s, the running node showed %s", n.Name, rep.DigestAfter, digest)
 		}
 		reps[n.Name] = rep

@@ -54,9 +54,9 @@ type scenario struct {
 //     relay as the only path, stalls, SIGSTOP, long offline stretches) for the
 //     fixed seeds plus one random seed, or only PPSYNC_FAULT_SEED;
 //   - long-offline, relay-only-path, clock-skew, disk-full, foreign-family,
-//     cloned-site, online-truth, lan-discovery, alerts, DatabaseFaults,
-//     PostgresFaults: one scenario each (seed PPSYNC_FAULT_SEED or a fixed
-//     one).
+//     cloned-site, online-truth, lan-discovery, alerts, canary, rotation,
+//     TwoRelays, DatabaseFaults, PostgresFaults: one scenario each (seed
+//     PPSYNC_FAULT_SEED or a fixed one).
 //
 // After each: every acknowledged transaction at every node with its content,
 // none applied twice, equal digests, `ppsync verify` clean on every node.
@@ -106,6 +106,7 @@ func TestFaults(t *testing.T) {
 	special("alerts", 21, Alerts)
 	special("canary", 22, Canary)
 	special("rotation", 23, Rotation)
+	special("TwoRelays", 24, TwoRelays)
 	// Its faults go on for the schedules' length (PPSYNC_FAULT_DURATION
 	// replays a soak round), at least one round of them.
 	special("DatabaseFaults", 19, func(ctx context.Context, e Env, s uint64) (Result, error) { return DatabaseFaults(ctx, e, s, d) })

@@ -55,11 +55,16 @@ func BuildBinary(dir string) (string, error) {
 
 // Options configure a harness.
 type Options struct {
-	Bin   string               // the ppsync binary (BuildBinary)
-	Dir   string               // working directory, removed by the caller
-	Sites int                  // 3 to 5 sites besides the relay
-	Seed  uint64               // drives the load's content
-	Logf  func(string, ...any) // progress lines (t.Logf)
+	Bin   string // the ppsync binary (BuildBinary)
+	Dir   string // working directory, removed by the caller
+	Sites int    // 3 to 5 sites besides the relay
+	// Relays is how many relays the family has (default 1). The first is
+	// named RelayName, the others "relay-2", ...; each is set up as the
+	// README says a relay is added, and family.json names every one of them
+	// before the sites are set up.
+	Relays int
+	Seed   uint64               // drives the load's content
+	Logf   func(string, ...any) // progress lines (t.Logf)
 	// Shared forces every node onto the test's own loopback (no partitions).
 	Shared bool
 	// Cleanup, when set, registers the harness's Close (t.Cleanup): every
@@ -87,7 +92,8 @@ type Harness struct {
 	Net      *Net
 	Auth     string // the family's authority directory
 	FamilyID string
-	Relay    *Node
+	Relay    *Node   // the first relay
+	Relays   []*Node // every relay, the first included
 	Sites    []*Node
 	Ledger   *Ledger
 	seed     uint64
@@ -134,6 +140,21 @@ func New(ctx context.Context, opts Options) (h *Harness, err error) {
 	// other namespace (same port), so it is valid at every site.
 	if err := h.AddBootstrap(ctx, h.Auth, h.Relay.ListenAddr()); err != nil {
 		return h, err
+	}
+	h.Relays = []*Node{h.Relay}
+	// More relays are added the same way: each one's init copies the
+	// family.json that names the relays before it (which it dials), and its
+	// address is added for the sites.
+	for i := 2; i <= opts.Relays; i++ {
+		name := fmt.Sprintf("%s-%d", RelayName, i)
+		r, err := h.AddNode(ctx, h.Auth, name, name, "relay")
+		if err != nil {
+			return h, err
+		}
+		if err := h.AddBootstrap(ctx, h.Auth, r.ListenAddr()); err != nil {
+			return h, err
+		}
+		h.Relays = append(h.Relays, r)
 	}
 	for i := 1; i <= opts.Sites; i++ {
 		name := fmt.Sprintf("clinic-%d", i)
@@ -364,9 +385,13 @@ func (h *Harness) CloneNode(src *Node, name string) (*Node, error) {
 	return n, nil
 }
 
-// Nodes returns the relay and the sites (not extra nodes).
+// Nodes returns the relays and the sites (not extra nodes).
 func (h *Harness) Nodes() []*Node {
-	return append([]*Node{h.Relay}, h.Sites...)
+	relays := h.Relays
+	if len(relays) == 0 {
+		relays = []*Node{h.Relay}
+	}
+	return append(append([]*Node(nil), relays...), h.Sites...)
 }
 
 // Site returns the site node with that name.
@@ -379,10 +404,16 @@ func (h *Harness) Site(name string) *Node {
 	return nil
 }
 
-// StartAll starts the relay, then every site at once.
+// StartAll starts the relays, one after the other, then every site at once.
 func (h *Harness) StartAll(ctx context.Context) error {
-	if err := h.Relay.Start(ctx); err != nil {
-		return err
+	relays := h.Relays
+	if len(relays) == 0 {
+		relays = []*Node{h.Relay}
+	}
+	for _, r := range relays {
+		if err := r.Start(ctx); err != nil {
+			return err
+		}
 	}
 	return h.each(h.Sites, func(n *Node) error { return n.Start(ctx) })
 }

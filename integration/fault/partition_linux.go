@@ -151,7 +151,7 @@ func (h *Harness) hasWrite(ctx context.Context, n *Node, w Write) (bool, string)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if n == h.Relay {
+	if n.Role == "relay" {
 		if w.Seq == 0 {
 			return false, "the write's seq is unknown"
 		}
