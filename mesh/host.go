@@ -119,7 +119,14 @@ func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
 	hb := &Host{cfg: cfg, log: cfg.Logger, fams: map[string]*Mesh{}, told: map[string][]*Mesh{},
 		counts: map[string]uint64{}, conns: map[string]struct{}{}}
 	hb.ctx, hb.cancel = context.WithCancel(ctx)
-	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
+	// A site has a handful of members; a relay serving a thousand families
+	// of a few sites each holds thousands of member connections, which the
+	// manager must not trim (each family's own limit bounds its share).
+	low, high := 64, 256
+	if cfg.Relay {
+		low, high = 8192, 16384
+	}
+	cm, err := connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(time.Minute))
 	if err != nil {
 		hb.cancel()
 		return nil, fmt.Errorf("mesh: connection manager: %w", err)
@@ -482,13 +489,10 @@ func (hb *Host) dispatch(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	p := s.Conn().RemotePeer()
-	if rest != helloKind {
-		if _, member := m.cfg.Family.Member(p); !member {
-			m.count(streamKind(rest) + "_non_member")
-			_ = s.Reset()
-			return
-		}
+	if rest != helloKind && !m.memberOn(s.Conn()) {
+		m.count(streamKind(rest) + "_non_member")
+		_ = s.Reset()
+		return
 	}
 	if !m.enterStream() {
 		_ = s.Reset()
@@ -497,6 +501,21 @@ func (hb *Host) dispatch(s network.Stream) {
 	defer m.leaveStream()
 	hb.tell(m, s.Conn())
 	h(m.tapped(s))
+}
+
+// memberOn reports whether the peer of c is a member of m's family. A peer
+// not known as one yet, on a connection whose hello is under way (this node
+// dialed it and waits for its answer, which carries its certificate), is
+// waited for: its first stream can come a moment before that answer.
+func (m *Mesh) memberOn(c network.Conn) bool {
+	if _, ok := m.cfg.Family.Member(c.RemotePeer()); ok {
+		return true
+	}
+	if !m.waitHello(m.ctx, c, false) {
+		return false
+	}
+	_, ok := m.cfg.Family.Member(c.RemotePeer())
+	return ok
 }
 
 // refuseUnknown refuses a stream for a family this host does not serve.

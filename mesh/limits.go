@@ -25,7 +25,7 @@ type Limits struct {
 // sites needs (a family absorbs some 15,000 entries a second at most), far
 // below what would let one family take the whole host.
 func RelayLimits() Limits {
-	return Limits{Conns: 64, Streams: 1024, Catchups: 8, Gossip: 20000}
+	return Limits{Conns: 64, Streams: 1024, Catchups: 8, Gossip: 50000}
 }
 
 // Validate reports a limit that cannot be meant.

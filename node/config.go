@@ -16,6 +16,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/ppsync/ppsync/lock"
+	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/node/datadir"
 	"github.com/ppsync/ppsync/notify"
 )
@@ -80,6 +81,8 @@ type Config struct {
 	DBPasswordFile string `toml:"db_password_file"`
 	// SMTP is the mail server alerts are sent through ([smtp]).
 	SMTP SMTPConfig `toml:"smtp"`
+	// Relay holds each family a relay serves to its limits.
+	Relay RelayConfig `toml:"relay"`
 	// HeartbeatInterval is how often the node gossips its heartbeat (tests
 	// shorten it; default 5s).
 	HeartbeatInterval time.Duration `toml:"-"`
@@ -143,6 +146,7 @@ func DefaultConfig(dataDir string) Config {
 		Listen:            []string{DefaultListen},
 		API:               DefaultAPI,
 		SyncInterval:      Duration(DefaultSyncInterval),
+		Relay:             defaultRelayConfig(),
 		ConnectivityCheck: true,
 		LogLevel:          "info",
 		MDNS:              true,
@@ -183,6 +187,9 @@ func (c *Config) Validate() error {
 		if err := (notify.SMTP{Server: c.SMTP.Server, From: c.SMTP.From, TLS: c.SMTP.TLS, Username: c.SMTP.Username}).Check(); err != nil {
 			return badRequest("%v", err)
 		}
+	}
+	if err := c.Relay.validate(); err != nil {
+		return err
 	}
 	for _, a := range append(append([]string(nil), c.Listen...), c.Bootstrap...) {
 		if !strings.HasPrefix(a, "/") {
@@ -305,6 +312,23 @@ username = {{printf "%q" .SMTP.Username}}
 password_file = {{printf "%q" .SMTP.PasswordFile}}
 # PEM certificates to trust for a mail server with a private certificate.
 ca_file = {{printf "%q" .SMTP.CAFile}}
+
+# A relay only: the limits it holds each family it serves to, so that one
+# family's flood or bug cannot starve the others. Going over refuses what
+# goes over (counted and logged); the family goes on. 0: no limit.
+[relay]
+# Connections to the family's members at once.
+family_connections = {{.Relay.Connections}}
+# Streams the family's members have open to the relay at once.
+family_streams = {{.Relay.Streams}}
+# Catch-up sessions served to the family's members at once.
+family_catchups = {{.Relay.Catchups}}
+# Gossip messages (entries and heartbeats) taken from the family per second.
+family_gossip_per_second = {{.Relay.GossipPerSecond}}
+# Megabytes of the family's logs the relay stores; beyond, it takes no new
+# entries of the family (its sites keep them and sync directly or through
+# another relay) until support raises the limit.
+family_max_mb = {{.Relay.MaxMB}}
 `))
 
 // SaveConfig writes c to DATA/ppsync.toml, every setting present and commented.
@@ -318,4 +342,31 @@ func SaveConfig(c Config) error {
 		return fmt.Errorf("node: render config: %w", err)
 	}
 	return datadir.WriteFileAtomic(filepath.Join(c.DataDir, ConfigFile), buf.Bytes(), 0o644)
+}
+
+// RelayConfig is [relay] of ppsync.toml: the limits a relay holds each
+// family it serves to (0: no limit).
+type RelayConfig struct {
+	Connections     int     `toml:"family_connections"`
+	Streams         int     `toml:"family_streams"`
+	Catchups        int     `toml:"family_catchups"`
+	GossipPerSecond float64 `toml:"family_gossip_per_second"`
+	MaxMB           int64   `toml:"family_max_mb"`
+}
+
+func defaultRelayConfig() RelayConfig {
+	l := mesh.RelayLimits()
+	return RelayConfig{Connections: l.Conns, Streams: l.Streams, Catchups: l.Catchups, GossipPerSecond: l.Gossip}
+}
+
+func (r RelayConfig) validate() error {
+	if r.Connections < 0 || r.Streams < 0 || r.Catchups < 0 || r.GossipPerSecond < 0 || r.MaxMB < 0 {
+		return badRequest("[relay] limits must not be negative (0 means no limit)")
+	}
+	return nil
+}
+
+// meshLimits are the family limits of the mesh.
+func (r RelayConfig) meshLimits() mesh.Limits {
+	return mesh.Limits{Conns: r.Connections, Streams: r.Streams, Catchups: r.Catchups, Gossip: r.GossipPerSecond}
 }

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -20,6 +21,7 @@ import (
 	"github.com/ppsync/ppsync/family"
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
+	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/lock"
 	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/node/api"
@@ -261,6 +263,9 @@ func (n *Node) openFamilies() error {
 
 var errNoCertificateYet = errors.New("no certificate installed yet")
 
+// errFamilyFull refuses a relay family's entries over its storage limit.
+var errFamilyFull = errors.New("node: this family is over its storage limit on this relay ([relay] family_max_mb)")
+
 // startFamily opens and starts serving further family id.
 func (n *Node) startFamily(id string) error {
 	n.fams.ops.Lock()
@@ -445,9 +450,10 @@ func (n *Node) familyInfo(ctx context.Context, first bool) api.FamilyInfo {
 	if n.shared != nil {
 		space = n.shared.space
 	}
-	if size, err := store.SpaceSize(n.db, append(slices.Clone(space), store.PrefixTxlog)); err == nil {
+	if size, err := store.SpaceSize(n.db, space.Prefix(store.PrefixTxlog)); err == nil {
 		fi.BytesStored = size
 	}
+	fi.OverStorage = n.storage.over.Load()
 	if st, err := n.Status(ctx); err == nil {
 		fi.Online, fi.Peers, fi.LastSync = st.Online, st.Peers, st.LastSync
 	}
@@ -573,4 +579,57 @@ func (n *Node) installFurther(ctx context.Context, fid string, data []byte) (api
 	}
 	n.events.emit(EvInstalled, res)
 	return res, nil
+}
+
+// storageGate keeps a relay family's stored bytes under [relay]
+// family_max_mb: the size is measured again every storageCheckEvery, or as
+// soon as the entries taken since the last measurement add up to a
+// sixteenth of the limit, by whichever call finds it due; no lock is held
+// while it is measured.
+type storageGate struct {
+	checked atomic.Int64 // unix nanoseconds of the last measurement
+	since   atomic.Int64 // bytes taken since
+	over    atomic.Bool
+	logged  atomic.Int64 // unix nanoseconds of the last warning
+}
+
+const storageCheckEvery = 10 * time.Second
+
+// overStorage reports whether this relay family is over its storage limit,
+// counting run as taken: its new entries are then refused (its sites keep
+// them).
+func (n *Node) overStorage(run []*wire.Signed) bool {
+	if n.id.Role != family.RoleRelay {
+		return false
+	}
+	limit := n.currentConfig().Relay.MaxMB << 20
+	if limit <= 0 {
+		n.storage.over.Store(false)
+		return false
+	}
+	var size int64
+	for _, e := range run {
+		size += int64(len(e.Body) + len(e.Sig))
+	}
+	since := n.storage.since.Add(size)
+	now := n.cfg.Now().UnixNano()
+	last := n.storage.checked.Load()
+	if (now-last >= int64(storageCheckEvery) || since >= limit/16) && n.storage.checked.CompareAndSwap(last, now) {
+		n.storage.since.Store(0)
+		space := store.Space(nil)
+		if n.shared != nil {
+			space = n.shared.space
+		}
+		if stored, err := store.SpaceSize(n.db, space.Prefix(store.PrefixTxlog)); err == nil {
+			n.storage.over.Store(int64(stored) >= limit)
+		}
+	}
+	if !n.storage.over.Load() {
+		return false
+	}
+	if l := n.storage.logged.Load(); now-l >= int64(time.Minute) && n.storage.logged.CompareAndSwap(l, now) {
+		n.log.Warn("this family is over its storage limit on this relay ([relay] family_max_mb): its new entries are refused until the limit is raised; its sites keep them",
+			"family", n.id.FamilyID, "limit_mb", limit>>20)
+	}
+	return true
 }

@@ -85,8 +85,9 @@ type Node struct {
 	// shared is set on a relay's further family: what it takes from the
 	// relay's first node (key, database, libp2p host). fams is set on a
 	// relay's first node: the further families it serves (families.go).
-	shared *shared
-	fams   *relayFamilies
+	shared  *shared
+	fams    *relayFamilies
+	storage storageGate // a relay family's storage limit
 
 	mu       sync.Mutex // guards the fields below
 	settings Config
@@ -561,7 +562,7 @@ func (n *Node) startMesh(ctx context.Context) error {
 		n.log.Warn("PPSYNC_MESH_TAP is set: every byte this node sends and receives on the mesh is copied to a file (an audit aid; unset it for normal running)", "file", path)
 	}
 	if n.id.Role == family.RoleRelay {
-		mc.Limits = mesh.RelayLimits() // one family's flood cannot starve the others it serves
+		mc.Limits = n.cfg.Relay.meshLimits() // one family's flood cannot starve the others it serves
 	}
 	if n.shared != nil {
 		n.mesh, err = n.shared.host.Attach(n.ctx, mc)

@@ -65,6 +65,9 @@ func (n *Node) statusOf(peers []api.PeerJSON) (api.Status, error) {
 	for _, d := range n.sync.duplicates() {
 		s.Warnings = append(s.Warnings, fmt.Sprintf("two copies of site %s are running at once (a copied data directory or a cloned machine): they split the practice's data; stop one and ask support", d))
 	}
+	if n.storage.over.Load() {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("this family is over its storage limit on this relay (family_max_mb = %d in [relay] of %s): the relay takes no new entries of it; raise the limit", n.currentConfig().Relay.MaxMB, ConfigFile))
+	}
 	for _, f := range s.Forks {
 		s.Warnings = append(s.Warnings, fmt.Sprintf("fork: site %s wrote two different entries at seq %d (two copies of one site are writing); its later entries are quarantined until support resolves it", f.Site, f.Seq))
 	}

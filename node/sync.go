@@ -456,6 +456,9 @@ func (s *syncer) published(es []*wire.Signed) {
 // followed included, and the log's answer to the run. A gossiped run that
 // skipped ahead is no error: the engine holds it or fetches the gap.
 func (s *syncer) Entries(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
+	if s.n.overStorage(run) {
+		return 0, errFamilyFull
+	}
 	c := s.drive(ctx, engine.Received{Now: s.now(), Peer: from.String(), Run: run, Gossip: gossip})
 	if c.first == nil || (gossip && c.first.Kind == engine.OutcomeGap) {
 		return c.appended, nil

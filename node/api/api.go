@@ -374,6 +374,7 @@ type FamilyInfo struct {
 	Frontier    map[string]uint64 `json:"frontier"`
 	Backlog     uint64            `json:"backlog"`      // entries held here that connected or known members lack, summed
 	BytesStored uint64            `json:"bytes_stored"` // the family's logs on disk (an estimate)
+	OverStorage bool              `json:"over_storage"` // over [relay] family_max_mb: new entries are refused
 	Online      bool              `json:"online"`
 	Peers       int               `json:"peers"`        // members connected now
 	LastContact *time.Time        `json:"last_contact"` // last heartbeat or hello of any member
