@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -74,6 +76,11 @@ type HostConfig struct {
 	Listen []string           // multiaddrs to listen on; none: dial out only
 	Relay  bool               // run the members-only circuit relay (the relay role)
 	Logger *slog.Logger
+	// DeferListen starts the host without listening: Listen opens the
+	// ports once every family is attached (a relay that restarts must not
+	// answer a member's hello before its family is back: the member would
+	// take the relay for a stranger and wait before it tries again).
+	DeferListen bool
 }
 
 // Host is one libp2p host: one identity, one set of listening ports, one
@@ -102,6 +109,8 @@ type Host struct {
 	counts map[string]uint64   // rejections no family claims, by reason
 	owner  *Mesh               // the family that owns this host (mesh.New), or nil
 	conns  map[string]struct{} // open connection IDs, for probation
+
+	listening atomic.Bool // Listen ran (DeferListen)
 }
 
 // NewHost starts a libp2p host with no family attached yet.
@@ -132,7 +141,7 @@ func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
 		return nil, fmt.Errorf("mesh: connection manager: %w", err)
 	}
 	listen := libp2p.ListenAddrStrings(cfg.Listen...)
-	if len(cfg.Listen) == 0 {
+	if len(cfg.Listen) == 0 || cfg.DeferListen {
 		// Dial out only (and be reached through the relay). Without this,
 		// libp2p would listen on every interface by default.
 		listen = libp2p.NoListenAddrs
@@ -177,6 +186,44 @@ func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
 
 // ID returns the node's peer ID.
 func (hb *Host) ID() peer.ID { return hb.h.ID() }
+
+// Listen opens the host's listening addresses of a host started with
+// DeferListen (once; a host that listens already is left as it is).
+func (hb *Host) Listen() error {
+	if !hb.cfg.DeferListen || !hb.listening.CompareAndSwap(false, true) {
+		return nil
+	}
+	var addrs []ma.Multiaddr
+	for _, a := range hb.cfg.Listen {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return fmt.Errorf("mesh: listen address %q: %w", a, err)
+		}
+		addrs = append(addrs, m)
+	}
+	// The host's addresses follow its listeners a moment later: wait for
+	// them, so that what the node writes in runtime.json is complete.
+	sub, err := hb.h.EventBus().Subscribe(new(event.EvtLocalAddressesUpdated))
+	if err != nil {
+		return fmt.Errorf("mesh: watch the listen addresses: %w", err)
+	}
+	defer sub.Close()
+	if err := hb.h.Network().Listen(addrs...); err != nil {
+		return fmt.Errorf("mesh: listen on %v: %w", hb.cfg.Listen, err)
+	}
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	for len(hb.h.Addrs()) == 0 {
+		select {
+		case <-sub.Out():
+		case <-t.C:
+			return fmt.Errorf("mesh: listening on %v, but the host lists no address", hb.cfg.Listen)
+		case <-hb.ctx.Done():
+			return hb.ctx.Err()
+		}
+	}
+	return nil
+}
 
 // Addrs returns the host's addresses, each ending in /p2p/ID.
 func (hb *Host) Addrs() []string {

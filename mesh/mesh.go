@@ -65,6 +65,9 @@ type Config struct {
 	// Limits bound what this family may take of a host shared with other
 	// families (none by default).
 	Limits Limits
+	// DeferListen: New starts the host without listening; Host().Listen
+	// opens the ports (a relay, once every family it serves is attached).
+	DeferListen bool
 }
 
 // Mesh is the node's presence in its family's network.
@@ -129,7 +132,7 @@ type peerState struct {
 // its own, listens, joins the family's topics and begins dialing members.
 // Close stops it and the host.
 func New(ctx context.Context, cfg Config) (*Mesh, error) {
-	hb, err := NewHost(ctx, HostConfig{Key: cfg.Key, Listen: cfg.Listen, Relay: cfg.Relay, Logger: cfg.Logger})
+	hb, err := NewHost(ctx, HostConfig{Key: cfg.Key, Listen: cfg.Listen, Relay: cfg.Relay, Logger: cfg.Logger, DeferListen: cfg.DeferListen})
 	if err != nil {
 		return nil, err
 	}

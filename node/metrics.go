@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -182,6 +183,9 @@ func b2f(b bool) float64 {
 // global registry: several nodes may share a process).
 func (n *Node) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{n: n, ctx: n.ctx})
+	// The process's own figures (go_goroutines, process_resident_memory_bytes,
+	// process_open_fds, process_cpu_seconds_total): what a vendor watches on
+	// a relay serving many families.
+	reg.MustRegister(collector{n: n, ctx: n.ctx}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second})
 }

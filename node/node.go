@@ -265,6 +265,9 @@ func (n *Node) open(ctx context.Context) error {
 	if err := n.openFamilies(); err != nil {
 		return err
 	}
+	if err := n.mesh.Host().Listen(); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
 	if n.ring != nil {
 		n.goTracked(func() { n.runKeys(n.ctx) })
 	}
@@ -563,6 +566,7 @@ func (n *Node) startMesh(ctx context.Context) error {
 	}
 	if n.id.Role == family.RoleRelay {
 		mc.Limits = n.cfg.Relay.meshLimits() // one family's flood cannot starve the others it serves
+		mc.DeferListen = n.shared == nil   // listen once every family is back (openFamilies)
 	}
 	if n.shared != nil {
 		n.mesh, err = n.shared.host.Attach(n.ctx, mc)

@@ -1,0 +1,645 @@
+//go:build linux
+
+package integration
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/hlc"
+	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/mesh"
+	"github.com/ppsync/ppsync/node"
+	"github.com/ppsync/ppsync/node/api"
+)
+
+// BenchmarkRelayFamilies: one `ppsync run` relay process serving many
+// families of three sites each. The sites are light clients in this
+// process that speak the real protocol (a mesh.Mesh each, with a real
+// certificate, signed entries and an in-memory log); they run in batches of
+// PPSYNC_SCALE_ACTIVE families while every family stays joined. Each site
+// writes one entry a second with a burst of five every ten seconds (the
+// clinic's 1 tx/min compressed sixtyfold). It prints the relay's RSS per
+// family (idle and active), goroutines, open files, CPU per thousand
+// entries, the p50/p99 delay from a write at one site to its arrival at
+// each other site of its family, and the time to take back a restart of the
+// relay (every active site reconnected, a write at each reaching the others).
+//
+//	PPSYNC_SCALE_FAMILIES (1000), PPSYNC_SCALE_ACTIVE (100), PPSYNC_SCALE_BATCH (20s)
+func BenchmarkRelayFamilies(b *testing.B) {
+	families := envInt("PPSYNC_SCALE_FAMILIES", 1000)
+	active := min(envInt("PPSYNC_SCALE_ACTIVE", 100), families)
+	batchFor := 20 * time.Second
+	if v := os.Getenv("PPSYNC_SCALE_BATCH"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		batchFor = d
+	}
+	for range b.N {
+		runRelayScale(b, families, active, batchFor)
+	}
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// scaleFamily is one family as its support holds it.
+type scaleFamily struct {
+	dir  string
+	auth *family.Authority
+	info *family.Info
+}
+
+func runRelayScale(b *testing.B, families, active int, batchFor time.Duration) {
+	dir := b.TempDir()
+	ctx := context.Background()
+	began := time.Now()
+
+	// The relay, set up as the README says, on a fixed port so that a
+	// restart keeps its address.
+	first := newSupport(b, dir, "Family 0")
+	relay, _ := first.join(b, "relay", first.familyFile(), "--role", "relay")
+	port := freePort(b)
+	listen := fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)
+	relayProc := startNode(b, relay, "--listen", listen)
+	relayAddr := listen + "/p2p/" + relayProc.runtime().PeerID
+	base := sampleProc(b, relayProc)
+
+	// Every further family joins it (relay join, admit, install).
+	auth0, info0, err := family.LoadAuthority(first.auth)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fams := []scaleFamily{{dir: first.auth, auth: auth0, info: info0}}
+	cl, err := api.NewClient(relay)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	machine := func(k string) string {
+		if k == "PPSYNC_MACHINE_ID" {
+			return e2eMachine
+		}
+		return ""
+	}
+	joinStart := time.Now()
+	for i := 1; i < families; i++ {
+		fdir := filepath.Join(dir, fmt.Sprintf("fam-%04d", i))
+		auth, info, err := family.CreateFamily(fdir, fmt.Sprintf("Family %d", i), time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		res, err := node.RelayJoin(relay, filepath.Join(fdir, "family.json"), "", machine, time.Now)
+		if err != nil {
+			b.Fatal(err)
+		}
+		raw, err := os.ReadFile(res.JoinRequest)
+		if err != nil {
+			b.Fatal(err)
+		}
+		req, err := family.ParseJoinRequest(raw)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cert, err := auth.Admit(fdir, req, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		cb, err := cert.Marshal()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := cl.Install(ctx, cb); err != nil {
+			b.Fatalf("install family %d at the relay: %v", i, err)
+		}
+		fams = append(fams, scaleFamily{dir: fdir, auth: auth, info: info})
+		if i%100 == 0 {
+			b.Logf("%d families joined (%s)", i, time.Since(joinStart).Round(time.Second))
+		}
+	}
+	joined := time.Since(joinStart)
+	idle := settleSample(b, relayProc)
+	perFamilyIdle := float64(idle.rss-base.rss) / float64(max(1, families-1))
+
+	// Batches of active families.
+	delays := &delayLog{}
+	var entries, cpu float64
+	var peak procSample
+	var last []*lightSite
+	for start := 0; start < families; start += active {
+		end := min(start+active, families)
+		// Warm up: a write at each site reaches the others (gossip meshes
+		// formed, or caught up), before the batch is measured.
+		warm := &delayLog{}
+		sites := startLightSites(b, fams[start:end], relayAddr, warm)
+		waitLightConnected(b, sites, 60*time.Second)
+		for _, s := range sites {
+			s.write(1)
+		}
+		warm.waitCount(b, 2*len(sites), 60*time.Second)
+		for _, s := range sites {
+			s.setDelays(delays)
+		}
+		before := sampleProc(b, relayProc)
+		n := runWriters(sites, batchFor)
+		after := sampleProc(b, relayProc)
+		entries += float64(n)
+		cpu += after.cpu - before.cpu
+		peak = peak.max(after)
+		if end < families {
+			closeLightSites(sites)
+		} else {
+			last = sites
+		}
+		b.Logf("families %d-%d: %d entries, relay RSS %.0f MB, goroutines %d, open files %d", start, end-1, n, after.rss/1e6, after.goro, after.fds)
+	}
+
+	// A relay restart, with the last batch connected and writing on.
+	relayProc.stopClean()
+	restartAt := time.Now()
+	relayProc = startNode(b, relay, "--listen", listen)
+	waitLightReconnected(b, last, restartAt, 120*time.Second)
+	reconnected := time.Since(restartAt)
+	probe := time.Now()
+	probeDelays := &delayLog{}
+	for _, s := range last {
+		s.setDelays(probeDelays)
+		s.write(1)
+	}
+	probeDelays.waitCount(b, 2*len(last), 120*time.Second)
+	takenBack := time.Since(restartAt)
+	closeLightSites(last)
+	b.StopTimer()
+
+	p50, p99 := delays.quantiles()
+	fmt.Printf("relay serving %d families (3 light sites each, %d families active at once, %s per batch; set up in %s):\n",
+		families, active, batchFor, joined.Round(time.Second))
+	fmt.Printf("  RSS: %.0f MB empty, %.0f MB with every family joined and idle (%.0f KB per family), peak %.0f MB active (target < 2048 MB)\n",
+		base.rss/1e6, idle.rss/1e6, perFamilyIdle/1e3, peak.rss/1e6)
+	fmt.Printf("  goroutines: %d empty, %d idle (%.1f per family), %d at peak; open files: %d empty, %d idle, %d at peak\n",
+		base.goro, idle.goro, float64(idle.goro-base.goro)/float64(max(1, families-1)), peak.goro, base.fds, idle.fds, peak.fds)
+	fmt.Printf("  CPU: %.2f s per thousand entries (%.0f entries relayed)\n", cpu/max(entries/1000, 1e-9), entries)
+	fmt.Printf("  delay from a write at one site to its arrival at another: p50 %s, p99 %s over %d arrivals (target p99 < 1s)\n",
+		p50.Round(time.Millisecond), p99.Round(time.Millisecond), delays.count())
+	fmt.Printf("  relay restart taken back in %s (%d sites reconnected after %s, a write at each at the others %s after the probe)\n",
+		takenBack.Round(time.Millisecond), len(last), reconnected.Round(time.Millisecond), time.Since(probe).Round(time.Millisecond))
+	b.ReportMetric(float64(p99.Milliseconds()), "p99-ms")
+	b.ReportMetric(peak.rss/1e6, "peak-rss-MB")
+	b.Logf("whole run %s", time.Since(began).Round(time.Second))
+}
+
+// procSample is what the OS (and the relay's metrics) say of the relay.
+type procSample struct {
+	rss  float64 // bytes
+	cpu  float64 // seconds of user and system time
+	fds  int
+	goro int // go_goroutines of its metrics
+}
+
+func sampleProc(tb testing.TB, p *proc) procSample {
+	tb.Helper()
+	pid := p.cmd.Process.Pid
+	s := procSample{goro: relayGoroutines(tb, p)}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+				s.rss = kb * 1024
+			}
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 {
+			f := strings.Fields(string(b)[i+2:])
+			if len(f) > 13 {
+				ut, _ := strconv.ParseFloat(f[11], 64)
+				st, _ := strconv.ParseFloat(f[12], 64)
+				s.cpu = (ut + st) / 100 // USER_HZ
+			}
+		}
+	}
+	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
+		s.fds = len(ents)
+	}
+	return s
+}
+
+// settleSample samples the relay after letting it settle for 10 s.
+func settleSample(tb testing.TB, p *proc) procSample {
+	tb.Helper()
+	time.Sleep(10 * time.Second) // a benchmark's measurement window, not a wait for an event
+	return sampleProc(tb, p)
+}
+
+func (s procSample) max(o procSample) procSample {
+	if o.rss > s.rss {
+		s.rss = o.rss
+	}
+	if o.fds > s.fds {
+		s.fds = o.fds
+	}
+	if o.goro > s.goro {
+		s.goro = o.goro
+	}
+	return s
+}
+
+// relayGoroutines reads go_goroutines from the relay's metrics.
+func relayGoroutines(tb testing.TB, p *proc) int {
+	tb.Helper()
+	goro := 0
+	key, err := os.ReadFile(filepath.Join(p.data, "api.key"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, p.runtime().API+"/metrics", nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	text, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, line := range strings.Split(string(text), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			goro = int(n)
+		}
+	}
+	return goro
+}
+
+// delayLog collects write-to-arrival delays.
+type delayLog struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *delayLog) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *delayLog) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.d)
+}
+
+func (l *delayLog) quantiles() (p50, p99 time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(l.d)
+	slices.Sort(s)
+	return s[len(s)/2], s[len(s)*99/100]
+}
+
+func (l *delayLog) waitCount(tb testing.TB, n int, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for l.count() < n {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d writes arrived within %s", l.count(), n, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// lightSite is one site of a family, in this process: a real mesh with a
+// real certificate, an in-memory log of every entry it holds, and signed
+// entries of its own.
+type lightSite struct {
+	site   string
+	fam    string
+	key    ed25519.PrivateKey
+	roster *family.Roster
+	m      *mesh.Mesh
+	relay  peer.ID
+	delays *delayLog
+
+	mu      sync.Mutex
+	logs    map[string][][]byte // site -> envelopes by seq-1
+	prev    wire.Hash
+	seq     uint64
+	relayUp time.Time // when the relay last connected
+	sentAt  *sync.Map // family-wide: entry hash -> when written
+
+	fetching atomic.Bool // a catch-up from a member is under way
+}
+
+func startLightSites(tb testing.TB, fams []scaleFamily, relayAddr string, delays *delayLog) []*lightSite {
+	tb.Helper()
+	relayID, err := peer.AddrInfoFromString(relayAddr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out []*lightSite
+	for _, f := range fams {
+		sent := &sync.Map{}
+		for j := range 3 {
+			name := fmt.Sprintf("site-%d", j)
+			_, key, err := ed25519.GenerateKey(rand.Reader)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			req, err := family.NewJoinRequest(f.info, name, family.RoleSite, key.Public().(ed25519.PublicKey), "light-"+name, "light-db-"+name, time.Now())
+			if err != nil {
+				tb.Fatal(err)
+			}
+			cert, err := f.auth.Admit(f.dir, req, time.Now())
+			if err != nil {
+				if cert, err = f.auth.Move(f.dir, req, time.Now()); err != nil { // a later batch reuses the name
+					tb.Fatal(err)
+				}
+			}
+			roster, err := family.NewRoster(f.info)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if _, err := roster.Add(cert); err != nil {
+				tb.Fatal(err)
+			}
+			s := &lightSite{site: name, fam: f.info.FamilyID, key: key, roster: roster, relay: relayID.ID, delays: delays,
+				logs: map[string][][]byte{}, sentAt: sent}
+			m, err := mesh.New(context.Background(), mesh.Config{Key: key, Bootstrap: []string{relayAddr}, Family: lightFamily{s},
+				Log: lightLog{s}, Handler: lightHandler{s}, Heartbeat: s.heartbeat, HeartbeatInterval: 5 * time.Second})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			s.m = m
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func closeLightSites(sites []*lightSite) {
+	var wg sync.WaitGroup
+	for _, s := range sites {
+		wg.Go(func() { _ = s.m.Close() })
+	}
+	wg.Wait()
+}
+
+func waitLightConnected(tb testing.TB, sites []*lightSite, timeout time.Duration) {
+	tb.Helper()
+	waitLightReconnected(tb, sites, time.Time{}, timeout)
+}
+
+// waitLightReconnected waits until every site connected to the relay after
+// since.
+func waitLightReconnected(tb testing.TB, sites []*lightSite, since time.Time, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		n := 0
+		for _, s := range sites {
+			s.mu.Lock()
+			if s.relayUp.After(since) {
+				n++
+			}
+			s.mu.Unlock()
+		}
+		if n == len(sites) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d light sites connected to the relay within %s", n, len(sites), timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// runWriters has every site write one entry a second and a burst of five
+// every ten seconds, for d; it returns how many entries were written.
+func runWriters(sites []*lightSite, d time.Duration) int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	total := 0
+	end := time.Now().Add(d)
+	for i, s := range sites {
+		wg.Go(func() {
+			// Spread the sites over the second.
+			time.Sleep(time.Duration(i%1000) * time.Millisecond)
+			n := 0
+			for tick := 0; time.Now().Before(end); tick++ {
+				k := 1
+				if tick%10 == 9 {
+					k = 5
+				}
+				s.write(k)
+				n += k
+				time.Sleep(time.Second)
+			}
+			mu.Lock()
+			total += n
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return total
+}
+
+// write commits k entries of this site and publishes each.
+func (s *lightSite) write(k int) {
+	for range k {
+		s.mu.Lock()
+		s.seq++
+		e := &wire.Entry{Family: s.fam, Site: s.site, Epoch: 1, Seq: s.seq, Prev: s.prev,
+			HLC: uint64(hlc.Make(time.Now().UnixMilli(), 0)), Schema: wire.SchemaVersion,
+			Ops: []wire.Op{{Kind: wire.OpPut, Table: "appointments", Key: fmt.Sprintf("%s-%d", s.site, s.seq),
+				Fields: map[string]any{"patient": "p-" + strconv.FormatUint(s.seq, 10), "room": "2", "note": strings.Repeat("n", 120)}}}}
+		signed, err := wire.Sign(e, s.key)
+		if err != nil {
+			s.mu.Unlock()
+			panic(err)
+		}
+		env := signed.Marshal()
+		s.prev = signed.Hash
+		s.logs[s.site] = append(s.logs[s.site], env)
+		s.sentAt.Store(signed.Hash, time.Now())
+		s.mu.Unlock()
+		_ = s.m.Publish(context.Background(), env)
+	}
+}
+
+func (s *lightSite) setDelays(d *delayLog) {
+	s.mu.Lock()
+	s.delays = d
+	s.mu.Unlock()
+}
+
+func (s *lightSite) heartbeat() mesh.Heartbeat {
+	return mesh.Heartbeat{Site: s.site, Role: "site", Version: "bench", Protocol: mesh.ProtocolVersion, Schema: wire.SchemaVersion,
+		Frontier: lightLog{s}.Frontier(), Wall: time.Now().UTC(), Status: "ok"}
+}
+
+type lightFamily struct{ s *lightSite }
+
+func (f lightFamily) ID() string { return f.s.fam }
+func (f lightFamily) Member(p peer.ID) (mesh.Member, bool) {
+	x, ok := f.s.roster.Member(p)
+	if !ok {
+		return mesh.Member{}, false
+	}
+	return mesh.Member{Site: x.Site, Relay: x.Role == family.RoleRelay, PeerID: x.PeerID, Epoch: x.Epoch}, true
+}
+func (f lightFamily) Members() []mesh.Member {
+	var out []mesh.Member
+	for _, x := range f.s.roster.Members() {
+		out = append(out, mesh.Member{Site: x.Site, Relay: x.Role == family.RoleRelay, PeerID: x.PeerID, Epoch: x.Epoch})
+	}
+	return out
+}
+func (f lightFamily) Banned(p peer.ID) bool { return false }
+func (f lightFamily) SiteKey(site string, epoch uint64) (ed25519.PublicKey, error) {
+	return f.s.roster.KeyFor(site, epoch)
+}
+func (f lightFamily) Documents() [][]byte {
+	var out [][]byte
+	for _, c := range f.s.roster.Certificates() {
+		if b, err := c.Marshal(); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+func (f lightFamily) DocumentsOf(p peer.ID) [][]byte {
+	var out [][]byte
+	for _, c := range f.s.roster.Certificates() {
+		if c.PeerID == p {
+			if b, err := c.Marshal(); err == nil {
+				out = append(out, b)
+			}
+		}
+	}
+	return out
+}
+func (f lightFamily) Learn(doc []byte) (bool, error) {
+	c, _, err := family.ParseInstallable(doc)
+	if err != nil || c == nil {
+		return false, err
+	}
+	return f.s.roster.Add(c)
+}
+func (f lightFamily) Subject(doc []byte) (peer.ID, bool) {
+	c, _, err := family.ParseInstallable(doc)
+	if err != nil || c == nil {
+		return "", false
+	}
+	return c.PeerID, true
+}
+
+type lightLog struct{ s *lightSite }
+
+func (l lightLog) Frontier() map[string]uint64 {
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	out := make(map[string]uint64, len(l.s.logs))
+	for site, envs := range l.s.logs {
+		out[site] = uint64(len(envs))
+	}
+	return out
+}
+
+func (l lightLog) RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (bool, error)) error {
+	l.s.mu.Lock()
+	envs := slices.Clone(l.s.logs[site])
+	l.s.mu.Unlock()
+	for seq := from; seq <= to && seq <= uint64(len(envs)); seq++ {
+		if stop, err := fn(seq, envs[seq-1]); stop || err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l lightLog) ForkProofs() [][2][]byte { return nil }
+
+type lightHandler struct{ s *lightSite }
+
+// Entries keeps a contiguous run of another site's entries and records the
+// delay of each seen for the first time.
+func (h lightHandler) Entries(_ context.Context, _ peer.ID, run []*wire.Signed, _ bool) (int, error) {
+	s := h.s
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, e := range run {
+		have := uint64(len(s.logs[e.Site]))
+		if e.Seq != have+1 {
+			continue
+		}
+		s.logs[e.Site] = append(s.logs[e.Site], e.Marshal())
+		n++
+		if at, ok := s.sentAt.Load(e.Hash); ok {
+			s.delays.add(now.Sub(at.(time.Time)))
+		}
+	}
+	return n, nil
+}
+
+// Heartbeat pulls what a member holds beyond this site, as a node's engine
+// does: gossip is best effort, catch-up repairs.
+func (h lightHandler) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
+	s := h.s
+	have := lightLog{s}.Frontier()
+	behind := false
+	for site, seq := range hb.Frontier {
+		if seq > have[site] {
+			behind = true
+		}
+	}
+	if !behind || !s.fetching.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.fetching.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = s.m.Fetch(ctx, from, have, nil, nil)
+	}()
+}
+func (h lightHandler) PeerChanged(p peer.ID, connected bool) {
+	if connected && p == h.s.relay {
+		h.s.mu.Lock()
+		h.s.relayUp = time.Now()
+		h.s.mu.Unlock()
+	}
+}
+func (h lightHandler) DocumentsChanged()                             {}
+func (h lightHandler) ForkProof(peer.ID, *wire.Signed, *wire.Signed) {}
+func (h lightHandler) Duplicate(peer.ID)                             {}
