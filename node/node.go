@@ -566,7 +566,7 @@ func (n *Node) startMesh(ctx context.Context) error {
 	}
 	if n.id.Role == family.RoleRelay {
 		mc.Limits = n.cfg.Relay.meshLimits() // one family's flood cannot starve the others it serves
-		mc.DeferListen = n.shared == nil   // listen once every family is back (openFamilies)
+		mc.DeferListen = n.shared == nil     // listen once every family is back (openFamilies)
 	}
 	if n.shared != nil {
 		n.mesh, err = n.shared.host.Attach(n.ctx, mc)
