@@ -293,9 +293,15 @@ type runtimeFile struct {
 // --bootstrap ADDR, and returns at once.
 func launch(tb testing.TB, data, machine string, extra ...string) *proc {
 	tb.Helper()
+	return launchEnv(tb, data, env(machine), extra...)
+}
+
+// launchEnv is launch with the environment environ.
+func launchEnv(tb testing.TB, data string, environ []string, extra ...string) *proc {
+	tb.Helper()
 	p := &proc{tb: tb, data: data, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(ppsyncBin, append(runArgs(data), extra...)...)
-	p.cmd.Env = env(machine)
+	p.cmd.Env = environ
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr
 	p.started = time.Now()
@@ -577,6 +583,7 @@ func siteLog(tb testing.TB, data string) []logEntry {
 // status is the part of `ppsync status --json` the tests read.
 type status struct {
 	Site     string            `json:"site"`
+	FamilyID string            `json:"family_id"`
 	Role     string            `json:"role"`
 	PeerID   string            `json:"peer_id"`
 	Version  string            `json:"version"`

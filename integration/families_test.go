@@ -4,6 +4,7 @@ package integration
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -87,7 +88,12 @@ func TestRelayServesSeveralFamilies(t *testing.T) {
 	south, _ := smith.join(t, "clinic-south", smith.familyFile())
 	physioA, _ := jones.join(t, "physio-a", jones.familyFile())
 	physioB, _ := jones.join(t, "physio-b", jones.familyFile())
-	procs := []*proc{startNode(t, north), startNode(t, south), startNode(t, physioA), startNode(t, physioB)}
+	// physio-a keeps an audit copy of every byte it sends and receives on
+	// the mesh (PPSYNC_MESH_TAP): nothing of Smith Dental may be in it.
+	tap := filepath.Join(t.TempDir(), "physio-a.tap")
+	physioAProc := launchEnv(t, physioA, append(env(e2eMachine), "PPSYNC_MESH_TAP="+tap))
+	physioAProc.waitReady(readyTimeout, 5*time.Millisecond)
+	procs := []*proc{startNode(t, north), startNode(t, south), physioAProc, startNode(t, physioB)}
 
 	put(t, north, "patients", "n-1", `{"name":"Ada Meier"}`)
 	put(t, physioA, "patients", "p-1", `{"name":"Ben Rossi"}`)
@@ -119,6 +125,22 @@ func TestRelayServesSeveralFamilies(t *testing.T) {
 	}
 	if !slices.Contains(rows[1].Sites, "physio-a") || slices.Contains(rows[1].Sites, "clinic-north") {
 		t.Errorf("the second family's sites: %v", rows[1].Sites)
+	}
+
+	// What a member of one family was given on the mesh names nothing of
+	// the other: not its ID, not its name, not its sites, not its data.
+	smithID := nodeStatus(t, north).FamilyID
+	tapped, err := os.ReadFile(tap)
+	if err != nil || len(tapped) == 0 {
+		t.Fatalf("physio-a's tap is empty: %v", err)
+	}
+	for _, secret := range []string{smithID, "Smith Dental", "clinic-north", "clinic-south", "Ada Meier"} {
+		if strings.Contains(string(tapped), secret) {
+			t.Errorf("physio-a was told %q on the mesh", secret)
+		}
+	}
+	if !strings.Contains(string(tapped), joined.FamilyID) {
+		t.Error("physio-a's tap does not even show its own family: it copies nothing")
 	}
 
 	// A restart serves both again, on the same address.
