@@ -72,13 +72,13 @@ type BootstrapInfo struct {
 // addresses, the peers found on the LAN and every member it is not connected
 // to (directly, or through a relay), each on its own backoff, and reserves a
 // slot on every relay it is connected to (sites).
-func (m *Mesh) dialLoop() {
+func (m *Mesh) dialLoop(ctx context.Context) {
 	t := time.NewTicker(dialTick)
 	defer t.Stop()
 	for {
 		m.dialRound()
 		select {
-		case <-m.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-m.redial:
@@ -168,18 +168,7 @@ func backoff(base, limit time.Duration, fails int) time.Duration {
 }
 
 func (m *Mesh) dialRound() {
-	for _, ai := range m.bootAIs {
-		if ai.ID == m.host.ID() {
-			continue
-		}
-		if m.connected(ai.ID) {
-			m.markConnected(ai.ID)
-			continue
-		}
-		if m.claim(ai.ID) {
-			m.goTracked(func() { m.dialCandidate(ai) })
-		}
-	}
+	m.dialBootstrap()
 	for _, ai := range m.lanCandidates() {
 		if !m.connected(ai.ID) && m.claim(ai.ID) {
 			m.goTracked(func() { m.dialCandidate(ai) })
@@ -202,6 +191,22 @@ func (m *Mesh) dialRound() {
 		}
 		if m.claim(p) {
 			m.goTracked(func() { m.dialMember(p, relays) })
+		}
+	}
+}
+
+// dialBootstrap dials the bootstrap addresses that are due.
+func (m *Mesh) dialBootstrap() {
+	for _, ai := range m.bootAIs {
+		if ai.ID == m.host.ID() {
+			continue
+		}
+		if m.connected(ai.ID) {
+			m.markConnected(ai.ID)
+			continue
+		}
+		if m.claim(ai.ID) {
+			m.goTracked(func() { m.dialCandidate(ai) })
 		}
 	}
 }

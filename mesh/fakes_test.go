@@ -472,7 +472,11 @@ func waitGossip(t testing.TB, a, b *testNode) {
 	t.Helper()
 	waitFor(t, "gossip between "+a.site+" and "+b.site, func() bool {
 		for _, x := range [][2]*testNode{{a, b}, {b, a}} {
-			for _, topic := range []interface{ ListPeers() []peer.ID }{x[0].m.ent, x[0].m.hbt, x[0].m.fkt} {
+			g := x[0].m.gossip.Load()
+			if g == nil {
+				return false
+			}
+			for _, topic := range []interface{ ListPeers() []peer.ID }{g.ent, g.hbt, g.fkt} {
 				if !slices.Contains(topic.ListPeers(), x[1].id) {
 					return false
 				}

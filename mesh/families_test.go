@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -409,5 +411,70 @@ func TestFamilyLimitsKeepOtherFamiliesServed(t *testing.T) {
 	waitCount(t, ra.m, "limit_streams", before+1)
 	if _, err := b1.m.Probe(ctx, ir.id); err != nil {
 		t.Errorf("B's member cannot open a stream while A is at its limit: %v", err)
+	}
+}
+
+// A lazy family costs no goroutine until a member connects; its gossip
+// wakes for the member and sleeps again after the last one left.
+func TestLazyFamilySleepsWithoutMembers(t *testing.T) {
+	ir := newIdentity(t, "relay")
+	ir.relay = true
+	hb, err := NewHost(context.Background(), HostConfig{Key: ir.key, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Relay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hb.Close() })
+	lazy := func(c *Config) {
+		c.Lazy, c.SleepAfter, c.HeartbeatInterval = true, 300*time.Millisecond, 200*time.Millisecond
+	}
+	settled := func() int {
+		// Goroutines of closed connections end a moment later: take the
+		// lowest of a few looks.
+		low := runtime.NumGoroutine()
+		for range 5 {
+			time.Sleep(20 * time.Millisecond)
+			low = min(low, runtime.NumGoroutine())
+		}
+		return low
+	}
+	before := settled()
+	const n = 40
+	sites := make([]identity, n)
+	fams := make([]*testNode, n)
+	for i := range n {
+		sites[i] = newIdentity(t, "site")
+		fams[i] = attachNode(t, hb, ir, newFamily(fmt.Sprintf("%064x", i+1), ir, sites[i]), nil, lazy)
+	}
+	attached := settled()
+	if grew := attached - before; grew >= n {
+		t.Errorf("%d lazy families without members started %d goroutines", n, grew)
+	}
+	for _, f := range fams {
+		if f.m.Awake() {
+			t.Fatal("a family without members is awake")
+		}
+	}
+	fam := fmt.Sprintf("%064x", 8)
+	for round := 1; round <= 2; round++ {
+		site := startNode(t, sites[7], newFamily(fam, ir, sites[7]), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
+		waitGossip(t, site, fams[7])
+		e := signChain(t, fam, sites[7], 1, wire.Hash{}, round)[round-1]
+		if err := site.m.Publish(context.Background(), e.Marshal()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the relay's woken family receives the site's gossip", func() bool { return sitesReceived(fams[7].h)["site"] >= round })
+		for i, f := range fams {
+			if i != 7 && f.m.Awake() {
+				t.Fatalf("family %d woke for another family's member", i)
+			}
+		}
+		_ = site.m.Close()
+		waitFor(t, "the family sleeps after its last member left", func() bool { return !fams[7].m.Awake() })
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for settled() > attached+5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the family slept %d goroutines run, %d before it woke", runtime.NumGoroutine(), attached)
+		}
 	}
 }

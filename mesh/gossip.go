@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -27,11 +28,21 @@ func (m *Mesh) topicName(kind string) string {
 	return fmt.Sprintf("/ppsync/%s/%s/1", m.cfg.Family.ID(), kind)
 }
 
-// startGossip joins the family's two topics: entries (each committed entry,
-// published once) and heartbeats.
-func (m *Mesh) startGossip() error {
+// gossip is the family's gossip while it runs: its pubsub, its topics, and
+// the goroutines that read them, ended together by cancel.
+type gossip struct {
+	ctx           context.Context
+	cancel        context.CancelFunc
+	wg            sync.WaitGroup
+	ps            *pubsub.PubSub
+	ent, hbt, fkt *pubsub.Topic
+}
+
+// startGossip joins the family's topics: entries (each committed entry,
+// published once), heartbeats and fork proofs, and starts reading them.
+func (m *Mesh) startGossip(g *gossip) error {
 	isMember := func(p peer.ID) bool { _, ok := m.cfg.Family.Member(p); return ok }
-	ps, err := pubsub.NewGossipSub(m.ctx, m.host,
+	ps, err := pubsub.NewGossipSub(g.ctx, m.host,
 		// No pubsub signatures: every entry carries its site's signature and
 		// heartbeats are signed by their node (signedHeartbeat), so signing and
 		// verifying each message again would only double the CPU per entry.
@@ -49,7 +60,7 @@ func (m *Mesh) startGossip() error {
 		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return isMember(p) }),
 		// The family's own gossip protocol ("/ppsync/f/<family>/meshsub/1.2.0"):
 		// at a relay each family runs its own pubsub on the shared host.
-		pubsub.WithGossipSubProtocols([]protocol.ID{m.host.scoped(pubsub.GossipSubID_v12)}, gossipFeatures),
+		pubsub.WithGossipSubProtocols([]protocol.ID{m.host.scoped(gossipKind)}, gossipFeatures),
 		// A ppsync peer lists only protoBase in identify (no family's ID);
 		// the family's view of the host tells its pubsub of members only.
 		pubsub.WithProtocolMatchFn(func(own protocol.ID) func(protocol.ID) bool {
@@ -60,45 +71,48 @@ func (m *Mesh) startGossip() error {
 	if err != nil {
 		return fmt.Errorf("mesh: start gossip: %w", err)
 	}
-	m.ps = ps
+	g.ps = ps
 	if err := ps.RegisterTopicValidator(m.topicName("entries"), m.validateEntry); err != nil {
 		return fmt.Errorf("mesh: entry validator: %w", err)
 	}
 	if err := ps.RegisterTopicValidator(m.topicName("heartbeat"), m.validateHeartbeat, pubsub.WithValidatorInline(true)); err != nil {
 		return fmt.Errorf("mesh: heartbeat validator: %w", err)
 	}
-	if m.ent, err = ps.Join(m.topicName("entries")); err != nil {
+	if g.ent, err = ps.Join(m.topicName("entries")); err != nil {
 		return fmt.Errorf("mesh: join entries topic: %w", err)
 	}
-	if m.hbt, err = ps.Join(m.topicName("heartbeat")); err != nil {
+	if g.hbt, err = ps.Join(m.topicName("heartbeat")); err != nil {
 		return fmt.Errorf("mesh: join heartbeat topic: %w", err)
 	}
 	if err := ps.RegisterTopicValidator(m.topicName("forks"), m.validateForkProof); err != nil {
 		return fmt.Errorf("mesh: fork validator: %w", err)
 	}
-	if m.fkt, err = ps.Join(m.topicName("forks")); err != nil {
+	if g.fkt, err = ps.Join(m.topicName("forks")); err != nil {
 		return fmt.Errorf("mesh: join forks topic: %w", err)
 	}
-	fs, err := m.fkt.Subscribe(pubsub.WithBufferSize(64))
+	fs, err := g.fkt.Subscribe(pubsub.WithBufferSize(64))
 	if err != nil {
 		return fmt.Errorf("mesh: subscribe forks: %w", err)
 	}
-	m.goTracked(func() { m.readForkProofs(fs) })
-	es, err := m.ent.Subscribe(pubsub.WithBufferSize(4096))
+	m.goAwake(g, func(ctx context.Context) { m.readForkProofs(ctx, fs) })
+	es, err := g.ent.Subscribe(pubsub.WithBufferSize(4096))
 	if err != nil {
 		return fmt.Errorf("mesh: subscribe entries: %w", err)
 	}
-	hs, err := m.hbt.Subscribe(pubsub.WithBufferSize(1024))
+	hs, err := g.hbt.Subscribe(pubsub.WithBufferSize(1024))
 	if err != nil {
 		return fmt.Errorf("mesh: subscribe heartbeats: %w", err)
 	}
 	entries := make(chan gossiped, maxGossipBatch)
-	m.goTracked(func() { m.readEntries(es, entries) })
-	m.goTracked(func() { m.ingestEntries(entries) })
-	m.goTracked(func() { m.readHeartbeats(hs) })
-	m.goTracked(m.heartbeatLoop)
+	m.goAwake(g, func(ctx context.Context) { m.readEntries(ctx, es, entries) })
+	m.goAwake(g, func(context.Context) { m.ingestEntries(entries) })
+	m.goAwake(g, func(ctx context.Context) { m.readHeartbeats(ctx, hs) })
+	m.goAwake(g, m.heartbeatLoop)
 	return nil
 }
+
+// gossipKind is the unscoped rest of the family's gossip protocol.
+const gossipKind = protocol.ID("/meshsub/1.2.0")
 
 // gossipFeatures gives the family's gossip protocol gossipsub 1.2's features.
 func gossipFeatures(feat pubsub.GossipSubFeature, p protocol.ID) bool {
@@ -249,11 +263,11 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 }
 
 // readEntries hands the gossiped entries, as they come, to ingestEntries.
-func (m *Mesh) readEntries(sub *pubsub.Subscription, out chan<- gossiped) {
+func (m *Mesh) readEntries(ctx context.Context, sub *pubsub.Subscription, out chan<- gossiped) {
 	defer sub.Cancel()
 	defer close(out)
 	for {
-		msg, err := sub.Next(m.ctx)
+		msg, err := sub.Next(ctx)
 		if err != nil {
 			return
 		}
@@ -266,7 +280,7 @@ func (m *Mesh) readEntries(sub *pubsub.Subscription, out chan<- gossiped) {
 		}
 		select {
 		case out <- gossiped{s: s, from: msg.ReceivedFrom}:
-		case <-m.ctx.Done():
+		case <-ctx.Done():
 			return
 		}
 	}
@@ -344,10 +358,10 @@ func gossipRuns(batch []gossiped) [][]gossiped {
 	return append(runs, extra...)
 }
 
-func (m *Mesh) readHeartbeats(sub *pubsub.Subscription) {
+func (m *Mesh) readHeartbeats(ctx context.Context, sub *pubsub.Subscription) {
 	defer sub.Cancel()
 	for {
-		msg, err := sub.Next(m.ctx)
+		msg, err := sub.Next(ctx)
 		if err != nil {
 			return
 		}
@@ -368,21 +382,26 @@ func (m *Mesh) readHeartbeats(sub *pubsub.Subscription) {
 	}
 }
 
-func (m *Mesh) heartbeatLoop() {
+func (m *Mesh) heartbeatLoop(ctx context.Context) {
 	t := time.NewTicker(m.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
 		m.PublishHeartbeat()
 		select {
-		case <-m.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
 }
 
-// PublishHeartbeat gossips this node's heartbeat now.
+// PublishHeartbeat gossips this node's heartbeat now (nothing while the
+// family's gossip sleeps: no member is connected to hear it).
 func (m *Mesh) PublishHeartbeat() {
+	g := m.gossip.Load()
+	if g == nil {
+		return
+	}
 	hb := m.cfg.Heartbeat()
 	hb.Addrs = nil
 	for _, a := range m.host.Addrs() {
@@ -401,7 +420,7 @@ func (m *Mesh) PublishHeartbeat() {
 		return
 	}
 	m.tap.write(b)
-	if err := m.hbt.Publish(m.ctx, b); err != nil && m.ctx.Err() == nil {
+	if err := g.hbt.Publish(g.ctx, b); err != nil && g.ctx.Err() == nil {
 		m.log.Debug("publish heartbeat", "err", err)
 	}
 }
@@ -409,8 +428,12 @@ func (m *Mesh) PublishHeartbeat() {
 // Publish gossips one committed entry (its envelope) once. Gossip is best
 // effort: catch-up delivers whatever it drops.
 func (m *Mesh) Publish(ctx context.Context, env []byte) error {
+	g := m.gossip.Load()
+	if g == nil {
+		return nil // asleep: no member is connected; catch-up delivers it
+	}
 	m.tap.write(env)
-	if err := m.ent.Publish(ctx, env); err != nil {
+	if err := g.ent.Publish(ctx, env); err != nil {
 		return fmt.Errorf("mesh: publish: %w", err)
 	}
 	return nil
@@ -445,10 +468,10 @@ func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Me
 	return pubsub.ValidationAccept
 }
 
-func (m *Mesh) readForkProofs(sub *pubsub.Subscription) {
+func (m *Mesh) readForkProofs(ctx context.Context, sub *pubsub.Subscription) {
 	defer sub.Cancel()
 	for {
-		msg, err := sub.Next(m.ctx)
+		msg, err := sub.Next(ctx)
 		if err != nil {
 			return
 		}
@@ -488,8 +511,12 @@ func (m *Mesh) PublishForkProof(ctx context.Context, a, b *wire.Signed) error {
 			}
 		})
 	}
+	g := m.gossip.Load()
+	if g == nil {
+		return nil // asleep: no member is connected
+	}
 	m.tap.write(data)
-	if err := m.fkt.Publish(ctx, data); err != nil {
+	if err := g.fkt.Publish(ctx, data); err != nil {
 		return fmt.Errorf("mesh: publish fork proof: %w", err)
 	}
 	return nil

@@ -181,7 +181,7 @@ func TestGossipDeliversValidEntriesAndRejectsOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.m.hbt.Publish(ctx, forged); err != nil {
+	if err := c.m.gossip.Load().hbt.Publish(ctx, forged); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.m.Publish(ctx, chain[1].Marshal()); err != nil {

@@ -157,6 +157,12 @@ func (m *Mesh) onConnected(c network.Conn) {
 
 func (m *Mesh) onDisconnected(c network.Conn) {
 	m.untrackConn(c)
+	m.mu.Lock()
+	alone := len(m.conns) == 0
+	m.mu.Unlock()
+	if alone {
+		m.sleepSoon()
+	}
 	p := c.RemotePeer()
 	if m.host.Network().Connectedness(p) == network.Connected {
 		return // another connection to the peer remains
@@ -418,6 +424,7 @@ func (m *Mesh) acceptHello(c network.Conn, h hello, member bool) bool {
 	m.helloOutcome(p, helloResult{ok: true})
 	if first {
 		m.log.Info("member connected", "site", mem.Site, "peer", p, "version", h.Version)
+		m.wakeUp()
 		m.announceMember(p) // the family's gossip opens its stream to it now
 		m.cfg.Handler.PeerChanged(p, true)
 		if mem.Relay && !m.cfg.Relay {

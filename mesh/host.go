@@ -181,7 +181,30 @@ func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
 		ConnectedF:    func(_ network.Network, c network.Conn) { hb.onConnected(c) },
 		DisconnectedF: func(_ network.Network, c network.Conn) { hb.onDisconnected(c) },
 	})
+	hb.goTracked(hb.sleepersLoop)
 	return hb, nil
+}
+
+// sleepersLoop dials, for every family whose gossip sleeps (Config.Lazy,
+// no member connected), the bootstrap addresses it is not connected to (a
+// relay's other relays), each on its own backoff: one goroutine for all
+// sleeping families, instead of a dial loop each. A member reached wakes its
+// family.
+func (hb *Host) sleepersLoop() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-hb.ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, m := range hb.snapshot() {
+			if m.cfg.Lazy && !m.Awake() {
+				m.dialBootstrap()
+			}
+		}
+	}
 }
 
 // ID returns the node's peer ID.
@@ -441,6 +464,9 @@ func (hb *Host) tell(m *Mesh, c network.Conn) {
 	}
 	hb.told[c.ID()] = append(hb.told[c.ID()], m)
 	hb.mu.Unlock()
+	if _, member := m.cfg.Family.Member(c.RemotePeer()); member {
+		m.wakeUp()
+	}
 	m.onConnected(c)
 }
 
@@ -536,7 +562,10 @@ func (hb *Host) dispatch(s network.Stream) {
 		_ = s.Reset()
 		return
 	}
-	if rest != helloKind && !m.memberOn(s.Conn()) {
+	if rest == gossipKind {
+		hb.tell(m, s.Conn()) // its hello, on this connection, is what memberOn waits for
+	}
+	if rest != helloKind && !m.memberOn(s.Conn(), rest == gossipKind) {
 		m.count(streamKind(rest) + "_non_member")
 		_ = s.Reset()
 		return
@@ -553,12 +582,16 @@ func (hb *Host) dispatch(s network.Stream) {
 // memberOn reports whether the peer of c is a member of m's family. A peer
 // not known as one yet, on a connection whose hello is under way (this node
 // dialed it and waits for its answer, which carries its certificate), is
-// waited for: its first stream can come a moment before that answer.
-func (m *Mesh) memberOn(c network.Conn) bool {
+// waited for: its first stream can come a moment before that answer. A
+// gossip stream (expect) also waits for a hello not begun yet: a gossipsub
+// that opens its stream as soon as the connection is identified, before its
+// node's hello, would otherwise never gossip with this node (it does not
+// try again); a stranger's waits until probation closes the connection.
+func (m *Mesh) memberOn(c network.Conn, expect bool) bool {
 	if _, ok := m.cfg.Family.Member(c.RemotePeer()); ok {
 		return true
 	}
-	if !m.waitHello(m.ctx, c, false) {
+	if !m.waitHello(m.ctx, c, expect) {
 		return false
 	}
 	_, ok := m.cfg.Family.Member(c.RemotePeer())

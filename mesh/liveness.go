@@ -42,12 +42,12 @@ func (m *Mesh) pingAfter() time.Duration {
 	return min(max(m.cfg.HeartbeatInterval/2, 250*time.Millisecond), m.cfg.LivenessTimeout/3)
 }
 
-func (m *Mesh) livenessLoop() {
+func (m *Mesh) livenessLoop(ctx context.Context) {
 	t := time.NewTicker(m.livenessTick())
 	defer t.Stop()
 	for {
 		select {
-		case <-m.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}

@@ -10,9 +10,9 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -68,6 +68,12 @@ type Config struct {
 	// DeferListen: New starts the host without listening; Host().Listen
 	// opens the ports (a relay, once every family it serves is attached).
 	DeferListen bool
+	// Lazy: the family's gossip and its loops run only while a member is
+	// connected, so a family without one costs no goroutine, connection or
+	// stream (a relay serving many families). They start when a member
+	// connects and stop SleepAfter (default 1 minute) after the last left.
+	Lazy       bool
+	SleepAfter time.Duration
 }
 
 // Mesh is the node's presence in its family's network.
@@ -77,10 +83,14 @@ type Mesh struct {
 	log  *slog.Logger
 	hub  *Host   // the libp2p host, perhaps shared with other families
 	host famHost // the family's view of it
-	ps   *pubsub.PubSub
-	ent  *pubsub.Topic
-	hbt  *pubsub.Topic
-	fkt  *pubsub.Topic
+
+	// gossip is the family's gossip and the loops that serve its members
+	// (dial, liveness, heartbeat) while they run; nil while the family
+	// sleeps (Config.Lazy, no member connected). wakeMu orders waking and
+	// sleeping; sleepTimer puts it to sleep after the last member left.
+	gossip     atomic.Pointer[gossip]
+	wakeMu     sync.Mutex
+	sleepTimer *time.Timer
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -209,11 +219,11 @@ func (m *Mesh) start() error {
 	m.host.SetStreamHandler(forkProofProto, m.tracked(m.handleForkProof))
 	m.host.SetStreamHandler(pushProto, m.tracked(m.handlePush))
 	m.host.SetStreamHandler(pingProto, m.tracked(m.handlePing))
-	if err := m.startGossip(); err != nil {
-		return err
+	if !m.cfg.Lazy {
+		if err := m.wake(); err != nil {
+			return err
+		}
 	}
-	m.goTracked(m.dialLoop)
-	m.goTracked(m.livenessLoop)
 	if m.cfg.MDNS {
 		if err := m.startMDNS(); err != nil {
 			m.log.Warn("LAN discovery off", "err", err)
@@ -266,6 +276,11 @@ func (m *Mesh) Close() error {
 	m.life.Lock()
 	m.closing = true
 	m.life.Unlock()
+	m.wakeMu.Lock()
+	if m.sleepTimer != nil {
+		m.sleepTimer.Stop()
+	}
+	m.wakeMu.Unlock()
 	m.cancel()
 	m.hub.detach(m)
 	var err error
@@ -401,3 +416,106 @@ func (m *Mesh) tracksPeer(p peer.ID) bool {
 	}
 	return false
 }
+
+// wake starts the family's gossip and the loops that serve its members, if
+// they are not running.
+func (m *Mesh) wake() error {
+	m.wakeMu.Lock()
+	defer m.wakeMu.Unlock()
+	if m.sleepTimer != nil {
+		m.sleepTimer.Stop()
+		m.sleepTimer = nil
+	}
+	if m.gossip.Load() != nil || m.ctx.Err() != nil {
+		return nil
+	}
+	g := &gossip{}
+	g.ctx, g.cancel = context.WithCancel(m.ctx)
+	if err := m.startGossip(g); err != nil {
+		g.cancel()
+		g.wg.Wait()
+		return err
+	}
+	m.goAwake(g, m.dialLoop)
+	m.goAwake(g, m.livenessLoop)
+	m.gossip.Store(g)
+	if m.cfg.Lazy {
+		m.log.Debug("the family's gossip woke: a member connected", "family", m.cfg.Family.ID())
+	}
+	return nil
+}
+
+// wakeUp wakes a lazy family whose member connected; a failure is logged
+// (the next connection tries again).
+func (m *Mesh) wakeUp() {
+	if !m.cfg.Lazy || m.gossip.Load() != nil {
+		return
+	}
+	if err := m.wake(); err != nil {
+		m.log.Warn("the family's gossip did not start", "family", m.cfg.Family.ID(), "err", err)
+	}
+}
+
+// goAwake runs f(g's context) on a goroutine that Close and sleep wait for.
+func (m *Mesh) goAwake(g *gossip, f func(context.Context)) {
+	if !m.enter() {
+		return
+	}
+	g.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer g.wg.Done()
+		f(g.ctx)
+	}()
+}
+
+// sleepSoon puts a lazy family to sleep SleepAfter from now, unless a member
+// connects meanwhile.
+func (m *Mesh) sleepSoon() {
+	if !m.cfg.Lazy {
+		return
+	}
+	after := m.cfg.SleepAfter
+	if after <= 0 {
+		after = time.Minute
+	}
+	m.wakeMu.Lock()
+	defer m.wakeMu.Unlock()
+	if m.sleepTimer != nil {
+		m.sleepTimer.Stop()
+	}
+	m.sleepTimer = time.AfterFunc(after, m.sleepIfAlone)
+}
+
+// sleepIfAlone stops the family's gossip and loops if no connection of the
+// family is open.
+func (m *Mesh) sleepIfAlone() {
+	m.mu.Lock()
+	alone := len(m.conns) == 0
+	m.mu.Unlock()
+	if !alone {
+		return
+	}
+	m.wakeMu.Lock()
+	defer m.wakeMu.Unlock()
+	m.sleepTimer = nil
+	g := m.gossip.Load()
+	if g == nil {
+		return
+	}
+	m.mu.Lock()
+	alone = len(m.conns) == 0
+	m.mu.Unlock()
+	if !alone {
+		return
+	}
+	m.gossip.Store(nil)
+	g.cancel()
+	g.wg.Wait()
+	// Its gossip streams end with it; a member that connects wakes a new one.
+	m.setHandler(gossipKind, nil)
+	m.log.Debug("the family's gossip sleeps: no member connected", "family", m.cfg.Family.ID())
+}
+
+// Awake reports whether the family's gossip runs (always, unless Lazy).
+func (m *Mesh) Awake() bool { return m.gossip.Load() != nil }

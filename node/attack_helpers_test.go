@@ -152,6 +152,16 @@ func newAtkPeer(t testing.TB, key ed25519.PrivateKey, target string, hello atkHe
 		hello.Addrs = append(hello.Addrs, a.String())
 	}
 	rp := &atkPeer{t: t, h: h, ps: ps, hello: hello, target: target, topics: map[string]*pubsub.Topic{}}
+	// It answers the nodes' liveness pings (8 bytes echoed) as a member's
+	// node does, so a slow test does not see it cut off as silent.
+	h.SetStreamHandler(atkProto(target, "/alive/1"), func(s network.Stream) {
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(5 * time.Second))
+		var b [8]byte
+		if _, err := io.ReadFull(s, b[:]); err == nil {
+			_, _ = s.Write(b[:])
+		}
+	})
 	h.SetStreamHandler(atkProto(target, atkHelloProto), func(s network.Stream) {
 		defer s.Close()
 		_ = s.SetDeadline(time.Now().Add(5 * time.Second))

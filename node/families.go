@@ -357,7 +357,9 @@ func (n *Node) openMember() error {
 	if err := n.startAlerts(); err != nil {
 		return err
 	}
-	n.keepActivity()
+	// A further family's activity feed is kept in memory only (no file,
+	// no writer goroutine per family): status and the page show it while
+	// the relay runs.
 	return nil
 }
 

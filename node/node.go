@@ -567,6 +567,9 @@ func (n *Node) startMesh(ctx context.Context) error {
 	if n.id.Role == family.RoleRelay {
 		mc.Limits = n.cfg.Relay.meshLimits() // one family's flood cannot starve the others it serves
 		mc.DeferListen = n.shared == nil     // listen once every family is back (openFamilies)
+		// A family without a connected member costs no goroutine, stream or
+		// connection: its gossip and loops start with its first member.
+		mc.Lazy = true
 	}
 	if n.shared != nil {
 		n.mesh, err = n.shared.host.Attach(n.ctx, mc)
@@ -577,7 +580,9 @@ func (n *Node) startMesh(ctx context.Context) error {
 		return fmt.Errorf("node: %w", err)
 	}
 	n.goTracked(func() { n.sync.loop(n.ctx) })
-	n.goTracked(func() { n.sync.publishLoop(n.ctx) })
+	if n.id.Role != family.RoleRelay { // a relay writes no entries of its own
+		n.goTracked(func() { n.sync.publishLoop(n.ctx) })
+	}
 	return nil
 }
 
