@@ -210,6 +210,10 @@ func (hb *Host) sleepersLoop() {
 // ID returns the node's peer ID.
 func (hb *Host) ID() peer.ID { return hb.h.ID() }
 
+// Listening reports whether the host listens on its addresses (those of a
+// host started with DeferListen only once Listen ran).
+func (hb *Host) Listening() bool { return !hb.cfg.DeferListen || hb.listening.Load() }
+
 // Listen opens the host's listening addresses of a host started with
 // DeferListen (once; a host that listens already is left as it is).
 func (hb *Host) Listen() error {
