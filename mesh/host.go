@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
@@ -160,7 +161,13 @@ func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
 		libp2p.EnableRelay(),
 	}
 	if cfg.Relay {
+		rm, err := relayResourceManager()
+		if err != nil {
+			hb.cancel()
+			return nil, err
+		}
 		opts = append(opts,
+			libp2p.ResourceManager(rm),
 			libp2p.ForceReachabilityPublic(),
 			libp2p.EnableRelayService(relayv2.WithResources(relayResources()), relayv2.WithACL(relayACL{hb})),
 		)
@@ -726,4 +733,29 @@ func (a relayACL) AllowConnect(src peer.ID, _ ma.Multiaddr, dst peer.ID) bool {
 	}
 	a.hb.count("relay_connect_non_member")
 	return false
+}
+
+// relayResourceManager is libp2p's resource manager with its defaults (per
+// peer, per protocol, and scaled to the machine), but room for a relay's
+// thousands of member connections: libp2p's defaults, sized for one
+// application's peers, would admit about 256 inbound connections in all.
+// Each family's own share is bounded by its Limits.
+func relayResourceManager() (network.ResourceManager, error) {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	scaled := limits.AutoScale()
+	many := rcmgr.ResourceLimits{
+		Conns: 32768, ConnsInbound: 16384, ConnsOutbound: 16384,
+		Streams: 262144, StreamsInbound: 131072, StreamsOutbound: 131072,
+	}
+	transient := rcmgr.ResourceLimits{
+		Conns: 4096, ConnsInbound: 2048, ConnsOutbound: 2048,
+		Streams: 8192, StreamsInbound: 4096, StreamsOutbound: 4096,
+	}
+	cfg := rcmgr.PartialLimitConfig{System: many, Transient: transient}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(cfg.Build(scaled)))
+	if err != nil {
+		return nil, fmt.Errorf("mesh: resource manager: %w", err)
+	}
+	return rm, nil
 }
