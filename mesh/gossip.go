@@ -23,6 +23,13 @@ import (
 
 const maxHeartbeat = 256 << 10
 
+// gossipSeenTTL is how long gossip remembers a message it has seen (to drop
+// it when it comes round again) and scores its deliveries. Pubsub's default,
+// two minutes, kept an ID for each of the 1,000,000 entries of a fast import
+// and never gave the map's memory back. A message goes round a family's
+// small mesh within seconds, and an entry seen twice is a no-op anyway.
+const gossipSeenTTL = 20 * time.Second
+
 func (m *Mesh) topicName(kind string) string {
 	return fmt.Sprintf("/ppsync/%s/%s/1", m.cfg.Family.ID(), kind)
 }
@@ -43,6 +50,7 @@ func (m *Mesh) startGossip() error {
 			return string(sum[:16])
 		}),
 		pubsub.WithFloodPublish(true),
+		pubsub.WithSeenMessagesTTL(gossipSeenTTL),
 		pubsub.WithPeerOutboundQueueSize(4096),
 		pubsub.WithValidateQueueSize(4096),
 		pubsub.WithMaxMessageSize(wire.MaxEntryBytes+64<<10),
@@ -113,6 +121,7 @@ func scoreParams(entries, heartbeat string, isMember func(peer.ID) bool) *pubsub
 			return -1000
 		},
 		AppSpecificWeight: 1,
+		SeenMsgTTL:        gossipSeenTTL,
 		DecayInterval:     time.Second,
 		DecayToZero:       0.01,
 	}
@@ -387,6 +396,11 @@ func (m *Mesh) PublishHeartbeat() {
 // Publish gossips one committed entry (its envelope) once. Gossip is best
 // effort: catch-up delivers whatever it drops.
 func (m *Mesh) Publish(ctx context.Context, env []byte) error {
+	if len(m.ent.ListPeers()) == 0 {
+		// Nobody to send it to: catch-up brings it to peers that come. Pubsub
+		// would still keep it (its message cache and seen map) for a while.
+		return nil
+	}
 	m.tap.write(env)
 	if err := m.ent.Publish(ctx, env); err != nil {
 		return fmt.Errorf("mesh: publish: %w", err)
