@@ -198,12 +198,23 @@ type memoryRun struct {
 // catches up the backlog from A. Both processes' RSS is read from
 // /proc/PID/status throughout; the benchmark prints the peak of each phase
 // and the kernel's lifetime peak (VmHWM) of each process, the import rate
-// and the catch-up rate. The target is under 150 MiB at every point.
+// and the catch-up rate, and the CPU time both nodes used per 1,000 entries.
+// The target is under 150 MiB at every point.
 //
 // PPSYNC_BENCH_ENTRIES shortens the run. PPSYNC_BENCH_BASELINE_BIN names
 // another ppsync binary (a build of an earlier commit) to run the same
 // steps with, interleaved in the same run, for before/after ratios.
-func BenchmarkMemory1M(b *testing.B) {
+func BenchmarkMemory1M(b *testing.B) { benchMemory(b, false) }
+
+// BenchmarkMemoryLive1M is BenchmarkMemory1M with site B running and
+// connected while A imports: B receives the entries as they are written
+// (gossip, and catch-up for what gossip leaves), phase "live". Its catch-up
+// rate is the whole replication's: 1,000,000 entries over the time from the
+// import's start until B holds and applied them all; its CPU time is A's
+// serving and B's.
+func BenchmarkMemoryLive1M(b *testing.B) { benchMemory(b, true) }
+
+func benchMemory(b *testing.B, live bool) {
 	total := 1_000_000
 	if v, err := strconv.Atoi(os.Getenv("PPSYNC_BENCH_ENTRIES")); err == nil && v > 0 {
 		total = v
@@ -214,9 +225,9 @@ func BenchmarkMemory1M(b *testing.B) {
 	var runs, baseRuns []memoryRun
 	for b.Loop() {
 		if base != "" {
-			baseRuns = append(baseRuns, memoryRun1M(b, base, file, total))
+			baseRuns = append(baseRuns, memoryRun1M(b, base, file, total, live))
 		}
-		runs = append(runs, memoryRun1M(b, ppsyncBin, file, total))
+		runs = append(runs, memoryRun1M(b, ppsyncBin, file, total, live))
 	}
 	report := func(prefix string, rs []memoryRun) memoryRun {
 		var m memoryRun
@@ -274,8 +285,9 @@ func writeImportFile(tb testing.TB, path string, n int) {
 	}
 }
 
-// memoryRun1M runs the phases once with the binary bin.
-func memoryRun1M(b *testing.B, bin, file string, total int) memoryRun {
+// memoryRun1M runs the phases once with the binary bin; with live, B runs
+// during the import.
+func memoryRun1M(b *testing.B, bin, file string, total int, live bool) memoryRun {
 	b.Helper()
 	defer swapBinary(bin)()
 	dir := b.TempDir()
@@ -284,12 +296,17 @@ func memoryRun1M(b *testing.B, bin, file string, total int) memoryRun {
 	dataB, _ := sup.join(b, "clinic-b", sup.familyFile())
 
 	// Both run once, so that each holds the other's certificate (the hello
-	// exchange): B then stays off while A takes the import.
+	// exchange): B then stays off while A takes the import, unless live.
 	a := startNode(b, dataA)
 	addrA := a.loopbackAddr()
 	bp := startNode(b, dataB, "--bootstrap", addrA)
 	waitStatus(b, dataB, syncTimeout, "clinic-b connected to clinic-a", func(st status) bool { return st.Peers != nil && *st.Peers >= 1 })
-	bp.stopClean()
+	var memB *rssSampler
+	if live {
+		memB = sampleRSS(bp.cmd.Process.Pid, "live")
+	} else {
+		bp.stopClean()
+	}
 
 	memA := sampleRSS(a.cmd.Process.Pid, "empty")
 	time.Sleep(2 * time.Second) // a window of samples of the empty node, not a wait for anything
@@ -303,13 +320,21 @@ func memoryRun1M(b *testing.B, bin, file string, total int) memoryRun {
 		b.Fatalf("import printed %q (%v)", r.stdout, err)
 	}
 
-	memA.setPhase("idle")
-	time.Sleep(10 * time.Second) // a window of samples of the idle node
-
+	// Live, B already receives: the rest of what it lacks follows at once,
+	// and the rate is the whole replication's, from the import's start.
+	// Otherwise A idles, then serves B's catch-up from its start.
+	if !live {
+		memA.setPhase("idle")
+		time.Sleep(10 * time.Second) // a window of samples of the idle node
+		start = time.Now()
+	}
 	memA.setPhase("serve")
-	start = time.Now()
-	bp = startNode(b, dataB, "--bootstrap", addrA)
-	memB := sampleRSS(bp.cmd.Process.Pid, "receive")
+	if live {
+		memB.setPhase("receive")
+	} else {
+		bp = startNode(b, dataB, "--bootstrap", addrA)
+		memB = sampleRSS(bp.cmd.Process.Pid, "receive")
+	}
 	waitStatus(b, dataB, 30*time.Minute, "clinic-b caught up and applied", func(st status) bool {
 		return st.Frontier["clinic-a"] >= uint64(total) && st.Held == 0
 	})
@@ -317,7 +342,7 @@ func memoryRun1M(b *testing.B, bin, file string, total int) memoryRun {
 
 	memA.setPhase("idle-after")
 	memB.setPhase("idle")
-	time.Sleep(10 * time.Second)
+	time.Sleep(10 * time.Second) // a window of samples of both idle nodes
 
 	if da, db := strings.TrimSpace(ppsync(b, "digest", "--data", dataA).want(b, exitOK).stdout),
 		strings.TrimSpace(ppsync(b, "digest", "--data", dataB).want(b, exitOK).stdout); da != db {
@@ -325,7 +350,7 @@ func memoryRun1M(b *testing.B, bin, file string, total int) memoryRun {
 	}
 	m := memoryRun{importRate: float64(total) / importSecs, catchUpRate: float64(total) / catchUpSecs, peaks: map[string]float64{},
 		importCPU:  float64(memA.cpuOf("import").Milliseconds()) / float64(total) * 1000,
-		catchUpCPU: float64((memA.cpuOf("serve") + memB.cpuOf("receive")).Milliseconds()) / float64(total) * 1000}
+		catchUpCPU: float64((memA.cpuOf("serve") + memB.cpuOf("live") + memB.cpuOf("receive")).Milliseconds()) / float64(total) * 1000}
 	var line bytes.Buffer
 	fmt.Fprintf(&line, "%s: import %.0f tx/s (%.0f ms CPU per 1,000), catch-up %.0f entries/s (%.0f ms CPU per 1,000 at both ends); peak RSS MiB:",
 		filepath.Base(bin), m.importRate, m.importCPU, m.catchUpRate, m.catchUpCPU)

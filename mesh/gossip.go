@@ -51,8 +51,10 @@ func (m *Mesh) startGossip() error {
 		}),
 		pubsub.WithFloodPublish(true),
 		pubsub.WithSeenMessagesTTL(gossipSeenTTL),
-		pubsub.WithPeerOutboundQueueSize(4096),
-		pubsub.WithValidateQueueSize(4096),
+		// Queues of messages, each entry up to 512 KiB: a message past them is
+		// dropped, and catch-up delivers the entry.
+		pubsub.WithPeerOutboundQueueSize(1024),
+		pubsub.WithValidateQueueSize(1024),
 		pubsub.WithMaxMessageSize(wire.MaxEntryBytes+64<<10),
 		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return isMember(p) }),
 		pubsub.WithPeerScore(scoreParams(m.topicName("entries"), m.topicName("heartbeat"), isMember), scoreThresholds()),
@@ -84,7 +86,7 @@ func (m *Mesh) startGossip() error {
 		return fmt.Errorf("mesh: subscribe forks: %w", err)
 	}
 	m.goTracked(func() { m.readForkProofs(fs) })
-	es, err := m.ent.Subscribe(pubsub.WithBufferSize(4096))
+	es, err := m.ent.Subscribe(pubsub.WithBufferSize(1024))
 	if err != nil {
 		return fmt.Errorf("mesh: subscribe entries: %w", err)
 	}
