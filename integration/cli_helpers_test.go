@@ -66,7 +66,9 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-// buildPpsync builds ./cmd/ppsync of this module into dir.
+// buildPpsync builds ./cmd/ppsync of this module into dir, as `make build`
+// does (without cgo: Pebble then keeps its caches in the Go heap, as in the
+// binary users run).
 func buildPpsync(dir string) (string, error) {
 	goTool, err := exec.LookPath("go") // go test puts GOROOT/bin first on PATH
 	if err != nil {
@@ -79,6 +81,7 @@ func buildPpsync(dir string) (string, error) {
 	bin := filepath.Join(dir, "ppsync")
 	cmd := exec.Command(goTool, "build", "-ldflags", "-X main.version="+e2eVersion, "-o", bin, "./cmd/ppsync")
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build` builds it: pure Go
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%v: %s", err, out)
 	}

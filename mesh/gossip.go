@@ -24,6 +24,13 @@ import (
 
 const maxHeartbeat = 256 << 10
 
+// gossipSeenTTL is how long gossip remembers a message it has seen (to drop
+// it when it comes round again) and scores its deliveries. Pubsub's default,
+// two minutes, kept an ID for each of the 1,000,000 entries of a fast import
+// and never gave the map's memory back. A message goes round a family's
+// small mesh within seconds, and an entry seen twice is a no-op anyway.
+const gossipSeenTTL = 20 * time.Second
+
 func (m *Mesh) topicName(kind string) string {
 	return fmt.Sprintf("/ppsync/%s/%s/1", m.cfg.Family.ID(), kind)
 }
@@ -54,8 +61,11 @@ func (m *Mesh) startGossip(g *gossip) error {
 			return string(sum[:16])
 		}),
 		pubsub.WithFloodPublish(true),
-		pubsub.WithPeerOutboundQueueSize(4096),
-		pubsub.WithValidateQueueSize(4096),
+		pubsub.WithSeenMessagesTTL(gossipSeenTTL),
+		// Queues of messages, each entry up to 512 KiB: a message past them is
+		// dropped, and catch-up delivers the entry.
+		pubsub.WithPeerOutboundQueueSize(1024),
+		pubsub.WithValidateQueueSize(1024),
 		pubsub.WithMaxMessageSize(wire.MaxEntryBytes+64<<10),
 		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return isMember(p) }),
 		// The family's own gossip protocol ("/ppsync/f/<family>/meshsub/1.2.0"):
@@ -95,7 +105,7 @@ func (m *Mesh) startGossip(g *gossip) error {
 		return fmt.Errorf("mesh: subscribe forks: %w", err)
 	}
 	m.goAwake(g, func(ctx context.Context) { m.readForkProofs(ctx, fs) })
-	es, err := g.ent.Subscribe(pubsub.WithBufferSize(4096))
+	es, err := g.ent.Subscribe(pubsub.WithBufferSize(1024))
 	if err != nil {
 		return fmt.Errorf("mesh: subscribe entries: %w", err)
 	}
@@ -143,6 +153,7 @@ func scoreParams(entries, heartbeat string, isMember func(peer.ID) bool) *pubsub
 			return -1000
 		},
 		AppSpecificWeight: 1,
+		SeenMsgTTL:        gossipSeenTTL,
 		DecayInterval:     time.Second,
 		DecayToZero:       0.01,
 	}
@@ -431,6 +442,11 @@ func (m *Mesh) Publish(ctx context.Context, env []byte) error {
 	g := m.gossip.Load()
 	if g == nil {
 		return nil // asleep: no member is connected; catch-up delivers it
+	}
+	if len(g.ent.ListPeers()) == 0 {
+		// Nobody to send it to: catch-up brings it to peers that come. Pubsub
+		// would still keep it (its message cache and seen map) for a while.
+		return nil
 	}
 	m.tap.write(env)
 	if err := g.ent.Publish(ctx, env); err != nil {

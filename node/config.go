@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -38,6 +39,17 @@ const (
 	DefaultAPI          = "127.0.0.1:7474"
 	DefaultSyncInterval = 30 * time.Second
 	DefaultListen       = "/ip4/0.0.0.0/tcp/7475"
+	// DefaultMemoryLimit is the soft memory limit of a node: sized for a
+	// clinic's desktop machine, where ppsync runs beside the practice
+	// software. See MemoryLimit.
+	DefaultMemoryLimit = 96 << 20
+	// MinMemoryLimit is the smallest memory_limit a node accepts: below it the
+	// node would spend its time collecting garbage.
+	MinMemoryLimit = 48 << 20
+	// DefaultRelayMemoryLimit is the memory_limit `ppsync init --role relay`
+	// writes: a relay serves many families from one process (about 0.3 MiB
+	// each while idle, more while they sync) on a server of its own.
+	DefaultRelayMemoryLimit = 1 << 30
 )
 
 // Config is a node's configuration: DATA/ppsync.toml, then flags. Only the
@@ -79,6 +91,13 @@ type Config struct {
 	// DBPasswordFile holds the PostgreSQL password (else the environment's
 	// PPSYNC_DB_PASSWORD or PGPASSWORD); never printed.
 	DBPasswordFile string `toml:"db_password_file"`
+	// MemoryLimit is the node's soft memory limit in bytes (memory_limit,
+	// like "96MB"; PPSYNC_MEMORY_LIMIT overrides it). `ppsync run` gives it to
+	// the Go runtime (debug.SetMemoryLimit), which collects garbage harder as
+	// the process nears it, and the node sizes its database caches from it.
+	// It is soft: the node keeps working above it, only slower. Zero means
+	// DefaultMemoryLimit.
+	MemoryLimit ByteSize `toml:"memory_limit"`
 	// SMTP is the mail server alerts are sent through ([smtp]).
 	SMTP SMTPConfig `toml:"smtp"`
 	// Relay holds each family a relay serves to its limits.
@@ -139,6 +158,66 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// ByteSize is a number of bytes written as "96MB" in TOML and JSON. KB, MB
+// and GB count in units of 1024 (as a task manager shows memory); KiB, MiB
+// and GiB are the same; a plain number is bytes.
+type ByteSize uint64
+
+// MarshalText writes the size in the largest unit that divides it.
+func (b ByteSize) MarshalText() ([]byte, error) { return []byte(b.String()), nil }
+
+func (b ByteSize) String() string {
+	for _, u := range []struct {
+		name string
+		size uint64
+	}{{"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}} {
+		if uint64(b) >= u.size && uint64(b)%u.size == 0 {
+			return fmt.Sprintf("%d%s", uint64(b)/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%dB", uint64(b))
+}
+
+// UnmarshalText parses "96MB", "1GB", "512MiB", "100000000".
+func (b *ByteSize) UnmarshalText(t []byte) error {
+	v, err := ParseByteSize(string(t))
+	if err != nil {
+		return err
+	}
+	*b = v
+	return nil
+}
+
+// ParseByteSize parses a size like "96MB", "1.5GB", "512MiB" or "100000000"
+// (bytes).
+func ParseByteSize(s string) (ByteSize, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if i < 0 {
+		i = len(t)
+	}
+	num, unit := t[:i], strings.ToUpper(strings.TrimSpace(t[i:]))
+	mult := map[string]float64{"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
+		"G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}[unit]
+	f, err := strconv.ParseFloat(num, 64)
+	if mult == 0 || err != nil {
+		return 0, fmt.Errorf("%q is not a size (write it like 96MB, 512MB or 1GB)", s)
+	}
+	v := f * mult
+	if v >= 1<<50 {
+		return 0, fmt.Errorf("%q is too large a size", s)
+	}
+	return ByteSize(v), nil
+}
+
+// Memory is the soft memory limit in force: MemoryLimit, or the default.
+func (c *Config) Memory() uint64 {
+	if c.MemoryLimit == 0 {
+		return DefaultMemoryLimit
+	}
+	return uint64(c.MemoryLimit)
+}
+
 // DefaultConfig returns the defaults for a data directory.
 func DefaultConfig(dataDir string) Config {
 	return Config{
@@ -151,6 +230,7 @@ func DefaultConfig(dataDir string) Config {
 		LogLevel:          "info",
 		MDNS:              true,
 		DiskReserve:       64 << 20,
+		MemoryLimit:       DefaultMemoryLimit,
 	}
 }
 
@@ -174,6 +254,9 @@ func (c *Config) Validate() error {
 	}
 	if d := time.Duration(c.SyncInterval); d < time.Second || d > 24*time.Hour {
 		return badRequest("sync_interval %s is out of range (1s to 24h)", d)
+	}
+	if c.MemoryLimit != 0 && c.MemoryLimit < MinMemoryLimit {
+		return badRequest("memory_limit %s is below the smallest a node runs in, %s (write it like 96MB or 1GB)", c.MemoryLimit, ByteSize(MinMemoryLimit))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -275,6 +358,11 @@ sync_interval = {{printf "%q" .SyncIntervalText}}
 # Probe the network to judge whether this node is online. Turn off where an
 # antivirus or firewall breaks the probe and the node wrongly shows offline.
 connectivity_check = {{.ConnectivityCheck}}
+
+# The node's soft memory limit (like 96MB, 256MB or 1GB; PPSYNC_MEMORY_LIMIT in
+# the environment overrides it). Near it the node collects garbage harder; its
+# database caches are sized from it. Raise it on a relay serving many families.
+memory_limit = {{printf "%q" .MemoryLimit.String}}
 
 # debug, info, warn or error.
 log_level = {{printf "%q" .LogLevel}}

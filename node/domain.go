@@ -465,7 +465,7 @@ type Counters struct {
 	Committed, ReceivedGossip, ReceivedCatchUp uint64 // entries, by origin
 	CatchupBytes                               uint64 // compressed catch-up bytes received
 	CatchupOK, CatchupFailed                   uint64 // catch-up sessions, by result
-	PublishDropped                             uint64 // own entries not gossiped (queue full)
+	PublishDropped                             uint64 // own entries not gossiped (over budget or queue full)
 }
 
 // Metrics takes the figures GET /metrics exports. Counters, rejections and

@@ -84,6 +84,9 @@ func TestRelayJoinsAndRemovesAFamilyWhileStopped(t *testing.T) {
 	tf := newTestFamily(t)
 	tf.add("relay", "relay")
 	relayDir := tf.nodes["relay"].data
+	if cfg, err := LoadConfig(relayDir); err != nil || cfg.Memory() != DefaultRelayMemoryLimit {
+		t.Fatalf("init --role relay wrote memory_limit %d (%v), want %d", cfg.Memory(), err, DefaultRelayMemoryLimit)
+	}
 
 	otherDir := t.TempDir()
 	other, info, err := family.CreateFamily(otherDir, "Other Practice", time.Now())

@@ -162,6 +162,9 @@ func Init(opts InitOptions) (InitResult, error) {
 	}
 	cfg := DefaultConfig(opts.DataDir)
 	cfg.DB, cfg.DBTables, cfg.DBExclude, cfg.DBPasswordFile = opts.DB, opts.DBTables, opts.DBExclude, opts.DBPasswordFile
+	if role == family.RoleRelay {
+		cfg.MemoryLimit = DefaultRelayMemoryLimit
+	}
 	if err := SaveConfig(cfg); err != nil {
 		return res, err
 	}

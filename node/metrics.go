@@ -20,7 +20,7 @@ type counters struct {
 	catchupBytes    atomic.Uint64 // compressed catch-up bytes received
 	catchupOK       atomic.Uint64 // catch-up sessions that succeeded
 	catchupFailed   atomic.Uint64 // catch-up sessions that failed
-	publishDropped  atomic.Uint64 // own entries not gossiped (queue full; catch-up delivers them)
+	publishDropped  atomic.Uint64 // own entries not gossiped (over budget or queue full; catch-up delivers them)
 	// entries from members refused after the mesh let them in
 	rejectedSignature atomic.Uint64 // not signed by the key of their site and epoch
 	rejectedChain     atomic.Uint64 // not linked to the previous entry of their site
@@ -50,7 +50,7 @@ var (
 	mRejections = prometheus.NewDesc("ppsync_rejections_total",
 		"Connections, streams and gossip messages refused, by reason.", []string{"reason"}, nil)
 	mDropped = prometheus.NewDesc("ppsync_gossip_publish_dropped_total",
-		"Own entries not gossiped because the queue was full (catch-up delivers them).", nil, nil)
+		"Own entries not gossiped, beyond the gossip budget or with the queue full (catch-up delivers them).", nil, nil)
 	mPeers = prometheus.NewDesc("ppsync_peers_connected",
 		"Family members connected now, by path (direct, relay).", []string{"via"}, nil)
 	mBacklog = prometheus.NewDesc("ppsync_backlog_entries",

@@ -80,7 +80,9 @@ type Node struct {
 	// of the settings wait for it, and a waiting request gives up when it
 	// ends; mu is not held while the file is written.
 	settingsTurn chan struct{}
-	schema       *Schema // DATA/schema.json, nil when absent; set by Open only
+	// bodies bounds the bytes of write requests being handled (reqbudget.go).
+	bodies *bodyBudget
+	schema *Schema // DATA/schema.json, nil when absent; set by Open only
 
 	// shared is set on a relay's further family: what it takes from the
 	// relay's first node (key, database, libp2p host). fams is set on a
@@ -138,7 +140,8 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now(), settingsTurn: make(chan struct{}, 1)}
+	n := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now(), settingsTurn: make(chan struct{}, 1),
+		bodies: newBodyBudget(writeBodyBudget)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.events = newEventHub(cfg.Now)
 	ok := false
@@ -204,7 +207,9 @@ func (n *Node) open(ctx context.Context) error {
 	if err := os.Mkdir(filepath.Join(dir, DBDir), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("node: create the database directory: %w", err)
 	}
-	if n.db, err = store.Open(filepath.Join(dir, DBDir), store.Options{Logger: n.log}); err != nil {
+	so := store.ForMemory(n.cfg.Memory())
+	so.Logger = n.log
+	if n.db, err = store.Open(filepath.Join(dir, DBDir), so); err != nil {
 		return err
 	}
 	dbID, found, err := lock.DatabaseID(n.db)

@@ -22,8 +22,8 @@ import (
 
 // Request limits of the API.
 const (
-	maxTxBody     = 1 << 20  // one transaction (an entry is at most 512 KiB)
-	maxBatchBody  = 64 << 20 // one batch
+	maxTxBody     = 1 << 20 // one transaction (an entry is at most 512 KiB)
+	maxBatchBody  = 4 << 20 // one batch (see writeBodyBudget)
 	maxInstallLen = 64 << 10
 )
 
@@ -42,8 +42,8 @@ func (n *Node) handler() http.Handler {
 func (n *Node) apiMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", n.getStatus)
-	mux.HandleFunc("POST /v1/transactions", n.postTransaction)
-	mux.HandleFunc("POST /v1/transactions/batch", n.postBatch)
+	mux.HandleFunc("POST /v1/transactions", n.withBodyBudget(maxTxBody, n.postTransaction))
+	mux.HandleFunc("POST /v1/transactions/batch", n.withBodyBudget(maxBatchBody, n.postBatch))
 	mux.HandleFunc("GET /v1/records/{table}/{key}", n.getRecord)
 	mux.HandleFunc("GET /v1/records/{table}", n.listRecords)
 	mux.HandleFunc("GET /v1/changes", n.getChanges)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -45,7 +46,11 @@ type peerView struct {
 type syncer struct {
 	n    *Node
 	pubq chan []byte
-	wake wakeTimer
+	// queued is the bytes of the entries in pubq (at most gossipQueueBytes);
+	// budget is the gossip rate (gossipbudget.go).
+	queued atomic.Int64
+	budget *gossipBudget
+	wake   wakeTimer
 
 	mu    sync.Mutex // guards the fields below
 	eng   *engine.Engine
@@ -59,7 +64,8 @@ func newSyncer(n *Node) *syncer {
 	}
 	eng := engine.New(engine.Config{Log: engineLog{n.txlog}, OwnSite: n.id.Site, Epoch: n.cert.Epoch,
 		Interval: time.Duration(n.currentConfig().SyncInterval), ProbeEvery: every, DivergeWindow: mesh.DivergeWindow})
-	return &syncer{n: n, pubq: make(chan []byte, 8192), wake: newWakeTimer(), eng: eng, views: map[peer.ID]*peerView{}}
+	return &syncer{n: n, pubq: make(chan []byte, 8192), budget: newGossipBudget(gossipRate, gossipBurst, n.cfg.Now),
+		wake: newWakeTimer(), eng: eng, views: map[peer.ID]*peerView{}}
 }
 
 // step runs one input through the engine under the lock.
@@ -430,6 +436,7 @@ func (s *syncer) publishLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case env := <-s.pubq:
+			s.queued.Add(-int64(len(env)))
 			if err := s.n.mesh.Publish(ctx, env); err != nil && ctx.Err() == nil {
 				s.n.log.Debug("gossip publish failed (catch-up will deliver)", "err", err)
 			}
@@ -438,12 +445,20 @@ func (s *syncer) publishLoop(ctx context.Context) {
 }
 
 // published queues committed own entries for gossip. It never blocks a
-// writer: when the queue is full the entry is left to catch-up.
+// writer: an entry beyond the gossip budget or the queue's bytes is left
+// to catch-up.
 func (s *syncer) published(es []*wire.Signed) {
 	for _, e := range es {
+		if s.queued.Load() >= gossipQueueBytes || !s.budget.take() {
+			s.n.counters.publishDropped.Add(1)
+			continue
+		}
+		env := e.Marshal()
+		s.queued.Add(int64(len(env)))
 		select {
-		case s.pubq <- e.Marshal():
+		case s.pubq <- env:
 		default:
+			s.queued.Add(-int64(len(env)))
 			s.n.counters.publishDropped.Add(1)
 		}
 	}

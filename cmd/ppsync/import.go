@@ -18,11 +18,12 @@ import (
 )
 
 // Import limits. A chunk is one batch request; the node takes at most
-// 10,000 transactions and 64 MiB per request.
+// 10,000 transactions and 4 MiB per request. A longer line than
+// importMaxLine cannot be a transaction (its entry may hold 512 KiB).
 const (
 	importChunkLines = 1000
-	importChunkBytes = 32 << 20
-	importMaxLine    = 8 << 20
+	importChunkBytes = 2 << 20
+	importMaxLine    = 2 << 20
 	importProgress   = 2 * time.Second
 )
 

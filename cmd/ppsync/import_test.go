@@ -112,7 +112,7 @@ func TestImportLongLine(t *testing.T) {
 	f := newFakeNode(t)
 	input := importLines(2) + `{"ops":[{"op":"put","table":"t","key":"k","fields":{"a":"` + strings.Repeat("x", importMaxLine) + `"}}]}` + "\n"
 	r := ppsync(t, input, nil, "import", "--data", f.dir, "-")
-	r.want(t, exitError, "line 3 is longer than 8 MiB", "the 2 transactions before it were imported")
+	r.want(t, exitError, "line 3 is longer than 2 MiB", "the 2 transactions before it were imported")
 }
 
 // TestImportSpeed checks that the client side (read, validate, send) is far

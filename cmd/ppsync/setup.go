@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -280,6 +281,13 @@ another ppsync already runs on DATA.`,
 			if flagGiven(fs, "log-level") {
 				cfg.LogLevel = logLevel
 			}
+			if v := c.getenv("PPSYNC_MEMORY_LIMIT"); v != "" {
+				lim, err := node.ParseByteSize(v)
+				if err != nil {
+					return &exitCodeError{code: exitUsage, msg: fmt.Sprintf("PPSYNC_MEMORY_LIMIT: %v", err)}
+				}
+				cfg.MemoryLimit = lim
+			}
 			level, err := parseLevel(cfg.LogLevel)
 			if err != nil {
 				level = slog.LevelInfo // Open's Validate names the bad setting
@@ -320,6 +328,8 @@ another ppsync already runs on DATA.`,
 				cfg.AlertNow = func() time.Time { return now().Add(off) }
 			}
 
+			// The one node of this process: its memory limit is the process's.
+			defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(cfg.Memory())))
 			ctx, stop := c.notify(c.ctx)
 			defer stop()
 			n, err := node.Open(ctx, cfg)

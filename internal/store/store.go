@@ -142,6 +142,22 @@ type Options struct {
 	Logger *slog.Logger
 	// CacheSize is the block cache in bytes (default 128 MiB).
 	CacheSize int64
+	// MemTableSize is the size of one memtable in bytes (default 16 MiB). Up
+	// to two fill while one is flushed, so the memtables take up to about
+	// three times this.
+	MemTableSize uint64
+}
+
+// ForMemory returns the cache and memtable sizes for a process whose soft
+// memory limit is limit bytes: the block cache a third of it (8 MiB to
+// 1 GiB; below about 32 MiB the bloom filter and index blocks of a store of
+// a million records no longer stay cached, and every record lookup reads
+// them from disk again) and memtables a twelfth (4 to 16 MiB).
+func ForMemory(limit uint64) Options {
+	return Options{
+		CacheSize:    int64(min(max(limit/3, 8<<20), 1<<30)),
+		MemTableSize: min(max(limit/12, 4<<20), 16<<20),
+	}
 }
 
 // Open opens (creating if needed) the Pebble database in dir.
@@ -149,11 +165,14 @@ func Open(dir string, o Options) (*pebble.DB, error) {
 	if o.CacheSize == 0 {
 		o.CacheSize = 128 << 20
 	}
+	if o.MemTableSize == 0 {
+		o.MemTableSize = 16 << 20
+	}
 	po := &pebble.Options{
 		// Explicit: new stores get the newest format; pebble's default is the oldest.
 		FormatMajorVersion: pebble.FormatNewest,
 		CacheSize:          o.CacheSize,
-		MemTableSize:       16 << 20,
+		MemTableSize:       o.MemTableSize,
 		MaxOpenFiles:       256,
 		Logger:             pebbleLogger{o.Logger},
 		FS:                 o.FS,

@@ -1,0 +1,56 @@
+package node
+
+import (
+	"sync"
+	"time"
+)
+
+// Gossip budget: the node gossips each own entry once, but every gossiped
+// message costs memory for a while after it is sent (the publish queue,
+// pubsub's message cache and seen-message map, the peers' outbound queues).
+// A fast import or batch writer would otherwise keep hundreds of megabytes
+// of them. Entries beyond the budget are not gossiped; peers fetch them by
+// catch-up, in compressed batches, once a heartbeat shows this site's log
+// ahead (as for the entries of an initial load).
+const (
+	// gossipRate is the sustained number of own entries gossiped per second:
+	// twice the live rate the replication benchmark writes at.
+	gossipRate = 2000
+	// gossipBurst is how many may go at once after a quiet spell.
+	gossipBurst = 2000
+	// gossipQueueBytes caps the encoded entries waiting to be published.
+	gossipQueueBytes = 4 << 20
+)
+
+// gossipBudget is a token bucket of entries to gossip, refilled at rate per
+// second up to burst, on an injected clock.
+type gossipBudget struct {
+	rate, burst float64
+	now         func() time.Time
+
+	mu     sync.Mutex // guards the fields below
+	tokens float64
+	last   time.Time
+}
+
+func newGossipBudget(rate, burst float64, now func() time.Time) *gossipBudget {
+	return &gossipBudget{rate: rate, burst: burst, now: now, tokens: burst}
+}
+
+// take reports whether one more entry fits the budget now, and spends it.
+func (b *gossipBudget) take() bool {
+	t := b.now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() && t.After(b.last) {
+		b.tokens = min(b.burst, b.tokens+t.Sub(b.last).Seconds()*b.rate)
+	}
+	if b.last.IsZero() || t.After(b.last) {
+		b.last = t
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
