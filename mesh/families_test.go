@@ -478,3 +478,38 @@ func TestLazyFamilySleepsWithoutMembers(t *testing.T) {
 		}
 	}
 }
+
+// A relay that stops listening keeps the connections it has, and a member
+// dialling it finds the port closed rather than a host that would take it
+// for a stranger (and have it wait long before it tries again).
+func TestHostStopListeningKeepsConnections(t *testing.T) {
+	x := startTwoFamilies(t)
+	addrs := x.hb.Addrs()
+	if len(addrs) == 0 {
+		t.Fatal("the relay lists no address")
+	}
+	x.hb.StopListening()
+	if got := x.hb.h.Network().ListenAddresses(); len(got) != 0 {
+		t.Errorf("still listening on %v", got)
+	}
+	c := relayClient(t, newIdentity(t, "late"))
+	ai, err := peer.AddrInfoFromString(addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx, *ai); err == nil {
+		t.Error("a new connection reached a relay that stopped listening")
+	}
+	if n := sitesReceived(x.rb.h)["b1"]; n != 0 {
+		t.Fatalf("the relay had %d gossiped entries of b1 before any was published", n)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	next := signChain(t, familyB, x.ib1, 4, x.entriesB[2].Hash, 1)[0]
+	if err := x.b1.m.Publish(ctx2, next.Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "family B still gossips through the relay", func() bool { return sitesReceived(x.rb.h)["b1"] >= 1 })
+}

@@ -259,6 +259,19 @@ func (hb *Host) Listen() error {
 	return nil
 }
 
+// StopListening closes the host's listeners, keeping its connections: a
+// relay stopping calls it before it detaches its families one by one, so
+// that a member cut off early finds the port closed (and tries again soon)
+// instead of a host that no longer knows its family (which it would take
+// for a stranger's and try again only much later).
+func (hb *Host) StopListening() {
+	sw, ok := hb.h.Network().(interface{ ListenClose(...ma.Multiaddr) })
+	if !ok {
+		return
+	}
+	sw.ListenClose(hb.h.Network().ListenAddresses()...)
+}
+
 // Addrs returns the host's addresses, each ending in /p2p/ID.
 func (hb *Host) Addrs() []string {
 	var out []string

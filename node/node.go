@@ -508,6 +508,9 @@ func (n *Node) closeAll() error {
 	} else if n.ln != nil {
 		n.ln.Close()
 	}
+	if n.mesh != nil && n.shared == nil && n.id.Role == family.RoleRelay {
+		n.mesh.Host().StopListening() // no member redials into a half-closed relay
+	}
 	errs = append(errs, n.closeFamilies()...) // before the host and database they share
 	if n.mesh != nil {
 		errs = append(errs, n.mesh.Close())

@@ -328,6 +328,15 @@ another ppsync already runs on DATA.`,
 				cfg.AlertNow = func() time.Time { return now().Add(off) }
 			}
 
+			// PPSYNC_CPU_PROFILE=FILE writes a CPU profile of the whole run to
+			// FILE (go tool pprof): for benchmarks and performance work.
+			if f := c.getenv("PPSYNC_CPU_PROFILE"); f != "" {
+				stopProfile, err := startCPUProfile(f)
+				if err != nil {
+					return &exitCodeError{code: exitUsage, msg: fmt.Sprintf("PPSYNC_CPU_PROFILE: %v", err)}
+				}
+				defer stopProfile()
+			}
 			// The one node of this process: its memory limit is the process's.
 			defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(cfg.Memory())))
 			ctx, stop := c.notify(c.ctx)
