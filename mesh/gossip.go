@@ -118,7 +118,30 @@ func (m *Mesh) startGossip(g *gossip) error {
 	m.goAwake(g, func(context.Context) { m.ingestEntries(entries) })
 	m.goAwake(g, func(ctx context.Context) { m.readHeartbeats(ctx, hs) })
 	m.goAwake(g, m.heartbeatLoop)
+	joins, err := g.hbt.EventHandler()
+	if err != nil {
+		return fmt.Errorf("mesh: watch the heartbeat topic: %w", err)
+	}
+	m.goAwake(g, func(ctx context.Context) { m.heartbeatOnJoin(ctx, joins) })
 	return nil
+}
+
+// heartbeatOnJoin publishes this node's heartbeat as soon as a member joins
+// the family's gossip (it connected, or a relay woke or restarted): its
+// frontier tells the member at once what to fetch, such as entries written
+// between the connection and the gossip joining, which gossip could not
+// carry, instead of at the next periodic heartbeat.
+func (m *Mesh) heartbeatOnJoin(ctx context.Context, joins *pubsub.TopicEventHandler) {
+	defer joins.Cancel()
+	for {
+		ev, err := joins.NextPeerEvent(ctx)
+		if err != nil {
+			return
+		}
+		if ev.Type == pubsub.PeerJoin {
+			m.PublishHeartbeat()
+		}
+	}
 }
 
 // gossipKind is the unscoped rest of the family's gossip protocol.
