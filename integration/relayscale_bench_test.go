@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,28 +35,36 @@ import (
 // process that speak the real protocol (a mesh.Mesh each, with a real
 // certificate, signed entries and an in-memory log); they run in batches of
 // PPSYNC_SCALE_ACTIVE families while every family stays joined. Each site
-// writes one entry a second with a burst of five every ten seconds (the
-// clinic's 1 tx/min compressed sixtyfold). It prints the relay's RSS per
+// writes one entry every PPSYNC_SCALE_EVERY with a burst of five every fifth
+// time: by default every 6 s, a clinic's 1 tx/min with bursts ten times
+// faster, so that 100 families active at once give the relay the load of
+// 1,000 families at the real rate (EVERY=1s: six times that). It prints the relay's RSS per
 // family (idle and active), goroutines, open files, CPU per thousand
 // entries, the p50/p99 delay from a write at one site to its arrival at
 // each other site of its family, and the time to take back a restart of the
 // relay (every active site reconnected, a write at each reaching the others).
 //
-//	PPSYNC_SCALE_FAMILIES (1000), PPSYNC_SCALE_ACTIVE (100), PPSYNC_SCALE_BATCH (20s)
+//	PPSYNC_SCALE_FAMILIES (1000), PPSYNC_SCALE_ACTIVE (100), PPSYNC_SCALE_BATCH (30s), PPSYNC_SCALE_EVERY (6s)
 func BenchmarkRelayFamilies(b *testing.B) {
 	families := envInt("PPSYNC_SCALE_FAMILIES", 1000)
 	active := min(envInt("PPSYNC_SCALE_ACTIVE", 100), families)
-	batchFor := 20 * time.Second
-	if v := os.Getenv("PPSYNC_SCALE_BATCH"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			b.Fatal(err)
-		}
-		batchFor = d
-	}
+	batchFor := envDuration(b, "PPSYNC_SCALE_BATCH", 30*time.Second)
+	every := envDuration(b, "PPSYNC_SCALE_EVERY", 6*time.Second)
 	for range b.N {
-		runRelayScale(b, families, active, batchFor)
+		runRelayScale(b, families, active, batchFor, every)
 	}
+}
+
+func envDuration(tb testing.TB, name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		tb.Fatalf("%s: %v", name, err)
+	}
+	return d
 }
 
 func envInt(name string, def int) int {
@@ -72,7 +81,7 @@ type scaleFamily struct {
 	info *family.Info
 }
 
-func runRelayScale(b *testing.B, families, active int, batchFor time.Duration) {
+func runRelayScale(b *testing.B, families, active int, batchFor, every time.Duration) {
 	dir := b.TempDir()
 	ctx := context.Background()
 	began := time.Now()
@@ -177,7 +186,10 @@ func runRelayScale(b *testing.B, families, active int, batchFor time.Duration) {
 			s.setDelays(delays)
 		}
 		before := sampleProc(b, relayProc)
-		n := runWriters(sites, batchFor)
+		if os.Getenv("PPSYNC_SCALE_TRACE") != "" {
+			fmt.Printf("%s batch %d-%d writes\n", time.Now().Format("15:04:05.000"), start, end-1)
+		}
+		n := runWriters(sites, batchFor, every)
 		after := sampleProc(b, relayProc)
 		entries += float64(n)
 		cpu += after.cpu - before.cpu
@@ -205,14 +217,25 @@ func runRelayScale(b *testing.B, families, active int, batchFor time.Duration) {
 		s.setDelays(probeDelays)
 		s.write(1)
 	}
-	probeDelays.waitCount(b, 2*len(last), 120*time.Second)
+	if !probeDelays.waitFor(2*len(last), 120*time.Second) {
+		if f := os.Getenv("PPSYNC_SCALE_RELAY_LOG"); f != "" {
+			// With its goroutines (SIGQUIT), to see what holds it up.
+			_ = relayProc.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-relayProc.done:
+			case <-time.After(10 * time.Second):
+			}
+			_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644)
+		}
+		b.Fatalf("after the relay's restart, %d of %d writes arrived within 120s; %s", probeDelays.count(), 2*len(last), lightMissing(ctx, cl, last))
+	}
 	takenBack := time.Since(restartAt)
 	closeLightSites(last)
 	b.StopTimer()
 
 	p50, p99 := delays.quantiles()
-	fmt.Printf("relay serving %d families (3 light sites each, %d families active at once, %s per batch; set up in %s):\n",
-		families, active, batchFor, joined.Round(time.Second))
+	fmt.Printf("relay serving %d families (3 light sites each, %d families active at once, %s per batch, each site writing every %s with a burst of 5 every fifth time: %.0f entries/s; set up in %s):\n",
+		families, active, batchFor, every, entries/(batchFor.Seconds()*float64((families+active-1)/active)), joined.Round(time.Second))
 	fmt.Printf("  RSS: %.0f MB empty, %.0f MB with every family joined and idle (%.0f KB per family), peak %.0f MB active (target < 2048 MB)\n",
 		base.rss/1e6, idle.rss/1e6, perFamilyIdle/1e3, peak.rss/1e6)
 	fmt.Printf("  goroutines: %d empty, %d idle (%.1f per family), %d at peak; open files: %d empty, %d idle, %d at peak\n",
@@ -520,26 +543,26 @@ func waitLightReconnected(tb testing.TB, sites []*lightSite, since time.Time, ti
 	}
 }
 
-// runWriters has every site write one entry a second and a burst of five
-// every ten seconds, for d; it returns how many entries were written.
-func runWriters(sites []*lightSite, d time.Duration) int {
+// runWriters has every site write one entry every `every` and a burst of
+// five every fifth time, for d; it returns how many entries were written.
+func runWriters(sites []*lightSite, d, every time.Duration) int {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	total := 0
 	end := time.Now().Add(d)
 	for i, s := range sites {
 		wg.Go(func() {
-			// Spread the sites over the second.
-			time.Sleep(time.Duration(i%1000) * time.Millisecond)
+			// Spread the sites over the interval.
+			time.Sleep(time.Duration(i) * every / time.Duration(len(sites)))
 			n := 0
 			for tick := 0; time.Now().Before(end); tick++ {
 				k := 1
-				if tick%10 == 9 {
+				if tick%5 == 4 {
 					k = 5
 				}
 				s.write(k)
 				n += k
-				time.Sleep(time.Second)
+				time.Sleep(every)
 			}
 			mu.Lock()
 			total += n
@@ -721,8 +744,12 @@ func (s *lightSite) appendLocked(e *wire.Signed, gossip bool, now time.Time) {
 	delete(s.held[e.Site], e.Seq)
 	if at, ok := s.sentAt.Load(e.Hash); ok {
 		s.delays.add(now.Sub(at.(time.Time)), gossip)
-		if !gossip && os.Getenv("PPSYNC_SCALE_TRACE") != "" {
-			fmt.Printf("catch-up %s %s<-%s seq %d after %s\n", s.fam[:6], s.site, e.Site, e.Seq, now.Sub(at.(time.Time)).Round(time.Millisecond))
+		if d := now.Sub(at.(time.Time)); (!gossip || d > time.Second) && os.Getenv("PPSYNC_SCALE_TRACE") != "" {
+			how := "gossip"
+			if !gossip {
+				how = "catch-up"
+			}
+			fmt.Printf("%s %s %s %s<-%s seq %d after %s\n", now.Format("15:04:05.000"), how, s.fam[:6], s.site, e.Site, e.Seq, d.Round(time.Millisecond))
 		}
 	}
 }
