@@ -271,7 +271,7 @@ func TestCatchupCarriesForkProofs(t *testing.T) {
 	}
 	logA := newLog()
 	logA.add(base, x)
-	logA.proofs = [][2][]byte{{x.Marshal(), y.Marshal()}}
+	logA.proofs = [][2][][]byte{{{x.Marshal()}, {y.Marshal()}}}
 	_, b := servingPair(t, ia, ib, logA)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

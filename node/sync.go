@@ -429,38 +429,42 @@ func (s *syncer) probe(ctx context.Context, p peer.ID, timeout time.Duration) (m
 	return hb, err
 }
 
-// publishLoop gossips own entries, once each, in the order committed.
+// publishLoop gossips own commit groups, once each, in the order committed.
 func (s *syncer) publishLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case env := <-s.pubq:
-			s.queued.Add(-int64(len(env)))
-			if err := s.n.mesh.Publish(ctx, env); err != nil && ctx.Err() == nil {
+		case msg := <-s.pubq:
+			s.queued.Add(-int64(len(msg)))
+			if err := s.n.mesh.Publish(ctx, msg); err != nil && ctx.Err() == nil {
 				s.n.log.Debug("gossip publish failed (catch-up will deliver)", "err", err)
 			}
 		}
 	}
 }
 
-// published queues committed own entries for gossip. It never blocks a
-// writer: an entry beyond the gossip budget or the queue's bytes is left
-// to catch-up.
+// published queues a committed run of own entries (the end of a commit
+// group, see txlog.Config.Committed) for gossip, as messages of whole
+// groups. It never blocks the committer: a message beyond the gossip budget
+// (counted in entries) or the queue's bytes is left to catch-up, as is a
+// group too large for one message.
 func (s *syncer) published(es []*wire.Signed) {
-	for _, e := range es {
-		if s.queued.Load() >= gossipQueueBytes || !s.budget.take() {
-			s.n.counters.publishDropped.Add(1)
+	sent := 0
+	for _, m := range mesh.GroupMessages(es) {
+		if s.queued.Load() >= gossipQueueBytes || !s.budget.take(m.Entries) {
 			continue
 		}
-		env := e.Marshal()
-		s.queued.Add(int64(len(env)))
+		s.queued.Add(int64(len(m.Data)))
 		select {
-		case s.pubq <- env:
+		case s.pubq <- m.Data:
+			sent += m.Entries
 		default:
-			s.queued.Add(-int64(len(env)))
-			s.n.counters.publishDropped.Add(1)
+			s.queued.Add(-int64(len(m.Data)))
 		}
+	}
+	if dropped := len(es) - sent; dropped > 0 {
+		s.n.counters.publishDropped.Add(uint64(dropped))
 	}
 }
 
@@ -500,13 +504,15 @@ func (s *syncer) rejected(from string, run []*wire.Signed, o engine.Outcome) {
 	s.n.events.emit(EvRejected, map[string]any{"peer": from, "site": site, "error": o.Err.Error()})
 }
 
-// ForkProof is the mesh.Handler side: a member's proof of a fork.
-func (s *syncer) ForkProof(from peer.ID, a, b *wire.Signed) {
-	added, err := s.n.txlog.AddForkProof(s.n.ctx, a, b)
+// ForkProof is the mesh.Handler side: a member's proof of a fork, two runs
+// from the fork to their commit groups' signed ends.
+func (s *syncer) ForkProof(from peer.ID, runA, runB []*wire.Signed) {
+	added, err := s.n.txlog.AddForkProof(s.n.ctx, runA, runB)
 	if err != nil {
 		s.n.log.Warn("a member sent a fork proof that does not hold", "peer", from, "err", err)
 		return
 	}
+	a := runA[0]
 	if added {
 		s.n.events.emit(EvFork, map[string]any{"site": a.Site, "seq": a.Seq, "peer": from.String()})
 		s.n.log.Error("fork reported by a member: two copies of a site wrote different entries", "site", a.Site, "seq", a.Seq, "peer", from)

@@ -160,6 +160,16 @@ func (l *Log) checkFamily(s *wire.Signed) error {
 	return nil
 }
 
+// verifyRun checks a run's chain and its signatures (wire.VerifyRun), the
+// keys from the site's certificates.
+func (l *Log) verifyRun(run []*wire.Signed) error {
+	err := wire.VerifyRun(run, l.cfg.Keys.SiteKey)
+	if errors.Is(err, wire.ErrChain) {
+		return fmt.Errorf("%w: %v", ErrChain, err)
+	}
+	return err
+}
+
 func (l *Log) verify(s *wire.Signed) error {
 	key, err := l.cfg.Keys.SiteKey(s.Site, s.Epoch)
 	if err != nil {

@@ -123,6 +123,12 @@ type Config struct {
 	// cannot (sealed with a data key this node does not hold yet) is held,
 	// stored and forwarded, until ReleaseHeld finds it ready.
 	Ready func(s *wire.Signed) bool
+	// Committed, if set, is called once a group is durable with the own
+	// entries that end it (not those of an initial load, see ownRun): one
+	// site's consecutive entries whose last is signed, so they can travel
+	// as one run. It is called from the committer's syncer and must not
+	// block.
+	Committed func(own []*wire.Signed)
 	// NoSync skips fsync. Only for benchmarks that measure everything else.
 	NoSync bool
 }
