@@ -393,9 +393,8 @@ func (m *Mesh) writeRange(w *bufio.Writer, s network.Stream, site string, from, 
 		if len(batch.Entries) < batchEntries && size < batchBytes {
 			return false, nil
 		}
-		signed, err := wire.EnvelopeSigned(env)
-		if err != nil || !signed {
-			return false, err // the batch goes on to its group's end
+		if !endsGroup(env) {
+			return false, nil // the batch goes on to its group's end
 		}
 		return false, flush()
 	})
@@ -405,16 +404,20 @@ func (m *Mesh) writeRange(w *bufio.Writer, s network.Stream, site string, from, 
 	// The rest, if it ends at a signed entry; else the part up to the last
 	// signed one.
 	for i := len(batch.Entries) - 1; i >= 0; i-- {
-		signed, err := wire.EnvelopeSigned(batch.Entries[i])
-		if err != nil {
-			return err
-		}
-		if signed {
+		if endsGroup(batch.Entries[i]) {
 			batch.Entries = batch.Entries[:i+1]
 			return flush()
 		}
 	}
 	return nil
+}
+
+// endsGroup reports whether a stored envelope may end a batch: it is signed,
+// or it cannot be read (then it is sent as it is, and the receiver refuses
+// the batch: a damaged log is not served as if it were whole).
+func endsGroup(env []byte) bool {
+	signed, err := wire.EnvelopeSigned(env)
+	return signed || err != nil
 }
 
 // decodeBatch decompresses and decodes one frame, and checks that every

@@ -26,16 +26,19 @@ type SiteKeys func(site string, epoch uint64) (ed25519.PublicKey, error)
 
 // VerifyRun checks a run of consecutive entries of one site: each links to
 // the one before it (same site, seq + 1, its hash named as the previous),
-// epochs never go back, the last entry of each epoch in the run is signed by
-// that epoch's key, and the last entry of the run is signed. Every entry of
-// a run that passes is authenticated by a signature of its own epoch. An
-// empty run is an error.
+// epochs never go back, the last entry of each epoch in the run and the last
+// of the run are signed, and every signature in the run is valid for its
+// epoch's key. Every entry of a run that passes is authenticated by a
+// signature of its own epoch, and no invalid signature is passed on (a
+// group end is where a later batch, message or proof ends). An empty run is
+// an error.
 func VerifyRun(run []*Signed, keys SiteKeys) error {
 	if err := CheckChain(run); err != nil {
 		return err
 	}
 	for i, s := range run {
-		if i+1 < len(run) && run[i+1].Epoch == s.Epoch {
+		ends := i+1 == len(run) || run[i+1].Epoch != s.Epoch
+		if !ends && !s.IsSigned() {
 			continue
 		}
 		if !s.IsSigned() {
