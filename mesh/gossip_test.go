@@ -392,3 +392,31 @@ func TestGossipRuns(t *testing.T) {
 		t.Fatalf("runs:\n got %v\nwant %v", got, want)
 	}
 }
+
+// A commit group travels as one gossip message and reaches the handler as
+// one run, unsigned entries and all.
+func TestGossipCarriesGroups(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, nil)
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
+	connect(t, b, a)
+	waitGossip(t, a, b)
+	grp := groupChain(t, testFamily, ia, 1, wire.Hash{}, 5)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, m := range GroupMessages(grp) {
+		if err := a.m.Publish(ctx, m.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "B receives the group", func() bool { return len(b.h.entryCalls()) > 0 })
+	calls := b.h.entryCalls()
+	if len(calls) != 1 || !calls[0].gossip || len(calls[0].run) != 5 {
+		t.Fatalf("B got %d calls, want the group as one gossiped run of 5", len(calls))
+	}
+	for i, s := range calls[0].run {
+		if s.Hash != grp[i].Hash || s.IsSigned() != (i == 4) {
+			t.Errorf("entry %d of the run is not the one published", i+1)
+		}
+	}
+}
