@@ -640,6 +640,6 @@ func (h lightHandler) PeerChanged(p peer.ID, connected bool) {
 		h.s.mu.Unlock()
 	}
 }
-func (h lightHandler) DocumentsChanged()                             {}
+func (h lightHandler) DocumentsChanged()                                 {}
 func (h lightHandler) ForkProof(peer.ID, []*wire.Signed, []*wire.Signed) {}
-func (h lightHandler) Duplicate(peer.ID)                             {}
+func (h lightHandler) Duplicate(peer.ID)                                 {}

@@ -267,8 +267,8 @@ type peerEvent struct {
 }
 
 type forkCall struct {
-	from peer.ID
-	a, b *wire.Signed     // the runs' first entries
+	from   peer.ID
+	a, b   *wire.Signed   // the runs' first entries
 	ra, rb []*wire.Signed // the runs
 }
 
