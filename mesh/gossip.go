@@ -173,8 +173,11 @@ type groupMessage struct {
 }
 
 // maxGossipMessage bounds a gossiped message (pubsub's own limit is a little
-// larger).
-const maxGossipMessage = wire.MaxEntryBytes
+// larger), maxGossipEntries the entries it carries.
+const (
+	maxGossipMessage = wire.MaxEntryBytes
+	maxGossipEntries = 4 * wire.MaxGroupEntries
+)
 
 // GossipMessage is one encoded message of the groups topic.
 type GossipMessage struct {
@@ -215,9 +218,9 @@ func GroupMessages(run []*wire.Signed) []GossipMessage {
 		}
 		start = i + 1
 		switch {
-		case n+64 > maxGossipMessage:
+		case n+64 > maxGossipMessage || len(grp) > maxGossipEntries:
 			flush()
-		case size+n+64 > maxGossipMessage:
+		case size+n+64 > maxGossipMessage || len(msg)+len(grp) > maxGossipEntries:
 			flush()
 			msg, size = grp, n
 		default:
@@ -288,7 +291,7 @@ func (m *Mesh) decodeGroup(data []byte) ([]*wire.Signed, error) {
 	if err := wire.Unmarshal(data, &gm); err != nil {
 		return nil, err
 	}
-	if len(gm.Entries) == 0 || len(gm.Entries) > wire.MaxGroupEntries*4 {
+	if len(gm.Entries) == 0 || len(gm.Entries) > maxGossipEntries {
 		return nil, fmt.Errorf("%w: gossip message of %d entries", wire.ErrMalformed, len(gm.Entries))
 	}
 	run := make([]*wire.Signed, len(gm.Entries))

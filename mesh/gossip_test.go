@@ -420,3 +420,26 @@ func TestGossipCarriesGroups(t *testing.T) {
 		}
 	}
 }
+
+// Many small groups share messages, never more entries in one than a
+// receiver takes.
+func TestGroupMessagesBoundEntries(t *testing.T) {
+	ia := newIdentity(t, "a")
+	var run []*wire.Signed
+	prev := wire.Hash{}
+	for len(run) < 3000 {
+		g := groupChain(t, testFamily, ia, uint64(len(run)+1), prev, 2)
+		run = append(run, g...)
+		prev = g[1].Hash
+	}
+	total := 0
+	for _, m := range GroupMessages(run) {
+		if m.Entries > maxGossipEntries || m.Entries%2 != 0 {
+			t.Fatalf("a message of %d entries (limit %d, whole groups of 2)", m.Entries, maxGossipEntries)
+		}
+		total += m.Entries
+	}
+	if total != len(run) {
+		t.Fatalf("%d entries in messages, want %d", total, len(run))
+	}
+}
