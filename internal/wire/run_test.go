@@ -139,3 +139,37 @@ func contains(s, sub string) bool {
 	}
 	return false
 }
+
+// BenchmarkEncodeSignGroup64 is BenchmarkEncodeSign for a commit group of 64
+// entries signed once, per entry: encoding and hashing each, one signature.
+func BenchmarkEncodeSignGroup64(b *testing.B) {
+	key := testKey(b)
+	e := sampleEntry()
+	for b.Loop() {
+		for i := range 64 {
+			body, err := EncodeBody(e)
+			if err != nil {
+				b.Fatal(err)
+			}
+			h := HashOf(body)
+			if i == 63 {
+				_ = ed25519.Sign(key, h[:])
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*64), "ns/entry")
+}
+
+// BenchmarkVerifyRun64 checks a run of one group of 64 entries: the chain and
+// one signature.
+func BenchmarkVerifyRun64(b *testing.B) {
+	key := testKey(b)
+	run := groupOf(b, key, 1, Hash{}, 64, "x")
+	keys := keysOf(key.Public().(ed25519.PublicKey))
+	for b.Loop() {
+		if err := VerifyRun(run, keys); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*64), "ns/entry")
+}
