@@ -36,6 +36,9 @@ func VerifyRun(run []*Signed, keys SiteKeys) error {
 	if err := CheckChain(run); err != nil {
 		return err
 	}
+	if err := checkGroupBounds(run); err != nil {
+		return err
+	}
 	for i, s := range run {
 		ends := i+1 == len(run) || run[i+1].Epoch != s.Epoch
 		if !ends && !s.IsSigned() {
@@ -50,6 +53,26 @@ func VerifyRun(run []*Signed, keys SiteKeys) error {
 		}
 		if err := s.Verify(key); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// checkGroupBounds refuses a run with more unsigned entries in a row than a
+// writer leaves (fewer than MaxGroupEntries, of at most MaxGroupBytes of
+// bodies): a run whose group ends were stripped on the way would otherwise
+// be stored as one group too large to serve, gossip or prove a fork with.
+func checkGroupBounds(run []*Signed) error {
+	n, size := 0, 0
+	for _, s := range run {
+		if s.IsSigned() {
+			n, size = 0, 0
+			continue
+		}
+		n++
+		size += len(s.Body)
+		if n >= MaxGroupEntries || size > MaxGroupBytes {
+			return errorf(ErrSignature, "entry %s follows %d unsigned entries (%d bytes): a writer signs at least every %d entries and %d bytes", s.ID(), n-1, size, MaxGroupEntries, MaxGroupBytes)
 		}
 	}
 	return nil

@@ -126,6 +126,15 @@ func TestVerifyRun(t *testing.T) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 		}
 	}
+	// A group longer than a writer makes (its inner ends stripped on the
+	// way) is refused; the longest a writer makes passes.
+	long := groupOf(t, key, 1, Hash{}, MaxGroupEntries+1, "long")
+	if err := VerifyRun(long, keys); !errors.Is(err, ErrSignature) {
+		t.Errorf("a group of %d entries: %v, want ErrSignature", len(long), err)
+	}
+	if err := VerifyRun(groupOf(t, key, 1, Hash{}, MaxGroupEntries, "max"), keys); err != nil {
+		t.Errorf("a group of %d entries: %v", MaxGroupEntries, err)
+	}
 	if SignedEnd(grp, 0) != 3 || SignedEnd(grp[:3], 0) != -1 {
 		t.Errorf("SignedEnd: %d, %d", SignedEnd(grp, 0), SignedEnd(grp[:3], 0))
 	}
