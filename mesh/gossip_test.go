@@ -443,3 +443,40 @@ func TestGroupMessagesBoundEntries(t *testing.T) {
 		t.Fatalf("%d entries in messages, want %d", total, len(run))
 	}
 }
+
+// A fork proof whose conflicting entries are inside commit groups carries
+// each branch to its signed end, by gossip, by stream and by catch-up.
+func TestForkProofCarriesRuns(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	base := signChain(t, testFamily, ia, 1, wire.Hash{}, 1)[0]
+	x := groupChain(t, testFamily, ia, 2, base.Hash, 3)
+	y := branchOf(t, ia, base, 2)
+	logA := newLog()
+	logA.add(base)
+	logA.add(x...)
+	logA.proofs = [][2][][]byte{{runEnvs(x), runEnvs(y)}}
+	a, b := servingPair(t, ia, ib, logA)
+	waitGossip(t, a, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.m.Fetch(ctx, ia.id, logA.Frontier(), map[string][]byte{"a": x[2].Hash[:]}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.PublishForkProof(ctx, x, y); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "B hears of the fork by catch-up, gossip and stream", func() bool { return len(b.h.forkCalls()) >= 3 })
+	for _, f := range b.h.forkCalls() {
+		if len(f.ra) != 3 || len(f.rb) != 2 || f.ra[2].Hash != x[2].Hash || f.rb[1].Hash != y[1].Hash || f.ra[0].IsSigned() || !f.rb[1].IsSigned() {
+			t.Errorf("fork proof of %d and %d entries, want the runs of 3 and 2 as sent", len(f.ra), len(f.rb))
+		}
+	}
+}
+
+func runEnvs(run []*wire.Signed) [][]byte {
+	out := make([][]byte, len(run))
+	for i, s := range run {
+		out[i] = s.Marshal()
+	}
+	return out
+}
