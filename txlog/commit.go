@@ -56,10 +56,11 @@ type group struct {
 
 // run is the committer: it builds each group, makes it visible with an
 // unsynced commit, and hands it to the syncer, which makes it durable and only
-// then answers the callers. While one group waits for its fsync the next is
-// already being stamped, signed and applied, so the disk's sync latency and the
-// CPU work overlap. Reads that others can see (heads, ranges) advance only
-// once a group is durable.
+// then answers the callers. While one group waits for its fsync the next
+// gathers the requests that arrive (it could not be synced sooner), then is
+// stamped, signed and applied. Bigger groups mean fewer fsyncs and fewer
+// signatures. Reads that others can see (heads, ranges) advance only once a
+// group is durable.
 func (l *Log) run() {
 	defer close(l.done)
 	syncDone := make(chan struct{})
@@ -87,7 +88,23 @@ func (l *Log) run() {
 				grp = append(grp, r)
 				n += r.size()
 			default:
-				break fill
+				if l.unsynced.Load() == 0 {
+					break fill
+				}
+				// The syncer is busy: this group cannot be synced before it is
+				// free anyway, so it takes what arrives meanwhile.
+				select {
+				case r := <-l.reqs:
+					if r.fn != nil {
+						l.commitGroup(grp)
+						grp, n = nil, 0
+						l.exclusive(r)
+						break fill
+					}
+					grp = append(grp, r)
+					n += r.size()
+				case <-l.synced:
+				}
 			}
 		}
 		if len(grp) == 0 {
@@ -166,6 +183,12 @@ func (l *Log) syncer(done chan struct{}) {
 			}
 			if p.barrier != nil {
 				close(p.barrier)
+			}
+			if len(p.grp) > 0 && l.unsynced.Add(-1) == 0 {
+				select {
+				case l.synced <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}
@@ -263,6 +286,7 @@ func (l *Log) commitGroup(grp []*request) {
 	for s, f := range g.forks {
 		l.prepForks[s] = f
 	}
+	l.unsynced.Add(1)
 	l.syncq <- &pending{grp: grp, own: ownRun(grp), heads: g.heads, forks: g.forks}
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -179,9 +180,14 @@ type Log struct {
 	keys  keys
 	reqs  chan *request
 	syncq chan *pending // committed groups waiting for their fsync
-	stop  chan struct{}
-	done  chan struct{}
-	write *pebble.WriteOptions
+	// unsynced counts the groups handed to the syncer and not yet answered;
+	// synced gets a signal when it drops to 0 (the committer waits for it to
+	// gather a bigger group).
+	unsynced atomic.Int32
+	synced   chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
+	write    *pebble.WriteOptions
 
 	mu      sync.Mutex
 	closed  bool
@@ -204,16 +210,17 @@ func Open(cfg Config) (*Log, error) {
 		return nil, err
 	}
 	l := &Log{
-		cfg:   cfg,
-		db:    cfg.DB,
-		keys:  newKeys(cfg.Space),
-		reqs:  make(chan *request, cfg.QueueSize),
-		syncq: make(chan *pending, 4),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
-		write: pebble.Sync,
-		heads: map[string]Head{},
-		forks: map[string]Fork{},
+		cfg:    cfg,
+		db:     cfg.DB,
+		keys:   newKeys(cfg.Space),
+		reqs:   make(chan *request, cfg.QueueSize),
+		syncq:  make(chan *pending, 4),
+		synced: make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+		write:  pebble.Sync,
+		heads:  map[string]Head{},
+		forks:  map[string]Fork{},
 	}
 	if cfg.NoSync {
 		l.write = pebble.NoSync
