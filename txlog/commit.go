@@ -73,49 +73,68 @@ func (l *Log) run() {
 		case <-l.stop:
 			return
 		}
-		grp := []*request{first}
-		n := first.size()
+		if first.fn != nil {
+			l.exclusive(first)
+			continue
+		}
+		b := l.openGroup()
+		b.add(l, first)
 	fill:
-		for n < l.cfg.MaxBatch && first.fn == nil {
+		for b.n < l.cfg.MaxBatch {
+			var r *request
 			select {
-			case r := <-l.reqs:
-				if r.fn != nil { // exclusive work waits for the group before it
-					l.commitGroup(grp)
-					grp, n = nil, 0
-					l.exclusive(r)
-					break fill
-				}
-				grp = append(grp, r)
-				n += r.size()
+			case r = <-l.reqs:
 			default:
 				if l.unsynced.Load() == 0 {
 					break fill
 				}
 				// The syncer is busy: this group cannot be synced before it is
-				// free anyway, so it takes what arrives meanwhile.
+				// free anyway, so it takes (and stamps) what arrives meanwhile.
 				select {
-				case r := <-l.reqs:
-					if r.fn != nil {
-						l.commitGroup(grp)
-						grp, n = nil, 0
-						l.exclusive(r)
-						break fill
-					}
-					grp = append(grp, r)
-					n += r.size()
+				case r = <-l.reqs:
 				case <-l.synced:
+					break fill
 				}
 			}
+			if r.fn != nil { // exclusive work waits for the group before it
+				l.commitGroup(b)
+				b = nil
+				l.exclusive(r)
+				break fill
+			}
+			b.add(l, r)
 		}
-		if len(grp) == 0 {
-			continue
+		if b != nil {
+			l.commitGroup(b)
 		}
-		if first.fn != nil {
-			l.exclusive(first)
-			continue
-		}
-		l.commitGroup(grp)
 	}
+}
+
+// building is a group under construction: its requests, each stamped or
+// placed as it arrived.
+type building struct {
+	g   *group
+	grp []*request
+	n   int
+}
+
+func (l *Log) openGroup() *building {
+	return &building{g: &group{b: l.db.NewIndexedBatch(), heads: map[string]Head{}, forks: map[string]Fork{}}}
+}
+
+// add places r in the group: own transactions are stamped, remote runs and
+// proofs checked against the log.
+func (b *building) add(l *Log, r *request) {
+	switch {
+	case r.own != nil:
+		r.err = l.stampOwn(b.g, r)
+	case r.proof != nil:
+		r.res.Appended, r.err = l.addProof(b.g, r.proof[0], r.proof[1])
+	default:
+		r.res, r.err = l.addRun(b.g, r.run)
+	}
+	b.grp = append(b.grp, r)
+	b.n += r.size()
 }
 
 // exclusive runs r.fn once every earlier group is durable, with nothing else
@@ -245,7 +264,11 @@ func (l *Log) forkOf(g *group, site string) (Fork, bool) {
 	return f, ok
 }
 
-func (l *Log) commitGroup(grp []*request) {
+// commitGroup applies, signs and stores a built group, commits it without
+// sync and hands it to the syncer.
+func (l *Log) commitGroup(b *building) {
+	g, grp := b.g, b.grp
+	defer g.b.Close()
 	answer := func(err error) {
 		for _, r := range grp {
 			if r.err == nil {
@@ -257,18 +280,6 @@ func (l *Log) commitGroup(grp []*request) {
 	if err := l.brokenErr(); err != nil {
 		answer(err)
 		return
-	}
-	g := &group{b: l.db.NewIndexedBatch(), heads: map[string]Head{}, forks: map[string]Fork{}}
-	defer g.b.Close()
-	for _, r := range grp {
-		switch {
-		case r.own != nil:
-			r.err = l.stampOwn(g, r)
-		case r.proof != nil:
-			r.res.Appended, r.err = l.addProof(g, r.proof[0], r.proof[1])
-		default:
-			r.res, r.err = l.addRun(g, r.run)
-		}
 	}
 	err := l.writeAll(g, l.signAll(g.unsigned))
 	if err == nil && !g.b.Empty() {
