@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -181,4 +182,24 @@ func BenchmarkVerifyRun64(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*64), "ns/entry")
+}
+
+// The hand-built envelope is the codec's canonical encoding, for every size
+// class of body and with or without a signature.
+func TestEnvelopeEncodingMatchesCodec(t *testing.T) {
+	for _, n := range []int{0, 1, 31, 32, 255, 256, 65535, 65536, 70000} {
+		for _, sig := range [][]byte{{}, make([]byte, 64)} {
+			body := make([]byte, n)
+			for i := range body {
+				body[i] = byte(i)
+			}
+			want, err := Marshal(&Envelope{Body: body, Sig: sig})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := appendEnvelope(nil, body, sig); !bytes.Equal(got, want) {
+				t.Fatalf("body of %d bytes, signature of %d: hand-built %x..., codec %x...", n, len(sig), got[:min(8, len(got))], want[:min(8, len(want))])
+			}
+		}
+	}
 }
