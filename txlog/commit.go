@@ -85,11 +85,13 @@ func (l *Log) run() {
 			select {
 			case r = <-l.reqs:
 			default:
-				if l.unsynced.Load() == 0 {
+				if l.unsynced.Load() == 0 || int64(b.n) >= l.unsyncedEntries.Load() {
 					break fill
 				}
 				// The syncer is busy: this group cannot be synced before it is
-				// free anyway, so it takes (and stamps) what arrives meanwhile.
+				// free anyway, so it takes (and stamps) what arrives meanwhile,
+				// until it is as large as what the syncer holds: then it is
+				// finished while the syncer works, and the two alternate.
 				select {
 				case r = <-l.reqs:
 				case <-l.synced:
@@ -154,6 +156,7 @@ func (l *Log) exclusive(r *request) {
 // pending is a group committed without sync, waiting for the syncer.
 type pending struct {
 	grp     []*request
+	n       int            // the entries of its requests (their sizes)
 	own     []*wire.Signed // own entries to report to Config.Committed (see ownRun)
 	heads   map[string]Head
 	forks   map[string]Fork
@@ -202,6 +205,9 @@ func (l *Log) syncer(done chan struct{}) {
 			}
 			if p.barrier != nil {
 				close(p.barrier)
+			}
+			if len(p.grp) > 0 {
+				l.unsyncedEntries.Add(-int64(p.n))
 			}
 			if len(p.grp) > 0 && l.unsynced.Add(-1) == 0 {
 				select {
@@ -298,7 +304,8 @@ func (l *Log) commitGroup(b *building) {
 		l.prepForks[s] = f
 	}
 	l.unsynced.Add(1)
-	l.syncq <- &pending{grp: grp, own: ownRun(grp), heads: g.heads, forks: g.forks}
+	l.unsyncedEntries.Add(int64(b.n))
+	l.syncq <- &pending{grp: grp, n: b.n, own: ownRun(grp), heads: g.heads, forks: g.forks}
 }
 
 // ownRun returns the own entries of a committed group that end it and

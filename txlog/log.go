@@ -183,8 +183,9 @@ type Log struct {
 	// unsynced counts the groups handed to the syncer and not yet answered;
 	// synced gets a signal when it drops to 0 (the committer waits for it to
 	// gather a bigger group).
-	unsynced atomic.Int32
-	synced   chan struct{}
+	unsynced        atomic.Int32
+	unsyncedEntries atomic.Int64 // the entries of those groups
+	synced          chan struct{}
 	stop     chan struct{}
 	done     chan struct{}
 	write    *pebble.WriteOptions
