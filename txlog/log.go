@@ -186,9 +186,9 @@ type Log struct {
 	unsynced        atomic.Int32
 	unsyncedEntries atomic.Int64 // the entries of those groups
 	synced          chan struct{}
-	stop     chan struct{}
-	done     chan struct{}
-	write    *pebble.WriteOptions
+	stop            chan struct{}
+	done            chan struct{}
+	write           *pebble.WriteOptions
 
 	mu      sync.Mutex
 	closed  bool
