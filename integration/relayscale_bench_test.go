@@ -687,7 +687,7 @@ func (l lightLog) RawRange(site string, from, to uint64, fn func(seq uint64, env
 	return nil
 }
 
-func (l lightLog) ForkProofs() [][2][]byte { return nil }
+func (l lightLog) ForkProofs() [][2][][]byte { return nil }
 
 type lightHandler struct{ s *lightSite }
 
@@ -782,6 +782,6 @@ func (h lightHandler) PeerChanged(p peer.ID, connected bool) {
 		h.s.mu.Unlock()
 	}
 }
-func (h lightHandler) DocumentsChanged()                             {}
-func (h lightHandler) ForkProof(peer.ID, *wire.Signed, *wire.Signed) {}
-func (h lightHandler) Duplicate(peer.ID)                             {}
+func (h lightHandler) DocumentsChanged()                                 {}
+func (h lightHandler) ForkProof(peer.ID, []*wire.Signed, []*wire.Signed) {}
+func (h lightHandler) Duplicate(peer.ID)                                 {}

@@ -64,7 +64,7 @@ func TestBootstrapToUnknownRelayJoinsThroughHello(t *testing.T) {
 		return len(bs) == 1 && bs[0].State == CandidateConnected && bs[0].Site == "relay"
 	})
 	waitGossip(t, site, relay)
-	env := signChain(t, testFamily, is, 1, wire.Hash{}, 1)[0].Marshal()
+	env := groupMsg(t, signChain(t, testFamily, is, 1, wire.Hash{}, 1)[0])
 	if err := site.m.Publish(context.Background(), env); err != nil {
 		t.Fatal(err)
 	}

@@ -40,16 +40,20 @@ type catchupRequest struct {
 // node that pushes its branch of a fork starts as far back.
 const DivergeWindow = 1000
 
-// catchupBatch is one compressed frame of a response: a contiguous run.
+// catchupBatch is one compressed frame of a response: a contiguous run that
+// ends at a signed entry (the end of a commit group), so the receiver checks
+// its chain and one signature.
 type catchupBatch struct {
 	Site    string   `codec:"si"`
 	First   uint64   `codec:"fi"`
 	Entries [][]byte `codec:"en"`
-	// Proof, in the frames after the entries, holds the two envelopes that
-	// prove a fork: every session spreads the forks the server knows, so a
-	// fork reaches even a node that no gossip reaches (a cloned copy that
-	// shares its twin's peer ID).
-	Proof [][]byte `codec:"pf,omitempty"`
+	// Proof and ProofB, in the frames after the entries, hold the two runs
+	// of envelopes that prove a fork (each from an entry at the fork to its
+	// commit group's signed end): every session spreads the forks the
+	// server knows, so a fork reaches even a node that no gossip reaches (a
+	// cloned copy that shares its twin's peer ID).
+	Proof  [][]byte `codec:"pf,omitempty"`
+	ProofB [][]byte `codec:"pb,omitempty"`
 	// Refused, in the only frame of a response, says why the server did not
 	// serve the session (too many at once, too often).
 	Refused string `codec:"rf,omitempty"`
@@ -167,7 +171,7 @@ func (m *Mesh) serveCatchup(s network.Stream, req catchupRequest) error {
 		}
 	}
 	for _, pr := range m.cfg.Log.ForkProofs() {
-		raw, err := wire.Marshal(&catchupBatch{Proof: [][]byte{pr[0], pr[1]}})
+		raw, err := wire.Marshal(&catchupBatch{Proof: pr[0], ProofB: pr[1]})
 		if err != nil {
 			return err
 		}
@@ -260,10 +264,10 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 		if b.Refused != "" {
 			return st, fmt.Errorf("mesh: %s refused the catch-up session: %s", p, b.Refused)
 		}
-		if len(b.Proof) == 2 {
-			pa, errA := wire.DecodeEnvelope(b.Proof[0])
-			pb, errB := wire.DecodeEnvelope(b.Proof[1])
-			if errA == nil && errB == nil {
+		if len(b.Proof) > 0 {
+			pa, errA := m.decodeProofRun(b.Proof)
+			pb, errB := m.decodeProofRun(b.ProofB)
+			if errA == nil && errB == nil && len(pb) > 0 {
 				m.cfg.Handler.ForkProof(p, pa, pb)
 			}
 			continue
@@ -357,8 +361,13 @@ func (m *Mesh) hashAt(site string, seq uint64) wire.Hash {
 	return h
 }
 
-// writeRange writes site's entries from..to as compressed batches of at most
-// batchEntries entries or batchBytes bytes.
+// writeRange writes site's entries from..to as compressed batches of about
+// batchEntries entries or batchBytes bytes, each ending at a signed entry (a
+// commit group's end, at most wire.MaxGroupEntries entries and
+// wire.MaxGroupBytes further): the receiver refuses a batch whose last
+// entry is unsigned. Unsigned entries after the last signed one up to to
+// are not sent (a log's head is always signed, so that happens only for a
+// range that ends inside a group).
 func (m *Mesh) writeRange(w *bufio.Writer, s network.Stream, site string, from, to uint64) error {
 	batch := catchupBatch{Site: site, First: from}
 	size := 0
@@ -381,15 +390,34 @@ func (m *Mesh) writeRange(w *bufio.Writer, s network.Stream, site string, from, 
 	err := m.cfg.Log.RawRange(site, from, to, func(_ uint64, env []byte) (bool, error) {
 		batch.Entries = append(batch.Entries, append([]byte(nil), env...))
 		size += len(env)
-		if len(batch.Entries) >= batchEntries || size >= batchBytes {
-			return false, flush()
+		if len(batch.Entries) < batchEntries && size < batchBytes {
+			return false, nil
 		}
-		return false, nil
+		if !endsGroup(env) {
+			return false, nil // the batch goes on to its group's end
+		}
+		return false, flush()
 	})
 	if err != nil {
 		return err
 	}
-	return flush()
+	// The rest, if it ends at a signed entry; else the part up to the last
+	// signed one.
+	for i := len(batch.Entries) - 1; i >= 0; i-- {
+		if endsGroup(batch.Entries[i]) {
+			batch.Entries = batch.Entries[:i+1]
+			return flush()
+		}
+	}
+	return nil
+}
+
+// endsGroup reports whether a stored envelope may end a batch: it is signed,
+// or it cannot be read (then it is sent as it is, and the receiver refuses
+// the batch: a damaged log is not served as if it were whole).
+func endsGroup(env []byte) bool {
+	signed, err := wire.EnvelopeSigned(env)
+	return signed || err != nil
 }
 
 // decodeBatch decompresses and decodes one frame, and checks that every

@@ -271,7 +271,7 @@ func TestCatchupCarriesForkProofs(t *testing.T) {
 	}
 	logA := newLog()
 	logA.add(base, x)
-	logA.proofs = [][2][]byte{{x.Marshal(), y.Marshal()}}
+	logA.proofs = [][2][][]byte{{{x.Marshal()}, {y.Marshal()}}}
 	_, b := servingPair(t, ia, ib, logA)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -418,4 +418,46 @@ func TestCatchupCutShortFails(t *testing.T) {
 		t.Errorf("the fetch ended by its deadline, not by the cut: %v", r.err)
 	}
 	checkRuns(t, b.h.entryCalls(), a, []string{"a"}, map[string][2]uint64{"a": {1, uint64(r.st.Entries)}})
+}
+
+// A log written in commit groups is served in batches that each end at a
+// signed entry: a batch that reaches its size inside a group goes on to the
+// group's end, and unsigned entries after the last signed one are not sent.
+func TestCatchupBatchesEndAtGroupEnds(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	logA := newLog()
+	var all []*wire.Signed
+	prev := wire.Hash{}
+	for len(all) < 2*batchEntries+100 {
+		g := groupChain(t, testFamily, ia, uint64(len(all)+1), prev, 300)
+		all = append(all, g...)
+		prev = g[len(g)-1].Hash
+	}
+	tail := groupChain(t, testFamily, ia, uint64(len(all)+1), prev, 3)
+	tail[2].Sig = nil // a range that ends inside a group
+	logA.add(all...)
+	logA.add(tail...)
+	_, b := servingPair(t, ia, ib, logA)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := b.m.Fetch(ctx, ia.id, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Entries != len(all) {
+		t.Errorf("received %d entries, want the %d up to the last signed one", st.Entries, len(all))
+	}
+	next := uint64(1)
+	for _, c := range b.h.entryCalls() {
+		if c.run[0].Seq != next {
+			t.Fatalf("a batch starts at %d, want %d", c.run[0].Seq, next)
+		}
+		if !c.run[len(c.run)-1].IsSigned() {
+			t.Errorf("a batch of %d entries from %d ends unsigned", len(c.run), c.run[0].Seq)
+		}
+		if len(c.run) > batchEntries+300 {
+			t.Errorf("a batch of %d entries", len(c.run))
+		}
+		next += uint64(len(c.run))
+	}
 }

@@ -171,7 +171,7 @@ func (f *fakeFamily) Learn(doc []byte) (bool, error) {
 type fakeLog struct {
 	mu     sync.Mutex
 	envs   map[string][][]byte
-	proofs [][2][]byte
+	proofs [][2][][]byte
 }
 
 func newLog() *fakeLog { return &fakeLog{envs: map[string][][]byte{}} }
@@ -231,7 +231,7 @@ func (l *fakeLog) RawRange(site string, from, to uint64, fn func(seq uint64, env
 	return nil
 }
 
-func (l *fakeLog) ForkProofs() [][2][]byte {
+func (l *fakeLog) ForkProofs() [][2][][]byte {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.proofs)
@@ -267,8 +267,9 @@ type peerEvent struct {
 }
 
 type forkCall struct {
-	from peer.ID
-	a, b *wire.Signed
+	from   peer.ID
+	a, b   *wire.Signed   // the runs' first entries
+	ra, rb []*wire.Signed // the runs
 }
 
 func (h *fakeHandler) Entries(_ context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
@@ -301,10 +302,10 @@ func (h *fakeHandler) DocumentsChanged() {
 	h.docs++
 }
 
-func (h *fakeHandler) ForkProof(from peer.ID, a, b *wire.Signed) {
+func (h *fakeHandler) ForkProof(from peer.ID, a, b []*wire.Signed) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.forks = append(h.forks, forkCall{from: from, a: a, b: b})
+	h.forks = append(h.forks, forkCall{from: from, a: a[0], b: b[0], ra: a, rb: b})
 }
 
 func (h *fakeHandler) Duplicate(p peer.ID) {
@@ -525,4 +526,29 @@ func signChain(t testing.TB, family string, ident identity, from uint64, prev wi
 		prev = s.Hash
 	}
 	return out
+}
+
+// groupChain is signChain as a writer with one signature per commit group
+// writes it: only the last entry is signed.
+func groupChain(t testing.TB, family string, ident identity, from uint64, prev wire.Hash, n int) []*wire.Signed {
+	t.Helper()
+	out := signChain(t, family, ident, from, prev, n)
+	for _, s := range out[:len(out)-1] {
+		s.Sig = nil
+	}
+	return out
+}
+
+// groupMsg encodes entries as one message of the groups topic.
+func groupMsg(t testing.TB, ss ...*wire.Signed) []byte {
+	t.Helper()
+	envs := make([][]byte, len(ss))
+	for i, s := range ss {
+		envs[i] = s.Marshal()
+	}
+	b, err := wire.Marshal(&groupMessage{Entries: envs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

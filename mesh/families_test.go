@@ -149,12 +149,12 @@ func TestHostKeepsFamiliesApart(t *testing.T) {
 
 	// Gossip stays in its family.
 	next := signChain(t, familyB, x.ib1, 4, x.entriesB[2].Hash, 1)[0]
-	if err := x.b1.m.Publish(ctx, next.Marshal()); err != nil {
+	if err := x.b1.m.Publish(ctx, groupMsg(t, next)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the relay's family B receives b1's gossip", func() bool { return sitesReceived(x.rb.h)["b1"] >= 1 })
 	nextA := signChain(t, familyA, x.ia1, 6, x.entriesA[4].Hash, 1)[0]
-	if err := x.a1.m.Publish(ctx, nextA.Marshal()); err != nil {
+	if err := x.a1.m.Publish(ctx, groupMsg(t, nextA)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the relay's family A receives a1's gossip", func() bool { return sitesReceived(x.ra.h)["a1"] >= 1 })
@@ -291,7 +291,7 @@ func TestHostDetachedFamilyIsCutOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	next := signChain(t, familyB, x.ib1, 4, x.entriesB[2].Hash, 1)[0]
-	if err := x.b1.m.Publish(ctx, next.Marshal()); err != nil {
+	if err := x.b1.m.Publish(ctx, groupMsg(t, next)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "family B still gossips through the relay", func() bool { return sitesReceived(x.rb.h)["b1"] >= 1 })
@@ -353,14 +353,14 @@ func TestFamilyLimitsKeepOtherFamiliesServed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, e := range signChain(t, familyA, ia1, 1, wire.Hash{}, 300) {
-		if err := a1.m.Publish(ctx, e.Marshal()); err != nil {
+		if err := a1.m.Publish(ctx, groupMsg(t, e)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitFor(t, "the relay refuses A's flood over its limit", func() bool { return ra.m.Rejections()["limit_gossip"] > 0 })
 	// B's 30 entries, sent after, all arrive: B's share is its own.
 	for _, e := range signChain(t, familyB, ib1, 1, wire.Hash{}, 30) {
-		if err := b1.m.Publish(ctx, e.Marshal()); err != nil {
+		if err := b1.m.Publish(ctx, groupMsg(t, e)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -459,7 +459,7 @@ func TestLazyFamilySleepsWithoutMembers(t *testing.T) {
 		site := startNode(t, sites[7], newFamily(fam, ir, sites[7]), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
 		waitGossip(t, site, fams[7])
 		e := signChain(t, fam, sites[7], 1, wire.Hash{}, round)[round-1]
-		if err := site.m.Publish(context.Background(), e.Marshal()); err != nil {
+		if err := site.m.Publish(context.Background(), groupMsg(t, e)); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, "the relay's woken family receives the site's gossip", func() bool { return sitesReceived(fams[7].h)["site"] >= round })

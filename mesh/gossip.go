@@ -45,12 +45,14 @@ type gossip struct {
 	ent, hbt, fkt *pubsub.Topic
 }
 
-// startGossip joins the family's topics: entries (each committed entry,
-// published once), heartbeats and fork proofs, and starts reading them.
+// startGossip joins the family's topics: groups (the own entries of each
+// commit group, published once as one message), heartbeats and fork proofs,
+// and starts reading them.
 func (m *Mesh) startGossip(g *gossip) error {
 	isMember := func(p peer.ID) bool { _, ok := m.cfg.Family.Member(p); return ok }
 	ps, err := pubsub.NewGossipSub(g.ctx, m.host,
-		// No pubsub signatures: every entry carries its site's signature and
+		// No pubsub signatures: every group ends at an entry that carries its
+		// site's signature, and
 		// heartbeats are signed by their node (signedHeartbeat), so signing and
 		// verifying each message again would only double the CPU per entry.
 		// Every hop is a member: the gater, the peer filter and the validators
@@ -76,19 +78,19 @@ func (m *Mesh) startGossip(g *gossip) error {
 		pubsub.WithProtocolMatchFn(func(own protocol.ID) func(protocol.ID) bool {
 			return func(p protocol.ID) bool { return p == own || p == protoBase }
 		}),
-		pubsub.WithPeerScore(scoreParams(m.topicName("entries"), m.topicName("heartbeat"), isMember), scoreThresholds()),
+		pubsub.WithPeerScore(scoreParams(m.topicName("groups"), m.topicName("heartbeat"), isMember), scoreThresholds()),
 	)
 	if err != nil {
 		return fmt.Errorf("mesh: start gossip: %w", err)
 	}
 	g.ps = ps
-	if err := ps.RegisterTopicValidator(m.topicName("entries"), m.validateEntry); err != nil {
+	if err := ps.RegisterTopicValidator(m.topicName("groups"), m.validateGroup); err != nil {
 		return fmt.Errorf("mesh: entry validator: %w", err)
 	}
 	if err := ps.RegisterTopicValidator(m.topicName("heartbeat"), m.validateHeartbeat, pubsub.WithValidatorInline(true)); err != nil {
 		return fmt.Errorf("mesh: heartbeat validator: %w", err)
 	}
-	if g.ent, err = ps.Join(m.topicName("entries")); err != nil {
+	if g.ent, err = ps.Join(m.topicName("groups")); err != nil {
 		return fmt.Errorf("mesh: join entries topic: %w", err)
 	}
 	if g.hbt, err = ps.Join(m.topicName("heartbeat")); err != nil {
@@ -186,9 +188,77 @@ func scoreThresholds() *pubsub.PeerScoreThresholds {
 	return &pubsub.PeerScoreThresholds{GossipThreshold: -100, PublishThreshold: -200, GraylistThreshold: -300}
 }
 
-// validateEntry accepts an entry only from a member, of this family, well
-// formed, within the limits and signed by its site's key of its epoch.
-func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+// groupMessage is what the groups topic carries: the envelopes of one run of
+// a site's consecutive entries that ends at a signed entry (a commit group,
+// or the part of one that fits a message).
+type groupMessage struct {
+	Entries [][]byte `codec:"en"`
+}
+
+// maxGossipMessage bounds a gossiped message (pubsub's own limit is a little
+// larger), maxGossipEntries the entries it carries.
+const (
+	maxGossipMessage = wire.MaxEntryBytes
+	maxGossipEntries = 4 * wire.MaxGroupEntries
+)
+
+// GossipMessage is one encoded message of the groups topic.
+type GossipMessage struct {
+	Data    []byte
+	Entries int // how many entries it carries
+}
+
+// GroupMessages encodes a committed run of own entries (one commit group,
+// or groups that follow each other) as gossip messages: whole groups, as
+// many as fit maxGossipMessage each, so that every message is a run ending
+// at a signed entry. A group too large for one message is left out (and
+// the message before it ends there): catch-up delivers it. Unsigned
+// entries after the run's last signed one are left out too.
+func GroupMessages(run []*wire.Signed) []GossipMessage {
+	var out []GossipMessage
+	var msg [][]byte
+	size := 0
+	flush := func() {
+		if len(msg) == 0 {
+			return
+		}
+		if b, err := wire.Marshal(&groupMessage{Entries: msg}); err == nil {
+			out = append(out, GossipMessage{Data: b, Entries: len(msg)})
+		}
+		msg, size = nil, 0
+	}
+	start := 0
+	for i, s := range run {
+		if !s.IsSigned() {
+			continue
+		}
+		grp := make([][]byte, 0, i+1-start)
+		n := 0
+		for _, e := range run[start : i+1] {
+			env := e.Marshal()
+			grp = append(grp, env)
+			n += len(env) + 8
+		}
+		start = i + 1
+		switch {
+		case n+64 > maxGossipMessage || len(grp) > maxGossipEntries:
+			flush()
+		case size+n+64 > maxGossipMessage || len(msg)+len(grp) > maxGossipEntries:
+			flush()
+			msg, size = grp, n
+		default:
+			msg, size = append(msg, grp...), size+n
+		}
+	}
+	flush()
+	return out
+}
+
+// validateGroup accepts a message of the groups topic only from a member, of
+// this family, well formed, within the limits, and a run of one site's
+// entries that chains and ends at an entry signed by its site's key of its
+// epoch: one signature checked per message.
+func (m *Mesh) validateGroup(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	m.tap.write(msg.Data) // what this node received (forwarded on as is)
 	if from == m.host.ID() {
 		return pubsub.ValidationAccept // our own, checked when committed
@@ -201,7 +271,7 @@ func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Messag
 	if !m.takeGossip() {
 		return pubsub.ValidationIgnore // over the family's rate: catch-up brings it later
 	}
-	s, err := wire.DecodeEnvelope(msg.Data)
+	run, err := m.decodeGroup(msg.Data)
 	if err != nil {
 		if errors.Is(err, wire.ErrTooLarge) {
 			m.count("gossip_oversized")
@@ -210,12 +280,15 @@ func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Messag
 		}
 		return pubsub.ValidationReject
 	}
-	if s.Family != m.cfg.Family.ID() {
+	if run[0].Family != m.cfg.Family.ID() {
 		m.count("gossip_wrong_family")
 		return pubsub.ValidationReject
 	}
-	key, err := m.cfg.Family.SiteKey(s.Site, s.Epoch)
-	if err != nil {
+	if err := wire.CheckChain(run); err != nil {
+		m.count("gossip_bad_chain")
+		return pubsub.ValidationReject
+	}
+	if _, err := m.cfg.Family.SiteKey(run[len(run)-1].Site, run[len(run)-1].Epoch); err != nil {
 		// Not delivered, but not held against the forwarder either: right
 		// after a site moves, its new certificate can reach this node after
 		// its first entries do, and a rejection would have gossip's scoring
@@ -224,12 +297,35 @@ func (m *Mesh) validateEntry(_ context.Context, from peer.ID, msg *pubsub.Messag
 		m.count("gossip_unknown_signer")
 		return pubsub.ValidationIgnore
 	}
-	if err := s.Verify(key); err != nil {
+	if err := wire.VerifyRun(run, m.cfg.Family.SiteKey); err != nil {
 		m.count("gossip_bad_signature")
 		return pubsub.ValidationReject
 	}
-	msg.ValidatorData = s
+	msg.ValidatorData = run
 	return pubsub.ValidationAccept
+}
+
+// decodeGroup decodes a groups-topic message into its run of entries.
+func (m *Mesh) decodeGroup(data []byte) ([]*wire.Signed, error) {
+	if len(data) > maxGossipMessage+1024 {
+		return nil, fmt.Errorf("%w: gossip message of %d bytes", wire.ErrTooLarge, len(data))
+	}
+	var gm groupMessage
+	if err := wire.Unmarshal(data, &gm); err != nil {
+		return nil, err
+	}
+	if len(gm.Entries) == 0 || len(gm.Entries) > maxGossipEntries {
+		return nil, fmt.Errorf("%w: gossip message of %d entries", wire.ErrMalformed, len(gm.Entries))
+	}
+	run := make([]*wire.Signed, len(gm.Entries))
+	for i, env := range gm.Entries {
+		s, err := wire.DecodeEnvelope(env)
+		if err != nil {
+			return nil, err
+		}
+		run[i] = s
+	}
+	return run, nil
 }
 
 // signedHeartbeat is a heartbeat signed by the node that sent it, so a
@@ -296,7 +392,7 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 	return pubsub.ValidationAccept
 }
 
-// readEntries hands the gossiped entries, as they come, to ingestEntries.
+// readEntries hands the gossiped runs, as they come, to ingestEntries.
 func (m *Mesh) readEntries(ctx context.Context, sub *pubsub.Subscription, out chan<- gossiped) {
 	defer sub.Cancel()
 	defer close(out)
@@ -308,32 +404,34 @@ func (m *Mesh) readEntries(ctx context.Context, sub *pubsub.Subscription, out ch
 		if msg.ReceivedFrom == m.host.ID() {
 			continue
 		}
-		s, ok := msg.ValidatorData.(*wire.Signed)
+		run, ok := msg.ValidatorData.([]*wire.Signed)
 		if !ok {
 			continue
 		}
 		select {
-		case out <- gossiped{s: s, from: msg.ReceivedFrom}:
+		case out <- gossiped{run: run, from: msg.ReceivedFrom}:
 		case <-ctx.Done():
 			return
 		}
 	}
 }
 
-// gossiped is one entry received by gossip, its signature checked.
+// gossiped is one run received by gossip (a message of the groups topic),
+// its chain and signature checked.
 type gossiped struct {
-	s    *wire.Signed
+	run  []*wire.Signed
 	from peer.ID
 }
 
-// maxGossipBatch bounds how many waiting gossiped entries one delivery takes.
+// maxGossipBatch bounds how many waiting gossiped messages one delivery
+// takes.
 const maxGossipBatch = 1000
 
-// ingestEntries delivers gossiped entries to the handler. Whatever has
-// piled up while the last delivery was being stored goes in one go, sorted
-// into contiguous runs per site, so that a node receiving thousands of
-// entries a second stores them in a few commits instead of one commit (and
-// one disk sync) each.
+// ingestEntries delivers gossiped runs to the handler. Whatever has piled up
+// while the last delivery was being stored goes in one go, runs that follow
+// each other joined, so that a node receiving thousands of entries a second
+// stores them in a few commits instead of one commit (and one disk sync)
+// each.
 func (m *Mesh) ingestEntries(in <-chan gossiped) {
 	for g := range in {
 		batch := []gossiped{g}
@@ -350,46 +448,56 @@ func (m *Mesh) ingestEntries(in <-chan gossiped) {
 			}
 		}
 		for _, run := range gossipRuns(batch) {
-			ss := make([]*wire.Signed, len(run))
-			for i, g := range run {
-				ss[i] = g.s
-			}
-			if _, err := m.cfg.Handler.Entries(m.ctx, run[0].from, ss, true); err != nil {
-				m.log.Debug("gossiped entries not appended", "first", ss[0].ID(), "entries", len(ss), "err", err)
+			if _, err := m.cfg.Handler.Entries(m.ctx, run.from, run.run, true); err != nil {
+				m.log.Debug("gossiped entries not appended", "first", run.run[0].ID(), "entries", len(run.run), "err", err)
 			}
 		}
 	}
 }
 
-// gossipRuns sorts a batch into runs of one site's consecutive entries, in
-// site and seq order. A second copy of an entry is dropped; a different entry
-// for a (site, seq) already in the batch (a fork, which the log must see)
-// goes alone in a run of its own after the others.
-func gossipRuns(batch []gossiped) [][]gossiped {
+// gossipRuns sorts a batch of gossiped runs by site and first seq and joins
+// a run to the one before it when it starts right after it and links to it.
+// Each run ends at a signed entry, so a joined one does too. A second copy
+// of a run is dropped; a run that overlaps another or does not link to it (a
+// fork, which the log must see) goes on its own.
+func gossipRuns(batch []gossiped) []gossiped {
 	slices.SortStableFunc(batch, func(a, b gossiped) int {
-		if c := strings.Compare(a.s.Site, b.s.Site); c != 0 {
+		if c := strings.Compare(a.run[0].Site, b.run[0].Site); c != 0 {
 			return c
 		}
-		return cmp.Compare(a.s.Seq, b.s.Seq)
+		return cmp.Compare(a.run[0].Seq, b.run[0].Seq)
 	})
-	var runs, extra [][]gossiped
-	for i, g := range batch {
-		if i > 0 && g.s.Site == batch[i-1].s.Site && g.s.Seq == batch[i-1].s.Seq {
-			if g.s.Hash != batch[i-1].s.Hash {
-				extra = append(extra, []gossiped{g})
-			}
+	var runs, extra []gossiped
+	for _, g := range batch {
+		n := len(runs)
+		if n == 0 {
+			runs = append(runs, g)
 			continue
 		}
-		if n := len(runs); n > 0 {
-			last := runs[n-1][len(runs[n-1])-1]
-			if last.s.Site == g.s.Site && last.s.Seq+1 == g.s.Seq {
-				runs[n-1] = append(runs[n-1], g)
-				continue
-			}
+		last := runs[n-1].run
+		end, first := last[len(last)-1], g.run[0]
+		switch {
+		case first.Site != end.Site:
+			runs = append(runs, g)
+		case first.Seq == end.Seq+1 && first.Prev == end.Hash:
+			runs[n-1].run = append(slices.Clip(last), g.run...)
+		case sameRun(last, g.run):
+		case first.Seq > end.Seq+1:
+			runs = append(runs, g)
+		default:
+			extra = append(extra, g)
 		}
-		runs = append(runs, []gossiped{g})
 	}
 	return append(runs, extra...)
+}
+
+// sameRun reports whether run b is part of run a (the same entries again).
+func sameRun(a, b []*wire.Signed) bool {
+	i := int(b[0].Seq) - int(a[0].Seq)
+	if i < 0 || i+len(b) > len(a) {
+		return false
+	}
+	return a[i+len(b)-1].Hash == b[len(b)-1].Hash
 }
 
 func (m *Mesh) readHeartbeats(ctx context.Context, sub *pubsub.Subscription) {
@@ -459,9 +567,9 @@ func (m *Mesh) PublishHeartbeat() {
 	}
 }
 
-// Publish gossips one committed entry (its envelope) once. Gossip is best
-// effort: catch-up delivers whatever it drops.
-func (m *Mesh) Publish(ctx context.Context, env []byte) error {
+// Publish gossips one message of committed own entries (see GroupMessages)
+// once. Gossip is best effort: catch-up delivers whatever it drops.
+func (m *Mesh) Publish(ctx context.Context, msg []byte) error {
 	g := m.gossip.Load()
 	if g == nil {
 		return nil // asleep: no member is connected; catch-up delivers it
@@ -471,18 +579,41 @@ func (m *Mesh) Publish(ctx context.Context, env []byte) error {
 		// would still keep it (its message cache and seen map) for a while.
 		return nil
 	}
-	m.tap.write(env)
-	if err := g.ent.Publish(ctx, env); err != nil {
+	m.tap.write(msg)
+	if err := g.ent.Publish(ctx, msg); err != nil {
 		return fmt.Errorf("mesh: publish: %w", err)
 	}
 	return nil
 }
 
-// forkProof is what the forks topic carries: two envelopes of one site that
-// cannot both belong to its chain.
+// forkProof is what the forks topic and the fork-proof stream carry: two
+// runs of one site's envelopes that cannot both belong to its chain, each
+// from an entry at the fork to the signed entry that ends its commit group.
+// A and B are the runs' first entries, RA and RB the rest (empty when the
+// first is signed itself).
 type forkProof struct {
-	A []byte `codec:"a"`
-	B []byte `codec:"b"`
+	A  []byte   `codec:"a"`
+	B  []byte   `codec:"b"`
+	RA [][]byte `codec:"ra,omitempty"`
+	RB [][]byte `codec:"rb,omitempty"`
+}
+
+// maxForkProof bounds a fork proof: two runs of at most a commit group's
+// bytes each, and an entry more.
+const maxForkProof = 2*(wire.MaxGroupBytes+wire.MaxEntryBytes) + 64<<10
+
+func encodeForkProof(a, b []*wire.Signed) ([]byte, error) {
+	if len(a) == 0 || len(b) == 0 {
+		return nil, errors.New("mesh: a fork proof needs two runs")
+	}
+	fp := forkProof{A: a[0].Marshal(), B: b[0].Marshal()}
+	for _, s := range a[1:] {
+		fp.RA = append(fp.RA, s.Marshal())
+	}
+	for _, s := range b[1:] {
+		fp.RB = append(fp.RB, s.Marshal())
+	}
+	return wire.Marshal(&fp)
 }
 
 func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
@@ -494,7 +625,7 @@ func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Me
 		m.count("forkproof_non_member")
 		return pubsub.ValidationReject
 	}
-	if len(msg.Data) > 2*wire.MaxEntryBytes+1024 {
+	if len(msg.Data) > maxForkProof {
 		m.count("forkproof_oversized")
 		return pubsub.ValidationReject
 	}
@@ -503,7 +634,7 @@ func (m *Mesh) validateForkProof(_ context.Context, from peer.ID, msg *pubsub.Me
 		m.count("forkproof_malformed")
 		return pubsub.ValidationReject
 	}
-	msg.ValidatorData = [2]*wire.Signed{a, b}
+	msg.ValidatorData = [2][]*wire.Signed{a, b}
 	return pubsub.ValidationAccept
 }
 
@@ -517,18 +648,19 @@ func (m *Mesh) readForkProofs(ctx context.Context, sub *pubsub.Subscription) {
 		if msg.ReceivedFrom == m.host.ID() {
 			continue
 		}
-		if p, ok := msg.ValidatorData.([2]*wire.Signed); ok {
+		if p, ok := msg.ValidatorData.([2][]*wire.Signed); ok {
 			m.cfg.Handler.ForkProof(msg.ReceivedFrom, p[0], p[1])
 		}
 	}
 }
 
 // PublishForkProof spreads the proof of a fork so every member shows it: it
-// gossips it, and pushes it over a stream of this node's own to every member
-// it is connected to (a cloned twin that shares a peer ID may hold the
-// gossip stream to a member; this node's own streams still reach it).
-func (m *Mesh) PublishForkProof(ctx context.Context, a, b *wire.Signed) error {
-	data, err := wire.Marshal(&forkProof{A: a.Marshal(), B: b.Marshal()})
+// gossips it (when it fits a gossip message), and pushes it over a stream
+// of this node's own to every member it is connected to (a cloned twin that
+// shares a peer ID may hold the gossip stream to a member; this node's own
+// streams still reach it).
+func (m *Mesh) PublishForkProof(ctx context.Context, a, b []*wire.Signed) error {
+	data, err := encodeForkProof(a, b)
 	if err != nil {
 		return err
 	}
@@ -551,8 +683,8 @@ func (m *Mesh) PublishForkProof(ctx context.Context, a, b *wire.Signed) error {
 		})
 	}
 	g := m.gossip.Load()
-	if g == nil {
-		return nil // asleep: no member is connected
+	if g == nil || len(data) > maxGossipMessage {
+		return nil // asleep (no member is connected), or too large: the streams and catch-up carry it
 	}
 	m.tap.write(data)
 	if err := g.fkt.Publish(ctx, data); err != nil {
@@ -571,7 +703,7 @@ func (m *Mesh) handleForkProof(s network.Stream) {
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
-	b, err := readFrame(bufio.NewReader(s), 2*wire.MaxEntryBytes+1024)
+	b, err := readFrame(bufio.NewReader(s), maxForkProof)
 	if err != nil {
 		m.count("forkproof_malformed")
 		s.Reset()
@@ -585,23 +717,40 @@ func (m *Mesh) handleForkProof(s network.Stream) {
 	m.cfg.Handler.ForkProof(from, pa, pb)
 }
 
-// decodeForkProof decodes a fork proof's two envelopes of this family. The
-// log checks that they really prove a fork.
-func (m *Mesh) decodeForkProof(data []byte) (*wire.Signed, *wire.Signed, error) {
+// decodeForkProof decodes a fork proof's two runs of this family. The log
+// checks that they really prove a fork.
+func (m *Mesh) decodeForkProof(data []byte) ([]*wire.Signed, []*wire.Signed, error) {
 	var fp forkProof
 	if err := wire.Unmarshal(data, &fp); err != nil {
 		return nil, nil, err
 	}
-	a, err := wire.DecodeEnvelope(fp.A)
+	a, err := m.decodeProofRun(append([][]byte{fp.A}, fp.RA...))
 	if err != nil {
 		return nil, nil, err
 	}
-	b, err := wire.DecodeEnvelope(fp.B)
+	b, err := m.decodeProofRun(append([][]byte{fp.B}, fp.RB...))
 	if err != nil {
 		return nil, nil, err
-	}
-	if a.Family != m.cfg.Family.ID() || b.Family != m.cfg.Family.ID() {
-		return nil, nil, fmt.Errorf("mesh: fork proof of another family")
 	}
 	return a, b, nil
+}
+
+// decodeProofRun decodes one branch of a fork proof: envelopes of this
+// family, at most a commit group's worth.
+func (m *Mesh) decodeProofRun(envs [][]byte) ([]*wire.Signed, error) {
+	if len(envs) > wire.MaxGroupEntries+1 {
+		return nil, fmt.Errorf("mesh: a fork proof's branch of %d entries", len(envs))
+	}
+	run := make([]*wire.Signed, len(envs))
+	for i, env := range envs {
+		s, err := wire.DecodeEnvelope(env)
+		if err != nil {
+			return nil, err
+		}
+		if s.Family != m.cfg.Family.ID() {
+			return nil, fmt.Errorf("mesh: fork proof of another family")
+		}
+		run[i] = s
+	}
+	return run, nil
 }

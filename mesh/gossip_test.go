@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,9 +30,10 @@ func oversizedEnvelope() []byte {
 	return append(b, make([]byte, 64)...)
 }
 
-// The entries topic's validator, called directly: every rejection has its
-// reason, and only a member's well-formed entry of this family signed by its
-// site's key passes (and is handed over decoded).
+// The groups topic's validator, called directly: every rejection has its
+// reason, and only a member's well-formed run of this family that chains and
+// ends at an entry signed by its site's key passes (and is handed over
+// decoded).
 // validationCase is one message given to a validator and what it must say.
 type validationCase struct {
 	name   string
@@ -41,27 +43,53 @@ type validationCase struct {
 	reason string
 }
 
-func TestValidateEntry(t *testing.T) {
+func TestValidateGroup(t *testing.T) {
 	ia, ib, ic := newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "c")
 	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, nil)
 	good := signChain(t, testFamily, ib, 1, wire.Hash{}, 1)[0]
 	other := signChain(t, "0therfamily", ib, 1, wire.Hash{}, 1)[0]
 	stranger := signChain(t, testFamily, ic, 1, wire.Hash{}, 1)[0] // site c has no key in A's roster
 	forged := signChain(t, testFamily, identity{site: "b", siteKey: ic.siteKey}, 1, wire.Hash{}, 1)[0]
+	grp := groupChain(t, testFamily, ib, 1, wire.Hash{}, 4) // #1..#3 unsigned, #4 signed
+	// A group whose end is signed by another key.
+	forgedEnd := groupChain(t, testFamily, identity{site: "b", siteKey: ic.siteKey}, 1, wire.Hash{}, 3)
+	// A group whose unsigned middle entry was altered: the chain breaks.
+	altered := slices.Clone(grp)
+	e := grp[1].Entry
+	e.HLC++
+	mid, err := wire.Sign(&e, ib.siteKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mid.Sig = nil
+	altered[1] = mid
+	// A group spliced from two branches: the first half of one, the signed
+	// end of another that parted at #2.
+	alt := branchOf(t, ib, grp[0], 3)
+	spliced := []*wire.Signed{grp[0], grp[1], alt[1], alt[2]}
+	// Unsigned to the end: nothing authenticates it.
+	unsigned := groupChain(t, testFamily, ib, 1, wire.Hash{}, 3)
+	unsigned[2] = withoutSig(unsigned[2])
 
 	for _, tc := range []validationCase{
-		{"valid", ib.id, good.Marshal(), pubsub.ValidationAccept, ""},
+		{"valid", ib.id, groupMsg(t, good), pubsub.ValidationAccept, ""},
+		{"valid group", ib.id, groupMsg(t, grp...), pubsub.ValidationAccept, ""},
 		{"own", ia.id, []byte("anything"), pubsub.ValidationAccept, ""},
-		{"non-member", ic.id, good.Marshal(), pubsub.ValidationReject, "gossip_from_non_member"},
+		{"non-member", ic.id, groupMsg(t, good), pubsub.ValidationReject, "gossip_from_non_member"},
 		{"malformed", ib.id, []byte("\x82\xa1bnot an envelope"), pubsub.ValidationReject, "gossip_malformed"},
+		{"empty", ib.id, groupMsg(t), pubsub.ValidationReject, "gossip_malformed"},
 		{"oversized", ib.id, oversizedEnvelope(), pubsub.ValidationReject, "gossip_oversized"},
-		{"other family", ib.id, other.Marshal(), pubsub.ValidationReject, "gossip_wrong_family"},
-		{"unknown signer", ib.id, stranger.Marshal(), pubsub.ValidationIgnore, "gossip_unknown_signer"}, // not held against the forwarder
-		{"bad signature", ib.id, forged.Marshal(), pubsub.ValidationReject, "gossip_bad_signature"},
+		{"other family", ib.id, groupMsg(t, other), pubsub.ValidationReject, "gossip_wrong_family"},
+		{"unknown signer", ib.id, groupMsg(t, stranger), pubsub.ValidationIgnore, "gossip_unknown_signer"}, // not held against the forwarder
+		{"bad signature", ib.id, groupMsg(t, forged), pubsub.ValidationReject, "gossip_bad_signature"},
+		{"forged group end", ib.id, groupMsg(t, forgedEnd...), pubsub.ValidationReject, "gossip_bad_signature"},
+		{"altered middle", ib.id, groupMsg(t, altered...), pubsub.ValidationReject, "gossip_bad_chain"},
+		{"spliced", ib.id, groupMsg(t, spliced...), pubsub.ValidationReject, "gossip_bad_chain"},
+		{"no signed end", ib.id, groupMsg(t, unsigned...), pubsub.ValidationReject, "gossip_bad_signature"},
 	} {
 		before := a.m.Rejections()
 		msg := &pubsub.Message{Message: &pb.Message{Data: tc.data}}
-		if got := a.m.validateEntry(context.Background(), tc.from, msg); got != tc.want {
+		if got := a.m.validateGroup(context.Background(), tc.from, msg); got != tc.want {
 			t.Errorf("%s: validation %v, want %v", tc.name, got, tc.want)
 		}
 		after := a.m.Rejections()
@@ -77,11 +105,86 @@ func TestValidateEntry(t *testing.T) {
 		if tc.reason != "" && after[tc.reason] == 0 {
 			t.Errorf("%s: not counted as %q", tc.name, tc.reason)
 		}
-		if tc.name == "valid" {
-			s, ok := msg.ValidatorData.(*wire.Signed)
-			if !ok || s.Hash != good.Hash || s.ID() != good.ID() {
-				t.Errorf("valid: validator data %v, want the decoded entry", msg.ValidatorData)
+		if tc.name == "valid group" {
+			run, ok := msg.ValidatorData.([]*wire.Signed)
+			if !ok || len(run) != 4 || run[3].Hash != grp[3].Hash || run[0].IsSigned() {
+				t.Errorf("valid group: validator data %v, want the decoded run", msg.ValidatorData)
 			}
+		}
+	}
+}
+
+// branchOf writes n entries of ident's site after base, different from any
+// other chain (a second copy of the site), as one group.
+func branchOf(t testing.TB, ident identity, base *wire.Signed, n int) []*wire.Signed {
+	t.Helper()
+	out := make([]*wire.Signed, 0, n)
+	prev := base.Hash
+	for i := range n {
+		seq := base.Seq + 1 + uint64(i)
+		e := &wire.Entry{Family: base.Family, Site: ident.site, Epoch: 1, Seq: seq, Prev: prev, HLC: seq<<16 + 1, Schema: wire.SchemaVersion,
+			Ops: []wire.Op{{Kind: wire.OpDelete, Table: "patients", Key: fmt.Sprintf("clone-%d", seq)}}}
+		s, err := wire.Sign(e, ident.siteKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i < n-1 {
+			s.Sig = nil
+		}
+		out = append(out, s)
+		prev = s.Hash
+	}
+	return out
+}
+
+func withoutSig(s *wire.Signed) *wire.Signed {
+	c := *s
+	c.Sig = nil
+	return &c
+}
+
+// GroupMessages cuts a committed run at its signed entries: whole groups
+// per message, a group too large for one message left to catch-up, and
+// nothing after the last signed entry.
+func TestGroupMessages(t *testing.T) {
+	ia := newIdentity(t, "a")
+	run := groupChain(t, testFamily, ia, 1, wire.Hash{}, 3)
+	run = append(run, groupChain(t, testFamily, ia, 4, run[2].Hash, 2)...)
+	msgs := GroupMessages(run)
+	if len(msgs) != 1 || msgs[0].Entries != 5 {
+		t.Fatalf("two small groups: %d messages, want one of 5 entries", len(msgs))
+	}
+	tail := withoutSig(run[4])
+	msgs = GroupMessages(append(slices.Clone(run[:4]), tail))
+	if len(msgs) != 1 || msgs[0].Entries != 3 {
+		t.Fatalf("an unsigned tail: %+v, want one message of the first group", msgs)
+	}
+	// A group too large for one message: only the groups around it go.
+	big := make([]*wire.Signed, 0, 40)
+	prev := run[4].Hash
+	for i := range 40 {
+		seq := uint64(6 + i)
+		e := &wire.Entry{Family: testFamily, Site: "a", Epoch: 1, Seq: seq, Prev: prev, HLC: seq << 16, Schema: wire.SchemaVersion,
+			Ops: []wire.Op{{Kind: wire.OpPut, Table: "t", Key: "k", Fields: map[string]any{"v": strings.Repeat("x", 20000)}}}}
+		s, err := wire.Sign(e, ia.siteKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i < 39 {
+			s.Sig = nil
+		}
+		big = append(big, s)
+		prev = s.Hash
+	}
+	after := groupChain(t, testFamily, ia, 46, prev, 2)
+	all := append(append(slices.Clone(run), big...), after...)
+	msgs = GroupMessages(all)
+	if len(msgs) != 2 || msgs[0].Entries != 5 || msgs[1].Entries != 2 {
+		t.Fatalf("with a large group: %d messages, want the 5 before it and the 2 after it", len(msgs))
+	}
+	for _, m := range msgs {
+		if len(m.Data) > maxGossipMessage {
+			t.Errorf("a message of %d bytes, the limit is %d", len(m.Data), maxGossipMessage)
 		}
 	}
 }
@@ -155,7 +258,7 @@ func TestGossipDeliversValidEntriesAndRejectsOthers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	chain := signChain(t, testFamily, ia, 1, wire.Hash{}, 2)
-	if err := a.m.Publish(ctx, chain[0].Marshal()); err != nil {
+	if err := a.m.Publish(ctx, groupMsg(t, chain[0])); err != nil {
 		t.Fatal(err)
 	}
 	bad := []struct {
@@ -163,7 +266,7 @@ func TestGossipDeliversValidEntriesAndRejectsOthers(t *testing.T) {
 		env    []byte
 		reason string
 	}{
-		{a, signChain(t, "0therfamily", ia, 1, wire.Hash{}, 1)[0].Marshal(), "gossip_wrong_family"},
+		{a, groupMsg(t, signChain(t, "0therfamily", ia, 1, wire.Hash{}, 1)[0]), "gossip_wrong_family"},
 		{c, []byte("not an envelope at all"), "gossip_malformed"},
 		{d, oversizedEnvelope(), "gossip_oversized"},
 	}
@@ -184,7 +287,7 @@ func TestGossipDeliversValidEntriesAndRejectsOthers(t *testing.T) {
 	if err := c.m.gossip.Load().hbt.Publish(ctx, forged); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.m.Publish(ctx, chain[1].Marshal()); err != nil {
+	if err := a.m.Publish(ctx, groupMsg(t, chain[1])); err != nil {
 		t.Fatal(err)
 	}
 
@@ -240,7 +343,7 @@ func TestForkProofSpreads(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.m.PublishForkProof(ctx, x, y); err != nil {
+	if err := a.m.PublishForkProof(ctx, []*wire.Signed{x}, []*wire.Signed{y}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "B hears of the fork", func() bool { return len(b.h.forkCalls()) > 0 })
@@ -265,19 +368,19 @@ func TestGossipRuns(t *testing.T) {
 	if err != nil || forkA3.Hash == as[2].Hash {
 		t.Fatalf("test setup: forked entry %v", err)
 	}
-	g := func(s *wire.Signed, from string) gossiped { return gossiped{s: s, from: peer.ID(from)} }
+	g := func(from string, ss ...*wire.Signed) gossiped { return gossiped{run: ss, from: peer.ID(from)} }
 	batch := []gossiped{
-		g(as[4], "p1"), g(bs[1], "p2"), g(as[1], "p1"), g(as[2], "p2"), g(as[0], "p1"),
-		g(as[2], "p1"), // the same entry again: dropped
-		g(bs[0], "p2"), g(forkA3, "p3"), g(as[5], "p1"),
+		g("p1", as[4]), g("p2", bs[1]), g("p1", as[1], as[2]), g("p1", as[0]),
+		g("p2", as[1], as[2]), // the same run again: dropped
+		g("p2", bs[0]), g("p3", forkA3), g("p1", as[5]),
 	}
 	var got []string
 	for _, run := range gossipRuns(batch) {
 		var ids []string
-		for _, e := range run {
-			ids = append(ids, fmt.Sprintf("%s#%d", e.s.Site, e.s.Seq))
+		for _, e := range run.run {
+			ids = append(ids, fmt.Sprintf("%s#%d", e.Site, e.Seq))
 		}
-		got = append(got, string(run[0].from)+":"+strings.Join(ids, ","))
+		got = append(got, string(run.from)+":"+strings.Join(ids, ","))
 	}
 	want := []string{
 		"p1:clinic-a#1,clinic-a#2,clinic-a#3", // #4 is missing: the run ends at #3
@@ -288,4 +391,92 @@ func TestGossipRuns(t *testing.T) {
 	if strings.Join(got, " | ") != strings.Join(want, " | ") {
 		t.Fatalf("runs:\n got %v\nwant %v", got, want)
 	}
+}
+
+// A commit group travels as one gossip message and reaches the handler as
+// one run, unsigned entries and all.
+func TestGossipCarriesGroups(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, nil)
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
+	connect(t, b, a)
+	waitGossip(t, a, b)
+	grp := groupChain(t, testFamily, ia, 1, wire.Hash{}, 5)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, m := range GroupMessages(grp) {
+		if err := a.m.Publish(ctx, m.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "B receives the group", func() bool { return len(b.h.entryCalls()) > 0 })
+	calls := b.h.entryCalls()
+	if len(calls) != 1 || !calls[0].gossip || len(calls[0].run) != 5 {
+		t.Fatalf("B got %d calls, want the group as one gossiped run of 5", len(calls))
+	}
+	for i, s := range calls[0].run {
+		if s.Hash != grp[i].Hash || s.IsSigned() != (i == 4) {
+			t.Errorf("entry %d of the run is not the one published", i+1)
+		}
+	}
+}
+
+// Many small groups share messages, never more entries in one than a
+// receiver takes.
+func TestGroupMessagesBoundEntries(t *testing.T) {
+	ia := newIdentity(t, "a")
+	var run []*wire.Signed
+	prev := wire.Hash{}
+	for len(run) < 3000 {
+		g := groupChain(t, testFamily, ia, uint64(len(run)+1), prev, 2)
+		run = append(run, g...)
+		prev = g[1].Hash
+	}
+	total := 0
+	for _, m := range GroupMessages(run) {
+		if m.Entries > maxGossipEntries || m.Entries%2 != 0 {
+			t.Fatalf("a message of %d entries (limit %d, whole groups of 2)", m.Entries, maxGossipEntries)
+		}
+		total += m.Entries
+	}
+	if total != len(run) {
+		t.Fatalf("%d entries in messages, want %d", total, len(run))
+	}
+}
+
+// A fork proof whose conflicting entries are inside commit groups carries
+// each branch to its signed end, by gossip, by stream and by catch-up.
+func TestForkProofCarriesRuns(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	base := signChain(t, testFamily, ia, 1, wire.Hash{}, 1)[0]
+	x := groupChain(t, testFamily, ia, 2, base.Hash, 3)
+	y := branchOf(t, ia, base, 2)
+	logA := newLog()
+	logA.add(base)
+	logA.add(x...)
+	logA.proofs = [][2][][]byte{{runEnvs(x), runEnvs(y)}}
+	a, b := servingPair(t, ia, ib, logA)
+	waitGossip(t, a, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.m.Fetch(ctx, ia.id, logA.Frontier(), map[string][]byte{"a": x[2].Hash[:]}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.PublishForkProof(ctx, x, y); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "B hears of the fork by catch-up, gossip and stream", func() bool { return len(b.h.forkCalls()) >= 3 })
+	for _, f := range b.h.forkCalls() {
+		if len(f.ra) != 3 || len(f.rb) != 2 || f.ra[2].Hash != x[2].Hash || f.rb[1].Hash != y[1].Hash || f.ra[0].IsSigned() || !f.rb[1].IsSigned() {
+			t.Errorf("fork proof of %d and %d entries, want the runs of 3 and 2 as sent", len(f.ra), len(f.rb))
+		}
+	}
+}
+
+func runEnvs(run []*wire.Signed) [][]byte {
+	out := make([][]byte, len(run))
+	for i, s := range run {
+		out[i] = s.Marshal()
+	}
+	return out
 }

@@ -51,16 +51,19 @@ type Log interface {
 	Frontier() map[string]uint64
 	// RawRange calls fn with each stored envelope of site from..to, in order.
 	RawRange(site string, from, to uint64, fn func(seq uint64, env []byte) (stop bool, err error)) error
-	// ForkProofs returns, for every fork known, the two envelopes that prove it.
-	ForkProofs() [][2][]byte
+	// ForkProofs returns, for every fork known, the two runs of envelopes that
+	// prove it: each from an entry at the fork to its commit group's signed
+	// end.
+	ForkProofs() [][2][][]byte
 }
 
 // Handler receives what the mesh brings in. Calls may come from several
 // goroutines at once.
 type Handler interface {
 	// Entries takes a contiguous run of one site's entries, from gossip (one
-	// entry) or catch-up (a batch), after the mesh checked their format and
-	// family. It returns how many were new.
+	// commit group, or several that chain) or catch-up (a batch), after the
+	// mesh checked their format and family. Its last entry is signed. It
+	// returns how many were new.
 	Entries(ctx context.Context, from peer.ID, run []*wire.Signed, gossip bool) (appended int, err error)
 	// Heartbeat reports a member's heartbeat.
 	Heartbeat(from peer.ID, hb Heartbeat)
@@ -68,8 +71,10 @@ type Handler interface {
 	PeerChanged(p peer.ID, connected bool)
 	// DocumentsChanged reports that a certificate or revocation was learned.
 	DocumentsChanged()
-	// ForkProof reports two signed entries a member says prove a site's fork.
-	ForkProof(from peer.ID, a, b *wire.Signed)
+	// ForkProof reports two runs a member says prove a site's fork: each
+	// from an entry at the fork to the signed entry that ends its commit
+	// group (the log checks them).
+	ForkProof(from peer.ID, a, b []*wire.Signed)
 	// Duplicate reports two processes connected at once with one member's
 	// identity (a copied data directory or a cloned machine).
 	Duplicate(p peer.ID)
@@ -94,4 +99,9 @@ type Heartbeat struct {
 // 2: every stream of a family is opened as /ppsync/f/<family ID>/<kind>
 // (see protoBase), so one host serves many families; a node of version 1
 // cannot reach a node of version 2, so a family upgrades all its nodes.
-const ProtocolVersion = 2
+// 3: one signature per commit group: entries inside a group travel
+// unsigned, catch-up batches end at signed entries, gossip carries a group
+// per message on the "groups" topic and fork proofs carry runs. A node of
+// version 2 refuses unsigned entries (malformed), so it cannot catch up
+// from a node of version 3: a family upgrades all its nodes together.
+const ProtocolVersion = 3

@@ -293,7 +293,35 @@ func (rp *atkPeer) publish(name string, data []byte) {
 	}
 }
 
-func atkEntriesTopic(familyID string) string { return fmt.Sprintf("/ppsync/%s/entries/1", familyID) }
+func atkEntriesTopic(familyID string) string { return fmt.Sprintf("/ppsync/%s/groups/1", familyID) }
+
+// atkGroup wraps envelopes as one message of the groups topic (a run of a
+// site's entries that should end at a signed one).
+func atkGroup(t testing.TB, envs ...[]byte) []byte {
+	t.Helper()
+	b, err := wire.Marshal(&struct {
+		Entries [][]byte `codec:"en"`
+	}{Entries: envs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// atkGroups splits a stored run into its commit groups (each ending at a
+// signed entry), the envelopes of each encoded by enc.
+func atkGroups(run []*wire.Signed, enc func(*wire.Signed) []byte) [][][]byte {
+	var out [][][]byte
+	var cur [][]byte
+	for _, s := range run {
+		cur = append(cur, enc(s))
+		if s.IsSigned() {
+			out = append(out, cur)
+			cur = nil
+		}
+	}
+	return out
+}
 
 // atkPoll polls cond every 25ms until it holds or d passes; it returns
 // whether it held and the last detail.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -393,14 +394,18 @@ func TestForgedReplayedOversizedGossip(t *testing.T) {
 		if d, err := wire.DecodeEnvelope(atkRewrap(s)); err != nil || d.Hash != s.Hash || bytes.Equal(atkRewrap(s), s.Marshal()) {
 			t.Fatalf("re-wrapping %s: %v", s.ID(), err)
 		}
-		rp.publish(topic, s.Marshal())
-		rp.publish(topic, atkRewrap(s))
+	}
+	for _, g := range atkGroups(old, (*wire.Signed).Marshal) {
+		rp.publish(topic, atkGroup(t, g...))
+	}
+	for _, g := range atkGroups(old, atkRewrap) {
+		rp.publish(topic, atkGroup(t, g...))
 	}
 	// A marker after the replays: a valid entry of the attacker's own site,
 	// of a newer schema, so it is stored (frontier moves) but never applied
 	// (digests must not move).
 	marker := atkSignEntry(t, famID, "attacker", 1, 1, wire.Hash{}, wire.SchemaVersion+1, tf.atkNodeKey("attacker"), "marker", "m")
-	rp.publish(topic, marker.Marshal())
+	rp.publish(topic, atkGroup(t, marker.Marshal()))
 	atkWaitFor(t, 10*time.Second, "the marker reaches every node", func() (bool, string) {
 		for _, s := range nodes {
 			if f := tf.nodes[s].r.n.txlog.Frontier(); f["attacker"] != 1 {
@@ -443,7 +448,7 @@ func TestForgedReplayedOversizedGossip(t *testing.T) {
 
 	// (a) A forged entry: clinic-a's next seq, signed with the attacker's key.
 	forged := atkSignEntry(t, famID, "clinic-a", 1, 6, heads["relay"].Hash, wire.SchemaVersion, tf.atkNodeKey("attacker"), "patients", "forged")
-	rp.publish(topic, forged.Marshal())
+	rp.publish(topic, atkGroup(t, forged.Marshal()))
 	// (c) An oversized message.
 	rp.publish(topic, atkOversized())
 	// (d) Garbage, from a second genuine member.
@@ -1042,4 +1047,76 @@ func TestForgedCatchUpEntryIsShownAndCounted(t *testing.T) {
 	if b.n.txlog.Head("clinic-a") != head {
 		t.Fatal("the forged entry changed the log")
 	}
+}
+
+// Commit groups from a member, by catch-up and by gossip: a group whose
+// signed end is forged, whose unsigned middle entry was altered, that was
+// spliced from two branches of the site, or that has no signed end is
+// refused and counted, nothing of it is stored, and no fork is recorded; a
+// fork proof made of such runs proves nothing.
+func TestForgedGroupsAreRefused(t *testing.T) {
+	tf, _, b := relayAndTwoSites(t)
+	tf.write("clinic-a", 2, "patients")
+	tf.waitConverged(10*time.Second, "relay", "clinic-a", "clinic-b")
+	head := b.n.txlog.Head("clinic-a")
+	famID, aKey := tf.auth.FamilyID(), tf.atkNodeKey("clinic-a")
+	grp := func(key ed25519.PrivateKey, tag string, n int) []*wire.Signed {
+		out := make([]*wire.Signed, 0, n)
+		prev := head.Hash
+		for i := range n {
+			s := atkSignEntry(t, famID, "clinic-a", 1, head.Seq+1+uint64(i), prev, wire.SchemaVersion, key, "patients", fmt.Sprint(tag, i))
+			if i < n-1 {
+				s.Sig = nil
+			}
+			out = append(out, s)
+			prev = s.Hash
+		}
+		return out
+	}
+	genuine, other := grp(aKey, "main", 3), grp(aKey, "clone", 3) // two copies of the site
+	altered := slices.Clone(genuine)
+	altered[1] = grp(aKey, "altered", 2)[1]
+	altered[1].Sig = nil
+	from := tf.nodes["clinic-a"].r.n.mesh.ID()
+	rejected := func() uint64 { return b.n.counters.rejectedSignature.Load() + b.n.counters.rejectedChain.Load() }
+	for _, tc := range []struct {
+		name   string
+		run    []*wire.Signed
+		gossip bool
+		want   error
+	}{
+		{"forged group end", grp(atkNewKey(t), "forged", 3), false, wire.ErrSignature},
+		{"altered unsigned middle", altered, false, txlog.ErrChain},
+		{"spliced from two branches", []*wire.Signed{genuine[0], genuine[1], other[2]}, false, txlog.ErrChain},
+		{"no signed end", genuine[:2], false, wire.ErrSignature},
+		{"gossiped unsigned entry", genuine[:1], true, wire.ErrSignature},
+		{"gossiped forged group", grp(atkNewKey(t), "forged", 3), true, wire.ErrSignature},
+	} {
+		before := rejected()
+		if _, err := b.n.sync.Entries(context.Background(), from, tc.run, tc.gossip); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		if rejected() != before+1 {
+			t.Errorf("%s: not counted as a refusal", tc.name)
+		}
+		if h := b.n.txlog.Head("clinic-a"); h != head {
+			t.Fatalf("%s moved clinic-a's head to %d", tc.name, h.Seq)
+		}
+		if _, err := b.n.txlog.Get("clinic-a", head.Seq+1); !errors.Is(err, txlog.ErrNotFound) {
+			t.Fatalf("%s: an entry of the refused run is stored: %v", tc.name, err)
+		}
+		if q, _ := b.n.txlog.Quarantined("clinic-a"); len(q) > 0 || len(b.n.txlog.Forks()) > 0 {
+			t.Fatalf("%s: quarantined %d, forks %v", tc.name, len(q), b.n.txlog.Forks())
+		}
+	}
+	// Fork proofs whose second branch is spliced (the clone's first entry,
+	// then the genuine group's signed end) or has no signed end.
+	b.n.sync.ForkProof(from, genuine, []*wire.Signed{other[0], genuine[1], genuine[2]})
+	b.n.sync.ForkProof(from, genuine, other[:2])
+	if len(b.n.txlog.Forks()) > 0 {
+		t.Fatalf("a proof of spliced or unsigned runs recorded a fork: %v", b.n.txlog.Forks())
+	}
+	// The family still works.
+	tf.write("clinic-a", 1, "visits")
+	tf.waitConverged(10*time.Second, "relay", "clinic-a", "clinic-b")
 }

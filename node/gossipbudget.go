@@ -5,7 +5,8 @@ import (
 	"time"
 )
 
-// Gossip budget: the node gossips each own entry once, but every gossiped
+// Gossip budget: the node gossips each own entry once (a commit group's
+// entries in one message), but every gossiped
 // message costs memory for a while after it is sent (the publish queue,
 // pubsub's message cache and seen-message map, the peers' outbound queues).
 // A fast import or batch writer would otherwise keep hundreds of megabytes
@@ -37,8 +38,9 @@ func newGossipBudget(rate, burst float64, now func() time.Time) *gossipBudget {
 	return &gossipBudget{rate: rate, burst: burst, now: now, tokens: burst}
 }
 
-// take reports whether one more entry fits the budget now, and spends it.
-func (b *gossipBudget) take() bool {
+// take reports whether n more entries (one message) fit the budget now, and
+// spends them. A message larger than the burst never fits.
+func (b *gossipBudget) take(n int) bool {
 	t := b.now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -48,9 +50,9 @@ func (b *gossipBudget) take() bool {
 	if b.last.IsZero() || t.After(b.last) {
 		b.last = t
 	}
-	if b.tokens < 1 {
+	if b.tokens < float64(n) {
 		return false
 	}
-	b.tokens--
+	b.tokens -= float64(n)
 	return true
 }

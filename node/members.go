@@ -6,6 +6,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/node/datadir"
 )
@@ -117,14 +118,23 @@ func (v logView) RawRange(site string, from, to uint64, fn func(seq uint64, env 
 	return v.n.txlog.RawRange(site, from, to, fn)
 }
 
-func (v logView) ForkProofs() [][2][]byte {
-	var out [][2][]byte
+func (v logView) ForkProofs() [][2][][]byte {
+	var out [][2][][]byte
 	for _, f := range v.n.txlog.Forks() {
 		a, b, err := v.n.txlog.ForkProof(f.Site)
 		if err != nil {
 			continue
 		}
-		out = append(out, [2][]byte{a.Marshal(), b.Marshal()})
+		out = append(out, [2][][]byte{envelopes(a), envelopes(b)})
+	}
+	return out
+}
+
+// envelopes encodes a run of entries.
+func envelopes(run []*wire.Signed) [][]byte {
+	out := make([][]byte, len(run))
+	for i, s := range run {
+		out[i] = s.Marshal()
 	}
 	return out
 }

@@ -69,7 +69,7 @@ func TestGossipBudget(t *testing.T) {
 	b := newGossipBudget(100, 10, func() time.Time { return now })
 	taken := 0
 	for range 50 {
-		if b.take() {
+		if b.take(1) {
 			taken++
 		}
 	}
@@ -79,7 +79,7 @@ func TestGossipBudget(t *testing.T) {
 	now = now.Add(50 * time.Millisecond) // 5 more at 100/s
 	taken = 0
 	for range 50 {
-		if b.take() {
+		if b.take(1) {
 			taken++
 		}
 	}
@@ -89,7 +89,7 @@ func TestGossipBudget(t *testing.T) {
 	now = now.Add(time.Hour) // refills to the burst, no further
 	taken = 0
 	for range 50 {
-		if b.take() {
+		if b.take(1) {
 			taken++
 		}
 	}
@@ -97,7 +97,7 @@ func TestGossipBudget(t *testing.T) {
 		t.Fatalf("after a quiet hour %d entries went, want the burst of 10", taken)
 	}
 	now = now.Add(-time.Minute) // a clock stepping back gives nothing
-	if b.take() {
+	if b.take(1) {
 		t.Fatal("a clock that went back refilled the budget")
 	}
 }

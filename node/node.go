@@ -38,6 +38,7 @@ import (
 // context ends, Close stops everything Open started and waits for it.
 type Node struct {
 	cfg       Config
+	gossipOut atomic.Pointer[syncer] // the syncer, once the mesh runs: where committed groups go
 	log       *slog.Logger
 	id        datadir.Identity
 	key       ed25519.PrivateKey
@@ -248,7 +249,7 @@ func (n *Node) open(ctx context.Context) error {
 		return err
 	}
 	tc := txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: members{n},
-		Apply: noState{}, Clock: n.clock, Logger: n.log, App: n.appVersion}
+		Apply: noState{}, Clock: n.clock, Logger: n.log, App: n.appVersion, Committed: n.committed}
 	if n.ring != nil {
 		tc.Apply, tc.Take, tc.Seal, tc.Ready = n.opener, n.opener.Take, n.sealEntry, n.ring.Ready
 		if n.cfg.plain {
@@ -552,6 +553,7 @@ func (n *Node) apiListener() net.Listener {
 // startMesh joins the family's network and starts the sync loop.
 func (n *Node) startMesh(ctx context.Context) error {
 	n.sync = newSyncer(n)
+	n.gossipOut.Store(n.sync)
 	boot := append(append([]string(nil), n.cfg.Bootstrap...), n.roster.Info().Bootstrap...)
 	var err error
 	mc := mesh.Config{
@@ -719,4 +721,14 @@ func (n *Node) checkSpaceFor(size uint64) error {
 		return newAPIError(http.StatusInsufficientStorage, codeDiskFull, ErrDiskFull, "disk almost full: the disk holding %s has %d MiB free, but this write needs about %d MiB on top of the %d MiB ppsync keeps free so that nothing is half-written; free some space there, or send smaller batches", n.cfg.DataDir, free>>20, (3*size)>>20, reserve>>20)
 	}
 	return newAPIError(http.StatusInsufficientStorage, codeDiskFull, ErrDiskFull, "disk almost full: the disk holding %s has %d MiB free; free some space there (ppsync stops writing below %d MiB so that nothing is half-written, and resumes by itself)", n.cfg.DataDir, free>>20, reserve>>20)
+}
+
+// committed gossips a durable commit group's own entries (txlog's
+// Committed): the syncer's, once the mesh runs. Entries of an initial load
+// are not gossiped: peers fetch them by catch-up, in compressed batches, once
+// a heartbeat shows this site's log ahead.
+func (n *Node) committed(es []*wire.Signed) {
+	if s := n.gossipOut.Load(); s != nil {
+		s.published(es)
+	}
 }

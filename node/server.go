@@ -469,7 +469,8 @@ func (n *Node) writeLoad(ctx context.Context, txs [][]wire.Op, loads []uint64, e
 }
 
 // writeOwn is the one own-write path: the checks, the log (with deps capped
-// at seen when not nil), gossip, events.
+// at seen when not nil), events. Gossip follows the log's commit groups
+// (txlog.Config.Committed, see committed).
 func (n *Node) writeOwn(ctx context.Context, txs [][]wire.Op, loads []uint64, seen map[string]uint64, extra func(*pebble.Batch) error) ([]*wire.Signed, error) {
 	if err := n.writeBlockedFor(opsSize(txs)); err != nil {
 		return nil, err
@@ -483,9 +484,6 @@ func (n *Node) writeOwn(ctx context.Context, txs [][]wire.Op, loads []uint64, se
 	}
 	if err != nil {
 		return nil, n.ownWriteError(err)
-	}
-	if loads == nil {
-		n.sync.published(out)
 	}
 	if n.dbs != nil {
 		n.dbs.poke() // an API write reaches the practice database too

@@ -207,6 +207,9 @@ func (w *simWorld) serve(s *simSession) {
 		run := srv.store.Range(site, from, front[site])
 		for len(run) > 0 {
 			k := min(len(run), w.opt.Batch)
+			for k < len(run) && !run[k-1].IsSigned() {
+				k++ // a batch ends at a commit group's signed end, as mesh.writeRange's
+			}
 			batches = append(batches, run[:k])
 			run = run[k:]
 		}
@@ -323,30 +326,34 @@ func (w *simWorld) send(from, to *simNode, deliver func(c *simConn, bypass bool)
 	}
 }
 
-func (w *simWorld) gossip(from, to *simNode, e *wire.Signed) {
+// gossip carries one message of the groups topic: the run of entries one
+// commit group wrote, ending at its signed entry.
+func (w *simWorld) gossip(from, to *simNode, run []*wire.Signed) {
 	if w.gossipOff {
 		return
 	}
+	first, last := run[0], run[len(run)-1]
 	if k := w.dropGossip[[2]int{from.idx, to.idx}]; k > 0 {
 		w.dropGossip[[2]int{from.idx, to.idx}] = k - 1
-		w.tracef("%s ->gossip %s %s: dropped (scripted)", from.id, to.id, e.ID())
+		w.tracef("%s ->gossip %s %s#%d..%d: dropped (scripted)", from.id, to.id, first.Site, first.Seq, last.Seq)
 		return
 	}
 	w.stats.gossip++
-	w.send(from, to, func(_ *simConn, bypass bool) { w.receive(to, from, e, bypass) })
+	w.send(from, to, func(_ *simConn, bypass bool) { w.receive(to, from, run, bypass) })
 }
 
-func (w *simWorld) receive(n, from *simNode, e *wire.Signed, bypass bool) {
-	key := simSeen{e.ID(), e.Hash}
+func (w *simWorld) receive(n, from *simNode, run []*wire.Signed, bypass bool) {
+	last := run[len(run)-1]
+	key := simSeen{last.ID(), last.Hash}
 	if at, ok := n.seen[key]; ok && !bypass && w.now-at < simSeenTTL {
 		return
 	}
 	n.seen[key] = w.now
-	w.drive(n, engine.Received{Now: w.clock(), Peer: from.id, Run: []*wire.Signed{e}, Gossip: true}, nil)
+	w.drive(n, engine.Received{Now: w.clock(), Peer: from.id, Run: run, Gossip: true}, nil)
 	if w.opt.Forward {
 		for _, p := range w.peersOf(n) {
 			if p != from {
-				w.gossip(n, p, e)
+				w.gossip(n, p, run)
 			}
 		}
 	}
@@ -422,9 +429,7 @@ func (w *simWorld) write(n *simNode, k int) {
 		w.crash(n, "after the ack, before gossip")
 		return
 	}
-	for _, e := range es {
-		for _, p := range w.peersOf(n) {
-			w.gossip(n, p, e)
-		}
+	for _, p := range w.peersOf(n) {
+		w.gossip(n, p, es)
 	}
 }

@@ -15,8 +15,8 @@ import (
 //	nodes a b r:relay     node IDs (= sites); "r:relay" is a relay
 //	start                 boot every node
 //	run 10s               let simulated time pass
-//	write a 3             three writes of one entry at a (each gossiped)
-//	writemany a 40        one write of 40 entries
+//	write a 3             three writes of one entry at a (each its own commit group, gossiped)
+//	writemany a 40        one write of 40 entries (one commit group, gossiped as one run)
 //	cut a-b | cut a>b     partition both ways | a's messages to b only
 //	isolate c             cut c from everyone
 //	heal [a-b]            heal one link (both ways) or everything
@@ -100,7 +100,7 @@ var simScripts = []struct {
 		start
 		run 2s
 		crash c
-		writemany a 40
+		write a 40
 		run 5s
 		mark
 		crash-at-batch c 3

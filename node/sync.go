@@ -45,7 +45,7 @@ type peerView struct {
 // views for status, and Sync Now's receipt.
 type syncer struct {
 	n    *Node
-	pubq chan []byte
+	pubq chan []*wire.Signed // committed runs of own entries to gossip
 	// queued is the bytes of the entries in pubq (at most gossipQueueBytes);
 	// budget is the gossip rate (gossipbudget.go).
 	queued atomic.Int64
@@ -64,7 +64,7 @@ func newSyncer(n *Node) *syncer {
 	}
 	eng := engine.New(engine.Config{Log: engineLog{n.txlog}, OwnSite: n.id.Site, Epoch: n.cert.Epoch,
 		Interval: time.Duration(n.currentConfig().SyncInterval), ProbeEvery: every, DivergeWindow: mesh.DivergeWindow})
-	return &syncer{n: n, pubq: make(chan []byte, 8192), budget: newGossipBudget(gossipRate, gossipBurst, n.cfg.Now),
+	return &syncer{n: n, pubq: make(chan []*wire.Signed, 8192), budget: newGossipBudget(gossipRate, gossipBurst, n.cfg.Now),
 		wake: newWakeTimer(), eng: eng, views: map[peer.ID]*peerView{}}
 }
 
@@ -429,39 +429,59 @@ func (s *syncer) probe(ctx context.Context, p peer.ID, timeout time.Duration) (m
 	return hb, err
 }
 
-// publishLoop gossips own entries, once each, in the order committed.
+// publishLoop gossips own commit groups, once each, in the order committed,
+// each as messages of whole groups (mesh.GroupMessages). Encoding happens
+// here, off the log's committer.
 func (s *syncer) publishLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case env := <-s.pubq:
-			s.queued.Add(-int64(len(env)))
-			if err := s.n.mesh.Publish(ctx, env); err != nil && ctx.Err() == nil {
-				s.n.log.Debug("gossip publish failed (catch-up will deliver)", "err", err)
+		case run := <-s.pubq:
+			s.queued.Add(-runBytes(run))
+			sent := 0
+			for _, m := range mesh.GroupMessages(run) {
+				if err := s.n.mesh.Publish(ctx, m.Data); err != nil {
+					if ctx.Err() == nil {
+						s.n.log.Debug("gossip publish failed (catch-up will deliver)", "err", err)
+					}
+					continue
+				}
+				sent += m.Entries
+			}
+			if dropped := len(run) - sent; dropped > 0 {
+				s.n.counters.publishDropped.Add(uint64(dropped)) // too large for a message: catch-up delivers
 			}
 		}
 	}
 }
 
-// published queues committed own entries for gossip. It never blocks a
-// writer: an entry beyond the gossip budget or the queue's bytes is left
-// to catch-up.
+// published queues a committed run of own entries (the end of a commit
+// group, see txlog.Config.Committed) for gossip. It never blocks the
+// committer: a run beyond the gossip budget (counted in entries) or the
+// queue's bytes is left to catch-up.
 func (s *syncer) published(es []*wire.Signed) {
-	for _, e := range es {
-		if s.queued.Load() >= gossipQueueBytes || !s.budget.take() {
-			s.n.counters.publishDropped.Add(1)
-			continue
-		}
-		env := e.Marshal()
-		s.queued.Add(int64(len(env)))
-		select {
-		case s.pubq <- env:
-		default:
-			s.queued.Add(-int64(len(env)))
-			s.n.counters.publishDropped.Add(1)
-		}
+	size := runBytes(es)
+	if s.queued.Load() >= gossipQueueBytes || !s.budget.take(len(es)) {
+		s.n.counters.publishDropped.Add(uint64(len(es)))
+		return
 	}
+	s.queued.Add(size)
+	select {
+	case s.pubq <- es:
+	default:
+		s.queued.Add(-size)
+		s.n.counters.publishDropped.Add(uint64(len(es)))
+	}
+}
+
+// runBytes estimates the encoded size of a run's envelopes.
+func runBytes(run []*wire.Signed) int64 {
+	n := 0
+	for _, e := range run {
+		n += len(e.Body) + 80
+	}
+	return int64(n)
 }
 
 // Entries is the mesh.Handler side: runs received from peers. The engine
@@ -500,13 +520,15 @@ func (s *syncer) rejected(from string, run []*wire.Signed, o engine.Outcome) {
 	s.n.events.emit(EvRejected, map[string]any{"peer": from, "site": site, "error": o.Err.Error()})
 }
 
-// ForkProof is the mesh.Handler side: a member's proof of a fork.
-func (s *syncer) ForkProof(from peer.ID, a, b *wire.Signed) {
-	added, err := s.n.txlog.AddForkProof(s.n.ctx, a, b)
+// ForkProof is the mesh.Handler side: a member's proof of a fork, two runs
+// from the fork to their commit groups' signed ends.
+func (s *syncer) ForkProof(from peer.ID, runA, runB []*wire.Signed) {
+	added, err := s.n.txlog.AddForkProof(s.n.ctx, runA, runB)
 	if err != nil {
 		s.n.log.Warn("a member sent a fork proof that does not hold", "peer", from, "err", err)
 		return
 	}
+	a := runA[0]
 	if added {
 		s.n.events.emit(EvFork, map[string]any{"site": a.Site, "seq": a.Seq, "peer": from.String()})
 		s.n.log.Error("fork reported by a member: two copies of a site wrote different entries", "site", a.Site, "seq", a.Seq, "peer", from)

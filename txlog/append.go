@@ -114,10 +114,13 @@ func (l *Log) AppendRemote(ctx context.Context, s *wire.Signed) (RunResult, erro
 	return r.res, err
 }
 
-// AppendRun takes a contiguous run of one site's entries (a catch-up batch). It
-// checks every hash link and the signature of the last entry of each epoch in
-// the run (the chain binds the rest to it), so catch-up is not limited by
-// signature checks, then appends the part this node lacks.
+// AppendRun takes a contiguous run of one site's entries (a catch-up batch,
+// a gossiped commit group, a pushed branch). It checks every hash link and
+// every signature in the run: the last entry of the run and of each epoch in
+// it must be signed, the entries before a signed one are bound to it by the
+// chain (one signature per commit group, so catch-up is not limited by
+// signature checks), and an unsigned entry with no signed one after it is
+// refused, never stored. Then it appends the part this node lacks.
 func (l *Log) AppendRun(ctx context.Context, run []*wire.Signed) (RunResult, error) {
 	if len(run) == 0 {
 		return RunResult{}, nil
@@ -139,13 +142,8 @@ func (l *Log) AppendRun(ctx context.Context, run []*wire.Signed) (RunResult, err
 		if s.Epoch < p.Epoch {
 			return RunResult{}, fmt.Errorf("%w: %s has epoch %d after epoch %d", ErrEpoch, s.ID(), s.Epoch, p.Epoch)
 		}
-		if s.Epoch != p.Epoch {
-			if err := l.verify(p); err != nil {
-				return RunResult{}, err
-			}
-		}
 	}
-	if err := l.verify(run[len(run)-1]); err != nil {
+	if err := l.verifyRun(run); err != nil {
 		return RunResult{}, err
 	}
 	r := &request{run: run}
@@ -158,6 +156,16 @@ func (l *Log) checkFamily(s *wire.Signed) error {
 		return fmt.Errorf("%w: %s is for family %.12s…, this node is in %.12s…", ErrWrongFamily, s.ID(), s.Family, l.cfg.Family)
 	}
 	return nil
+}
+
+// verifyRun checks a run's chain and its signatures (wire.VerifyRun), the
+// keys from the site's certificates.
+func (l *Log) verifyRun(run []*wire.Signed) error {
+	err := wire.VerifyRun(run, l.cfg.Keys.SiteKey)
+	if errors.Is(err, wire.ErrChain) {
+		return fmt.Errorf("%w: %v", ErrChain, err)
+	}
+	return err
 }
 
 func (l *Log) verify(s *wire.Signed) error {

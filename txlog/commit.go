@@ -2,8 +2,6 @@ package txlog
 
 import (
 	"fmt"
-	"runtime"
-	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -16,7 +14,7 @@ type request struct {
 	grant []wire.Grant              // own: a grant entry (own is one nil transaction)
 	seen  map[string]uint64         // own: cap the deps at what the writer saw (nil: the whole frontier)
 	run   []*wire.Signed            // remote: a verified contiguous run of one site
-	proof *[2]*wire.Signed          // a fork proof from a peer (checked)
+	proof *[2][]*wire.Signed        // a fork proof from a peer (checked)
 	fn    func() error              // exclusive work run between groups (replay)
 	extra func(*pebble.Batch) error // own: more writes for the same batch (a capture position)
 	loads []uint64                  // own: the initial load each transaction belongs to (WriteLoad), or nil
@@ -58,10 +56,11 @@ type group struct {
 
 // run is the committer: it builds each group, makes it visible with an
 // unsynced commit, and hands it to the syncer, which makes it durable and only
-// then answers the callers. While one group waits for its fsync the next is
-// already being stamped, signed and applied, so the disk's sync latency and the
-// CPU work overlap. Reads that others can see (heads, ranges) advance only
-// once a group is durable.
+// then answers the callers. While one group waits for its fsync the next
+// gathers the requests that arrive (it could not be synced sooner), then is
+// stamped, signed and applied. Bigger groups mean fewer fsyncs and fewer
+// signatures. Reads that others can see (heads, ranges) advance only once a
+// group is durable.
 func (l *Log) run() {
 	defer close(l.done)
 	syncDone := make(chan struct{})
@@ -74,33 +73,70 @@ func (l *Log) run() {
 		case <-l.stop:
 			return
 		}
-		grp := []*request{first}
-		n := first.size()
-	fill:
-		for n < l.cfg.MaxBatch && first.fn == nil {
-			select {
-			case r := <-l.reqs:
-				if r.fn != nil { // exclusive work waits for the group before it
-					l.commitGroup(grp)
-					grp, n = nil, 0
-					l.exclusive(r)
-					break fill
-				}
-				grp = append(grp, r)
-				n += r.size()
-			default:
-				break fill
-			}
-		}
-		if len(grp) == 0 {
-			continue
-		}
 		if first.fn != nil {
 			l.exclusive(first)
 			continue
 		}
-		l.commitGroup(grp)
+		b := l.openGroup()
+		b.add(l, first)
+	fill:
+		for b.n < l.cfg.MaxBatch {
+			var r *request
+			select {
+			case r = <-l.reqs:
+			default:
+				if l.unsynced.Load() == 0 || int64(b.n) >= l.unsyncedEntries.Load() {
+					break fill
+				}
+				// The syncer is busy: this group cannot be synced before it is
+				// free anyway, so it takes (and stamps) what arrives meanwhile,
+				// until it is as large as what the syncer holds: then it is
+				// finished while the syncer works, and the two alternate.
+				select {
+				case r = <-l.reqs:
+				case <-l.synced:
+					break fill
+				}
+			}
+			if r.fn != nil { // exclusive work waits for the group before it
+				l.commitGroup(b)
+				b = nil
+				l.exclusive(r)
+				break fill
+			}
+			b.add(l, r)
+		}
+		if b != nil {
+			l.commitGroup(b)
+		}
 	}
+}
+
+// building is a group under construction: its requests, each stamped or
+// placed as it arrived.
+type building struct {
+	g   *group
+	grp []*request
+	n   int
+}
+
+func (l *Log) openGroup() *building {
+	return &building{g: &group{b: l.db.NewIndexedBatch(), heads: map[string]Head{}, forks: map[string]Fork{}}}
+}
+
+// add places r in the group: own transactions are stamped, remote runs and
+// proofs checked against the log.
+func (b *building) add(l *Log, r *request) {
+	switch {
+	case r.own != nil:
+		r.err = l.stampOwn(b.g, r)
+	case r.proof != nil:
+		r.res.Appended, r.err = l.addProof(b.g, r.proof[0], r.proof[1])
+	default:
+		r.res, r.err = l.addRun(b.g, r.run)
+	}
+	b.grp = append(b.grp, r)
+	b.n += r.size()
 }
 
 // exclusive runs r.fn once every earlier group is durable, with nothing else
@@ -120,6 +156,8 @@ func (l *Log) exclusive(r *request) {
 // pending is a group committed without sync, waiting for the syncer.
 type pending struct {
 	grp     []*request
+	n       int            // the entries of its requests (their sizes)
+	own     []*wire.Signed // own entries to report to Config.Committed (see ownRun)
 	heads   map[string]Head
 	forks   map[string]Fork
 	barrier chan struct{} // set for a barrier: closed once all before it are durable
@@ -168,6 +206,15 @@ func (l *Log) syncer(done chan struct{}) {
 			if p.barrier != nil {
 				close(p.barrier)
 			}
+			if len(p.grp) > 0 {
+				l.unsyncedEntries.Add(-int64(p.n))
+			}
+			if len(p.grp) > 0 && l.unsynced.Add(-1) == 0 {
+				select {
+				case l.synced <- struct{}{}:
+				default:
+				}
+			}
 		}
 	}
 }
@@ -191,6 +238,9 @@ func (l *Log) publish(p *pending) {
 		l.forks[s] = f
 	}
 	l.mu.Unlock()
+	if len(p.own) > 0 && l.cfg.Committed != nil {
+		l.cfg.Committed(p.own)
+	}
 	for _, f := range p.forks {
 		l.cfg.Logger.Error("fork detected: two different entries for the same site and seq",
 			"site", f.Site, "seq", f.Seq, "held", f.Held.Short(), "offered", f.Offered.Short())
@@ -220,7 +270,11 @@ func (l *Log) forkOf(g *group, site string) (Fork, bool) {
 	return f, ok
 }
 
-func (l *Log) commitGroup(grp []*request) {
+// commitGroup applies, signs and stores a built group, commits it without
+// sync and hands it to the syncer.
+func (l *Log) commitGroup(b *building) {
+	g, grp := b.g, b.grp
+	defer g.b.Close()
 	answer := func(err error) {
 		for _, r := range grp {
 			if r.err == nil {
@@ -232,18 +286,6 @@ func (l *Log) commitGroup(grp []*request) {
 	if err := l.brokenErr(); err != nil {
 		answer(err)
 		return
-	}
-	g := &group{b: l.db.NewIndexedBatch(), heads: map[string]Head{}, forks: map[string]Fork{}}
-	defer g.b.Close()
-	for _, r := range grp {
-		switch {
-		case r.own != nil:
-			r.err = l.stampOwn(g, r)
-		case r.proof != nil:
-			r.res.Appended, r.err = l.addProof(g, r.proof[0], r.proof[1])
-		default:
-			r.res, r.err = l.addRun(g, r.run)
-		}
 	}
 	err := l.writeAll(g, l.signAll(g.unsigned))
 	if err == nil && !g.b.Empty() {
@@ -261,7 +303,28 @@ func (l *Log) commitGroup(grp []*request) {
 	for s, f := range g.forks {
 		l.prepForks[s] = f
 	}
-	l.syncq <- &pending{grp: grp, heads: g.heads, forks: g.forks}
+	l.unsynced.Add(1)
+	l.unsyncedEntries.Add(int64(b.n))
+	l.syncq <- &pending{grp: grp, n: b.n, own: ownRun(grp), heads: g.heads, forks: g.forks}
+}
+
+// ownRun returns the own entries of a committed group that end it and
+// belong to no initial load (WriteLoad): the longest such run that ends at
+// the group's last own entry, which is signed. Empty when the group's last
+// own entries are a load's.
+func ownRun(grp []*request) []*wire.Signed {
+	var run []*wire.Signed
+	for _, r := range grp {
+		if r.own == nil || r.err != nil || len(r.out) == 0 {
+			continue
+		}
+		if r.loads != nil {
+			run = nil
+			continue
+		}
+		run = append(run, r.out...)
+	}
+	return run
 }
 
 // stampOwn turns own transactions into entries: next seq, previous hash, HLC,
@@ -351,30 +414,52 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	return nil
 }
 
-// signAll starts signing own entries on the machine's cores and returns a
-// function that waits until every signature is set. The committer applies the
-// group to the state meanwhile: applying does not need the signatures.
+// signAll signs the own entries of the group that end a commit group: the
+// last one, and one at least every wire.MaxGroupEntries entries and
+// wire.MaxGroupBytes bytes, so no stored entry is far from a signed one. The
+// others stay unsigned: the hash chain binds them to the signed entry after
+// them. The signing runs while the committer applies the group to the state
+// (applying does not need the signatures); the returned function waits for it.
 func (l *Log) signAll(ss []*wire.Signed) (wait func()) {
-	key := l.cfg.Self
-	if len(ss) < 8 {
-		for _, s := range ss {
-			s.Sig = signHash(key, s.Hash)
-		}
+	ends := groupEnds(ss)
+	if len(ends) == 0 {
 		return func() {}
 	}
-	workers := min(runtime.GOMAXPROCS(0), len(ss)/4)
-	var wg sync.WaitGroup
-	per := (len(ss) + workers - 1) / workers
-	for w := 0; w < workers; w++ {
-		part := ss[min(w*per, len(ss)):min((w+1)*per, len(ss))]
-		wg.Go(func() {
-			for _, s := range part {
-				s.Sig = signHash(key, s.Hash)
-			}
-		})
-	}
-	return wg.Wait
+	key := l.cfg.Self
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, s := range ends {
+			s.Sig = signHash(key, s.Hash)
+		}
+	}()
+	return func() { <-done }
 }
+
+// groupEnds returns the entries of ss (one site's consecutive own entries)
+// to sign: the last, and the last of every full chunk of
+// wire.MaxGroupEntries entries or wire.MaxGroupBytes bytes.
+func groupEnds(ss []*wire.Signed) []*wire.Signed {
+	var ends []*wire.Signed
+	n, size := 0, 0
+	for i, s := range ss {
+		n++
+		size += len(s.Body) + envelopeOverhead
+		next := 0
+		if i+1 < len(ss) {
+			next = len(ss[i+1].Body) + envelopeOverhead
+		}
+		if i == len(ss)-1 || n >= wire.MaxGroupEntries || size+next > wire.MaxGroupBytes {
+			ends = append(ends, s)
+			n, size = 0, 0
+		}
+	}
+	return ends
+}
+
+// envelopeOverhead bounds what an envelope adds to its body: the map, the
+// two keys, the headers and the signature.
+const envelopeOverhead = 80
 
 // writeAll applies every new entry of the group to the state (or marks it
 // held), waits for the signatures, stores the entries, then records the heads

@@ -3,7 +3,8 @@
 //
 // One committer goroutine owns all writes. Callers hand it their own
 // transactions (Write, WriteMany) or entries received from peers
-// (AppendRemote, AppendRun); it stamps and signs own entries, checks every
+// (AppendRemote, AppendRun); it stamps own entries and signs the last of each
+// commit group (the hash chain binds the others to it), checks every
 // remote entry's place in its site's chain, applies each new entry to the
 // state through the Applier in the same indexed batch, and commits that batch
 // with one fsync for everything queued meanwhile (group commit). A call returns
@@ -13,6 +14,8 @@
 //   - seqs of a site count from 1 without gaps; each entry names the hash of
 //     the previous one; only the next seq of a site is accepted (a gap returns
 //     a *GapError so the caller can fetch the missing range);
+//   - an unsigned entry is stored only with the signed entry that ends its
+//     group (wire.VerifyRun); a log's head is always signed;
 //   - a duplicate is a no-op; a second validly signed entry for a held
 //     (site, seq) with another hash is a fork: both are kept as evidence, the
 //     site's log stops growing, and its later entries are quarantined (stored,
@@ -28,6 +31,7 @@
 //	t f <len><site>                  -> head: seq, hash, epoch
 //	t h <len><site> <seq:8>          -> held: entry stored but not yet applied (newer schema)
 //	t k <len><site>                  -> fork record: first forked seq and the hashes seen
-//	t x <len><site> <seq:8> <hash>   -> fork evidence: the other entry's envelope
+//	t x <len><site> <seq:8> <hash>   -> fork evidence: the other entry's envelope (and, when it is
+//	                                    unsigned, those after it up to its group's signed end)
 //	t q <len><site> <seq:8> <hash>   -> quarantined entry envelope
 package txlog

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -123,6 +124,12 @@ type Config struct {
 	// cannot (sealed with a data key this node does not hold yet) is held,
 	// stored and forwarded, until ReleaseHeld finds it ready.
 	Ready func(s *wire.Signed) bool
+	// Committed, if set, is called once a group is durable with the own
+	// entries that end it (not those of an initial load, see ownRun): one
+	// site's consecutive entries whose last is signed, so they can travel
+	// as one run. It is called from the committer's syncer and must not
+	// block.
+	Committed func(own []*wire.Signed)
 	// NoSync skips fsync. Only for benchmarks that measure everything else.
 	NoSync bool
 }
@@ -173,9 +180,15 @@ type Log struct {
 	keys  keys
 	reqs  chan *request
 	syncq chan *pending // committed groups waiting for their fsync
-	stop  chan struct{}
-	done  chan struct{}
-	write *pebble.WriteOptions
+	// unsynced counts the groups handed to the syncer and not yet answered;
+	// synced gets a signal when it drops to 0 (the committer waits for it to
+	// gather a bigger group).
+	unsynced        atomic.Int32
+	unsyncedEntries atomic.Int64 // the entries of those groups
+	synced          chan struct{}
+	stop            chan struct{}
+	done            chan struct{}
+	write           *pebble.WriteOptions
 
 	mu      sync.Mutex
 	closed  bool
@@ -198,16 +211,17 @@ func Open(cfg Config) (*Log, error) {
 		return nil, err
 	}
 	l := &Log{
-		cfg:   cfg,
-		db:    cfg.DB,
-		keys:  newKeys(cfg.Space),
-		reqs:  make(chan *request, cfg.QueueSize),
-		syncq: make(chan *pending, 4),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
-		write: pebble.Sync,
-		heads: map[string]Head{},
-		forks: map[string]Fork{},
+		cfg:    cfg,
+		db:     cfg.DB,
+		keys:   newKeys(cfg.Space),
+		reqs:   make(chan *request, cfg.QueueSize),
+		syncq:  make(chan *pending, 4),
+		synced: make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+		write:  pebble.Sync,
+		heads:  map[string]Head{},
+		forks:  map[string]Fork{},
 	}
 	if cfg.NoSync {
 		l.write = pebble.NoSync

@@ -480,26 +480,31 @@ func TestForkProofSpreads(t *testing.T) {
 	if _, err := e1.log.AppendRun(bg, branch); !errors.Is(err, ErrForked) {
 		t.Fatalf("fork: %v", err)
 	}
-	held, other, err := e1.log.ForkProof("b")
-	if err != nil || held.Seq != 2 || other.Seq != 2 || held.Hash == other.Hash {
-		t.Fatalf("proof: %v %v %v", held, other, err)
+	heldRun, otherRun, err := e1.log.ForkProof("b")
+	if err != nil || len(heldRun) != 1 || len(otherRun) != 1 {
+		t.Fatalf("proof: %v %v %v", heldRun, otherRun, err)
 	}
+	held, other := heldRun[0], otherRun[0]
+	if held.Seq != 2 || other.Seq != 2 || held.Hash == other.Hash {
+		t.Fatalf("proof: %v %v", held, other)
+	}
+	one := func(s *wire.Signed) []*wire.Signed { return []*wire.Signed{s} }
 
 	e2 := newEnv(t, "a", nil)
 	e2.keys.keys["b"] = e1.keys.keys["b"]
 	e2.log.AppendRun(bg, main[:3])
 	// Not proofs: the same entry twice, a forged entry, unrelated seqs.
-	if _, err := e2.log.AddForkProof(bg, held, held); !errors.Is(err, ErrNoProof) {
+	if _, err := e2.log.AddForkProof(bg, one(held), one(held)); !errors.Is(err, ErrNoProof) {
 		t.Fatalf("same entry: %v", err)
 	}
 	forged := wire.Signed{Entry: other.Entry, Hash: other.Hash, Body: other.Body, Sig: make([]byte, 64)}
-	if _, err := e2.log.AddForkProof(bg, held, &forged); !errors.Is(err, wire.ErrSignature) {
+	if _, err := e2.log.AddForkProof(bg, one(held), one(&forged)); !errors.Is(err, wire.ErrSignature) {
 		t.Fatalf("forged proof: %v", err)
 	}
-	if _, err := e2.log.AddForkProof(bg, main[0], main[2]); !errors.Is(err, ErrNoProof) {
+	if _, err := e2.log.AddForkProof(bg, one(main[0]), one(main[2])); !errors.Is(err, ErrNoProof) {
 		t.Fatalf("unrelated: %v", err)
 	}
-	added, err := e2.log.AddForkProof(bg, held, other)
+	added, err := e2.log.AddForkProof(bg, heldRun, otherRun)
 	if err != nil || !added {
 		t.Fatalf("proof: %v %v", added, err)
 	}
@@ -511,7 +516,7 @@ func TestForkProofSpreads(t *testing.T) {
 		t.Fatalf("after proof: %v", err)
 	}
 	// And the proof can be passed on from here.
-	if h, o, err := e2.log.ForkProof("b"); err != nil || h.Hash != held.Hash || o.Hash != other.Hash {
+	if h, o, err := e2.log.ForkProof("b"); err != nil || h[0].Hash != held.Hash || o[0].Hash != other.Hash {
 		t.Fatalf("re-proof: %v", err)
 	}
 }

@@ -303,7 +303,9 @@ type Report struct {
 
 // Verify re-checks every site's chain end to end: each entry decodes, seqs have
 // no gaps, each links to its predecessor, each signature is valid for its
-// epoch's certificate, and the stored head matches the last entry. It reads
+// epoch's certificate, each unsigned entry is followed, through unbroken
+// links within its epoch, by a signed one (the end of its commit group), and
+// the stored head matches the last entry. It reads
 // only; damage is reported, never repaired, and never panics.
 func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 	var rep Report
@@ -324,11 +326,18 @@ func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 		prevSeq uint64
 		epoch   uint64
 		seen    = map[string]Head{}
+		waiting []uint64 // unsigned entries not yet covered by a signed one
 	)
 	add := func(s string, seq uint64, format string, a ...any) {
 		if len(rep.Damage) < 1000 {
 			rep.Damage = append(rep.Damage, Damage{Site: s, Seq: seq, Problem: fmt.Sprintf(format, a...)})
 		}
+	}
+	uncovered := func(why string) {
+		for _, seq := range waiting {
+			add(site, seq, "is unsigned and %s", why)
+		}
+		waiting = waiting[:0]
 	}
 	for ok := it.First(); ok; ok = it.Next() {
 		ks, seq, err := l.keys.parseSeq(it.Key())
@@ -337,6 +346,7 @@ func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 			continue
 		}
 		if ks != site {
+			uncovered("no signed entry of its commit group follows it")
 			site, prev, prevSeq, epoch = ks, wire.Hash{}, 0, 0
 			rep.Sites++
 		}
@@ -356,6 +366,7 @@ func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 		}
 		s, err := wire.DecodeEnvelope(v)
 		if err != nil {
+			uncovered("the entry after it does not decode")
 			add(site, seq, "does not decode: %v", err)
 			prevSeq = seq
 			continue
@@ -363,22 +374,28 @@ func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 		if s.Site != site || s.Seq != seq {
 			add(site, seq, "is stored under the wrong key (it says %s)", s.ID())
 		}
+		linked := false
 		if seq != prevSeq+1 {
 			add(site, seq, "follows seq %d: entries %d..%d are missing", prevSeq, prevSeq+1, seq-1)
 		} else if s.Prev != prev {
 			add(site, seq, "does not link to the entry before it (the chain is broken)")
+		} else {
+			linked = true
 		}
 		if s.Epoch < epoch {
 			add(site, seq, "has epoch %d after epoch %d", s.Epoch, epoch)
 		}
-		if key, err := l.cfg.Keys.SiteKey(s.Site, s.Epoch); err != nil {
-			add(site, seq, "has no certificate to check its signature against: %v", err)
-		} else if err := s.Verify(key); err != nil {
-			add(site, seq, "has an invalid signature")
+		switch {
+		case !linked:
+			uncovered("the chain breaks before a signed entry follows it")
+		case s.Epoch != epoch:
+			uncovered("its epoch ends before a signed entry follows it")
 		}
+		l.verifyStored(s, &waiting, uncovered, add)
 		prev, prevSeq, epoch = s.Hash, seq, s.Epoch
 		seen[site] = Head{Seq: seq, Hash: s.Hash, Epoch: s.Epoch}
 	}
+	uncovered("no signed entry of its commit group follows it")
 	if err := it.Error(); err != nil {
 		add("?", 0, "reading the log failed: %v", err)
 	}
@@ -396,4 +413,26 @@ func (l *Log) Verify(ctx context.Context, progress Progress) (Report, error) {
 		progress(rep.Entries, total)
 	}
 	return rep, nil
+}
+
+// verifyStored checks one stored entry's signature for Verify: an unsigned
+// entry waits for the signed one that ends its group; a signed one covers
+// the unsigned entries waiting before it, if its signature is valid.
+func (l *Log) verifyStored(s *wire.Signed, waiting *[]uint64, uncovered func(string), add func(string, uint64, string, ...any)) {
+	if !s.IsSigned() {
+		*waiting = append(*waiting, s.Seq)
+		return
+	}
+	key, err := l.cfg.Keys.SiteKey(s.Site, s.Epoch)
+	if err != nil {
+		uncovered("the entry that ends its commit group cannot be checked")
+		add(s.Site, s.Seq, "has no certificate to check its signature against: %v", err)
+		return
+	}
+	if err := s.Verify(key); err != nil {
+		uncovered("the entry that ends its commit group has an invalid signature")
+		add(s.Site, s.Seq, "has an invalid signature")
+		return
+	}
+	*waiting = (*waiting)[:0]
 }

@@ -70,7 +70,9 @@ func Unmarshal(b []byte, v any) (err error) {
 }
 
 // Envelope is an entry as it travels and is stored: the canonical body bytes
-// and the signature over their hash.
+// and the signature over their hash. Sig is empty for an entry inside a commit
+// group: only the last entry of a group is signed, and its signature covers
+// the entries before it through the hash chain (see VerifyRun).
 type Envelope struct {
 	Body []byte `codec:"b"`
 	Sig  []byte `codec:"s"`
@@ -83,7 +85,7 @@ type Signed struct {
 	Entry
 	Hash Hash   // SHA-256 of Body
 	Body []byte // canonical body bytes
-	Sig  []byte // Ed25519 signature over Hash
+	Sig  []byte // Ed25519 signature over Hash; empty inside a commit group
 
 	env []byte // the envelope as decoded, when it came from bytes
 }
@@ -113,8 +115,17 @@ func Sign(e *Entry, key ed25519.PrivateKey) (*Signed, error) {
 	return &Signed{Entry: *e, Hash: h, Body: body, Sig: ed25519.Sign(key, h[:])}, nil
 }
 
-// Verify checks s's signature against the writer's public key.
+// IsSigned reports whether s carries a signature of its own (it ends a commit
+// group). An unsigned entry is authentic only through a signed one after it.
+func (s *Signed) IsSigned() bool { return len(s.Sig) > 0 }
+
+// Verify checks s's signature against the writer's public key. An unsigned
+// entry fails: it can only be checked in a run that ends at a signed entry
+// (VerifyRun).
 func (s *Signed) Verify(pub ed25519.PublicKey) error {
+	if !s.IsSigned() {
+		return errorf(ErrSignature, "entry %s (%s) carries no signature of its own: it can only be checked together with the signed entry that ends its commit group", s.ID(), s.Hash.Short())
+	}
 	if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, s.Hash[:], s.Sig) {
 		return errorf(ErrSignature, "entry %s (%s) is not signed by the key of site %q epoch %d", s.ID(), s.Hash.Short(), s.Site, s.Epoch)
 	}
@@ -127,12 +138,29 @@ func (s *Signed) Marshal() []byte {
 	if s.env != nil {
 		return s.env
 	}
-	b, err := Marshal(&Envelope{Body: s.Body, Sig: s.Sig})
-	if err != nil {
-		// Encoding two byte slices cannot fail; a failure is a programming error.
-		panic(fmt.Sprintf("wire: encode envelope: %v", err))
+	return appendEnvelope(make([]byte, 0, len(s.Body)+len(s.Sig)+16), s.Body, s.Sig)
+}
+
+// appendEnvelope appends the canonical encoding of Envelope{body, sig} (what
+// Marshal gives: a map of two byte strings, "b" then "s"; no signature is an
+// empty byte string), built by hand: it runs for every entry committed.
+func appendEnvelope(b, body, sig []byte) []byte {
+	b = append(b, 0x82, 0xa1, 'b')
+	b = appendBin(b, body)
+	b = append(b, 0xa1, 's')
+	return appendBin(b, sig)
+}
+
+func appendBin(b, v []byte) []byte {
+	switch n := len(v); {
+	case n <= 0xff:
+		b = append(b, 0xc4, byte(n))
+	case n <= 0xffff:
+		b = append(b, 0xc5, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
-	return b
+	return append(b, v...)
 }
 
 // DecodeEnvelope decodes and validates untrusted envelope bytes. It does not
@@ -158,8 +186,11 @@ func DecodeBody(body, sig []byte) (*Signed, error) {
 	if len(body) > MaxEntryBytes {
 		return nil, errorf(ErrTooLarge, "entry body is %d bytes, the limit is %d", len(body), MaxEntryBytes)
 	}
-	if len(sig) != ed25519.SignatureSize {
-		return nil, errorf(ErrMalformed, "signature is %d bytes, want %d", len(sig), ed25519.SignatureSize)
+	if len(sig) != ed25519.SignatureSize && len(sig) != 0 {
+		return nil, errorf(ErrMalformed, "signature is %d bytes, want %d or none", len(sig), ed25519.SignatureSize)
+	}
+	if len(sig) == 0 {
+		sig = nil
 	}
 	s := &Signed{Body: body, Sig: sig, Hash: HashOf(body)}
 	if err := Unmarshal(body, &s.Entry); err != nil {

@@ -30,6 +30,7 @@ var (
 	ErrMalformed = errors.New("wire: malformed")
 	ErrInvalid   = errors.New("wire: invalid")
 	ErrSignature = errors.New("wire: bad signature")
+	ErrChain     = errors.New("wire: broken chain")
 )
 
 // ruleError is a broken rule: its message says which, in plain words, for

@@ -278,24 +278,34 @@ func (e *Engine) appended(a Append, o Outcome, now time.Time) {
 }
 
 // drain asks to append the held entries that now extend site's log, in
-// order, as one run; its outcome drains again.
+// order, as one run; its outcome drains again. The run ends at its last
+// signed entry (a commit group's end): the entries after it wait for the
+// rest of their group, since the log refuses a run that ends unsigned.
 func (e *Engine) drain(site string) {
 	head, _ := e.cfg.Log.Head(site)
-	var run []*wire.Signed
-	from := ""
+	var held []heldEntry
 	for {
-		h, ok := e.held.next(site, head+uint64(len(run)))
+		h, ok := e.held.next(site, head+uint64(len(held)))
 		if !ok {
 			break
 		}
-		if len(run) == 0 {
-			from = h.from
-		}
-		run = append(run, h.e)
+		held = append(held, h)
 	}
-	if len(run) > 0 {
-		e.emit(Append{Peer: from, Run: run, Gossip: true, Held: true})
+	end := len(held)
+	for end > 0 && !held[end-1].e.IsSigned() {
+		end--
 	}
+	for _, h := range held[end:] {
+		e.held.hold(h.e, h.from, h.at)
+	}
+	if end == 0 {
+		return
+	}
+	run := make([]*wire.Signed, end)
+	for i, h := range held[:end] {
+		run[i] = h.e
+	}
+	e.emit(Append{Peer: held[0].from, Run: run, Gossip: true, Held: true})
 }
 
 // spreadFork gossips the proof of a site's fork and carries this node's

@@ -128,9 +128,14 @@ func (f *traceFx) WriteGate(a WriteGate) {
 	}
 }
 
-// parseRun reads "x#3..5" or "x#4!" (a forked entry) into entries.
+// parseRun reads "x#3..5" or "x#4!" (a forked entry) into entries, each
+// signed; "x#4..6~" is a run whose entries are unsigned (inside a commit
+// group) but the last is signed, "x#4~~" one with no signed entry.
 func parseRun(t *testing.T, s string) []*wire.Signed {
 	t.Helper()
+	tildes := len(s) - len(strings.TrimRight(s, "~"))
+	s = strings.TrimRight(s, "~")
+	grouped, noEnd := tildes > 0, tildes > 1
 	forked := strings.HasSuffix(s, "!")
 	s = strings.TrimSuffix(s, "!")
 	site, rng, _ := strings.Cut(s, "#")
@@ -149,7 +154,11 @@ func parseRun(t *testing.T, s string) []*wire.Signed {
 		if forked {
 			h = forkHash(site, seq)
 		}
-		out = append(out, &wire.Signed{Entry: wire.Entry{Site: site, Seq: seq}, Hash: h, Body: []byte("b")})
+		sig := make([]byte, 64)
+		if grouped && (seq < b || noEnd) {
+			sig = nil
+		}
+		out = append(out, &wire.Signed{Entry: wire.Entry{Site: site, Seq: seq}, Hash: h, Body: []byte("b"), Sig: sig})
 	}
 	return out
 }
@@ -366,6 +375,17 @@ func TestEngineTraces(t *testing.T) {
 			"gossip b x#3 -> append:b:x#3:gossip=ok append:a:x#4..6:held=ok",
 			"at 1s",
 			"wake 1s -> ", // nothing held: nothing to do
+		}},
+		{"held gossip drains only up to a signed group end", []string{
+			"log x=2",
+			"up a -> fetch:a:connect",
+			"done a ok -> ",
+			"gossip a x#4..5~ -> append:a:x#4..5:gossip=gap timer:50ms",
+			"gossip a x#6..7~~ -> append:a:x#6..7:gossip=gap",
+			// x#6..7 has no signed end (the rest of its group was lost): it
+			// waits, and its gap is fetched.
+			"gossip b x#3 -> append:b:x#3:gossip=ok append:a:x#4..5:held=ok",
+			"wake 50ms -> fetch:a:gap",
 		}},
 		{"a gap that stays open fetches from the sender", []string{
 			"log x=2",
