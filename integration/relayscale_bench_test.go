@@ -573,7 +573,8 @@ func runWriters(sites []*lightSite, d, every time.Duration) int {
 	return total
 }
 
-// write commits k entries of this site and publishes each.
+// write commits k entries of this site, each signed (a commit group of its
+// own), and publishes each as a gossip message.
 func (s *lightSite) write(k int) {
 	for range k {
 		s.mu.Lock()
@@ -592,7 +593,9 @@ func (s *lightSite) write(k int) {
 		s.logs[s.site] = append(s.logs[s.site], env)
 		s.sentAt.Store(signed.Hash, time.Now())
 		s.mu.Unlock()
-		_ = s.m.Publish(context.Background(), env)
+		for _, msg := range mesh.GroupMessages([]*wire.Signed{signed}) {
+			_ = s.m.Publish(context.Background(), msg.Data)
+		}
 	}
 }
 
