@@ -377,13 +377,6 @@ func (l *delayLog) quantiles() (p50, p99 time.Duration) {
 	return s[len(s)/2], s[len(s)*99/100]
 }
 
-func (l *delayLog) waitCount(tb testing.TB, n int, timeout time.Duration) {
-	tb.Helper()
-	if !l.waitFor(n, timeout) {
-		tb.Fatalf("%d of %d writes arrived within %s", l.count(), n, timeout)
-	}
-}
-
 // waitFor polls until n delays are in, or timeout passes (false).
 func (l *delayLog) waitFor(n int, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
