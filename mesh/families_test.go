@@ -508,7 +508,7 @@ func TestHostStopListeningKeepsConnections(t *testing.T) {
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel2()
 	next := signChain(t, familyB, x.ib1, 4, x.entriesB[2].Hash, 1)[0]
-	if err := x.b1.m.Publish(ctx2, next.Marshal()); err != nil {
+	if err := x.b1.m.Publish(ctx2, groupMsg(t, next)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "family B still gossips through the relay", func() bool { return sitesReceived(x.rb.h)["b1"] >= 1 })
