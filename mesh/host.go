@@ -580,16 +580,26 @@ func (hb *Host) dispatch(s network.Stream) {
 		hb.refuseUnknown(s, rest)
 		return
 	}
+	if rest == gossipKind {
+		hb.tell(m, s.Conn()) // its hello, on this connection, is what memberOn waits for
+		if !m.memberOn(s.Conn(), true) {
+			m.count(streamKind(rest) + "_non_member")
+			_ = s.Reset()
+			return
+		}
+		// A member's gossip stream can come before its hello here woke a
+		// sleeping family: wake it now rather than reset the stream, which
+		// gossipsub retries only a few times before it gives the peer up
+		// for as long as the connection lasts.
+		m.wakeUp()
+	}
 	h := m.handler(rest)
 	if h == nil {
 		m.count(streamKind(rest) + "_unknown_protocol")
 		_ = s.Reset()
 		return
 	}
-	if rest == gossipKind {
-		hb.tell(m, s.Conn()) // its hello, on this connection, is what memberOn waits for
-	}
-	if rest != helloKind && !m.memberOn(s.Conn(), rest == gossipKind) {
+	if rest != helloKind && rest != gossipKind && !m.memberOn(s.Conn(), false) {
 		m.count(streamKind(rest) + "_non_member")
 		_ = s.Reset()
 		return
