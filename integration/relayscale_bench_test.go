@@ -261,25 +261,15 @@ type procSample struct {
 func sampleProc(tb testing.TB, p *proc) procSample {
 	tb.Helper()
 	pid := p.cmd.Process.Pid
-	s := procSample{goro: relayGoroutines(tb, p)}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-				s.rss = kb * 1024
-			}
-		}
+	mem, err := readProcMem(pid)
+	if err != nil {
+		tb.Fatal(err)
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		if i := strings.LastIndexByte(string(b), ')'); i > 0 {
-			f := strings.Fields(string(b)[i+2:])
-			if len(f) > 13 {
-				ut, _ := strconv.ParseFloat(f[11], 64)
-				st, _ := strconv.ParseFloat(f[12], 64)
-				s.cpu = (ut + st) / 100 // USER_HZ
-			}
-		}
+	cpu, err := procCPU(pid)
+	if err != nil {
+		tb.Fatal(err)
 	}
+	s := procSample{goro: relayGoroutines(tb, p), rss: float64(mem.rss), cpu: cpu.Seconds()}
 	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
 		s.fds = len(ents)
 	}
@@ -721,8 +711,7 @@ func (h lightHandler) Entries(_ context.Context, _ peer.ID, run []*wire.Signed, 
 			if !ok {
 				break
 			}
-			delete(s.held[e.Site], next.e.Seq)
-			s.appendLocked(next.e, next.gossip, now)
+			s.appendLocked(next.e, next.gossip, now) // takes it out of held
 			n++
 		}
 	}
