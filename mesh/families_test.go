@@ -513,3 +513,20 @@ func TestHostStopListeningKeepsConnections(t *testing.T) {
 	}
 	waitFor(t, "family B still gossips through the relay", func() bool { return sitesReceived(x.rb.h)["b1"] >= 1 })
 }
+
+// A relay that closes its connections (as it stops) is seen gone at once by
+// the members of every family it serves.
+func TestHostCloseConnections(t *testing.T) {
+	x := startTwoFamilies(t)
+	waitFor(t, "a1 and b1 connected to the relay", func() bool {
+		return connected(x.a1.m.hub.h, x.ir.id) && connected(x.b1.m.hub.h, x.ir.id)
+	})
+	x.hb.StopListening()
+	x.hb.CloseConnections()
+	waitFor(t, "a1 and b1 see the relay gone", func() bool {
+		return x.a1.h.hasEvent(x.ir.id, false) && x.b1.h.hasEvent(x.ir.id, false)
+	})
+	if c, _ := x.hb.Connections(); c != 0 {
+		t.Errorf("the relay keeps %d connections", c)
+	}
+}

@@ -399,6 +399,9 @@ func (m *Mesh) acceptHello(c network.Conn, h hello, member bool) bool {
 	}
 	first := !ps.hello
 	ps.member, ps.hello, ps.lastSeen, ps.alive = mem, true, time.Now(), time.Now()
+	if first {
+		ps.helloAt = time.Now()
+	}
 	restarted := false
 	if !ps.instances[h.Instance] && len(ps.instances) > 0 && len(m.host.Network().ConnsToPeer(p)) <= 1 {
 		// A new process on the only connection: the member restarted before

@@ -272,6 +272,19 @@ func (hb *Host) StopListening() {
 	sw.ListenClose(hb.h.Network().ListenAddresses()...)
 }
 
+// CloseConnections closes every connection at once. A relay stopping calls
+// it after StopListening, before it detaches its families: its members then
+// see it gone in one moment, instead of their gossip streams reset family
+// by family on a connection still open, which libp2p's pubsub retries only
+// a few times before it gives the peer up, on the next connection too (the
+// members of the families detached last did not gossip with the restarted
+// relay).
+func (hb *Host) CloseConnections() {
+	for _, c := range hb.h.Network().Conns() {
+		_ = c.Close()
+	}
+}
+
 // Addrs returns the host's addresses, each ending in /p2p/ID.
 func (hb *Host) Addrs() []string {
 	var out []string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -23,6 +24,18 @@ const pingProto protocol.ID = "/ppsync/alive/1"
 // connections closed and is reported gone; the dial loop then tries it again
 // at once and every few seconds, so a link that comes back is used within
 // seconds.
+
+// Gossip can stall on a live connection too: libp2p's pubsub gives a peer
+// up for as long as their connection lasts once its stream to the peer was
+// reset a few times in a row (a relay detaching families as it stops, a
+// family waking under load), and then sends it nothing while pings still
+// pass. A member connected for gossipGrace whose subscriptions never
+// reached this node has its connection closed and made anew: on a new
+// connection both pubsubs start afresh.
+
+// gossipGrace is how long a member's gossip may take to reach this node
+// after their hello.
+func (m *Mesh) gossipGrace() time.Duration { return max(m.cfg.LivenessTimeout, 5*time.Second) }
 
 // touch records a sign of life from p on a connection to it.
 func (m *Mesh) touch(p peer.ID) {
@@ -76,6 +89,15 @@ func (m *Mesh) checkLiveness(now time.Time) {
 		}
 	}
 	m.mu.Unlock()
+	for _, p := range m.stalledGossip(now) {
+		m.count("gossip_stalled")
+		m.log.Warn("a connected member's gossip does not reach this node: reconnecting it",
+			"peer", p, "after", m.gossipGrace().String())
+		m.goTracked(func() {
+			_ = m.hub.h.Network().ClosePeer(p)
+			m.Redial()
+		})
+	}
 	for _, p := range lost {
 		if !m.connected(p) {
 			continue
@@ -101,6 +123,46 @@ func (m *Mesh) checkLiveness(now time.Time) {
 			m.mu.Unlock()
 		})
 	}
+}
+
+// stalledGossip returns the connected members whose hello completed more
+// than gossipGrace ago and whose subscription to the family's heartbeats
+// never reached this node's gossip, at most once per gossipGrace each.
+func (m *Mesh) stalledGossip(now time.Time) []peer.ID {
+	g := m.gossip.Load()
+	if g == nil {
+		return nil // asleep: no member is connected
+	}
+	grace := m.gossipGrace()
+	var due []peer.ID
+	m.mu.Lock()
+	for p, ps := range m.peers {
+		if ps.hello && now.Sub(ps.helloAt) > grace && now.Sub(ps.restarted) > grace {
+			due = append(due, p)
+		}
+	}
+	m.mu.Unlock()
+	if len(due) == 0 {
+		return nil
+	}
+	joined := g.hbt.ListPeers()
+	if g.ctx.Err() != nil {
+		return nil // stopping: the list is empty, not the gossip stalled
+	}
+	// Gossip runs on direct connections only (not over a relay's circuit).
+	due = slices.DeleteFunc(due, func(p peer.ID) bool {
+		return slices.Contains(joined, p) || m.host.Network().Connectedness(p) != network.Connected
+	})
+	var stalled []peer.ID
+	m.mu.Lock()
+	for _, p := range due {
+		if ps := m.peers[p]; ps != nil && ps.hello {
+			ps.restarted = now
+			stalled = append(stalled, p)
+		}
+	}
+	m.mu.Unlock()
+	return stalled
 }
 
 // ping asks p to echo 8 random bytes within the liveness timeout.

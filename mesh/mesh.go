@@ -136,6 +136,8 @@ type peerState struct {
 	alive     time.Time // last sign of life on a connection to it
 	pinging   bool      // a liveness ping is under way
 	lost      time.Time // when it was last disconnected for silence
+	helloAt   time.Time // when the hello completed on its current connection
+	restarted time.Time // when its connection was last closed for stalled gossip
 }
 
 // New starts the mesh of a node that serves one family: it starts a host of

@@ -511,6 +511,7 @@ func (n *Node) closeAll() error {
 	}
 	if n.mesh != nil && n.shared == nil && n.id.Role == family.RoleRelay {
 		n.mesh.Host().StopListening() // no member redials into a half-closed relay
+		n.mesh.Host().CloseConnections()
 	}
 	errs = append(errs, n.closeFamilies()...) // before the host and database they share
 	if n.mesh != nil {
