@@ -28,6 +28,7 @@ import (
 	"github.com/ppsync/ppsync/mesh"
 	"github.com/ppsync/ppsync/node"
 	"github.com/ppsync/ppsync/node/api"
+	"github.com/ppsync/ppsync/node/engine"
 )
 
 // BenchmarkRelayFamilies: one `ppsync run` relay process serving many
@@ -681,11 +682,28 @@ type lightHandler struct{ s *lightSite }
 // of each the first time it is appended. Like a node, it holds entries that
 // arrive past a gap (gossip may deliver a burst out of order) until the gap
 // closes, by gossip or catch-up.
-func (h lightHandler) Entries(_ context.Context, _ peer.ID, run []*wire.Signed, gossip bool) (int, error) {
+func (h lightHandler) Entries(_ context.Context, from peer.ID, run []*wire.Signed, gossip bool) (int, error) {
 	s := h.s
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer func() {
+		// A gap still open after the engine's wait is fetched from the
+		// peer that sent what lies past it, as a node does.
+		if len(s.held) > 0 && gossip {
+			time.AfterFunc(engine.DefaultGapWait, func() {
+				s.mu.Lock()
+				open := 0
+				for _, h := range s.held {
+					open += len(h)
+				}
+				s.mu.Unlock()
+				if open > 0 {
+					s.fetchFrom(from)
+				}
+			})
+		}
+	}()
 	if s.held == nil {
 		s.held = map[string]map[uint64]heldEntry{}
 	}
@@ -750,14 +768,23 @@ func (h lightHandler) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 			behind = true
 		}
 	}
-	if !behind || !s.fetching.CompareAndSwap(false, true) {
+	if behind {
+		s.fetchFrom(from)
+	}
+}
+
+// fetchFrom pulls from member p whatever it holds beyond this site, unless
+// a catch-up is under way already.
+func (s *lightSite) fetchFrom(p peer.ID) {
+	if !s.fetching.CompareAndSwap(false, true) {
 		return
 	}
+	have := lightLog{s}.Frontier()
 	go func() {
 		defer s.fetching.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = s.m.Fetch(ctx, from, have, nil, nil)
+		_, _ = s.m.Fetch(ctx, p, have, nil, nil)
 	}()
 }
 func (h lightHandler) PeerChanged(p peer.ID, connected bool) {
