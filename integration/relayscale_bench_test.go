@@ -787,12 +787,18 @@ func (s *lightSite) fetchFrom(p peer.ID) {
 		_, _ = s.m.Fetch(ctx, p, have, nil, nil)
 	}()
 }
+// PeerChanged notes when the relay connected, and catches up with a member
+// that connected, as a node does.
 func (h lightHandler) PeerChanged(p peer.ID, connected bool) {
-	if connected && p == h.s.relay {
+	if !connected {
+		return
+	}
+	if p == h.s.relay {
 		h.s.mu.Lock()
 		h.s.relayUp = time.Now()
 		h.s.mu.Unlock()
 	}
+	h.s.fetchFrom(p)
 }
 func (h lightHandler) DocumentsChanged()                                 {}
 func (h lightHandler) ForkProof(peer.ID, []*wire.Signed, []*wire.Signed) {}
