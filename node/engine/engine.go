@@ -13,6 +13,7 @@ const (
 	DefaultMaxBackoff     = time.Minute
 	DefaultForkCheckEvery = 10 * time.Second
 	DefaultDivergeWindow  = 1000
+	DefaultAheadWait      = 500 * time.Millisecond
 )
 
 // The write gate's reasons, as the clinic reads them.
@@ -31,6 +32,10 @@ type Config struct {
 	MaxBackoff  time.Duration // after failures (default 1m)
 	ProbeEvery  time.Duration // probe every connected member this often (0: never)
 	GapWait     time.Duration // how long held gossip waits for its predecessor (default 50ms)
+	// AheadWait is how long a member's heartbeat that shows it holding more
+	// of other sites waits for gossip to bring the difference before a
+	// catch-up fetches it (default 500ms).
+	AheadWait time.Duration
 	// ForkCheckEvery rate-limits fork checks per member and site (default 10s).
 	ForkCheckEvery time.Duration
 	// DivergeWindow is how far back before a fork a branch is pushed (default 1000).
@@ -46,6 +51,10 @@ type peerState struct {
 	failures int       // consecutive failed sessions
 	notUntil time.Time // backoff after a failure
 	lastOK   time.Time
+	// A heartbeat showed the member ahead: unless the log holds aheadOf by
+	// aheadAt (gossip in flight landed), a catch-up fetches the rest.
+	aheadOf map[string]uint64
+	aheadAt time.Time
 }
 
 // Engine is the sync policy's state. It is not safe for concurrent use: a
@@ -77,6 +86,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.GapWait <= 0 {
 		cfg.GapWait = DefaultGapWait
+	}
+	if cfg.AheadWait <= 0 {
+		cfg.AheadWait = DefaultAheadWait
 	}
 	if cfg.ForkCheckEvery <= 0 {
 		cfg.ForkCheckEvery = DefaultForkCheckEvery
@@ -187,6 +199,7 @@ func (e *Engine) peerDown(id string) {
 	p := e.peer(id)
 	p.up = false
 	p.pending = ""
+	p.aheadOf, p.aheadAt = nil, time.Time{}
 	e.dequeue(id)
 }
 
@@ -200,8 +213,22 @@ func (e *Engine) heartbeat(hb Heartbeat, now time.Time) {
 	e.frontiers[hb.Peer] = f
 	e.updateCaughtUp()
 	e.compareHeads(hb, now)
-	if e.ahead(hb.Frontier) {
+	if !e.ahead(hb.Frontier) {
+		return
+	}
+	// A member that holds more of this node's own site: fetch at once (no
+	// gossip brings those, and writes wait for them). Entries of other sites
+	// are most often in flight by gossip while their sites write: waiting a
+	// moment for them keeps a busy family's entries on gossip instead of
+	// fetching each again.
+	if mine, _ := e.cfg.Log.Head(e.cfg.OwnSite); e.cfg.OwnSite != "" && hb.Frontier[e.cfg.OwnSite] > mine {
 		e.want(hb.Peer, ReasonAhead, false)
+		return
+	}
+	// The first such heartbeat sets what must have landed by when; later
+	// ones show more in flight again, and are looked at once it is due.
+	if p := e.peer(hb.Peer); p.aheadAt.IsZero() {
+		p.aheadOf, p.aheadAt = f, now.Add(e.cfg.AheadWait)
 	}
 }
 
@@ -348,6 +375,16 @@ func (e *Engine) advance(now time.Time) {
 			e.want(p, ReasonGap, false)
 		}
 	}
+	for _, id := range e.upPeers() {
+		p := e.peers[id]
+		if p.aheadAt.IsZero() || now.Before(p.aheadAt) {
+			continue
+		}
+		if e.ahead(p.aheadOf) {
+			e.want(id, ReasonAhead, false)
+		}
+		p.aheadOf, p.aheadAt = nil, time.Time{}
+	}
 	if e.cfg.ProbeEvery > 0 && now.Sub(e.lastProbe) >= e.cfg.ProbeEvery {
 		e.lastProbe = now
 		for _, id := range e.upPeers() {
@@ -366,6 +403,11 @@ func (e *Engine) schedule() {
 	if e.cfg.ProbeEvery > 0 && len(e.upPeers()) > 0 {
 		if p := e.lastProbe.Add(e.cfg.ProbeEvery); next.IsZero() || p.Before(next) {
 			next = p
+		}
+	}
+	for _, id := range e.upPeers() {
+		if at := e.peers[id].aheadAt; !at.IsZero() && (next.IsZero() || at.Before(next)) {
+			next = at
 		}
 	}
 	if !next.IsZero() && (e.requested.IsZero() || next.Before(e.requested)) {

@@ -320,12 +320,28 @@ func TestEngineTraces(t *testing.T) {
 			"done a ok -> fetch:a:gap",
 			"done a ok -> ",
 		}},
-		{"heartbeat ahead fetches, equal does not", []string{
+		{"heartbeat ahead fetches what gossip did not bring, equal does not", []string{
 			"log x=5",
 			"up a -> fetch:a:connect",
 			"done a ok -> ",
 			"hb a x=5 -> ",
-			"hb a x=6 -> fetch:a:peer-ahead",
+			"hb a x=6 -> timer:500ms", // x#6 may be in flight by gossip
+			"at 300ms",
+			"hb a x=8 -> ",
+			"wake 500ms -> fetch:a:peer-ahead",
+			"done a ok -> ",
+			"log x=8",
+			"hb a x=9 -> timer:1s",
+			"log x=9", // gossip brought it
+			"wake 1s -> ",
+		}},
+		{"a member ahead of the own site fetches at once", []string{
+			"cfg own=me",
+			"log me=3,x=1",
+			"up a -> fetch:a:connect",
+			"done a ok -> ",
+			"hb a x=2 -> timer:500ms",
+			"hb a me=4,x=2 -> fetch:a:peer-ahead",
 		}},
 		{"interval rounds", []string{
 			"up a -> fetch:a:connect",
@@ -424,7 +440,8 @@ func TestEngineTraces(t *testing.T) {
 			"hb b x=3! -> forkcheck:b:x#3",
 			"at 10s",
 			"hb a x=5! -> forkcheck:a:x#5",
-			"hb a x=6! -> fetch:a:peer-ahead", // ahead: the catch-up compares the chains
+			"hb a x=6! -> timer:10.5s",
+			"wake 10.5s -> fetch:a:peer-ahead", // ahead: the catch-up compares the chains
 		}},
 		{"a fork appended spreads", []string{
 			"log x=5",

@@ -7,9 +7,8 @@ import (
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
-// Gossip delivers entries out of order now and then: the mesh checks
-// messages on several cores at once, and with three or more members an entry
-// can come by two paths. An entry that arrives before its predecessor is held
+// Gossip delivers entries out of order now and then: with three or more
+// members an entry can come by two paths. An entry that arrives before its predecessor is held
 // in the reorder buffer for a moment instead of being dropped; when the
 // predecessor lands, the held ones follow it into the log. Only a gap that
 // stays open longer than GapWait starts a catch-up session, which fetches the
