@@ -68,6 +68,7 @@ func (m *Mesh) startGossip(g *gossip) error {
 		// dropped, and catch-up delivers the entry.
 		pubsub.WithPeerOutboundQueueSize(1024),
 		pubsub.WithValidateQueueSize(1024),
+		pubsub.WithValidateWorkers(1),
 		pubsub.WithMaxMessageSize(wire.MaxEntryBytes+64<<10),
 		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return isMember(p) }),
 		// The family's own gossip protocol ("/ppsync/f/<family>/meshsub/1.2.0"):
@@ -84,7 +85,7 @@ func (m *Mesh) startGossip(g *gossip) error {
 		return fmt.Errorf("mesh: start gossip: %w", err)
 	}
 	g.ps = ps
-	if err := ps.RegisterTopicValidator(m.topicName("groups"), m.validateGroup); err != nil {
+	if err := ps.RegisterTopicValidator(m.topicName("groups"), m.validateGroup, pubsub.WithValidatorInline(true)); err != nil {
 		return fmt.Errorf("mesh: entry validator: %w", err)
 	}
 	if err := ps.RegisterTopicValidator(m.topicName("heartbeat"), m.validateHeartbeat, pubsub.WithValidatorInline(true)); err != nil {
