@@ -458,11 +458,11 @@ func (s *syncer) publishLoop(ctx context.Context) {
 
 // published queues a committed run of own entries (the end of a commit
 // group, see txlog.Config.Committed) for gossip. It never blocks the
-// committer: a run beyond the gossip budget (counted in entries) or the
+// committer: a run beyond the gossip budget (counted in bytes) or the
 // queue's bytes is left to catch-up.
 func (s *syncer) published(es []*wire.Signed) {
 	size := runBytes(es)
-	if s.queued.Load() >= gossipQueueBytes || !s.budget.take(len(es)) {
+	if s.queued.Load() >= gossipQueueBytes || !s.budget.take(int(size)) {
 		s.n.counters.publishDropped.Add(uint64(len(es)))
 		return
 	}
