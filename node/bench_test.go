@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ppsync/ppsync/internal/wire"
+	"github.com/ppsync/ppsync/mesh"
 )
 
 func patientOps(site string, i int) []wire.Op {
@@ -223,12 +224,18 @@ func BenchmarkSustained3(b *testing.B) {
 		tf.add("clinic-a", "site")
 		tf.addKnowing("clinic-b", "site", "clinic-a")
 		tf.add("clinic-c", "site")
-		a := tf.start("clinic-a")
+		// As a user runs them: the default heartbeat and sync interval (the
+		// test family's are faster).
+		userDefaults := func(c *Config) {
+			c.HeartbeatInterval = mesh.DefaultHeartbeatInterval
+			c.SyncInterval = Duration(DefaultSyncInterval)
+		}
+		a := tf.startWith("clinic-a", userDefaults)
 		for _, addr := range a.n.mesh.Addrs() {
 			tf.relay = addr
 		}
-		tf.start("clinic-b")
-		tf.start("clinic-c")
+		tf.startWith("clinic-b", userDefaults)
+		tf.startWith("clinic-c", userDefaults)
 		time.Sleep(2 * time.Second) // the mesh forms
 		start := time.Now()
 		var wg sync.WaitGroup
