@@ -618,7 +618,7 @@ func (n *Node) startMesh(ctx context.Context) error {
 		mc.DeferListen = n.shared == nil     // listen once every family is back (openFamilies)
 		// A family without a connected member costs no goroutine, stream or
 		// connection: its gossip and loops start with its first member.
-		mc.Lazy = true
+		mc.Lazy, mc.SleepAfter = true, n.cfg.SleepAfter
 	}
 	if n.shared != nil {
 		n.mesh, err = n.shared.host.Attach(n.ctx, mc)
