@@ -34,21 +34,25 @@ const alertEvery = time.Second
 // alerter is the family's monitor: it evaluates each rule against what this
 // node sees of the rule's site (alert.Evaluate decides), persists the state
 // and the messages it decided on in one batch, and sends them from an outbox
-// with retries. Only its loop changes the states; the mutex guards them for
-// readers and is never held across I/O.
+// with retries. It runs no goroutine of its own: the node's scheduler calls
+// tick every second (at a relay, one goroutine for every family's monitor,
+// so that a site that stopped syncing, when none of its family is
+// connected, is still told of on time), and a delivery, which may wait for
+// a mail server, runs on a goroutine of the node's while it lasts. Only tick
+// changes the states; the mutex guards them for readers and is never held
+// across I/O.
 type alerter struct {
 	alerterDeps
 
-	wake chan struct{} // the outbox has something new
-
 	sent, failed atomic.Uint64
 
-	mu     sync.Mutex
-	rules  map[string]*alert.Rule
-	states map[string]*alert.State
-	saved  map[string]time.Time // when each state was last saved
-	up     time.Time
-	passes int // evaluations run since start (tests wait on it)
+	mu         sync.Mutex
+	rules      map[string]*alert.Rule
+	states     map[string]*alert.State
+	saved      map[string]time.Time // when each state was last saved
+	up         time.Time
+	passes     int  // evaluations run since start (tests wait on it)
+	delivering bool // a delivery goroutine runs
 }
 
 // alerterDeps is what the monitor is given by the node.
@@ -63,11 +67,15 @@ type alerterDeps struct {
 	context func() alert.Context
 	emit    func(typ string, data any)
 	sites   func() []string // the family's sites, to check a rule's --site
+	// goTracked runs a delivery on a goroutine that the node's Close waits
+	// for (false: the node is closing, nothing started).
+	goTracked func(f func()) bool
+	// poke asks for a tick at once (a new rule).
+	poke func()
 }
 
 func newAlerter(deps alerterDeps) (*alerter, error) {
 	a := &alerter{alerterDeps: deps}
-	a.wake = make(chan struct{}, 1)
 	a.rules, a.states, a.saved = map[string]*alert.Rule{}, map[string]*alert.State{}, map[string]time.Time{}
 	a.up = a.now()
 	rules, err := a.db.Rules()
@@ -84,21 +92,48 @@ func newAlerter(deps alerterDeps) (*alerter, error) {
 	return a, nil
 }
 
-// run evaluates every rule each second and sends what is due, until ctx ends.
-func (a *alerter) run(ctx context.Context) {
-	t := time.NewTicker(alertEvery)
-	defer t.Stop()
-	for {
-		a.evaluate()
+// tick evaluates every rule and, when a message is due, starts delivering
+// (one delivery goroutine at a time): the scheduler runs it every
+// alertEvery, and at once when poked. It waits for no network: the outbox
+// is read and states saved to the local store only.
+func (a *alerter) tick(ctx context.Context) {
+	a.evaluate()
+	a.mu.Lock()
+	busy := a.delivering
+	a.mu.Unlock()
+	if busy || !a.due() {
+		return
+	}
+	a.mu.Lock()
+	a.delivering = true
+	a.mu.Unlock()
+	started := a.goTracked(func() {
 		a.deliver(ctx)
-		select {
-		case <-ctx.Done():
-			a.saveAll()
-			return
-		case <-t.C:
-		case <-a.wake:
+		a.mu.Lock()
+		a.delivering = false
+		a.mu.Unlock()
+	})
+	if !started {
+		a.mu.Lock()
+		a.delivering = false
+		a.mu.Unlock()
+	}
+}
+
+// due says whether a message of the outbox is due now.
+func (a *alerter) due() bool {
+	pending, err := a.db.Pending()
+	if err != nil {
+		a.log.Error("alert outbox not readable", "err", err)
+		return false
+	}
+	now := a.now()
+	for _, d := range pending {
+		if d.Due(now) {
+			return true
 		}
 	}
+	return false
 }
 
 // saveAll saves every rule's state as the monitor stops, so that the next
@@ -114,13 +149,6 @@ func (a *alerter) saveAll() {
 		if err := a.db.Decide(id, st, nil); err != nil {
 			a.log.Warn("alert state not saved at stop", "rule", id, "err", err)
 		}
-	}
-}
-
-func (a *alerter) poke() {
-	select {
-	case a.wake <- struct{}{}:
-	default:
 	}
 }
 
@@ -169,9 +197,6 @@ func (a *alerter) evaluate() {
 			a.states[id], a.saved[id] = &st, last
 		}
 		a.mu.Unlock()
-		if len(ds) > 0 {
-			a.poke()
-		}
 	}
 	a.mu.Lock()
 	a.passes++

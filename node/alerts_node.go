@@ -11,9 +11,9 @@ import (
 	"github.com/ppsync/ppsync/notify"
 )
 
-// startAlerts opens the alert monitor over the node's store. It runs on any
-// node that has rules (the family's relay, usually); without rules it only
-// wakes once a second to find none.
+// startAlerts opens the alert monitor over the node's store and schedules
+// it every second on the node's scheduler. It runs on any node that has
+// rules (the family's relay, usually); without rules it finds none.
 func (n *Node) startAlerts() error {
 	adb := alertdb.New(n.db)
 	if n.shared != nil {
@@ -41,12 +41,19 @@ func (n *Node) startAlerts() error {
 			}
 			return out
 		},
+		goTracked: n.goTracked,
 	})
 	if err != nil {
 		return err
 	}
+	var j *job
+	j = n.schedule(func() {
+		j.reset(alertEvery)
+		a.tick(n.ctx)
+	})
+	a.poke = func() { j.reset(0) }
 	n.alerts = a
-	n.goTracked(func() { a.run(n.ctx) })
+	j.reset(0)
 	return nil
 }
 

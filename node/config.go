@@ -108,6 +108,10 @@ type Config struct {
 	// DiskReserve is the free space below which writes are refused (default
 	// 64 MiB; 0 turns the check off).
 	DiskReserve uint64 `toml:"-"`
+	// SleepAfter is how long a relay's family stays awake (its gossip and
+	// loops running) after its last connected member left (default 1
+	// minute, mesh.Config.SleepAfter). Tests shorten it.
+	SleepAfter time.Duration `toml:"-"`
 
 	// Set by the program, not the file.
 	Version string       `toml:"-"` // software version, gossiped to peers

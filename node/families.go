@@ -302,6 +302,7 @@ func (n *Node) startFamily(id string) error {
 		shared: &shared{primary: n, db: n.db, host: n.mesh.Host(), space: space}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.events = newEventHub(cfg.Now)
+	m.sched = n.sched // one goroutine runs every family's periodic work
 	if err := m.openMember(); err != nil {
 		_ = m.closeAll()
 		return fmt.Errorf("node: family %s: %w", id, err)

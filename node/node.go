@@ -72,10 +72,14 @@ type Node struct {
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // goroutines started by goTracked
-	goMu   sync.Mutex     // guards stopping, and wg.Add against Close's wg.Wait
+	wg     sync.WaitGroup // goroutines started by goTracked, and runs of scheduled jobs
+	goMu   sync.Mutex     // guards stopping and jobs, and wg.Add against Close's wg.Wait
 	// stopping is set once Close has begun: goTracked starts nothing more.
 	stopping bool
+	// sched runs the node's periodic work (schedule.go): its own, or at a
+	// relay's further family its first node's, shared by every family.
+	sched *scheduler
+	jobs  []*job // this node's jobs on sched, stopped by Close
 	// settingsTurn is the turn to change the settings (one slot): one change
 	// at a time reads them, saves ppsync.toml and applies them. Only changes
 	// of the settings wait for it, and a waiting request gives up when it
@@ -101,17 +105,43 @@ type Node struct {
 // goTracked runs f on a goroutine that Close waits for; once Close has
 // begun it starts nothing and returns false.
 func (n *Node) goTracked(f func()) bool {
+	if !n.enter() {
+		return false
+	}
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// enter counts a run of the node's work that Close waits for (the caller
+// calls n.wg.Done when it ends); once Close has begun it returns false.
+func (n *Node) enter() bool {
 	n.goMu.Lock()
 	defer n.goMu.Unlock()
 	if n.stopping {
 		return false
 	}
 	n.wg.Add(1)
-	go func() {
+	return true
+}
+
+// schedule makes a job of this node on its scheduler (not scheduled yet:
+// see job.reset). Close stops it and waits for a run under way; once Close
+// has begun, f runs no more.
+func (n *Node) schedule(f func()) *job {
+	j := n.sched.newJob(func() {
+		if !n.enter() {
+			return
+		}
 		defer n.wg.Done()
 		f()
-	}()
-	return true
+	})
+	n.goMu.Lock()
+	n.jobs = append(n.jobs, j)
+	n.goMu.Unlock()
+	return j
 }
 
 func (n *Node) currentConfig() Config {
@@ -145,6 +175,8 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		bodies: newBodyBudget(writeBodyBudget)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.events = newEventHub(cfg.Now)
+	n.sched = newScheduler()
+	n.goTracked(func() { n.sched.run(n.ctx) })
 	ok := false
 	defer func() {
 		if !ok {
@@ -499,7 +531,11 @@ func (n *Node) closeAll() error {
 	n.cancel()
 	n.goMu.Lock()
 	n.stopping = true
+	jobs := n.jobs
 	n.goMu.Unlock()
+	for _, j := range jobs {
+		j.stop()
+	}
 	if n.srv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := n.srv.Shutdown(ctx); err != nil {
@@ -521,6 +557,9 @@ func (n *Node) closeAll() error {
 		errs = append(errs, n.tapFile.Close())
 	}
 	n.wg.Wait()
+	if n.alerts != nil {
+		n.alerts.saveAll() // the monitor has stopped: the next start counts outages from here
+	}
 	if n.dbc != nil {
 		errs = append(errs, n.dbc.Close())
 	}
@@ -580,7 +619,7 @@ func (n *Node) startMesh(ctx context.Context) error {
 		mc.DeferListen = n.shared == nil     // listen once every family is back (openFamilies)
 		// A family without a connected member costs no goroutine, stream or
 		// connection: its gossip and loops start with its first member.
-		mc.Lazy = true
+		mc.Lazy, mc.SleepAfter = true, n.cfg.SleepAfter
 	}
 	if n.shared != nil {
 		n.mesh, err = n.shared.host.Attach(n.ctx, mc)
@@ -590,7 +629,7 @@ func (n *Node) startMesh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
-	n.goTracked(func() { n.sync.loop(n.ctx) })
+	n.sync.start()
 	if n.id.Role != family.RoleRelay { // a relay writes no entries of its own
 		n.goTracked(func() { n.sync.publishLoop(n.ctx) })
 	}

@@ -50,6 +50,7 @@ type syncer struct {
 	// budget is the gossip rate (gossipbudget.go).
 	queued atomic.Int64
 	budget *gossipBudget
+	tick   *job // the engine's tick, every second, on the node's scheduler
 	wake   wakeTimer
 
 	mu    sync.Mutex // guards the fields below
@@ -64,9 +65,22 @@ func newSyncer(n *Node) *syncer {
 	}
 	eng := engine.New(engine.Config{Log: engineLog{n.txlog}, OwnSite: n.id.Site, Epoch: n.cert.Epoch,
 		Interval: time.Duration(n.currentConfig().SyncInterval), ProbeEvery: every, DivergeWindow: mesh.DivergeWindow})
-	return &syncer{n: n, pubq: make(chan []*wire.Signed, 8192), budget: newGossipBudget(gossipRate, gossipBurst, n.cfg.Now),
-		wake: newWakeTimer(), eng: eng, views: map[peer.ID]*peerView{}}
+	s := &syncer{n: n, pubq: make(chan []*wire.Signed, 8192), budget: newGossipBudget(gossipRate, gossipBurst, n.cfg.Now),
+		eng: eng, views: map[peer.ID]*peerView{}}
+	s.tick = n.schedule(func() {
+		s.tick.reset(time.Second)
+		s.drive(n.ctx, engine.Tick{Now: s.now()})
+	})
+	s.wake = wakeTimer{now: s.now, job: n.schedule(func() {
+		s.wake.fired()
+		s.drive(n.ctx, engine.Wake{Now: s.now()})
+	})}
+	return s
 }
+
+// start ticks the engine every second, until the node closes. Its wake-ups
+// run whenever it asks for them, started or not.
+func (s *syncer) start() { s.tick.reset(time.Second) }
 
 // step runs one input through the engine under the lock.
 func (s *syncer) step(in engine.Input) []engine.Action {
@@ -133,65 +147,28 @@ func (s *syncer) post(ctx context.Context, ev syncEvent) {
 }
 
 // wakeTimer is the one wake-up the engine asked for: the earliest time
-// requested since it last fired. The loop owns the real timer.
+// requested since it last fired, a job on the node's scheduler.
 type wakeTimer struct {
-	mu      sync.Mutex
-	at      time.Time
-	changed chan struct{}
-}
+	now func() time.Time // the node's clock, which the engine's times are in
+	job *job
 
-func newWakeTimer() wakeTimer { return wakeTimer{changed: make(chan struct{}, 1)} }
+	mu sync.Mutex
+	at time.Time
+}
 
 func (w *wakeTimer) request(at time.Time) {
 	w.mu.Lock()
-	earlier := w.at.IsZero() || at.Before(w.at)
-	if earlier {
-		w.at = at
-	}
-	w.mu.Unlock()
-	if earlier {
-		select {
-		case w.changed <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func (w *wakeTimer) next() time.Time {
-	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.at
+	if w.at.IsZero() || at.Before(w.at) {
+		w.at = at
+		w.job.reset(max(at.Sub(w.now()), 0)) // under mu: a later request cannot undo an earlier
+	}
 }
 
 func (w *wakeTimer) fired() {
 	w.mu.Lock()
 	w.at = time.Time{}
 	w.mu.Unlock()
-}
-
-// loop ticks the engine every second and wakes it when it asked to be, until
-// ctx ends.
-func (s *syncer) loop(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			s.drive(ctx, engine.Tick{Now: s.now()})
-		case <-s.wake.changed:
-			if at := s.wake.next(); !at.IsZero() {
-				timer.Reset(max(at.Sub(s.now()), 0))
-			}
-		case <-timer.C:
-			s.wake.fired()
-			s.drive(ctx, engine.Wake{Now: s.now()})
-		}
-	}
 }
 
 // call carries out the actions of one engine.Drive: it implements

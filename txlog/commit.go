@@ -2,6 +2,7 @@ package txlog
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -61,17 +62,28 @@ type group struct {
 // stamped, signed and applied. Bigger groups mean fewer fsyncs and fewer
 // signatures. Reads that others can see (heads, ranges) advance only once a
 // group is durable.
+//
+// It runs while there is work: after Config.IdleAfter without a request it
+// stops, with its syncer, unless a request is in flight (see retire).
 func (l *Log) run() {
-	defer close(l.done)
+	l.syncq = make(chan *pending, 4) // closed below: each committer has its own
 	syncDone := make(chan struct{})
 	go l.syncer(syncDone)
 	defer func() { close(l.syncq); <-syncDone }()
+	idle := time.NewTimer(l.cfg.IdleAfter)
+	defer idle.Stop()
 	for {
+		idle.Reset(l.cfg.IdleAfter)
 		var first *request
 		select {
 		case first = <-l.reqs:
 		case <-l.stop:
 			return
+		case <-idle.C:
+			if l.retire() {
+				return
+			}
+			continue
 		}
 		if first.fn != nil {
 			l.exclusive(first)

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -132,7 +133,14 @@ type Config struct {
 	Committed func(own []*wire.Signed)
 	// NoSync skips fsync. Only for benchmarks that measure everything else.
 	NoSync bool
+	// IdleAfter is how long the committer waits for a request before it
+	// stops (default DefaultIdleAfter); the next request starts it again, so
+	// a log nobody writes to runs no goroutine.
+	IdleAfter time.Duration
 }
+
+// DefaultIdleAfter is how long an idle committer lives by default.
+const DefaultIdleAfter = 5 * time.Second
 
 func (c *Config) validate() error {
 	switch {
@@ -170,6 +178,9 @@ func (c *Config) validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.IdleAfter <= 0 {
+		c.IdleAfter = DefaultIdleAfter
+	}
 	return nil
 }
 
@@ -179,20 +190,26 @@ type Log struct {
 	db    *pebble.DB
 	keys  keys
 	reqs  chan *request
-	syncq chan *pending // committed groups waiting for their fsync
+	syncq chan *pending // committed groups waiting for their fsync (each committer makes its own)
 	// unsynced counts the groups handed to the syncer and not yet answered;
 	// synced gets a signal when it drops to 0 (the committer waits for it to
 	// gather a bigger group).
 	unsynced        atomic.Int32
 	unsyncedEntries atomic.Int64 // the entries of those groups
 	synced          chan struct{}
-	stop            chan struct{}
-	done            chan struct{}
+	stop            chan struct{} // closed by Close: the committer ends
 	write           *pebble.WriteOptions
+	// inflight counts the requests submitted and not yet answered. It is
+	// raised under mu, where the committer decides to stop: it stops only
+	// when none is in flight, so no request waits for a committer that left.
+	inflight atomic.Int64
 
 	mu      sync.Mutex
 	closed  bool
 	pending sync.WaitGroup  // submitted requests not yet answered
+	running bool            // a committer serves reqs (started on demand, see submit)
+	starts  int             // committers started so far (tests read it)
+	done    chan struct{}   // closed once the last committer started has ended; nil before the first
 	heads   map[string]Head // durable heads: what others may see and be served
 	forks   map[string]Fork
 	broken  error // set when a sync failed: nothing more is accepted
@@ -204,8 +221,9 @@ type Log struct {
 }
 
 // Open loads the log's heads (no replay: start-up does not depend on the log's
-// length), applies held entries this build now supports, and starts the
-// committer. Close stops it.
+// length) and applies held entries this build now supports. The committer
+// starts with the first request and stops once idle (Config.IdleAfter); Close
+// stops it.
 func Open(cfg Config) (*Log, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -215,10 +233,8 @@ func Open(cfg Config) (*Log, error) {
 		db:     cfg.DB,
 		keys:   newKeys(cfg.Space),
 		reqs:   make(chan *request, cfg.QueueSize),
-		syncq:  make(chan *pending, 4),
 		synced: make(chan struct{}, 1),
 		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
 		write:  pebble.Sync,
 		heads:  map[string]Head{},
 		forks:  map[string]Fork{},
@@ -239,7 +255,6 @@ func Open(cfg Config) (*Log, error) {
 		return nil, err
 	}
 	l.prep, l.prepForks = maps.Clone(l.heads), maps.Clone(l.forks)
-	go l.run()
 	return l, nil
 }
 
@@ -256,12 +271,18 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	l.pending.Wait()
 	close(l.stop)
-	<-l.done
+	l.mu.Lock()
+	done := l.done // no committer starts any more
+	l.mu.Unlock()
+	if done != nil {
+		<-done
+	}
 	return nil
 }
 
-// submit hands r to the committer and waits for its answer. Once submitted, a
-// request is always answered, even if ctx ends: an answer is never ambiguous.
+// submit hands r to the committer, starting one if none runs, and waits for
+// its answer. Once submitted, a request is always answered, even if ctx ends:
+// an answer is never ambiguous.
 func (l *Log) submit(ctx context.Context, r *request) error {
 	l.mu.Lock()
 	if l.closed {
@@ -269,8 +290,13 @@ func (l *Log) submit(ctx context.Context, r *request) error {
 		return ErrClosed
 	}
 	l.pending.Add(1)
+	l.inflight.Add(1)
+	if !l.running {
+		l.startCommitter()
+	}
 	l.mu.Unlock()
 	defer l.pending.Done()
+	defer l.inflight.Add(-1)
 	r.done = make(chan struct{})
 	select {
 	case l.reqs <- r:
@@ -279,6 +305,34 @@ func (l *Log) submit(ctx context.Context, r *request) error {
 	}
 	<-r.done
 	return r.err
+}
+
+// startCommitter starts a committer; l.mu is held. It begins once the one
+// before it (if any) has ended with its syncer: one committer at a time owns
+// the committer's state (prep, prepForks, syncq).
+func (l *Log) startCommitter() {
+	prev, done := l.done, make(chan struct{})
+	l.running, l.done = true, done
+	l.starts++
+	go func() {
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		l.run()
+	}()
+}
+
+// retire is the idle committer asking to stop: it may when no request is in
+// flight, and the next submit starts another.
+func (l *Log) retire() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inflight.Load() > 0 {
+		return false
+	}
+	l.running = false
+	return true
 }
 
 // Heads returns a copy of every site's head.
