@@ -100,7 +100,8 @@
 // composite key), reads each row it wrote back in the same transaction, and
 // keeps every committed transaction in its ledger; when the server is gone
 // it tries again until a transaction commits, and a commit whose answer was
-// lost enters the ledger only if pg_xact_status says it committed. The
+// lost enters the ledger only if pg_xact_status says it committed (a
+// transaction ID "in the future" after a crash was never logged: aborted). The
 // faults: the server stopped with pg_ctl stop -m fast and with -m immediate
 // (crash recovery at the next start) and started again while every node
 // runs and every writer writes — every site's `db status` must name the

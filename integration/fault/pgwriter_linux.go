@@ -372,8 +372,8 @@ func (w *pgWriter) attempt(ctx context.Context, fill func(*pgTxb)) (bool, error)
 	tctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if d := w.doubt; d != nil {
-		var st *string
-		if err := c.QueryRow(tctx, `SELECT pg_xact_status($1::xid8)`, d.xid).Scan(&st); err != nil {
+		st, err := xactStatus(tctx, c, d.xid)
+		if err != nil {
 			w.drop()
 			return false, err
 		}
@@ -433,8 +433,8 @@ func (w *pgWriter) settleDoubt(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	var st *string
-	if err := c.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, d.xid).Scan(&st); err != nil {
+	st, err := xactStatus(ctx, c, d.xid)
+	if err != nil {
 		return
 	}
 	if st != nil && *st == "in progress" {
@@ -445,6 +445,22 @@ func (w *pgWriter) settleDoubt(ctx context.Context) {
 		w.resolved++
 		w.committedTx(d.b)
 	}
+}
+
+// xactStatus returns pg_xact_status of xid: "committed", "aborted", "in
+// progress", or nil when the server no longer knows it. A transaction ID
+// "in the future" was handed out before a crash but never written to the
+// WAL (a commit would have been, and its replay would have moved the next
+// ID past it): it did not commit, so it counts as aborted.
+func xactStatus(ctx context.Context, c *pgx.Conn, xid string) (*string, error) {
+	var st *string
+	err := c.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, xid).Scan(&st)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "22023" && strings.Contains(pe.Message, "is in the future") {
+		aborted := "aborted"
+		return &aborted, nil
+	}
+	return st, err
 }
 
 func (w *pgWriter) committedTx(b *pgTxb) {
