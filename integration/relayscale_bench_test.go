@@ -787,6 +787,7 @@ func (s *lightSite) fetchFrom(p peer.ID) {
 		_, _ = s.m.Fetch(ctx, p, have, nil, nil)
 	}()
 }
+
 // PeerChanged notes when the relay connected, and catches up with a member
 // that connected, as a node does.
 func (h lightHandler) PeerChanged(p peer.ID, connected bool) {
