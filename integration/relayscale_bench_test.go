@@ -231,6 +231,9 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		b.Fatalf("after the relay's restart, %d of %d writes arrived within 120s; %s", probeDelays.count(), 2*len(last), lightMissing(ctx, cl, last))
 	}
 	takenBack := time.Since(restartAt)
+	if f := os.Getenv("PPSYNC_SCALE_RELAY_LOG"); f != "" {
+		_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644) // the restarted relay's
+	}
 	closeLightSites(last)
 	b.StopTimer()
 

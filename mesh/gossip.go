@@ -79,6 +79,7 @@ func (m *Mesh) startGossip(g *gossip) error {
 		pubsub.WithProtocolMatchFn(func(own protocol.ID) func(protocol.ID) bool {
 			return func(p protocol.ID) bool { return p == own || p == protoBase }
 		}),
+		pubsub.WithRawTracer(graftTracer{m}),
 		pubsub.WithPeerScore(scoreParams(m.topicName("groups"), m.topicName("heartbeat"), isMember), scoreThresholds()),
 	)
 	if err != nil {
@@ -128,6 +129,35 @@ func (m *Mesh) startGossip(g *gossip) error {
 	m.goAwake(g, func(ctx context.Context) { m.heartbeatOnJoin(ctx, joins) })
 	return nil
 }
+
+// graftTracer hears of gossipsub's mesh changes. A member grafted into the
+// mesh of the groups topic is one this node forwards entries to from now on;
+// whatever came before (such as a site's write just after a relay
+// restarted, received before the relay's mesh formed and forwarded to no
+// one) it fetches once this node's heartbeat shows it: so the heartbeat goes
+// out soon instead of at its next interval.
+type graftTracer struct{ m *Mesh }
+
+func (t graftTracer) Graft(p peer.ID, topic string) {
+	if topic == t.m.topicName("groups") {
+		t.m.HeartbeatSoon()
+	}
+}
+func (graftTracer) OnNewOutboundStream(peer.ID, protocol.ID)             {}
+func (graftTracer) OnClosedOutboundStream(peer.ID)                       {}
+func (graftTracer) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
+func (graftTracer) Join(string)                                          {}
+func (graftTracer) Leave(string)                                         {}
+func (graftTracer) Prune(peer.ID, string)                                {}
+func (graftTracer) ValidateMessage(*pubsub.Message)                      {}
+func (graftTracer) DeliverMessage(*pubsub.Message)                       {}
+func (graftTracer) RejectMessage(*pubsub.Message, string)                {}
+func (graftTracer) DuplicateMessage(*pubsub.Message)                     {}
+func (graftTracer) ThrottlePeer(peer.ID)                                 {}
+func (graftTracer) RecvRPC(*pubsub.RPC)                                  {}
+func (graftTracer) SendRPC(*pubsub.RPC, peer.ID)                         {}
+func (graftTracer) DropRPC(*pubsub.RPC, peer.ID)                         {}
+func (graftTracer) UndeliverableMessage(*pubsub.Message)                 {}
 
 // heartbeatOnJoin publishes this node's heartbeat as soon as a member joins
 // the family's gossip (it connected, or a relay woke or restarted): its
@@ -530,11 +560,40 @@ func (m *Mesh) heartbeatLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		m.PublishHeartbeat()
+		last := time.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-m.soon:
+			// At most one early heartbeat per heartbeatSoonGap: nudges that
+			// come meanwhile are one.
+			if d := heartbeatSoonGap - time.Since(last); d > 0 {
+				w := time.NewTimer(d)
+				select {
+				case <-ctx.Done():
+					w.Stop()
+					return
+				case <-w.C:
+				}
+			}
 		}
+	}
+}
+
+// heartbeatSoonGap is the least time between two heartbeats HeartbeatSoon
+// brings forward.
+const heartbeatSoonGap = 250 * time.Millisecond
+
+// HeartbeatSoon gossips this node's heartbeat early (within
+// heartbeatSoonGap of the last one): the log holds entries its members may
+// lack that gossip did not bring them, such as a site's write that a relay
+// fetched by catch-up after gossip missed it. Members then fetch them now
+// instead of at the next periodic heartbeat.
+func (m *Mesh) HeartbeatSoon() {
+	select {
+	case m.soon <- struct{}{}:
+	default:
 	}
 }
 

@@ -389,6 +389,9 @@ func (s *syncer) fetch(ctx context.Context, p peer.ID, reason string) {
 	}
 	s.n.events.emit(EvCatchUp, map[string]any{"peer": p.String(), "reason": reason, "entries": st.Appended, "bytes": st.Bytes, "ok": err == nil})
 	if st.Appended > 0 {
+		// What this session brought, gossip did not bring the members
+		// either, most likely: tell them now.
+		s.n.mesh.HeartbeatSoon()
 		s.n.log.Info("caught up", "peer", p, "reason", reason, "entries", st.Appended, "bytes", st.Bytes, "took", s.now().Sub(start).Round(time.Millisecond))
 	}
 	s.drive(ctx, engine.FetchDone{Now: s.now(), Peer: p.String(), OK: err == nil})
