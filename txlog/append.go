@@ -69,8 +69,19 @@ func (l *Log) writeOwn(ctx context.Context, r *request) ([]*wire.Signed, error) 
 	if len(r.own) == 0 {
 		return nil, nil
 	}
+	if l.cfg.Seal == nil {
+		// The operations go into the entries in clear: encode them here, on
+		// the writer's goroutine, so the committer only adds the headers.
+		r.enc = make([]wire.EncodedOps, len(r.own))
+	}
 	for i, ops := range r.own {
-		if err := wire.ValidateOps(ops); err != nil {
+		var err error
+		if r.enc != nil {
+			r.enc[i], err = wire.EncodeOps(ops)
+		} else {
+			err = wire.ValidateOps(ops)
+		}
+		if err != nil {
 			if len(r.own) > 1 {
 				return nil, fmt.Errorf("transaction %d: %w", i+1, err)
 			}

@@ -11,6 +11,7 @@ import (
 // request is one call waiting for the committer.
 type request struct {
 	own   [][]wire.Op               // own transactions, one entry each
+	enc   []wire.EncodedOps         // own: each transaction's operations encoded, or nil (sealed)
 	grant []wire.Grant              // own: a grant entry (own is one nil transaction)
 	seen  map[string]uint64         // own: cap the deps at what the writer saw (nil: the whole frontier)
 	run   []*wire.Signed            // remote: a verified contiguous run of one site
@@ -382,7 +383,13 @@ func (l *Log) stampOwn(g *group, r *request) error {
 				return fmt.Errorf("txlog: seal the entry: %w", err)
 			}
 		}
-		body, err := wire.EncodeBody(&e)
+		var body []byte
+		var err error
+		if r.enc != nil {
+			body, err = wire.EncodeBodyOps(&e, r.enc[i])
+		} else {
+			body, err = wire.EncodeBody(&e)
+		}
 		if err != nil {
 			if len(r.own) > 1 {
 				return fmt.Errorf("transaction %d: %w", i+1, err)
