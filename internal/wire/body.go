@@ -2,6 +2,7 @@ package wire
 
 import (
 	"crypto/ed25519"
+	"math"
 	"slices"
 )
 
@@ -20,11 +21,131 @@ func EncodeOps(ops []Op) (EncodedOps, error) {
 	if err := ValidateOps(ops); err != nil {
 		return EncodedOps{}, err
 	}
-	enc, err := Marshal(ops)
-	if err != nil {
-		return EncodedOps{}, err
+	enc, ok := appendOps(make([]byte, 0, opsSize(ops)), ops)
+	if !ok { // a value of a type that ValidateOps does not leave: the codec knows
+		var err error
+		if enc, err = Marshal(ops); err != nil {
+			return EncodedOps{}, err
+		}
 	}
 	return EncodedOps{ops: ops, enc: enc}, nil
+}
+
+// opsSize guesses the encoded size of ops.
+func opsSize(ops []Op) int {
+	n := 5
+	for i := range ops {
+		n += 16 + len(ops[i].Table) + len(ops[i].Key) + 24*len(ops[i].Fields)
+	}
+	return n
+}
+
+// appendOps appends the codec's canonical encoding of ops (see Marshal),
+// whose values ValidateOps normalized. It says false, having appended part of
+// it, for a value of another type.
+func appendOps(b []byte, ops []Op) ([]byte, bool) {
+	b = appendLen(b, len(ops), 0x90, 0xdc, 0xdd)
+	for i := range ops {
+		op := &ops[i]
+		if len(op.Fields) > 0 {
+			b = append(b, 0x84, 0xa1, 'f')
+			var ok bool
+			if b, ok = appendMap(b, op.Fields); !ok {
+				return b, false
+			}
+		} else {
+			b = append(b, 0x83)
+		}
+		b = appendUint(append(b, 0xa1, 'k'), uint64(op.Kind))
+		b = appendStr(append(b, 0xa1, 't'), op.Table)
+		b = appendStr(append(b, 0xa1, 'y'), op.Key)
+	}
+	return b, true
+}
+
+// appendLen appends the header of an array or map of n elements: fix is the
+// first byte of its one-byte form (below 16), b16 and b32 of the others.
+func appendLen(b []byte, n int, fix, b16, b32 byte) []byte {
+	switch {
+	case n < 16:
+		return append(b, fix|byte(n))
+	case n <= 0xffff:
+		return append(b, b16, byte(n>>8), byte(n))
+	}
+	return append(b, b32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}
+
+// appendMap appends a map of field values, its keys in byte order.
+func appendMap(b []byte, m map[string]any) ([]byte, bool) {
+	if m == nil {
+		return append(b, 0xc0), true
+	}
+	b = appendLen(b, len(m), 0x80, 0xde, 0xdf)
+	var buf [16]string
+	names := buf[:0]
+	for k := range m {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		b = appendStr(b, k)
+		var ok bool
+		if b, ok = appendValue(b, m[k]); !ok {
+			return b, false
+		}
+	}
+	return b, true
+}
+
+// appendValue appends one normalized field value (see NormalizeValue).
+func appendValue(b []byte, v any) ([]byte, bool) {
+	switch x := v.(type) {
+	case nil:
+		return append(b, 0xc0), true
+	case bool:
+		if x {
+			return append(b, 0xc3), true
+		}
+		return append(b, 0xc2), true
+	case string:
+		return appendStr(b, x), true
+	case int64:
+		return appendInt(b, x), true
+	case float64:
+		u := math.Float64bits(x)
+		return append(b, 0xcb, byte(u>>56), byte(u>>48), byte(u>>40), byte(u>>32), byte(u>>24), byte(u>>16), byte(u>>8), byte(u)), true
+	case []any:
+		if x == nil {
+			return append(b, 0xc0), true
+		}
+		b = appendLen(b, len(x), 0x90, 0xdc, 0xdd)
+		for _, e := range x {
+			var ok bool
+			if b, ok = appendValue(b, e); !ok {
+				return b, false
+			}
+		}
+		return b, true
+	case map[string]any:
+		return appendMap(b, x)
+	}
+	return b, false
+}
+
+// appendInt appends v as the codec does: a fixint from -32 to 127, else the
+// smallest signed form.
+func appendInt(b []byte, v int64) []byte {
+	switch {
+	case v >= -32 && v <= math.MaxInt8:
+		return append(b, byte(v))
+	case v >= math.MinInt8 && v < 0:
+		return append(b, 0xd0, byte(v))
+	case v >= math.MinInt16 && v <= math.MaxInt16:
+		return append(b, 0xd1, byte(v>>8), byte(v))
+	case v >= math.MinInt32 && v <= math.MaxInt32:
+		return append(b, 0xd2, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+	}
+	return append(b, 0xd3, byte(v>>56), byte(v>>48), byte(v>>40), byte(v>>32), byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
 }
 
 // Ops returns the operations the encoding stands for.
@@ -158,14 +279,7 @@ func appendStr(b []byte, s string) []byte {
 
 // appendDeps appends a map of site to seq, its keys in byte order.
 func appendDeps(b []byte, deps map[string]uint64) []byte {
-	switch n := len(deps); {
-	case n < 16:
-		b = append(b, 0x80|byte(n))
-	case n <= 0xffff:
-		b = append(b, 0xde, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0xdf, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
+	b = appendLen(b, len(deps), 0x80, 0xde, 0xdf)
 	var buf [8]string
 	sites := buf[:0]
 	for s := range deps {

@@ -141,3 +141,98 @@ func BenchmarkEncodeBodyOps(b *testing.B) {
 		_ = HashOf(body)
 	}
 }
+
+// The hand-built encoding of operations is the codec's for every kind of
+// normalized value, at the edges of msgpack's size classes.
+func TestEncodeOpsMatchesCodec(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	ints := []int64{0, 1, -1, -32, -33, 127, 128, -128, -129, 255, 256, 32767, 32768, -32768, -32769,
+		1<<31 - 1, 1 << 31, -1 << 31, -1<<31 - 1, 1<<63 - 1, -1 << 63}
+	lens := []int{0, 1, 15, 16, 31, 32, 255, 256, 65535, 65536}
+	keys := []string{"a", "B", "é", "zz", "Ä", "a b", "日本", "ab", "a\x00", "~"}
+	var value func(depth int) any
+	value = func(depth int) any {
+		switch r.IntN(9) {
+		case 0:
+			return nil
+		case 1:
+			return r.IntN(2) == 0
+		case 2:
+			n := lens[r.IntN(len(lens))]
+			if n > 0xff && r.IntN(20) > 0 { // long strings are slow to compare: a few
+				n = 33
+			}
+			return strings.Repeat("x", n)
+		case 3:
+			return ints[r.IntN(len(ints))]
+		case 4:
+			return r.Int64() >> r.UintN(64)
+		case 5:
+			return []float64{0, 1.5, -2.25e300, 1e-300}[r.IntN(4)]
+		case 6:
+			if depth >= 3 {
+				return "leaf"
+			}
+			a := make([]any, []int{0, 1, 15, 16, 17}[r.IntN(5)])
+			for i := range a {
+				a[i] = value(depth + 1)
+			}
+			return a
+		default:
+			if depth >= 3 {
+				return int64(7)
+			}
+			m := map[string]any{}
+			for range []int{0, 1, 15, 16, 17}[r.IntN(5)] {
+				m[keys[r.IntN(len(keys))]+fmt.Sprint(r.IntN(30))] = value(depth + 1)
+			}
+			return m
+		}
+	}
+	for i := range 500 {
+		var ops []Op
+		for range 1 + r.IntN(3) {
+			op := Op{Kind: OpPut, Table: "t" + strings.Repeat("a", r.IntN(40)), Key: "k" + fmt.Sprint(r.IntN(1000))}
+			if r.IntN(5) == 0 {
+				op.Kind = OpDelete
+			} else {
+				op.Fields = map[string]any{}
+				for range 1 + r.IntN(20) {
+					op.Fields[keys[r.IntN(len(keys))]+fmt.Sprint(r.IntN(50))] = value(0)
+				}
+			}
+			ops = append(ops, op)
+		}
+		got, err := EncodeOps(ops)
+		if err != nil {
+			t.Fatalf("ops %d: %v", i, err)
+		}
+		want, err := Marshal(ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got.enc, want) {
+			t.Fatalf("ops %d: hand-built\n%x\ncodec\n%x", i, got.enc, want)
+		}
+	}
+	// Values that ValidateOps normalizes are encoded as normalized.
+	ops := []Op{{Kind: OpPut, Table: "t", Key: "k", Fields: map[string]any{"i": 3, "u": uint64(1 << 63), "f": float32(1.5), "b": []byte("x")}}}
+	got, err := EncodeOps(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Marshal(ops)
+	if err != nil || !bytes.Equal(got.enc, want) {
+		t.Fatalf("normalized values: hand-built %x, codec %x (%v)", got.enc, want, err)
+	}
+}
+
+// BenchmarkEncodeOps is a writer's share of encoding its entry.
+func BenchmarkEncodeOps(b *testing.B) {
+	ops := sampleEntry().Ops
+	for b.Loop() {
+		if _, err := EncodeOps(ops); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
