@@ -342,14 +342,20 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	if head.Epoch > self.Epoch {
 		return fmt.Errorf("%w: this node's certificate has epoch %d but its site's log is at epoch %d: the site was moved to another machine", ErrEpoch, self.Epoch, head.Epoch)
 	}
-	deps := map[string]uint64{}
+	var deps map[string]uint64 // made once another site has entries
 	for s, h := range l.prep {
 		if s != self.Site && h.Seq > 0 {
+			if deps == nil {
+				deps = map[string]uint64{}
+			}
 			deps[s] = h.Seq
 		}
 	}
 	for s, h := range g.heads {
 		if s != self.Site && h.Seq > 0 {
+			if deps == nil {
+				deps = map[string]uint64{}
+			}
 			deps[s] = h.Seq
 		}
 	}
@@ -370,25 +376,26 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	out := make([]*wire.Signed, 0, len(r.own))
 	app := l.cfg.App()
 	for i, ops := range r.own {
-		e := wire.Entry{
+		s := &wire.Signed{Entry: wire.Entry{
 			Family: l.cfg.Family, Site: self.Site, Epoch: self.Epoch,
 			Seq: head.Seq + 1, Prev: head.Hash, HLC: uint64(l.cfg.Clock.Now()),
 			Schema: wire.SchemaFor(app), App: app, Deps: deps, Ops: ops,
-		}
+		}}
+		e := &s.Entry
 		switch {
 		case r.grant != nil:
 			e.Grants, e.Schema = r.grant, max(e.Schema, wire.SchemaSealed)
 		case l.cfg.Seal != nil:
-			if err := l.cfg.Seal(&e); err != nil {
+			if err := l.cfg.Seal(e); err != nil {
 				return fmt.Errorf("txlog: seal the entry: %w", err)
 			}
 		}
 		var body []byte
 		var err error
 		if r.enc != nil {
-			body, err = wire.EncodeBodyOps(&e, r.enc[i])
+			body, err = wire.EncodeBodyOps(e, r.enc[i])
 		} else {
-			body, err = wire.EncodeBody(&e)
+			body, err = wire.EncodeBody(e)
 		}
 		if err != nil {
 			if len(r.own) > 1 {
@@ -396,7 +403,7 @@ func (l *Log) stampOwn(g *group, r *request) error {
 			}
 			return err
 		}
-		s := &wire.Signed{Entry: e, Body: body, Hash: wire.HashOf(body)}
+		s.Body, s.Hash = body, wire.HashOf(body)
 		out = append(out, s)
 		head = Head{Seq: e.Seq, Hash: s.Hash, Epoch: e.Epoch}
 	}
