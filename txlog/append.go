@@ -88,10 +88,31 @@ func (l *Log) writeOwn(ctx context.Context, r *request) ([]*wire.Signed, error) 
 			return nil, err
 		}
 	}
+	l.prefetch(r)
 	if err := l.submit(ctx, r); err != nil {
 		return nil, err
 	}
 	return r.out, nil
+}
+
+// prefetch reads ahead what applying r's transactions will read, when the
+// applier can (Prefetcher) and they are not an initial load's (a load reads
+// less already). A failed read only leaves the committer to read.
+func (l *Log) prefetch(r *request) {
+	p, ok := l.cfg.Apply.(Prefetcher)
+	if !ok || r.loads != nil {
+		return
+	}
+	r.preAt = l.commits.Load()
+	r.pre = make([]any, len(r.own))
+	for i, ops := range r.own {
+		pre, err := p.Prefetch(ops)
+		if err != nil {
+			r.pre = nil
+			return
+		}
+		r.pre[i] = pre
+	}
 }
 
 // WriteGrants commits an own entry that carries key grants and no

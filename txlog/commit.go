@@ -19,6 +19,8 @@ type request struct {
 	fn    func() error              // exclusive work run between groups (replay)
 	extra func(*pebble.Batch) error // own: more writes for the same batch (a capture position)
 	loads []uint64                  // own: the initial load each transaction belongs to (WriteLoad), or nil
+	pre   []any                     // own: each transaction's reads ahead (Prefetcher), or nil
+	preAt uint64                    // own: l.commits when they began
 
 	out  []*wire.Signed // own: the committed entries
 	res  RunResult      // remote: what happened
@@ -53,6 +55,7 @@ type group struct {
 	writes   []*wire.Signed          // new entries to store and apply, in order
 	unsigned []*wire.Signed          // own entries still to sign
 	loads    map[*wire.Signed]uint64 // entries of an initial load (WriteLoad): the load
+	pre      map[*wire.Signed]any    // own entries read ahead (Prefetcher), still good
 }
 
 // run is the committer: it builds each group, makes it visible with an
@@ -150,6 +153,7 @@ func (l *Log) exclusive(r *request) {
 		r.err = err
 	} else {
 		r.err = r.fn()
+		l.commits.Add(1) // it may have written anything
 	}
 	close(r.done)
 }
@@ -293,6 +297,9 @@ func (l *Log) commitGroup(b *building) {
 		if err = g.b.Commit(pebble.NoSync); err != nil {
 			err = fmt.Errorf("txlog: commit: %w", err)
 		}
+		// After the commit: a read ahead that saw the old count may have
+		// missed this group's writes, one that sees the new count has not.
+		l.commits.Add(1)
 	}
 	if err != nil {
 		answer(err)
@@ -422,6 +429,16 @@ func (l *Log) stampOwn(g *group, r *request) error {
 		}
 		g.loads[out[i]] = load
 	}
+	if r.pre != nil && r.preAt == l.commits.Load() {
+		// Nothing was committed since the writer read ahead (this group
+		// commits after every entry in it is applied).
+		if g.pre == nil {
+			g.pre = make(map[*wire.Signed]any, len(out))
+		}
+		for i, s := range out {
+			g.pre[s] = r.pre[i]
+		}
+	}
 	g.writes = append(g.writes, out...)
 	g.unsigned = append(g.unsigned, out...)
 	r.out = out
@@ -506,9 +523,17 @@ func (l *Log) writeAll(g *group, signed func()) error {
 	}
 	if len(apply) > 0 {
 		var err error
-		if hinted {
+		pf, prefetched := l.cfg.Apply.(Prefetcher)
+		switch {
+		case hinted:
 			err = la.ApplyLoad(g.b, apply, loads)
-		} else {
+		case prefetched && len(g.pre) > 0:
+			pre := make([]any, len(apply))
+			for i, s := range apply {
+				pre[i] = g.pre[s]
+			}
+			err = pf.ApplyPrefetched(g.b, apply, pre)
+		default:
 			err = l.cfg.Apply.ApplyAll(g.b, apply)
 		}
 		if err != nil {
