@@ -334,6 +334,7 @@ func (s *State) Clear(ctx context.Context) error {
 		return fmt.Errorf("state: clear: %w", err)
 	}
 	s.fresh = nil
+	s.clears.Add(1)
 	s.log.Info("state cleared for a rebuild", "cursor", floor.Cursor, "conflict_id", floor.Conflict)
 	return nil
 }

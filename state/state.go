@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,7 +31,8 @@ type State struct {
 	cursor     atomic.Uint64 // last change-feed cursor handed out
 	conflictID atomic.Uint64 // last conflict ID handed out
 
-	loads atomic.Uint64 // last initial load ID handed out (NewLoad)
+	loads  atomic.Uint64 // last initial load ID handed out (NewLoad)
+	clears atomic.Uint64 // Clear calls: a Prefetched read before one is stale
 	// fresh says, per table, whether the puts of an initial load (by its
 	// ID) need no read of their records: the table held no record when
 	// that load first wrote it, and only that load's puts wrote it since.
@@ -166,7 +168,66 @@ func (s *State) Apply(b *pebble.Batch, e *wire.Signed) error {
 // updates the record and conflict counts once for all of them. It is how the
 // log applies a whole group commit.
 func (s *State) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
-	return s.applyAll(b, es, nil)
+	return s.applyAll(b, es, nil, nil)
+}
+
+// prefetched holds the records that a transaction's operations write, read
+// ahead of applying them (Prefetch).
+type prefetched struct {
+	clears uint64 // s.clears before the reads
+	recs   []prefetchedRecord
+}
+
+type prefetchedRecord struct {
+	key    []byte
+	raw    []byte
+	stored bool
+}
+
+// Prefetch reads, from the database as committed, the record each of ops
+// writes, so that applying them need not (ApplyPrefetched), and returns what
+// it read. It is safe for concurrent use with everything but Clear: the writer
+// of a transaction calls it on its own goroutine, before the transaction
+// reaches the committer.
+func (s *State) Prefetch(ops []wire.Op) (any, error) {
+	p := &prefetched{clears: s.clears.Load(), recs: make([]prefetchedRecord, len(ops))}
+	for i := range ops {
+		key := recordKey(ops[i].Table, ops[i].Key)
+		raw, stored, err := getCopy(s.db, key)
+		if err != nil {
+			return nil, fmt.Errorf("state: prefetch %s: %w", recordName(ops[i].Table, ops[i].Key), err)
+		}
+		p.recs[i] = prefetchedRecord{key: key, raw: raw, stored: stored}
+	}
+	return p, nil
+}
+
+// ApplyPrefetched is ApplyAll where pre[i], if not nil, is what Prefetch
+// returned for the operations of es[i] (its payload). The caller vouches that
+// nothing was written to the database's state since that Prefetch began (no
+// batch committed; a Clear is noticed here anyway) and that b holds no writes
+// of the state but this call's: then a record read ahead is the record as b
+// holds it unless an earlier entry of this call wrote it, which this call
+// tracks. The result is the same as ApplyAll's, byte for byte.
+func (s *State) ApplyPrefetched(b *pebble.Batch, es []*wire.Signed, pre []any) error {
+	if pre != nil && len(pre) != len(es) {
+		return fmt.Errorf("state: apply: %d prefetched reads for %d entries", len(pre), len(es))
+	}
+	var ps []*prefetched
+	if pre != nil {
+		ps = make([]*prefetched, len(pre))
+	}
+	for i, p := range pre {
+		if p == nil {
+			continue
+		}
+		pp, ok := p.(*prefetched)
+		if !ok {
+			return fmt.Errorf("state: apply: prefetched reads of type %T", p)
+		}
+		ps[i] = pp
+	}
+	return s.applyAll(b, es, nil, ps)
 }
 
 // NewLoad returns a new ID for the entries of one initial load (see
@@ -185,15 +246,20 @@ func (s *State) ApplyLoad(b *pebble.Batch, es []*wire.Signed, loads []uint64) er
 	if loads != nil && len(loads) != len(es) {
 		return fmt.Errorf("state: apply: %d load IDs for %d entries", len(loads), len(es))
 	}
-	return s.applyAll(b, es, loads)
+	return s.applyAll(b, es, loads, nil)
 }
 
-func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64) error {
+func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre []*prefetched) error {
 	if b == nil {
 		return errors.New("state: apply: nil batch")
 	}
 	var recordsDelta int64
 	var conflicts uint64
+	var written map[string]struct{} // records written by this call, once a read ahead is used
+	if pre != nil {
+		written = make(map[string]struct{}, len(es))
+	}
+	clears := s.clears.Load()
 	for i, e := range es {
 		if e == nil {
 			return errors.New("state: apply: nil entry")
@@ -201,9 +267,12 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64) err
 		if e.Schema > wire.SchemaVersion {
 			return fmt.Errorf("state: apply %s: %w (entry schema %d, supported %d)", e.ID(), ErrSchema, e.Schema, wire.SchemaVersion)
 		}
-		a := applier{s: s, b: b, e: e}
+		a := applier{s: s, b: b, e: e, written: written}
 		if loads != nil {
 			a.load = loads[i]
+		}
+		if pre != nil && pre[i] != nil && pre[i].clears == clears {
+			a.pre = pre[i].recs
 		}
 		ops := e.Payload() // a sealed entry's opened operations
 		for i := range ops {
@@ -250,6 +319,10 @@ type applier struct {
 	b    *pebble.Batch
 	e    *wire.Signed
 	load uint64 // the initial load e belongs to (ApplyLoad), or 0
+	// pre holds the records of e's operations read ahead (ApplyPrefetched),
+	// good unless written holds them: the records this call wrote.
+	pre     []prefetchedRecord
+	written map[string]struct{}
 
 	won          bool // the entry became the writer of something
 	recordsDelta int64
@@ -283,7 +356,11 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 	}
 	var raw []byte
 	var stored bool
-	if !known {
+	switch {
+	case known:
+	case a.readAhead(i, key):
+		raw, stored = a.pre[i].raw, a.pre[i].stored
+	default:
 		if raw, stored, err = getCopy(a.b, key); err != nil {
 			return a.fail(err)
 		}
@@ -333,6 +410,9 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 	if err := a.b.Set(key, rec.encode(), nil); err != nil {
 		return a.fail(err)
 	}
+	if a.written != nil {
+		a.written[string(key)] = struct{}{}
+	}
 	if existed != rec.exists() {
 		if rec.exists() {
 			a.recordsDelta++
@@ -344,6 +424,16 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		a.noteChange(touched{table: op.Table, key: op.Key, wasStored: stored}, key)
 	}
 	return nil
+}
+
+// readAhead reports whether operation i's record (under key) was read ahead
+// and is still as read: no earlier entry of this call wrote it.
+func (a *applier) readAhead(i int, key []byte) bool {
+	if i >= len(a.pre) || !bytes.Equal(a.pre[i].key, key) {
+		return false
+	}
+	_, w := a.written[string(key)]
+	return !w
 }
 
 // knownNew reports whether op's record is known not to be stored, so that

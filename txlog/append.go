@@ -69,18 +69,50 @@ func (l *Log) writeOwn(ctx context.Context, r *request) ([]*wire.Signed, error) 
 	if len(r.own) == 0 {
 		return nil, nil
 	}
+	if l.cfg.Seal == nil {
+		// The operations go into the entries in clear: encode them here, on
+		// the writer's goroutine, so the committer only adds the headers.
+		r.enc = make([]wire.EncodedOps, len(r.own))
+	}
 	for i, ops := range r.own {
-		if err := wire.ValidateOps(ops); err != nil {
+		var err error
+		if r.enc != nil {
+			r.enc[i], err = wire.EncodeOps(ops)
+		} else {
+			err = wire.ValidateOps(ops)
+		}
+		if err != nil {
 			if len(r.own) > 1 {
 				return nil, fmt.Errorf("transaction %d: %w", i+1, err)
 			}
 			return nil, err
 		}
 	}
+	l.prefetch(r)
 	if err := l.submit(ctx, r); err != nil {
 		return nil, err
 	}
 	return r.out, nil
+}
+
+// prefetch reads ahead what applying r's transactions will read, when the
+// applier can (Prefetcher) and they are not an initial load's (a load reads
+// less already). A failed read only leaves the committer to read.
+func (l *Log) prefetch(r *request) {
+	p, ok := l.cfg.Apply.(Prefetcher)
+	if !ok || r.loads != nil {
+		return
+	}
+	r.preAt = l.commits.Load()
+	r.pre = make([]any, len(r.own))
+	for i, ops := range r.own {
+		pre, err := p.Prefetch(ops)
+		if err != nil {
+			r.pre = nil
+			return
+		}
+		r.pre[i] = pre
+	}
 }
 
 // WriteGrants commits an own entry that carries key grants and no

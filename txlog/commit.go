@@ -12,6 +12,7 @@ import (
 // request is one call waiting for the committer.
 type request struct {
 	own   [][]wire.Op               // own transactions, one entry each
+	enc   []wire.EncodedOps         // own: each transaction's operations encoded, or nil (sealed)
 	grant []wire.Grant              // own: a grant entry (own is one nil transaction)
 	seen  map[string]uint64         // own: cap the deps at what the writer saw (nil: the whole frontier)
 	run   []*wire.Signed            // remote: a verified contiguous run of one site
@@ -19,6 +20,8 @@ type request struct {
 	fn    func() error              // exclusive work run between groups (replay)
 	extra func(*pebble.Batch) error // own: more writes for the same batch (a capture position)
 	loads []uint64                  // own: the initial load each transaction belongs to (WriteLoad), or nil
+	pre   []any                     // own: each transaction's reads ahead (Prefetcher), or nil
+	preAt uint64                    // own: l.commits when they began
 
 	out  []*wire.Signed // own: the committed entries
 	res  RunResult      // remote: what happened
@@ -53,6 +56,7 @@ type group struct {
 	writes   []*wire.Signed          // new entries to store and apply, in order
 	unsigned []*wire.Signed          // own entries still to sign
 	loads    map[*wire.Signed]uint64 // entries of an initial load (WriteLoad): the load
+	pre      map[*wire.Signed]any    // own entries read ahead (Prefetcher), still good
 }
 
 // run is the committer: it builds each group, makes it visible with an
@@ -161,6 +165,7 @@ func (l *Log) exclusive(r *request) {
 		r.err = err
 	} else {
 		r.err = r.fn()
+		l.commits.Add(1) // it may have written anything
 	}
 	close(r.done)
 }
@@ -304,6 +309,9 @@ func (l *Log) commitGroup(b *building) {
 		if err = g.b.Commit(pebble.NoSync); err != nil {
 			err = fmt.Errorf("txlog: commit: %w", err)
 		}
+		// After the commit: a read ahead that saw the old count may have
+		// missed this group's writes, one that sees the new count has not.
+		l.commits.Add(1)
 	}
 	if err != nil {
 		answer(err)
@@ -353,14 +361,20 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	if head.Epoch > self.Epoch {
 		return fmt.Errorf("%w: this node's certificate has epoch %d but its site's log is at epoch %d: the site was moved to another machine", ErrEpoch, self.Epoch, head.Epoch)
 	}
-	deps := map[string]uint64{}
+	var deps map[string]uint64 // made once another site has entries
 	for s, h := range l.prep {
 		if s != self.Site && h.Seq > 0 {
+			if deps == nil {
+				deps = map[string]uint64{}
+			}
 			deps[s] = h.Seq
 		}
 	}
 	for s, h := range g.heads {
 		if s != self.Site && h.Seq > 0 {
+			if deps == nil {
+				deps = map[string]uint64{}
+			}
 			deps[s] = h.Seq
 		}
 	}
@@ -381,27 +395,34 @@ func (l *Log) stampOwn(g *group, r *request) error {
 	out := make([]*wire.Signed, 0, len(r.own))
 	app := l.cfg.App()
 	for i, ops := range r.own {
-		e := wire.Entry{
+		s := &wire.Signed{Entry: wire.Entry{
 			Family: l.cfg.Family, Site: self.Site, Epoch: self.Epoch,
 			Seq: head.Seq + 1, Prev: head.Hash, HLC: uint64(l.cfg.Clock.Now()),
 			Schema: wire.SchemaFor(app), App: app, Deps: deps, Ops: ops,
-		}
+		}}
+		e := &s.Entry
 		switch {
 		case r.grant != nil:
 			e.Grants, e.Schema = r.grant, max(e.Schema, wire.SchemaSealed)
 		case l.cfg.Seal != nil:
-			if err := l.cfg.Seal(&e); err != nil {
+			if err := l.cfg.Seal(e); err != nil {
 				return fmt.Errorf("txlog: seal the entry: %w", err)
 			}
 		}
-		body, err := wire.EncodeBody(&e)
+		var body []byte
+		var err error
+		if r.enc != nil {
+			body, err = wire.EncodeBodyOps(e, r.enc[i])
+		} else {
+			body, err = wire.EncodeBody(e)
+		}
 		if err != nil {
 			if len(r.own) > 1 {
 				return fmt.Errorf("transaction %d: %w", i+1, err)
 			}
 			return err
 		}
-		s := &wire.Signed{Entry: e, Body: body, Hash: wire.HashOf(body)}
+		s.Body, s.Hash = body, wire.HashOf(body)
 		out = append(out, s)
 		head = Head{Seq: e.Seq, Hash: s.Hash, Epoch: e.Epoch}
 	}
@@ -419,6 +440,16 @@ func (l *Log) stampOwn(g *group, r *request) error {
 			g.loads = make(map[*wire.Signed]uint64, len(out))
 		}
 		g.loads[out[i]] = load
+	}
+	if r.pre != nil && r.preAt == l.commits.Load() {
+		// Nothing was committed since the writer read ahead (this group
+		// commits after every entry in it is applied).
+		if g.pre == nil {
+			g.pre = make(map[*wire.Signed]any, len(out))
+		}
+		for i, s := range out {
+			g.pre[s] = r.pre[i]
+		}
 	}
 	g.writes = append(g.writes, out...)
 	g.unsigned = append(g.unsigned, out...)
@@ -504,9 +535,17 @@ func (l *Log) writeAll(g *group, signed func()) error {
 	}
 	if len(apply) > 0 {
 		var err error
-		if hinted {
+		pf, prefetched := l.cfg.Apply.(Prefetcher)
+		switch {
+		case hinted:
 			err = la.ApplyLoad(g.b, apply, loads)
-		} else {
+		case prefetched && len(g.pre) > 0:
+			pre := make([]any, len(apply))
+			for i, s := range apply {
+				pre[i] = g.pre[s]
+			}
+			err = pf.ApplyPrefetched(g.b, apply, pre)
+		default:
 			err = l.cfg.Apply.ApplyAll(g.b, apply)
 		}
 		if err != nil {

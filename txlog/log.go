@@ -80,6 +80,19 @@ type LoadApplier interface {
 	ApplyLoad(b *pebble.Batch, es []*wire.Signed, loads []uint64) error
 }
 
+// Prefetcher is an Applier that can read ahead, on a writer's goroutine,
+// what applying the writer's own transaction will read, so that the
+// committer, one goroutine, need not. Prefetch reads the database as
+// committed and returns what it read; ApplyPrefetched is ApplyAll where
+// pre[i], if not nil, is what Prefetch returned for the operations of es[i],
+// with no group committed (and no exclusive work run) since Prefetch began,
+// and the batch holding no writes of the applier but this call's.
+type Prefetcher interface {
+	Applier
+	Prefetch(ops []wire.Op) (any, error)
+	ApplyPrefetched(b *pebble.Batch, es []*wire.Signed, pre []any) error
+}
+
 // Identity is the signing identity of the node's own site.
 type Identity struct {
 	Site  string
@@ -203,6 +216,10 @@ type Log struct {
 	// raised under mu, where the committer decides to stop: it stops only
 	// when none is in flight, so no request waits for a committer that left.
 	inflight atomic.Int64
+
+	// commits counts the groups committed and the exclusive work run: a
+	// writer's read ahead (Prefetcher) is good while it has not moved.
+	commits atomic.Uint64
 
 	mu      sync.Mutex
 	closed  bool

@@ -193,60 +193,71 @@ func (e *Entry) ID() ID { return ID{Site: e.Site, Seq: e.Seq} }
 // its place in the chain: names, limits, op kinds and field values. It
 // normalizes field values in place (see NormalizeValue).
 func (e *Entry) Validate() error {
-	if err := ValidateSiteID(e.Site); err != nil {
+	checkOps, err := e.validateHeader()
+	if err != nil || !checkOps {
 		return err
 	}
+	return ValidateOps(e.Ops)
+}
+
+// validateHeader checks every rule of Validate but the operations in clear,
+// and says whether the entry carries such operations to check (it is neither
+// sealed nor a grant entry).
+func (e *Entry) validateHeader() (checkOps bool, err error) {
+	if err := ValidateSiteID(e.Site); err != nil {
+		return false, err
+	}
 	if e.Family == "" || len(e.Family) > 128 {
-		return errorf(ErrInvalid, "entry %s has no valid family ID", e.ID())
+		return false, errorf(ErrInvalid, "entry %s has no valid family ID", e.ID())
 	}
 	if e.Seq == 0 {
-		return errorf(ErrInvalid, "entry of site %q has seq 0 (seqs start at 1)", e.Site)
+		return false, errorf(ErrInvalid, "entry of site %q has seq 0 (seqs start at 1)", e.Site)
 	}
 	if e.Epoch == 0 {
-		return errorf(ErrInvalid, "entry %s has epoch 0 (epochs start at 1)", e.ID())
+		return false, errorf(ErrInvalid, "entry %s has epoch 0 (epochs start at 1)", e.ID())
 	}
 	if e.Seq == 1 && !e.Prev.IsZero() {
-		return errorf(ErrInvalid, "entry %s is the first of its site but names a previous hash", e.ID())
+		return false, errorf(ErrInvalid, "entry %s is the first of its site but names a previous hash", e.ID())
 	}
 	if e.Seq > 1 && e.Prev.IsZero() {
-		return errorf(ErrInvalid, "entry %s has no previous hash", e.ID())
+		return false, errorf(ErrInvalid, "entry %s has no previous hash", e.ID())
 	}
 	if e.Schema == 0 {
-		return errorf(ErrInvalid, "entry %s has schema version 0", e.ID())
+		return false, errorf(ErrInvalid, "entry %s has schema version 0", e.ID())
 	}
 	if len(e.Deps) > MaxDeps {
-		return errorf(ErrTooLarge, "entry %s names %d sites in its deps, the limit is %d", e.ID(), len(e.Deps), MaxDeps)
+		return false, errorf(ErrTooLarge, "entry %s names %d sites in its deps, the limit is %d", e.ID(), len(e.Deps), MaxDeps)
 	}
 	for s := range e.Deps {
 		if err := ValidateSiteID(s); err != nil {
-			return fmt.Errorf("entry %s deps: %w", e.ID(), err)
+			return false, fmt.Errorf("entry %s deps: %w", e.ID(), err)
 		}
 	}
 	if len(e.Grants) > MaxGrants {
-		return errorf(ErrTooLarge, "entry %s carries %d key grants, the limit is %d", e.ID(), len(e.Grants), MaxGrants)
+		return false, errorf(ErrTooLarge, "entry %s carries %d key grants, the limit is %d", e.ID(), len(e.Grants), MaxGrants)
 	}
 	for i := range e.Grants {
 		g := &e.Grants[i]
 		if g.Key == "" || len(g.Key) > 64 || g.KeyEpoch == 0 || g.ToEpoch == 0 || len(g.Eph) != 32 || len(g.Box) == 0 || len(g.Box) > 256 || len(g.Excl) > MaxDeps {
-			return errorf(ErrInvalid, "entry %s has a malformed key grant (%d)", e.ID(), i+1)
+			return false, errorf(ErrInvalid, "entry %s has a malformed key grant (%d)", e.ID(), i+1)
 		}
 		if err := ValidateSiteID(g.To); err != nil {
-			return fmt.Errorf("entry %s key grant %d: %w", e.ID(), i+1, err)
+			return false, fmt.Errorf("entry %s key grant %d: %w", e.ID(), i+1, err)
 		}
 	}
 	switch {
 	case e.Key != "":
 		if len(e.Ops) > 0 || len(e.Sealed) == 0 || len(e.Key) > 64 || e.Schema < SchemaSealed {
-			return errorf(ErrInvalid, "entry %s is sealed with key %q but carries operations in clear, no sealed body or schema %d", e.ID(), e.Key, e.Schema)
+			return false, errorf(ErrInvalid, "entry %s is sealed with key %q but carries operations in clear, no sealed body or schema %d", e.ID(), e.Key, e.Schema)
 		}
-		return nil // the operations are checked when opened
+		return false, nil // the operations are checked when opened
 	case len(e.Sealed) > 0:
-		return errorf(ErrInvalid, "entry %s has a sealed body but names no key", e.ID())
+		return false, errorf(ErrInvalid, "entry %s has a sealed body but names no key", e.ID())
 	case len(e.Grants) > 0 && len(e.Ops) == 0:
 		if e.Schema < SchemaSealed {
-			return errorf(ErrInvalid, "entry %s carries key grants with schema %d", e.ID(), e.Schema)
+			return false, errorf(ErrInvalid, "entry %s carries key grants with schema %d", e.ID(), e.Schema)
 		}
-		return nil // a grant entry: keys only
+		return false, nil // a grant entry: keys only
 	}
-	return ValidateOps(e.Ops)
+	return true, nil
 }

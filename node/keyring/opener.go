@@ -37,6 +37,26 @@ func (o *Opener) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
 	return o.State.ApplyAll(b, es)
 }
 
+// Prefetch implements txlog.Prefetcher: the state reads ahead if it can
+// (an own entry's operations are known before it is sealed; nil otherwise).
+func (o *Opener) Prefetch(ops []wire.Op) (any, error) {
+	if p, ok := o.State.(txlog.Prefetcher); ok {
+		return p.Prefetch(ops)
+	}
+	return nil, nil
+}
+
+// ApplyPrefetched implements txlog.Prefetcher.
+func (o *Opener) ApplyPrefetched(b *pebble.Batch, es []*wire.Signed, pre []any) error {
+	if err := o.prepare(b, es); err != nil {
+		return err
+	}
+	if p, ok := o.State.(txlog.Prefetcher); ok {
+		return p.ApplyPrefetched(b, es, pre)
+	}
+	return o.State.ApplyAll(b, es)
+}
+
 // ApplyLoad implements txlog.LoadApplier when the state does.
 func (o *Opener) ApplyLoad(b *pebble.Batch, es []*wire.Signed, loads []uint64) error {
 	if err := o.prepare(b, es); err != nil {
