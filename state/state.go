@@ -194,14 +194,23 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64) err
 	}
 	var recordsDelta int64
 	var conflicts uint64
-	for i, e := range es {
+	for _, e := range es {
 		if e == nil {
 			return errors.New("state: apply: nil entry")
 		}
 		if e.Schema > wire.SchemaVersion {
 			return fmt.Errorf("state: apply %s: %w (entry schema %d, supported %d)", e.ID(), ErrSchema, e.Schema, wire.SchemaVersion)
 		}
-		a := applier{s: s, b: b, e: e}
+	}
+	var recs records
+	if loads == nil && len(es) >= readAheadEntries {
+		var err error
+		if recs, err = readRecords(b, es); err != nil {
+			return fmt.Errorf("state: apply: %w", err)
+		}
+	}
+	for i, e := range es {
+		a := applier{s: s, b: b, e: e, recs: recs}
 		if loads != nil {
 			a.load = loads[i]
 		}
@@ -249,7 +258,8 @@ type applier struct {
 	s    *State
 	b    *pebble.Batch
 	e    *wire.Signed
-	load uint64 // the initial load e belongs to (ApplyLoad), or 0
+	load uint64  // the initial load e belongs to (ApplyLoad), or 0
+	recs records // the records of the whole ApplyAll, read ahead, or nil
 
 	won          bool // the entry became the writer of something
 	recordsDelta int64
@@ -283,7 +293,11 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 	}
 	var raw []byte
 	var stored bool
-	if !known {
+	switch {
+	case known:
+	case a.recs != nil:
+		raw, stored = a.recs.get(key)
+	default:
 		if raw, stored, err = getCopy(a.b, key); err != nil {
 			return a.fail(err)
 		}
@@ -330,8 +344,12 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		return nil
 	}
 	a.won = true
-	if err := a.b.Set(key, rec.encode(), nil); err != nil {
+	enc := rec.encode()
+	if err := a.b.Set(key, enc, nil); err != nil {
 		return a.fail(err)
+	}
+	if a.recs != nil {
+		a.recs[string(key)] = enc
 	}
 	if existed != rec.exists() {
 		if rec.exists() {
