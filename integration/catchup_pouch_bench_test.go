@@ -35,6 +35,9 @@ import (
 //
 // PPSYNC_CATCHUP_N sets the number of entries (default 1,000,000).
 // PPSYNC_CATCHUP_POUCHDB=0 skips the PouchDB part (while iterating).
+// PPSYNC_CATCHUP_JOINED_AFTER=1 also measures a site set up after the
+// import: it holds the backlog until its data key's grant, which A writes
+// after it, and then applies it.
 // PPSYNC_CATCHUP_PROFILE=DIR writes CPU profiles of the serving (A) and the
 // receiving (B) process of each catch-up to DIR (PPSYNC_CPU_PROFILE).
 // PPSYNC_BENCH_BASELINE_BIN names another ppsync binary (a build of an
@@ -98,6 +101,26 @@ func BenchmarkCatchUpVsPouchDB(b *testing.B) {
 		was := reportCatchUp(b, "base-", baseRuns)
 		b.ReportMetric(now.rate/was.rate, "catch-up/base")
 		b.ReportMetric(now.cpu/was.cpu, "catch-up_cpu/base")
+	}
+	if os.Getenv("PPSYNC_CATCHUP_JOINED_AFTER") == "1" {
+		// A site set up only now: its data key's grant comes after the
+		// backlog, which it holds until then and applies afterwards.
+		joined := func(bin, tag string) catchUpRun {
+			site := fmt.Sprintf("clinic-n-%s", tag)
+			data, _ := sup.join(b, site, sup.familyFile())
+			return catchUpOnce(b, bin, dataA, data, total, profDir, tag)
+		}
+		var was catchUpRun
+		if base != "" {
+			was = joined(base, "base")
+		}
+		j := joined(ppsyncBin, "new")
+		b.ReportMetric(j.rate, "joined-after_entries/s")
+		b.ReportMetric(max(j.peakB, j.hwmB), "joined-after_b:hwm_MiB")
+		if base != "" {
+			b.ReportMetric(was.rate, "base-joined-after_entries/s")
+			b.ReportMetric(j.rate/was.rate, "joined-after/base")
+		}
 	}
 
 	if os.Getenv("PPSYNC_CATCHUP_POUCHDB") == "0" {
