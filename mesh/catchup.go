@@ -3,6 +3,7 @@ package mesh
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"sort"
@@ -205,14 +206,12 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 		return st, fmt.Errorf("mesh: send catch-up request: %w", err)
 	}
 	// Two stages: a reader goroutine receives and decodes the next batches
-	// while the handler commits the current one (at most 2 decoded ahead).
-	type decoded struct {
-		b     catchupBatch
-		run   []*wire.Signed
-		bytes int
-		err   error
-	}
-	batches := make(chan decoded, 2)
+	// while the handler commits the current one (at most fetchAhead decoded
+	// ahead). The handler takes every batch decoded meanwhile that continues
+	// the run it is about to hand over (up to fetchRunEntries entries), so
+	// one commit and one disk sync take all that arrived while the last one
+	// was being stored.
+	batches := make(chan decoded, fetchAhead)
 	rctx, stopReader := context.WithCancel(ctx)
 	readerDone := make(chan struct{})
 	defer func() {
@@ -255,11 +254,24 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 		}
 	}()
 	skip := map[string]bool{} // sites whose runs the handler refused this session
-	for d := range batches {
+	var next *decoded         // taken from batches but not joined to the run before
+	for {
+		var d decoded
+		if next != nil {
+			d, next = *next, nil
+		} else {
+			var ok bool
+			if d, ok = <-batches; !ok {
+				break
+			}
+		}
 		if d.err != nil {
 			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, d.err)
 		}
 		st.Bytes += d.bytes
+		if d.joinable() {
+			next = d.join(batches, &st.Bytes)
+		}
 		b, run := d.b, d.run
 		if b.Refused != "" {
 			return st, fmt.Errorf("mesh: %s refused the catch-up session: %s", p, b.Refused)
@@ -287,6 +299,54 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 		}
 	}
 	return st, ctx.Err()
+}
+
+const (
+	// fetchAhead is how many decoded batches a session's reader keeps ready
+	// (each about batchEntries entries or batchBytes bytes).
+	fetchAhead = 4
+	// fetchRunEntries caps a run joined from several batches.
+	fetchRunEntries = 4 * batchEntries
+)
+
+// decoded is one frame of a catch-up response, decoded by the reader.
+type decoded struct {
+	b     catchupBatch
+	run   []*wire.Signed
+	bytes int // compressed
+	err   error
+}
+
+// joinable reports whether d is a run of entries that later batches may
+// extend.
+func (d *decoded) joinable() bool {
+	return d.err == nil && d.b.Refused == "" && len(d.b.Proof) == 0 && len(d.run) > 0
+}
+
+// join appends to d's run the batches already decoded in ready that
+// continue it (the same site, the next seqs), up to fetchRunEntries
+// entries, adding their compressed sizes to bytes. It never waits. It
+// returns the first batch it took but could not join, or nil.
+func (d *decoded) join(ready <-chan decoded, bytes *int) *decoded {
+	for len(d.run) < fetchRunEntries {
+		var e decoded
+		select {
+		case x, ok := <-ready:
+			if !ok {
+				return nil
+			}
+			e = x
+		default:
+			return nil
+		}
+		last := d.run[len(d.run)-1]
+		if !e.joinable() || e.b.Site != d.b.Site || e.run[0].Seq != last.Seq+1 || len(d.run)+len(e.run) > fetchRunEntries {
+			return &e
+		}
+		*bytes += e.bytes
+		d.run = append(d.run, e.run...)
+	}
+	return nil
 }
 
 const pushProto protocol.ID = "/ppsync/push/1"
@@ -369,31 +429,28 @@ func (m *Mesh) hashAt(site string, seq uint64) wire.Hash {
 // are not sent (a log's head is always signed, so that happens only for a
 // range that ends inside a group).
 func (m *Mesh) writeRange(w *bufio.Writer, s network.Stream, site string, from, to uint64) error {
-	batch := catchupBatch{Site: site, First: from}
-	size := 0
+	var f batchFrame
+	f.start(site, from)
+	var comp []byte
 	flush := func() error {
-		if len(batch.Entries) == 0 {
+		if f.n == 0 {
 			return nil
 		}
-		raw, err := wire.Marshal(&batch)
-		if err != nil {
-			return err
-		}
 		_ = s.SetWriteDeadline(time.Now().Add(catchupIdle))
-		if err := writeFrame(w, m.codecs.enc.EncodeAll(raw, nil)); err != nil {
+		comp = m.codecs.enc.EncodeAll(f.finish(), comp[:0])
+		if err := writeFrame(w, comp); err != nil {
 			return err
 		}
-		batch.First += uint64(len(batch.Entries))
-		batch.Entries, size = batch.Entries[:0], 0
+		f.start(site, f.first+uint64(f.n))
 		return nil
 	}
 	err := m.cfg.Log.RawRange(site, from, to, func(_ uint64, env []byte) (bool, error) {
-		batch.Entries = append(batch.Entries, append([]byte(nil), env...))
-		size += len(env)
-		if len(batch.Entries) < batchEntries && size < batchBytes {
+		signed := endsGroup(env)
+		f.add(env, signed)
+		if f.n < batchEntries && f.size < batchBytes {
 			return false, nil
 		}
-		if !endsGroup(env) {
+		if !signed {
 			return false, nil // the batch goes on to its group's end
 		}
 		return false, flush()
@@ -403,13 +460,81 @@ func (m *Mesh) writeRange(w *bufio.Writer, s network.Stream, site string, from, 
 	}
 	// The rest, if it ends at a signed entry; else the part up to the last
 	// signed one.
-	for i := len(batch.Entries) - 1; i >= 0; i-- {
-		if endsGroup(batch.Entries[i]) {
-			batch.Entries = batch.Entries[:i+1]
-			return flush()
-		}
+	f.trim()
+	return flush()
+}
+
+// batchFrame builds the msgpack encoding of a catchupBatch of entries (as
+// wire.Marshal would decode it: a map of "si", "fi" and "en") while a range
+// is read, without copying each envelope first.
+type batchFrame struct {
+	buf   []byte
+	first uint64
+	n     int // entries added
+	size  int // their bytes
+	count int // offset of the entries' array length
+	// the frame up to the last signed entry added: its length in buf and
+	// its entries
+	signedLen, signedN int
+}
+
+func (f *batchFrame) start(site string, first uint64) {
+	f.buf = append(f.buf[:0], 0x83, 0xa2, 's', 'i')
+	f.buf = appendStr(f.buf, site)
+	f.buf = append(f.buf, 0xa2, 'f', 'i', 0xcf)
+	f.buf = binary.BigEndian.AppendUint64(f.buf, first)
+	f.buf = append(f.buf, 0xa2, 'e', 'n', 0xdd)
+	f.count = len(f.buf)
+	f.buf = append(f.buf, 0, 0, 0, 0) // the array's length, set by finish
+	f.first, f.n, f.size, f.signedLen, f.signedN = first, 0, 0, len(f.buf), 0
+}
+
+// add appends one stored envelope; signed says whether it may end a batch.
+func (f *batchFrame) add(env []byte, signed bool) {
+	f.buf = appendBin(f.buf, env)
+	f.n++
+	f.size += len(env)
+	if signed {
+		f.signedLen, f.signedN = len(f.buf), f.n
 	}
-	return nil
+}
+
+// trim drops the entries after the last signed one.
+func (f *batchFrame) trim() { f.buf, f.n = f.buf[:f.signedLen], f.signedN }
+
+// finish sets the array's length and returns the frame's bytes, valid
+// until the next start.
+func (f *batchFrame) finish() []byte {
+	binary.BigEndian.PutUint32(f.buf[f.count:], uint32(f.n))
+	return f.buf
+}
+
+// appendStr appends a msgpack string.
+func appendStr(b []byte, s string) []byte {
+	switch n := len(s); {
+	case n < 32:
+		b = append(b, 0xa0|byte(n))
+	case n <= 0xff:
+		b = append(b, 0xd9, byte(n))
+	case n <= 0xffff:
+		b = append(b, 0xda, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0xdb, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, s...)
+}
+
+// appendBin appends msgpack bytes.
+func appendBin(b, v []byte) []byte {
+	switch n := len(v); {
+	case n <= 0xff:
+		b = append(b, 0xc4, byte(n))
+	case n <= 0xffff:
+		b = append(b, 0xc5, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, v...)
 }
 
 // endsGroup reports whether a stored envelope may end a batch: it is signed,

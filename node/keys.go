@@ -153,8 +153,9 @@ func (n *Node) refreshKeyView() *keyView {
 func (n *Node) runKeys(ctx context.Context) {
 	t := time.NewTicker(keyEvery)
 	defer t.Stop()
+	released := -1 // keys held when the held entries were last released
 	for {
-		if err := n.keyStep(ctx); err != nil && ctx.Err() == nil {
+		if err := n.keyStep(ctx, &released); err != nil && ctx.Err() == nil {
 			n.log.Warn("data keys: will try again", "err", err)
 		}
 		select {
@@ -168,16 +169,24 @@ func (n *Node) runKeys(ctx context.Context) {
 }
 
 // keyStep applies what new keys make ready, starts a new key epoch after a
-// revocation, and gives the keys held to the sites that lack them.
-func (n *Node) keyStep(ctx context.Context) error {
-	held, err := n.txlog.Held()
-	if err != nil {
-		return err
-	}
-	if held > 0 {
-		if err := n.txlog.ReleaseHeld(ctx); err != nil {
-			return fmt.Errorf("apply entries whose key arrived: %w", err)
+// revocation, and gives the keys held to the sites that lack them. released
+// is how many keys this site held when it last released its held entries:
+// with no key arrived since, none waiting for one can be ready, and reading
+// every held entry again (a site that joined after a long backlog holds all
+// of it until its key's grant, which comes last) would stall the log, which
+// releases them exclusively.
+func (n *Node) keyStep(ctx context.Context, released *int) error {
+	if keys := n.ring.Count(); keys != *released {
+		held, err := n.txlog.Held()
+		if err != nil {
+			return err
 		}
+		if held > 0 {
+			if err := n.txlog.ReleaseHeld(ctx); err != nil {
+				return fmt.Errorf("apply entries whose key arrived: %w", err)
+			}
+		}
+		*released = keys
 	}
 	if cur, ok := n.ring.Current(); ok && !n.ring.Covers(n.revokedCerts()) {
 		if n.writeBlocked() != nil {

@@ -260,14 +260,23 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre
 		written = make(map[string]struct{}, len(es))
 	}
 	clears := s.clears.Load()
-	for i, e := range es {
+	for _, e := range es {
 		if e == nil {
 			return errors.New("state: apply: nil entry")
 		}
 		if e.Schema > wire.SchemaVersion {
 			return fmt.Errorf("state: apply %s: %w (entry schema %d, supported %d)", e.ID(), ErrSchema, e.Schema, wire.SchemaVersion)
 		}
-		a := applier{s: s, b: b, e: e, written: written}
+	}
+	var recs records
+	if loads == nil && pre == nil && len(es) >= readAheadEntries {
+		var err error
+		if recs, err = readRecords(b, es); err != nil {
+			return fmt.Errorf("state: apply: %w", err)
+		}
+	}
+	for i, e := range es {
+		a := applier{s: s, b: b, e: e, written: written, recs: recs}
 		if loads != nil {
 			a.load = loads[i]
 		}
@@ -323,6 +332,7 @@ type applier struct {
 	// good unless written holds them: the records this call wrote.
 	pre     []prefetchedRecord
 	written map[string]struct{}
+	recs    records // the records of the whole ApplyAll, read ahead, or nil
 
 	won          bool // the entry became the writer of something
 	recordsDelta int64
@@ -360,6 +370,8 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 	case known:
 	case a.readAhead(i, key):
 		raw, stored = a.pre[i].raw, a.pre[i].stored
+	case a.recs != nil:
+		raw, stored = a.recs.get(key)
 	default:
 		if raw, stored, err = getCopy(a.b, key); err != nil {
 			return a.fail(err)
@@ -407,11 +419,15 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		return nil
 	}
 	a.won = true
-	if err := a.b.Set(key, rec.encode(), nil); err != nil {
+	enc := rec.encode()
+	if err := a.b.Set(key, enc, nil); err != nil {
 		return a.fail(err)
 	}
 	if a.written != nil {
 		a.written[string(key)] = struct{}{}
+	}
+	if a.recs != nil {
+		a.recs[string(key)] = enc
 	}
 	if existed != rec.exists() {
 		if rec.exists() {

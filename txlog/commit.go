@@ -93,7 +93,7 @@ func (l *Log) run() {
 			l.exclusive(first)
 			continue
 		}
-		b := l.openGroup()
+		b := l.openGroup(first.batchSize())
 		b.add(l, first)
 	fill:
 		for b.n < l.cfg.MaxBatch {
@@ -136,8 +136,16 @@ type building struct {
 	n   int
 }
 
-func (l *Log) openGroup() *building {
-	return &building{g: &group{b: l.db.NewIndexedBatch(), heads: map[string]Head{}, forks: map[string]Fork{}}}
+// openGroup opens a group whose batch starts with room for size bytes (0:
+// Pebble's default).
+func (l *Log) openGroup(size int) *building {
+	var b *pebble.Batch
+	if size > 0 {
+		b = l.db.NewIndexedBatchWithSize(size)
+	} else {
+		b = l.db.NewIndexedBatch()
+	}
+	return &building{g: &group{b: b, heads: map[string]Head{}, forks: map[string]Fork{}}}
 }
 
 // add places r in the group: own transactions are stamped, remote runs and

@@ -169,6 +169,17 @@ func DecodeEnvelope(b []byte) (*Signed, error) {
 	if len(b) > MaxEntryBytes {
 		return nil, errorf(ErrTooLarge, "entry is %d bytes, the limit is %d", len(b), MaxEntryBytes)
 	}
+	if body, sig, ok := envelopeParts(b); ok {
+		// As Marshal encodes it: the body and the signature are read in
+		// place from one copy of the envelope, which the entry keeps.
+		env := bytes.Clone(b)
+		s, err := DecodeBody(env[body.from:body.to:body.to], env[sig.from:sig.to:sig.to])
+		if err != nil {
+			return nil, err
+		}
+		s.env = env
+		return s, nil
+	}
 	var env Envelope
 	if err := Unmarshal(b, &env); err != nil {
 		return nil, err

@@ -127,28 +127,46 @@ func EnvelopeSigned(env []byte) (bool, error) {
 // envelopeSigLen reads the length of the signature of an envelope encoded
 // as a map of two byte strings, "b" then "s" (how Marshal encodes one).
 func envelopeSigLen(b []byte) (int, bool) {
+	_, sig, ok := envelopeParts(b)
+	return sig.len(), ok
+}
+
+// span is a part of a byte slice: b[from:to].
+type span struct{ from, to int }
+
+func (s span) len() int { return s.to - s.from }
+
+// envelopeParts finds the body and the signature in an envelope encoded as
+// a map of exactly the two byte strings "b" and "s" (how Marshal encodes
+// one, in either order). ok is false for anything else: the codec then
+// decides.
+func envelopeParts(b []byte) (body, sig span, ok bool) {
 	if len(b) < 1 || b[0] != 0x82 {
-		return 0, false
+		return body, sig, false
 	}
-	b = b[1:]
-	sig := -1
+	rest := b[1:]
+	seenB, seenS := false, false
 	for range 2 {
-		if len(b) < 2 || b[0] != 0xa1 {
-			return 0, false
+		if len(rest) < 2 || rest[0] != 0xa1 {
+			return body, sig, false
 		}
-		key := b[1]
-		n, rest, ok := bytesHeader(b[2:])
-		if !ok || n > len(rest) {
-			return 0, false
+		key := rest[1]
+		n, after, ok := bytesHeader(rest[2:])
+		if !ok || n > len(after) {
+			return body, sig, false
 		}
-		if key == 's' {
-			sig = n
-		} else if key != 'b' {
-			return 0, false
+		at := span{from: len(b) - len(after), to: len(b) - len(after) + n}
+		switch {
+		case key == 'b' && !seenB:
+			body, seenB = at, true
+		case key == 's' && !seenS:
+			sig, seenS = at, true
+		default:
+			return body, sig, false
 		}
-		b = rest[n:]
+		rest = after[n:]
 	}
-	return sig, sig >= 0 && len(b) == 0
+	return body, sig, seenB && seenS && len(rest) == 0
 }
 
 // bytesHeader reads a msgpack byte or string header: the length that

@@ -215,3 +215,60 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// TestDecodeEnvelopeInPlace: an envelope as Marshal encodes it (read in
+// place) and the same envelope in other encodings the codec accepts (keys
+// in the other order, strings for bytes, a nil signature) decode alike;
+// a map with another key, a repeated key or bytes after it is not read in
+// place: the codec decides, as before.
+func TestDecodeEnvelopeInPlace(t *testing.T) {
+	s, err := Sign(sampleEntry(), testKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	str := func(b []byte) []byte { return append([]byte{0xd9, byte(len(b))}, b...) }
+	reversed := append(append(append([]byte{0x82, 0xa1, 's'}, appendBin(nil, s.Sig)...), 0xa1, 'b'), appendBin(nil, s.Body)...)
+	asStrings := append(append(append([]byte{0x82, 0xa1, 'b'}, appendBin(nil, s.Body)...), 0xa1, 's'), str(s.Sig)...)
+	unsigned := append(append([]byte{0x82, 0xa1, 'b'}, appendBin(nil, s.Body)...), 0xa1, 's', 0xc0)
+	for name, env := range map[string][]byte{"marshal": s.Marshal(), "reversed": reversed, "strings": asStrings, "nil signature": unsigned} {
+		d, err := DecodeEnvelope(env)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var want Envelope
+		if err := Unmarshal(env, &want); err != nil {
+			t.Fatalf("%s: the codec: %v", name, err)
+		}
+		if !bytes.Equal(d.Body, want.Body) || !bytes.Equal(d.Sig, want.Sig) || d.Hash != s.Hash || !bytes.Equal(d.Marshal(), env) {
+			t.Fatalf("%s: decoded body %d bytes, sig %x; want %d bytes, sig %x", name, len(d.Body), d.Sig, len(want.Body), want.Sig)
+		}
+		if name == "nil signature" && d.Sig != nil {
+			t.Fatalf("%s: signature %x, want none", name, d.Sig)
+		}
+		d.Body = append(d.Body, 0xff) // the body is capped: appending copies, the envelope stays
+		if !bytes.Equal(d.Marshal(), env) {
+			t.Fatalf("%s: appending to the body changed the envelope", name)
+		}
+	}
+	good := s.Marshal()
+	for name, env := range map[string][]byte{
+		"other key":    append(append([]byte{0x82, 0xa1, 'b'}, appendBin(nil, s.Body)...), append([]byte{0xa1, 'x'}, appendBin(nil, s.Sig)...)...),
+		"repeated key": append(append([]byte{0x82, 0xa1, 'b'}, appendBin(nil, s.Body)...), append([]byte{0xa1, 'b'}, appendBin(nil, s.Body)...)...),
+		"trailing":     append(bytes.Clone(good), 0xc0),
+		"short":        good[:len(good)-1],
+	} {
+		if _, _, ok := envelopeParts(env); ok {
+			t.Fatalf("%s: read in place", name)
+		}
+		// The codec decides, as before.
+		d, err := DecodeEnvelope(env)
+		var want Envelope
+		werr := Unmarshal(env, &want)
+		if werr == nil {
+			_, werr = DecodeBody(want.Body, want.Sig)
+		}
+		if (err == nil) != (werr == nil) || (err == nil && (!bytes.Equal(d.Body, want.Body) || !bytes.Equal(d.Sig, want.Sig))) {
+			t.Fatalf("%s: decoded %v, the codec %v", name, err, werr)
+		}
+	}
+}

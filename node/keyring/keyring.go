@@ -149,6 +149,14 @@ func (r *Ring) Has(id string) bool {
 	return ok
 }
 
+// Count returns how many keys are held. Keys are never dropped: a count
+// that did not change means no key arrived.
+func (r *Ring) Count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.keys)
+}
+
 // Key returns a held key.
 func (r *Ring) Key(id string) (seal.Key, bool) {
 	r.mu.Lock()

@@ -148,8 +148,8 @@ func OpenOps(k seal.Key, e *wire.Entry) ([]wire.Op, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ops []wire.Op
-	if err := wire.Unmarshal(plain, &ops); err != nil {
+	ops, err := wire.UnmarshalOps(plain)
+	if err != nil {
 		return nil, fmt.Errorf("keyring: the opened operations do not decode: %w", err)
 	}
 	if err := wire.ValidateOps(ops); err != nil {
