@@ -480,7 +480,7 @@ type batchFrame struct {
 
 func (f *batchFrame) start(site string, first uint64) {
 	f.buf = append(f.buf[:0], 0x83, 0xa2, 's', 'i')
-	f.buf = appendStr(f.buf, site)
+	f.buf = wire.AppendStr(f.buf, site)
 	f.buf = append(f.buf, 0xa2, 'f', 'i', 0xcf)
 	f.buf = binary.BigEndian.AppendUint64(f.buf, first)
 	f.buf = append(f.buf, 0xa2, 'e', 'n', 0xdd)
@@ -491,7 +491,7 @@ func (f *batchFrame) start(site string, first uint64) {
 
 // add appends one stored envelope; signed says whether it may end a batch.
 func (f *batchFrame) add(env []byte, signed bool) {
-	f.buf = appendBin(f.buf, env)
+	f.buf = wire.AppendBin(f.buf, env)
 	f.n++
 	f.size += len(env)
 	if signed {
@@ -507,34 +507,6 @@ func (f *batchFrame) trim() { f.buf, f.n = f.buf[:f.signedLen], f.signedN }
 func (f *batchFrame) finish() []byte {
 	binary.BigEndian.PutUint32(f.buf[f.count:], uint32(f.n))
 	return f.buf
-}
-
-// appendStr appends a msgpack string.
-func appendStr(b []byte, s string) []byte {
-	switch n := len(s); {
-	case n < 32:
-		b = append(b, 0xa0|byte(n))
-	case n <= 0xff:
-		b = append(b, 0xd9, byte(n))
-	case n <= 0xffff:
-		b = append(b, 0xda, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0xdb, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, s...)
-}
-
-// appendBin appends msgpack bytes.
-func appendBin(b, v []byte) []byte {
-	switch n := len(v); {
-	case n <= 0xff:
-		b = append(b, 0xc4, byte(n))
-	case n <= 0xffff:
-		b = append(b, 0xc5, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, v...)
 }
 
 // endsGroup reports whether a stored envelope may end a batch: it is signed,

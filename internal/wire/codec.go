@@ -151,6 +151,14 @@ func appendEnvelope(b, body, sig []byte) []byte {
 	return appendBin(b, sig)
 }
 
+// AppendStr appends s as a msgpack string (fixstr, str8, str16 or str32), as
+// the codec encodes it.
+func AppendStr(b []byte, s string) []byte { return appendStr(b, s) }
+
+// AppendBin appends v as msgpack bytes (bin8, bin16 or bin32), as the codec
+// encodes them.
+func AppendBin(b, v []byte) []byte { return appendBin(b, v) }
+
 func appendBin(b, v []byte) []byte {
 	switch n := len(v); {
 	case n <= 0xff:
