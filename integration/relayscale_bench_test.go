@@ -102,6 +102,22 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		environ = append(environ, "PPSYNC_CPU_PROFILE="+f) // the first run of the relay, until its restart
 	}
 	relayProc := launchEnv(b, relay, environ, relayArgs...)
+	// saveRelayLog writes the running relay's log to PPSYNC_SCALE_RELAY_LOG,
+	// after a goroutine dump (SIGQUIT, which ends it) when the run failed.
+	saveRelayLog := func(failed bool) {
+		f := os.Getenv("PPSYNC_SCALE_RELAY_LOG")
+		if f == "" {
+			return
+		}
+		if failed {
+			_ = relayProc.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-relayProc.done:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644)
+	}
 	relayProc.waitReady(readyTimeout, 5*time.Millisecond)
 	relayAddr := listen + "/p2p/" + relayProc.runtime().PeerID
 	base := sampleProc(b, relayProc)
@@ -178,9 +194,7 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 			s.write(1)
 		}
 		if !warm.waitFor(2*len(sites), 60*time.Second) {
-			if f := os.Getenv("PPSYNC_SCALE_RELAY_LOG"); f != "" {
-				_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644)
-			}
+			saveRelayLog(true)
 			b.Fatalf("warm-up of families %d-%d: %d of %d writes arrived within 60s; %s", start, end-1, warm.count(), 2*len(sites), lightMissing(ctx, cl, sites))
 		}
 		for _, s := range sites {
@@ -219,21 +233,11 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		s.write(1)
 	}
 	if !probeDelays.waitFor(2*len(last), 120*time.Second) {
-		if f := os.Getenv("PPSYNC_SCALE_RELAY_LOG"); f != "" {
-			// With its goroutines (SIGQUIT), to see what holds it up.
-			_ = relayProc.cmd.Process.Signal(syscall.SIGQUIT)
-			select {
-			case <-relayProc.done:
-			case <-time.After(10 * time.Second):
-			}
-			_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644)
-		}
+		saveRelayLog(true)
 		b.Fatalf("after the relay's restart, %d of %d writes arrived within 120s; %s", probeDelays.count(), 2*len(last), lightMissing(ctx, cl, last))
 	}
 	takenBack := time.Since(restartAt)
-	if f := os.Getenv("PPSYNC_SCALE_RELAY_LOG"); f != "" {
-		_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644) // the restarted relay's
-	}
+	saveRelayLog(false) // the restarted relay's
 	closeLightSites(last)
 	b.StopTimer()
 
