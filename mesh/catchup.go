@@ -65,6 +65,7 @@ type FetchStats struct {
 	Entries  int // entries received
 	Appended int // of those, new here
 	Bytes    int // compressed bytes received
+	Frames   int // frames (the server's batches) received
 }
 
 type codecs struct {
@@ -269,8 +270,9 @@ func (m *Mesh) Fetch(ctx context.Context, p peer.ID, have map[string]uint64, hea
 			return st, fmt.Errorf("mesh: catch-up from %s: %w", p, d.err)
 		}
 		st.Bytes += d.bytes
+		st.Frames++
 		if d.joinable() {
-			next = d.join(batches, &st.Bytes)
+			next = d.join(batches, &st)
 		}
 		b, run := d.b, d.run
 		if b.Refused != "" {
@@ -325,9 +327,9 @@ func (d *decoded) joinable() bool {
 
 // join appends to d's run the batches already decoded in ready that
 // continue it (the same site, the next seqs), up to fetchRunEntries
-// entries, adding their compressed sizes to bytes. It never waits. It
-// returns the first batch it took but could not join, or nil.
-func (d *decoded) join(ready <-chan decoded, bytes *int) *decoded {
+// entries, counting them and their compressed sizes in st. It never waits.
+// It returns the first batch it took but could not join, or nil.
+func (d *decoded) join(ready <-chan decoded, st *FetchStats) *decoded {
 	for len(d.run) < fetchRunEntries {
 		var e decoded
 		select {
@@ -343,7 +345,8 @@ func (d *decoded) join(ready <-chan decoded, bytes *int) *decoded {
 		if !e.joinable() || e.b.Site != d.b.Site || e.run[0].Seq != last.Seq+1 || len(d.run)+len(e.run) > fetchRunEntries {
 			return &e
 		}
-		*bytes += e.bytes
+		st.Bytes += e.bytes
+		st.Frames++
 		d.run = append(d.run, e.run...)
 	}
 	return nil

@@ -19,7 +19,8 @@ func runsSince(h *fakeHandler, n int) []entriesCall { return h.entryCalls()[n:] 
 
 // checkRuns checks that calls are catch-up runs from A that bring, site by
 // site in the order given, exactly the log's entries want[site] = (from, to),
-// each once and in order, as contiguous runs of at most batchEntries.
+// each once and in order, as contiguous runs of at most fetchRunEntries (the
+// batches decoded while the last run was stored, joined).
 func checkRuns(t *testing.T, calls []entriesCall, a *testNode, order []string, want map[string][2]uint64) {
 	t.Helper()
 	next := map[string]uint64{}
@@ -31,7 +32,7 @@ func checkRuns(t *testing.T, calls []entriesCall, a *testNode, order []string, w
 		if c.gossip || c.from != a.id {
 			t.Fatalf("call %d: gossip=%v from %s, want a catch-up run from A", i, c.gossip, c.from)
 		}
-		if len(c.run) == 0 || len(c.run) > batchEntries {
+		if len(c.run) == 0 || len(c.run) > fetchRunEntries {
 			t.Fatalf("call %d: a run of %d entries", i, len(c.run))
 		}
 		site := c.run[0].Site
@@ -97,8 +98,8 @@ func TestCatchup(t *testing.T) {
 		}
 		calls := runsSince(b.h, n)
 		checkRuns(t, calls, a, []string{"a", "c"}, map[string][2]uint64{"a": {1, nA}, "c": {1, nC}})
-		if len(calls) < (nA+batchEntries-1)/batchEntries+(nC+batchEntries-1)/batchEntries {
-			t.Errorf("%d runs: batches larger than %d entries", len(calls), batchEntries)
+		if st.Frames < (nA+batchEntries-1)/batchEntries+(nC+batchEntries-1)/batchEntries {
+			t.Errorf("%d frames: batches larger than %d entries", st.Frames, batchEntries)
 		}
 	})
 
@@ -455,9 +456,12 @@ func TestCatchupBatchesEndAtGroupEnds(t *testing.T) {
 		if !c.run[len(c.run)-1].IsSigned() {
 			t.Errorf("a batch of %d entries from %d ends unsigned", len(c.run), c.run[0].Seq)
 		}
-		if len(c.run) > batchEntries+300 {
-			t.Errorf("a batch of %d entries", len(c.run))
+		if len(c.run) > fetchRunEntries+300 {
+			t.Errorf("a run of %d entries", len(c.run))
 		}
 		next += uint64(len(c.run))
+	}
+	if min := (len(all) + batchEntries + 299) / (batchEntries + 300); st.Frames < min {
+		t.Errorf("%d frames for %d entries: batches larger than %d entries and a group", st.Frames, len(all), batchEntries)
 	}
 }
