@@ -159,10 +159,13 @@ func (m *Mesh) openStream(ctx context.Context, p peer.ID, proto protocol.ID, wha
 	return s, nil // tapped by the family's view
 }
 
-// helloStreamOn opens a hello stream on connection c itself (not on whichever
-// connection to the peer libp2p prefers).
-func helloStreamOn(ctx context.Context, c network.Conn, proto protocol.ID) (network.Stream, error) {
-	s, err := c.NewStream(network.WithAllowLimitedConn(ctx, "hello"))
+// streamOn opens a stream of the family's protocol proto on connection c
+// itself, not on whichever connection to the peer libp2p prefers; what names
+// it for a limited (relayed) connection. The protocol is negotiated within
+// the stream's deadline of helloTimeout, which the caller may change.
+func (m *Mesh) streamOn(ctx context.Context, c network.Conn, proto protocol.ID, what string) (network.Stream, error) {
+	proto = m.host.scoped(proto)
+	s, err := c.NewStream(network.WithAllowLimitedConn(ctx, what))
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +178,7 @@ func helloStreamOn(ctx context.Context, c network.Conn, proto protocol.ID) (netw
 		s.Reset()
 		return nil, err
 	}
-	return s, nil
+	return m.tapped(s), nil
 }
 
 // probationFailed records that no hello proved a current membership on c

@@ -716,22 +716,26 @@ func (m *Mesh) readForkProofs(ctx context.Context, sub *pubsub.Subscription) {
 
 // PublishForkProof spreads the proof of a fork so every member shows it: it
 // gossips it (when it fits a gossip message), and pushes it over a stream
-// of this node's own to every member it is connected to (a cloned twin that
-// shares a peer ID may hold the gossip stream to a member; this node's own
-// streams still reach it).
+// on every connection to a member. A cloned twin shares its peer ID with the
+// original, so libp2p would pick one of their two connections for a stream
+// to that ID, and gossip holds one stream per peer ID: only a stream on each
+// connection itself reaches both copies.
 func (m *Mesh) PublishForkProof(ctx context.Context, a, b []*wire.Signed) error {
 	data, err := encodeForkProof(a, b)
 	if err != nil {
 		return err
 	}
-	for _, p := range m.host.Network().Peers() {
-		if _, ok := m.cfg.Family.Member(p); !ok {
+	for _, c := range m.host.Network().Conns() {
+		if _, ok := m.cfg.Family.Member(c.RemotePeer()); !ok {
 			continue
 		}
 		m.goTracked(func() {
 			ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
 			defer cancel()
-			s, err := m.openStream(ctx, p, forkProofProto, "fork-proof")
+			if !m.waitHello(ctx, c, true) {
+				return
+			}
+			s, err := m.streamOn(ctx, c, forkProofProto, "fork-proof")
 			if err != nil {
 				return
 			}

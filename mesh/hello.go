@@ -209,8 +209,7 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	_, member := m.cfg.Family.Member(p)
 	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
 	defer cancel()
-	hs, err := helloStreamOn(ctx, c, m.host.scoped(helloProto))
-	s := m.tapped(hs)
+	s, err := m.streamOn(ctx, c, helloProto, "hello")
 	if err != nil {
 		m.log.Debug("hello failed", "peer", p, "err", err)
 		m.helloEnded(c, false)

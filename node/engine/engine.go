@@ -154,10 +154,13 @@ func (e *Engine) Step(in Input) []Action {
 		}
 	case ForkProofReceived:
 		if in.Added {
-			// Whoever learns of a fork passes on its own branch too: a copy
-			// of the forked site that only heard of it still holds entries
-			// no one else has.
-			e.pushBranch(in.Site, in.Seq)
+			// Whoever learns of a fork passes the proof on, once, and its
+			// own branch too: a copy of the forked site that only heard of
+			// it still holds entries no one else has. The proof must be
+			// passed on by the others: a cloned copy shares its peer ID with
+			// the copy that found the fork, so it is never connected to it,
+			// and gossip is not forwarded to the peer ID it came from.
+			e.spreadFork(in.Site, in.Seq)
 		}
 	case WriteAsked:
 		e.updateCaughtUp()

@@ -455,11 +455,11 @@ func TestEngineTraces(t *testing.T) {
 			"logfork y 1200",
 			"up a -> spread:x#3 push:x#1 spread:y#1200 push:y#201 fetch:a:connect",
 		}},
-		{"a fork proof pushes the own branch when it is news", []string{
+		{"a fork proof is passed on with the own branch when it is news", []string{
 			"log x=5",
-			"proof a x 3 -> push:x#1",
+			"proof a x 3 -> spread:x#3 push:x#1",
 			"proof a x 3 old -> ",
-			"proof a z 3 -> ", // no entry of z held: nothing to push
+			"proof a z 3 -> spread:z#3", // no entry of z held: only the proof
 		}},
 		// Duplicates.
 		{"a duplicate identity is compared at once, beside sessions and the cap, once per 10s", []string{
