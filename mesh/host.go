@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
@@ -180,6 +181,16 @@ func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
 		return nil, fmt.Errorf("mesh: start libp2p host: %w", err)
 	}
 	hb.h = h
+	// One subscription for every family (see famBus), made before any family
+	// attaches and with room for 1,024 events, so that it cannot fill while
+	// it is being made.
+	sub, err := h.EventBus().Subscribe(peerEventTypes, eventbus.BufSize(1024), eventbus.Name("ppsync families"))
+	if err != nil {
+		_ = h.Close()
+		hb.cancel()
+		return nil, fmt.Errorf("mesh: watch peer events: %w", err)
+	}
+	hb.goTracked(func() { hb.peerEventsLoop(sub) })
 	h.SetStreamHandlerMatch(protoBase, func(p protocol.ID) bool {
 		_, _, ok := splitProto(p)
 		return ok
@@ -209,6 +220,38 @@ func (hb *Host) sleepersLoop() {
 		for _, m := range hb.snapshot() {
 			if m.cfg.Lazy && !m.Awake() {
 				m.dialBootstrap()
+			}
+		}
+	}
+}
+
+// peerEventsLoop hands each event about a peer on to the subscribers
+// (gossip) of every family the peer is a member of.
+func (hb *Host) peerEventsLoop(sub event.Subscription) {
+	defer sub.Close()
+	for {
+		var ev any
+		select {
+		case <-hb.ctx.Done():
+			return
+		case ev = <-sub.Out():
+		}
+		p, ok := eventPeer(ev)
+		if !ok {
+			continue
+		}
+		for _, m := range hb.snapshot() {
+			subs := m.subsSnapshot()
+			if len(subs) == 0 {
+				continue // asleep: no gossip listens
+			}
+			if _, member := m.cfg.Family.Member(p); !member {
+				continue
+			}
+			for _, s := range subs {
+				if s.wants(ev) {
+					s.send(ev)
+				}
 			}
 		}
 	}

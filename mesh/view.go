@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"context"
+	"fmt"
+	"reflect"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/event"
@@ -108,59 +110,80 @@ func (n famNet) ClosePeer(p peer.ID) error {
 	return n.Network.ClosePeer(p)
 }
 
-// famBus is the family's view of the host's event bus: events about a peer
-// reach the family's subscribers only for the family's members, and the
-// family announces a peer that became a member after it was identified.
+// famBus is the family's view of the host's event bus: it carries only the
+// events about a peer that a family's gossip listens for (identified,
+// protocols updated, connectedness), and only for the family's members; and
+// the family announces a peer that became a member after it was identified.
+//
+// A family's subscription never reaches libp2p's bus: the host subscribes
+// once for all families and hands each event on (peerEventsLoop). libp2p's
+// bus delivers an event to every subscriber while it holds the event type's
+// lock, and a subscription to several types registers its channel with one
+// type before it takes the next type's lock; with hundreds of families
+// starting their gossip while hundreds of connections are identified (a
+// relay's restart), an identification filled the channel of a subscription
+// still being made, and the bus deadlocked: identify, and with it every new
+// stream, stopped for good (the 1,000-family benchmark's restart, 2026-12-04).
 type famBus struct {
 	event.Bus
 	m *Mesh
 }
 
-func (b famBus) Subscribe(evtTypes any, opts ...event.SubscriptionOpt) (event.Subscription, error) {
-	sub, err := b.Bus.Subscribe(evtTypes, opts...)
-	if err != nil {
-		return nil, err
+// peerEventTypes are the events the host hands on to its families.
+var peerEventTypes = []any{
+	new(event.EvtPeerIdentificationCompleted),
+	new(event.EvtPeerProtocolsUpdated),
+	new(event.EvtPeerConnectednessChanged),
+}
+
+func (b famBus) Subscribe(evtTypes any, _ ...event.SubscriptionOpt) (event.Subscription, error) {
+	types, ok := evtTypes.([]any)
+	if !ok {
+		types = []any{evtTypes}
 	}
-	fs := &famSub{Subscription: sub, m: b.m, out: make(chan any, 64), done: make(chan struct{})}
+	fs := &famSub{m: b.m, types: map[reflect.Type]bool{}, out: make(chan any, 64), done: make(chan struct{})}
+	for _, t := range types {
+		known := false
+		for _, k := range peerEventTypes {
+			if reflect.TypeOf(t) == reflect.TypeOf(k) {
+				known = true
+			}
+		}
+		if !known {
+			return nil, fmt.Errorf("mesh: a family's event bus carries only peer events, not %T", t)
+		}
+		fs.types[reflect.TypeOf(t).Elem()] = true
+	}
 	b.m.addSub(fs)
-	go fs.run() // ends when the subscriber closes it
 	return fs, nil
 }
 
-// famSub passes on the events of the family's members.
+// famSub is a family's subscription to peer events.
 type famSub struct {
-	event.Subscription
-	m    *Mesh
-	out  chan any
-	done chan struct{}
-	once sync.Once
+	m     *Mesh
+	types map[reflect.Type]bool
+	out   chan any
+	done  chan struct{}
+	once  sync.Once
 }
 
 func (s *famSub) Out() <-chan any { return s.out }
 
+func (s *famSub) Name() string { return "ppsync family " + s.m.cfg.Family.ID() }
+
 func (s *famSub) Close() error {
-	s.once.Do(func() { close(s.done) })
-	s.m.dropSub(s)
-	return s.Subscription.Close()
+	s.once.Do(func() {
+		close(s.done)
+		s.m.dropSub(s)
+	})
+	return nil
 }
 
-func (s *famSub) run() {
-	in := s.Subscription.Out()
-	for {
-		select {
-		case <-s.done:
-			return
-		case ev, ok := <-in:
-			if !ok {
-				return
-			}
-			if s.keep(ev) {
-				s.send(ev)
-			}
-		}
-	}
-}
+// wants reports whether the subscriber asked for events of ev's type.
+func (s *famSub) wants(ev any) bool { return s.types[reflect.TypeOf(ev)] }
 
+// send hands ev on, unless the subscriber closed its subscription. Its
+// readers (gossipsub's peer watchers) never stop reading while open.
 func (s *famSub) send(ev any) {
 	select {
 	case s.out <- ev:
@@ -168,20 +191,17 @@ func (s *famSub) send(ev any) {
 	}
 }
 
-func (s *famSub) keep(ev any) bool {
-	var p peer.ID
+// eventPeer returns the peer a peer event is about.
+func eventPeer(ev any) (peer.ID, bool) {
 	switch e := ev.(type) {
 	case event.EvtPeerIdentificationCompleted:
-		p = e.Peer
+		return e.Peer, true
 	case event.EvtPeerProtocolsUpdated:
-		p = e.Peer
+		return e.Peer, true
 	case event.EvtPeerConnectednessChanged:
-		p = e.Peer
-	default:
-		return true
+		return e.Peer, true
 	}
-	_, ok := s.m.cfg.Family.Member(p)
-	return ok
+	return "", false
 }
 
 // announceMember tells the family's subscribers (its pubsub) that p, now a
@@ -190,7 +210,7 @@ func (s *famSub) keep(ev any) bool {
 func (m *Mesh) announceMember(p peer.ID) {
 	ev := event.EvtPeerIdentificationCompleted{Peer: p, Protocols: []protocol.ID{protoBase}}
 	for _, s := range m.subsSnapshot() {
-		if s.m.cfg.Family.ID() == m.cfg.Family.ID() {
+		if s.wants(ev) {
 			s.send(ev)
 		}
 	}
