@@ -194,8 +194,9 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 			s.write(1)
 		}
 		if !warm.waitFor(2*len(sites), 60*time.Second) {
+			missing := lightMissing(ctx, cl, sites) // before the relay stops for its goroutine dump
 			saveRelayLog(true)
-			b.Fatalf("warm-up of families %d-%d: %d of %d writes arrived within 60s; %s", start, end-1, warm.count(), 2*len(sites), lightMissing(ctx, cl, sites))
+			b.Fatalf("warm-up of families %d-%d: %d of %d writes arrived within 60s; %s", start, end-1, warm.count(), 2*len(sites), missing)
 		}
 		for _, s := range sites {
 			s.setDelays(delays)
@@ -233,8 +234,14 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		s.write(1)
 	}
 	if !probeDelays.waitFor(2*len(last), 120*time.Second) {
+		var missing string
+		if cl, err := api.NewClient(relay); err != nil { // its new address
+			missing = "the restarted relay's API: " + err.Error()
+		} else {
+			missing = lightMissing(ctx, cl, last)
+		}
 		saveRelayLog(true)
-		b.Fatalf("after the relay's restart, %d of %d writes arrived within 120s; %s", probeDelays.count(), 2*len(last), lightMissing(ctx, cl, last))
+		b.Fatalf("after the relay's restart, %d of %d writes arrived within 120s; %s", probeDelays.count(), 2*len(last), missing)
 	}
 	takenBack := time.Since(restartAt)
 	saveRelayLog(false) // the restarted relay's
@@ -410,13 +417,36 @@ func lightMissing(ctx context.Context, cl *api.Client, sites []*lightSite) strin
 			}
 		}
 	}
-	fr, err := cl.Families(ctx)
-	if err != nil {
-		return strings.Join(out, "; ") + fmt.Sprintf("; relay families: %v", err)
+	// What each site of a short family saw: heartbeats by site, catch-ups,
+	// and its mesh's view of the relay.
+	var seen []string
+	for _, s := range sites {
+		if !bad[s.fam] || len(seen) >= 30 {
+			continue
+		}
+		s.mu.Lock()
+		hbs := map[string]int{}
+		for p, n := range s.hbs {
+			if m, ok := s.roster.Member(p); ok {
+				hbs[m.Site] = n
+			}
+		}
+		line := fmt.Sprintf("%s/%s: heartbeats %v, catch-ups %d (skipped %d, last error %q)", s.fam[:8], s.site, hbs, s.fetches, s.skipped, s.fetchErr)
+		s.mu.Unlock()
+		for _, pi := range s.m.Peers() {
+			if pi.Member.PeerID == s.relay {
+				line += fmt.Sprintf(", relay connected %v via %q, last seen %s ago", pi.Connected, pi.Via, time.Since(pi.LastSeen).Round(time.Millisecond))
+			}
+		}
+		seen = append(seen, line)
 	}
-	for _, f := range fr.Families {
-		if bad[f.FamilyID] {
-			relayOut = append(relayOut, fmt.Sprintf("%s: relay holds %v, peers %d", f.FamilyID[:8], f.Frontier, f.Peers))
+	if fr, err := cl.Families(ctx); err != nil {
+		relayOut = append(relayOut, fmt.Sprintf("relay families: %v", err))
+	} else {
+		for _, f := range fr.Families {
+			if bad[f.FamilyID] {
+				relayOut = append(relayOut, fmt.Sprintf("%s: relay holds %v, peers %d", f.FamilyID[:8], f.Frontier, f.Peers))
+			}
 		}
 	}
 	if len(relayOut) > 20 {
@@ -425,7 +455,7 @@ func lightMissing(ctx context.Context, cl *api.Client, sites []*lightSite) strin
 	if len(out) > 30 {
 		out = append(out[:30], fmt.Sprintf("... %d more", len(out)-30))
 	}
-	return fmt.Sprintf("%d families short:\n%s\n%s", len(bad), strings.Join(relayOut, "\n"), strings.Join(out, "; "))
+	return fmt.Sprintf("%d families short:\n%s\n%s\n%s", len(bad), strings.Join(relayOut, "\n"), strings.Join(out, "; "), strings.Join(seen, "\n"))
 }
 
 // lightSite is one site of a family, in this process: a real mesh with a
@@ -449,6 +479,12 @@ type lightSite struct {
 	held    map[string]map[uint64]heldEntry
 
 	fetching atomic.Bool // a catch-up from a member is under way
+
+	// What a short site's report shows (under mu).
+	hbs      map[peer.ID]int // heartbeats by member
+	fetches  int             // catch-up sessions started
+	skipped  int             // catch-ups not started: one was under way
+	fetchErr string          // the last session's error
 }
 
 func startLightSites(tb testing.TB, fams []scaleFamily, relayAddr string, delays *delayLog) []*lightSite {
@@ -768,6 +804,12 @@ func (s *lightSite) appendLocked(e *wire.Signed, gossip bool, now time.Time) {
 // does: gossip is best effort, catch-up repairs.
 func (h lightHandler) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 	s := h.s
+	s.mu.Lock()
+	if s.hbs == nil {
+		s.hbs = map[peer.ID]int{}
+	}
+	s.hbs[from]++
+	s.mu.Unlock()
 	have := lightLog{s}.Frontier()
 	behind := false
 	for site, seq := range hb.Frontier {
@@ -784,6 +826,9 @@ func (h lightHandler) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 // a catch-up is under way already.
 func (s *lightSite) fetchFrom(p peer.ID) {
 	if !s.fetching.CompareAndSwap(false, true) {
+		s.mu.Lock()
+		s.skipped++
+		s.mu.Unlock()
 		return
 	}
 	have := lightLog{s}.Frontier()
@@ -791,7 +836,13 @@ func (s *lightSite) fetchFrom(p peer.ID) {
 		defer s.fetching.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = s.m.Fetch(ctx, p, have, nil, nil)
+		_, err := s.m.Fetch(ctx, p, have, nil, nil)
+		s.mu.Lock()
+		s.fetches++
+		if err != nil {
+			s.fetchErr = err.Error()
+		}
+		s.mu.Unlock()
 	}()
 }
 
