@@ -402,8 +402,14 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 		return pubsub.ValidationReject
 	}
 	if _, ok := m.cfg.Family.Member(author); !ok {
-		m.count("heartbeat_non_member")
-		return pubsub.ValidationReject
+		// Not held against the forwarder: it took the heartbeat from a
+		// member this node has not learned of yet (a site that joined a
+		// moment ago, whose certificate comes in the forwarder's next
+		// hello) or one whose revocation it has not learned of. A rejection
+		// would have gossip's scoring graylist an honest relay for an hour
+		// after two of them: nothing more from it, nothing to it.
+		m.count("heartbeat_unknown_author")
+		return pubsub.ValidationIgnore
 	}
 	pub, err := author.ExtractPublicKey()
 	if err != nil {

@@ -213,7 +213,7 @@ func TestValidateHeartbeat(t *testing.T) {
 		{"valid", ib.id, sign(ib.id, ib.key, hb), pubsub.ValidationAccept, ""},
 		{"forwarded", ic.id, sign(ib.id, ib.key, hb), pubsub.ValidationAccept, ""}, // C relays B's heartbeat
 		{"forwarder not a member", outsider.id, sign(ib.id, ib.key, hb), pubsub.ValidationReject, "heartbeat_non_member"},
-		{"author not a member", ib.id, sign(outsider.id, outsider.key, hb), pubsub.ValidationReject, "heartbeat_non_member"},
+		{"author not a member", ib.id, sign(outsider.id, outsider.key, hb), pubsub.ValidationIgnore, "heartbeat_unknown_author"},
 		{"speaks for another", ib.id, sign(ic.id, ib.key, hb), pubsub.ValidationReject, "heartbeat_bad_signature"},
 		{"malformed", ib.id, []byte{0xc1}, pubsub.ValidationReject, "heartbeat_malformed"},
 		{"oversized", ib.id, make([]byte, maxHeartbeat+1), pubsub.ValidationReject, "heartbeat_oversized"},
@@ -479,4 +479,41 @@ func runEnvs(run []*wire.Signed) [][]byte {
 		out[i] = s.Marshal()
 	}
 	return out
+}
+
+// A relay forwards the heartbeats of a site that joined a moment ago to a
+// site that has not learned of it yet: they are ignored, and the relay is
+// not held to blame: its own heartbeats, and what it forwards later, keep
+// coming (a rejection each would have had gossip's scoring graylist it).
+func TestHeartbeatOfUnknownMemberDoesNotBlameTheForwarder(t *testing.T) {
+	ir, ia, ic := newIdentity(t, "relay"), newIdentity(t, "a"), newIdentity(t, "c")
+	ir.relay = true
+	r := startNode(t, ir, newFamily(testFamily, ir, ia, ic), nil, nil)
+	famA := newFamily(testFamily, ir, ia) // A has not learned of C
+	a := startNode(t, ia, famA, nil, nil)
+	c := startNode(t, ic, newFamily(testFamily, ir, ic), nil, nil)
+	connect(t, a, r)
+	connect(t, c, r)
+	waitGossip(t, a, r)
+	waitGossip(t, c, r)
+	// C's heartbeats reach A through the relay, several times.
+	waitFor(t, "C's heartbeats reach A through the relay", func() bool {
+		c.m.PublishHeartbeat()
+		return a.m.Rejections()["heartbeat_unknown_author"] >= 3
+	})
+	if n := len(a.h.heartbeatsFrom(ic.id)); n != 0 {
+		t.Errorf("%d heartbeats of a member A does not know reached its handler", n)
+	}
+	// The relay's own heartbeat still reaches A.
+	before := len(a.h.heartbeatsFrom(ir.id))
+	waitFor(t, "the relay's heartbeat reaches A", func() bool {
+		r.m.PublishHeartbeat()
+		return len(a.h.heartbeatsFrom(ir.id)) > before
+	})
+	// Once A learns of C, C's heartbeats come through the relay.
+	famA.add(ic)
+	waitFor(t, "C's heartbeat reaches A once A knows C", func() bool {
+		c.m.PublishHeartbeat()
+		return len(a.h.heartbeatsFrom(ic.id)) > 0
+	})
 }
