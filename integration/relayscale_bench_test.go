@@ -520,7 +520,7 @@ func startLightSites(tb testing.TB, fams []scaleFamily, relayAddr string, delays
 				tb.Fatal(err)
 			}
 			s := &lightSite{site: name, fam: f.info.FamilyID, key: key, roster: roster, relay: relayID.ID, delays: delays,
-				logs: map[string][][]byte{}, sentAt: sent}
+				logs: map[string][][]byte{}, sentAt: sent, hbs: map[peer.ID]int{}}
 			m, err := mesh.New(context.Background(), mesh.Config{Key: key, Bootstrap: []string{relayAddr}, Family: lightFamily{s},
 				Log: lightLog{s}, Handler: lightHandler{s}, Heartbeat: s.heartbeat, HeartbeatInterval: 5 * time.Second})
 			if err != nil {
@@ -805,9 +805,6 @@ func (s *lightSite) appendLocked(e *wire.Signed, gossip bool, now time.Time) {
 func (h lightHandler) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 	s := h.s
 	s.mu.Lock()
-	if s.hbs == nil {
-		s.hbs = map[peer.ID]int{}
-	}
 	s.hbs[from]++
 	s.mu.Unlock()
 	have := lightLog{s}.Frontier()

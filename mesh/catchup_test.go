@@ -461,7 +461,7 @@ func TestCatchupBatchesEndAtGroupEnds(t *testing.T) {
 		}
 		next += uint64(len(c.run))
 	}
-	if min := (len(all) + batchEntries + 299) / (batchEntries + 300); st.Frames < min {
+	if least := (len(all) + batchEntries + 299) / (batchEntries + 300); st.Frames < least {
 		t.Errorf("%d frames for %d entries: batches larger than %d entries and a group", st.Frames, len(all), batchEntries)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/event"
@@ -143,13 +144,7 @@ func (b famBus) Subscribe(evtTypes any, _ ...event.SubscriptionOpt) (event.Subsc
 	}
 	fs := &famSub{m: b.m, types: map[reflect.Type]bool{}, out: make(chan any, 64), done: make(chan struct{})}
 	for _, t := range types {
-		known := false
-		for _, k := range peerEventTypes {
-			if reflect.TypeOf(t) == reflect.TypeOf(k) {
-				known = true
-			}
-		}
-		if !known {
+		if !slices.ContainsFunc(peerEventTypes, func(k any) bool { return reflect.TypeOf(k) == reflect.TypeOf(t) }) {
 			return nil, fmt.Errorf("mesh: a family's event bus carries only peer events, not %T", t)
 		}
 		fs.types[reflect.TypeOf(t).Elem()] = true
