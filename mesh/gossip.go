@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -43,7 +44,31 @@ type gossip struct {
 	wg            sync.WaitGroup
 	ps            *pubsub.PubSub
 	ent, hbt, fkt *pubsub.Topic
+	// held counts the bytes of the members' group messages accepted and not
+	// yet taken by the handler: queued for delivery, decoded, waiting to be
+	// stored. Past gossipHeldBytes a message is ignored (catch-up brings its
+	// entries), so that a node that stores slower than its members write
+	// holds a bounded amount of gossip instead of queues of decoded entries.
+	held atomic.Int64
 }
+
+// gossipHeldBytes bounds gossip.held: about one second of a member writing
+// at the gossip budget's rate. Decoded, the entries take about three times
+// their encoded bytes.
+const gossipHeldBytes = 4 << 20
+
+// hold counts n more bytes of gossip held, unless that would pass
+// gossipHeldBytes while some are held already (one message always fits).
+func (g *gossip) hold(n int) bool {
+	if now := g.held.Add(int64(n)); now > gossipHeldBytes && now > int64(n) {
+		g.held.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+// release counts n bytes of gossip no longer held.
+func (g *gossip) release(n int) { g.held.Add(-int64(n)) }
 
 // startGossip joins the family's topics: groups (the own entries of each
 // commit group, published once as one message), heartbeats and fork proofs,
@@ -79,14 +104,17 @@ func (m *Mesh) startGossip(g *gossip) error {
 		pubsub.WithProtocolMatchFn(func(own protocol.ID) func(protocol.ID) bool {
 			return func(p protocol.ID) bool { return p == own || p == protoBase }
 		}),
-		pubsub.WithRawTracer(graftTracer{m}),
+		pubsub.WithRawTracer(graftTracer{m, g}),
 		pubsub.WithPeerScore(scoreParams(m.topicName("groups"), m.topicName("heartbeat"), isMember), scoreThresholds()),
 	)
 	if err != nil {
 		return fmt.Errorf("mesh: start gossip: %w", err)
 	}
 	g.ps = ps
-	if err := ps.RegisterTopicValidator(m.topicName("groups"), m.validateGroup, pubsub.WithValidatorInline(true)); err != nil {
+	validate := func(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+		return m.validateGroup(g, from, msg)
+	}
+	if err := ps.RegisterTopicValidator(m.topicName("groups"), validate, pubsub.WithValidatorInline(true)); err != nil {
 		return fmt.Errorf("mesh: entry validator: %w", err)
 	}
 	if err := ps.RegisterTopicValidator(m.topicName("heartbeat"), m.validateHeartbeat, pubsub.WithValidatorInline(true)); err != nil {
@@ -118,8 +146,8 @@ func (m *Mesh) startGossip(g *gossip) error {
 		return fmt.Errorf("mesh: subscribe heartbeats: %w", err)
 	}
 	entries := make(chan gossiped, maxGossipBatch)
-	m.goAwake(g, func(ctx context.Context) { m.readEntries(ctx, es, entries) })
-	m.goAwake(g, func(context.Context) { m.ingestEntries(entries) })
+	m.goAwake(g, func(ctx context.Context) { m.readEntries(ctx, g, es, entries) })
+	m.goAwake(g, func(context.Context) { m.ingestEntries(g, entries) })
 	m.goAwake(g, func(ctx context.Context) { m.readHeartbeats(ctx, hs) })
 	m.goAwake(g, m.heartbeatLoop)
 	joins, err := g.hbt.EventHandler()
@@ -136,7 +164,10 @@ func (m *Mesh) startGossip(g *gossip) error {
 // restarted, received before the relay's mesh formed and forwarded to no
 // one) it fetches once this node's heartbeat shows it: so the heartbeat goes
 // out soon instead of at its next interval.
-type graftTracer struct{ m *Mesh }
+type graftTracer struct {
+	m *Mesh
+	g *gossip
+}
 
 func (t graftTracer) Graft(p peer.ID, topic string) {
 	if topic == t.m.topicName("groups") {
@@ -157,7 +188,17 @@ func (graftTracer) ThrottlePeer(peer.ID)                                 {}
 func (graftTracer) RecvRPC(*pubsub.RPC)                                  {}
 func (graftTracer) SendRPC(*pubsub.RPC, peer.ID)                         {}
 func (graftTracer) DropRPC(*pubsub.RPC, peer.ID)                         {}
-func (graftTracer) UndeliverableMessage(*pubsub.Message)                 {}
+
+// UndeliverableMessage: pubsub dropped an accepted message because the
+// subscription's queue was full; a member's group message held no longer.
+func (t graftTracer) UndeliverableMessage(msg *pubsub.Message) {
+	if msg.GetTopic() == t.m.topicName("groups") && msg.ReceivedFrom != t.m.host.ID() {
+		if _, ok := msg.ValidatorData.([]*wire.Signed); ok {
+			msg.ValidatorData = nil
+			t.g.release(len(msg.Data))
+		}
+	}
+}
 
 // heartbeatOnJoin publishes this node's heartbeat as soon as a member joins
 // the family's gossip (it connected, or a relay woke or restarted): its
@@ -289,7 +330,7 @@ func GroupMessages(run []*wire.Signed) []GossipMessage {
 // this family, well formed, within the limits, and a run of one site's
 // entries that chains and ends at an entry signed by its site's key of its
 // epoch: one signature checked per message.
-func (m *Mesh) validateGroup(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+func (m *Mesh) validateGroup(g *gossip, from peer.ID, msg *pubsub.Message) (res pubsub.ValidationResult) {
 	m.tap.write(msg.Data) // what this node received (forwarded on as is)
 	if from == m.host.ID() {
 		return pubsub.ValidationAccept // our own, checked when committed
@@ -302,6 +343,15 @@ func (m *Mesh) validateGroup(_ context.Context, from peer.ID, msg *pubsub.Messag
 	if !m.takeGossip() {
 		return pubsub.ValidationIgnore // over the family's rate: catch-up brings it later
 	}
+	if !g.hold(len(msg.Data)) {
+		m.count("gossip_receiver_busy")
+		return pubsub.ValidationIgnore // this node stores slower than gossip comes: catch-up brings it later
+	}
+	defer func() {
+		if res != pubsub.ValidationAccept {
+			g.release(len(msg.Data))
+		}
+	}()
 	run, err := m.decodeGroup(msg.Data)
 	if err != nil {
 		if errors.Is(err, wire.ErrTooLarge) {
@@ -430,7 +480,7 @@ func (m *Mesh) validateHeartbeat(_ context.Context, from peer.ID, msg *pubsub.Me
 }
 
 // readEntries hands the gossiped runs, as they come, to ingestEntries.
-func (m *Mesh) readEntries(ctx context.Context, sub *pubsub.Subscription, out chan<- gossiped) {
+func (m *Mesh) readEntries(ctx context.Context, g *gossip, sub *pubsub.Subscription, out chan<- gossiped) {
 	defer sub.Cancel()
 	defer close(out)
 	for {
@@ -445,9 +495,13 @@ func (m *Mesh) readEntries(ctx context.Context, sub *pubsub.Subscription, out ch
 		if !ok {
 			continue
 		}
+		// Pubsub keeps the message for a few heartbeats (its message cache,
+		// to answer members that ask for it): without its decoded entries.
+		msg.ValidatorData = nil
 		select {
-		case out <- gossiped{run: run, from: msg.ReceivedFrom}:
+		case out <- gossiped{run: run, from: msg.ReceivedFrom, size: len(msg.Data)}:
 		case <-ctx.Done():
+			g.release(len(msg.Data))
 			return
 		}
 	}
@@ -458,6 +512,7 @@ func (m *Mesh) readEntries(ctx context.Context, sub *pubsub.Subscription, out ch
 type gossiped struct {
 	run  []*wire.Signed
 	from peer.ID
+	size int // the message's bytes, held (gossip.held) until stored
 }
 
 // maxGossipBatch bounds how many waiting gossiped messages one delivery
@@ -469,7 +524,7 @@ const maxGossipBatch = 1000
 // each other joined, so that a node receiving thousands of entries a second
 // stores them in a few commits instead of one commit (and one disk sync)
 // each.
-func (m *Mesh) ingestEntries(in <-chan gossiped) {
+func (m *Mesh) ingestEntries(gs *gossip, in <-chan gossiped) {
 	for g := range in {
 		batch := []gossiped{g}
 	more:
@@ -484,11 +539,16 @@ func (m *Mesh) ingestEntries(in <-chan gossiped) {
 				break more
 			}
 		}
+		size := 0
+		for _, b := range batch {
+			size += b.size
+		}
 		for _, run := range gossipRuns(batch) {
 			if _, err := m.cfg.Handler.Entries(m.ctx, run.from, run.run, true); err != nil {
 				m.log.Debug("gossiped entries not appended", "first", run.run[0].ID(), "entries", len(run.run), "err", err)
 			}
 		}
+		gs.release(size)
 	}
 }
 
@@ -631,6 +691,16 @@ func (m *Mesh) PublishHeartbeat() {
 	if err := g.hbt.Publish(g.ctx, b); err != nil && g.ctx.Err() == nil {
 		m.log.Debug("publish heartbeat", "err", err)
 	}
+}
+
+// GossipPeers counts the members this node's gossip of entries reaches now
+// (those joined to the family's groups topic): 0 while asleep.
+func (m *Mesh) GossipPeers() int {
+	g := m.gossip.Load()
+	if g == nil {
+		return 0
+	}
+	return len(g.ent.ListPeers())
 }
 
 // Publish gossips one message of committed own entries (see GroupMessages)

@@ -89,8 +89,18 @@ func TestValidateGroup(t *testing.T) {
 	} {
 		before := a.m.Rejections()
 		msg := &pubsub.Message{Message: &pb.Message{Data: tc.data}}
-		if got := a.m.validateGroup(context.Background(), tc.from, msg); got != tc.want {
+		g := &gossip{}
+		if got := a.m.validateGroup(g, tc.from, msg); got != tc.want {
 			t.Errorf("%s: validation %v, want %v", tc.name, got, tc.want)
+		}
+		// A member's accepted message is held until the handler took it;
+		// nothing else is.
+		held := int64(0)
+		if tc.want == pubsub.ValidationAccept && tc.from != ia.id {
+			held = int64(len(tc.data))
+		}
+		if g.held.Load() != held {
+			t.Errorf("%s: %d bytes of gossip held, want %d", tc.name, g.held.Load(), held)
 		}
 		after := a.m.Rejections()
 		for reason, n := range after {
@@ -111,6 +121,25 @@ func TestValidateGroup(t *testing.T) {
 				t.Errorf("valid group: validator data %v, want the decoded run", msg.ValidatorData)
 			}
 		}
+	}
+
+	// A node holding gossipHeldBytes of accepted gossip that its handler has
+	// not taken yet (it stores slower than its members write) ignores the
+	// next message, without blaming the forwarder: catch-up brings it.
+	busy := &gossip{}
+	busy.held.Store(gossipHeldBytes)
+	before := a.m.Rejections()["gossip_receiver_busy"]
+	msg := &pubsub.Message{Message: &pb.Message{Data: groupMsg(t, good)}}
+	if got := a.m.validateGroup(busy, ib.id, msg); got != pubsub.ValidationIgnore || msg.ValidatorData != nil {
+		t.Errorf("receiver busy: validation %v with data %v, want ignored, not decoded", got, msg.ValidatorData)
+	}
+	if a.m.Rejections()["gossip_receiver_busy"] != before+1 || busy.held.Load() != gossipHeldBytes {
+		t.Errorf("receiver busy: counted %d, held %d; want counted once, nothing more held", a.m.Rejections()["gossip_receiver_busy"]-before, busy.held.Load())
+	}
+	// Once the handler took what was held, the next one passes.
+	busy.release(gossipHeldBytes)
+	if got := a.m.validateGroup(busy, ib.id, msg); got != pubsub.ValidationAccept {
+		t.Errorf("after the held gossip was taken: validation %v, want accepted", got)
 	}
 }
 
@@ -419,6 +448,8 @@ func TestGossipCarriesGroups(t *testing.T) {
 			t.Errorf("entry %d of the run is not the one published", i+1)
 		}
 	}
+	// Once the handler took the run, B holds no gossip.
+	waitFor(t, "B's held gossip released", func() bool { return b.m.gossip.Load().held.Load() == 0 })
 }
 
 // Many small groups share messages, never more entries in one than a
