@@ -41,14 +41,14 @@ import (
 // PPSYNC_CATCHUP_PROFILE=DIR writes CPU profiles of the serving (A) and the
 // receiving (B) process of each catch-up to DIR (PPSYNC_CPU_PROFILE).
 // PPSYNC_BENCH_BASELINE_BIN names another ppsync binary (a build of an
-// earlier commit) whose catch-up is measured in the same iterations, from
+// earlier commit, without cgo) whose catch-up is measured in the same iterations, from
 // the same site A, interleaved, for before/after ratios.
 func BenchmarkCatchUpVsPouchDB(b *testing.B) {
 	total := 1_000_000
 	if v, err := strconv.Atoi(os.Getenv("PPSYNC_CATCHUP_N")); err == nil && v > 0 {
 		total = v
 	}
-	base := os.Getenv("PPSYNC_BENCH_BASELINE_BIN")
+	base := baselineBin(b)
 	profDir := os.Getenv("PPSYNC_CATCHUP_PROFILE")
 	dir := b.TempDir()
 	file := filepath.Join(dir, "import.jsonl")

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -202,8 +203,9 @@ type memoryRun struct {
 // The target is under 150 MiB at every point.
 //
 // PPSYNC_BENCH_ENTRIES shortens the run. PPSYNC_BENCH_BASELINE_BIN names
-// another ppsync binary (a build of an earlier commit) to run the same
-// steps with, interleaved in the same run, for before/after ratios.
+// another ppsync binary (a build of an earlier commit, without cgo as `make
+// build` builds it) to run the same steps with, interleaved in the same run,
+// for before/after ratios.
 func BenchmarkMemory1M(b *testing.B) { benchMemory(b, false) }
 
 // BenchmarkMemoryLive1M is BenchmarkMemory1M with site B running and
@@ -219,7 +221,7 @@ func benchMemory(b *testing.B, live bool) {
 	if v, err := strconv.Atoi(os.Getenv("PPSYNC_BENCH_ENTRIES")); err == nil && v > 0 {
 		total = v
 	}
-	base := os.Getenv("PPSYNC_BENCH_BASELINE_BIN")
+	base := baselineBin(b)
 	file := filepath.Join(b.TempDir(), "import.jsonl")
 	writeImportFile(b, file, total)
 	var runs, baseRuns []memoryRun
@@ -371,6 +373,27 @@ func memoryRun1M(b *testing.B, bin, file string, total int, live bool) memoryRun
 	bp.stopClean()
 	a.stopClean()
 	return m
+}
+
+// baselineBin returns PPSYNC_BENCH_BASELINE_BIN, or "" when unset, after
+// checking that it was built as `make build` builds ppsync, without cgo: a
+// cgo build keeps Pebble's caches outside the Go heap, where the memory limit
+// does not see them, and the same code then peaks 25-55 MiB higher, so its
+// figures would not compare.
+func baselineBin(tb testing.TB) string {
+	tb.Helper()
+	bin := os.Getenv("PPSYNC_BENCH_BASELINE_BIN")
+	if bin == "" {
+		return ""
+	}
+	out, err := exec.Command("go", "version", "-m", bin).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("PPSYNC_BENCH_BASELINE_BIN=%s: not a Go binary this go can read (%v): %s", bin, err, bytes.TrimSpace(out))
+	}
+	if !bytes.Contains(out, []byte("CGO_ENABLED=0")) {
+		tb.Fatalf("PPSYNC_BENCH_BASELINE_BIN=%s was built with cgo; build it as `make build` does (CGO_ENABLED=0 go build ./cmd/ppsync), or its memory will not compare", bin)
+	}
+	return bin
 }
 
 // swapBinary makes the helpers run bin until the returned function is called.
