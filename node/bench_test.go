@@ -41,15 +41,14 @@ func writeMany(tb testing.TB, n *Node, site string, total int) {
 // others (what is published before goes by catch-up).
 func waitGossipPeers(tb testing.TB, d time.Duration, nodes ...*running) {
 	tb.Helper()
-	deadline := time.Now().Add(d)
-	for _, r := range nodes {
-		for r.n.mesh.GossipPeers() < len(nodes)-1 {
-			if time.Now().After(deadline) {
-				tb.Fatalf("after %v, %s's gossip reaches %d of the %d other nodes", d, r.n.cert.Site, r.n.mesh.GossipPeers(), len(nodes)-1)
+	waitUntil(tb, "gossip reaches every node", d, func() (bool, string) {
+		for _, r := range nodes {
+			if n := r.n.mesh.GossipPeers(); n < len(nodes)-1 {
+				return false, fmt.Sprintf("%s's gossip reaches %d of the %d other nodes", r.n.cert.Site, n, len(nodes)-1)
 			}
-			time.Sleep(5 * time.Millisecond)
 		}
-	}
+		return true, ""
+	})
 }
 
 func waitFrontier(tb testing.TB, n *Node, site string, seq uint64, d time.Duration) {
