@@ -23,6 +23,19 @@ func (l *Log) Write(ctx context.Context, ops []wire.Op) (*wire.Signed, error) {
 	return out[0], nil
 }
 
+// Durable returns once every group committed before the call, or being
+// built while it was made, is durable. The state's readers see a group as
+// soon as it is committed, before its sync: what they hand on to a place
+// that outlives the node's memory (a practice database and its apply
+// position) waits for this first, so a crash cannot leave that place ahead
+// of the log.
+func (l *Log) Durable(ctx context.Context) error {
+	if err := l.submit(ctx, &request{sync: true}); err != nil {
+		return err
+	}
+	return l.brokenErr()
+}
+
 // WriteMany commits several own transactions, one entry each, all or none, in
 // one durable batch. It is how bulk imports reach thousands per second.
 func (l *Log) WriteMany(ctx context.Context, txs [][]wire.Op) ([]*wire.Signed, error) {

@@ -18,6 +18,7 @@ type request struct {
 	run   []*wire.Signed            // remote: a verified contiguous run of one site
 	proof *[2][]*wire.Signed        // a fork proof from a peer (checked)
 	fn    func() error              // exclusive work run between groups (replay)
+	sync  bool                      // Durable: answered once every group committed before it is durable
 	extra func(*pebble.Batch) error // own: more writes for the same batch (a capture position)
 	loads []uint64                  // own: the initial load each transaction belongs to (WriteLoad), or nil
 	pre   []any                     // own: each transaction's reads ahead (Prefetcher), or nil
@@ -93,8 +94,13 @@ func (l *Log) run() {
 			l.exclusive(first)
 			continue
 		}
+		if first.sync {
+			l.syncq <- &pending{barrier: first.done}
+			continue
+		}
 		b := l.openGroup(first.batchSize())
 		b.add(l, first)
+		var syncs []*request // Durable calls that arrived while b was built
 	fill:
 		for b.n < l.cfg.MaxBatch {
 			var r *request
@@ -120,10 +126,17 @@ func (l *Log) run() {
 				l.exclusive(r)
 				break fill
 			}
+			if r.sync { // after b: its caller may have seen b's stamps
+				syncs = append(syncs, r)
+				continue
+			}
 			b.add(l, r)
 		}
 		if b != nil {
 			l.commitGroup(b)
+		}
+		for _, r := range syncs {
+			l.syncq <- &pending{barrier: r.done}
 		}
 	}
 }
