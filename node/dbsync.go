@@ -141,6 +141,12 @@ type dbsync struct {
 	// written back. Kept in memory: after a restart such rows are written
 	// back once, which changes nothing.
 	own seqSet
+	// durable is the state cursor up to which the apply in progress may
+	// write: changes the log has made durable. The state shows a group as
+	// soon as it is committed, before its sync; an apply position stored in
+	// the database past what a crash keeps would skip the changes that take
+	// those cursors after the restart.
+	durable uint64
 }
 
 // seqSet is a set of seqs kept as sorted, disjoint, inclusive ranges.
@@ -370,6 +376,11 @@ func (d *dbsync) start(ctx context.Context) error {
 			d.mu.Unlock()
 		}
 	}
+	if loaded != 0 && !d.isRestored() {
+		if err := d.rewindApply(ctx); err != nil {
+			return err
+		}
+	}
 	if err := d.loadRefused(ctx); err != nil {
 		return err
 	}
@@ -377,6 +388,30 @@ func (d *dbsync) start(ctx context.Context) error {
 		return d.load(ctx, s)
 	}
 	return nil
+}
+
+// rewindApply moves the database's apply position back to the state's
+// cursor as the node opened when it is past it: the database was given
+// changes that the node lost in a crash (before this build waited for the
+// log's sync, see dbsync.durable) or the node's data directory was restored
+// from an older backup. The changes that took those cursors since the node
+// opened would be skipped; from the cursor at the opening on, every merged
+// row is written again (the same values, or the ones the database is
+// missing).
+func (d *dbsync) rewindApply(ctx context.Context) error {
+	cur, err := d.c.ApplyCursor(ctx)
+	if err != nil {
+		return err
+	}
+	kept := d.n.openCursor
+	if cur <= kept {
+		return nil
+	}
+	d.n.log.Warn("the practice database was given changes past what this node holds (a crash, or its data directory restored from a backup): the rows changed since are written again", "apply_position", cur, "kept", kept)
+	if err := d.n.db.Set(keyApplied, u64(kept), pebble.Sync); err != nil {
+		return fmt.Errorf("node: record the apply position: %w", err)
+	}
+	return d.c.SetApplyCursor(ctx, kept)
 }
 
 // refusedRetryEvery is how often rows the database refused are tried again
@@ -709,8 +744,13 @@ func (d *dbsync) step(ctx context.Context) (err error) {
 				return nil
 			}
 		}
+		// Write only what the log holds durably (see dbsync.durable).
+		if err := d.n.txlog.Durable(ctx); err != nil {
+			return fmt.Errorf("node: wait for the log before an apply: %w", err)
+		}
 		d.mu.Lock()
 		clear(d.appliedNow)
+		d.durable = ss.Cursor
 		d.mu.Unlock()
 		res, err := d.c.Apply(ctx, d, dbMaxApplyRows)
 		if err != nil {
@@ -732,7 +772,12 @@ func (d *dbsync) step(ctx context.Context) (err error) {
 		d.mu.Unlock()
 		d.appliedRefused(res)
 		if res.Rows < dbMaxApplyRows {
-			return nil
+			// Changes that came in during the apply wait for the next
+			// one: now, if this one moved on.
+			after, err := d.n.state.Stats()
+			if err != nil || after.Cursor <= ss.Cursor || res.Cursor <= cur {
+				return err
+			}
 		}
 	}
 }
@@ -814,8 +859,18 @@ func (d *dbsync) Changed(after uint64, limit int) ([]db.Row, uint64, error) {
 	if err != nil {
 		return nil, after, err
 	}
+	d.mu.Lock()
+	durable := d.durable
+	d.mu.Unlock()
 	rows := make([]db.Row, 0, len(cs))
-	for _, c := range cs {
+	for i, c := range cs {
+		if c.Cursor > durable { // not durable when the apply began: the next apply's
+			next = after
+			if i > 0 {
+				next = cs[i-1].Cursor
+			}
+			break
+		}
 		if d.isEcho(c) {
 			continue
 		}

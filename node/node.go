@@ -57,18 +57,21 @@ type Node struct {
 	// openFrontier is the log's frontier when the node opened: what the
 	// practice database can have seen of the other sites before it runs.
 	openFrontier map[string]uint64
-	clock        *hlc.Clock
-	ln           net.Listener
-	srv          *http.Server
-	tlsFP        string // the API certificate's fingerprint when it serves HTTPS
-	start        time.Time
-	mesh         *mesh.Mesh
-	sync         *syncer
-	dbs          *dbsync      // the practice database, nil without one
-	dbc          db.Connector // its connector
-	events       *eventHub
-	counters     counters
-	alerts       *alerter
+	// openCursor is the state's change cursor when the node opened: what
+	// it kept of the changes it had handed to the practice database.
+	openCursor uint64
+	clock      *hlc.Clock
+	ln         net.Listener
+	srv        *http.Server
+	tlsFP      string // the API certificate's fingerprint when it serves HTTPS
+	start      time.Time
+	mesh       *mesh.Mesh
+	sync       *syncer
+	dbs        *dbsync      // the practice database, nil without one
+	dbc        db.Connector // its connector
+	events     *eventHub
+	counters   counters
+	alerts     *alerter
 
 	ctx    context.Context // ends when the node closes
 	cancel context.CancelFunc
@@ -272,6 +275,11 @@ func (n *Node) open(ctx context.Context) error {
 	if n.state, err = state.Open(n.db, n.log); err != nil {
 		return err
 	}
+	ss, err := n.state.Stats()
+	if err != nil {
+		return err
+	}
+	n.openCursor = ss.Cursor
 	n.clock = hlc.New(n.cfg.Now)
 	var self *txlog.Identity
 	if n.cert.Role == family.RoleSite {
