@@ -100,8 +100,11 @@
 // composite key), reads each row it wrote back in the same transaction, and
 // keeps every committed transaction in its ledger; when the server is gone
 // it tries again until a transaction commits, and a commit whose answer was
-// lost enters the ledger only if pg_xact_status says it committed (a
-// transaction ID "in the future" after a crash was never logged: aborted). The
+// lost enters the ledger only if the mark it wrote into the harness's own
+// table (outside the synced schema) is there once the server is back (not
+// its transaction ID: one handed out just before a crash and never logged
+// is handed out again after it, so pg_xact_status can answer for another
+// transaction). The
 // faults: the server stopped with pg_ctl stop -m fast and with -m immediate
 // (crash recovery at the next start) and started again while every node
 // runs and every writer writes — every site's `db status` must name the

@@ -28,8 +28,12 @@ import (
 // pgSchema is every site's practice database: IDs from sequences (bigserial,
 // which ppsync moves into the site's own range), values of many types, two
 // foreign keys, a composite key; and a table with a serial (integer) key,
-// too small for the ranges, which the writers leave alone.
+// too small for the ranges, which the writers leave alone. The harness's
+// own table, outside the synced schema, holds one mark per transaction a
+// writer commits (see pgWriter.attempt).
 const pgSchema = `
+CREATE SCHEMA harness;
+CREATE TABLE harness.commits (n bigint PRIMARY KEY);
 CREATE TABLE patients (id bigserial PRIMARY KEY, name text NOT NULL, dob date, balance numeric(12,2), photo bytea,
 	visits integer, score double precision, active boolean, seen_at timestamptz, tags text[], extra jsonb);
 CREATE TABLE appointments (id bigserial PRIMARY KEY, patient bigint NOT NULL REFERENCES patients(id), at timestamp(0) NOT NULL, room smallint);
@@ -76,6 +80,7 @@ type pgEffect struct {
 
 // pgTx is one committed transaction of a writer's ledger.
 type pgTx struct {
+	At      time.Time // when the writer saw it committed
 	Effects []pgEffect
 	Before  bool // committed before the site's node first ran
 }
@@ -93,8 +98,8 @@ type pgRow struct {
 // through one pgx connection, every transaction whose commit succeeded in its
 // ledger. While the server is down its transactions fail and it tries again
 // (a new connection) until one commits; a commit whose answer was lost is
-// looked up by its transaction ID (pg_xact_status) once the server is back,
-// and enters the ledger only if it committed.
+// looked up by the mark it wrote (see pgWriter.attempt) once the server is
+// back, and enters the ledger only if it committed.
 type pgWriter struct {
 	h    *Harness
 	srv  *pgServer
@@ -125,6 +130,7 @@ type pgWriter struct {
 	// ones of those found committed.
 	outage, inDoubt, resolved int
 	doubt                     *pgDoubt
+	marks                     int64 // the last transaction mark handed out
 
 	commits   atomic.Int64
 	attempts  atomic.Int64 // failed attempts (outage), for the scenario to see
@@ -134,8 +140,8 @@ type pgWriter struct {
 
 // pgDoubt is a transaction whose COMMIT got no answer.
 type pgDoubt struct {
-	xid string
-	b   *pgTxb
+	mark int64
+	b    *pgTxb
 }
 
 func newPGWriter(ctx context.Context, h *Harness, srv *pgServer, site *Node, idx int, name string, seed uint64) (*pgWriter, error) {
@@ -372,29 +378,32 @@ func (w *pgWriter) attempt(ctx context.Context, fill func(*pgTxb)) (bool, error)
 	tctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if d := w.doubt; d != nil {
-		st, err := xactStatus(tctx, c, d.xid)
+		committed, err := markCommitted(tctx, c, d.mark)
 		if err != nil {
 			w.drop()
 			return false, err
 		}
-		switch {
-		case st != nil && *st == "in progress":
-			return false, fmt.Errorf("transaction %s still in progress", d.xid) // an outage: try again
-		case st != nil && *st == "committed":
-			w.doubt = nil
+		w.doubt = nil
+		if committed {
 			w.resolved++
 			w.committedTx(d.b)
 			return true, nil
 		}
-		w.doubt = nil // aborted (or forgotten): write this one anew
+		// It did not commit: write this one anew.
 	}
 	tx, err := c.Begin(tctx)
 	if err != nil {
 		w.drop()
 		return false, err
 	}
-	var xid string
-	if err := tx.QueryRow(tctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+	// The transaction's mark says, after a commit without an answer,
+	// whether it committed. Its transaction ID cannot: an ID handed out
+	// just before a crash that was never written to the WAL is handed out
+	// again after it, so pg_xact_status may answer for another
+	// transaction.
+	w.marks++
+	mark := w.marks
+	if _, err := tx.Exec(tctx, `INSERT INTO harness.commits (n) VALUES ($1)`, mark); err != nil {
 		_ = tx.Rollback(context.Background())
 		w.drop()
 		return false, err
@@ -413,7 +422,7 @@ func (w *pgWriter) attempt(ctx context.Context, fill func(*pgTxb)) (bool, error)
 		// transaction's status says, once it can be asked.
 		w.drop()
 		w.inDoubt++
-		w.doubt = &pgDoubt{xid: xid, b: b}
+		w.doubt = &pgDoubt{mark: mark, b: b}
 		return false, err
 	}
 	w.committedTx(b)
@@ -433,34 +442,33 @@ func (w *pgWriter) settleDoubt(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	st, err := xactStatus(ctx, c, d.xid)
+	committed, err := markCommitted(ctx, c, d.mark)
 	if err != nil {
 		return
 	}
-	if st != nil && *st == "in progress" {
-		return
-	}
 	w.doubt = nil
-	if st != nil && *st == "committed" {
+	if committed {
 		w.resolved++
 		w.committedTx(d.b)
 	}
 }
 
-// xactStatus returns pg_xact_status of xid: "committed", "aborted", "in
-// progress", or nil when the server no longer knows it. A transaction ID
-// "in the future" was handed out before a crash but never written to the
-// WAL (a commit would have been, and its replay would have moved the next
-// ID past it): it did not commit, so it counts as aborted.
-func xactStatus(ctx context.Context, c *pgx.Conn, xid string) (*string, error) {
-	var st *string
-	err := c.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, xid).Scan(&st)
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "22023" && strings.Contains(pe.Message, "is in the future") {
-		aborted := "aborted"
-		return &aborted, nil
+// markCommitted reports whether the transaction that wrote mark into
+// harness.commits committed. The probe inserts the same mark: while that
+// transaction is still in progress the insert waits for it, then finds the
+// mark (committed) or takes it (it did not commit); the probe is rolled
+// back.
+func markCommitted(ctx context.Context, c *pgx.Conn, mark int64) (bool, error) {
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		return false, err
 	}
-	return st, err
+	defer tx.Rollback(context.Background())
+	tag, err := tx.Exec(ctx, `INSERT INTO harness.commits (n) VALUES ($1) ON CONFLICT DO NOTHING`, mark)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 0, nil
 }
 
 func (w *pgWriter) committedTx(b *pgTxb) {
@@ -472,7 +480,7 @@ func (w *pgWriter) committedTx(b *pgTxb) {
 			w.own[e.Table.name+"/"+e.Key] = true
 		}
 	}
-	w.ledger = append(w.ledger, pgTx{Effects: b.effects, Before: !w.running})
+	w.ledger = append(w.ledger, pgTx{At: time.Now(), Effects: b.effects, Before: !w.running})
 	w.changes += len(b.effects)
 	w.commits.Add(1)
 }

@@ -57,8 +57,8 @@ var pgOutageRE = regexp.MustCompile(`(?i)PostgreSQL server .*(is not running|can
 // reads back in the same transaction each row it wrote (its text) and keeps a
 // ledger of every transaction whose commit succeeded. When the server is
 // gone, a transaction fails and the writer tries again until one commits; a
-// commit whose answer was lost enters the ledger only if pg_xact_status says
-// it committed once the server is back.
+// commit whose answer was lost enters the ledger only if the mark it wrote
+// is there once the server is back (see pgWriter.attempt).
 //
 // While the writers write, for at least d (at least one round), each round
 // of faults in an order drawn from the seed:
@@ -195,6 +195,9 @@ type pgRun struct {
 	rng *rand.Rand
 	res *Result
 	mu  sync.Mutex
+	// suspect holds the rows a database got wrong (checkDumps); checkLog
+	// shows their history.
+	suspect map[string]bool
 }
 
 func (r *pgRun) note(format string, a ...any) {
@@ -625,7 +628,7 @@ func (r *pgRun) settle(ctx context.Context) {
 			h.Violate("db-writer", "%s's writer: %d transactions failed (not in the ledger): %s", w.site.Name, w.failed, strings.Join(w.failures, "; "))
 		}
 		if w.doubt != nil {
-			h.Violate("db-writer", "%s's writer: the outcome of transaction %s is still unknown", w.site.Name, w.doubt.xid)
+			h.Violate("db-writer", "%s's writer: the outcome of its transaction (mark %d) is still unknown", w.site.Name, w.doubt.mark)
 		}
 		w.mu.Unlock()
 	}
@@ -798,6 +801,12 @@ func (r *pgRun) checkDumps(ctx context.Context, want map[string]*pgRow, fk map[s
 			unexplained++
 			if shown++; shown <= 6 {
 				h.Violate(df.kind, "%s's database: %s", w.site.Name, df.detail)
+				if len(r.suspect) < 4 {
+					if r.suspect == nil {
+						r.suspect = map[string]bool{}
+					}
+					r.suspect[df.key] = true
+				}
 			}
 		}
 		if shown > 6 {
@@ -907,6 +916,7 @@ func (r *pgRun) checkLog(ctx context.Context, w *pgWriter, want map[string]*pgRo
 		return
 	}
 	puts, dels := map[string]int{}, map[string]int{}
+	hist := map[string][]string{} // a suspect row's operations in this log
 	entries, firstSeq := 0, uint64(0)
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line == "" {
@@ -923,6 +933,10 @@ func (r *pgRun) checkLog(ctx context.Context, w *pgWriter, want map[string]*pgRo
 		}
 		for _, op := range e.Ops {
 			k := op.Table + "/" + op.Key
+			if r.suspect[k] {
+				f, _ := json.Marshal(op.Fields)
+				hist[k] = append(hist[k], fmt.Sprintf("seq %d hlc %d (%s): %s %s", e.Seq, e.HLC, e.Time.UTC().Format("15:04:05.000000"), op.Op, clip(string(f))))
+			}
 			if op.Op == "delete" {
 				dels[k]++
 			} else {
@@ -987,4 +1001,32 @@ func (r *pgRun) checkLog(ctx context.Context, w *pgWriter, want map[string]*pgRo
 		}
 	}
 	r.note("%s's log: %d entries (complete: %v); %d of its %d inserted-only rows captured exactly once", n.Name, entries, complete, once, onlyInserted)
+	r.history(w, hist)
+}
+
+// history logs, for each suspect row of w's site, the writer's committed
+// changes of it and the operations on it in the site's own log, so that a
+// failure shows whether a change was never captured, captured out of
+// order, or captured and lost later.
+func (r *pgRun) history(w *pgWriter, hist map[string][]string) {
+	keys := make([]string, 0, len(r.suspect))
+	for k := range r.suspect {
+		if table, key, _ := strings.Cut(k, "/"); w.owns(table, key) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, k := range keys {
+		var ledger []string
+		for i, tx := range w.ledger {
+			for _, e := range tx.Effects {
+				if e.Table.name+"/"+e.Key == k {
+					ledger = append(ledger, fmt.Sprintf("tx %d at %s: %c %s", i, tx.At.UTC().Format("15:04:05.000000"), e.Kind, clip(e.Text)))
+				}
+			}
+		}
+		r.h.Logf("history of %s: %s's writer committed: %s; %s's log holds: %s", k, w.site.Name, strings.Join(ledger, " | "), w.site.Name, strings.Join(hist[k], " | "))
+	}
 }
