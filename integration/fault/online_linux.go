@@ -130,8 +130,10 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 	if !check {
 		timeout += quietWindow
 	}
+	var polls pollTrace // when a deadline is missed: was the node late, or the polling?
 	_, werr := waitFor(ctx, timeout, statusEvery, n.Name+" ("+mode+") noticing it is cut off", func() (bool, string) {
-		st, err := n.Status(ctx)
+		polls.round(t0)
+		st, err := polls.status(ctx, t0, n)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -154,7 +156,7 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 			if _, ok := gone[o.Name]; ok {
 				continue
 			}
-			if ost, err := o.Status(ctx); err == nil && ost.Peers < before[o.Name] {
+			if ost, err := polls.status(ctx, t0, o); err == nil && ost.Peers < before[o.Name] {
 				gone[o.Name] = time.Since(t0)
 			}
 		}
@@ -183,12 +185,12 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 		case offAt == 0:
 			h.Violate("online", "%s (%s) stalled from every member did not report online false: %v", n.Name, mode, werr)
 		case offAt > OfflineDeadline:
-			h.Violate("online", "%s (%s) reported online false only %s after every link stalled (limit %s): %s", n.Name, mode, offAt.Round(time.Millisecond), OfflineDeadline, statusJSON(offSt))
+			h.Violate("online", "%s (%s) reported online false only %s after every link stalled (limit %s): %s; %s", n.Name, mode, offAt.Round(time.Millisecond), OfflineDeadline, statusJSON(offSt), polls.summary())
 		}
 		if zeroAt == 0 {
 			h.Violate("online", "%s (%s) still counted peers %s after every link stalled: %v", n.Name, mode, timeout, werr)
 		} else if zeroAt > OfflineDeadline {
-			h.Violate("online", "%s (%s) counted its peers down to 0 only %s after every link stalled (limit %s)", n.Name, mode, zeroAt.Round(time.Millisecond), OfflineDeadline)
+			h.Violate("online", "%s (%s) counted its peers down to 0 only %s after every link stalled (limit %s); %s", n.Name, mode, zeroAt.Round(time.Millisecond), OfflineDeadline, polls.summary())
 		}
 		if emptyReason {
 			h.Violate("online", "%s (%s) reported online false without an offline_reason: %s", n.Name, mode, statusJSON(offSt))
@@ -245,6 +247,51 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 		}
 		res.Notes = append(res.Notes, fmt.Sprintf("%s (%s) after the heal: online true with a peer after %s, %s", n.Name, mode, onAt.Round(time.Millisecond), all))
 	}
+}
+
+// pollTrace records how the status polling itself went (when each round
+// began, how long each node took to answer), so that a missed deadline says
+// whether the node was late or the polling was.
+type pollTrace struct {
+	rounds   int
+	lastAt   time.Duration // start of the last round, since t0
+	gapAt    time.Duration // start of the round after the longest gap
+	gap      time.Duration // longest time between the starts of two rounds
+	slow     []string      // status calls that took over a second
+	slowSeen int
+}
+
+func (p *pollTrace) round(t0 time.Time) {
+	at := time.Since(t0)
+	if p.rounds > 0 && at-p.lastAt > p.gap {
+		p.gap, p.gapAt = at-p.lastAt, at
+	}
+	p.rounds++
+	p.lastAt = at
+}
+
+func (p *pollTrace) status(ctx context.Context, t0 time.Time, n *Node) (api.Status, error) {
+	start := time.Now()
+	st, err := n.Status(ctx)
+	if took := time.Since(start); took > time.Second {
+		p.slowSeen++
+		if len(p.slow) < 8 {
+			s := fmt.Sprintf("%s at +%s took %s", n.Name, start.Sub(t0).Round(time.Millisecond), took.Round(time.Millisecond))
+			if err != nil {
+				s += " (" + err.Error() + ")"
+			}
+			p.slow = append(p.slow, s)
+		}
+	}
+	return st, err
+}
+
+func (p *pollTrace) summary() string {
+	s := fmt.Sprintf("the polling: %d rounds, the longest gap between two %s (ending at +%s)", p.rounds, p.gap.Round(time.Millisecond), p.gapAt.Round(time.Millisecond))
+	if p.slowSeen > 0 {
+		s += fmt.Sprintf(", %d status calls over 1s: %s", p.slowSeen, strings.Join(p.slow, "; "))
+	}
+	return s
 }
 
 // statusJSON is the part of a status that matters here, as JSON.
