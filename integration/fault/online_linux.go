@@ -196,8 +196,8 @@ func (h *Harness) onlineCut(ctx context.Context, res *Result, n *Node, check boo
 			h.Violate("online", "%s (%s) reported online false without an offline_reason: %s", n.Name, mode, statusJSON(offSt))
 		}
 		if offAt > 0 {
-			res.Notes = append(res.Notes, fmt.Sprintf("%s (%s), every link stalled (no reset): online false after %s (reason %q), peers 0 after %s; the others counted it gone: %s",
-				n.Name, mode, offAt.Round(time.Millisecond), offSt.OfflineReason, zeroAt.Round(time.Millisecond), strings.Join(seen, ", ")))
+			res.Notes = append(res.Notes, fmt.Sprintf("%s (%s), every link stalled (no reset): online false after %s (reason %q), peers 0 after %s; the others counted it gone: %s; %s",
+				n.Name, mode, offAt.Round(time.Millisecond), offSt.OfflineReason, zeroAt.Round(time.Millisecond), strings.Join(seen, ", "), polls.summary()))
 		}
 	} else {
 		if len(wrongOffline) > 0 {
@@ -259,6 +259,8 @@ type pollTrace struct {
 	gap      time.Duration // longest time between the starts of two rounds
 	slow     []string      // status calls that took over a second
 	slowSeen int
+	slowest  time.Duration // the slowest status call, and to which node
+	slowNode string
 }
 
 func (p *pollTrace) round(t0 time.Time) {
@@ -273,7 +275,11 @@ func (p *pollTrace) round(t0 time.Time) {
 func (p *pollTrace) status(ctx context.Context, t0 time.Time, n *Node) (api.Status, error) {
 	start := time.Now()
 	st, err := n.Status(ctx)
-	if took := time.Since(start); took > time.Second {
+	took := time.Since(start)
+	if took > p.slowest {
+		p.slowest, p.slowNode = took, n.Name
+	}
+	if took > time.Second {
 		p.slowSeen++
 		if len(p.slow) < 8 {
 			s := fmt.Sprintf("%s at +%s took %s", n.Name, start.Sub(t0).Round(time.Millisecond), took.Round(time.Millisecond))
@@ -287,7 +293,7 @@ func (p *pollTrace) status(ctx context.Context, t0 time.Time, n *Node) (api.Stat
 }
 
 func (p *pollTrace) summary() string {
-	s := fmt.Sprintf("the polling: %d rounds, the longest gap between two %s (ending at +%s)", p.rounds, p.gap.Round(time.Millisecond), p.gapAt.Round(time.Millisecond))
+	s := fmt.Sprintf("the polling: %d rounds, the longest gap between two %s (ending at +%s), the slowest answer %s (%s)", p.rounds, p.gap.Round(time.Millisecond), p.gapAt.Round(time.Millisecond), p.slowest.Round(time.Millisecond), p.slowNode)
 	if p.slowSeen > 0 {
 		s += fmt.Sprintf(", %d status calls over 1s: %s", p.slowSeen, strings.Join(p.slow, "; "))
 	}
