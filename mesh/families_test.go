@@ -359,12 +359,42 @@ func TestFamilyLimitsKeepOtherFamiliesServed(t *testing.T) {
 	}
 	waitFor(t, "the relay refuses A's flood over its limit", func() bool { return ra.m.Rejections()["limit_gossip"] > 0 })
 	// B's 30 entries, sent after, all arrive: B's share is its own.
-	for _, e := range signChain(t, familyB, ib1, 1, wire.Hash{}, 30) {
+	chainB := signChain(t, familyB, ib1, 1, wire.Hash{}, 30)
+	for _, e := range chainB {
 		if err := b1.m.Publish(ctx, groupMsg(t, e)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitFor(t, "all of B's entries reach the relay", func() bool { return sitesReceived(rb.h)["b1"] == 30 })
+
+	// The host's bound on held gossip: while the relay's families together
+	// hold hostGossipHeldBytes (set here as sixteen families storing a burst
+	// at once would), B's gossip is ignored as well, counted as
+	// gossip_host_busy (the node's catch-up brings what was ignored); once
+	// they stored theirs it is taken again.
+	hb.gossipHeld.Add(hostGossipHeldBytes)
+	more := signChain(t, familyB, ib1, 31, chainB[len(chainB)-1].Hash, 10)
+	if err := b1.m.Publish(ctx, groupMsg(t, more[0])); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, rb.m, "gossip_host_busy", 1)
+	if got := ra.m.Rejections()["gossip_host_busy"]; got != 0 {
+		t.Errorf("A counted %d of B's messages as its own", got)
+	}
+	hb.gossipHeld.Add(-hostGossipHeldBytes)
+	for _, e := range more[1:] {
+		if err := b1.m.Publish(ctx, groupMsg(t, e)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "B's later entries reach the relay after the host's gossip was stored", func() bool { return sitesReceived(rb.h)["b1"] == 39 })
+	for _, c := range rb.h.entryCalls() {
+		for _, e := range c.run {
+			if e.Seq == more[0].Seq {
+				t.Errorf("the relay took B's entry %d, ignored while the host's gossip was full", e.Seq)
+			}
+		}
+	}
 	if got := sitesReceived(ra.h)["a1"]; got >= 300 || got == 0 {
 		t.Errorf("the relay took %d of A's 300 flooded entries, want some but not all", got)
 	}

@@ -50,6 +50,10 @@ type gossip struct {
 	// entries), so that a node that stores slower than its members write
 	// holds a bounded amount of gossip instead of queues of decoded entries.
 	held atomic.Int64
+	// hostHeld is the same count for every family on this gossip's host (a
+	// relay's families share it), bounded by hostGossipHeldBytes; nil: no
+	// bound beyond the family's.
+	hostHeld *atomic.Int64
 }
 
 // gossipHeldBytes bounds gossip.held: about one second of a member writing
@@ -57,18 +61,40 @@ type gossip struct {
 // their encoded bytes.
 const gossipHeldBytes = 4 << 20
 
+// hostGossipHeldBytes bounds the gossip held by all the families of one host
+// together: at a relay serving a thousand families, each family's bound alone
+// would let 4 GiB of gossip (12 GiB decoded) build up while many of them burst
+// at once. Sixteen families' worth; past it a family's message is ignored
+// like one past its own bound, and catch-up brings its entries. One family
+// alone never reaches it, so a family's flood takes at most a sixteenth of it.
+const hostGossipHeldBytes = 16 * gossipHeldBytes
+
 // hold counts n more bytes of gossip held, unless that would pass
-// gossipHeldBytes while some are held already (one message always fits).
-func (g *gossip) hold(n int) bool {
+// gossipHeldBytes, or hostGossipHeldBytes for the host, while some are held
+// already (one message always fits). It says which bound refused: "" when
+// none did, "family" or "host".
+func (g *gossip) hold(n int) (refused string) {
 	if now := g.held.Add(int64(n)); now > gossipHeldBytes && now > int64(n) {
 		g.held.Add(-int64(n))
-		return false
+		return "family"
 	}
-	return true
+	if g.hostHeld != nil {
+		if now := g.hostHeld.Add(int64(n)); now > hostGossipHeldBytes && now > int64(n) {
+			g.hostHeld.Add(-int64(n))
+			g.held.Add(-int64(n))
+			return "host"
+		}
+	}
+	return ""
 }
 
 // release counts n bytes of gossip no longer held.
-func (g *gossip) release(n int) { g.held.Add(-int64(n)) }
+func (g *gossip) release(n int) {
+	g.held.Add(-int64(n))
+	if g.hostHeld != nil {
+		g.hostHeld.Add(-int64(n))
+	}
+}
 
 // startGossip joins the family's topics: groups (the own entries of each
 // commit group, published once as one message), heartbeats and fork proofs,
@@ -343,9 +369,13 @@ func (m *Mesh) validateGroup(g *gossip, from peer.ID, msg *pubsub.Message) (res 
 	if !m.takeGossip() {
 		return pubsub.ValidationIgnore // over the family's rate: catch-up brings it later
 	}
-	if !g.hold(len(msg.Data)) {
+	switch g.hold(len(msg.Data)) {
+	case "family":
 		m.count("gossip_receiver_busy")
 		return pubsub.ValidationIgnore // this node stores slower than gossip comes: catch-up brings it later
+	case "host":
+		m.count("gossip_host_busy")
+		return pubsub.ValidationIgnore // the host's families together hold their bound: catch-up brings it later
 	}
 	defer func() {
 		if res != pubsub.ValidationAccept {

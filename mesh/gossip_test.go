@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,6 +141,34 @@ func TestValidateGroup(t *testing.T) {
 	busy.release(gossipHeldBytes)
 	if got := a.m.validateGroup(busy, ib.id, msg); got != pubsub.ValidationAccept {
 		t.Errorf("after the held gossip was taken: validation %v, want accepted", got)
+	}
+
+	// At a relay every family's held gossip counts against the host's bound
+	// as well: a family that holds nothing is still refused while the host's
+	// families together hold hostGossipHeldBytes (counted apart from its own
+	// bound), and taken again once they stored theirs.
+	var host atomic.Int64
+	host.Store(hostGossipHeldBytes)
+	idle := &gossip{hostHeld: &host}
+	beforeHost := a.m.Rejections()["gossip_host_busy"]
+	msg = &pubsub.Message{Message: &pb.Message{Data: groupMsg(t, good)}}
+	if got := a.m.validateGroup(idle, ib.id, msg); got != pubsub.ValidationIgnore || msg.ValidatorData != nil {
+		t.Errorf("host busy: validation %v with data %v, want ignored, not decoded", got, msg.ValidatorData)
+	}
+	if a.m.Rejections()["gossip_host_busy"] != beforeHost+1 || idle.held.Load() != 0 || host.Load() != hostGossipHeldBytes {
+		t.Errorf("host busy: counted %d, family holds %d, host %d; want counted once, nothing more held", a.m.Rejections()["gossip_host_busy"]-beforeHost, idle.held.Load(), host.Load())
+	}
+	host.Add(-gossipHeldBytes) // other families stored theirs
+	n := int64(len(msg.Data))
+	if got := a.m.validateGroup(idle, ib.id, msg); got != pubsub.ValidationAccept {
+		t.Errorf("after the host's gossip was taken: validation %v, want accepted", got)
+	}
+	if idle.held.Load() != n || host.Load() != hostGossipHeldBytes-gossipHeldBytes+n {
+		t.Errorf("accepted: family holds %d, host %d; want %d and %d", idle.held.Load(), host.Load(), n, hostGossipHeldBytes-gossipHeldBytes+n)
+	}
+	idle.release(int(n))
+	if idle.held.Load() != 0 || host.Load() != hostGossipHeldBytes-gossipHeldBytes {
+		t.Errorf("released: family holds %d, host %d", idle.held.Load(), host.Load())
 	}
 }
 

@@ -113,6 +113,9 @@ type Host struct {
 	conns  map[string]struct{} // open connection IDs, for probation
 
 	listening atomic.Bool // Listen ran (DeferListen)
+	// gossipHeld: the bytes of gossip that every attached family together
+	// holds accepted and not yet stored (gossip.hostHeld).
+	gossipHeld atomic.Int64
 }
 
 // NewHost starts a libp2p host with no family attached yet.

@@ -432,7 +432,7 @@ func (m *Mesh) wake() error {
 	if m.gossip.Load() != nil || m.ctx.Err() != nil {
 		return nil
 	}
-	g := &gossip{}
+	g := &gossip{hostHeld: &m.hub.gossipHeld}
 	g.ctx, g.cancel = context.WithCancel(m.ctx)
 	if err := m.startGossip(g); err != nil {
 		g.cancel()
