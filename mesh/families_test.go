@@ -500,6 +500,9 @@ func TestLazyFamilySleepsWithoutMembers(t *testing.T) {
 		}
 		_ = site.m.Close()
 		waitFor(t, "the family sleeps after its last member left", func() bool { return !fams[7].m.Awake() })
+		if held := hb.gossipHeld.Load(); held != 0 {
+			t.Errorf("the host counts %d bytes of gossip held after the only awake family slept", held)
+		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for settled() > attached+5 {

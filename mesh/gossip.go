@@ -52,8 +52,11 @@ type gossip struct {
 	held atomic.Int64
 	// hostHeld is the same count for every family on this gossip's host (a
 	// relay's families share it), bounded by hostGossipHeldBytes; nil: no
-	// bound beyond the family's.
+	// bound beyond the family's. hostMu orders this gossip's changes of both
+	// counts, so that retire gives back exactly what the host counts of it.
 	hostHeld *atomic.Int64
+	hostMu   sync.Mutex
+	retired  bool // guarded by hostMu: this gossip ended and counts on the host no more
 }
 
 // gossipHeldBytes bounds gossip.held: about one second of a member writing
@@ -72,8 +75,15 @@ const hostGossipHeldBytes = 16 * gossipHeldBytes
 // hold counts n more bytes of gossip held, unless that would pass
 // gossipHeldBytes, or hostGossipHeldBytes for the host, while some are held
 // already (one message always fits). It says which bound refused: "" when
-// none did, "family" or "host".
+// none did, "family" or "host". An ended gossip takes nothing more.
 func (g *gossip) hold(n int) (refused string) {
+	if g.hostHeld != nil {
+		g.hostMu.Lock()
+		defer g.hostMu.Unlock()
+		if g.retired {
+			return "family"
+		}
+	}
 	if now := g.held.Add(int64(n)); now > gossipHeldBytes && now > int64(n) {
 		g.held.Add(-int64(n))
 		return "family"
@@ -90,9 +100,31 @@ func (g *gossip) hold(n int) (refused string) {
 
 // release counts n bytes of gossip no longer held.
 func (g *gossip) release(n int) {
+	if g.hostHeld == nil {
+		g.held.Add(-int64(n))
+		return
+	}
+	g.hostMu.Lock()
+	defer g.hostMu.Unlock()
 	g.held.Add(-int64(n))
-	if g.hostHeld != nil {
+	if !g.retired {
 		g.hostHeld.Add(-int64(n))
+	}
+}
+
+// retire gives back to the host what this gossip, ended, still counts as
+// held (messages that were in pubsub's queues or on their way to the handler
+// when it stopped are dropped without a release); later releases change the
+// family's count only.
+func (g *gossip) retire() {
+	if g.hostHeld == nil {
+		return
+	}
+	g.hostMu.Lock()
+	defer g.hostMu.Unlock()
+	if !g.retired {
+		g.retired = true
+		g.hostHeld.Add(-g.held.Load())
 	}
 }
 

@@ -172,6 +172,37 @@ func TestValidateGroup(t *testing.T) {
 	}
 }
 
+// A family's gossip that ends (it sleeps, or the family is removed) while
+// messages are still held gives them back to the host: the messages in
+// pubsub's queues are dropped without a release, and the host would
+// otherwise count them for ever, refusing every family's gossip in the end.
+func TestEndedGossipGivesItsHeldBytesBack(t *testing.T) {
+	var host atomic.Int64
+	host.Store(1000) // other families' gossip
+	g := &gossip{hostHeld: &host}
+	for range 3 {
+		if why := g.hold(100); why != "" {
+			t.Fatalf("hold refused by the %s bound", why)
+		}
+	}
+	g.release(100)
+	if g.held.Load() != 200 || host.Load() != 1200 {
+		t.Fatalf("family holds %d, host %d; want 200 and 1200", g.held.Load(), host.Load())
+	}
+	g.retire()
+	if host.Load() != 1000 {
+		t.Errorf("after the gossip ended the host counts %d, want the other families' 1000", host.Load())
+	}
+	g.release(100) // a late release (pubsub's tracer) no longer counts on the host
+	g.retire()     // ending twice gives back nothing more
+	if host.Load() != 1000 || g.held.Load() != 100 {
+		t.Errorf("after a late release: host %d, family %d; want 1000 and 100", host.Load(), g.held.Load())
+	}
+	if why := g.hold(10); why == "" || host.Load() != 1000 {
+		t.Errorf("an ended gossip took a message (refused by %q), host %d", why, host.Load())
+	}
+}
+
 // branchOf writes n entries of ident's site after base, different from any
 // other chain (a second copy of the site), as one group.
 func branchOf(t testing.TB, ident identity, base *wire.Signed, n int) []*wire.Signed {

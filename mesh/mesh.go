@@ -291,6 +291,10 @@ func (m *Mesh) Close() error {
 		err = m.hub.Close()
 	}
 	m.wg.Wait()
+	if g := m.gossip.Load(); g != nil {
+		g.wg.Wait()
+		g.retire() // the host's other families go on
+	}
 	return err
 }
 
@@ -437,6 +441,7 @@ func (m *Mesh) wake() error {
 	if err := m.startGossip(g); err != nil {
 		g.cancel()
 		g.wg.Wait()
+		g.retire()
 		return err
 	}
 	m.goAwake(g, m.dialLoop)
@@ -515,6 +520,7 @@ func (m *Mesh) sleepIfAlone() {
 	m.gossip.Store(nil)
 	g.cancel()
 	g.wg.Wait()
+	g.retire()
 	// Its gossip streams end with it; a member that connects wakes a new one.
 	m.setHandler(gossipKind, nil)
 	m.log.Debug("the family's gossip sleeps: no member connected", "family", m.cfg.Family.ID())
