@@ -326,27 +326,36 @@ func mustMarshal(t *testing.T, v any) []byte {
 	return b
 }
 
-// One family's flood meets its own limits at a shared relay; the other
-// family keeps its whole share.
-func TestFamilyLimitsKeepOtherFamiliesServed(t *testing.T) {
-	ir, ia1, ia2, ib1 := newIdentity(t, "relay"), newIdentity(t, "a1"), newIdentity(t, "a2"), newIdentity(t, "b1")
-	ir.relay = true
+// relayOfTwoFamilies starts relay ir's host serving families famA and famB
+// (each configured by opt, which may be nil) and a site of each, a1 and b1,
+// whose gossip with the relay runs.
+func relayOfTwoFamilies(t *testing.T, ir, ia1, ib1 identity, famA, famB *fakeFamily, opt func(*Config)) (hb *Host, ra, rb, a1, b1 *testNode) {
+	t.Helper()
 	hb, err := NewHost(context.Background(), HostConfig{Key: ir.key, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Relay: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = hb.Close() })
-	if _, err := hb.Attach(context.Background(), Config{Family: newFamily(familyA, ir), Log: newLog(), Handler: &fakeHandler{},
+	ra = attachNode(t, hb, ir, famA, nil, opt)
+	rb = attachNode(t, hb, ir, famB, nil, opt)
+	a1 = startNode(t, ia1, newFamily(famA.ID(), ir, ia1), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
+	b1 = startNode(t, ib1, newFamily(famB.ID(), ir, ib1), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
+	waitGossip(t, a1, ra)
+	waitGossip(t, b1, rb)
+	return hb, ra, rb, a1, b1
+}
+
+// One family's flood meets its own limits at a shared relay; the other
+// family keeps its whole share.
+func TestFamilyLimitsKeepOtherFamiliesServed(t *testing.T) {
+	ir, ia1, ia2, ib1 := newIdentity(t, "relay"), newIdentity(t, "a1"), newIdentity(t, "a2"), newIdentity(t, "b1")
+	ir.relay = true
+	limited := func(c *Config) { c.Limits = Limits{Gossip: 20, Catchups: 1, Streams: 4} }
+	hb, ra, rb, a1, b1 := relayOfTwoFamilies(t, ir, ia1, ib1, newFamily(familyA, ir, ia1, ia2), newFamily(familyB, ir, ib1), limited)
+	if _, err := hb.Attach(context.Background(), Config{Family: newFamily("c"+familyA[1:], ir), Log: newLog(), Handler: &fakeHandler{},
 		Heartbeat: func() Heartbeat { return Heartbeat{} }, Limits: Limits{Gossip: -1}}); err == nil {
 		t.Error("a negative limit was taken")
 	}
-	limited := func(c *Config) { c.Limits = Limits{Gossip: 20, Catchups: 1, Streams: 4} }
-	ra := attachNode(t, hb, ir, newFamily(familyA, ir, ia1, ia2), nil, limited)
-	rb := attachNode(t, hb, ir, newFamily(familyB, ir, ib1), nil, limited)
-	a1 := startNode(t, ia1, newFamily(familyA, ir, ia1), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
-	b1 := startNode(t, ib1, newFamily(familyB, ir, ib1), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
-	waitGossip(t, a1, ra)
-	waitGossip(t, b1, rb)
 
 	// A floods 300 entries at once: the relay takes its burst (40) and
 	// refuses the rest as over the family's gossip limit.
@@ -423,17 +432,7 @@ func TestFamilyLimitsKeepOtherFamiliesServed(t *testing.T) {
 func TestHostBoundsHeldGossip(t *testing.T) {
 	ir, ia1, ib1 := newIdentity(t, "relay"), newIdentity(t, "a1"), newIdentity(t, "b1")
 	ir.relay = true
-	hb, err := NewHost(context.Background(), HostConfig{Key: ir.key, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Relay: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = hb.Close() })
-	ra := attachNode(t, hb, ir, newFamily(familyA, ir, ia1), nil, nil)
-	rb := attachNode(t, hb, ir, newFamily(familyB, ir, ib1), nil, nil)
-	a1 := startNode(t, ia1, newFamily(familyA, ir, ia1), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
-	b1 := startNode(t, ib1, newFamily(familyB, ir, ib1), nil, func(c *Config) { c.Bootstrap = hb.Addrs() })
-	waitGossip(t, a1, ra)
-	waitGossip(t, b1, rb)
+	hb, ra, rb, a1, b1 := relayOfTwoFamilies(t, ir, ia1, ib1, newFamily(familyA, ir, ia1), newFamily(familyB, ir, ib1), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
