@@ -59,8 +59,8 @@ type gossip struct {
 	retired  bool // guarded by hostMu: this gossip ended and counts on the host no more
 }
 
-// gossipHeldBytes bounds gossip.held: about one second of a member writing
-// at the gossip budget's rate. Decoded, the entries take about three times
+// gossipHeldBytes bounds gossip.held: about two thirds of a second of a
+// member writing at the gossip budget's rate (6 MiB a second). Decoded, the entries take about three times
 // their encoded bytes.
 const gossipHeldBytes = 4 << 20
 

@@ -15,13 +15,15 @@ import (
 // ahead (as for the entries of an initial load).
 const (
 	// gossipRate is the sustained number of bytes of own entries gossiped
-	// per second: about 16,000 entries of 250 bytes, far more than a
+	// per second: about 24,000 entries of 250 bytes, far more than a
 	// clinic's busiest writer, so live writes go by gossip, and enough for a
-	// site writing flat out. What pubsub keeps of them (its message cache
-	// holds a message for five heartbeats, a second each, encoded only: the
-	// receiver drops the decoded entries once taken) stays within about
-	// 20 MiB at each end.
-	gossipRate = 4 << 20
+	// site writing flat out (about 15,000 tx/s each when three sites share
+	// this 2-core machine; at 4 MiB a second, a third to a half of their
+	// entries went by catch-up: docs/performance.md). What pubsub keeps of
+	// them (its message cache holds a message for five heartbeats, a second
+	// each, encoded only: the receiver drops the decoded entries once taken)
+	// stays within about 30 MiB at each end.
+	gossipRate = 6 << 20
 	// gossipBurst is how many bytes may go at once after a quiet spell.
 	gossipBurst = 4 << 20
 	// gossipQueueBytes caps the encoded entries waiting to be published.
