@@ -184,7 +184,7 @@ func Open(dir string, o Options) (*pebble.DB, error) {
 		// 4. Every flush holds log entries, records and change-feed keys
 		// spread over the whole key range, so each L0 compaction rewrites
 		// the overlapping files of the level below; doing it a quarter as
-		// often took a tenth to a sixth of the CPU off a 1,000,000-entry
+		// often took about a seventh of the CPU off a 1,000,000-entry
 		// catch-up (docs/performance.md, "Compacting L0 less often"). A
 		// point lookup may check up to 16 L0 files' bloom filters instead
 		// of 4. Writes stop at three times the threshold, as with
