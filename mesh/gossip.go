@@ -60,8 +60,8 @@ type gossip struct {
 }
 
 // gossipHeldBytes bounds gossip.held: about two thirds of a second of a
-// member writing at the gossip budget's rate (6 MiB a second). Decoded, the entries take about three times
-// their encoded bytes.
+// member writing at the gossip budget's rate (6 MiB a second). Decoded, the
+// entries take about three times their encoded bytes.
 const gossipHeldBytes = 4 << 20
 
 // hostGossipHeldBytes bounds the gossip held by all the families of one host

@@ -161,7 +161,14 @@ func ForMemory(limit uint64) Options {
 }
 
 // l0CompactionThreshold is the number of L0 sublevels that starts a
-// compaction out of L0 (Pebble's default is 4).
+// compaction out of L0 (Pebble's default is 4). Every flush holds log
+// entries, records and change-feed keys spread over the whole key range, so
+// each L0 compaction rewrites the overlapping files of the level below;
+// doing it a quarter as often took about a seventh of the CPU off a
+// 1,000,000-entry catch-up (docs/performance.md, "Compacting L0 less
+// often"). A point lookup may check up to this many L0 files' bloom filters
+// instead of 4. Writes stop at three times it, as with Pebble's defaults
+// (4 and 12).
 const l0CompactionThreshold = 16
 
 // Open opens (creating if needed) the Pebble database in dir.
@@ -174,21 +181,12 @@ func Open(dir string, o Options) (*pebble.DB, error) {
 	}
 	po := &pebble.Options{
 		// Explicit: new stores get the newest format; pebble's default is the oldest.
-		FormatMajorVersion: pebble.FormatNewest,
-		CacheSize:          o.CacheSize,
-		MemTableSize:       o.MemTableSize,
-		MaxOpenFiles:       256,
-		Logger:             pebbleLogger{o.Logger},
-		FS:                 o.FS,
-		// Compact L0 into the levels below after 16 sublevels, not Pebble's
-		// 4. Every flush holds log entries, records and change-feed keys
-		// spread over the whole key range, so each L0 compaction rewrites
-		// the overlapping files of the level below; doing it a quarter as
-		// often took about a seventh of the CPU off a 1,000,000-entry
-		// catch-up (docs/performance.md, "Compacting L0 less often"). A
-		// point lookup may check up to 16 L0 files' bloom filters instead
-		// of 4. Writes stop at three times the threshold, as with
-		// Pebble's defaults (4 and 12).
+		FormatMajorVersion:    pebble.FormatNewest,
+		CacheSize:             o.CacheSize,
+		MemTableSize:          o.MemTableSize,
+		MaxOpenFiles:          256,
+		Logger:                pebbleLogger{o.Logger},
+		FS:                    o.FS,
 		L0CompactionThreshold: l0CompactionThreshold,
 		L0StopWritesThreshold: 3 * l0CompactionThreshold,
 	}
