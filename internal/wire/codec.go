@@ -212,8 +212,11 @@ func DecodeBody(body, sig []byte) (*Signed, error) {
 		sig = nil
 	}
 	s := &Signed{Body: body, Sig: sig, Hash: HashOf(body)}
-	if err := Unmarshal(body, &s.Entry); err != nil {
-		return nil, err
+	if !readBody(body, &s.Entry) { // what the codec would give, by hand
+		s.Entry = Entry{}
+		if err := Unmarshal(body, &s.Entry); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.Entry.Validate(); err != nil {
 		return nil, fmt.Errorf("entry %s: %w", s.ID(), err)

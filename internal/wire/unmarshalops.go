@@ -167,61 +167,77 @@ func (r *opReader) value() any {
 // else, and then the codec decides.
 func readOps(b []byte) ([]Op, bool) {
 	r := opReader{b: b, ok: true}
+	ops := r.ops()
+	return ops, r.ok && len(r.b) == 0
+}
+
+// ops reads a list of operations as readOps takes them, leaving what
+// follows it.
+func (r *opReader) ops() []Op {
 	n := r.length(r.byte(), 0x90, 0x0f, 0xdc, 0xdd)
 	if !r.ok || n > len(r.b) || n > MaxOps {
-		return nil, false
+		r.ok = false
+		return nil
 	}
 	ops := make([]Op, n)
 	for i := range ops {
-		op := &ops[i]
-		keys := r.length(r.byte(), 0x80, 0x0f, 0xde, 0xdf)
-		if !r.ok || keys > 4 {
-			return nil, false
-		}
-		var seen [4]bool
-		for range keys {
-			k := r.str()
-			if !r.ok || len(k) != 1 {
-				return nil, false
-			}
-			var at int
-			switch k[0] {
-			case 'k':
-				at = 0
-				c := r.byte()
-				if c > 0x7f {
-					return nil, false
-				}
-				op.Kind = OpKind(c)
-			case 't':
-				at = 1
-				op.Table = r.str()
-			case 'y':
-				at = 2
-				op.Key = r.str()
-			case 'f':
-				at = 3
-				fields := r.length(r.byte(), 0x80, 0x0f, 0xde, 0xdf)
-				if !r.ok || fields == 0 || fields > len(r.b) {
-					return nil, false
-				}
-				op.Fields = make(map[string]any, fields)
-				for range fields {
-					name := r.str()
-					v := r.value()
-					if !r.ok {
-						return nil, false
-					}
-					op.Fields[name] = v
-				}
-			default:
-				return nil, false
-			}
-			if !r.ok || seen[at] {
-				return nil, false
-			}
-			seen[at] = true
+		if !r.op(&ops[i]) {
+			r.ok = false
+			return nil
 		}
 	}
-	return ops, r.ok && len(r.b) == 0
+	return ops
+}
+
+// op reads one operation into op; false if it is not one readOps takes.
+func (r *opReader) op(op *Op) bool {
+	keys := r.length(r.byte(), 0x80, 0x0f, 0xde, 0xdf)
+	if !r.ok || keys > 4 {
+		return false
+	}
+	var seen [4]bool
+	for range keys {
+		k := r.str()
+		if !r.ok || len(k) != 1 {
+			return false
+		}
+		var at int
+		switch k[0] {
+		case 'k':
+			at = 0
+			c := r.byte()
+			if c > 0x7f {
+				return false
+			}
+			op.Kind = OpKind(c)
+		case 't':
+			at = 1
+			op.Table = r.str()
+		case 'y':
+			at = 2
+			op.Key = r.str()
+		case 'f':
+			at = 3
+			fields := r.length(r.byte(), 0x80, 0x0f, 0xde, 0xdf)
+			if !r.ok || fields == 0 || fields > len(r.b) {
+				return false
+			}
+			op.Fields = make(map[string]any, fields)
+			for range fields {
+				name := r.str()
+				v := r.value()
+				if !r.ok {
+					return false
+				}
+				op.Fields[name] = v
+			}
+		default:
+			return false
+		}
+		if !r.ok || seen[at] {
+			return false
+		}
+		seen[at] = true
+	}
+	return true
 }
