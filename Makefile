@@ -5,7 +5,7 @@ VERSION ?= dev
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # Native fuzz targets run briefly by `make check` (package:target).
-FUZZ_TARGETS := ./internal/wire:FuzzDecodeEnvelope ./internal/wire:FuzzUnmarshalOps \
+FUZZ_TARGETS := ./internal/wire:FuzzDecodeEnvelope ./internal/wire:FuzzUnmarshalOps ./internal/wire:FuzzReadBody \
 	./internal/wire:FuzzVerifyRun \
 	./family:FuzzParseCertificate ./family:FuzzParseJoinRequest ./family:FuzzParseRevocation ./family:FuzzParseInfo \
 	./family:FuzzParseInstallable ./state:FuzzDecodeRecord ./state:FuzzDecodeDeps ./state:FuzzMsgpackValue
