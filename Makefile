@@ -53,7 +53,7 @@ cross: ## pure-Go builds for linux/amd64, windows/amd64, darwin/arm64
 		echo "build $$p"; CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -o /dev/null ./...; done
 
 bench: ## benchmarks with figures (BENCHTIME=1x; try BENCHTIME=3x)
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./integration/ ./state/ ./internal/wire/ ./db/... ./node/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./integration/ ./state/ ./internal/wire/ ./internal/store/ ./db/... ./node/
 
 demo: build ## the main job: a demo family syncing on this machine
 	./bin/ppsync demo

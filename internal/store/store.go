@@ -173,6 +173,15 @@ const l0CompactionThreshold = 16
 
 // Open opens (creating if needed) the Pebble database in dir.
 func Open(dir string, o Options) (*pebble.DB, error) {
+	db, err := pebble.Open(dir, pebbleOptions(o))
+	if err != nil {
+		return nil, fmt.Errorf("store: open database in %s: %w", dir, err)
+	}
+	return db, nil
+}
+
+// pebbleOptions returns Pebble's options for o.
+func pebbleOptions(o Options) *pebble.Options {
 	if o.CacheSize == 0 {
 		o.CacheSize = 128 << 20
 	}
@@ -195,11 +204,7 @@ func Open(dir string, o Options) (*pebble.DB, error) {
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
-	db, err := pebble.Open(dir, po)
-	if err != nil {
-		return nil, fmt.Errorf("store: open database in %s: %w", dir, err)
-	}
-	return db, nil
+	return po
 }
 
 // PrefixEnd returns the smallest key greater than every key starting with p.
