@@ -14,13 +14,7 @@ import (
 // with numbers and strings at the edges of msgpack's size classes.
 func TestEncodeBodyOpsMatchesCodec(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	uints := []uint64{0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0xffffffff, 0x100000000, 1<<63 + 5, ^uint64(0)}
-	pick := func() uint64 {
-		if r.IntN(3) == 0 {
-			return r.Uint64() >> r.UintN(64)
-		}
-		return uints[r.IntN(len(uints))]
-	}
+	pick := edgeUints(r)
 	for i := range 1000 {
 		e := randomEntry(r, pick)
 		want, wantErr := EncodeBody(e)
@@ -51,6 +45,18 @@ func TestEncodeBodyOpsMatchesCodec(t *testing.T) {
 		if re, err := EncodeBody(&d.Entry); err != nil || !bytes.Equal(re, got) {
 			t.Fatalf("entry %d: decoded and encoded again differs (%v)", i, err)
 		}
+	}
+}
+
+// edgeUints returns a source of integers, most at the edges of msgpack's
+// size classes, the rest random of random widths.
+func edgeUints(r *rand.Rand) func() uint64 {
+	uints := []uint64{0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0xffffffff, 0x100000000, 1<<63 + 5, ^uint64(0)}
+	return func() uint64 {
+		if r.IntN(3) == 0 {
+			return r.Uint64() >> r.UintN(64)
+		}
+		return uints[r.IntN(len(uints))]
 	}
 }
 

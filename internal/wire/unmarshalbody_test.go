@@ -10,13 +10,7 @@ import (
 // encoder makes, and reads by hand every entry without grants.
 func TestReadBodyIsTheCodecs(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	uints := []uint64{0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000, 0xffffffff, 0x100000000, 1<<63 + 5, ^uint64(0)}
-	pick := func() uint64 {
-		if r.IntN(3) == 0 {
-			return r.Uint64() >> r.UintN(64)
-		}
-		return uints[r.IntN(len(uints))]
-	}
+	pick := edgeUints(r)
 	byHand := 0
 	for i := range 1000 {
 		e := randomEntry(r, pick)
