@@ -93,9 +93,10 @@ func BenchmarkDurableAppend64(b *testing.B) {
 	value := make([]byte, 200)
 	var n atomic.Uint64
 	var wg sync.WaitGroup
-	// rawRate is raw Pebble, one synced Set per commit, 64 goroutines; with
-	// a key, each value also carries an Ed25519 signature of its key.
-	rawRate := func(key ed25519.PrivateKey) float64 {
+	// rawRate is raw Pebble, one synced commit per writer's turn, 64
+	// goroutines: a batch of one Set of value (see rawCommit for the
+	// variants).
+	rawRate := func(rc rawCommit) float64 {
 		db, err := store.Open(b.TempDir(), store.Options{})
 		if err != nil {
 			b.Fatal(err)
@@ -105,12 +106,7 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		for w := 0; w < writers; w++ {
 			wg.Go(func() {
 				for i := 0; i < perWriter; i++ {
-					k := binary.BigEndian.AppendUint64([]byte("k"), n.Add(1))
-					v := value
-					if key != nil {
-						v = append(value[:len(value):len(value)], ed25519.Sign(key, k)...)
-					}
-					if err := db.Set(k, v, pebble.Sync); err != nil {
+					if err := rc.commit(db, n.Add(1), value); err != nil {
 						b.Error(err)
 						return
 					}
@@ -142,14 +138,22 @@ func BenchmarkDurableAppend64(b *testing.B) {
 	for b.Loop() {
 		var raws, ours, ratios []float64
 		for range durableRounds {
-			raw := rawRate(nil)
+			raw := rawRate(rawCommit{})
 			o := oursRate()
 			raws, ours, ratios = append(raws, raw), append(ours, o), append(ratios, o/raw)
 		}
 
-		// Second baseline: raw Pebble plus one Ed25519 signature per commit
-		// (the floor that per-entry signing puts under any signed log).
-		rawSigned := rawRate(newKey(b))
+		// Further baselines, one run each: raw Pebble plus one Ed25519
+		// signature per commit (the floor that per-entry signing puts under
+		// any signed log); raw Pebble writing the keys and bytes an entry of
+		// ours writes (the log entry, its record, the change feed's entry
+		// and index: about 490 bytes of WAL); and raw Pebble whose writers
+		// each spend 10 µs of CPU before each commit (what a little work per
+		// entry, anywhere in the process, costs a latency-bound loop on 2
+		// cores).
+		rawSigned := rawRate(rawCommit{sign: newKey(b)})
+		rawBytes := rawRate(rawCommit{sizes: []int{250, 150, 20, 8}})
+		rawCPU := rawRate(rawCommit{cpu: 10 * time.Microsecond})
 
 		slices.Sort(raws)
 		slices.Sort(ours)
@@ -162,7 +166,43 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		b.ReportMetric(ratios[0], "ratio-lowest")
 		b.ReportMetric(ratios[durableRounds-1], "ratio-highest")
 		b.ReportMetric(ours[mid]/rawSigned, "ratio-to-signed")
+		b.ReportMetric(rawBytes/raws[mid], "raw-our-bytes-ratio")
+		b.ReportMetric(rawCPU/raws[mid], "raw-10us-cpu-ratio")
 	}
+}
+
+// rawCommit is one commit of a raw Pebble baseline: by default a single Set
+// of the value given; with sign, the value followed by an Ed25519 signature
+// of its key; with sizes, one Set of each size (zero bytes) under keys of
+// their own; with cpu, the writer first spends that much CPU.
+type rawCommit struct {
+	sign  ed25519.PrivateKey
+	sizes []int
+	cpu   time.Duration
+}
+
+func (rc rawCommit) commit(db *pebble.DB, id uint64, value []byte) error {
+	if rc.cpu > 0 {
+		for start := time.Now(); time.Since(start) < rc.cpu; {
+		}
+	}
+	k := binary.BigEndian.AppendUint64([]byte("k"), id)
+	if len(rc.sizes) == 0 {
+		v := value
+		if rc.sign != nil {
+			v = append(value[:len(value):len(value)], ed25519.Sign(rc.sign, k)...)
+		}
+		return db.Set(k, v, pebble.Sync)
+	}
+	bt := db.NewBatch()
+	defer bt.Close()
+	for i, size := range rc.sizes {
+		k[0] = byte('a' + i)
+		if err := bt.Set(k, make([]byte, size), nil); err != nil {
+			return err
+		}
+	}
+	return bt.Commit(pebble.Sync)
 }
 
 // BenchmarkCatchUpIngest measures catch-up: decoding received envelopes,
