@@ -32,6 +32,7 @@ const (
 	RuntimeFile     = datadir.RuntimeFile
 	CertsDir        = datadir.CertsDir
 	DBDir           = datadir.DBDir
+	IngestDir       = datadir.IngestDir
 )
 
 // Defaults of the settings in ppsync.toml.

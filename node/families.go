@@ -48,6 +48,7 @@ const FamiliesDir = "families"
 type shared struct {
 	primary *Node
 	db      *pebble.DB
+	ingest  *store.Ingester
 	host    *mesh.Host
 	space   store.Space
 }
@@ -299,7 +300,7 @@ func (n *Node) startFamily(id string) error {
 	cfg.DataDir = dir
 	cfg.Logger = n.log.With("family", id[:min(12, len(id))])
 	m := &Node{cfg: cfg, log: cfg.Logger, settings: cfg, start: cfg.Now(), settingsTurn: make(chan struct{}, 1),
-		shared: &shared{primary: n, db: n.db, host: n.mesh.Host(), space: space}}
+		shared: &shared{primary: n, db: n.db, ingest: n.ingest, host: n.mesh.Host(), space: space}}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.events = newEventHub(cfg.Now)
 	m.sched = n.sched // one goroutine runs every family's periodic work
@@ -342,12 +343,12 @@ func (n *Node) openMember() error {
 		lock.Binding{Fingerprint: fp, DatabaseID: p.cert.DatabaseID, Account: p.id.Account}); err != nil {
 		return err
 	}
-	n.db = sh.db
+	n.db, n.ingest = sh.db, sh.ingest
 	if n.state, err = state.Open(n.db, n.log); err != nil { // a relay's state is empty: it applies nothing
 		return err
 	}
 	n.clock = hlc.New(n.cfg.Now)
-	if n.txlog, err = txlog.Open(txlog.Config{DB: n.db, Space: sh.space, Family: id.FamilyID, Keys: members{n},
+	if n.txlog, err = txlog.Open(txlog.Config{DB: n.db, Ingest: n.ingest, Space: sh.space, Family: id.FamilyID, Keys: members{n},
 		Apply: noState{}, Clock: n.clock, Logger: n.log, App: n.appVersion}); err != nil {
 		return err
 	}

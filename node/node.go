@@ -47,6 +47,7 @@ type Node struct {
 	cert      *family.Certificate // own current certificate
 	lock      *lock.Lock
 	db        *pebble.DB
+	ingest    *store.Ingester // stores long runs of entries as tables (txlog.Config.Ingest)
 	state     *state.State
 	txlog     *txlog.Log
 	ring      *keyring.Ring           // the family's data keys (nil at a relay)
@@ -248,6 +249,9 @@ func (n *Node) open(ctx context.Context) error {
 	if n.db, err = store.Open(filepath.Join(dir, DBDir), so); err != nil {
 		return err
 	}
+	if n.ingest, err = store.NewIngester(n.db, filepath.Join(dir, IngestDir), so); err != nil {
+		return err
+	}
 	dbID, found, err := lock.DatabaseID(n.db)
 	if err != nil {
 		return err
@@ -288,7 +292,7 @@ func (n *Node) open(ctx context.Context) error {
 	if err := n.openKeys(); err != nil {
 		return err
 	}
-	tc := txlog.Config{DB: n.db, Family: id.FamilyID, Self: self, Keys: members{n},
+	tc := txlog.Config{DB: n.db, Ingest: n.ingest, Family: id.FamilyID, Self: self, Keys: members{n},
 		Apply: noState{}, Clock: n.clock, Logger: n.log, App: n.appVersion, Committed: n.committed}
 	if n.ring != nil {
 		tc.Apply, tc.Take, tc.Seal, tc.Ready = n.opener, n.opener.Take, n.sealEntry, n.ring.Ready

@@ -1,11 +1,13 @@
 package txlog
 
 import (
+	"context"
 	"fmt"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
@@ -574,10 +576,8 @@ func (l *Log) writeAll(g *group, signed func()) error {
 		}
 	}
 	signed()
-	for _, s := range g.writes {
-		if err := g.b.Set(l.keys.entry(s.Site, s.Seq), s.Marshal(), nil); err != nil {
-			return fmt.Errorf("txlog: store %s: %w", s.ID(), err)
-		}
+	if err := l.storeEntries(g); err != nil {
+		return err
 	}
 	for s, h := range g.heads {
 		if err := g.b.Set(l.keys.site(kindHead, s), h.marshal(), nil); err != nil {
@@ -587,6 +587,68 @@ func (l *Log) writeAll(g *group, signed func()) error {
 	for s, f := range g.forks {
 		if err := g.b.Set(l.keys.site(kindFork, s), f.marshal(), nil); err != nil {
 			return fmt.Errorf("txlog: store fork of %q: %w", s, err)
+		}
+	}
+	return nil
+}
+
+// ingestMin is the fewest new entries of one site in a group that are
+// stored as a table of their own (Config.Ingest) rather than through the
+// group's batch: a catch-up run (up to 4,000 entries) or a large import
+// group, where writing one table costs less than taking every entry through
+// the write-ahead log, the memtable, a flush and the compactions.
+const ingestMin = 1000
+
+// storeEntries stores the group's new entries: in the group's batch, or,
+// for each site with ingestMin entries or more in the group when the log
+// has an ingester, in a table of that site's entries handed to the database
+// whole before the batch is committed. Those entries are all above the
+// site's durable head, which only the batch moves, and the log reads a
+// site's entries only up to its head: until the batch is durable they are
+// invisible, and after a crash before that they are unused and replaced
+// when the same seqs are stored again. If the ingestion fails, the entries
+// go through the batch after all.
+func (l *Log) storeEntries(g *group) error {
+	ingest := map[string]bool{}
+	if l.cfg.Ingest != nil && len(g.writes) >= ingestMin {
+		count := map[string]int{}
+		for _, s := range g.writes {
+			count[s.Site]++
+		}
+		for site, n := range count {
+			if n >= ingestMin {
+				ingest[site] = true
+			}
+		}
+	}
+	var tables [][]store.KV
+	if len(ingest) > 0 {
+		bySite := make(map[string]int, len(ingest))
+		for _, s := range g.writes {
+			if !ingest[s.Site] {
+				continue
+			}
+			i, ok := bySite[s.Site]
+			if !ok {
+				i = len(tables)
+				bySite[s.Site] = i
+				tables = append(tables, nil)
+			}
+			tables[i] = append(tables[i], store.KV{Key: l.keys.entry(s.Site, s.Seq), Value: s.Marshal()})
+		}
+		if err := l.cfg.Ingest.Ingest(context.Background(), tables); err != nil {
+			l.cfg.Logger.Warn("storing a group's entries as tables failed; they go through the batch", "err", err)
+			clear(ingest)
+		} else if l.afterIngest != nil {
+			l.afterIngest()
+		}
+	}
+	for _, s := range g.writes {
+		if ingest[s.Site] {
+			continue
+		}
+		if err := g.b.Set(l.keys.entry(s.Site, s.Seq), s.Marshal(), nil); err != nil {
+			return fmt.Errorf("txlog: store %s: %w", s.ID(), err)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package txlog
 import (
 	"bufio"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,7 +22,12 @@ import (
 	"github.com/ppsync/ppsync/internal/wire"
 )
 
-const crashEnv = "PPSYNC_TXLOG_CRASH_DIR"
+const (
+	crashEnv = "PPSYNC_TXLOG_CRASH_DIR"
+	// crashIngestEnv, if set to n, has the child kill itself right after
+	// its n-th ingestion, before the group's batch is committed.
+	crashIngestEnv = "PPSYNC_TXLOG_CRASH_AT_INGEST"
+)
 
 // openDisk opens a log for site "a" on a real directory, with a key kept in
 // that directory so a child and its parent share it.
@@ -45,7 +52,11 @@ func openDisk(t testing.TB, dir string) (*Log, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Open(Config{DB: db, Family: testFamily, Self: &Identity{Site: "a", Epoch: 1, Key: key},
+	in, err := store.NewIngester(db, filepath.Join(dir, "ingest"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(Config{DB: db, Ingest: in, Family: testFamily, Self: &Identity{Site: "a", Epoch: 1, Key: key},
 		Keys: keys, Apply: &marks{}, Clock: hlc.New(time.Now)})
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +73,14 @@ func TestCrashChild(t *testing.T) {
 		t.Skip("child process of TestCrashKill")
 	}
 	l, _ := openDisk(t, dir)
+	if n, _ := strconv.Atoi(os.Getenv(crashIngestEnv)); n > 0 {
+		var ingests atomic.Int64
+		l.afterIngest = func() { // dies where entries are stored above the head
+			if ingests.Add(1) == int64(n) {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			}
+		}
+	}
 	out := bufio.NewWriter(os.Stdout)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -70,13 +89,28 @@ func TestCrashChild(t *testing.T) {
 			for i := 0; ; i++ {
 				var s []byte
 				var err error
-				if i%5 == 0 { // a batch now and then
+				switch {
+				case w == 0: // groups stored as tables (an import), one after the other
+					txs := make([][]wire.Op, ingestMin)
+					for j := range txs {
+						txs[j] = put("v", fmt.Sprint(j), map[string]any{"i": i})
+					}
+					ss, e := l.WriteMany(bg, txs)
+					err = e
+					if e == nil {
+						var b strings.Builder
+						for _, x := range ss {
+							fmt.Fprintf(&b, "ack %d\n", x.Seq)
+						}
+						s = []byte(b.String())
+					}
+				case i%5 == 0: // a batch now and then
 					ss, e := l.WriteMany(bg, [][]wire.Op{put("t", fmt.Sprint(w), map[string]any{"i": i}), put("u", fmt.Sprint(i), map[string]any{"w": w})})
 					err = e
 					if e == nil {
 						s = []byte(fmt.Sprintf("ack %d\nack %d\n", ss[0].Seq, ss[1].Seq))
 					}
-				} else {
+				default:
 					ss, e := l.Write(bg, put("t", fmt.Sprint(w), map[string]any{"i": i}))
 					err = e
 					if e == nil {
@@ -100,7 +134,9 @@ func TestCrashChild(t *testing.T) {
 // TestCrashKill kills a writing child process with SIGKILL at random points,
 // many times over the same store, and checks after each kill that every
 // acknowledged seq is present, the chain verifies, and every logged entry was
-// applied in the same batch (and nothing else was).
+// applied in the same batch (and nothing else was). In every other round the
+// child dies right after storing a group's entries as a table, before the
+// batch that moves its head: those entries must not count.
 func TestCrashKill(t *testing.T) {
 	if os.Getenv(crashEnv) != "" {
 		t.Skip("in child")
@@ -120,6 +156,12 @@ func TestCrashKill(t *testing.T) {
 	for round := 0; round < rounds; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), crashEnv+"="+dir)
+		// Every other round the child dies on its own right after an
+		// ingestion, before the group's batch is committed.
+		atIngest := round%2 == 1
+		if atIngest {
+			cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", crashIngestEnv, 1+rng.IntN(3)))
+		}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -130,6 +172,9 @@ func TestCrashKill(t *testing.T) {
 			t.Fatal(err)
 		}
 		killAfter := 50 + rng.IntN(1500) // acknowledgements
+		if atIngest {
+			killAfter = 200_000 // the child kills itself long before
+		}
 		acked := map[uint64]bool{}
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -146,8 +191,16 @@ func TestCrashKill(t *testing.T) {
 				acked[seq] = true
 			}
 		}
-		cmd.Wait()
-		if len(acked) < killAfter {
+		werr := cmd.Wait()
+		if atIngest {
+			if len(acked) >= killAfter {
+				t.Fatalf("round %d: the child wrote %d entries and never died after an ingestion", round, len(acked))
+			}
+			var ee *exec.ExitError
+			if !errors.As(werr, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("round %d: the child was to die after an ingestion, but: %v: %s", round, werr, stderr.String())
+			}
+		} else if len(acked) < killAfter {
 			t.Fatalf("round %d: child stopped after %d acknowledgements: %s", round, len(acked), stderr.String())
 		}
 		total += len(acked)

@@ -1,6 +1,7 @@
 package txlog
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -144,6 +145,11 @@ type Config struct {
 	// as one run. It is called from the committer's syncer and must not
 	// block.
 	Committed func(own []*wire.Signed)
+	// Ingest, if set, stores a group's long runs of one site's entries as
+	// tables of their own (see storeEntries): what a catch-up writes skips
+	// the write-ahead log, the memtable and most compactions. Its directory
+	// must be on the database's file system.
+	Ingest *store.Ingester
 	// NoSync skips fsync. Only for benchmarks that measure everything else.
 	NoSync bool
 	// IdleAfter is how long the committer waits for a request before it
@@ -199,11 +205,15 @@ func (c *Config) validate() error {
 
 // Log is the transaction log. All methods are safe for concurrent use.
 type Log struct {
-	cfg   Config
-	db    *pebble.DB
-	keys  keys
-	reqs  chan *request
-	syncq chan *pending // committed groups waiting for their fsync (each committer makes its own)
+	cfg Config
+	db  *pebble.DB
+	// afterIngest, if set (by tests), runs after a group's entries were
+	// ingested and before its batch is committed: where a crash leaves
+	// entries above the heads.
+	afterIngest func()
+	keys        keys
+	reqs        chan *request
+	syncq       chan *pending // committed groups waiting for their fsync (each committer makes its own)
 	// unsynced counts the groups handed to the syncer and not yet answered;
 	// synced gets a signal when it drops to 0 (the committer waits for it to
 	// gather a bigger group).
@@ -260,6 +270,9 @@ func Open(cfg Config) (*Log, error) {
 		l.write = pebble.NoSync
 	}
 	if err := l.loadHeads(); err != nil {
+		return nil, err
+	}
+	if err := l.dropAboveHeads(); err != nil {
 		return nil, err
 	}
 	if err := l.loadForks(); err != nil {
@@ -404,6 +417,56 @@ func (l *Log) loadHeads() error {
 		l.heads[site] = h
 	}
 	return it.Error()
+}
+
+// dropAboveHeads removes the entries stored above a site's head (or of a
+// site with no head): entries stored as a table (Config.Ingest) whose group's
+// batch, which moves the head, was not made durable before a crash. They were
+// never acknowledged, applied or served; removing them keeps Verify's check
+// that a site's last entry is its head, and keeps the seqs free for what the
+// site (or this node, for its own) writes there next.
+func (l *Log) dropAboveHeads() error {
+	p := l.keys.prefix(kindEntry)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: store.PrefixEnd(p)})
+	if err != nil {
+		return fmt.Errorf("txlog: read the log: %w", err)
+	}
+	type span struct {
+		site     string
+		from, to []byte
+	}
+	var drop []span
+	for ok := it.First(); ok; {
+		site, _, err := l.keys.parseSeq(it.Key())
+		if err != nil {
+			return errors.Join(fmt.Errorf("%w: %v", ErrDamaged, err), it.Close())
+		}
+		end := store.PrefixEnd(l.keys.site(kindEntry, site))
+		above := l.keys.entry(site, l.heads[site].Seq+1)
+		if it.SeekGE(above) && bytes.Compare(it.Key(), end) < 0 {
+			drop = append(drop, span{site, above, end})
+		}
+		ok = it.SeekGE(end)
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return fmt.Errorf("txlog: read the log: %w", err)
+	}
+	if len(drop) == 0 {
+		return nil
+	}
+	b := l.db.NewBatch()
+	defer b.Close()
+	for _, d := range drop {
+		if err := b.DeleteRange(d.from, d.to, nil); err != nil {
+			return fmt.Errorf("txlog: drop entries above the head of %q: %w", d.site, err)
+		}
+		l.cfg.Logger.Info("dropped entries above a site's head, stored by a group that was not made durable before the node stopped",
+			"site", d.site, "head", l.heads[d.site].Seq)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("txlog: drop entries above the heads: %w", err)
+	}
+	return nil
 }
 
 // seedClock moves the clock past every head's timestamp, so that entries

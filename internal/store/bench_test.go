@@ -1,9 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -16,7 +18,9 @@ import (
 // options Open uses and, as the baseline, with Pebble's own defaults (the
 // same cache and memtable sizes), and reports each one's rate, CPU per
 // 1,000 entries and bytes written by flushes and compactions, and the
-// ratios. Per entry: a log entry of about 400 bytes (mostly ciphertext,
+// ratios; and the store's options with each group's log entries stored as
+// a table (Ingester), as the log stores a catch-up run, against the same
+// options with everything in the batch. Per entry: a log entry of about 400 bytes (mostly ciphertext,
 // which does not compress), a record of about 200 bytes, a change-feed key
 // and the record's feed index; per group of 4,000: a head and the counts, then
 // one synced commit. PPSYNC_BENCH_ENTRIES sets the entries (default
@@ -36,8 +40,13 @@ func BenchmarkCatchUpWrites(b *testing.B) {
 	for b.Loop() {
 		base := catchUpWrites(b, defaults(), n)
 		now := catchUpWrites(b, ours(), n)
+		ing := catchUpWritesWith(b, ours(), n, &sizes)
 		b.Logf("Pebble's defaults: %.0f entries/s, %.1f ms CPU per 1,000, %d MB written by flushes and compactions", base.rate, base.cpuPer1k, base.written>>20)
 		b.Logf("ppsync's options:  %.0f entries/s, %.1f ms CPU per 1,000, %d MB written by flushes and compactions", now.rate, now.cpuPer1k, now.written>>20)
+		b.Logf("entries ingested:  %.0f entries/s, %.1f ms CPU per 1,000, %d MB written by flushes and compactions", ing.rate, ing.cpuPer1k, ing.written>>20)
+		b.ReportMetric(ing.rate/now.rate, "ingested-rate/batch")
+		b.ReportMetric(ing.cpuPer1k/now.cpuPer1k, "ingested-cpu/batch")
+		b.ReportMetric(float64(ing.written)/float64(now.written), "ingested-written/batch")
 		b.ReportMetric(base.rate, "defaults-entries/s")
 		b.ReportMetric(now.rate, "entries/s")
 		b.ReportMetric(now.rate/base.rate, "rate/defaults")
@@ -56,12 +65,26 @@ type writesRun struct {
 // opened with po, and measures it (the data is made by a seeded generator,
 // the same for every run).
 func catchUpWrites(b *testing.B, po *pebble.Options, n int) writesRun {
+	return catchUpWritesWith(b, po, n, nil)
+}
+
+// catchUpWritesWith is catchUpWrites; with o, the log entries of each group
+// are stored as a table by an Ingester (o: the options po was made from)
+// before the group's batch is committed, as the log stores a catch-up run.
+func catchUpWritesWith(b *testing.B, po *pebble.Options, n int, o *Options) writesRun {
 	b.Helper()
-	db, err := pebble.Open(b.TempDir(), po)
+	dir := b.TempDir()
+	db, err := pebble.Open(filepath.Join(dir, "db"), po)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer db.Close()
+	var in *Ingester
+	if o != nil {
+		if in, err = NewIngester(db, filepath.Join(dir, "ingest"), *o); err != nil {
+			b.Fatal(err)
+		}
+	}
 	r := rand.New(rand.NewChaCha8([32]byte{7}))
 	family := []byte("a3f1c2d4e5f60718293a4b5c6d7e8f90a3f1c2d4e5f60718293a4b5c6d7e8f90")
 	sealed := make([]byte, 304)
@@ -71,6 +94,7 @@ func catchUpWrites(b *testing.B, po *pebble.Options, n int) writesRun {
 	var cursor uint64
 	for seq := uint64(1); seq <= uint64(n); {
 		batch := db.NewIndexedBatch()
+		var table []KV
 		for i := 0; i < group && seq <= uint64(n); i++ {
 			for j := 0; j < len(sealed); j += 8 {
 				binary.LittleEndian.PutUint64(sealed[j:], r.Uint64())
@@ -83,7 +107,12 @@ func catchUpWrites(b *testing.B, po *pebble.Options, n int) writesRun {
 			cursor++
 			feedKey = binary.BigEndian.AppendUint64(append(feedKey[:0], "sf"...), cursor)
 			lastKey = append(append(lastKey[:0], "sl"...), recKey[2:]...)
-			for _, kv := range [][2][]byte{{entryKey, entry}, {recKey, rec}, {feedKey, recKey[2:]}, {lastKey, feedKey[2:]}} {
+			kvs := [][2][]byte{{entryKey, entry}, {recKey, rec}, {feedKey, recKey[2:]}, {lastKey, feedKey[2:]}}
+			if in != nil {
+				table = append(table, KV{Key: bytes.Clone(entryKey), Value: bytes.Clone(entry)})
+				kvs = kvs[1:]
+			}
+			for _, kv := range kvs {
 				if err := batch.Set(kv[0], kv[1], nil); err != nil {
 					b.Fatal(err)
 				}
@@ -95,6 +124,11 @@ func catchUpWrites(b *testing.B, po *pebble.Options, n int) writesRun {
 		}
 		if err := batch.Set([]byte("smcounts"), sealed[:10], nil); err != nil {
 			b.Fatal(err)
+		}
+		if in != nil {
+			if err := in.Ingest(b.Context(), [][]KV{table}); err != nil {
+				b.Fatal(err)
+			}
 		}
 		if err := batch.Commit(pebble.NoSync); err != nil {
 			b.Fatal(err)

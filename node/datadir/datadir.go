@@ -24,6 +24,9 @@ const (
 	RuntimeFile     = api.RuntimeFile
 	CertsDir        = "certs"
 	DBDir           = "db"
+	// IngestDir holds tables of log entries on their way into the database
+	// (store.Ingester); empty but for a moment.
+	IngestDir = "db-ingest"
 )
 
 // WriteFileAtomic writes data to path so that a crash leaves the old file or
