@@ -528,10 +528,12 @@ func groupEnds(ss []*wire.Signed) []*wire.Signed {
 const envelopeOverhead = 80
 
 // writeAll applies every new entry of the group to the state (or marks it
-// held), waits for the signatures, stores the entries, then records the heads
-// and forks.
+// held), waits for the signatures, stores the entries (long runs as tables,
+// beside the apply: startIngest), then records the heads and forks.
 func (l *Log) writeAll(g *group, signed func()) error {
 	defer signed() // never leave signers running past the group
+	ingested := l.startIngest(g, signed)
+	defer ingested() // nor the ingestion
 	apply := make([]*wire.Signed, 0, len(g.writes))
 	la, hinted := l.cfg.Apply.(LoadApplier)
 	hinted = hinted && len(g.loads) > 0
@@ -576,7 +578,7 @@ func (l *Log) writeAll(g *group, signed func()) error {
 		}
 	}
 	signed()
-	if err := l.storeEntries(g); err != nil {
+	if err := l.storeEntries(g, ingested()); err != nil {
 		return err
 	}
 	for s, h := range g.heads {
@@ -599,52 +601,11 @@ func (l *Log) writeAll(g *group, signed func()) error {
 // the write-ahead log, the memtable, a flush and the compactions.
 const ingestMin = 1000
 
-// storeEntries stores the group's new entries: in the group's batch, or,
-// for each site with ingestMin entries or more in the group when the log
-// has an ingester, in a table of that site's entries handed to the database
-// whole before the batch is committed. Those entries are all above the
-// site's durable head, which only the batch moves, and the log reads a
-// site's entries only up to its head: until the batch is durable they are
-// invisible, and after a crash before that they are unused and replaced
-// when the same seqs are stored again. If the ingestion fails, the entries
-// go through the batch after all.
-func (l *Log) storeEntries(g *group) error {
-	ingest := map[string]bool{}
-	if l.cfg.Ingest != nil && len(g.writes) >= ingestMin {
-		count := map[string]int{}
-		for _, s := range g.writes {
-			count[s.Site]++
-		}
-		for site, n := range count {
-			if n >= ingestMin {
-				ingest[site] = true
-			}
-		}
-	}
-	var tables [][]store.KV
-	if len(ingest) > 0 {
-		bySite := make(map[string]int, len(ingest))
-		for _, s := range g.writes {
-			if !ingest[s.Site] {
-				continue
-			}
-			i, ok := bySite[s.Site]
-			if !ok {
-				i = len(tables)
-				bySite[s.Site] = i
-				tables = append(tables, nil)
-			}
-			tables[i] = append(tables[i], store.KV{Key: l.keys.entry(s.Site, s.Seq), Value: s.Marshal()})
-		}
-		if err := l.cfg.Ingest.Ingest(context.Background(), tables); err != nil {
-			l.cfg.Logger.Warn("storing a group's entries as tables failed; they go through the batch", "err", err)
-			clear(ingest)
-		} else if l.afterIngest != nil {
-			l.afterIngest()
-		}
-	}
+// storeEntries stores the group's new entries in its batch, but for those
+// of the sites in ingested (see startIngest).
+func (l *Log) storeEntries(g *group, ingested map[string]bool) error {
 	for _, s := range g.writes {
-		if ingest[s.Site] {
+		if ingested[s.Site] {
 			continue
 		}
 		if err := g.b.Set(l.keys.entry(s.Site, s.Seq), s.Marshal(), nil); err != nil {
@@ -652,6 +613,65 @@ func (l *Log) storeEntries(g *group) error {
 		}
 	}
 	return nil
+}
+
+// startIngest starts storing the new entries of each site with ingestMin
+// entries or more in the group as a table of that site's entries, handed to
+// the database whole (Config.Ingest), in a goroutine of its own that runs
+// beside the state's apply once the signatures are made. The returned
+// function waits for it and returns the sites whose entries it stored (none
+// if it failed: they go through the batch after all); writeAll always
+// calls it before it returns.
+//
+// The tables are stored before the group's batch is committed. Their
+// entries are all above their site's durable head, which only the batch
+// moves, and the log reads a site's entries only up to its head: until the
+// batch is durable they are invisible, and if the batch never is (a crash,
+// a failed group) they are unused, replaced when the same seqs are stored
+// again and dropped when the log opens (dropAboveHeads).
+func (l *Log) startIngest(g *group, signed func()) (wait func() map[string]bool) {
+	if l.cfg.Ingest == nil || len(g.writes) < ingestMin {
+		return func() map[string]bool { return nil }
+	}
+	count := map[string]int{}
+	for _, s := range g.writes {
+		count[s.Site]++
+	}
+	sites := map[string]bool{}
+	for site, n := range count {
+		if n >= ingestMin {
+			sites[site] = true
+		}
+	}
+	if len(sites) == 0 {
+		return func() map[string]bool { return nil }
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		signed()
+		var tables [][]store.KV
+		bySite := make(map[string]int, len(sites))
+		for _, s := range g.writes {
+			if !sites[s.Site] {
+				continue
+			}
+			i, ok := bySite[s.Site]
+			if !ok {
+				i = len(tables)
+				bySite[s.Site] = i
+				tables = append(tables, make([]store.KV, 0, count[s.Site]))
+			}
+			tables[i] = append(tables[i], store.KV{Key: l.keys.entry(s.Site, s.Seq), Value: s.Marshal()})
+		}
+		if err := l.cfg.Ingest.Ingest(context.Background(), tables); err != nil {
+			l.cfg.Logger.Warn("storing a group's entries as tables failed; they go through the batch", "err", err)
+			clear(sites)
+		} else if l.afterIngest != nil {
+			l.afterIngest()
+		}
+	}()
+	return func() map[string]bool { <-done; return sites }
 }
 
 // holds reports whether s waits for a newer build or a newer practice

@@ -146,7 +146,7 @@ type Config struct {
 	// block.
 	Committed func(own []*wire.Signed)
 	// Ingest, if set, stores a group's long runs of one site's entries as
-	// tables of their own (see storeEntries): what a catch-up writes skips
+	// tables of their own (see startIngest): what a catch-up writes skips
 	// the write-ahead log, the memtable and most compactions. Its directory
 	// must be on the database's file system.
 	Ingest *store.Ingester
