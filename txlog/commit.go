@@ -594,11 +594,11 @@ func (l *Log) writeAll(g *group, signed func()) error {
 	return nil
 }
 
-// ingestMin is the fewest new entries of one site in a group that are
+// ingestMin is the fewest new entries of another site in a group that are
 // stored as a table of their own (Config.Ingest) rather than through the
-// group's batch: a catch-up run (up to 4,000 entries) or a large import
-// group, where writing one table costs less than taking every entry through
-// the write-ahead log, the memtable, a flush and the compactions.
+// group's batch: a catch-up run (up to 4,000 entries), where writing one
+// table costs less than taking every entry through the write-ahead log, the
+// memtable, a flush and the compactions.
 const ingestMin = 1000
 
 // storeEntries stores the group's new entries in its batch, but for those
@@ -615,8 +615,11 @@ func (l *Log) storeEntries(g *group, ingested map[string]bool) error {
 	return nil
 }
 
-// startIngest starts storing the new entries of each site with ingestMin
-// entries or more in the group as a table of that site's entries, handed to
+// startIngest starts storing the new entries of each other site with
+// ingestMin entries or more in the group as a table of that site's entries
+// (a catch-up run: own entries, even an import's, go through the batch; an
+// import of 300,000 lines with a peer connected ran at 0.78× the rate with
+// its own groups ingested, its GC working four times as hard), handed to
 // the database whole (Config.Ingest), in a goroutine of its own that runs
 // beside the state's apply once the signatures are made. The returned
 // function waits for it and returns the sites whose entries it stored (none
@@ -635,7 +638,9 @@ func (l *Log) startIngest(g *group, signed func()) (wait func() map[string]bool)
 	}
 	count := map[string]int{}
 	for _, s := range g.writes {
-		count[s.Site]++
+		if l.cfg.Self == nil || s.Site != l.cfg.Self.Site {
+			count[s.Site]++
+		}
 	}
 	sites := map[string]bool{}
 	for site, n := range count {

@@ -2,6 +2,7 @@ package txlog
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -48,6 +49,7 @@ func openDisk(t testing.TB, dir string) (*Log, func()) {
 	key := ed25519.NewKeyFromSeed(seed)
 	keys := newKeyring()
 	keys.keys["a"] = map[uint64]ed25519.PrivateKey{1: key}
+	keys.keys["b"] = map[uint64]ed25519.PrivateKey{1: peerKey(seed)}
 	db, err := store.Open(filepath.Join(dir, "db"), store.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -62,6 +64,13 @@ func openDisk(t testing.TB, dir string) (*Log, func()) {
 		t.Fatal(err)
 	}
 	return l, func() { l.Close(); db.Close() }
+}
+
+// peerKey is the key of site "b", whose runs the crash child receives.
+func peerKey(seed []byte) ed25519.PrivateKey {
+	s := bytes.Clone(seed)
+	s[0]++
+	return ed25519.NewKeyFromSeed(s)
 }
 
 // TestCrashChild is the child side of TestCrashKill: it appends as fast as it
@@ -90,20 +99,11 @@ func TestCrashChild(t *testing.T) {
 				var s []byte
 				var err error
 				switch {
-				case w == 0: // groups stored as tables (an import), one after the other
-					txs := make([][]wire.Op, ingestMin)
-					for j := range txs {
-						txs[j] = put("v", fmt.Sprint(j), map[string]any{"i": i})
-					}
-					ss, e := l.WriteMany(bg, txs)
-					err = e
-					if e == nil {
-						var b strings.Builder
-						for _, x := range ss {
-							fmt.Fprintf(&b, "ack %d\n", x.Seq)
-						}
-						s = []byte(b.String())
-					}
+				case w == 0: // runs of site b stored as tables (a catch-up), one after the other
+					h := l.Head("b")
+					run := chain(t, "b", 1, l.cfg.Keys.(*keyring).keys["b"][1], h.Seq, h.Hash, ingestMin, fmt.Sprint(i))
+					_, err = l.AppendRun(bg, run)
+					s = fmt.Appendf(nil, "b %d\n", h.Seq+ingestMin)
 				case i%5 == 0: // a batch now and then
 					ss, e := l.WriteMany(bg, [][]wire.Op{put("t", fmt.Sprint(w), map[string]any{"i": i}), put("u", fmt.Sprint(i), map[string]any{"w": w})})
 					err = e
@@ -176,20 +176,24 @@ func TestCrashKill(t *testing.T) {
 			killAfter = 200_000 // the child kills itself long before
 		}
 		acked := map[uint64]bool{}
+		var ackedB uint64 // the highest seq of b acknowledged
+		note := func(line string) {
+			if seq, err := strconv.ParseUint(strings.TrimPrefix(line, "ack "), 10, 64); err == nil {
+				acked[seq] = true
+			} else if seq, err := strconv.ParseUint(strings.TrimPrefix(line, "b "), 10, 64); err == nil {
+				ackedB = max(ackedB, seq)
+			}
+		}
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if seq, err := strconv.ParseUint(strings.TrimPrefix(sc.Text(), "ack "), 10, 64); err == nil {
-				acked[seq] = true
-			}
+			note(sc.Text())
 			if len(acked) >= killAfter {
 				break
 			}
 		}
 		cmd.Process.Signal(syscall.SIGKILL)
 		for sc.Scan() { // acknowledgements printed before the kill landed count too
-			if seq, err := strconv.ParseUint(strings.TrimPrefix(sc.Text(), "ack "), 10, 64); err == nil {
-				acked[seq] = true
-			}
+			note(sc.Text())
 		}
 		werr := cmd.Wait()
 		if atIngest {
@@ -212,6 +216,10 @@ func TestCrashKill(t *testing.T) {
 				t.Fatalf("round %d: acknowledged seq %d lost (head %d)", round, seq, head.Seq)
 			}
 		}
+		headB := l.Head("b")
+		if headB.Seq < ackedB {
+			t.Fatalf("round %d: b's run up to %d was acknowledged, b's head is %d", round, ackedB, headB.Seq)
+		}
 		rep, err := l.Verify(bg, nil)
 		if err != nil || len(rep.Damage) > 0 {
 			t.Fatalf("round %d: verify: %v %v", round, rep.Damage, err)
@@ -225,6 +233,16 @@ func TestCrashKill(t *testing.T) {
 			}
 			if present != (seq <= head.Seq) {
 				t.Fatalf("round %d: entry a#%d applied=%v but head is %d", round, seq, present, head.Seq)
+			}
+		}
+		for seq := uint64(1); seq <= headB.Seq+ingestMin; seq++ { // what an ingestion stored above the head is not applied
+			_, c, err := l.db.Get(markKey(idOf("b", seq)))
+			present := err == nil
+			if present {
+				c.Close()
+			}
+			if present != (seq <= headB.Seq) {
+				t.Fatalf("round %d: entry b#%d applied=%v but b's head is %d", round, seq, present, headB.Seq)
 			}
 		}
 		closeLog()

@@ -145,7 +145,7 @@ type Config struct {
 	// as one run. It is called from the committer's syncer and must not
 	// block.
 	Committed func(own []*wire.Signed)
-	// Ingest, if set, stores a group's long runs of one site's entries as
+	// Ingest, if set, stores a group's long runs of another site's entries as
 	// tables of their own (see startIngest): what a catch-up writes skips
 	// the write-ahead log, the memtable and most compactions. Its directory
 	// must be on the database's file system.
