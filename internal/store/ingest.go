@@ -49,7 +49,7 @@ func NewIngester(db *pebble.DB, dir string, o Options) (*Ingester, error) {
 	// compression shrinks: trying costs the committer a third of writing a
 	// table.
 	in.wo.Compression = sstable.NoCompression
-	if err := in.fs.MkdirAll(dir, 0o755); err != nil {
+	if err := in.fs.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: create the ingestion directory: %w", err)
 	}
 	left, err := in.fs.List(dir)
