@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,9 +52,9 @@ func newFamLog(t *testing.T, name string, primary bool) *famLog {
 	return f
 }
 
-func (f *famLog) open(t *testing.T, db *pebble.DB) {
+func (f *famLog) open(t *testing.T, db *pebble.DB, in *store.Ingester) {
 	t.Helper()
-	l, err := Open(Config{DB: db, Family: f.family, Space: f.space, Self: f.self, Keys: f.keys, Apply: f.marks, Clock: f.clock})
+	l, err := Open(Config{DB: db, Ingest: in, Family: f.family, Space: f.space, Self: f.self, Keys: f.keys, Apply: f.marks, Clock: f.clock})
 	if err != nil {
 		t.Fatalf("%s: open: %v", f.name, err)
 	}
@@ -89,7 +90,7 @@ func (f *famLog) check(t *testing.T, db *pebble.DB) {
 		t.Fatalf("%s: frontier %v, want a:%d b:%d", f.name, fr, f.own, f.remote)
 	}
 	for _, site := range []string{"a", "b"} {
-		es, err := l.Range(site, 1, 100)
+		es, err := l.Range(site, 1, 1<<20)
 		if err != nil || len(es) != int(l.Head(site).Seq) {
 			t.Fatalf("%s: range of %s: %d entries, %v", f.name, site, len(es), err)
 		}
@@ -130,6 +131,16 @@ func TestFamiliesShareOneDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// One ingester for the database, as a relay has: runs of site b long
+	// enough to be stored as tables are ingested by two families at once.
+	newIngester := func() *store.Ingester {
+		in, err := store.NewIngester(db, "ingest", store.Options{FS: fs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	in := newIngester()
 	primary := newFamLog(t, "primary", true)
 	one := newFamLog(t, "one", false)
 	two := newFamLog(t, "two", false)
@@ -154,28 +165,46 @@ func TestFamiliesShareOneDatabase(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		in = newIngester()
 		for _, f := range fams {
-			f.open(t, db)
+			f.open(t, db, in)
 		}
 	}
 	for _, f := range fams {
-		f.open(t, db)
+		f.open(t, db, in)
 	}
 
 	// Each family writes a different number of own entries and takes a
-	// different number of site b's, all in the one database.
+	// different number of site b's, all in the one database; primary's and
+	// two's runs of b are long enough to be stored as tables, and the three
+	// runs are appended at once.
+	mains := make([][]*wire.Signed, len(fams))
 	for i, f := range fams {
 		f.own, f.remote = 2+i, 3+2*i
+		if f != one {
+			f.remote += ingestMin
+		}
 		for j := 0; j < f.own; j++ {
 			if _, err := f.log.Write(bg, put("patients", fmt.Sprint(j), map[string]any{"family": f.name})); err != nil {
 				t.Fatalf("%s: write: %v", f.name, err)
 			}
 		}
-		bKey := f.keys.add(t, "b", 1)
-		main := chainOf(t, f.family, "b", 1, bKey, 0, wire.Hash{}, f.remote, f.name)
-		if _, err := f.log.AppendRun(bg, main); err != nil {
-			t.Fatalf("%s: append: %v", f.name, err)
-		}
+		mains[i] = chainOf(t, f.family, "b", 1, f.keys.add(t, "b", 1), 0, wire.Hash{}, f.remote, f.name)
+	}
+	errs := make([]error, len(fams))
+	var wg sync.WaitGroup
+	for i, f := range fams {
+		wg.Go(func() { _, errs[i] = f.log.AppendRun(bg, mains[i]) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	if n := db.Metrics().Ingest.Count; n != 2 {
+		t.Errorf("%d ingestions, want 2 (primary's and two's long runs of b)", n)
+	}
+	for i, f := range fams {
+		main, bKey := mains[i], f.keys.keys["b"][1]
 		if f == one {
 			// A clone of one's site b wrote another seq 2 onwards: a fork,
 			// and its later entries quarantined, in family one only.
