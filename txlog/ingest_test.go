@@ -3,6 +3,7 @@ package txlog
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -88,7 +89,7 @@ func TestLongRunsAreIngested(t *testing.T) {
 	if h := e.log.Head("a"); h.Seq != ingestMin+1 {
 		t.Errorf("a's head %d, want %d", h.Seq, ingestMin+1)
 	}
-	if got, want := storedEntries(t, e.log, "b"), storedEntries(t, plain.log, "b"); len(got) != long || !equalAll(got, want) {
+	if got, want := storedEntries(t, e.log, "b"), storedEntries(t, plain.log, "b"); len(got) != long || !slices.EqualFunc(got, want, bytes.Equal) {
 		t.Errorf("b's stored entries differ from the plain log's (%d, %d)", len(got), len(want))
 	}
 	if got := e.marks.count(); got != plain.marks.count() {
@@ -109,18 +110,6 @@ func TestLongRunsAreIngested(t *testing.T) {
 	if err != nil || res.Duplicates != 5 || res.Appended != 0 {
 		t.Errorf("a repeated tail: %+v, %v", res, err)
 	}
-}
-
-func equalAll(a, b [][]byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 // Entries stored as a table whose group's batch never became durable (the

@@ -205,15 +205,11 @@ func (c *Config) validate() error {
 
 // Log is the transaction log. All methods are safe for concurrent use.
 type Log struct {
-	cfg Config
-	db  *pebble.DB
-	// afterIngest, if set (by tests), runs after a group's entries were
-	// ingested and before its batch is committed: where a crash leaves
-	// entries above the heads.
-	afterIngest func()
-	keys        keys
-	reqs        chan *request
-	syncq       chan *pending // committed groups waiting for their fsync (each committer makes its own)
+	cfg   Config
+	db    *pebble.DB
+	keys  keys
+	reqs  chan *request
+	syncq chan *pending // committed groups waiting for their fsync (each committer makes its own)
 	// unsynced counts the groups handed to the syncer and not yet answered;
 	// synced gets a signal when it drops to 0 (the committer waits for it to
 	// gather a bigger group).
@@ -245,6 +241,11 @@ type Log struct {
 	// committed but not yet durable.
 	prep      map[string]Head
 	prepForks map[string]Fork
+
+	// afterIngest, if set (by tests), runs after a group's entries were
+	// ingested and before its batch is committed: where a crash leaves
+	// entries above the heads.
+	afterIngest func()
 }
 
 // Open loads the log's heads (no replay: start-up does not depend on the log's
