@@ -116,16 +116,33 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		wg.Wait()
 		return float64(writers*perWriter) / time.Since(start).Seconds()
 	}
-	oursRate := func() float64 {
+	// oursRate is ppsync's log and state; with logOnly, the log alone (its
+	// applier applies nothing: no record, change feed or counts).
+	oursRate := func(logOnly bool) float64 {
 		k := keys{"a": newKey(b)}
-		c := openCore(b, b.TempDir(), "a", k, false)
-		defer c.close()
+		var l *txlog.Log
+		if logOnly {
+			db, err := store.Open(b.TempDir(), store.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			if l, err = txlog.Open(txlog.Config{DB: db, Family: benchFamily, Self: &txlog.Identity{Site: "a", Epoch: 1, Key: k["a"]},
+				Keys: k, Apply: applyNothing{}, Clock: hlc.New(time.Now)}); err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+		} else {
+			c := openCore(b, b.TempDir(), "a", k, false)
+			defer c.close()
+			l = c.log
+		}
 		start := time.Now()
 		var idx atomic.Int64
 		for w := 0; w < writers; w++ {
 			wg.Go(func() {
 				for i := 0; i < perWriter; i++ {
-					if _, err := c.log.Write(context.Background(), patient(int(idx.Add(1)))); err != nil {
+					if _, err := l.Write(context.Background(), patient(int(idx.Add(1)))); err != nil {
 						b.Error(err)
 						return
 					}
@@ -139,7 +156,7 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		var raws, ours, ratios []float64
 		for range durableRounds {
 			raw := rawRate(rawCommit{})
-			o := oursRate()
+			o := oursRate(false)
 			raws, ours, ratios = append(raws, raw), append(ours, o), append(ratios, o/raw)
 		}
 
@@ -150,10 +167,13 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		// and index: about 490 bytes of WAL); and raw Pebble whose writers
 		// each spend 10 µs of CPU before each commit (what a little work per
 		// entry, anywhere in the process, costs a latency-bound loop on 2
-		// cores).
+		// cores). And ppsync's log alone, without the state: what the
+		// state's apply (a record read, merged and written, two change-feed
+		// keys, the counts) costs the loop.
 		rawSigned := rawRate(rawCommit{sign: newKey(b)})
 		rawBytes := rawRate(rawCommit{sizes: []int{250, 150, 20, 8}})
 		rawCPU := rawRate(rawCommit{cpu: 10 * time.Microsecond})
+		logOnly := oursRate(true)
 
 		slices.Sort(raws)
 		slices.Sort(ours)
@@ -168,6 +188,7 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		b.ReportMetric(ours[mid]/rawSigned, "ratio-to-signed")
 		b.ReportMetric(rawBytes/raws[mid], "raw-our-bytes-ratio")
 		b.ReportMetric(rawCPU/raws[mid], "raw-10us-cpu-ratio")
+		b.ReportMetric(logOnly/raws[mid], "log-without-state-ratio")
 	}
 }
 
@@ -175,6 +196,12 @@ func BenchmarkDurableAppend64(b *testing.B) {
 // of the value given; with sign, the value followed by an Ed25519 signature
 // of its key; with sizes, one Set of each size (zero bytes) under keys of
 // their own; with cpu, the writer first spends that much CPU.
+// applyNothing is an applier that applies nothing: the log alone, for the
+// log-without-state baseline.
+type applyNothing struct{}
+
+func (applyNothing) ApplyAll(*pebble.Batch, []*wire.Signed) error { return nil }
+
 type rawCommit struct {
 	sign  ed25519.PrivateKey
 	sizes []int
