@@ -28,14 +28,14 @@ func normalize(v any, depth int) (any, error) {
 		if !validUTF8(x) {
 			return nil, errorf(ErrInvalid, "string value is not valid UTF-8")
 		}
-		return x, nil
+		return v, nil // v, not x: boxing x again would allocate
 	case []byte:
 		return normalize(string(x), depth)
 	case float64:
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			return nil, errorf(ErrInvalid, "number %v is not allowed (JSON has no NaN or infinity)", x)
 		}
-		return x, nil
+		return v, nil
 	case float32:
 		return normalize(float64(x), depth)
 	case int:
