@@ -8,7 +8,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZ_TARGETS := ./internal/wire:FuzzDecodeEnvelope ./internal/wire:FuzzUnmarshalOps ./internal/wire:FuzzReadBody \
 	./internal/wire:FuzzVerifyRun \
 	./family:FuzzParseCertificate ./family:FuzzParseJoinRequest ./family:FuzzParseRevocation ./family:FuzzParseInfo \
-	./family:FuzzParseInstallable ./state:FuzzDecodeRecord ./state:FuzzDecodeDeps ./state:FuzzMsgpackValue
+	./family:FuzzParseInstallable ./state:FuzzDecodeRecord ./state:FuzzDecodeDeps ./state:FuzzMsgpackValue \
+	./mesh:FuzzDecompressFrame
 # A count, not a duration: with a duration Go's fuzz coordinator can fail a
 # target with "context deadline exceeded" when a busy worker misses its
 # deadline (seen in CI); a count has no deadline to race.
