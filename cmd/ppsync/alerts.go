@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"strings"
@@ -46,14 +47,12 @@ Prints {"id":"..."} (and the webhook's signing secret, shown only here).`,
 			fs.Var(&holidays, "holiday", "a closed `DATE` (YYYY-MM-DD; repeatable)")
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			req := api.AlertRequest{Site: site, Emails: emails, Webhook: webhook, Days: days, Hours: hours, TZ: tz, After: after, Remind: remind, Holidays: holidays}
+			row, err := askNode(c, cmd, &data, args, func(cl *api.Client, ctx context.Context) (api.AlertJSON, error) {
+				return cl.AddAlert(ctx, req)
+			})
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			row, err := cl.AddAlert(c.ctx, api.AlertRequest{Site: site, Emails: emails, Webhook: webhook, Days: days, Hours: hours, TZ: tz, After: after, Remind: remind, Holidays: holidays})
-			if err != nil {
-				return apiError(dir, err)
 			}
 			out := map[string]string{"id": row.ID}
 			if row.Secret != "" {
@@ -76,14 +75,9 @@ func alertsListCommand() *command {
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			res, err := askNode(c, cmd, &data, args, (*api.Client).Alerts)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			res, err := cl.Alerts(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			if asJSON {
 				return writeJSONLine(c.stdout, res)

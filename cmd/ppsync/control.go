@@ -238,14 +238,9 @@ func peersCommand() *command {
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			res, err := askNode(c, cmd, &data, args, (*api.Client).Peers)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			res, err := cl.Peers(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			if asJSON {
 				for _, p := range res.Peers {

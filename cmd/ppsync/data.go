@@ -251,14 +251,9 @@ func digestCommand() *command {
 		summary:  "print a hex digest of the whole state (equal on nodes holding the same entries)",
 		flags:    func(fs *flag.FlagSet) { dataFlag(fs, &data) },
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			d, err := askNode(c, cmd, &data, args, (*api.Client).Digest)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			d, err := cl.Digest(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			fmt.Fprintln(c.stdout, d)
 			return nil

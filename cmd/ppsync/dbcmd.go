@@ -28,14 +28,9 @@ func dbStatusCommand() *command {
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			st, err := askNode(c, cmd, &data, args, (*api.Client).DBStatus)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			st, err := cl.DBStatus(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			if asJSON {
 				return writeJSONLine(c.stdout, st)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/ppsync/ppsync/family"
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // The `ppsync family` commands administer a family offline, in the
@@ -285,14 +286,9 @@ readable. Revoking a site starts a new key epoch by itself; run this when you su
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			ks, err := askNode(c, cmd, &data, args, (*api.Client).RotateKey)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			ks, err := cl.RotateKey(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			if asJSON {
 				return writeJSONLine(c.stdout, ks)

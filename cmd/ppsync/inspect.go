@@ -27,14 +27,9 @@ start sync). --json prints the object of GET /v1/status (see docs/api.md).`,
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			st, err := askNode(c, cmd, &data, args, (*api.Client).Status)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			st, err := cl.Status(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			if asJSON {
 				return writeJSONLine(c.stdout, st)

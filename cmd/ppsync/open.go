@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os/exec"
 	"runtime"
+
+	"github.com/ppsync/ppsync/node/api"
 )
 
 // openBrowser starts the system's browser on url without waiting for it;
@@ -43,14 +45,9 @@ usually run without a screen, so it does not by default. --json prints {"url","e
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			link, err := askNode(c, cmd, &data, args, (*api.Client).LoginLink)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			link, err := cl.LoginLink(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			if asJSON {
 				if err := writeJSONLine(c.stdout, link); err != nil {

@@ -78,14 +78,9 @@ func relayFamiliesCommand() *command {
 			jsonFlag(fs, &asJSON)
 		},
 		run: func(c *cli, cmd *command, args []string) error {
-			dir, cl, err := c.noArgsClient(cmd, &data, args)
+			res, err := askNode(c, cmd, &data, args, (*api.Client).Families)
 			if err != nil {
 				return err
-			}
-			defer cl.Close()
-			res, err := cl.Families(c.ctx)
-			if err != nil {
-				return apiError(dir, err)
 			}
 			if asJSON {
 				return writeJSONLine(c.stdout, res.Families)

@@ -438,6 +438,23 @@ func (c *cli) noArgsClient(cmd *command, data *string, args []string) (string, *
 	return c.dataClient(cmd, *data) // data is set by parsing the flags
 }
 
+// askNode answers a command that takes no arguments with one request to
+// the node running on *data (set by parsing args): it connects, asks and
+// closes. An error of the request names the data directory (apiError).
+func askNode[T any](c *cli, cmd *command, data *string, args []string, ask func(*api.Client, context.Context) (T, error)) (T, error) {
+	var none T
+	dir, cl, err := c.noArgsClient(cmd, data, args)
+	if err != nil {
+		return none, err
+	}
+	defer cl.Close()
+	res, err := ask(cl, c.ctx)
+	if err != nil {
+		return none, apiError(dir, err)
+	}
+	return res, nil
+}
+
 // client returns a client of the node running on dataDir, or the
 // not-running error (exit 3).
 func (c *cli) client(dataDir string) (*api.Client, error) {
