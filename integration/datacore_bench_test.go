@@ -51,6 +51,13 @@ type core struct {
 
 func openCore(tb testing.TB, dir, site string, k keys, noSync bool) *core {
 	tb.Helper()
+	return openCoreApplying(tb, dir, site, k, noSync, nil)
+}
+
+// openCoreApplying is openCore whose log applies with apply instead of the
+// state (nil: the state).
+func openCoreApplying(tb testing.TB, dir, site string, k keys, noSync bool, apply txlog.Applier) *core {
+	tb.Helper()
 	db, err := store.Open(dir, store.Options{})
 	if err != nil {
 		tb.Fatal(err)
@@ -63,7 +70,10 @@ func openCore(tb testing.TB, dir, site string, k keys, noSync bool) *core {
 	if site != "" {
 		self = &txlog.Identity{Site: site, Epoch: 1, Key: k[site]}
 	}
-	l, err := txlog.Open(txlog.Config{DB: db, Family: benchFamily, Self: self, Keys: k, Apply: st,
+	if apply == nil {
+		apply = st
+	}
+	l, err := txlog.Open(txlog.Config{DB: db, Family: benchFamily, Self: self, Keys: k, Apply: apply,
 		Clock: hlc.New(time.Now), NoSync: noSync})
 	if err != nil {
 		tb.Fatal(err)
@@ -119,30 +129,18 @@ func BenchmarkDurableAppend64(b *testing.B) {
 	// oursRate is ppsync's log and state; with logOnly, the log alone (its
 	// applier applies nothing: no record, change feed or counts).
 	oursRate := func(logOnly bool) float64 {
-		k := keys{"a": newKey(b)}
-		var l *txlog.Log
+		var apply txlog.Applier // the state
 		if logOnly {
-			db, err := store.Open(b.TempDir(), store.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
-			if l, err = txlog.Open(txlog.Config{DB: db, Family: benchFamily, Self: &txlog.Identity{Site: "a", Epoch: 1, Key: k["a"]},
-				Keys: k, Apply: applyNothing{}, Clock: hlc.New(time.Now)}); err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-		} else {
-			c := openCore(b, b.TempDir(), "a", k, false)
-			defer c.close()
-			l = c.log
+			apply = applyNothing{}
 		}
+		c := openCoreApplying(b, b.TempDir(), "a", keys{"a": newKey(b)}, false, apply)
+		defer c.close()
 		start := time.Now()
 		var idx atomic.Int64
 		for w := 0; w < writers; w++ {
 			wg.Go(func() {
 				for i := 0; i < perWriter; i++ {
-					if _, err := l.Write(context.Background(), patient(int(idx.Add(1)))); err != nil {
+					if _, err := c.log.Write(context.Background(), patient(int(idx.Add(1)))); err != nil {
 						b.Error(err)
 						return
 					}
@@ -192,16 +190,16 @@ func BenchmarkDurableAppend64(b *testing.B) {
 	}
 }
 
-// rawCommit is one commit of a raw Pebble baseline: by default a single Set
-// of the value given; with sign, the value followed by an Ed25519 signature
-// of its key; with sizes, one Set of each size (zero bytes) under keys of
-// their own; with cpu, the writer first spends that much CPU.
 // applyNothing is an applier that applies nothing: the log alone, for the
 // log-without-state baseline.
 type applyNothing struct{}
 
 func (applyNothing) ApplyAll(*pebble.Batch, []*wire.Signed) error { return nil }
 
+// rawCommit is one commit of a raw Pebble baseline: by default a single Set
+// of the value given; with sign, the value followed by an Ed25519 signature
+// of its key; with sizes, one Set of each size (zero bytes) under keys of
+// their own; with cpu, the writer first spends that much CPU.
 type rawCommit struct {
 	sign  ed25519.PrivateKey
 	sizes []int
