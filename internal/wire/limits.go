@@ -182,9 +182,7 @@ func checkOp(i int, op *Op) error {
 		if err != nil {
 			return fmt.Errorf("operation %d (%s/%s) field %q: %w", i+1, op.Table, op.Key, name, err)
 		}
-		switch v.(type) {
-		case nil, bool, int64, string, float64: // normal already: nv is v
-		default:
+		if !returnedAsIs(v) {
 			op.Fields[name] = nv
 		}
 	}

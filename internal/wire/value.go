@@ -20,6 +20,17 @@ func validUTF8(s string) bool { return utf8.ValidString(s) }
 // is an integer in range and float64 otherwise; []byte becomes a string.
 func NormalizeValue(v any) (any, error) { return normalize(v, 0) }
 
+// returnedAsIs reports whether NormalizeValue returns v itself when it
+// accepts it (a scalar in normal form), so that a caller need not store the
+// result again. It must match normalize's cases.
+func returnedAsIs(v any) bool {
+	switch v.(type) {
+	case nil, bool, int64, string, float64:
+		return true
+	}
+	return false
+}
+
 func normalize(v any, depth int) (any, error) {
 	switch x := v.(type) {
 	case nil, bool, int64:

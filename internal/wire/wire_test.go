@@ -272,3 +272,19 @@ func TestDecodeEnvelopeInPlace(t *testing.T) {
 		}
 	}
 }
+
+// A value that returnedAsIs names is returned by NormalizeValue as it is,
+// so checkOp may leave it in place; one it does not name is not.
+func TestReturnedAsIsMatchesNormalize(t *testing.T) {
+	for _, v := range []any{nil, true, int64(-3), "text", 2.5} {
+		got, err := NormalizeValue(v)
+		if err != nil || !returnedAsIs(v) || got != v {
+			t.Errorf("%T %v: normalized to %T %v (%v), returned as is: %v", v, v, got, got, err, returnedAsIs(v))
+		}
+	}
+	for _, v := range []any{3, int32(3), uint64(3), float32(1.5), []byte("b"), []any{int64(1)}, map[string]any{"k": 1}} {
+		if returnedAsIs(v) {
+			t.Errorf("%T is said to be returned as it is, but NormalizeValue converts it", v)
+		}
+	}
+}
