@@ -161,15 +161,15 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		// Further baselines, one run each: raw Pebble plus one Ed25519
 		// signature per commit (the floor that per-entry signing puts under
 		// any signed log); raw Pebble writing the keys and bytes an entry of
-		// ours writes (the log entry, its record, the change feed's entry
-		// and index: about 490 bytes of WAL); and raw Pebble whose writers
-		// each spend 10 µs of CPU before each commit (what a little work per
-		// entry, anywhere in the process, costs a latency-bound loop on 2
-		// cores). And ppsync's log alone, without the state: what the
-		// state's apply (a record read, merged and written, two change-feed
-		// keys, the counts) costs the loop.
+		// ours writes (the log entry, its record with its feed cursor, the
+		// change feed's entry: about 460 bytes of WAL); and raw Pebble whose
+		// writers each spend 10 µs of CPU before each commit (what a little
+		// work per entry, anywhere in the process, costs a latency-bound
+		// loop on 2 cores). And ppsync's log alone, without the state: what
+		// the state's apply (a record read, merged and written, the change
+		// feed's key, the counts) costs the loop.
 		rawSigned := rawRate(rawCommit{sign: newKey(b)})
-		rawBytes := rawRate(rawCommit{sizes: []int{250, 150, 20, 8}})
+		rawBytes := rawRate(rawCommit{sizes: []int{250, 154, 20}})
 		rawCPU := rawRate(rawCommit{cpu: 10 * time.Microsecond})
 		logOnly := oursRate(true)
 

@@ -16,15 +16,24 @@ import (
 // It is canonical: the encoder has one output for each record (fields sorted,
 // minimal uvarints, a field's version elided exactly when it equals the
 // record's put version), and the decoder rejects anything else, so equal
-// records are equal bytes on every node.
+// records are equal bytes on every node, once the node's own feed cursor is
+// left out (recordBody).
 //
-//	record  = 0x01 version(put) version(del) uvarint(#fields) field...
+//	record  = 0x01 body | 0x02 uvarint(cursor) body
+//	body    = version(put) version(del) uvarint(#fields) field...
 //	version = uvarint(HLC) uvarint(len(site)) site uvarint(seq) uvarint(op)
 //	field   = uvarint(len(name)) name (0x00 | 0x01 version) uvarint(len(value)) value
 //
 // A field's 0x00 means "written by the record's put version"; value is the
-// field value as wire.Marshal encodes it.
-const recordFormat = 0x01
+// field value as wire.Marshal encodes it. cursor (format 0x02, never 0) is
+// the change-feed cursor of the record's latest visible change on this node;
+// format 0x01 says it is not in the record (a record written before records
+// carried it, whose feed entry the spaceLast index finds, or one never
+// visibly changed).
+const (
+	recordFormat       = 0x01
+	recordFormatCursor = 0x02
+)
 
 const (
 	fieldVerPut      = 0x00
@@ -48,8 +57,13 @@ func (r *storedRecord) encode() []byte {
 			n += 24 + len(f.Ver.Site)
 		}
 	}
-	b := make([]byte, 0, n)
-	b = append(b, recordFormat)
+	b := make([]byte, 0, n+binary.MaxVarintLen64)
+	if r.Cursor == 0 {
+		b = append(b, recordFormat)
+	} else {
+		b = append(b, recordFormatCursor)
+		b = binary.AppendUvarint(b, r.Cursor)
+	}
 	b = appendVersion(b, r.Put)
 	b = appendVersion(b, r.Del)
 	b = binary.AppendUvarint(b, uint64(len(r.Fields)))
@@ -151,10 +165,16 @@ func (d *decoder) version() Version {
 // alias b.
 func decodeRecord(b []byte) (storedRecord, error) {
 	d := decoder{b: b}
-	if f := d.byte(); d.err == nil && f != recordFormat {
+	var r storedRecord
+	switch f := d.byte(); {
+	case d.err != nil:
+	case f == recordFormatCursor:
+		if r.Cursor = d.uvarint(); d.err == nil && r.Cursor == 0 {
+			d.fail("a record with a feed cursor of 0")
+		}
+	case f != recordFormat:
 		return storedRecord{}, fmt.Errorf("unknown record format %d", f)
 	}
-	var r storedRecord
 	r.Put = d.version()
 	r.Del = d.version()
 	n := d.uvarint()
@@ -193,6 +213,23 @@ func decodeRecord(b []byte) (storedRecord, error) {
 		return storedRecord{}, err
 	}
 	return r, nil
+}
+
+// recordBody returns the part of stored record bytes that every node holds
+// alike: the body, without the format byte and this node's feed cursor.
+func recordBody(b []byte) ([]byte, error) {
+	if len(b) == 0 {
+		return nil, errors.New("an empty record")
+	}
+	switch b[0] {
+	case recordFormat:
+		return b[1:], nil
+	case recordFormatCursor:
+		d := decoder{b: b[1:]}
+		d.uvarint()
+		return d.b, d.err
+	}
+	return nil, fmt.Errorf("unknown record format %d", b[0])
 }
 
 // check verifies the invariants documented on storedRecord.

@@ -37,7 +37,12 @@
 // new cursor from a node-local counter that only grows (it survives restarts
 // and Clear). The feed keeps one entry per record, its latest change, so its
 // size is bounded by the number of records. Changes(after) returns the records
-// changed after a cursor with their current content.
+// changed after a cursor with their current content. The record itself
+// carries the cursor of its feed entry (record format 0x02), so a change
+// finds the entry to drop in the record it has read anyway; the cursor is
+// the node's own and is left out of the digest. Records stored by earlier
+// builds (format 0x01) have it in the 'l' index instead, which Apply drops
+// as it writes such a record's next visible change.
 //
 // # Key layout
 //
@@ -47,9 +52,11 @@
 // encoding is prefix-free and sorts like the raw bytes, so a table's records
 // are contiguous and sorted by key, whatever bytes the names hold.
 //
-//	's' 'r' name(table) name(key)  -> record (binary, canonical; see codec.go): put version, delete
-//	                                  version, fields sorted by name {name, version, wire.Marshal(value)}
-//	's' 'l' name(table) name(key)  -> feed cursor of the record's latest change (8 bytes, big endian)
+//	's' 'r' name(table) name(key)  -> record (binary, canonical; see codec.go): the feed cursor of its
+//	                                  latest visible change (if any), put version, delete version,
+//	                                  fields sorted by name {name, version, wire.Marshal(value)}
+//	's' 'l' name(table) name(key)  -> feed cursor of the record's latest change (8 bytes, big endian),
+//	                                  only for records stored in format 0x01 by earlier builds
 //	's' 'f' cursor (8 bytes, BE)   -> name(table) name(key)
 //	's' 'c' conflict ID (8, BE)    -> msgpack conflict (wire.Marshal)
 //	's' 'x' name(table) name(key) name(field) name(site) seq (8, BE) name(site) seq (8, BE)

@@ -11,7 +11,7 @@ import (
 // Sub-spaces of the state key space (the byte after store.PrefixState).
 const (
 	spaceRecord   byte = 'r' // table, key -> storedRecord: the digested state
-	spaceLast     byte = 'l' // table, key -> feed cursor of the record's latest change
+	spaceLast     byte = 'l' // table, key -> feed cursor of the record's latest change, for records stored before they carried it (format 0x01)
 	spaceFeed     byte = 'f' // cursor -> table, key
 	spaceConflict byte = 'c' // conflict ID -> storedConflict
 	spaceDeps     byte = 'd' // site, seq -> deps of that entry (other sites only)

@@ -135,14 +135,37 @@ func TestRecordCodecRoundTrip(t *testing.T) {
 		}},
 	}
 	for _, r := range recs {
-		enc := r.encode()
-		got, err := decodeRecord(enc)
-		if err != nil {
-			t.Fatalf("decode %+v: %v", r, err)
+		// Without a feed cursor (format 0x01) and with one (0x02): the same
+		// body, which is what the digest hashes.
+		var body []byte
+		for _, cursor := range []uint64{0, 1, 300, 1 << 62} {
+			r.Cursor = cursor
+			enc := r.encode()
+			if want := byte(recordFormat + min(cursor, 1)); enc[0] != want {
+				t.Fatalf("cursor %d: format %d, want %d", cursor, enc[0], want)
+			}
+			got, err := decodeRecord(enc)
+			if err != nil {
+				t.Fatalf("decode %+v: %v", r, err)
+			}
+			if !reflect.DeepEqual(got, r) {
+				t.Fatalf("round trip %+v -> %+v", r, got)
+			}
+			b, err := recordBody(enc)
+			if err != nil {
+				t.Fatalf("body of %+v: %v", r, err)
+			}
+			if body == nil {
+				body = b
+			} else if !bytes.Equal(b, body) {
+				t.Fatalf("cursor %d: body %x, without a cursor %x", cursor, b, body)
+			}
 		}
-		if !reflect.DeepEqual(got, r) {
-			t.Fatalf("round trip %+v -> %+v", r, got)
-		}
+	}
+	// A format 0x02 record must carry a cursor: one of 0 is spelled 0x01.
+	zero := append([]byte{recordFormatCursor, 0}, recs[1].encode()[1:]...)
+	if _, err := decodeRecord(zero); err == nil {
+		t.Fatal("a record with a feed cursor of 0 accepted")
 	}
 	// A field version spelled out although it equals the put version is not
 	// canonical, and refused.
@@ -222,6 +245,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	v := Version{HLC: 7, Site: "a", Seq: 1}
 	f.Add((&storedRecord{Put: v, Fields: []storedField{{Name: "x", Ver: v, Val: []byte{1}}}}).encode())
 	f.Add((&storedRecord{Del: v}).encode())
+	f.Add((&storedRecord{Put: v, Fields: []storedField{{Name: "x", Ver: v, Val: []byte{1}}}, Cursor: 1 << 40}).encode())
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeRecord(b)
@@ -231,6 +255,10 @@ func FuzzDecodeRecord(f *testing.F) {
 		// Canonical: what decodes re-encodes to the same bytes.
 		if enc := r.encode(); !bytes.Equal(enc, b) {
 			t.Fatalf("decoded %x re-encodes to %x", b, enc)
+		}
+		r.Cursor = 0 // the digested bytes leave the cursor out
+		if body, err := recordBody(b); err != nil || !bytes.Equal(append([]byte{recordFormat}, body...), r.encode()) {
+			t.Fatalf("body of %x: %x, %v; want %x", b, body, err, r.encode()[1:])
 		}
 		_, _ = r.toRecord("t", "k") // may fail on a bad value; must not panic
 	})

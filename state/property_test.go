@@ -253,4 +253,5 @@ func checkModel(t *testing.T, s *State, want map[[2]string]Record, seed uint64) 
 	if n != len(want) || st.Records != uint64(len(want)) {
 		t.Fatalf("seed %d: listed %d records, stats say %d, want %d", seed, n, st.Records, len(want))
 	}
+	checkFeed(t, s.db)
 }

@@ -263,7 +263,9 @@ const digestDomain = "ppsync state digest v1\n"
 // Digest returns SHA-256 over every stored record (live and deleted, with
 // the versions that order them) in key order: for each, the length of the
 // key (uvarint) and the key without the state prefix, then the length of the
-// value and the value. Nodes that applied the same set of entries compute the
+// value and the value, the value as format 0x01 spells it (codec.go): the
+// node's own feed cursor is left out (a damaged value is hashed as it is).
+// Nodes that applied the same set of entries compute the
 // same digest whatever order the entries arrived in. Conflicts, the change
 // feed and the other indexes are not included. It streams: memory use does
 // not grow with the number of records.
@@ -284,8 +286,14 @@ func (s *State) Digest() (wire.Hash, error) {
 		}
 		h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(len(k)))])
 		h.Write(k)
-		h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(len(v)))])
-		h.Write(v)
+		if body, err := recordBody(v); err == nil {
+			h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(1+len(body)))])
+			h.Write([]byte{recordFormat})
+			h.Write(body)
+		} else { // damaged: hashed as it is, so that it shows as a differing digest
+			h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(len(v)))])
+			h.Write(v)
+		}
 	}
 	if err := it.Close(); err != nil {
 		return wire.Hash{}, fmt.Errorf("state: digest: %w", err)

@@ -65,11 +65,16 @@ type storedField struct {
 //   - Fields holds, for each field name, the newest write of it if that write
 //     is newer than Del, sorted by name; every field's Ver is at most Put.
 //
+// Cursor is not part of that function: it is this node's change-feed cursor
+// of the record's latest visible change (0: not known from the record, see
+// feed), which differs between nodes. The digest leaves it out.
+//
 // See codec.go for its encoding.
 type storedRecord struct {
 	Put    Version
 	Del    Version
 	Fields []storedField
+	Cursor uint64
 }
 
 func (r *storedRecord) exists() bool { return !r.Put.IsZero() }

@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -337,14 +338,16 @@ type applier struct {
 	won          bool // the entry became the writer of something
 	recordsDelta int64
 	conflicts    uint64
-	changed      []touched       // records whose visible content changed, in first-change order
-	changedSet   map[string]bool // record keys in changed, once it is long
+	changed      []touched      // records whose visible content changed, in first-change order
+	changedSet   map[string]int // record keys in changed (their index), once it is long
 	deps         map[wire.ID]map[string]uint64
 }
 
 type touched struct {
 	table, key string
-	wasStored  bool // stored before this Apply touched it
+	wasStored  bool   // stored before this Apply touched it
+	old        uint64 // the record's feed cursor before this Apply (0: not in the record)
+	cursor     uint64 // its feed cursor from this Apply on
 }
 
 // fail wraps err with the operation; it returns nil for nil.
@@ -419,6 +422,9 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		return nil
 	}
 	a.won = true
+	if visible {
+		a.noteChange(touched{table: op.Table, key: op.Key, wasStored: stored, old: rec.Cursor}, key, &rec)
+	}
 	enc := rec.encode()
 	if err := a.b.Set(key, enc, nil); err != nil {
 		return a.fail(err)
@@ -435,9 +441,6 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		} else {
 			a.recordsDelta--
 		}
-	}
-	if visible {
-		a.noteChange(touched{table: op.Table, key: op.Key, wasStored: stored}, key)
 	}
 	return nil
 }
@@ -482,25 +485,33 @@ func (a *applier) knownNew(op *wire.Op) (bool, error) {
 	return empty, nil
 }
 
-// noteChange adds t to the records changed by this Apply, once.
-func (a *applier) noteChange(t touched, key []byte) {
+// noteChange adds t to the records changed by this Apply, once, with a new
+// feed cursor, and sets that cursor in rec, the record as it is written.
+// Cursors are taken in first-change order.
+func (a *applier) noteChange(t touched, key []byte, rec *storedRecord) {
 	const scan = 8 // below this many, a linear scan beats a map
+	i, seen := -1, false
 	if a.changedSet == nil {
-		if slices.ContainsFunc(a.changed, func(c touched) bool { return c.table == t.table && c.key == t.key }) {
-			return
-		}
-		if len(a.changed) == scan {
-			a.changedSet = make(map[string]bool, 2*scan)
-			for _, c := range a.changed {
-				a.changedSet[string(recordKey(c.table, c.key))] = true
+		i = slices.IndexFunc(a.changed, func(c touched) bool { return c.table == t.table && c.key == t.key })
+		seen = i >= 0
+		if !seen && len(a.changed) == scan {
+			a.changedSet = make(map[string]int, 2*scan)
+			for j, c := range a.changed {
+				a.changedSet[string(recordKey(c.table, c.key))] = j
 			}
 		}
 	}
+	if a.changedSet != nil && !seen {
+		i, seen = a.changedSet[string(key)]
+	}
+	if seen {
+		rec.Cursor = a.changed[i].cursor
+		return
+	}
+	t.cursor = a.s.cursor.Add(1)
+	rec.Cursor = t.cursor
 	if a.changedSet != nil {
-		if a.changedSet[string(key)] {
-			return
-		}
-		a.changedSet[string(key)] = true
+		a.changedSet[string(key)] = len(a.changed)
 	}
 	a.changed = append(a.changed, t)
 }
@@ -523,30 +534,35 @@ func (a *applier) finish() error {
 	return nil
 }
 
-// feed appends a change of t under a new cursor and drops the record's
+// feed appends a change of t under its new cursor and drops the record's
 // previous feed entry, so the feed holds one entry per record: its latest
-// change.
+// change. The previous entry's cursor is in the record (t.old); a record
+// written before records carried it has it in the spaceLast index instead,
+// which is dropped too (the record now carries its cursor).
 func (a *applier) feed(t touched) error {
-	lk := lastKey(t.table, t.key)
-	if t.wasStored {
-		old, ok, err := getCopy(a.b, lk)
+	old := t.old
+	if old == 0 && t.wasStored {
+		lk := lastKey(t.table, t.key)
+		v, ok, err := getCopy(a.b, lk)
 		if err != nil {
 			return a.fail(err)
 		}
 		if ok {
-			if len(old) != 8 {
-				return damaged("apply", "the change-feed index of "+recordName(t.table, t.key), fmt.Errorf("%d bytes, want 8", len(old)))
+			if len(v) != 8 {
+				return damaged("apply", "the change-feed index of "+recordName(t.table, t.key), fmt.Errorf("%d bytes, want 8", len(v)))
 			}
-			if err := a.b.Delete(append(spacePrefix(spaceFeed), old...), nil); err != nil {
+			old = binary.BigEndian.Uint64(v)
+			if err := a.b.Delete(lk, nil); err != nil {
 				return a.fail(err)
 			}
 		}
 	}
-	fk := feedKey(a.s.cursor.Add(1))
-	if err := a.b.Set(fk, feedValue(t.table, t.key), nil); err != nil {
-		return a.fail(err)
+	if old != 0 {
+		if err := a.b.Delete(feedKey(old), nil); err != nil {
+			return a.fail(err)
+		}
 	}
-	return a.fail(a.b.Set(lk, fk[2:], nil))
+	return a.fail(a.b.Set(feedKey(t.cursor), feedValue(t.table, t.key), nil))
 }
 
 // otherDeps returns e's deps without its own site: conflict checks only ask
