@@ -17,7 +17,7 @@ import (
 // minimal uvarints, a field's version elided exactly when it equals the
 // record's put version), and the decoder rejects anything else, so equal
 // records are equal bytes on every node, once the node's own feed cursor is
-// left out (recordBody).
+// left out (splitRecord).
 //
 //	record  = 0x01 body | 0x02 uvarint(cursor) body
 //	body    = version(put) version(del) uvarint(#fields) field...
@@ -164,17 +164,12 @@ func (d *decoder) version() Version {
 // decodeRecord decodes and checks stored record bytes. The result does not
 // alias b.
 func decodeRecord(b []byte) (storedRecord, error) {
-	d := decoder{b: b}
-	var r storedRecord
-	switch f := d.byte(); {
-	case d.err != nil:
-	case f == recordFormatCursor:
-		if r.Cursor = d.uvarint(); d.err == nil && r.Cursor == 0 {
-			d.fail("a record with a feed cursor of 0")
-		}
-	case f != recordFormat:
-		return storedRecord{}, fmt.Errorf("unknown record format %d", f)
+	cursor, body, err := splitRecord(b)
+	if err != nil {
+		return storedRecord{}, err
 	}
+	d := decoder{b: body}
+	r := storedRecord{Cursor: cursor}
 	r.Put = d.version()
 	r.Del = d.version()
 	n := d.uvarint()
@@ -215,21 +210,23 @@ func decodeRecord(b []byte) (storedRecord, error) {
 	return r, nil
 }
 
-// recordBody returns the part of stored record bytes that every node holds
-// alike: the body, without the format byte and this node's feed cursor.
-func recordBody(b []byte) ([]byte, error) {
-	if len(b) == 0 {
-		return nil, errors.New("an empty record")
+// splitRecord splits stored record bytes into this node's feed cursor (0
+// for format 0x01) and the body, the part every node holds alike.
+func splitRecord(b []byte) (cursor uint64, body []byte, err error) {
+	d := decoder{b: b}
+	switch f := d.byte(); {
+	case d.err != nil:
+	case f == recordFormatCursor:
+		if cursor = d.uvarint(); d.err == nil && cursor == 0 {
+			d.fail("a record with a feed cursor of 0")
+		}
+	case f != recordFormat:
+		return 0, nil, fmt.Errorf("unknown record format %d", f)
 	}
-	switch b[0] {
-	case recordFormat:
-		return b[1:], nil
-	case recordFormatCursor:
-		d := decoder{b: b[1:]}
-		d.uvarint()
-		return d.b, d.err
+	if d.err != nil {
+		return 0, nil, d.err
 	}
-	return nil, fmt.Errorf("unknown record format %d", b[0])
+	return cursor, d.b, nil
 }
 
 // check verifies the invariants documented on storedRecord.

@@ -151,9 +151,9 @@ func TestRecordCodecRoundTrip(t *testing.T) {
 			if !reflect.DeepEqual(got, r) {
 				t.Fatalf("round trip %+v -> %+v", r, got)
 			}
-			b, err := recordBody(enc)
-			if err != nil {
-				t.Fatalf("body of %+v: %v", r, err)
+			c, b, err := splitRecord(enc)
+			if err != nil || c != cursor {
+				t.Fatalf("split %+v: cursor %d, %v", r, c, err)
 			}
 			if body == nil {
 				body = b
@@ -257,7 +257,7 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Fatalf("decoded %x re-encodes to %x", b, enc)
 		}
 		r.Cursor = 0 // the digested bytes leave the cursor out
-		if body, err := recordBody(b); err != nil || !bytes.Equal(append([]byte{recordFormat}, body...), r.encode()) {
+		if _, body, err := splitRecord(b); err != nil || !bytes.Equal(append([]byte{recordFormat}, body...), r.encode()) {
 			t.Fatalf("body of %x: %x, %v; want %x", b, body, err, r.encode()[1:])
 		}
 		_, _ = r.toRecord("t", "k") // may fail on a bad value; must not panic

@@ -278,6 +278,7 @@ func (s *State) Digest() (wire.Hash, error) {
 	h := sha256.New()
 	h.Write([]byte(digestDomain))
 	var lenBuf [binary.MaxVarintLen64]byte
+	format := [1]byte{recordFormat}
 	for ok := it.First(); ok; ok = it.Next() {
 		k := it.Key()[len(p):]
 		v, err := it.ValueAndErr()
@@ -286,9 +287,9 @@ func (s *State) Digest() (wire.Hash, error) {
 		}
 		h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(len(k)))])
 		h.Write(k)
-		if body, err := recordBody(v); err == nil {
+		if _, body, err := splitRecord(v); err == nil {
 			h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(1+len(body)))])
-			h.Write([]byte{recordFormat})
+			h.Write(format[:])
 			h.Write(body)
 		} else { // damaged: hashed as it is, so that it shows as a differing digest
 			h.Write(lenBuf[:binary.PutUvarint(lenBuf[:], uint64(len(v)))])
