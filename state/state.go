@@ -489,31 +489,31 @@ func (a *applier) knownNew(op *wire.Op) (bool, error) {
 // feed cursor, and sets that cursor in rec, the record as it is written.
 // Cursors are taken in first-change order.
 func (a *applier) noteChange(t touched, key []byte, rec *storedRecord) {
-	const scan = 8 // below this many, a linear scan beats a map
-	i, seen := -1, false
-	if a.changedSet == nil {
-		i = slices.IndexFunc(a.changed, func(c touched) bool { return c.table == t.table && c.key == t.key })
-		seen = i >= 0
-		if !seen && len(a.changed) == scan {
-			a.changedSet = make(map[string]int, 2*scan)
-			for j, c := range a.changed {
-				a.changedSet[string(recordKey(c.table, c.key))] = j
-			}
+	const scan = 8 // up to this many, a linear scan beats a map
+	i := -1
+	if a.changedSet != nil {
+		if j, ok := a.changedSet[string(key)]; ok {
+			i = j
 		}
+	} else {
+		i = slices.IndexFunc(a.changed, func(c touched) bool { return c.table == t.table && c.key == t.key })
 	}
-	if a.changedSet != nil && !seen {
-		i, seen = a.changedSet[string(key)]
-	}
-	if seen {
+	if i >= 0 {
 		rec.Cursor = a.changed[i].cursor
 		return
 	}
 	t.cursor = a.s.cursor.Add(1)
 	rec.Cursor = t.cursor
-	if a.changedSet != nil {
-		a.changedSet[string(key)] = len(a.changed)
-	}
 	a.changed = append(a.changed, t)
+	switch {
+	case a.changedSet != nil:
+		a.changedSet[string(key)] = len(a.changed) - 1
+	case len(a.changed) > scan:
+		a.changedSet = make(map[string]int, 2*scan)
+		for j, c := range a.changed {
+			a.changedSet[string(recordKey(c.table, c.key))] = j
+		}
+	}
 }
 
 // finish writes what one Apply adds besides records: the entry's deps, the
