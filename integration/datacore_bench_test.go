@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
@@ -324,6 +325,67 @@ func (rc rawCommit) commit(db *pebble.DB, id uint64, value []byte) error {
 	return bt.Commit(pebble.Sync)
 }
 
+// signedEnvelopes returns the envelopes of n entries of site in family,
+// written by a log of their own (in memory, unsynced) and read back as a
+// peer is served them: with perEntry, each entry is its own commit group and
+// so signed; without, they are written 1,000 to a group, signed at each
+// group's end (runs of a multiple of 1,000 then end signed, as catch-up runs
+// do).
+func signedEnvelopes(tb testing.TB, family, site string, k keys, n int, perEntry bool) [][]byte {
+	tb.Helper()
+	db, err := store.Open("db", store.Options{FS: vfs.NewMem()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer db.Close()
+	l, err := txlog.Open(txlog.Config{DB: db, Family: family, Self: &txlog.Identity{Site: site, Epoch: 1, Key: k[site]},
+		Keys: k, Apply: applyNothing{}, Clock: hlc.New(time.Now), NoSync: true})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	group := 1000
+	if perEntry {
+		group = 1
+	}
+	txs := make([][]wire.Op, 0, group)
+	for i := range n {
+		txs = append(txs, patient(i))
+		if len(txs) == group || i == n-1 {
+			if _, err := l.WriteMany(context.Background(), txs); err != nil {
+				tb.Fatal(err)
+			}
+			txs = txs[:0]
+		}
+	}
+	envs := make([][]byte, 0, n)
+	if err := l.RawRange(site, 1, 0, func(_ uint64, env []byte) (bool, error) {
+		envs = append(envs, slices.Clone(env))
+		return false, nil
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	if len(envs) != n {
+		tb.Fatalf("%s holds %d entries, want %d", site, len(envs), n)
+	}
+	return envs
+}
+
+// signedChain is signedEnvelopes decoded, as a peer receives them.
+func signedChain(tb testing.TB, family, site string, k keys, n int, perEntry bool) []*wire.Signed {
+	tb.Helper()
+	envs := signedEnvelopes(tb, family, site, k, n, perEntry)
+	out := make([]*wire.Signed, len(envs))
+	for i, env := range envs {
+		s, err := wire.DecodeEnvelope(env)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out[i] = s
+	}
+	return out
+}
+
 // BenchmarkCatchUpIngest measures catch-up: decoding received envelopes,
 // checking the chain and last signature, appending and applying contiguous
 // batches of 1,000 with one fsync each, against raw Pebble storing the same
@@ -331,28 +393,7 @@ func (rc rawCommit) commit(db *pebble.DB, id uint64, value []byte) error {
 func BenchmarkCatchUpIngest(b *testing.B) {
 	const total, batch = 100_000, 1000
 	k := keys{"w": newKey(b), "r": newKey(b)}
-	src := openCore(b, b.TempDir(), "w", k, true)
-	txs := make([][]wire.Op, 0, batch)
-	for i := 0; i < total; i++ {
-		txs = append(txs, patient(i))
-		if len(txs) == batch {
-			if _, err := src.log.WriteMany(context.Background(), txs); err != nil {
-				b.Fatal(err)
-			}
-			txs = txs[:0]
-		}
-	}
-	var envs [][]byte
-	if err := src.log.RawRange("w", 1, 0, func(_ uint64, env []byte) (bool, error) {
-		envs = append(envs, append([]byte(nil), env...))
-		return false, nil
-	}); err != nil {
-		b.Fatal(err)
-	}
-	src.close()
-	if len(envs) != total {
-		b.Fatalf("source holds %d entries", len(envs))
-	}
+	envs := signedEnvelopes(b, benchFamily, "w", k, total, false)
 	for b.Loop() {
 		db, err := store.Open(b.TempDir(), store.Options{})
 		if err != nil {

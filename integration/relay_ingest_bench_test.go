@@ -11,62 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2/vfs"
-
 	"github.com/ppsync/ppsync/internal/hlc"
 	"github.com/ppsync/ppsync/internal/store"
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/txlog"
 )
-
-// signedChain returns n entries of site in family, written by a log of
-// their own (in memory, unsynced) and read back as a peer receives them:
-// with perEntry, each entry is its own commit group and so signed; without,
-// they are written 1,000 to a group, signed at each group's end (runs of a
-// multiple of 1,000 then end signed, as catch-up runs do).
-func signedChain(tb testing.TB, family, site string, k keys, n int, perEntry bool) []*wire.Signed {
-	tb.Helper()
-	db, err := store.Open("db", store.Options{FS: vfs.NewMem()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer db.Close()
-	l, err := txlog.Open(txlog.Config{DB: db, Family: family, Self: &txlog.Identity{Site: site, Epoch: 1, Key: k[site]},
-		Keys: k, Apply: applyNothing{}, Clock: hlc.New(time.Now), NoSync: true})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	group := 1000
-	if perEntry {
-		group = 1
-	}
-	txs := make([][]wire.Op, 0, group)
-	for i := range n {
-		txs = append(txs, patient(i))
-		if len(txs) == group || i == n-1 {
-			if _, err := l.WriteMany(context.Background(), txs); err != nil {
-				tb.Fatal(err)
-			}
-			txs = txs[:0]
-		}
-	}
-	out := make([]*wire.Signed, 0, n)
-	if err := l.RawRange(site, 1, 0, func(_ uint64, env []byte) (bool, error) {
-		s, err := wire.DecodeEnvelope(env)
-		if err != nil {
-			return true, err
-		}
-		out = append(out, s)
-		return false, nil
-	}); err != nil {
-		tb.Fatal(err)
-	}
-	if len(out) != n {
-		tb.Fatalf("%s holds %d entries, want %d", site, len(out), n)
-	}
-	return out
-}
 
 // BenchmarkIngestBesideFamilies measures what one family's catch-up through
 // a relay costs the relay's other families, which share its database: quiet
