@@ -34,12 +34,30 @@ type State struct {
 
 	loads  atomic.Uint64 // last initial load ID handed out (NewLoad)
 	clears atomic.Uint64 // Clear calls: a Prefetched read before one is stale
+	// applies counts the apply calls begun; recent holds the records the
+	// latest of them wrote, by call (see Prefetch and readAhead). Apply's
+	// goroutine alone touches recent.
+	applies    atomic.Uint64
+	prefetches atomic.Bool // Prefetch has been called: apply calls keep recent
+	recent     [recentApplies]appliedKeys
 	// fresh says, per table, whether the puts of an initial load (by its
 	// ID) need no read of their records: the table held no record when
 	// that load first wrote it, and only that load's puts wrote it since.
 	// Used by Apply's goroutine only; kept in memory alone, so a restart
 	// forgets it and reads again.
 	fresh map[string]freshTable
+}
+
+// recentApplies is how many apply calls recent remembers: a read ahead is
+// checked against the calls begun since it began, and one older than that
+// many calls is read again. A writer's read ahead waits for one group
+// commit, rarely two.
+const recentApplies = 8
+
+// appliedKeys are the records one apply call wrote (keys: its call number).
+type appliedKeys struct {
+	call uint64
+	keys map[string]struct{}
 }
 
 // freshTable is what is known of a table for one initial load.
@@ -175,8 +193,9 @@ func (s *State) ApplyAll(b *pebble.Batch, es []*wire.Signed) error {
 // prefetched holds the records that a transaction's operations write, read
 // ahead of applying them (Prefetch).
 type prefetched struct {
-	clears uint64 // s.clears before the reads
-	recs   []prefetchedRecord
+	clears  uint64 // s.clears before the reads
+	applies uint64 // s.applies before the reads
+	recs    []prefetchedRecord
 }
 
 type prefetchedRecord struct {
@@ -191,7 +210,10 @@ type prefetchedRecord struct {
 // of a transaction calls it on its own goroutine, before the transaction
 // reaches the committer.
 func (s *State) Prefetch(ops []wire.Op) (any, error) {
-	p := &prefetched{clears: s.clears.Load(), recs: make([]prefetchedRecord, len(ops))}
+	if !s.prefetches.Load() {
+		s.prefetches.Store(true)
+	}
+	p := &prefetched{clears: s.clears.Load(), applies: s.applies.Load(), recs: make([]prefetchedRecord, len(ops))}
 	for i := range ops {
 		key := recordKey(ops[i].Table, ops[i].Key)
 		raw, stored, err := getCopy(s.db, key)
@@ -204,12 +226,16 @@ func (s *State) Prefetch(ops []wire.Op) (any, error) {
 }
 
 // ApplyPrefetched is ApplyAll where pre[i], if not nil, is what Prefetch
-// returned for the operations of es[i] (its payload). The caller vouches that
-// nothing was written to the database's state since that Prefetch began (no
-// batch committed; a Clear is noticed here anyway) and that b holds no writes
-// of the state but this call's: then a record read ahead is the record as b
-// holds it unless an earlier entry of this call wrote it, which this call
-// tracks. The result is the same as ApplyAll's, byte for byte.
+// returned for the operations of es[i] (its payload). The caller vouches
+// that since that Prefetch began the state was written only by this
+// State's apply calls and Clear, each apply call's batch committed (or
+// discarded) before the next call began, and that b holds no writes of the
+// state but this call's. Then a record read ahead is the record as b holds
+// it unless the apply call under way when the read began, a later one, or
+// an earlier entry of this call wrote it: the State remembers the records
+// each of its latest apply calls wrote (recentApplies of them) and reads
+// again a record any of them wrote, or whose read is older than they are.
+// The result is the same as ApplyAll's, byte for byte.
 func (s *State) ApplyPrefetched(b *pebble.Batch, es []*wire.Signed, pre []any) error {
 	if pre != nil && len(pre) != len(es) {
 		return fmt.Errorf("state: apply: %d prefetched reads for %d entries", len(pre), len(es))
@@ -256,10 +282,14 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre
 	}
 	var recordsDelta int64
 	var conflicts uint64
-	var written map[string]struct{} // records written by this call, once a read ahead is used
-	if pre != nil {
+	// written holds the records this call writes, once reads ahead are in
+	// use: for this call's reads ahead, and for the calls after it (recent).
+	call := s.applies.Add(1)
+	var written map[string]struct{}
+	if pre != nil || s.prefetches.Load() {
 		written = make(map[string]struct{}, len(es))
 	}
+	defer func() { s.recent[call%recentApplies] = appliedKeys{call: call, keys: written} }()
 	clears := s.clears.Load()
 	for _, e := range es {
 		if e == nil {
@@ -277,12 +307,12 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre
 		}
 	}
 	for i, e := range es {
-		a := applier{s: s, b: b, e: e, written: written, recs: recs}
+		a := applier{s: s, b: b, e: e, call: call, written: written, recs: recs}
 		if loads != nil {
 			a.load = loads[i]
 		}
 		if pre != nil && pre[i] != nil && pre[i].clears == clears {
-			a.pre = pre[i].recs
+			a.pre, a.preApplies = pre[i].recs, pre[i].applies
 		}
 		ops := e.Payload() // a sealed entry's opened operations
 		for i := range ops {
@@ -329,11 +359,15 @@ type applier struct {
 	b    *pebble.Batch
 	e    *wire.Signed
 	load uint64 // the initial load e belongs to (ApplyLoad), or 0
-	// pre holds the records of e's operations read ahead (ApplyPrefetched),
-	// good unless written holds them: the records this call wrote.
-	pre     []prefetchedRecord
-	written map[string]struct{}
-	recs    records // the records of the whole ApplyAll, read ahead, or nil
+	// pre holds the records of e's operations read ahead (ApplyPrefetched)
+	// while preApplies apply calls had begun, good unless written holds
+	// them (the records this call, number call, wrote) or recent calls
+	// wrote them (see readAhead).
+	pre        []prefetchedRecord
+	preApplies uint64
+	call       uint64
+	written    map[string]struct{}
+	recs       records // the records of the whole ApplyAll, read ahead, or nil
 
 	won          bool // the entry became the writer of something
 	recordsDelta int64
@@ -446,13 +480,31 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 }
 
 // readAhead reports whether operation i's record (under key) was read ahead
-// and is still as read: no earlier entry of this call wrote it.
+// and is still as read: no earlier entry of this call wrote it, and no
+// apply call since the one under way when the read began (whose batch may
+// have been committed after the read) did. Calls before that one were
+// committed before it began (see ApplyPrefetched), so the read saw them.
 func (a *applier) readAhead(i int, key []byte) bool {
 	if i >= len(a.pre) || !bytes.Equal(a.pre[i].key, key) {
 		return false
 	}
-	_, w := a.written[string(key)]
-	return !w
+	if _, w := a.written[string(key)]; w {
+		return false
+	}
+	from := max(a.preApplies, 1)
+	if a.call-from > recentApplies {
+		return false
+	}
+	for c := from; c < a.call; c++ {
+		r := a.s.recent[c%recentApplies]
+		if r.call != c || r.keys == nil {
+			return false // forgotten, or not kept: read again
+		}
+		if _, w := r.keys[string(key)]; w {
+			return false
+		}
+	}
+	return true
 }
 
 // knownNew reports whether op's record is known not to be stored, so that

@@ -116,7 +116,7 @@ func (l *Log) prefetch(r *request) {
 	if !ok || r.loads != nil {
 		return
 	}
-	r.preAt = l.commits.Load()
+	r.preAt = l.exclusives.Load()
 	r.pre = make([]any, len(r.own))
 	for i, ops := range r.own {
 		pre, err := p.Prefetch(ops)

@@ -24,7 +24,7 @@ type request struct {
 	extra func(*pebble.Batch) error // own: more writes for the same batch (a capture position)
 	loads []uint64                  // own: the initial load each transaction belongs to (WriteLoad), or nil
 	pre   []any                     // own: each transaction's reads ahead (Prefetcher), or nil
-	preAt uint64                    // own: l.commits when they began
+	preAt uint64                    // own: l.exclusives when they began
 
 	out  []*wire.Signed // own: the committed entries
 	res  RunResult      // remote: what happened
@@ -188,7 +188,7 @@ func (l *Log) exclusive(r *request) {
 		r.err = err
 	} else {
 		r.err = r.fn()
-		l.commits.Add(1) // it may have written anything
+		l.exclusives.Add(1) // it may have written anything
 	}
 	close(r.done)
 }
@@ -332,9 +332,6 @@ func (l *Log) commitGroup(b *building) {
 		if err = g.b.Commit(pebble.NoSync); err != nil {
 			err = fmt.Errorf("txlog: commit: %w", err)
 		}
-		// After the commit: a read ahead that saw the old count may have
-		// missed this group's writes, one that sees the new count has not.
-		l.commits.Add(1)
 	}
 	if err != nil {
 		answer(err)
@@ -464,9 +461,10 @@ func (l *Log) stampOwn(g *group, r *request) error {
 		}
 		g.loads[out[i]] = load
 	}
-	if r.pre != nil && r.preAt == l.commits.Load() {
-		// Nothing was committed since the writer read ahead (this group
-		// commits after every entry in it is applied).
+	if r.pre != nil && r.preAt == l.exclusives.Load() {
+		// No exclusive work ran since the writer read ahead: the state was
+		// written only by groups, each applied, then committed, before the
+		// next was applied (the Prefetcher's part checks those).
 		if g.pre == nil {
 			g.pre = make(map[*wire.Signed]any, len(out))
 		}

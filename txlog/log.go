@@ -85,9 +85,12 @@ type LoadApplier interface {
 // what applying the writer's own transaction will read, so that the
 // committer, one goroutine, need not. Prefetch reads the database as
 // committed and returns what it read; ApplyPrefetched is ApplyAll where
-// pre[i], if not nil, is what Prefetch returned for the operations of es[i],
-// with no group committed (and no exclusive work run) since Prefetch began,
-// and the batch holding no writes of the applier but this call's.
+// pre[i], if not nil, is what Prefetch returned for the operations of es[i].
+// The log vouches that no exclusive work ran since Prefetch began, that
+// each group's batch, applied by one ApplyAll, ApplyLoad or ApplyPrefetched
+// call, was committed (or discarded) before the next group's call began,
+// and that the batch holds no writes of the applier but this call's; the
+// applier tells which of the reads groups committed since made stale.
 type Prefetcher interface {
 	Applier
 	Prefetch(ops []wire.Op) (any, error)
@@ -223,9 +226,9 @@ type Log struct {
 	// when none is in flight, so no request waits for a committer that left.
 	inflight atomic.Int64
 
-	// commits counts the groups committed and the exclusive work run: a
-	// writer's read ahead (Prefetcher) is good while it has not moved.
-	commits atomic.Uint64
+	// exclusives counts the exclusive work run: a writer's read ahead
+	// (Prefetcher) is passed on while it has not moved.
+	exclusives atomic.Uint64
 
 	mu      sync.Mutex
 	closed  bool
