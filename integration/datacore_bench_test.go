@@ -140,6 +140,7 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		logOnly
 		stateFollows
 	)
+	var ourSyncs txlog.SyncStats // the log's syncs in the withState rounds
 	oursRate := func(mode int) float64 {
 		var apply txlog.Applier // the state
 		var follow *followingState
@@ -176,7 +177,14 @@ func BenchmarkDurableAppend64(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		return float64(writers*perWriter) / time.Since(start).Seconds()
+		rate := float64(writers*perWriter) / time.Since(start).Seconds()
+		if mode == withState {
+			s := c.log.SyncStats()
+			ourSyncs.Syncs += s.Syncs
+			ourSyncs.Entries += s.Entries
+			ourSyncs.Time += s.Time
+		}
+		return rate
 	}
 	// withCPU runs f and adds the CPU time the process used meanwhile (all
 	// goroutines: the writers, the committer, Pebble, the GC) to *sum; on a
@@ -192,6 +200,7 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		return r
 	}
 	for b.Loop() {
+		ourSyncs = txlog.SyncStats{}
 		var raws, ours, ratios []float64
 		var rawCPUTime, ourCPUTime time.Duration
 		cpuOK := true
@@ -234,6 +243,12 @@ func BenchmarkDurableAppend64(b *testing.B) {
 		b.ReportMetric(rawCPU/raws[mid], "raw-10us-cpu-ratio")
 		b.ReportMetric(logAlone/raws[mid], "log-without-state-ratio")
 		b.ReportMetric(follows/raws[mid], "state-follows-log-ratio")
+		if ourSyncs.Syncs > 0 {
+			// How ppsync's group commit used the disk: entries per sync
+			// (64 writers wait at once) and how long a sync took.
+			b.ReportMetric(float64(ourSyncs.Entries)/float64(ourSyncs.Syncs), "ppsync-entries/sync")
+			b.ReportMetric(float64(ourSyncs.Time.Microseconds())/float64(ourSyncs.Syncs), "ppsync-sync-us")
+		}
 		if cpuOK {
 			// CPU per transaction over the rounds, the process's, in clock
 			// ticks of 10 ms: what bounds the loop on 2 cores.

@@ -10,6 +10,7 @@ import (
 	"github.com/ppsync/ppsync/internal/wire"
 	"github.com/ppsync/ppsync/node/api"
 	"github.com/ppsync/ppsync/node/datadir"
+	"github.com/ppsync/ppsync/txlog"
 )
 
 // The domain API: the only way into a running node. The HTTP handlers
@@ -458,6 +459,7 @@ type Metrics struct {
 	Status     api.Status
 	DB         *api.DBStatus // nil on a node without a practice database; no per-table pending counts
 	Alerts     AlertStats
+	Disk       txlog.SyncStats // the log's syncs to disk since the node started
 }
 
 // Counters are the node's monotonically increasing figures since it started.
@@ -489,6 +491,9 @@ func (n *Node) Metrics(ctx context.Context) (Metrics, error) {
 		m.DB = &d
 	}
 	m.Alerts = n.AlertStats()
+	if n.txlog != nil {
+		m.Disk = n.txlog.SyncStats()
+	}
 	if err := ctx.Err(); err != nil {
 		return m, err
 	}

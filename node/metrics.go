@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ppsync/ppsync/txlog"
 )
 
 // counters are the node's monotonically increasing figures, kept as atomics
@@ -73,6 +75,10 @@ var (
 		"1 when members run different ppsync versions.", nil, nil)
 	mOnline = prometheus.NewDesc("ppsync_online",
 		"1 when at least one family member is reachable.", nil, nil)
+	mDiskSync = prometheus.NewDesc("ppsync_disk_sync_seconds",
+		"Time each sync of the log to disk took (one sync makes every commit group waiting for it durable; a slow disk slows every write).", nil, nil)
+	mDiskSynced = prometheus.NewDesc("ppsync_disk_synced_entries_total",
+		"Entries the log's syncs made durable (divided by ppsync_disk_sync_seconds_count: entries per sync).", nil, nil)
 
 	// The practice database, only on a node that syncs one.
 	mDBCaptured = prometheus.NewDesc("ppsync_db_captured_total",
@@ -102,6 +108,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mEntries, mCatchupBytes, mCatchupSessions, mRejections, mDropped, mPeers,
 		mBacklog, mLag, mFrontier, mConflicts, mRecords, mForks, mHeld, mLastSync, mVersionMismatch, mOnline,
+		mDiskSync, mDiskSynced,
 		mDBCaptured, mDBApplied, mDBPendingCapture, mDBPendingApply, mDBRefused, mDBProblem,
 		mAlertRules, mAlertsFiring, mAlertMessages, mAlertPending} {
 		ch <- d
@@ -124,6 +131,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mCatchupSessions, k.CatchupOK, "ok")
 	counter(mCatchupSessions, k.CatchupFailed, "failed")
 	counter(mDropped, k.PublishDropped)
+	disk := m.Disk
+	buckets := make(map[float64]uint64, len(disk.Buckets))
+	var below uint64
+	for i, bound := range txlog.SyncBucketBounds() {
+		below += disk.Buckets[i]
+		buckets[bound.Seconds()] = below // cumulative, as Prometheus counts
+	}
+	ch <- prometheus.MustNewConstHistogram(mDiskSync, disk.Syncs, disk.Time.Seconds(), buckets)
+	counter(mDiskSynced, disk.Entries)
 	for reason, v := range m.Rejections {
 		counter(mRejections, v, reason)
 	}

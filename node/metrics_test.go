@@ -49,6 +49,26 @@ func TestMetricsMoveAsEntriesFlow(t *testing.T) {
 	if v := scrape(t, a, `ppsync_online`); v != 1 {
 		t.Fatalf("online: %v", v)
 	}
+	// The log's syncs to disk: every entry either end holds was made durable
+	// by one, and the histogram counts each sync once.
+	for _, c := range []struct {
+		r    *running
+		name string
+	}{{a, "clinic-a"}, {b, "clinic-b"}} {
+		syncs := scrape(t, c.r, `ppsync_disk_sync_seconds_count`)
+		if entries := scrape(t, c.r, `ppsync_disk_synced_entries_total`); syncs < 1 || syncs > entries {
+			t.Fatalf("%s: %v syncs made %v entries durable", c.name, syncs, entries)
+		}
+		if all := scrape(t, c.r, `ppsync_disk_sync_seconds_bucket\{le="\+Inf"\}`); all != syncs {
+			t.Fatalf("%s: the +Inf bucket holds %v syncs of %v", c.name, all, syncs)
+		}
+		if v := scrape(t, c.r, `ppsync_disk_sync_seconds_sum`); v <= 0 {
+			t.Fatalf("%s: %v syncs took %v s", c.name, syncs, v)
+		}
+		if v := scrape(t, c.r, `ppsync_disk_synced_entries_total`); v < 25 {
+			t.Fatalf("%s: syncs made %v entries durable, want 25 at least", c.name, v)
+		}
+	}
 }
 
 // TestMetricsDB: a node bound to a practice database exports its figures; a

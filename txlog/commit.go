@@ -223,7 +223,10 @@ func (l *Log) syncer(done chan struct{}) {
 		}
 		var err error
 		if needsSync(batch) {
-			if err = l.db.LogData(nil, l.write); err != nil {
+			start := time.Now()
+			err = l.db.LogData(nil, l.write)
+			l.syncs.add(batch, time.Since(start))
+			if err != nil {
 				err = fmt.Errorf("txlog: the disk failed to save the last writes (%v); they are not acknowledged; restart the node", err)
 				l.mu.Lock()
 				if l.broken == nil {

@@ -226,6 +226,8 @@ type Log struct {
 	// when none is in flight, so no request waits for a committer that left.
 	inflight atomic.Int64
 
+	syncs syncStats // the syncer's figures (SyncStats)
+
 	// exclusives counts the exclusive work run: a writer's read ahead
 	// (Prefetcher) is passed on while it has not moved.
 	exclusives atomic.Uint64
