@@ -53,8 +53,8 @@ cross: ## pure-Go builds for linux/amd64, windows/amd64, darwin/arm64
 	@set -e; for p in linux/amd64 windows/amd64 darwin/arm64; do \
 		echo "build $$p"; CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -o /dev/null ./...; done
 
-bench: ## benchmarks with figures (BENCHTIME=1x; try BENCHTIME=3x)
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./integration/ ./state/ ./internal/wire/ ./internal/store/ ./db/... ./node/
+bench: ## benchmarks with figures (BENCHTIME=1x; try BENCHTIME=3x), built without cgo like the binary
+	CGO_ENABLED=0 $(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./integration/ ./state/ ./internal/wire/ ./internal/store/ ./db/... ./node/
 
 demo: build ## the main job: a demo family syncing on this machine
 	./bin/ppsync demo
