@@ -187,6 +187,23 @@ func TestApplyPrefetchedRereadsWhatCallsSinceWrote(t *testing.T) {
 			t.Fatalf("fields %v: want n and m (the stale read was used)", f)
 		}
 	})
+	t.Run("after a large call that keeps no record of its writes", func(t *testing.T) {
+		s, db := openMem(t)
+		pre, err := s.Prefetch(e1.Payload())
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := make([]*wire.Signed, readAheadEntries)
+		for i := range run {
+			run[i] = ent("c", uint64(i+1), 5, nil, put("notes", fmt.Sprint(i), nil))
+		}
+		applyBatchAll(t, s, db, run)
+		writeBehind(t, s, db, "patients", "p1")
+		applyPrefetched(t, s, db, e1, pre)
+		if f := fields(t, s); len(f) != 2 {
+			t.Fatalf("fields %v: want n and the field written behind (the read was used)", f)
+		}
+	})
 	t.Run("older than the State remembers", func(t *testing.T) {
 		s, db := openMem(t)
 		pre, err := s.Prefetch(e1.Payload())
@@ -215,6 +232,19 @@ func writeBehind(t *testing.T, s *State, db *pebble.DB, table, key string) {
 		t.Fatalf("record written behind: %v %v", ok, err)
 	}
 	if err := db.Set(recordKey(table, key), raw, pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// applyBatchAll applies es with one ApplyAll call, in a batch of its own.
+func applyBatchAll(t *testing.T, s *State, db *pebble.DB, es []*wire.Signed) {
+	t.Helper()
+	b := db.NewIndexedBatch()
+	defer b.Close()
+	if err := s.ApplyAll(b, es); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
 }

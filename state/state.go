@@ -284,9 +284,13 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre
 	var conflicts uint64
 	// written holds the records this call writes, once reads ahead are in
 	// use: for this call's reads ahead, and for the calls after it (recent).
+	// A call of an initial load or of readAheadEntries entries or more (a
+	// catch-up run) without reads ahead of its own keeps none: its many
+	// records would cost a set entry each, and a writer's read ahead that
+	// it comes after is read again (readAhead), which is rare.
 	call := s.applies.Add(1)
 	var written map[string]struct{}
-	if pre != nil || s.prefetches.Load() {
+	if pre != nil || (s.prefetches.Load() && loads == nil && len(es) < readAheadEntries) {
 		written = make(map[string]struct{}, len(es))
 	}
 	defer func() { s.recent[call%recentApplies] = appliedKeys{call: call, keys: written} }()
