@@ -4,9 +4,13 @@ package integration
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +57,45 @@ func familyStatus(tb testing.TB, data, familyID string) status {
 //
 // This test mirrors README.md's "One relay for many families": when that
 // section changes, change this test with it.
+// nodeMetrics returns what GET path (/metrics, with a query) of a running
+// node says, asked with the node's API key as a scraper is given it.
+func nodeMetrics(tb testing.TB, p *proc, path string) string {
+	tb.Helper()
+	key, err := os.ReadFile(filepath.Join(p.data, "api.key"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, p.runtime().API+path, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	text, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("GET %s: %s\n%s", path, resp.Status, text)
+	}
+	return string(text)
+}
+
+// metricValue returns the value of the sample that series (a regular
+// expression of the name and labels) matches in text, and whether one does.
+func metricValue(text, series string) (float64, bool) {
+	m := regexp.MustCompile(`(?m)^` + series + ` (\S+)$`).FindStringSubmatch(text)
+	if m == nil {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	return v, err == nil
+}
+
 func TestRelayServesSeveralFamilies(t *testing.T) {
 	t.Parallel()
 	smith := newSupport(t, t.TempDir(), "Smith Dental")
@@ -127,9 +170,43 @@ func TestRelayServesSeveralFamilies(t *testing.T) {
 		t.Errorf("the second family's sites: %v", rows[1].Sites)
 	}
 
+	// One scrape of the relay gives both families' figures, each under
+	// its family's ID, beside the process's own once.
+	smithID := nodeStatus(t, north).FamilyID
+	all := nodeMetrics(t, relayProc, "/metrics?family=all")
+	for _, c := range []struct {
+		family, site string
+		held         uint64
+	}{
+		{smithID, "clinic-north", familyStatus(t, relay, smithID).Frontier["clinic-north"]},
+		{joined.FamilyID, "physio-a", familyStatus(t, relay, joined.FamilyID).Frontier["physio-a"]},
+	} {
+		series := `ppsync_frontier_seq\{family="` + c.family + `",site="` + c.site + `"\}`
+		if v, ok := metricValue(all, series); !ok || v < 1 || uint64(v) > c.held {
+			t.Errorf("%s: %v, %v (the relay holds %d)", series, v, ok, c.held)
+		}
+		synced := `ppsync_disk_synced_entries_total\{family="` + c.family + `"\}`
+		if v, ok := metricValue(all, synced); !ok || v < 1 {
+			t.Errorf("%s: %v, %v", synced, v, ok)
+		}
+	}
+	if _, ok := metricValue(all, `ppsync_frontier_seq\{family="`+joined.FamilyID+`",site="clinic-north"\}`); ok {
+		t.Error("Jones Physio's figures name a site of Smith Dental")
+	}
+	if v, ok := metricValue(all, `ppsync_relay_families`); !ok || v != 2 {
+		t.Errorf("ppsync_relay_families: %v, %v", v, ok)
+	}
+	if n := strings.Count(all, "\nprocess_resident_memory_bytes "); n != 1 {
+		t.Errorf("the process's RSS appears %d times", n)
+	}
+	// ?family=ID is one family's, as the family header asks.
+	one := nodeMetrics(t, relayProc, "/metrics?family="+joined.FamilyID)
+	if _, ok := metricValue(one, `ppsync_frontier_seq\{site="physio-a"\}`); !ok || strings.Contains(one, "clinic-north") {
+		t.Errorf("GET /metrics?family=%s:\n%s", joined.FamilyID, one)
+	}
+
 	// What a member of one family was given on the mesh names nothing of
 	// the other: not its ID, not its name, not its sites, not its data.
-	smithID := nodeStatus(t, north).FamilyID
 	tapped, err := os.ReadFile(tap)
 	if err != nil || len(tapped) == 0 {
 		t.Fatalf("physio-a's tap is empty: %v", err)

@@ -7,8 +7,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -177,6 +175,15 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 	joined := time.Since(joinStart)
 	idle := settleSample(b, relayProc)
 	perFamilyIdle := float64(idle.rss-base.rss) / float64(max(1, families-1))
+	// One scrape of every family's metrics, as the vendor's Prometheus
+	// takes it.
+	scrapeAt := time.Now()
+	scraped := nodeMetrics(b, relayProc, "/metrics?family=all")
+	scrapeTook := time.Since(scrapeAt)
+	if v, ok := metricValue(scraped, "ppsync_relay_families"); !ok || int(v) != families {
+		b.Fatalf("GET /metrics?family=all counts %v families (%v), want %d", v, ok, families)
+	}
+	series := strings.Count(scraped, "\nppsync_")
 
 	// Batches of active families.
 	delays := &delayLog{}
@@ -256,6 +263,8 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 	fmt.Printf("  goroutines: %d empty, %d idle (%.1f per family), %d at peak; open files: %d empty, %d idle, %d at peak\n",
 		base.goro, idle.goro, float64(idle.goro-base.goro)/float64(max(1, families-1)), peak.goro, base.fds, idle.fds, peak.fds)
 	fmt.Printf("  CPU: %.2f s per thousand entries (%.0f entries relayed)\n", cpu/max(entries/1000, 1e-9), entries)
+	fmt.Printf("  one scrape of every family's metrics (GET /metrics?family=all, all joined and idle): %s, %.1f MB, %d ppsync series (%.0f per family)\n",
+		scrapeTook.Round(time.Millisecond), float64(len(scraped))/1e6, series, float64(series)/float64(families))
 	fmt.Printf("  delay from a write at one site to its arrival at another: p50 %s, p99 %s over %d arrivals, %.1f %% by catch-up (target p99 < 1s)\n",
 		p50.Round(time.Millisecond), p99.Round(time.Millisecond), delays.count(), 100*delays.byCatchUp())
 	fmt.Printf("  relay restart taken back in %s (the relay stopped in %s and was ready again %s later, its %d sites reconnected after %s, a write at each at the others %s after the probe)\n",
@@ -314,32 +323,8 @@ func (s procSample) max(o procSample) procSample {
 // relayGoroutines reads go_goroutines from the relay's metrics.
 func relayGoroutines(tb testing.TB, p *proc) int {
 	tb.Helper()
-	goro := 0
-	key, err := os.ReadFile(filepath.Join(p.data, "api.key"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	req, err := http.NewRequest(http.MethodGet, p.runtime().API+"/metrics", nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	text, err := io.ReadAll(resp.Body)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, line := range strings.Split(string(text), "\n") {
-		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			goro = int(n)
-		}
-	}
-	return goro
+	v, _ := metricValue(nodeMetrics(tb, p, "/metrics"), "go_goroutines")
+	return int(v)
 }
 
 // delayLog collects write-to-arrival delays.

@@ -411,12 +411,24 @@ func (n *Node) routeFamily(next http.Handler) http.Handler {
 		}
 		m := n.family(fid)
 		if m == nil {
-			n.writeErr(w, newAPIError(http.StatusNotFound, codeUnknownFamily, nil,
-				"this node serves no family %s; `ppsync relay families --data DATA` lists the families it serves", fid))
+			n.writeErr(w, unknownFamily(fid))
 			return
 		}
-		m.apiMux().ServeHTTP(w, r)
+		m.familyAPI().ServeHTTP(w, r)
 	})
+}
+
+// familyAPI returns a further family's API, made at its first request.
+func (n *Node) familyAPI() *http.ServeMux {
+	n.familyMuxOnce.Do(func() { n.familyMux = n.apiMux() })
+	return n.familyMux
+}
+
+// unknownFamily is the error for a request about a family this node does
+// not serve.
+func unknownFamily(fid string) error {
+	return newAPIError(http.StatusNotFound, codeUnknownFamily, nil,
+		"this node serves no family %s; `ppsync relay families --data DATA` lists the families it serves", fid)
 }
 
 // Families lists the families this node serves: its first and, at a relay,

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"net/http"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -30,11 +32,22 @@ type counters struct {
 }
 
 // collector computes every metric when Prometheus scrapes, from one
-// Metrics snapshot of the domain API: the node keeps no metric state of its
-// own beyond the counters.
+// Metrics snapshot of the domain API per family: the node keeps no metric
+// state of its own beyond the counters. Without a family label it exports
+// one family's figures (the node's); with one (GET /metrics?family=all at a
+// relay) every family's, each labelled with its ID, and the number of
+// families served.
 type collector struct {
-	n   metricsSource
-	ctx context.Context // the scrape's: Collect is given none
+	families func() []familyMetrics // the families to export: one without a label
+	labelled bool
+	d        *metricDescs
+	ctx      context.Context // the node's: Collect is given none
+}
+
+// familyMetrics is one family's source of figures.
+type familyMetrics struct {
+	id  string
+	src metricsSource
 }
 
 // metricsSource is what the collector needs of the node.
@@ -42,95 +55,148 @@ type metricsSource interface {
 	Metrics(ctx context.Context) (Metrics, error)
 }
 
-var (
-	mEntries = prometheus.NewDesc("ppsync_entries_total",
-		"Entries appended to this node's log, by origin (own, gossip, catch-up).", []string{"origin"}, nil)
-	mCatchupBytes = prometheus.NewDesc("ppsync_catchup_received_bytes_total",
-		"Compressed bytes received in catch-up sessions.", nil, nil)
-	mCatchupSessions = prometheus.NewDesc("ppsync_catchup_sessions_total",
-		"Catch-up sessions run, by result.", []string{"result"}, nil)
-	mRejections = prometheus.NewDesc("ppsync_rejections_total",
-		"Connections, streams and gossip messages refused, by reason.", []string{"reason"}, nil)
-	mDropped = prometheus.NewDesc("ppsync_gossip_publish_dropped_total",
-		"Own entries not gossiped, beyond the gossip budget or with the queue full (catch-up delivers them).", nil, nil)
-	mPeers = prometheus.NewDesc("ppsync_peers_connected",
-		"Family members connected now, by path (direct, relay).", []string{"via"}, nil)
-	mBacklog = prometheus.NewDesc("ppsync_backlog_entries",
-		"Own entries no other member is known to hold.", nil, nil)
-	mLag = prometheus.NewDesc("ppsync_peer_lag_entries",
-		"Entries this node holds that a member does not, by member site.", []string{"site"}, nil)
-	mFrontier = prometheus.NewDesc("ppsync_frontier_seq",
-		"Highest contiguous seq held, by site.", []string{"site"}, nil)
-	mConflicts = prometheus.NewDesc("ppsync_conflicts",
-		"Concurrent writes recorded (conflicts).", nil, nil)
-	mRecords = prometheus.NewDesc("ppsync_records",
-		"Live records in the state.", nil, nil)
-	mForks = prometheus.NewDesc("ppsync_forks",
-		"Sites known to have forked.", nil, nil)
-	mHeld = prometheus.NewDesc("ppsync_held_entries",
-		"Entries waiting for a newer ppsync (newer schema).", nil, nil)
-	mLastSync = prometheus.NewDesc("ppsync_last_sync_age_seconds",
-		"Seconds since the last successful catch-up session (-1: never).", nil, nil)
-	mVersionMismatch = prometheus.NewDesc("ppsync_version_mismatch",
-		"1 when members run different ppsync versions.", nil, nil)
-	mOnline = prometheus.NewDesc("ppsync_online",
-		"1 when at least one family member is reachable.", nil, nil)
-	mDiskSync = prometheus.NewDesc("ppsync_disk_sync_seconds",
-		"Time each sync of the log to disk took (one sync makes every commit group waiting for it durable; a slow disk slows every write).", nil, nil)
-	mDiskSynced = prometheus.NewDesc("ppsync_disk_synced_entries_total",
-		"Entries the log's syncs made durable (divided by ppsync_disk_sync_seconds_count: entries per sync).", nil, nil)
+// metricDescs describes the metrics of one family; with a family label
+// (family=all) each carries the family's ID first.
+type metricDescs struct {
+	entries, catchupBytes, catchupSessions, rejections, dropped    *prometheus.Desc
+	peers, backlog, lag, frontier, conflicts, records, forks, held *prometheus.Desc
+	lastSync, versionMismatch, online, diskSync, diskSynced        *prometheus.Desc
+	dbCaptured, dbApplied, dbPendingCapture, dbPendingApply        *prometheus.Desc
+	dbRefused, dbProblem                                           *prometheus.Desc
+	alertRules, alertsFiring, alertMessages, alertPending          *prometheus.Desc
+	families                                                       *prometheus.Desc // no family label: the families served (family=all only)
+}
 
-	// The practice database, only on a node that syncs one.
-	mDBCaptured = prometheus.NewDesc("ppsync_db_captured_total",
-		"Changes captured from the practice database into this site's log since the node started.", nil, nil)
-	mDBApplied = prometheus.NewDesc("ppsync_db_applied_total",
-		"Merged rows written into the practice database since the node started.", nil, nil)
-	mDBPendingCapture = prometheus.NewDesc("ppsync_db_pending_capture",
-		"Changes waiting in the practice database's change table to be captured.", nil, nil)
-	mDBPendingApply = prometheus.NewDesc("ppsync_db_pending_apply",
-		"Merged changes not yet written into the practice database.", nil, nil)
-	mDBRefused = prometheus.NewDesc("ppsync_db_refused_rows",
-		"Merged rows the practice database refused (tried again after every change until written).", nil, nil)
-	mDBProblem = prometheus.NewDesc("ppsync_db_problem",
-		"1 when syncing the practice database has a problem (GET /v1/db says which).", nil, nil)
+// newMetricDescs returns the descriptions; labelled adds the family label.
+func newMetricDescs(labelled bool) *metricDescs {
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		if labelled {
+			labels = append([]string{"family"}, labels...)
+		}
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &metricDescs{
+		families: prometheus.NewDesc("ppsync_relay_families", "Families this process serves.", nil, nil),
+		entries: desc("ppsync_entries_total",
+			"Entries appended to this node's log, by origin (own, gossip, catch-up).", "origin"),
+		catchupBytes: desc("ppsync_catchup_received_bytes_total",
+			"Compressed bytes received in catch-up sessions."),
+		catchupSessions: desc("ppsync_catchup_sessions_total",
+			"Catch-up sessions run, by result.", "result"),
+		rejections: desc("ppsync_rejections_total",
+			"Connections, streams and gossip messages refused, by reason.", "reason"),
+		dropped: desc("ppsync_gossip_publish_dropped_total",
+			"Own entries not gossiped, beyond the gossip budget or with the queue full (catch-up delivers them)."),
+		peers: desc("ppsync_peers_connected",
+			"Family members connected now, by path (direct, relay).", "via"),
+		backlog: desc("ppsync_backlog_entries",
+			"Own entries no other member is known to hold."),
+		lag: desc("ppsync_peer_lag_entries",
+			"Entries this node holds that a member does not, by member site.", "site"),
+		frontier: desc("ppsync_frontier_seq",
+			"Highest contiguous seq held, by site.", "site"),
+		conflicts: desc("ppsync_conflicts",
+			"Concurrent writes recorded (conflicts)."),
+		records: desc("ppsync_records",
+			"Live records in the state."),
+		forks: desc("ppsync_forks",
+			"Sites known to have forked."),
+		held: desc("ppsync_held_entries",
+			"Entries waiting for a newer ppsync (newer schema)."),
+		lastSync: desc("ppsync_last_sync_age_seconds",
+			"Seconds since the last successful catch-up session (-1: never)."),
+		versionMismatch: desc("ppsync_version_mismatch",
+			"1 when members run different ppsync versions."),
+		online: desc("ppsync_online",
+			"1 when at least one family member is reachable."),
+		diskSync: desc("ppsync_disk_sync_seconds",
+			"Time each sync of the log to disk took (one sync makes every commit group waiting for it durable; a slow disk slows every write)."),
+		diskSynced: desc("ppsync_disk_synced_entries_total",
+			"Entries the log's syncs made durable (divided by ppsync_disk_sync_seconds_count: entries per sync)."),
+		// The practice database, only on a node that syncs one.
+		dbCaptured: desc("ppsync_db_captured_total",
+			"Changes captured from the practice database into this site's log since the node started."),
+		dbApplied: desc("ppsync_db_applied_total",
+			"Merged rows written into the practice database since the node started."),
+		dbPendingCapture: desc("ppsync_db_pending_capture",
+			"Changes waiting in the practice database's change table to be captured."),
+		dbPendingApply: desc("ppsync_db_pending_apply",
+			"Merged changes not yet written into the practice database."),
+		dbRefused: desc("ppsync_db_refused_rows",
+			"Merged rows the practice database refused (tried again after every change until written)."),
+		dbProblem: desc("ppsync_db_problem",
+			"1 when syncing the practice database has a problem (GET /v1/db says which)."),
+		// The alert monitor.
+		alertRules: desc("ppsync_alert_rules",
+			"Alert rules this node watches."),
+		alertsFiring: desc("ppsync_alerts_firing",
+			"Alert rules whose site has a problem that was told and has not recovered."),
+		alertMessages: desc("ppsync_alert_messages_total",
+			"Alert messages (per channel) sent, and attempts that failed (each is retried).", "result"),
+		alertPending: desc("ppsync_alert_messages_pending",
+			"Alert messages (per channel) not delivered yet."),
+	}
+}
 
-	// The alert monitor.
-	mAlertRules = prometheus.NewDesc("ppsync_alert_rules",
-		"Alert rules this node watches.", nil, nil)
-	mAlertsFiring = prometheus.NewDesc("ppsync_alerts_firing",
-		"Alert rules whose site has a problem that was told and has not recovered.", nil, nil)
-	mAlertMessages = prometheus.NewDesc("ppsync_alert_messages_total",
-		"Alert messages (per channel) sent, and attempts that failed (each is retried).", []string{"result"}, nil)
-	mAlertPending = prometheus.NewDesc("ppsync_alert_messages_pending",
-		"Alert messages (per channel) not delivered yet.", nil, nil)
-)
+// all returns every description of a family's figures, for Describe.
+func (d *metricDescs) all() []*prometheus.Desc {
+	return []*prometheus.Desc{
+		d.entries, d.catchupBytes, d.catchupSessions, d.rejections, d.dropped,
+		d.peers, d.backlog, d.lag, d.frontier, d.conflicts, d.records, d.forks, d.held,
+		d.lastSync, d.versionMismatch, d.online, d.diskSync, d.diskSynced,
+		d.dbCaptured, d.dbApplied, d.dbPendingCapture, d.dbPendingApply, d.dbRefused, d.dbProblem,
+		d.alertRules, d.alertsFiring, d.alertMessages, d.alertPending,
+	}
+}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mEntries, mCatchupBytes, mCatchupSessions, mRejections, mDropped, mPeers,
-		mBacklog, mLag, mFrontier, mConflicts, mRecords, mForks, mHeld, mLastSync, mVersionMismatch, mOnline,
-		mDiskSync, mDiskSynced,
-		mDBCaptured, mDBApplied, mDBPendingCapture, mDBPendingApply, mDBRefused, mDBProblem,
-		mAlertRules, mAlertsFiring, mAlertMessages, mAlertPending} {
+	for _, d := range c.d.all() {
 		ch <- d
+	}
+	if c.labelled {
+		ch <- c.d.families
 	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	m, err := c.n.Metrics(c.ctx)
+	fams := c.families()
+	if c.labelled {
+		ch <- prometheus.MustNewConstMetric(c.d.families, prometheus.GaugeValue, float64(len(fams)))
+	}
+	for _, f := range fams {
+		var label []string
+		if c.labelled {
+			label = []string{f.id}
+		}
+		c.collectFamily(ch, f.src, label)
+	}
+}
+
+// collectFamily exports one family's figures, each with the label values
+// fam first (nil: none).
+func (c collector) collectFamily(ch chan<- prometheus.Metric, src metricsSource, fam []string) {
+	d := c.d
+	m, err := src.Metrics(c.ctx)
+	labelled := func(labels []string) []string {
+		if fam == nil {
+			return labels
+		}
+		return append(slices.Clone(fam), labels...)
+	}
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labelled(labels)...)
 	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labelled(labels)...)
 	}
 	k := m.Counters
-	counter(mEntries, k.Committed, "own")
-	counter(mEntries, k.ReceivedGossip, "gossip")
-	counter(mEntries, k.ReceivedCatchUp, "catch-up")
-	counter(mCatchupBytes, k.CatchupBytes)
-	counter(mCatchupSessions, k.CatchupOK, "ok")
-	counter(mCatchupSessions, k.CatchupFailed, "failed")
-	counter(mDropped, k.PublishDropped)
+	counter(d.entries, k.Committed, "own")
+	counter(d.entries, k.ReceivedGossip, "gossip")
+	counter(d.entries, k.ReceivedCatchUp, "catch-up")
+	counter(d.catchupBytes, k.CatchupBytes)
+	counter(d.catchupSessions, k.CatchupOK, "ok")
+	counter(d.catchupSessions, k.CatchupFailed, "failed")
+	counter(d.dropped, k.PublishDropped)
 	disk := m.Disk
 	buckets := make(map[float64]uint64, len(disk.Buckets))
 	var below uint64
@@ -138,25 +204,25 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		below += disk.Buckets[i]
 		buckets[bound.Seconds()] = below // cumulative, as Prometheus counts
 	}
-	ch <- prometheus.MustNewConstHistogram(mDiskSync, disk.Syncs, disk.Time.Seconds(), buckets)
-	counter(mDiskSynced, disk.Entries)
+	ch <- prometheus.MustNewConstHistogram(d.diskSync, disk.Syncs, disk.Time.Seconds(), buckets, labelled(nil)...)
+	counter(d.diskSynced, disk.Entries)
 	for reason, v := range m.Rejections {
-		counter(mRejections, v, reason)
+		counter(d.rejections, v, reason)
 	}
-	if d := m.DB; d != nil {
-		counter(mDBCaptured, d.Captured)
-		counter(mDBApplied, d.Applied)
-		gauge(mDBPendingCapture, float64(d.PendingCapture))
-		gauge(mDBPendingApply, float64(d.PendingApply))
-		gauge(mDBRefused, float64(len(d.Refused)))
-		gauge(mDBProblem, b2f(d.Problem != ""))
+	if db := m.DB; db != nil {
+		counter(d.dbCaptured, db.Captured)
+		counter(d.dbApplied, db.Applied)
+		gauge(d.dbPendingCapture, float64(db.PendingCapture))
+		gauge(d.dbPendingApply, float64(db.PendingApply))
+		gauge(d.dbRefused, float64(len(db.Refused)))
+		gauge(d.dbProblem, b2f(db.Problem != ""))
 	}
 	as := m.Alerts
-	gauge(mAlertRules, float64(as.Rules))
-	gauge(mAlertsFiring, float64(as.Firing))
-	counter(mAlertMessages, as.Sent, "sent")
-	counter(mAlertMessages, as.Failed, "failed")
-	gauge(mAlertPending, float64(as.Pending))
+	gauge(d.alertRules, float64(as.Rules))
+	gauge(d.alertsFiring, float64(as.Firing))
+	counter(d.alertMessages, as.Sent, "sent")
+	counter(d.alertMessages, as.Failed, "failed")
+	gauge(d.alertPending, float64(as.Pending))
 	if err != nil {
 		return // no status: the figures above only
 	}
@@ -166,26 +232,26 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if p.Connected {
 			via[p.Via]++
 		}
-		gauge(mLag, float64(p.Lag), p.Site)
+		gauge(d.lag, float64(p.Lag), p.Site)
 	}
 	for v, x := range via {
-		gauge(mPeers, x, v)
+		gauge(d.peers, x, v)
 	}
 	for site, seq := range st.Frontier {
-		gauge(mFrontier, float64(seq), site)
+		gauge(d.frontier, float64(seq), site)
 	}
-	gauge(mBacklog, float64(st.Pending))
-	gauge(mConflicts, float64(st.Conflicts))
-	gauge(mRecords, float64(st.Records))
-	gauge(mForks, float64(len(st.Forks)))
-	gauge(mHeld, float64(st.Held))
+	gauge(d.backlog, float64(st.Pending))
+	gauge(d.conflicts, float64(st.Conflicts))
+	gauge(d.records, float64(st.Records))
+	gauge(d.forks, float64(len(st.Forks)))
+	gauge(d.held, float64(st.Held))
 	age := -1.0
 	if st.LastSync != nil {
 		age = m.Time.Sub(*st.LastSync).Seconds()
 	}
-	gauge(mLastSync, age)
-	gauge(mVersionMismatch, b2f(st.VersionMismatch))
-	gauge(mOnline, b2f(st.Online))
+	gauge(d.lastSync, age)
+	gauge(d.versionMismatch, b2f(st.VersionMismatch))
+	gauge(d.online, b2f(st.Online))
 }
 
 func b2f(b bool) float64 {
@@ -195,13 +261,48 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// metricsHandler serves GET /metrics from a registry of this node's own (no
-// global registry: several nodes may share a process).
+// metricsHandler serves GET /metrics from registries of this node's own (no
+// global registry: several nodes may share a process): this family's
+// figures; with ?family=all every family's this process serves, each
+// labelled with its family ID (one scrape for a relay of many families);
+// with ?family=ID that family's, as the family header asks.
 func (n *Node) metricsHandler() http.Handler {
+	one := metricsRegistry(collector{d: newMetricDescs(false), ctx: n.ctx,
+		families: func() []familyMetrics { return []familyMetrics{{id: n.id.FamilyID, src: n}} }})
+	all := metricsRegistry(collector{d: newMetricDescs(true), labelled: true, ctx: n.ctx, families: n.familyMetrics})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch fid := strings.TrimSpace(r.URL.Query().Get("family")); {
+		case fid == "" || fid == n.id.FamilyID:
+			one.ServeHTTP(w, r)
+		case fid == "all":
+			all.ServeHTTP(w, r)
+		default:
+			m := n.family(fid)
+			if m == nil {
+				n.writeErr(w, unknownFamily(fid))
+				return
+			}
+			m.familyAPI().ServeHTTP(w, r) // its GET /metrics, for its own ID
+		}
+	})
+}
+
+// metricsRegistry returns the handler of a registry holding c and the
+// process's own figures (go_goroutines, process_resident_memory_bytes,
+// process_open_fds, process_cpu_seconds_total): what a vendor watches on a
+// relay serving many families.
+func metricsRegistry(c collector) http.Handler {
 	reg := prometheus.NewRegistry()
-	// The process's own figures (go_goroutines, process_resident_memory_bytes,
-	// process_open_fds, process_cpu_seconds_total): what a vendor watches on
-	// a relay serving many families.
-	reg.MustRegister(collector{n: n, ctx: n.ctx}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second})
+}
+
+// familyMetrics returns every family this process serves: this node's
+// first, then a relay's further families by ID.
+func (n *Node) familyMetrics() []familyMetrics {
+	out := []familyMetrics{{id: n.id.FamilyID, src: n}}
+	for _, m := range n.families() {
+		out = append(out, familyMetrics{id: m.id.FamilyID, src: m})
+	}
+	return out
 }

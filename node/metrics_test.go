@@ -72,6 +72,26 @@ func TestMetricsMoveAsEntriesFlow(t *testing.T) {
 	}
 }
 
+// GET /metrics?family=all labels a node's figures with its family's ID
+// (one family at a site); a family the node does not serve is refused.
+func TestMetricsOfAllFamilies(t *testing.T) {
+	tf, a, _ := relayAndTwoSites(t)
+	tf.write("clinic-a", 3, "patients")
+	fid := a.n.id.FamilyID
+	series := `ppsync_entries_total\{family="` + fid + `",origin="own"\}`
+	waitUntil(t, "own entries under the family label", 20*time.Second, func() (bool, string) {
+		code, body := metricsAt(t, a, "/metrics?family=all")
+		m := regexp.MustCompile(`(?m)^` + series + ` 3$`).FindString(body)
+		return code == http.StatusOK && m != "" && strings.Contains(body, "\nppsync_relay_families 1\n"), fmt.Sprintf("%d %q", code, m)
+	})
+	if code, body := metricsAt(t, a, "/metrics?family="+fid); code != http.StatusOK || !strings.Contains(body, `ppsync_entries_total{origin="own"} 3`) {
+		t.Errorf("?family=%s: %d\n%s", fid, code, body)
+	}
+	if code, body := metricsAt(t, a, "/metrics?family=0123abcd"); code != http.StatusNotFound || !strings.Contains(body, "serves no family") {
+		t.Errorf("?family of a family not served: %d %s", code, body)
+	}
+}
+
 // TestMetricsDB: a node bound to a practice database exports its figures; a
 // node without one exports none of them.
 func TestMetricsDB(t *testing.T) {
@@ -149,7 +169,17 @@ func TestMetricsDB(t *testing.T) {
 
 func metricsText(t *testing.T, r *running) string {
 	t.Helper()
-	req, _ := http.NewRequest("GET", r.base+"/metrics", nil)
+	code, body := metricsAt(t, r, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d\n%s", code, body)
+	}
+	return body
+}
+
+// metricsAt returns the status and body of GET path on r's API.
+func metricsAt(t *testing.T, r *running, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", r.base+path, nil)
 	req.Header.Set("Authorization", "Bearer "+r.key)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -157,5 +187,5 @@ func metricsText(t *testing.T, r *running) string {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	return string(body)
+	return resp.StatusCode, string(body)
 }

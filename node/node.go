@@ -99,6 +99,9 @@ type Node struct {
 	shared  *shared
 	fams    *relayFamilies
 	storage storageGate // a relay family's storage limit
+	// familyMux is a further family's API, made at its first request.
+	familyMux     *http.ServeMux
+	familyMuxOnce sync.Once
 
 	mu       sync.Mutex // guards the fields below
 	settings Config
