@@ -184,6 +184,13 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		b.Fatalf("GET /metrics?family=all counts %v families (%v), want %d", v, ok, families)
 	}
 	series := strings.Count(scraped, "\nppsync_")
+	// And the vendor's list of them.
+	listAt := time.Now()
+	listed := relayFamilies(b, relay)
+	listTook := time.Since(listAt)
+	if len(listed) != families {
+		b.Fatalf("relay families lists %d families, want %d", len(listed), families)
+	}
 
 	// Batches of active families.
 	delays := &delayLog{}
@@ -265,6 +272,7 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 	fmt.Printf("  CPU: %.2f s per thousand entries (%.0f entries relayed)\n", cpu/max(entries/1000, 1e-9), entries)
 	fmt.Printf("  one scrape of every family's metrics (GET /metrics?family=all, all joined and idle): %s, %.1f MB, %d ppsync series (%.0f per family)\n",
 		scrapeTook.Round(time.Millisecond), float64(len(scraped))/1e6, series, float64(series)/float64(families))
+	fmt.Printf("  ppsync relay families --json (all joined and idle): %s for %d families\n", listTook.Round(time.Millisecond), len(listed))
 	fmt.Printf("  delay from a write at one site to its arrival at another: p50 %s, p99 %s over %d arrivals, %.1f %% by catch-up (target p99 < 1s)\n",
 		p50.Round(time.Millisecond), p99.Round(time.Millisecond), delays.count(), 100*delays.byCatchUp())
 	fmt.Printf("  relay restart taken back in %s (the relay stopped in %s and was ready again %s later, its %d sites reconnected after %s, a write at each at the others %s after the probe)\n",
