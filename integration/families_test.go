@@ -173,6 +173,12 @@ func TestRelayServesSeveralFamilies(t *testing.T) {
 	// One scrape of the relay gives both families' figures, each under
 	// its family's ID, beside the process's own once.
 	smithID := nodeStatus(t, north).FamilyID
+	for familyStatus(t, relay, smithID).Frontier["clinic-north"] < nodeStatus(t, north).Frontier["clinic-north"] {
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay does not hold clinic-north's log: %s", rawStatus(t, relay))
+		}
+		time.Sleep(pollEvery)
+	}
 	all := nodeMetrics(t, relayProc, "/metrics?family=all")
 	for _, c := range []struct {
 		family, site string

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,7 +33,9 @@ import (
 // BenchmarkRelayFamilies: one `ppsync run` relay process serving many
 // families of three sites each. The sites are light clients in this
 // process that speak the real protocol (a mesh.Mesh each, with a real
-// certificate, signed entries and an in-memory log); they run in batches of
+// certificate, signed entries and an in-memory log, catching up on a gap,
+// a heartbeat that shows it behind, a connection, and every 30 s in a sync
+// round with the relay, as a node does); they run in batches of
 // PPSYNC_SCALE_ACTIVE families while every family stays joined. Each site
 // writes one entry every PPSYNC_SCALE_EVERY with a burst of five every fifth
 // time: by default every 6 s, a clinic's 1 tx/min with bursts ten times
@@ -229,7 +232,14 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		} else {
 			last = sites
 		}
-		b.Logf("families %d-%d: %d entries, relay RSS %.0f MB, goroutines %d, open files %d", start, end-1, n, after.rss/1e6, after.goro, after.fds)
+		sessions := 0
+		for _, s := range sites {
+			s.mu.Lock()
+			sessions += s.fetches
+			s.mu.Unlock()
+		}
+		b.Logf("families %d-%d: %d entries, %d catch-up sessions (sync rounds, gaps, connections), relay RSS %.0f MB, goroutines %d, open files %d",
+			start, end-1, n, sessions, after.rss/1e6, after.goro, after.fds)
 	}
 
 	// A relay restart, with the last batch connected and writing on.
@@ -471,7 +481,8 @@ type lightSite struct {
 	sentAt  *sync.Map // family-wide: entry hash -> when written
 	held    map[string]map[uint64]heldEntry
 
-	fetching atomic.Bool // a catch-up from a member is under way
+	fetching atomic.Bool   // a catch-up from a member is under way
+	stop     chan struct{} // closed to end the site's sync rounds
 
 	// What a short site's report shows (under mu).
 	hbs      map[peer.ID]int // heartbeats by member
@@ -520,15 +531,37 @@ func startLightSites(tb testing.TB, fams []scaleFamily, relayAddr string, delays
 				tb.Fatal(err)
 			}
 			s.m = m
+			s.stop = make(chan struct{})
+			go s.rounds(node.DefaultSyncInterval)
 			out = append(out, s)
 		}
 	}
 	return out
 }
 
+// rounds runs a sync round every interval, as a node's engine does with its
+// default setting: a catch-up session with the relay, which answers with
+// whatever the site lacks (mostly nothing). The first comes at a random
+// point of the first interval, as the sites' own starts spread theirs.
+func (s *lightSite) rounds(every time.Duration) {
+	first := time.Duration(mrand.Int64N(int64(every)))
+	t := time.NewTimer(first)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.fetchFrom(s.relay)
+			t.Reset(every)
+		}
+	}
+}
+
 func closeLightSites(sites []*lightSite) {
 	var wg sync.WaitGroup
 	for _, s := range sites {
+		close(s.stop)
 		wg.Go(func() { _ = s.m.Close() })
 	}
 	wg.Wait()
