@@ -817,11 +817,19 @@ func (a relayACL) AllowConnect(src peer.ID, _ ma.Multiaddr, dst peer.ID) bool {
 	return false
 }
 
-// relayResourceManager is libp2p's resource manager with its defaults (per
-// peer, per protocol, and scaled to the machine), but room for a relay's
-// thousands of member connections: libp2p's defaults, sized for one
-// application's peers, would admit about 256 inbound connections in all.
-// Each family's own share is bounded by its Limits.
+// relayResourceManager is libp2p's resource manager with its defaults per
+// peer, but room for a relay's thousands of members, their connections and
+// their streams. libp2p's defaults are sized for one application's peers and
+// scaled to the machine: on this 24 GiB machine they admit about 256 inbound
+// connections in all and 1,265 inbound streams of any one protocol (every
+// member keeps a gossip stream to its relay), and they count against an
+// eighth of the machine's memory (a sixth of that for any one protocol) the
+// whole initial window yamux charges each stream when it opens (256 KiB),
+// used or not. A relay serving 1,000 families of three sites, all connected,
+// held 800 MB yet refused members past about 2,450 sites
+// (TestRelayResourceManagerAdmitsThousandsOfMembers). What a relay holds is
+// bounded by its soft memory limit and each family's own limits on
+// connections, streams and the gossip it holds (Limits), not by that count.
 func relayResourceManager() (network.ResourceManager, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
@@ -829,12 +837,30 @@ func relayResourceManager() (network.ResourceManager, error) {
 	many := rcmgr.ResourceLimits{
 		Conns: 32768, ConnsInbound: 16384, ConnsOutbound: 16384,
 		Streams: 262144, StreamsInbound: 131072, StreamsOutbound: 131072,
+		Memory: rcmgr.Unlimited64,
 	}
 	transient := rcmgr.ResourceLimits{
 		Conns: 4096, ConnsInbound: 2048, ConnsOutbound: 2048,
 		Streams: 8192, StreamsInbound: 4096, StreamsOutbound: 4096,
+		Memory: rcmgr.Unlimited64,
 	}
-	cfg := rcmgr.PartialLimitConfig{System: many, Transient: transient}
+	// Every protocol and service (gossip, the family protocols, identify,
+	// the circuit relay) as the system: thousands of members hold the same
+	// protocol's streams at once.
+	shared := rcmgr.ResourceLimits{
+		Streams: 262144, StreamsInbound: 131072, StreamsOutbound: 131072,
+		Memory: rcmgr.Unlimited64,
+	}
+	cfg := rcmgr.PartialLimitConfig{System: many, Transient: transient,
+		ProtocolDefault: shared, ServiceDefault: shared,
+		Protocol: map[protocol.ID]rcmgr.ResourceLimits{}, Service: map[string]rcmgr.ResourceLimits{}}
+	base := scaled.ToPartialLimitConfig()
+	for id := range base.Protocol {
+		cfg.Protocol[id] = shared
+	}
+	for name := range base.Service {
+		cfg.Service[name] = shared
+	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(cfg.Build(scaled)))
 	if err != nil {
 		return nil, fmt.Errorf("mesh: resource manager: %w", err)
