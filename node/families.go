@@ -400,11 +400,16 @@ func (n *Node) closeFamilies() []error {
 	return errs
 }
 
-// routeFamily hands a request for a further family (the FamilyHeader) to
-// that family's API; one for the first family, or with no header, to next.
+// routeFamily hands a request for a further family (the FamilyHeader, or
+// for GET /metrics, which a scraper configures more easily, ?family=ID) to
+// that family's API; one for the first family, or naming none, to next.
+// ?family=all is the metrics handler's (every family's, labelled).
 func (n *Node) routeFamily(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fid := strings.TrimSpace(r.Header.Get(api.FamilyHeader))
+		if q := strings.TrimSpace(r.URL.Query().Get("family")); fid == "" && r.URL.Path == "/metrics" && q != "all" {
+			fid = q
+		}
 		if fid == "" || fid == n.id.FamilyID {
 			next.ServeHTTP(w, r)
 			return

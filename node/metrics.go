@@ -264,26 +264,18 @@ func b2f(b bool) float64 {
 // metricsHandler serves GET /metrics from registries of this node's own (no
 // global registry: several nodes may share a process): this family's
 // figures; with ?family=all every family's this process serves, each
-// labelled with its family ID (one scrape for a relay of many families);
-// with ?family=ID that family's, as the family header asks.
+// labelled with its family ID (one scrape for a relay of many families).
+// ?family=ID of another family never gets here: routeFamily hands it on.
 func (n *Node) metricsHandler() http.Handler {
 	one := metricsRegistry(collector{d: newMetricDescs(false), ctx: n.ctx,
 		families: func() []familyMetrics { return []familyMetrics{{id: n.id.FamilyID, src: n}} }})
 	all := metricsRegistry(collector{d: newMetricDescs(true), labelled: true, ctx: n.ctx, families: n.familyMetrics})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch fid := strings.TrimSpace(r.URL.Query().Get("family")); {
-		case fid == "" || fid == n.id.FamilyID:
-			one.ServeHTTP(w, r)
-		case fid == "all":
+		if strings.TrimSpace(r.URL.Query().Get("family")) == "all" {
 			all.ServeHTTP(w, r)
-		default:
-			m := n.family(fid)
-			if m == nil {
-				n.writeErr(w, unknownFamily(fid))
-				return
-			}
-			m.familyAPI().ServeHTTP(w, r) // its GET /metrics, for its own ID
+			return
 		}
+		one.ServeHTTP(w, r)
 	})
 }
 
