@@ -206,9 +206,7 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		// formed, or caught up), before the batch is measured.
 		warm := &delayLog{}
 		sites := startLightSites(b, fams[start:end], relayAddr, warm)
-		// A minute, and more for a batch of thousands of sites, which this
-		// process starts on the relay's 2 cores.
-		settle := time.Minute + time.Duration(len(sites))*50*time.Millisecond
+		settle := settleFor(len(sites))
 		waitLightConnected(b, sites, settle)
 		for _, s := range sites {
 			s.write(1)
@@ -252,7 +250,7 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 	stopFor := restartAt.Sub(stopAt)
 	relayProc = startNode(b, relay, relayArgs...)
 	relayBack := time.Since(restartAt)
-	back := max(2*time.Minute, time.Minute+time.Duration(len(last))*50*time.Millisecond)
+	back := max(2*time.Minute, settleFor(len(last)))
 	waitLightReconnected(b, last, restartAt, back)
 	reconnected := time.Since(restartAt)
 	probe := time.Now()
@@ -561,6 +559,11 @@ func (s *lightSite) rounds(every time.Duration) {
 		}
 	}
 }
+
+// settleFor is how long n light sites get to connect, or their writes to
+// arrive: a minute, and more for a batch of thousands, which this process
+// runs on the relay's 2 cores.
+func settleFor(n int) time.Duration { return time.Minute + time.Duration(n)*50*time.Millisecond }
 
 func closeLightSites(sites []*lightSite) {
 	var wg sync.WaitGroup
