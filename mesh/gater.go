@@ -21,9 +21,15 @@ import (
 func relayResources() relayv2.Resources {
 	rc := relayv2.DefaultResources()
 	rc.Limit = nil
-	rc.MaxReservations = 4096
-	rc.MaxReservationsPerIP = 256
-	rc.MaxReservationsPerASN = 4096
+	// Only members reserve (relayACL), and a member's slot is one small
+	// record, renewed about hourly: room for a thousand families
+	// of several sites, with no smaller limit per address or network, since
+	// the systems a vendor hosts for its practices share its data centre's
+	// addresses (a limit of 256 an address left sites past it retrying
+	// every few seconds, each try checked against every family served).
+	rc.MaxReservations = 16384
+	rc.MaxReservationsPerIP = rc.MaxReservations
+	rc.MaxReservationsPerASN = rc.MaxReservations
 	rc.MaxCircuits = 256
 	return rc
 }

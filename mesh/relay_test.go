@@ -2,7 +2,9 @@ package mesh
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,5 +163,49 @@ func TestTwoRelaysOneGone(t *testing.T) {
 	}
 	if s := bootState(a, ir2.id); s != CandidateConnected {
 		t.Errorf("a's bootstrap entry of relay-2 is %s", s)
+	}
+}
+
+// Members of many families reach the relay from one address: the systems a
+// vendor hosts for its practices (online booking, an express system, a
+// backup) leave its data centre through one address, as every site of a
+// test does from 127.0.0.1. The relay gives each its slot: libp2p's limit of
+// slots per address (a guard against a stranger taking them all) has no
+// work here, where only members may reserve. 300 members, more than the 256
+// slots an address got before.
+func TestRelayReservesForManyMembersOnOneAddress(t *testing.T) {
+	const members = 300
+	ir := newIdentity(t, "r")
+	ir.relay = true
+	ids := []identity{ir}
+	for i := range members {
+		ids = append(ids, newIdentity(t, fmt.Sprintf("s%03d", i)))
+	}
+	r := startNode(t, ir, newFamily(testFamily, ids...), nil, func(c *Config) {
+		c.Relay = true
+		c.Limits.Conns = 2 * members
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var refused []string
+	for _, id := range ids[1:] {
+		h := relayClient(t, id)
+		wg.Go(func() {
+			err := h.Connect(ctx, r.addrInfo())
+			if err == nil {
+				_, err = client.Reserve(ctx, h, r.addrInfo())
+			}
+			if err != nil {
+				mu.Lock()
+				refused = append(refused, fmt.Sprintf("%s: %v", id.site, err))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(refused) > 0 {
+		t.Fatalf("the relay refused %d of %d members a slot, the first: %s", len(refused), members, refused[0])
 	}
 }
