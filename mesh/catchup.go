@@ -407,8 +407,9 @@ const pushProto protocol.ID = "/ppsync/push/1"
 // node's branch to the others, who keep it as evidence: no acknowledged entry
 // of either branch exists in only one place.
 func (m *Mesh) PushRange(site string, from, to uint64) {
-	for _, p := range m.host.Network().Peers() {
-		if _, ok := m.cfg.Family.Member(p); !ok {
+	for _, mem := range m.cfg.Family.Members() {
+		p := mem.PeerID
+		if p == m.host.ID() || !m.connected(p) {
 			continue
 		}
 		m.goTracked(func() {

@@ -79,8 +79,12 @@ func (m *Mesh) myHello(to peer.ID, small bool) hello {
 	for _, a := range m.host.Addrs() {
 		h.Addrs = append(h.Addrs, a.String())
 	}
-	for _, p := range m.host.Network().Peers() {
-		if _, ok := m.cfg.Family.Member(p); !ok {
+	// The family's members, not the host's peers: a relay serving a
+	// thousand families holds thousands of connections, and every hello
+	// walked them all.
+	for _, mem := range m.cfg.Family.Members() {
+		p := mem.PeerID
+		if p == m.host.ID() || !m.connected(p) {
 			continue
 		}
 		k := knownPeer{ID: p.String()}
