@@ -255,8 +255,13 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 	reconnected := time.Since(restartAt)
 	probe := time.Now()
 	probeDelays := &delayLog{}
+	// Every site counts into the probe's log before any writes: a write
+	// can reach another site within a millisecond, before that site would
+	// have been switched over.
 	for _, s := range last {
 		s.setDelays(probeDelays)
+	}
+	for _, s := range last {
 		s.write(1)
 	}
 	if !probeDelays.waitFor(2*len(last), back) {
