@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,4 +181,55 @@ func TestSilentMemberIsDisconnected(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// A bootstrap address that takes the hello and never answers it (a relay
+// busy with thousands of sites reconnecting after its restart) proved
+// nothing about its membership: it is reported unreachable and tried again
+// on the short backoff, not left alone for the half hour and more of a
+// peer that refused.
+func TestBootstrapThatNeverAnswersIsRetriedSoon(t *testing.T) {
+	is := newIdentity(t, "site")
+	silent, silentID := plainHost(t)
+	var mu sync.Mutex
+	var held []network.Stream // read, never answered, until the test ends
+	silent.SetStreamHandler(scopedProto(testFamily, helloProto), func(s network.Stream) {
+		mu.Lock()
+		held = append(held, s)
+		mu.Unlock()
+	})
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range held {
+			_ = s.Reset()
+		}
+	})
+	addr := silent.Addrs()[0].String() + "/p2p/" + silentID.String()
+	site := startNode(t, is, newFamily(testFamily, is), nil, func(c *Config) { c.Bootstrap = []string{addr} })
+	// The answer is waited for helloTimeout, longer than waitFor waits.
+	for deadline := time.Now().Add(3 * helloTimeout); ; time.Sleep(20 * time.Millisecond) {
+		bs := site.m.Bootstrap()
+		if len(bs) == 1 && bs[0].State != CandidateTrying {
+			if bs[0].State != CandidateUnreachable || !strings.Contains(bs[0].Detail, "in time") {
+				t.Fatalf("the silent bootstrap reported %s (%s), want unreachable, not answering in time", bs[0].State, bs[0].Detail)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the silent bootstrap still reported %+v after %s", bs, 3*helloTimeout)
+		}
+	}
+	site.m.mu.Lock()
+	next := site.m.targets[silentID].next
+	site.m.mu.Unlock()
+	if wait := time.Until(next); wait > site.m.cfg.RedialInterval {
+		t.Errorf("next attempt in %s, want at most %s", wait.Round(time.Second), site.m.cfg.RedialInterval)
+	}
+	mu.Lock()
+	n := len(held)
+	mu.Unlock()
+	if n == 0 {
+		t.Error("the site never said its hello to the silent host")
+	}
 }

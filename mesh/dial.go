@@ -323,14 +323,18 @@ func (m *Mesh) dialCandidate(ai peer.AddrInfo) {
 		return
 	case <-t.C:
 		m.dropWaiter(ai.ID, wait)
-		res = helloResult{reason: "it did not complete the hello exchange in time"}
+		res = helloResult{reason: "it did not complete the hello exchange in time", noAnswer: true}
 	case res = <-wait:
 	}
 	if res.ok {
 		m.settle(ai.ID, CandidateConnected, "")
 		return
 	}
-	m.settle(ai.ID, CandidateNotMember, res.reason)
+	if res.noAnswer {
+		m.settle(ai.ID, CandidateUnreachable, res.reason)
+	} else {
+		m.settle(ai.ID, CandidateNotMember, res.reason)
+	}
 	if _, ok := m.cfg.Family.Member(ai.ID); !ok {
 		m.host.Network().ClosePeer(ai.ID)
 	}

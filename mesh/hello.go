@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -100,6 +102,18 @@ func (m *Mesh) myHello(to peer.ID, small bool) hello {
 type helloResult struct {
 	ok     bool
 	reason string // why the peer was not accepted, in plain words
+	// noAnswer: the peer did not answer in time (a relay busy with
+	// thousands of reconnecting sites, a slow link), which proves nothing
+	// about its membership: it is tried again soon, not after the long wait
+	// of a peer that refused.
+	noAnswer bool
+}
+
+// helloTimedOut reports whether a hello step failed for want of an answer
+// in time rather than by the peer's refusal.
+func helloTimedOut(ctx context.Context, err error) bool {
+	var ne net.Error
+	return ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // helloWaiter registers for the outcome of the next hello exchange with p.
@@ -217,6 +231,10 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	if err != nil {
 		m.log.Debug("hello failed", "peer", p, "err", err)
 		m.helloEnded(c, false)
+		if helloTimedOut(ctx, err) {
+			m.helloOutcome(p, helloResult{reason: "it did not answer the hello in time", noAnswer: true})
+			return
+		}
 		m.helloOutcome(p, helloResult{reason: "it does not speak ppsync's hello protocol (" + plainDialError(err) + ")"})
 		return
 	}
@@ -231,6 +249,10 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	if err != nil {
 		s.Reset()
 		m.helloEnded(c, false)
+		if helloTimedOut(ctx, err) {
+			m.helloOutcome(p, helloResult{reason: "it did not answer the hello in time", noAnswer: true})
+			return
+		}
 		reason := "the hello exchange broke off"
 		if !member {
 			// A node refuses to answer a peer it cannot accept: one of another
