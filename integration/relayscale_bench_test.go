@@ -36,7 +36,8 @@ import (
 // certificate, signed entries and an in-memory log, catching up on a gap,
 // a heartbeat that shows it behind, a connection, and every 30 s in a sync
 // round with the relay, as a node does); they run in batches of
-// PPSYNC_SCALE_ACTIVE families while every family stays joined. Each site
+// PPSYNC_SCALE_ACTIVE families while every family stays joined (a batch's
+// sites come up 100 families at a time). Each site
 // writes one entry every PPSYNC_SCALE_EVERY with a burst of five every fifth
 // time: by default every 6 s, a clinic's 1 tx/min with bursts ten times
 // faster, so that 100 families active at once give the relay the load of
@@ -205,7 +206,18 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		// Warm up: a write at each site reaches the others (gossip meshes
 		// formed, or caught up), before the batch is measured.
 		warm := &delayLog{}
-		sites := startLightSites(b, fams[start:end], relayAddr, warm)
+		// A batch's sites come up 100 families at a time, each wave
+		// connected before the next starts, as clinics open over a
+		// morning: 3,000 libp2p hosts dialling at once in this process,
+		// on the relay's 2 cores, took both cores for minutes and left
+		// some sites retrying for longer than the wait (a relay restart,
+		// below, is where every site reconnects at once).
+		var sites []*lightSite
+		for w := start; w < end; w += startWave {
+			ws := startLightSites(b, fams[w:min(w+startWave, end)], relayAddr, warm)
+			sites = append(sites, ws...)
+			waitLightConnected(b, ws, settleFor(len(ws)))
+		}
 		settle := settleFor(len(sites))
 		waitLightConnected(b, sites, settle)
 		for _, s := range sites {
@@ -564,6 +576,9 @@ func (s *lightSite) rounds(every time.Duration) {
 		}
 	}
 }
+
+// startWave is how many families' light sites start at once.
+const startWave = 100
 
 // settleFor is how long n light sites get to connect, or their writes to
 // arrive: a minute, and more for a batch of thousands, which this process
