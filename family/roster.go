@@ -62,6 +62,10 @@ type Roster struct {
 	sites  map[string]*siteRecord
 	byPeer map[peer.ID]string // current members; "" marks a peer ID two sites claim
 	former map[peer.ID]string // peer IDs of revoked certificates -> site
+	// named: the peer IDs of every certificate held (current or
+	// superseded) -> site, so that Banned and SiteOf are one lookup: a
+	// relay asks them of every family it serves for each connection.
+	named map[peer.ID]string
 }
 
 type siteRecord struct {
@@ -93,6 +97,7 @@ func NewRoster(info *Info) (*Roster, error) {
 		sites:     make(map[string]*siteRecord),
 		byPeer:    make(map[peer.ID]string),
 		former:    make(map[peer.ID]string),
+		named:     make(map[peer.ID]string),
 	}, nil
 }
 
@@ -142,6 +147,7 @@ func (r *Roster) Add(cert *Certificate) (changed bool, err error) {
 		return false, fmt.Errorf("%w: two different certificates of site %q with epoch %d (peer IDs %s and %s); the authority issued twice from a copied registry: ask support to move the site again", ErrConflict, c.Site, c.Epoch, old.PeerID, c.PeerID)
 	}
 	rec.certs[c.Epoch] = c
+	r.named[c.PeerID] = c.Site
 	if c.Epoch < rec.newest {
 		return true, supersededError(c.Site, c.Epoch, rec.newest)
 	}
@@ -200,10 +206,15 @@ func revocationBefore(a, b *Revocation) bool {
 	return bytes.Compare(a.Signature, b.Signature) < 0
 }
 
-// reindexLocked rebuilds the peer index of current members. r.mu must be held.
+// reindexLocked rebuilds the peer indexes of current members and of
+// certificates held. r.mu must be held.
 func (r *Roster) reindexLocked() {
 	clear(r.byPeer)
+	clear(r.named)
 	for site, rec := range r.sites {
+		for _, c := range rec.certs {
+			r.named[c.PeerID] = site
+		}
 		c := rec.current()
 		if c == nil {
 			continue
@@ -423,14 +434,8 @@ func (r *Roster) SiteOf(p peer.ID) (string, bool) {
 	if site, ok := r.former[p]; ok {
 		return site, true
 	}
-	for site, rec := range r.sites {
-		for _, c := range rec.certs {
-			if c.PeerID == p {
-				return site, true
-			}
-		}
-	}
-	return "", false
+	site, ok := r.named[p]
+	return site, ok
 }
 
 // Banned reports a peer ID that must not take part in the family: it was
@@ -445,12 +450,6 @@ func (r *Roster) Banned(p peer.ID) bool {
 	if _, ok := r.former[p]; ok {
 		return true
 	}
-	for _, rec := range r.sites {
-		for _, c := range rec.certs {
-			if c.PeerID == p {
-				return true
-			}
-		}
-	}
-	return false
+	_, ok := r.named[p]
+	return ok
 }

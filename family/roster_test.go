@@ -2,6 +2,7 @@ package family
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -440,5 +441,29 @@ func TestRosterBannedPeers(t *testing.T) {
 	}
 	if !r.Banned(c2.PeerID) || !r.Banned(c1.PeerID) {
 		t.Fatal("revoked peers are not banned")
+	}
+}
+
+// A certificate older than one held (learned in the other order: the moved
+// site's new certificate first) still bans its peer, and names its site.
+func TestRosterBansASupersededCertificateLearnedLate(t *testing.T) {
+	auth, info, _ := testFamily(t)
+	r := testRoster(t, info)
+	c1 := testCert(t, auth, info, "clinic-a", 1)
+	c2 := testCert(t, auth, info, "clinic-a", 2)
+	if _, err := r.Add(c2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Add(c1); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("adding the older certificate: %v, want ErrSuperseded", err)
+	}
+	if !r.Banned(c1.PeerID) || r.Banned(c2.PeerID) {
+		t.Fatal("the superseded peer is not banned, or the current one is")
+	}
+	if site, ok := r.SiteOf(c1.PeerID); !ok || site != "clinic-a" {
+		t.Fatalf("SiteOf the superseded peer: %q %v", site, ok)
+	}
+	if _, ok := r.Member(c1.PeerID); ok {
+		t.Fatal("the superseded peer is a member")
 	}
 }
