@@ -108,6 +108,11 @@ type Host struct {
 	mu     sync.Mutex
 	fams   map[string]*Mesh    // attached families, by family ID
 	told   map[string][]*Mesh  // connection ID -> the families told of it
+
+	// hints: for a peer, the families a look through every family last
+	// found it a member of (see memberOf).
+	hintMu sync.Mutex
+	hints  map[peer.ID][]*Mesh
 	counts map[string]uint64   // rejections no family claims, by reason
 	owner  *Mesh               // the family that owns this host (mesh.New), or nil
 	conns  map[string]struct{} // open connection IDs, for probation
@@ -130,7 +135,7 @@ func NewHost(ctx context.Context, cfg HostConfig) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: node key: %w", err)
 	}
-	hb := &Host{cfg: cfg, log: cfg.Logger, fams: map[string]*Mesh{}, told: map[string][]*Mesh{},
+	hb := &Host{cfg: cfg, log: cfg.Logger, fams: map[string]*Mesh{}, told: map[string][]*Mesh{}, hints: map[peer.ID][]*Mesh{},
 		counts: map[string]uint64{}, conns: map[string]struct{}{}}
 	hb.ctx, hb.cancel = context.WithCancel(ctx)
 	// A site has a handful of members; a relay serving a thousand families
@@ -489,6 +494,15 @@ func (hb *Host) detach(m *Mesh) {
 	for id, ms := range hb.told {
 		hb.told[id] = without(ms, m)
 	}
+	hb.hintMu.Lock()
+	for p, ms := range hb.hints {
+		if ms = without(ms, m); len(ms) == 0 {
+			delete(hb.hints, p)
+		} else {
+			hb.hints[p] = ms
+		}
+	}
+	hb.hintMu.Unlock()
 	rest := make([]*Mesh, 0, len(hb.fams))
 	for _, o := range hb.fams {
 		rest = append(rest, o)
@@ -801,26 +815,56 @@ func (g hostGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReas
 type relayACL struct{ hb *Host }
 
 func (a relayACL) AllowReserve(p peer.ID, _ ma.Multiaddr) bool {
-	for _, m := range a.hb.snapshot() {
-		if _, ok := m.cfg.Family.Member(p); ok {
-			return true
-		}
+	if a.hb.memberOf(p, nil) {
+		return true
 	}
 	a.hb.count("relay_reserve_non_member")
 	return false
 }
 
 func (a relayACL) AllowConnect(src peer.ID, _ ma.Multiaddr, dst peer.ID) bool {
-	for _, m := range a.hb.snapshot() {
-		_, s := m.cfg.Family.Member(src)
-		_, d := m.cfg.Family.Member(dst)
-		if s && d {
-			return true
-		}
+	if a.hb.memberOf(src, func(m *Mesh) bool { _, ok := m.cfg.Family.Member(dst); return ok }) {
+		return true
 	}
 	a.hb.count("relay_connect_non_member")
 	return false
 }
+
+// memberOf reports whether p is a current member of a family served here
+// for which also (if not nil) holds. It looks first at the families where
+// it last found p a member, then at every family: a relay serving a
+// thousand families checks each member's slot and each circuit between two
+// members, and looking through every family each time was most of its CPU
+// while thousands of sites connected. A hint is only where to look first:
+// each use checks that the family is still attached and p still its member,
+// so a revoked member, or a family removed, is never let in by one.
+func (hb *Host) memberOf(p peer.ID, also func(*Mesh) bool) bool {
+	is := func(m *Mesh) bool {
+		_, ok := m.cfg.Family.Member(p)
+		return ok && (also == nil || also(m))
+	}
+	hb.hintMu.Lock()
+	hinted := hb.hints[p] // never changed in place
+	hb.hintMu.Unlock()
+	for _, m := range hinted {
+		if hb.family(m.cfg.Family.ID()) == m && is(m) {
+			return true
+		}
+	}
+	for _, m := range hb.snapshot() {
+		if is(m) {
+			hb.hintMu.Lock()
+			next := append([]*Mesh{m}, without(hb.hints[p], m)...)
+			hb.hints[p] = next[:min(len(next), maxHints)]
+			hb.hintMu.Unlock()
+			return true
+		}
+	}
+	return false
+}
+
+// maxHints bounds the families remembered for one peer (see memberOf).
+const maxHints = 4
 
 // relayResourceManager is libp2p's resource manager with its defaults per
 // peer, but room for a relay's thousands of members, their connections and

@@ -209,3 +209,49 @@ func TestRelayReservesForManyMembersOnOneAddress(t *testing.T) {
 		t.Fatalf("the relay refused %d of %d members a slot, the first: %s", len(refused), members, refused[0])
 	}
 }
+
+// The relay's ACL remembers in which family it last found a member (so a
+// relay serving a thousand families need not look through all of them for
+// each slot and circuit), and that memory never lets anyone in: a member
+// revoked since, a circuit to a member of another family, and a family
+// removed from the relay are refused; a peer that is a member of two
+// families reaches members of the second.
+func TestRelayACLRemembersNothingThatLetsIn(t *testing.T) {
+	ir, ia1, ia2, ib1, ix := newIdentity(t, "r"), newIdentity(t, "a1"), newIdentity(t, "a2"), newIdentity(t, "b1"), newIdentity(t, "x")
+	ir.relay = true
+	hb, err := NewHost(context.Background(), HostConfig{Key: ir.key, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Relay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hb.Close() })
+	famA := newFamily(familyA, ir, ia1, ia2, ix)
+	famB := newFamily(familyB, ir, ib1, ix)
+	ra := attachNode(t, hb, ir, famA, nil, nil)
+	attachNode(t, hb, ir, famB, nil, nil)
+	acl := relayACL{hb: hb}
+
+	for range 2 { // the second time from what the first remembered
+		if !acl.AllowReserve(ia1.id, nil) || !acl.AllowConnect(ia1.id, nil, ia2.id) {
+			t.Fatal("the relay refuses members of one family")
+		}
+		if acl.AllowConnect(ia1.id, nil, ib1.id) || acl.AllowConnect(ib1.id, nil, ia1.id) {
+			t.Fatal("the relay joins members of two families")
+		}
+		if !acl.AllowConnect(ix.id, nil, ia1.id) || !acl.AllowConnect(ix.id, nil, ib1.id) {
+			t.Fatal("a member of both families cannot reach members of each")
+		}
+	}
+	famA.ban(ia1.id)
+	if acl.AllowReserve(ia1.id, nil) || acl.AllowConnect(ia1.id, nil, ia2.id) {
+		t.Fatal("a revoked member got a slot or a circuit from what the relay remembered")
+	}
+	if err := ra.m.Close(); err != nil { // family A leaves the relay
+		t.Fatal(err)
+	}
+	if acl.AllowReserve(ia2.id, nil) || acl.AllowConnect(ix.id, nil, ia2.id) {
+		t.Fatal("a member of a family no longer served got a slot or a circuit")
+	}
+	if !acl.AllowConnect(ix.id, nil, ib1.id) {
+		t.Fatal("the family still served refuses its members")
+	}
+}
