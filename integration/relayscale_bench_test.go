@@ -120,6 +120,19 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		}
 		_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644)
 	}
+	if os.Getenv("PPSYNC_SCALE_PROFILE") != "" || os.Getenv("PPSYNC_SCALE_RELAY_LOG") != "" {
+		// A run that fails still writes the relay's profile and log: it
+		// stops cleanly (the profile is written as it exits), if it still
+		// runs.
+		b.Cleanup(func() {
+			if b.Failed() && !relayProc.exited() {
+				_ = relayProc.stop()
+				if f := os.Getenv("PPSYNC_SCALE_RELAY_LOG"); f != "" {
+					_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644)
+				}
+			}
+		})
+	}
 	relayProc.waitReady(readyTimeout, 5*time.Millisecond)
 	relayAddr := listen + "/p2p/" + relayProc.runtime().PeerID
 	base := sampleProc(b, relayProc)
@@ -217,6 +230,9 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 			ws := startLightSites(b, fams[w:min(w+startWave, end)], relayAddr, warm)
 			sites = append(sites, ws...)
 			waitLightConnected(b, ws, settleFor(len(ws)))
+			if end-start > startWave {
+				b.Logf("families %d-%d connected (%s)", w, min(w+startWave, end)-1, time.Since(began).Round(time.Second))
+			}
 		}
 		settle := settleFor(len(sites))
 		waitLightConnected(b, sites, settle)
@@ -617,7 +633,18 @@ func waitLightReconnected(tb testing.TB, sites []*lightSite, since time.Time, ti
 			return
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("%d of %d light sites connected to the relay within %s", n, len(sites), timeout)
+			var why []string // what the first sites not connected say of the relay
+			for _, s := range sites {
+				s.mu.Lock()
+				up := s.relayUp.After(since)
+				s.mu.Unlock()
+				if !up && len(why) < 5 {
+					for _, bs := range s.m.Bootstrap() {
+						why = append(why, fmt.Sprintf("%s/%s: %s (%s)", s.fam[:8], s.site, bs.State, bs.Detail))
+					}
+				}
+			}
+			tb.Fatalf("%d of %d light sites connected to the relay within %s; %s", n, len(sites), timeout, strings.Join(why, "; "))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

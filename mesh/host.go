@@ -105,9 +105,9 @@ type Host struct {
 	// closing is set once Close began.
 	closing bool
 
-	mu     sync.Mutex
-	fams   map[string]*Mesh    // attached families, by family ID
-	told   map[string][]*Mesh  // connection ID -> the families told of it
+	mu   sync.Mutex
+	fams map[string]*Mesh   // attached families, by family ID
+	told map[string][]*Mesh // connection ID -> the families told of it
 
 	// hints: for a peer, the families a look through every family last
 	// found it a member of (see memberOf).
