@@ -174,13 +174,24 @@ func (m *Mesh) dialRound() {
 			m.goTracked(func() { m.dialCandidate(ai) })
 		}
 	}
-	relays := m.relays()
+	members := m.cfg.Family.Members()
+	// The relays this node is connected to, found only when needed: a
+	// relay, with every member connected, needs them for nothing, and it
+	// runs this round four times a second for each family it serves.
+	var relays []peer.AddrInfo
+	found := false
+	relaysNow := func() []peer.AddrInfo {
+		if !found {
+			relays, found = m.relays(members), true
+		}
+		return relays
+	}
 	if !m.cfg.Relay {
-		for _, r := range relays {
+		for _, r := range relaysNow() {
 			m.reserve(r)
 		}
 	}
-	for _, mem := range m.cfg.Family.Members() {
+	for _, mem := range members {
 		p := mem.PeerID
 		if p == m.host.ID() {
 			continue
@@ -190,7 +201,8 @@ func (m *Mesh) dialRound() {
 			continue
 		}
 		if m.claim(p) {
-			m.goTracked(func() { m.dialMember(p, relays) })
+			rs := relaysNow()
+			m.goTracked(func() { m.dialMember(p, rs) })
 		}
 	}
 }
@@ -361,10 +373,11 @@ func plainDialError(err error) string {
 	return s
 }
 
-// relays returns the relay members this node is connected to, with addresses.
-func (m *Mesh) relays() []peer.AddrInfo {
+// relays returns the relays among members that this node is connected to,
+// with their addresses.
+func (m *Mesh) relays(members []Member) []peer.AddrInfo {
 	var out []peer.AddrInfo
-	for _, mem := range m.cfg.Family.Members() {
+	for _, mem := range members {
 		if !mem.Relay || mem.PeerID == m.host.ID() || !m.connected(mem.PeerID) {
 			continue
 		}
