@@ -73,7 +73,11 @@ type BootstrapInfo struct {
 // to (directly, or through a relay), each on its own backoff, and reserves a
 // slot on every relay it is connected to (sites).
 func (m *Mesh) dialLoop(ctx context.Context) {
-	t := time.NewTicker(dialTick)
+	tick := dialTick
+	if m.cfg.Relay {
+		tick = relayDialTick
+	}
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
 		m.dialRound()
@@ -87,8 +91,15 @@ func (m *Mesh) dialLoop(ctx context.Context) {
 	}
 }
 
-// dialTick is how often the dial loop looks for work.
-const dialTick = 250 * time.Millisecond
+// dialTick is how often the dial loop looks for work; relayDialTick at a
+// relay, which mostly waits to be dialed (its attempts back off to 30 s)
+// and runs one loop for each family it serves: at a quarter of a second,
+// 500 families' loops took 6 % of a relay's CPU with 1,500 sites connected.
+// Sync Now and a new member still start a round at once (Redial).
+const (
+	dialTick      = 250 * time.Millisecond
+	relayDialTick = 2 * time.Second
+)
 
 // Redial asks the dial loop to try every unconnected member and bootstrap
 // address now (Sync Now, a new member, a member just connected).
