@@ -229,7 +229,7 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		for w := start; w < end; w += startWave {
 			ws := startLightSites(b, fams[w:min(w+startWave, end)], relayAddr, warm)
 			sites = append(sites, ws...)
-			waitLightConnected(b, ws, settleFor(len(ws)))
+			waitLightConnected(b, ws, settleFor(len(sites))) // the relay serves every site up so far
 			if end-start > startWave {
 				b.Logf("families %d-%d connected (%s)", w, min(w+startWave, end)-1, time.Since(began).Round(time.Second))
 			}
