@@ -407,11 +407,7 @@ const pushProto protocol.ID = "/ppsync/push/1"
 // node's branch to the others, who keep it as evidence: no acknowledged entry
 // of either branch exists in only one place.
 func (m *Mesh) PushRange(site string, from, to uint64) {
-	for _, mem := range m.cfg.Family.Members() {
-		p := mem.PeerID
-		if p == m.host.ID() || !m.connected(p) {
-			continue
-		}
+	for _, p := range m.connectedMembers() {
 		m.goTracked(func() {
 			if err := m.pushTo(p, site, from, to); err != nil {
 				m.log.Debug("push failed", "peer", p, "site", site, "err", err)

@@ -188,7 +188,7 @@ func (m *Mesh) probationFailed(c network.Conn) {
 	p := c.RemotePeer()
 	// A dial waiting for this hello hears that no answer came, before the
 	// connection is closed under it (which would read as a refusal).
-	m.helloOutcome(p, helloResult{reason: "it did not answer the hello in time", noAnswer: true})
+	m.helloOutcome(p, noHelloAnswer)
 	if _, ok := m.cfg.Family.Member(p); !ok {
 		m.count("no_certificate")
 		m.log.Warn("disconnected a peer that is not a member of the family", "peer", p)

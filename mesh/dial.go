@@ -422,6 +422,19 @@ func (m *Mesh) connect(ai peer.AddrInfo) error {
 	return nil
 }
 
+// connectedMembers returns the family's other members this node is
+// connected to: from the family's roster, not from every peer of the host
+// (a relay serving a thousand families holds thousands of connections).
+func (m *Mesh) connectedMembers() []peer.ID {
+	var out []peer.ID
+	for _, mem := range m.cfg.Family.Members() {
+		if mem.PeerID != m.host.ID() && m.connected(mem.PeerID) {
+			out = append(out, mem.PeerID)
+		}
+	}
+	return out
+}
+
 func (m *Mesh) connected(p peer.ID) bool {
 	c := m.host.Network().Connectedness(p)
 	return c == network.Connected || c == network.Limited

@@ -81,14 +81,7 @@ func (m *Mesh) myHello(to peer.ID, small bool) hello {
 	for _, a := range m.host.Addrs() {
 		h.Addrs = append(h.Addrs, a.String())
 	}
-	// The family's members, not the host's peers: a relay serving a
-	// thousand families holds thousands of connections, and every hello
-	// walked them all.
-	for _, mem := range m.cfg.Family.Members() {
-		p := mem.PeerID
-		if p == m.host.ID() || !m.connected(p) {
-			continue
-		}
+	for _, p := range m.connectedMembers() {
 		k := knownPeer{ID: p.String()}
 		for _, a := range m.host.Peerstore().Addrs(p) {
 			k.Addrs = append(k.Addrs, a.String())
@@ -108,6 +101,9 @@ type helloResult struct {
 	// of a peer that refused.
 	noAnswer bool
 }
+
+// noHelloAnswer is the outcome of a hello the peer did not answer in time.
+var noHelloAnswer = helloResult{reason: "it did not answer the hello in time", noAnswer: true}
 
 // helloTimedOut reports whether a hello step failed for want of an answer
 // in time rather than by the peer's refusal.
@@ -232,7 +228,7 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 		m.log.Debug("hello failed", "peer", p, "err", err)
 		m.helloEnded(c, false)
 		if helloTimedOut(ctx, err) {
-			m.helloOutcome(p, helloResult{reason: "it did not answer the hello in time", noAnswer: true})
+			m.helloOutcome(p, noHelloAnswer)
 			return
 		}
 		m.helloOutcome(p, helloResult{reason: "it does not speak ppsync's hello protocol (" + plainDialError(err) + ")"})
@@ -250,7 +246,7 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 		s.Reset()
 		m.helloEnded(c, false)
 		if helloTimedOut(ctx, err) {
-			m.helloOutcome(p, helloResult{reason: "it did not answer the hello in time", noAnswer: true})
+			m.helloOutcome(p, noHelloAnswer)
 			return
 		}
 		reason := "the hello exchange broke off"

@@ -105,17 +105,17 @@ type Host struct {
 	// closing is set once Close began.
 	closing bool
 
-	mu   sync.Mutex
-	fams map[string]*Mesh   // attached families, by family ID
-	told map[string][]*Mesh // connection ID -> the families told of it
+	mu     sync.Mutex
+	fams   map[string]*Mesh    // attached families, by family ID
+	told   map[string][]*Mesh  // connection ID -> the families told of it
+	counts map[string]uint64   // rejections no family claims, by reason
+	owner  *Mesh               // the family that owns this host (mesh.New), or nil
+	conns  map[string]struct{} // open connection IDs, for probation
 
 	// hints: for a peer, the families a look through every family last
 	// found it a member of (see memberOf).
 	hintMu sync.Mutex
 	hints  map[peer.ID][]*Mesh
-	counts map[string]uint64   // rejections no family claims, by reason
-	owner  *Mesh               // the family that owns this host (mesh.New), or nil
-	conns  map[string]struct{} // open connection IDs, for probation
 
 	listening atomic.Bool // Listen ran (DeferListen)
 	// gossipHeld: the bytes of gossip that every attached family together
@@ -880,9 +880,7 @@ const maxHints = 4
 // bounded by its soft memory limit and each family's own limits on
 // connections, streams and the gossip it holds (Limits), not by that count.
 func relayResourceManager() (network.ResourceManager, error) {
-	limits := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&limits)
-	scaled := limits.AutoScale()
+	scaled := defaultLimits()
 	many := rcmgr.ResourceLimits{
 		Conns: 32768, ConnsInbound: 16384, ConnsOutbound: 16384,
 		Streams: 262144, StreamsInbound: 131072, StreamsOutbound: 131072,
@@ -910,24 +908,32 @@ func relayResourceManager() (network.ResourceManager, error) {
 	for name := range base.Service {
 		cfg.Service[name] = shared
 	}
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(cfg.Build(scaled)), rcmgr.WithMetricsDisabled())
-	if err != nil {
-		return nil, fmt.Errorf("mesh: resource manager: %w", err)
-	}
-	return rm, nil
+	return resourceManager(cfg.Build(scaled))
 }
 
-// siteResourceManager is libp2p's default resource manager (its limits
-// scaled to the machine) without its Prometheus statistics. libp2p enables
-// those unless told not to, whatever libp2p.DisableMetrics says, and then
-// passes every stream and connection opened or closed, and every memory
-// reservation, through a trace into the process's default Prometheus
-// registry, which nothing here reads: 12 % of a relay's CPU serving 900
-// connected sites (a profile of BenchmarkRelayFamilies).
+// siteResourceManager is libp2p's default resource manager: its limits
+// scaled to the machine.
 func siteResourceManager() (network.ResourceManager, error) {
+	return resourceManager(defaultLimits())
+}
+
+// defaultLimits are libp2p's default limits, with its services', scaled to
+// the machine.
+func defaultLimits() rcmgr.ConcreteLimitConfig {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithMetricsDisabled())
+	return limits.AutoScale()
+}
+
+// resourceManager is libp2p's resource manager with limits, without its
+// Prometheus statistics. libp2p keeps those unless told not to, whatever
+// libp2p.DisableMetrics says, and then passes every stream and connection
+// opened or closed, and every memory reservation, through a trace into
+// statistics of the process's own, which nothing here reads: 12 % of a
+// relay's CPU serving 900 connected sites (a profile of
+// BenchmarkRelayFamilies).
+func resourceManager(limits rcmgr.ConcreteLimitConfig) (network.ResourceManager, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits), rcmgr.WithMetricsDisabled())
 	if err != nil {
 		return nil, fmt.Errorf("mesh: resource manager: %w", err)
 	}
