@@ -127,9 +127,7 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		b.Cleanup(func() {
 			if b.Failed() && !relayProc.exited() {
 				_ = relayProc.stop()
-				if f := os.Getenv("PPSYNC_SCALE_RELAY_LOG"); f != "" {
-					_ = os.WriteFile(f, []byte(relayProc.stderr.String()), 0o644)
-				}
+				saveRelayLog(false) // stopped already: no goroutine dump
 			}
 		})
 	}
