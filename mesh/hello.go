@@ -181,6 +181,7 @@ func (m *Mesh) onDisconnected(c network.Conn) {
 	if m.host.Network().Connectedness(p) == network.Connected {
 		return // another connection to the peer remains
 	}
+	m.wakeDialer() // dial it again now, not at the dial loop's next idle tick
 	m.mu.Lock()
 	ps, ok := m.peers[p]
 	if ok {

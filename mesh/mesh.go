@@ -100,6 +100,7 @@ type Mesh struct {
 
 	codecs   *codecs
 	redial   chan struct{}
+	dialWake chan struct{} // wakeDialer
 	soon     chan struct{} // HeartbeatSoon's nudges to the heartbeat loop
 	instance string        // random per process
 
@@ -177,7 +178,7 @@ func newMesh(ctx context.Context, cfg Config, hb *Host) (*Mesh, error) {
 	if cfg.LivenessTimeout <= 0 {
 		cfg.LivenessTimeout = max(2*cfg.HeartbeatInterval+time.Second, 5*time.Second)
 	}
-	m := &Mesh{cfg: cfg, log: cfg.Logger, hub: hb, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1), soon: make(chan struct{}, 1),
+	m := &Mesh{cfg: cfg, log: cfg.Logger, hub: hb, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1), dialWake: make(chan struct{}, 1), soon: make(chan struct{}, 1),
 		targets: map[peer.ID]*target{}, lan: map[peer.ID]peer.AddrInfo{}, waiters: map[peer.ID][]chan helloResult{},
 		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{}, handlers: map[protocol.ID]network.StreamHandler{},
 		conns: map[string]*connState{}, knownDocs: map[[32]byte]struct{}{}, serving: map[peer.ID]int{}, starts: map[peer.ID]*bucket{}}
