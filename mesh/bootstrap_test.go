@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -248,4 +249,28 @@ func TestDialRoundIdleWithEveryMemberConnected(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "B's dial round busy with A gone", func() bool { return b.m.dialRound() })
+}
+
+// A member whose heartbeats arrive is not pinged: a ping is for a member
+// that has gone quiet. Pinging after half a heartbeat interval (before)
+// pinged every member between any two of its heartbeats.
+func TestMemberWhoseHeartbeatsArriveIsNotPinged(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	hb := func(c *Config) { c.HeartbeatInterval = time.Second }
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, hb)
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, hb)
+	var pings atomic.Int32
+	for _, n := range []*testNode{a, b} {
+		serve := n.m.tracked(n.m.handlePing)
+		n.m.host.SetStreamHandler(pingProto, func(s network.Stream) { pings.Add(1); serve(s) })
+	}
+	connect(t, b, a)
+	waitFor(t, "the first heartbeats", func() bool {
+		return len(a.h.heartbeatsFrom(ib.id)) > 0 && len(b.h.heartbeatsFrom(ia.id)) > 0
+	})
+	start, from := pings.Load(), len(a.h.heartbeatsFrom(ib.id))
+	waitFor(t, "six more of B's heartbeats at A", func() bool { return len(a.h.heartbeatsFrom(ib.id)) >= from+6 })
+	if n := pings.Load() - start; n > 1 {
+		t.Errorf("%d pings answered over six heartbeat intervals, want none (at most one for a late heartbeat)", n)
+	}
 }

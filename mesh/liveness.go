@@ -19,8 +19,8 @@ const pingProto protocol.ID = "/ppsync/alive/1"
 // everything, a frozen machine) keeps its TCP connection "connected" for
 // minutes. So every member must show signs of life on its connection: any
 // gossip it forwards (heartbeats every HeartbeatInterval, entries) counts,
-// and when it has been quiet for half a heartbeat interval this node pings it
-// over a stream of its own. A member silent for LivenessTimeout has its
+// and when it has been quiet for a little longer than a heartbeat interval
+// this node pings it over a stream of its own. A member silent for LivenessTimeout has its
 // connections closed and is reported gone; the dial loop then tries it again
 // at once and every few seconds, so a link that comes back is used within
 // seconds.
@@ -51,8 +51,14 @@ func (m *Mesh) livenessTick() time.Duration {
 	return min(max(m.cfg.LivenessTimeout/20, 50*time.Millisecond), 500*time.Millisecond)
 }
 
+// pingAfter is how long a member may be quiet before it is pinged: a little
+// more than a heartbeat interval, so that a member whose heartbeats arrive
+// is not pinged at all, and at most three fifths of the liveness timeout, so
+// that a ping has time to come back. At half a heartbeat interval (before
+// 2026-12-07) every member was pinged by every peer between any two of its
+// heartbeats, as many stream openings as heartbeats.
 func (m *Mesh) pingAfter() time.Duration {
-	return min(max(m.cfg.HeartbeatInterval/2, 250*time.Millisecond), m.cfg.LivenessTimeout/3)
+	return min(max(m.cfg.HeartbeatInterval*6/5, 250*time.Millisecond), m.cfg.LivenessTimeout*3/5)
 }
 
 func (m *Mesh) livenessLoop(ctx context.Context) {
