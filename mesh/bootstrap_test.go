@@ -274,3 +274,49 @@ func TestMemberWhoseHeartbeatsArriveIsNotPinged(t *testing.T) {
 		t.Errorf("%d pings answered over six heartbeat intervals, want none (at most one for a late heartbeat)", n)
 	}
 }
+
+// A member whose ping is answered late, after the liveness timeout but
+// within the ping's own deadline, is not disconnected: under load a late
+// answer still proves the link. Only heartbeats an hour apart here, so the
+// ping (after 6 s of quiet, due 5 s later) is the only sign of life; A
+// answers it after 4.5 s, past the 10 s timeout.
+func TestLateButAnsweredPingKeepsTheMember(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	live := func(c *Config) {
+		c.HeartbeatInterval = time.Hour
+		c.LivenessTimeout = 10 * time.Second
+	}
+	// A itself pings nobody for an hour (a ping it sends is a sign of life).
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, func(c *Config) { live(c); c.LivenessTimeout = time.Hour })
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, live)
+	var answered atomic.Int32
+	serve := a.m.tracked(a.m.handlePing)
+	a.m.host.SetStreamHandler(pingProto, func(s network.Stream) {
+		if s.Conn().RemotePeer() == ib.id {
+			time.Sleep(4500 * time.Millisecond) // a busy peer's late answer, not a wait for something
+		}
+		serve(s)
+		answered.Add(1)
+	})
+	connect(t, b, a)
+	deadline := time.Now().Add(30 * time.Second)
+	for answered.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("B's ping never reached A")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Let B's liveness loop see the answer (its next tick).
+	waitFor(t, "B's ping settled", func() bool {
+		b.m.mu.Lock()
+		defer b.m.mu.Unlock()
+		ps := b.m.peers[ia.id]
+		return ps != nil && !ps.pinging
+	})
+	if n := b.m.Rejections()["member_silent"]; n != 0 {
+		t.Errorf("B closed A for silence %d time(s) although A answered its ping", n)
+	}
+	if !connected(b.m.host, ia.id) {
+		t.Error("B is not connected to A")
+	}
+}
