@@ -271,7 +271,9 @@ func (m *Mesh) dialBootstrap(waiting []peer.ID) []peer.ID {
 }
 
 // markConnected records that p is connected (by whoever dialed), so the
-// next loss starts from the shortest backoff.
+// next loss starts from the shortest backoff. A target already recorded so
+// is left alone without asking the roster: every dial round calls this for
+// every connected member.
 func (m *Mesh) markConnected(p peer.ID) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
