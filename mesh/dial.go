@@ -148,15 +148,20 @@ func (m *Mesh) targetLocked(p peer.ID) *target {
 }
 
 // claim marks p's attempt as started if one is due and none is running.
-func (m *Mesh) claim(p peer.ID) bool {
+// busy reports an attempt at p running (this one or an earlier one) or due
+// within idleDialTick: the dial loop then looks again at dialTick.
+func (m *Mesh) claim(p peer.ID) (started, busy bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := m.targetLocked(p)
-	if t.inflight || time.Now().Before(t.next) {
-		return false
+	if t.inflight {
+		return false, true
+	}
+	if now := time.Now(); now.Before(t.next) {
+		return false, t.next.Before(now.Add(idleDialTick))
 	}
 	t.inflight = true
-	return true
+	return true, true
 }
 
 // settle records the outcome of an attempt and schedules the next one.
@@ -191,15 +196,17 @@ func backoff(base, limit time.Duration, fails int) time.Duration {
 	return min(d, limit)
 }
 
+// dialRound starts the attempts that are due. busy reports an attempt
+// running or due within idleDialTick.
 func (m *Mesh) dialRound() (busy bool) {
-	var waiting []peer.ID // the targets not connected
-	waiting = m.dialBootstrap(waiting)
+	busy = m.dialBootstrap()
 	for _, ai := range m.lanCandidates() {
 		if m.connected(ai.ID) {
 			continue
 		}
-		waiting = append(waiting, ai.ID)
-		if m.claim(ai.ID) {
+		started, soon := m.claim(ai.ID)
+		busy = busy || soon
+		if started {
 			m.goTracked(func() { m.dialCandidate(ai) })
 		}
 	}
@@ -228,32 +235,19 @@ func (m *Mesh) dialRound() (busy bool) {
 			m.markConnected(p)
 			continue
 		}
-		waiting = append(waiting, p)
-		if m.claim(p) {
+		started, soon := m.claim(p)
+		busy = busy || soon
+		if started {
 			rs := relaysNow()
 			m.goTracked(func() { m.dialMember(p, rs) })
 		}
 	}
-	return m.dueSoon(waiting)
+	return busy
 }
 
-// dueSoon reports whether an attempt at one of ps is running or due within
-// idleDialTick.
-func (m *Mesh) dueSoon(ps []peer.ID) bool {
-	soon := time.Now().Add(idleDialTick)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, p := range ps {
-		if t := m.targets[p]; t == nil || t.inflight || t.next.Before(soon) {
-			return true
-		}
-	}
-	return false
-}
-
-// dialBootstrap dials the bootstrap addresses that are due, adding the ones
-// not connected to waiting.
-func (m *Mesh) dialBootstrap(waiting []peer.ID) []peer.ID {
+// dialBootstrap dials the bootstrap addresses that are due. busy reports an
+// attempt at one running or due within idleDialTick.
+func (m *Mesh) dialBootstrap() (busy bool) {
 	for _, ai := range m.bootAIs {
 		if ai.ID == m.host.ID() {
 			continue
@@ -262,12 +256,13 @@ func (m *Mesh) dialBootstrap(waiting []peer.ID) []peer.ID {
 			m.markConnected(ai.ID)
 			continue
 		}
-		waiting = append(waiting, ai.ID)
-		if m.claim(ai.ID) {
+		started, soon := m.claim(ai.ID)
+		busy = busy || soon
+		if started {
 			m.goTracked(func() { m.dialCandidate(ai) })
 		}
 	}
-	return waiting
+	return busy
 }
 
 // markConnected records that p is connected (by whoever dialed), so the

@@ -232,7 +232,7 @@ func (hb *Host) sleepersLoop() {
 		}
 		for _, m := range hb.snapshot() {
 			if m.cfg.Lazy && !m.Awake() {
-				m.dialBootstrap(nil)
+				m.dialBootstrap()
 			}
 		}
 	}

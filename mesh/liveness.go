@@ -20,10 +20,10 @@ const pingProto protocol.ID = "/ppsync/alive/1"
 // minutes. So every member must show signs of life on its connection: any
 // gossip it forwards (heartbeats every HeartbeatInterval, entries) counts,
 // and when it has been quiet for a little longer than a heartbeat interval
-// this node pings it over a stream of its own. A member silent for LivenessTimeout has its
-// connections closed and is reported gone; the dial loop then tries it again
-// at once and every few seconds, so a link that comes back is used within
-// seconds.
+// this node pings it over a stream of its own. A member silent for
+// LivenessTimeout has its connections closed and is reported gone; the dial
+// loop then tries it again at once and every few seconds, so a link that
+// comes back is used within seconds.
 
 // Gossip can stall on a live connection too: libp2p's pubsub gives a peer
 // up for as long as their connection lasts once its stream to the peer was
