@@ -46,9 +46,11 @@ func newKey(tb testing.TB) ed25519.PrivateKey {
 
 // core is one node's data core: a Pebble store, the state and the log.
 type core struct {
-	db  *pebble.DB
-	st  *state.State
-	log *txlog.Log
+	db       *pebble.DB
+	st       *state.State
+	log      *txlog.Log
+	stop     context.CancelFunc // ends the state's presence filter, as a node's Close does
+	presence chan error
 }
 
 func openCore(tb testing.TB, dir, site string, k keys, noSync bool) *core {
@@ -80,10 +82,15 @@ func openCoreApplying(tb testing.TB, dir, site string, k keys, noSync bool, appl
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &core{db: db, st: st, log: l}
+	// A site node keeps the state's presence filter on a goroutine of its
+	// own (node.Open): so does the core.
+	ctx, stop := context.WithCancel(context.Background())
+	c := &core{db: db, st: st, log: l, stop: stop, presence: make(chan error, 1)}
+	go func() { c.presence <- st.KeepPresence(ctx) }()
+	return c
 }
 
-func (c *core) close() { c.log.Close(); c.db.Close() }
+func (c *core) close() { c.stop(); <-c.presence; c.log.Close(); c.db.Close() }
 
 // patient returns a single-op transaction of about 200 encoded bytes.
 func patient(i int) []wire.Op {

@@ -323,6 +323,13 @@ func (n *Node) open(ctx context.Context) error {
 	}
 	if n.ring != nil {
 		n.goTracked(func() { n.runKeys(n.ctx) })
+		n.goTracked(func() {
+			// Skips the reads of records never stored; without it every
+			// read is made, so a failure is only logged.
+			if err := n.state.KeepPresence(n.ctx); err != nil && n.ctx.Err() == nil {
+				n.log.Warn("the state's presence filter stopped; records are read as before", "err", err)
+			}
+		})
 	}
 	if n.dbc != nil {
 		n.dbs = newDBSync(n, n.dbc)

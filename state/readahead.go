@@ -31,16 +31,23 @@ func (r records) get(key []byte) ([]byte, bool) {
 }
 
 // readRecords reads, through b (an indexed batch, so its earlier writes
-// count), every record the operations of es touch.
-func readRecords(b *pebble.Batch, es []*wire.Signed) (records, error) {
+// count), every record the operations of es touch; those the presence filter
+// says were never stored it does not look for.
+func (s *State) readRecords(b *pebble.Batch, es []*wire.Signed) (records, error) {
+	recs := records{}
 	var keys [][]byte
 	for _, e := range es {
 		for _, op := range e.Payload() {
-			keys = append(keys, recordKey(op.Table, op.Key))
+			k := recordKey(op.Table, op.Key)
+			if s.neverStored(k) {
+				recs[string(k)] = nil
+				continue
+			}
+			keys = append(keys, k)
 		}
 	}
 	if len(keys) == 0 {
-		return records{}, nil
+		return recs, nil
 	}
 	slices.SortFunc(keys, bytes.Compare)
 	keys = slices.CompactFunc(keys, bytes.Equal)
@@ -51,7 +58,6 @@ func readRecords(b *pebble.Batch, es []*wire.Signed) (records, error) {
 	if err != nil {
 		return nil, err
 	}
-	recs := make(records, len(keys))
 	for _, k := range keys {
 		if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
 			v, err := it.ValueAndErr()

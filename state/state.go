@@ -46,6 +46,16 @@ type State struct {
 	// Used by Apply's goroutine only; kept in memory alone, so a restart
 	// forgets it and reads again.
 	fresh map[string]freshTable
+
+	// present is the presence filter in use, nil until KeepPresence has
+	// built one; building is the one it builds, nil between builds; callBegun
+	// tells a build waiting for an apply call that one began (see presence.go).
+	present   atomic.Pointer[presence]
+	building  atomic.Pointer[presence]
+	callBegun chan struct{}
+	// presenceMin is the smallest capacity of a filter: presenceMinKeys
+	// (tests set less, to see filters outgrown and built again).
+	presenceMin uint64
 }
 
 // recentApplies is how many apply calls recent remembers: a read ahead is
@@ -90,7 +100,7 @@ func Open(db *pebble.DB, logger *slog.Logger) (*State, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &State{db: db, log: logger}
+	s := &State{db: db, log: logger, callBegun: make(chan struct{}, 1), presenceMin: presenceMinKeys}
 	floor, err := loadFloor(db, "open")
 	if err != nil {
 		return nil, fmt.Errorf("state: open: %w", err)
@@ -216,6 +226,10 @@ func (s *State) Prefetch(ops []wire.Op) (any, error) {
 	p := &prefetched{clears: s.clears.Load(), applies: s.applies.Load(), recs: make([]prefetchedRecord, len(ops))}
 	for i := range ops {
 		key := recordKey(ops[i].Table, ops[i].Key)
+		if s.neverStored(key) { // after p.applies was read: see presence.go
+			p.recs[i] = prefetchedRecord{key: key}
+			continue
+		}
 		raw, stored, err := getCopy(s.db, key)
 		if err != nil {
 			return nil, fmt.Errorf("state: prefetch %s: %w", recordName(ops[i].Table, ops[i].Key), err)
@@ -289,6 +303,12 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre
 	// records would cost a set entry each, and a writer's read ahead that
 	// it comes after is read again (readAhead), which is rare.
 	call := s.applies.Add(1)
+	if s.building.Load() != nil {
+		select { // a filter's build may wait for this call to begin
+		case s.callBegun <- struct{}{}:
+		default:
+		}
+	}
 	var written map[string]struct{}
 	if pre != nil || (s.prefetches.Load() && loads == nil && len(es) < readAheadEntries) {
 		written = make(map[string]struct{}, len(es))
@@ -306,7 +326,7 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre
 	var recs records
 	if loads == nil && pre == nil && len(es) >= readAheadEntries {
 		var err error
-		if recs, err = readRecords(b, es); err != nil {
+		if recs, err = s.readRecords(b, es); err != nil {
 			return fmt.Errorf("state: apply: %w", err)
 		}
 	}
@@ -413,6 +433,7 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		raw, stored = a.pre[i].raw, a.pre[i].stored
 	case a.recs != nil:
 		raw, stored = a.recs.get(key)
+	case a.s.neverStored(key):
 	default:
 		if raw, stored, err = getCopy(a.b, key); err != nil {
 			return a.fail(err)
@@ -464,6 +485,7 @@ func (a *applier) applyOp(i int, op *wire.Op) error {
 		a.noteChange(touched{table: op.Table, key: op.Key, wasStored: stored, old: rec.Cursor}, key, &rec)
 	}
 	enc := rec.encode()
+	a.s.noteStored(key) // before the batch holds it: see presence.go
 	if err := a.b.Set(key, enc, nil); err != nil {
 		return a.fail(err)
 	}

@@ -1,0 +1,270 @@
+package state
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"testing/synctest"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/ppsync/ppsync/internal/wire"
+)
+
+// A filter holds every key added to it, and at its capacity says of about 1 %
+// of keys never added that they may have been.
+func TestPresenceFilter(t *testing.T) {
+	const n = 50_000
+	p := newPresence(n)
+	for i := range n {
+		p.add(recordKey("patients", fmt.Sprint(i)))
+	}
+	for i := range n {
+		if !p.mayHold(recordKey("patients", fmt.Sprint(i))) {
+			t.Fatalf("key %d was added and is not held", i)
+		}
+	}
+	wrong := 0
+	for i := n; i < 2*n; i++ {
+		if p.mayHold(recordKey("patients", fmt.Sprint(i))) {
+			wrong++
+		}
+	}
+	if rate := float64(wrong) / n; rate > 0.03 {
+		t.Fatalf("%.2f %% of keys never added may be held; want about 1 %%", 100*rate)
+	}
+	select {
+	case <-p.full:
+		t.Fatal("full at its capacity")
+	default:
+	}
+	p.add([]byte("one more"))
+	select {
+	case <-p.full:
+	default:
+		t.Fatal("not full past its capacity")
+	}
+}
+
+// keepPresence runs KeepPresence on s until the test ends.
+func keepPresence(t *testing.T, s *State) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.KeepPresence(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("KeepPresence: %v", err)
+		}
+	})
+}
+
+// Records stored before the filter was built, and records written since,
+// are read; a record never stored is not looked for.
+func TestPresenceFilterCoversEveryStoredRecord(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, db := openMem(t)
+		apply(t, s, db, ent("a", 1, 10, nil, put("patients", "old", map[string]any{"n": int64(1)})))
+		keepPresence(t, s)
+		synctest.Wait() // the build waits: call 1 may not be committed, for all it knows
+		if s.present.Load() != nil {
+			t.Fatal("a filter was published before a later apply call began")
+		}
+		apply(t, s, db, ent("a", 2, 11, nil, put("patients", "new", map[string]any{"n": int64(2)})))
+		synctest.Wait()
+		if s.present.Load() == nil {
+			t.Fatal("no filter built")
+		}
+		for _, k := range []string{"old", "new"} {
+			if s.neverStored(recordKey("patients", k)) {
+				t.Fatalf("record %q is stored and the filter says it never was", k)
+			}
+			pre, err := s.Prefetch([]wire.Op{put("patients", k, nil)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := pre.(*prefetched).recs[0]; !r.stored {
+				t.Fatalf("record %q read ahead as not stored", k)
+			}
+		}
+		if !s.neverStored(recordKey("patients", "never")) {
+			t.Fatal("the filter holds a record never stored (or is not in use)")
+		}
+	})
+}
+
+// The build waits for the apply call under way, whose batch may be committed
+// after the build's snapshot, until a later call begins; then the records
+// that call stored are in the filter.
+func TestPresenceBuildWaitsForTheCallUnderWay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, db := openMem(t)
+		apply(t, s, db, ent("a", 1, 10, nil, put("patients", "p1", nil)))
+		b := db.NewIndexedBatch() // call 2 under way: p2
+		if err := s.ApplyAll(b, []*wire.Signed{ent("a", 2, 11, nil, put("patients", "p2", nil))}); err != nil {
+			t.Fatal(err)
+		}
+		keepPresence(t, s)
+		synctest.Wait()
+		if s.present.Load() != nil {
+			t.Fatal("a filter was published while an apply call was under way")
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		apply(t, s, db, ent("a", 3, 12, nil, put("patients", "p3", nil))) // call 3 begins
+		synctest.Wait()
+		if s.present.Load() == nil {
+			t.Fatal("no filter once a later call began")
+		}
+		for _, k := range []string{"p1", "p2", "p3"} {
+			if s.neverStored(recordKey("patients", k)) {
+				t.Fatalf("record %s is stored and the filter says it never was", k)
+			}
+		}
+	})
+}
+
+// A filter outgrown by the records written is built again, larger.
+func TestPresenceFilterIsBuiltAgainWhenOutgrown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, db := openMem(t)
+		s.presenceMin = 4
+		keepPresence(t, s)
+		synctest.Wait()
+		first := s.present.Load()
+		if first == nil || first.capacity != 4 {
+			t.Fatalf("first filter %+v: want capacity 4", first)
+		}
+		for i := range 6 {
+			apply(t, s, db, ent("a", uint64(i+1), 10, nil, put("patients", fmt.Sprint(i), nil)))
+		}
+		// The new build began when the fifth record outgrew the filter and
+		// waits for a call after the last it saw begin.
+		synctest.Wait()
+		apply(t, s, db, ent("a", 7, 10, nil, put("patients", "6", nil)))
+		synctest.Wait()
+		now := s.present.Load()
+		if now == first || now.capacity < 8 {
+			t.Fatalf("after 7 records the filter has capacity %d; want one for twice the records", now.capacity)
+		}
+		for i := range 7 {
+			if s.neverStored(recordKey("patients", fmt.Sprint(i))) {
+				t.Fatalf("record %d is stored and the rebuilt filter says it never was", i)
+			}
+		}
+	})
+}
+
+// TestPresenceKeepsApplyExact: a state whose filter is built, outgrown and
+// built again while entries are applied (read ahead or not, in small calls
+// and in runs long enough to be read with one iterator, with Clears between)
+// ends byte for byte as one without a filter. A filter that missed a stored
+// record would have a put start it afresh, losing its other fields.
+func TestPresenceKeepsApplyExact(t *testing.T) {
+	for seed := range uint64(20) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 23))
+			fast, fdb := openMem(t)
+			slow, sdb := openMem(t)
+			fast.presenceMin = 8
+			hlc := uint64(100)
+			seq := map[string]uint64{}
+			entry := func() *wire.Signed {
+				site := []string{"a", "b", "c"}[rng.IntN(3)]
+				seq[site]++
+				hlc += uint64(rng.IntN(3))
+				var ops []wire.Op
+				for range 1 + rng.IntN(3) {
+					tb, k := []string{"patients", "notes"}[rng.IntN(2)], fmt.Sprint(rng.IntN(300))
+					if rng.IntN(5) == 0 {
+						ops = append(ops, del(tb, k))
+					} else {
+						// One field of several each time: a record read as
+						// absent would lose the others.
+						ops = append(ops, put(tb, k, map[string]any{fmt.Sprint("f", rng.IntN(4)): int64(rng.IntN(5))}))
+					}
+				}
+				return ent(site, seq[site], hlc, nil, ops...)
+			}
+			both := func(es []*wire.Signed, pre []any) {
+				for i, db := range []*pebble.DB{fdb, sdb} {
+					b := db.NewIndexedBatch()
+					var err error
+					if i == 0 {
+						err = fast.ApplyPrefetched(b, es, pre)
+					} else {
+						err = slow.ApplyAll(b, es)
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := b.Commit(pebble.NoSync); err != nil {
+						t.Fatal(err)
+					}
+					b.Close()
+				}
+			}
+			for range 10 { // records stored before the first build
+				both([]*wire.Signed{entry()}, nil)
+			}
+			keepPresence(t, fast)
+			var upcoming []*wire.Signed
+			reads := map[*wire.Signed]any{}
+			for round := range 150 {
+				for len(upcoming) < 10 {
+					upcoming = append(upcoming, entry())
+				}
+				for _, e := range upcoming {
+					if rng.IntN(3) == 0 {
+						p, err := fast.Prefetch(e.Payload())
+						if err != nil {
+							t.Fatal(err)
+						}
+						reads[e] = p
+					}
+				}
+				switch {
+				case round%37 == 36:
+					mustClear(t, fast)
+					mustClear(t, slow)
+				case round%11 == 10: // a catch-up's run, read with one iterator
+					run := make([]*wire.Signed, readAheadEntries)
+					for i := range run {
+						run[i] = entry()
+					}
+					both(run, nil)
+					continue
+				}
+				es := upcoming[:1+rng.IntN(4)]
+				upcoming = upcoming[len(es):]
+				pre := make([]any, len(es))
+				for i, e := range es {
+					pre[i] = reads[e]
+					delete(reads, e)
+				}
+				both(es, pre)
+			}
+			if fast.present.Load() == nil || fast.present.Load().capacity <= 8 {
+				t.Fatal("no filter was built again: the test did not see a rebuild")
+			}
+			f, s := dumpState(t, fdb), dumpState(t, sdb)
+			if len(f) != len(s) {
+				t.Fatalf("with the filter %d keys, without %d", len(f), len(s))
+			}
+			for i := range f {
+				if !bytes.Equal(f[i][0], s[i][0]) || !bytes.Equal(f[i][1], s[i][1]) {
+					t.Fatalf("key %d differs: with the filter %x=%x, without %x=%x", i, f[i][0], f[i][1], s[i][0], s[i][1])
+				}
+			}
+			if mustDigest(t, fast) != mustDigest(t, slow) {
+				t.Fatal("digests differ")
+			}
+		})
+	}
+}
