@@ -88,10 +88,16 @@ func (p *presence) probes(key []byte) (block uint64, h uint64) {
 
 func (p *presence) add(key []byte) {
 	base, h := p.probes(key)
+	var mask [blockWords]uint64
 	for range presenceProbes {
 		bit := h & 511
-		p.words[base+bit/64].Or(1 << (bit % 64))
+		mask[bit/64] |= 1 << (bit % 64)
 		h >>= 9
+	}
+	for i, m := range mask {
+		if w := &p.words[base+uint64(i)]; m != 0 && w.Load()&m != m {
+			w.Or(m)
+		}
 	}
 	if p.adds.Add(1) == p.capacity+1 {
 		close(p.full)
@@ -129,13 +135,23 @@ func (s *State) neverStored(key []byte) bool {
 	return p != nil && !p.mayHold(key)
 }
 
-// KeepPresence builds the presence filter, publishes it, and builds a larger
-// one each time the records written outgrow it, until ctx ends. Until the
-// first is published every read is made. A node runs it on a goroutine of
-// its own while it writes records (a site; a relay's state is empty); the
-// filter stays correct after it returns, since apply calls keep adding to it.
-// It returns ctx's error, or a store error (the filter then stays as it was).
+// KeepPresence builds the presence filter once the node writes records of
+// its own (the first Prefetch: a site that only receives, a backup say, or a
+// node that only serves a catch-up, reads its records with one iterator per
+// run and gains little from it), publishes it, and builds a larger one each
+// time the records written outgrow it, until ctx ends. Until the first is
+// published every read is made. A node runs it on a goroutine of its own (a
+// site; a relay's state is empty); the filter stays correct after it returns,
+// since apply calls keep adding to it. It returns ctx's error, or a store
+// error (the filter then stays as it was).
 func (s *State) KeepPresence(ctx context.Context) error {
+	if !s.prefetches.Load() {
+		select {
+		case <-s.ownWrites:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	for {
 		if err := s.buildPresence(ctx); err != nil {
 			return err

@@ -63,6 +63,38 @@ func keepPresence(t *testing.T, s *State) {
 	})
 }
 
+// ownWrite reads ahead as a writer of the node's own transaction does: the
+// first such read starts the filter's build.
+func ownWrite(t *testing.T, s *State) {
+	t.Helper()
+	if _, err := s.Prefetch([]wire.Op{put("patients", "any", nil)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// No filter is built before the node writes records of its own: a site that
+// only receives, or only serves a catch-up, reads as before.
+func TestPresenceWaitsForOwnWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, db := openMem(t)
+		keepPresence(t, s)
+		for i := range 3 {
+			apply(t, s, db, ent("b", uint64(i+1), 10, nil, put("patients", fmt.Sprint(i), nil)))
+		}
+		synctest.Wait()
+		if s.present.Load() != nil || s.building.Load() != nil {
+			t.Fatal("a filter was built before any own write")
+		}
+		ownWrite(t, s)
+		synctest.Wait() // the build waits for a call after the last one begun
+		apply(t, s, db, ent("a", 1, 10, nil, put("patients", "own", nil)))
+		synctest.Wait()
+		if s.present.Load() == nil {
+			t.Fatal("no filter after own writes began")
+		}
+	})
+}
+
 // Records stored before the filter was built, and records written since,
 // are read; a record never stored is not looked for.
 func TestPresenceFilterCoversEveryStoredRecord(t *testing.T) {
@@ -70,6 +102,7 @@ func TestPresenceFilterCoversEveryStoredRecord(t *testing.T) {
 		s, db := openMem(t)
 		apply(t, s, db, ent("a", 1, 10, nil, put("patients", "old", map[string]any{"n": int64(1)})))
 		keepPresence(t, s)
+		ownWrite(t, s)
 		synctest.Wait() // the build waits: call 1 may not be committed, for all it knows
 		if s.present.Load() != nil {
 			t.Fatal("a filter was published before a later apply call began")
@@ -109,6 +142,7 @@ func TestPresenceBuildWaitsForTheCallUnderWay(t *testing.T) {
 			t.Fatal(err)
 		}
 		keepPresence(t, s)
+		ownWrite(t, s)
 		synctest.Wait()
 		if s.present.Load() != nil {
 			t.Fatal("a filter was published while an apply call was under way")
@@ -136,6 +170,7 @@ func TestPresenceFilterIsBuiltAgainWhenOutgrown(t *testing.T) {
 		s, db := openMem(t)
 		s.presenceMin = 4
 		keepPresence(t, s)
+		ownWrite(t, s)
 		synctest.Wait()
 		first := s.present.Load()
 		if first == nil || first.capacity != 4 {

@@ -53,6 +53,7 @@ type State struct {
 	present   atomic.Pointer[presence]
 	building  atomic.Pointer[presence]
 	callBegun chan struct{}
+	ownWrites chan struct{} // closed by the first Prefetch
 	// presenceMin is the smallest capacity of a filter: presenceMinKeys
 	// (tests set less, to see filters outgrown and built again).
 	presenceMin uint64
@@ -100,7 +101,7 @@ func Open(db *pebble.DB, logger *slog.Logger) (*State, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &State{db: db, log: logger, callBegun: make(chan struct{}, 1), presenceMin: presenceMinKeys}
+	s := &State{db: db, log: logger, callBegun: make(chan struct{}, 1), ownWrites: make(chan struct{}), presenceMin: presenceMinKeys}
 	floor, err := loadFloor(db, "open")
 	if err != nil {
 		return nil, fmt.Errorf("state: open: %w", err)
@@ -220,8 +221,8 @@ type prefetchedRecord struct {
 // of a transaction calls it on its own goroutine, before the transaction
 // reaches the committer.
 func (s *State) Prefetch(ops []wire.Op) (any, error) {
-	if !s.prefetches.Load() {
-		s.prefetches.Store(true)
+	if !s.prefetches.Load() && !s.prefetches.Swap(true) {
+		close(s.ownWrites) // the presence filter is built now (KeepPresence)
 	}
 	p := &prefetched{clears: s.clears.Load(), applies: s.applies.Load(), recs: make([]prefetchedRecord, len(ops))}
 	for i := range ops {
