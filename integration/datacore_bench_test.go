@@ -49,7 +49,7 @@ type core struct {
 	db       *pebble.DB
 	st       *state.State
 	log      *txlog.Log
-	stop     context.CancelFunc // ends the state's presence filter, as a node's Close does
+	stop     context.CancelFunc // ends the presence filter's build, as a node's Close does
 	presence chan error
 }
 
@@ -82,11 +82,11 @@ func openCoreApplying(tb testing.TB, dir, site string, k keys, noSync bool, appl
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// A site node keeps the state's presence filter on a goroutine of its
+	// A site node builds the state's presence filter on a goroutine of its
 	// own (node.Open): so does the core.
 	ctx, stop := context.WithCancel(context.Background())
 	c := &core{db: db, st: st, log: l, stop: stop, presence: make(chan error, 1)}
-	go func() { c.presence <- st.KeepPresence(ctx) }()
+	go func() { c.presence <- st.BuildPresence(ctx) }()
 	return c
 }
 

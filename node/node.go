@@ -326,8 +326,8 @@ func (n *Node) open(ctx context.Context) error {
 		n.goTracked(func() {
 			// Skips the reads of records never stored; without it every
 			// read is made, so a failure is only logged.
-			if err := n.state.KeepPresence(n.ctx); err != nil && n.ctx.Err() == nil {
-				n.log.Warn("the state's presence filter stopped; records are read as before", "err", err)
+			if err := n.state.BuildPresence(n.ctx); err != nil && n.ctx.Err() == nil {
+				n.log.Warn("the state's presence filter could not be built; every record is read, as before", "err", err)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/bits"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -34,7 +35,10 @@ import (
 //     waits until a later call has begun, so that the last one's batch is
 //     committed, before it opens the snapshot it scans;
 //   - a reader asks only the filter in use, which is published once its scan
-//     is complete.
+//     is complete;
+//   - a filter that grows appends a layer and never drops one, and a reader
+//     asks every layer, so a key lands in a layer a reader asks whichever
+//     layer was newest when it was added.
 //
 // Prefetch asks after loading the count of apply calls begun, which it already
 // does for its own argument (see ApplyPrefetched): the calls before that count
@@ -42,78 +46,128 @@ import (
 // writes are read again by the apply, as for any read ahead.
 
 // presenceBitsPerKey and presenceProbes give a false-positive rate of about
-// 1 % for a filter at its capacity (a blocked filter: all probes of a key in
+// 1 % for a layer at its capacity (a blocked filter: all probes of a key in
 // one 512-bit block, one cache line).
 const (
 	presenceBitsPerKey = 10
 	presenceProbes     = 6
-	presenceMinKeys    = 1 << 16 // the smallest capacity: 80 KiB
+	presenceMinKeys    = 1 << 16 // the smallest first layer: 80 KiB
 	blockWords         = 8       // 512 bits
 )
 
-// presence is one Bloom filter of record keys. add and mayHold are safe for
-// concurrent use.
+// presence is a Bloom filter of record keys that grows without reading the
+// store again: once its newest layer holds as many keys as it was sized for,
+// a layer twice as large takes the keys added next, and a key is held if any
+// layer holds it. (A node starting with many records sizes its first layer
+// for twice their number, so layers are added only as records grow; each
+// adds about 1 % of false positives at its capacity.) add and mayHold are
+// safe for concurrent use.
 type presence struct {
-	seed     maphash.Seed
+	seed   maphash.Seed
+	layers atomic.Pointer[[]*presenceLayer] // oldest first; only ever appended to
+	grow   sync.Mutex                       // held to append a layer
+}
+
+type presenceLayer struct {
 	words    []atomic.Uint64
 	blocks   uint64
 	capacity uint64        // keys it was sized for
-	adds     atomic.Uint64 // keys added (a key written again counts again)
-	full     chan struct{} // closed once adds exceed capacity: time to build a larger one
+	adds     atomic.Uint64 // keys added to it (a key written again counts again)
 }
 
 func newPresence(capacity uint64) *presence {
-	capacity = max(capacity, 1)
-	blocks := (capacity*presenceBitsPerKey + 511) / 512
-	return &presence{
-		seed:     maphash.MakeSeed(),
-		words:    make([]atomic.Uint64, blocks*blockWords),
-		blocks:   blocks,
-		capacity: capacity,
-		full:     make(chan struct{}),
-	}
+	p := &presence{seed: maphash.MakeSeed()}
+	layers := []*presenceLayer{newPresenceLayer(capacity)}
+	p.layers.Store(&layers)
+	return p
 }
 
-// probes returns the block of key's bits and the hash its bits come from.
-func (p *presence) probes(key []byte) (block uint64, h uint64) {
-	h = maphash.Bytes(p.seed, key)
-	block, _ = bits.Mul64(h, p.blocks) // h scaled into [0, blocks)
-	// The block took the high bits; the probes take 9 bits each of a
-	// remix of h, so that keys sharing a block do not share their probes.
+func newPresenceLayer(capacity uint64) *presenceLayer {
+	capacity = max(capacity, 1)
+	blocks := (capacity*presenceBitsPerKey + 511) / 512
+	return &presenceLayer{words: make([]atomic.Uint64, blocks*blockWords), blocks: blocks, capacity: capacity}
+}
+
+// capacity is the keys the filter holds at about 1 % false positives per
+// layer: the sum of its layers'.
+func (p *presence) capacity() uint64 {
+	var c uint64
+	for _, l := range *p.layers.Load() {
+		c += l.capacity
+	}
+	return c
+}
+
+// hash returns key's hash: the block of each layer comes from it and the
+// probes within the block from a remix of it (remix), so that keys sharing a
+// block do not share their probes.
+func (p *presence) hash(key []byte) uint64 { return maphash.Bytes(p.seed, key) }
+
+func remix(h uint64) uint64 {
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
-	h ^= h >> 33
-	return block * blockWords, h
+	return h ^ h>>33
+}
+
+// block returns the index of the first word of h's block in l.
+func (l *presenceLayer) block(h uint64) uint64 {
+	b, _ := bits.Mul64(h, l.blocks) // h scaled into [0, blocks)
+	return b * blockWords
 }
 
 func (p *presence) add(key []byte) {
-	base, h := p.probes(key)
+	h := p.hash(key)
 	var mask [blockWords]uint64
-	for range presenceProbes {
-		bit := h & 511
+	for i, x := 0, remix(h); i < presenceProbes; i, x = i+1, x>>9 {
+		bit := x & 511
 		mask[bit/64] |= 1 << (bit % 64)
-		h >>= 9
 	}
+	layers := *p.layers.Load()
+	l := layers[len(layers)-1]
+	base := l.block(h)
 	for i, m := range mask {
-		if w := &p.words[base+uint64(i)]; m != 0 && w.Load()&m != m {
+		if w := &l.words[base+uint64(i)]; m != 0 && w.Load()&m != m {
 			w.Or(m)
 		}
 	}
-	if p.adds.Add(1) == p.capacity+1 {
-		close(p.full)
+	if l.adds.Add(1) == l.capacity {
+		p.addLayer(l)
 	}
+}
+
+// addLayer appends a layer twice as large as full, the newest layer, which
+// holds as many keys as it was sized for.
+func (p *presence) addLayer(full *presenceLayer) {
+	p.grow.Lock()
+	defer p.grow.Unlock()
+	layers := *p.layers.Load()
+	if layers[len(layers)-1] != full {
+		return
+	}
+	grown := append(layers[:len(layers):len(layers)], newPresenceLayer(2*full.capacity))
+	p.layers.Store(&grown)
 }
 
 // mayHold reports whether a record may have been stored under key: false
 // means it never was, since the filter's scan.
 func (p *presence) mayHold(key []byte) bool {
-	base, h := p.probes(key)
+	h := p.hash(key)
+	probes := remix(h)
+	for _, l := range *p.layers.Load() {
+		if l.holds(l.block(h), probes) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *presenceLayer) holds(base, x uint64) bool {
 	for range presenceProbes {
-		bit := h & 511
-		if p.words[base+bit/64].Load()&(1<<(bit%64)) == 0 {
+		bit := x & 511
+		if l.words[base+bit/64].Load()&(1<<(bit%64)) == 0 {
 			return false
 		}
-		h >>= 9
+		x >>= 9
 	}
 	return true
 }
@@ -135,16 +189,15 @@ func (s *State) neverStored(key []byte) bool {
 	return p != nil && !p.mayHold(key)
 }
 
-// KeepPresence builds the presence filter once the node writes records of
+// BuildPresence builds the presence filter once the node writes records of
 // its own (the first Prefetch: a site that only receives, a backup say, or a
 // node that only serves a catch-up, reads its records with one iterator per
-// run and gains little from it), publishes it, and builds a larger one each
-// time the records written outgrow it, until ctx ends. Until the first is
+// run and gains little from it) and publishes it; the filter then grows as
+// records are written, without reading the store again. Until it is
 // published every read is made. A node runs it on a goroutine of its own (a
-// site; a relay's state is empty); the filter stays correct after it returns,
-// since apply calls keep adding to it. It returns ctx's error, or a store
-// error (the filter then stays as it was).
-func (s *State) KeepPresence(ctx context.Context) error {
+// site; a relay's state is empty). It returns once the filter is published,
+// or ctx's error, or a store error (no filter is then used).
+func (s *State) BuildPresence(ctx context.Context) error {
 	if !s.prefetches.Load() {
 		select {
 		case <-s.ownWrites:
@@ -152,16 +205,7 @@ func (s *State) KeepPresence(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	for {
-		if err := s.buildPresence(ctx); err != nil {
-			return err
-		}
-		select {
-		case <-s.present.Load().full:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return s.buildPresence(ctx)
 }
 
 // buildPresence builds a filter sized for twice the records stored and
@@ -198,7 +242,7 @@ func (s *State) buildPresence(ctx context.Context) error {
 		return err
 	}
 	s.present.Store(next)
-	s.log.Debug("presence filter built", "records", n, "capacity", next.capacity)
+	s.log.Debug("presence filter built", "records", n, "capacity", next.capacity())
 	return nil
 }
 

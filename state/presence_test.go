@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"testing/synctest"
 
@@ -15,17 +16,16 @@ import (
 )
 
 // A filter holds every key added to it, and at its capacity says of about 1 %
-// of keys never added that they may have been.
+// of keys never added that they may have been; past it, it grows a layer at
+// a time and still holds every key.
 func TestPresenceFilter(t *testing.T) {
 	const n = 50_000
 	p := newPresence(n)
-	for i := range n {
+	for i := range n - 1 {
 		p.add(recordKey("patients", fmt.Sprint(i)))
 	}
-	for i := range n {
-		if !p.mayHold(recordKey("patients", fmt.Sprint(i))) {
-			t.Fatalf("key %d was added and is not held", i)
-		}
+	if l := len(*p.layers.Load()); l != 1 {
+		t.Fatalf("%d layers below its capacity", l)
 	}
 	wrong := 0
 	for i := n; i < 2*n; i++ {
@@ -36,29 +36,59 @@ func TestPresenceFilter(t *testing.T) {
 	if rate := float64(wrong) / n; rate > 0.03 {
 		t.Fatalf("%.2f %% of keys never added may be held; want about 1 %%", 100*rate)
 	}
-	select {
-	case <-p.full:
-		t.Fatal("full at its capacity")
-	default:
+	for i := n - 1; i < 4*n; i++ {
+		p.add(recordKey("patients", fmt.Sprint(i)))
 	}
-	p.add([]byte("one more"))
-	select {
-	case <-p.full:
-	default:
-		t.Fatal("not full past its capacity")
+	if l, c := len(*p.layers.Load()), p.capacity(); l != 3 || c != 7*n {
+		t.Fatalf("after %d keys: %d layers for %d keys; want 3 layers for %d", 4*n, l, c, 7*n)
+	}
+	for i := range 4 * n {
+		if !p.mayHold(recordKey("patients", fmt.Sprint(i))) {
+			t.Fatalf("key %d was added and is not held", i)
+		}
+	}
+	wrong = 0
+	for i := 4 * n; i < 5*n; i++ {
+		if p.mayHold(recordKey("patients", fmt.Sprint(i))) {
+			wrong++
+		}
+	}
+	if rate := float64(wrong) / n; rate > 0.05 {
+		t.Fatalf("grown: %.2f %% of keys never added may be held; want about 2 %%", 100*rate)
 	}
 }
 
-// keepPresence runs KeepPresence on s until the test ends.
-func keepPresence(t *testing.T, s *State) {
+// Keys added from several goroutines while layers are appended are all held.
+func TestPresenceFilterGrowsUnderConcurrentAdds(t *testing.T) {
+	p := newPresence(16)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 2000 {
+				p.add(recordKey("notes", fmt.Sprint(g, "-", i)))
+			}
+		})
+	}
+	wg.Wait()
+	for g := range 4 {
+		for i := range 2000 {
+			if !p.mayHold(recordKey("notes", fmt.Sprint(g, "-", i))) {
+				t.Fatalf("key %d-%d was added and is not held", g, i)
+			}
+		}
+	}
+}
+
+// buildPresenceBg runs BuildPresence on s, stopped at the test's end.
+func buildPresenceBg(t *testing.T, s *State) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.KeepPresence(ctx) }()
+	go func() { done <- s.BuildPresence(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("KeepPresence: %v", err)
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("BuildPresence: %v", err)
 		}
 	})
 }
@@ -77,7 +107,7 @@ func ownWrite(t *testing.T, s *State) {
 func TestPresenceWaitsForOwnWrites(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, db := openMem(t)
-		keepPresence(t, s)
+		buildPresenceBg(t, s)
 		for i := range 3 {
 			apply(t, s, db, ent("b", uint64(i+1), 10, nil, put("patients", fmt.Sprint(i), nil)))
 		}
@@ -101,7 +131,7 @@ func TestPresenceFilterCoversEveryStoredRecord(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, db := openMem(t)
 		apply(t, s, db, ent("a", 1, 10, nil, put("patients", "old", map[string]any{"n": int64(1)})))
-		keepPresence(t, s)
+		buildPresenceBg(t, s)
 		ownWrite(t, s)
 		synctest.Wait() // the build waits: call 1 may not be committed, for all it knows
 		if s.present.Load() != nil {
@@ -141,7 +171,7 @@ func TestPresenceBuildWaitsForTheCallUnderWay(t *testing.T) {
 		if err := s.ApplyAll(b, []*wire.Signed{ent("a", 2, 11, nil, put("patients", "p2", nil))}); err != nil {
 			t.Fatal(err)
 		}
-		keepPresence(t, s)
+		buildPresenceBg(t, s)
 		ownWrite(t, s)
 		synctest.Wait()
 		if s.present.Load() != nil {
@@ -164,40 +194,35 @@ func TestPresenceBuildWaitsForTheCallUnderWay(t *testing.T) {
 	})
 }
 
-// A filter outgrown by the records written is built again, larger.
-func TestPresenceFilterIsBuiltAgainWhenOutgrown(t *testing.T) {
+// A filter outgrown by the records written grows: the records it holds and
+// those written later are all held, with no new scan.
+func TestPresenceFilterGrowsWithTheRecords(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s, db := openMem(t)
 		s.presenceMin = 4
-		keepPresence(t, s)
+		buildPresenceBg(t, s)
 		ownWrite(t, s)
 		synctest.Wait()
-		first := s.present.Load()
-		if first == nil || first.capacity != 4 {
-			t.Fatalf("first filter %+v: want capacity 4", first)
+		p := s.present.Load()
+		if p == nil || p.capacity() != 4 {
+			t.Fatalf("filter %+v: want capacity 4", p)
 		}
-		for i := range 6 {
+		for i := range 20 {
 			apply(t, s, db, ent("a", uint64(i+1), 10, nil, put("patients", fmt.Sprint(i), nil)))
 		}
-		// The new build began when the fifth record outgrew the filter and
-		// waits for a call after the last it saw begin.
-		synctest.Wait()
-		apply(t, s, db, ent("a", 7, 10, nil, put("patients", "6", nil)))
-		synctest.Wait()
-		now := s.present.Load()
-		if now == first || now.capacity < 8 {
-			t.Fatalf("after 7 records the filter has capacity %d; want one for twice the records", now.capacity)
+		if s.present.Load() != p || len(*p.layers.Load()) < 3 {
+			t.Fatalf("after 20 records: %d layers; want the same filter, grown", len(*p.layers.Load()))
 		}
-		for i := range 7 {
+		for i := range 20 {
 			if s.neverStored(recordKey("patients", fmt.Sprint(i))) {
-				t.Fatalf("record %d is stored and the rebuilt filter says it never was", i)
+				t.Fatalf("record %d is stored and the grown filter says it never was", i)
 			}
 		}
 	})
 }
 
-// TestPresenceKeepsApplyExact: a state whose filter is built, outgrown and
-// built again while entries are applied (read ahead or not, in small calls
+// TestPresenceKeepsApplyExact: a state whose filter is built, and grows,
+// while entries are applied (read ahead or not, in small calls
 // and in runs long enough to be read with one iterator, with Clears between)
 // ends byte for byte as one without a filter. A filter that missed a stored
 // record would have a put start it afresh, losing its other fields.
@@ -248,7 +273,7 @@ func TestPresenceKeepsApplyExact(t *testing.T) {
 			for range 10 { // records stored before the first build
 				both([]*wire.Signed{entry()}, nil)
 			}
-			keepPresence(t, fast)
+			buildPresenceBg(t, fast)
 			var upcoming []*wire.Signed
 			reads := map[*wire.Signed]any{}
 			for round := range 150 {
@@ -285,8 +310,8 @@ func TestPresenceKeepsApplyExact(t *testing.T) {
 				}
 				both(es, pre)
 			}
-			if fast.present.Load() == nil || fast.present.Load().capacity <= 8 {
-				t.Fatal("no filter was built again: the test did not see a rebuild")
+			if p := fast.present.Load(); p == nil || len(*p.layers.Load()) < 3 {
+				t.Fatal("the filter did not grow: the test did not see layers added")
 			}
 			f, s := dumpState(t, fdb), dumpState(t, sdb)
 			if len(f) != len(s) {

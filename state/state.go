@@ -47,7 +47,7 @@ type State struct {
 	// forgets it and reads again.
 	fresh map[string]freshTable
 
-	// present is the presence filter in use, nil until KeepPresence has
+	// present is the presence filter in use, nil until BuildPresence has
 	// built one; building is the one it builds, nil between builds; callBegun
 	// tells a build waiting for an apply call that one began (see presence.go).
 	present   atomic.Pointer[presence]
@@ -222,7 +222,7 @@ type prefetchedRecord struct {
 // reaches the committer.
 func (s *State) Prefetch(ops []wire.Op) (any, error) {
 	if !s.prefetches.Load() && !s.prefetches.Swap(true) {
-		close(s.ownWrites) // the presence filter is built now (KeepPresence)
+		close(s.ownWrites) // the presence filter is built now (BuildPresence)
 	}
 	p := &prefetched{clears: s.clears.Load(), applies: s.applies.Load(), recs: make([]prefetchedRecord, len(ops))}
 	for i := range ops {
