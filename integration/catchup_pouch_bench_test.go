@@ -52,7 +52,7 @@ func BenchmarkCatchUpVsPouchDB(b *testing.B) {
 	profDir := os.Getenv("PPSYNC_CATCHUP_PROFILE")
 	dir := b.TempDir()
 	file := filepath.Join(dir, "import.jsonl")
-	writeImportFile(b, file, total)
+	writeImportFile(b, file, 0, total)
 
 	sup := newSupport(b, dir, "CatchUp")
 	dataA, _ := sup.join(b, "clinic-a", sup.familyFile())

@@ -196,7 +196,9 @@ type memoryRun struct {
 // BenchmarkMemory1M: two real `ppsync run` processes set up as the README
 // says. Site A starts empty and imports 1,000,000 ~200-byte lines with
 // `ppsync import`, then idles; site B, offline meanwhile, then starts and
-// catches up the backlog from A. Both processes' RSS is read from
+// catches up the backlog from A; then A is started again and imports 10,000
+// more lines (its first own writes after a start read every record it holds
+// into the state's presence filter). Both processes' RSS is read from
 // /proc/PID/status throughout; the benchmark prints the peak of each phase
 // and the kernel's lifetime peak (VmHWM) of each process, the import rate
 // and the catch-up rate, and the CPU time both nodes used per 1,000 entries.
@@ -223,13 +225,15 @@ func benchMemory(b *testing.B, live bool) {
 	}
 	base := baselineBin(b)
 	file := filepath.Join(b.TempDir(), "import.jsonl")
-	writeImportFile(b, file, total)
+	writeImportFile(b, file, 0, total)
+	more := filepath.Join(b.TempDir(), "more.jsonl") // written after a restart
+	writeImportFile(b, more, total, 10_000)
 	var runs, baseRuns []memoryRun
 	for b.Loop() {
 		if base != "" {
-			baseRuns = append(baseRuns, memoryRun1M(b, base, file, total, live))
+			baseRuns = append(baseRuns, memoryRun1M(b, base, file, more, total, live))
 		}
-		runs = append(runs, memoryRun1M(b, ppsyncBin, file, total, live))
+		runs = append(runs, memoryRun1M(b, ppsyncBin, file, more, total, live))
 	}
 	report := func(prefix string, rs []memoryRun) memoryRun {
 		var m memoryRun
@@ -268,7 +272,7 @@ func benchMemory(b *testing.B, live bool) {
 }
 
 // writeImportFile writes n single-op ~200-byte import lines to path.
-func writeImportFile(tb testing.TB, path string, n int) {
+func writeImportFile(tb testing.TB, path string, after, n int) {
 	tb.Helper()
 	f, err := os.Create(path)
 	if err != nil {
@@ -276,7 +280,7 @@ func writeImportFile(tb testing.TB, path string, n int) {
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
 	for i := range n {
-		w.WriteString(benchLine("patients", i+1))
+		w.WriteString(benchLine("patients", after+i+1))
 		w.WriteByte('\n')
 	}
 	if err := w.Flush(); err != nil {
@@ -289,7 +293,7 @@ func writeImportFile(tb testing.TB, path string, n int) {
 
 // memoryRun1M runs the phases once with the binary bin; with live, B runs
 // during the import.
-func memoryRun1M(b *testing.B, bin, file string, total int, live bool) memoryRun {
+func memoryRun1M(b *testing.B, bin, file, more string, total int, live bool) memoryRun {
 	b.Helper()
 	defer swapBinary(bin)()
 	dir := b.TempDir()
@@ -356,21 +360,32 @@ func memoryRun1M(b *testing.B, bin, file string, total int, live bool) memoryRun
 	var line bytes.Buffer
 	fmt.Fprintf(&line, "%s: import %.0f tx/s (%.0f ms CPU per 1,000), catch-up %.0f entries/s (%.0f ms CPU per 1,000 at both ends); peak RSS MiB:",
 		filepath.Base(bin), m.importRate, m.importCPU, m.catchUpRate, m.catchUpCPU)
-	for _, s := range []struct {
-		name string
-		smp  *rssSampler
-		hwm  *float64
-	}{{"a", memA, &m.hwmA}, {"b", memB, &m.hwmB}} {
-		order, peaks, hwm := s.smp.finish(b)
+	sampled := func(name string, smp *rssSampler, hwmOf *float64) {
+		order, peaks, hwm := smp.finish(b)
 		for _, p := range order {
-			m.peaks[s.name+":"+p] = mib(peaks[p])
-			fmt.Fprintf(&line, " %s:%s %.0f", s.name, p, mib(peaks[p]))
+			m.peaks[name+":"+p] = mib(peaks[p])
+			fmt.Fprintf(&line, " %s:%s %.0f", name, p, mib(peaks[p]))
 		}
-		*s.hwm = mib(hwm)
-		fmt.Fprintf(&line, " %s:hwm %.0f", s.name, mib(hwm))
+		*hwmOf = max(*hwmOf, mib(hwm))
+		fmt.Fprintf(&line, " %s:hwm %.0f", name, mib(hwm))
 	}
-	b.Log(line.String())
+	sampled("a", memA, &m.hwmA)
+	sampled("b", memB, &m.hwmB)
 	bp.stopClean()
+
+	// A started again and writing: its first own writes after a start
+	// build the state's presence filter from a scan of every record it
+	// holds. More lines, new records, as a clinic goes on after a restart.
+	a.stopClean()
+	a = startNode(b, dataA)
+	memA = sampleRSS(a.cmd.Process.Pid, "restarted")
+	time.Sleep(2 * time.Second) // a window of samples of the restarted node
+	memA.setPhase("writes-after-restart")
+	r = ppsyncEnv(b, env(e2eMachine), 30*time.Minute, "", "import", "--data", dataA, more).want(b, exitOK)
+	memA.setPhase("idle-after-writes")
+	time.Sleep(5 * time.Second) // a window of samples of the idle node
+	sampled("a", memA, &m.hwmA)
+	b.Log(line.String())
 	a.stopClean()
 	return m
 }

@@ -48,14 +48,15 @@ type State struct {
 	fresh map[string]freshTable
 
 	// present is the presence filter in use, nil until BuildPresence has
-	// built one; building is the one it builds, nil between builds; callBegun
-	// tells a build waiting for an apply call that one began (see presence.go).
+	// built it; building is the one it builds, nil before and after;
+	// callBegun tells a build waiting for an apply call that one began (see
+	// presence.go).
 	present   atomic.Pointer[presence]
 	building  atomic.Pointer[presence]
 	callBegun chan struct{}
 	ownWrites chan struct{} // closed by the first Prefetch
 	// presenceMin is the smallest capacity of a filter: presenceMinKeys
-	// (tests set less, to see filters outgrown and built again).
+	// (tests set less, to see filters grow).
 	presenceMin uint64
 }
 
