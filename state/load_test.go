@@ -106,35 +106,9 @@ func TestApplyLoadMatchesApplyAll(t *testing.T) {
 					es = append(es, other())
 					loads = append(loads, 0)
 				}
-				for i, db := range []*pebble.DB{fdb, sdb} {
-					b := db.NewIndexedBatch()
-					var err error
-					if i == 0 {
-						err = fast.ApplyLoad(b, es, loads)
-					} else {
-						err = slow.ApplyAll(b, es)
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					if err := b.Commit(pebble.NoSync); err != nil {
-						t.Fatal(err)
-					}
-					b.Close()
-				}
+				applyBoth(t, fdb, sdb, slow, es, func(b *pebble.Batch) error { return fast.ApplyLoad(b, es, loads) })
 			}
-			f, s := dumpState(t, fdb), dumpState(t, sdb)
-			if len(f) != len(s) {
-				t.Fatalf("ApplyLoad left %d keys, ApplyAll %d", len(f), len(s))
-			}
-			for i := range f {
-				if !bytes.Equal(f[i][0], s[i][0]) || !bytes.Equal(f[i][1], s[i][1]) {
-					t.Fatalf("key %d differs: ApplyLoad %x=%x, ApplyAll %x=%x", i, f[i][0], f[i][1], s[i][0], s[i][1])
-				}
-			}
-			if mustDigest(t, fast) != mustDigest(t, slow) {
-				t.Fatal("digests differ")
-			}
+			mustMatch(t, "ApplyLoad", fast, fdb, slow, sdb)
 		})
 	}
 }

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -23,23 +22,10 @@ func TestApplyPrefetchedMatchesApplyAll(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 11))
 			fast, fdb := openMem(t)
 			slow, sdb := openMem(t)
-			hlc := uint64(100)
-			seq := map[string]uint64{}
-			entry := func() *wire.Signed {
-				site := []string{"a", "b", "c"}[rng.IntN(3)]
-				seq[site]++
-				hlc += uint64(rng.IntN(3))
-				var ops []wire.Op
-				for range 1 + rng.IntN(3) {
-					tb, k := []string{"patients", "notes"}[rng.IntN(2)], fmt.Sprint(rng.IntN(20))
-					if rng.IntN(4) == 0 {
-						ops = append(ops, del(tb, k))
-					} else {
-						ops = append(ops, put(tb, k, map[string]any{"n": int64(rng.IntN(5)), "s": fmt.Sprint(rng.IntN(3))}))
-					}
-				}
-				return ent(site, seq[site], hlc, map[string]uint64{"a": seq["a"]}, ops...)
-			}
+			maker := &entryMaker{rng: rng, keys: 20, dels: 4, deps: true, fields: func() map[string]any {
+				return map[string]any{"n": int64(rng.IntN(5)), "s": fmt.Sprint(rng.IntN(3))}
+			}}
+			entry := maker.next
 			// Entries are made ahead (upcoming) and read ahead at random
 			// times: in the round they are applied, rounds before (with
 			// calls committed since), or while fast's batch is applied but
@@ -77,41 +63,18 @@ func TestApplyPrefetchedMatchesApplyAll(t *testing.T) {
 					mustClear(t, fast)
 					mustClear(t, slow)
 				}
-				for i, db := range []*pebble.DB{fdb, sdb} {
-					b := db.NewIndexedBatch()
-					var err error
-					if i == 0 {
-						err = fast.ApplyPrefetched(b, es, pre)
-						if rng.IntN(3) == 0 {
-							readAhead() // during the call, before its commit
-						}
-					} else {
-						err = slow.ApplyAll(b, es)
+				applyBoth(t, fdb, sdb, slow, es, func(b *pebble.Batch) error {
+					err := fast.ApplyPrefetched(b, es, pre)
+					if rng.IntN(3) == 0 {
+						readAhead() // during the call, before its commit
 					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					if err := b.Commit(pebble.NoSync); err != nil {
-						t.Fatal(err)
-					}
-					b.Close()
-				}
+					return err
+				})
 			}
 			if used == 0 {
 				t.Fatal("nothing was read ahead")
 			}
-			f, s := dumpState(t, fdb), dumpState(t, sdb)
-			if len(f) != len(s) {
-				t.Fatalf("ApplyPrefetched left %d keys, ApplyAll %d", len(f), len(s))
-			}
-			for i := range f {
-				if !bytes.Equal(f[i][0], s[i][0]) || !bytes.Equal(f[i][1], s[i][1]) {
-					t.Fatalf("key %d differs: ApplyPrefetched %x=%x, ApplyAll %x=%x", i, f[i][0], f[i][1], s[i][0], s[i][1])
-				}
-			}
-			if mustDigest(t, fast) != mustDigest(t, slow) {
-				t.Fatal("digests differ")
-			}
+			mustMatch(t, "ApplyPrefetched", fast, fdb, slow, sdb)
 		})
 	}
 }

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -233,42 +232,14 @@ func TestPresenceKeepsApplyExact(t *testing.T) {
 			fast, fdb := openMem(t)
 			slow, sdb := openMem(t)
 			fast.presenceMin = 8
-			hlc := uint64(100)
-			seq := map[string]uint64{}
-			entry := func() *wire.Signed {
-				site := []string{"a", "b", "c"}[rng.IntN(3)]
-				seq[site]++
-				hlc += uint64(rng.IntN(3))
-				var ops []wire.Op
-				for range 1 + rng.IntN(3) {
-					tb, k := []string{"patients", "notes"}[rng.IntN(2)], fmt.Sprint(rng.IntN(300))
-					if rng.IntN(5) == 0 {
-						ops = append(ops, del(tb, k))
-					} else {
-						// One field of several each time: a record read as
-						// absent would lose the others.
-						ops = append(ops, put(tb, k, map[string]any{fmt.Sprint("f", rng.IntN(4)): int64(rng.IntN(5))}))
-					}
-				}
-				return ent(site, seq[site], hlc, nil, ops...)
-			}
+			// One field of several each time: a record read as absent
+			// would lose the others.
+			maker := &entryMaker{rng: rng, keys: 300, dels: 5, fields: func() map[string]any {
+				return map[string]any{fmt.Sprint("f", rng.IntN(4)): int64(rng.IntN(5))}
+			}}
+			entry := maker.next
 			both := func(es []*wire.Signed, pre []any) {
-				for i, db := range []*pebble.DB{fdb, sdb} {
-					b := db.NewIndexedBatch()
-					var err error
-					if i == 0 {
-						err = fast.ApplyPrefetched(b, es, pre)
-					} else {
-						err = slow.ApplyAll(b, es)
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-					if err := b.Commit(pebble.NoSync); err != nil {
-						t.Fatal(err)
-					}
-					b.Close()
-				}
+				applyBoth(t, fdb, sdb, slow, es, func(b *pebble.Batch) error { return fast.ApplyPrefetched(b, es, pre) })
 			}
 			for range 10 { // records stored before the first build
 				both([]*wire.Signed{entry()}, nil)
@@ -313,18 +284,7 @@ func TestPresenceKeepsApplyExact(t *testing.T) {
 			if p := fast.present.Load(); p == nil || len(*p.layers.Load()) < 3 {
 				t.Fatal("the filter did not grow: the test did not see layers added")
 			}
-			f, s := dumpState(t, fdb), dumpState(t, sdb)
-			if len(f) != len(s) {
-				t.Fatalf("with the filter %d keys, without %d", len(f), len(s))
-			}
-			for i := range f {
-				if !bytes.Equal(f[i][0], s[i][0]) || !bytes.Equal(f[i][1], s[i][1]) {
-					t.Fatalf("key %d differs: with the filter %x=%x, without %x=%x", i, f[i][0], f[i][1], s[i][0], s[i][1])
-				}
-			}
-			if mustDigest(t, fast) != mustDigest(t, slow) {
-				t.Fatal("digests differ")
-			}
+			mustMatch(t, "the filtered state", fast, fdb, slow, sdb)
 		})
 	}
 }
