@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"golang.org/x/sys/cpu"
 
 	"github.com/ppsync/ppsync/internal/store"
 )
@@ -71,8 +72,13 @@ type presence struct {
 type presenceLayer struct {
 	words    []atomic.Uint64
 	blocks   uint64
-	capacity uint64        // keys it was sized for
-	adds     atomic.Uint64 // keys added to it (a key written again counts again)
+	capacity uint64 // keys it was sized for
+	// adds counts the keys added to it (not those whose bits were all set),
+	// on a cache line of its own: every add writes it, and readers on other
+	// cores would otherwise fetch the line of words and blocks again each time.
+	_    cpu.CacheLinePad
+	adds atomic.Uint64
+	_    cpu.CacheLinePad
 }
 
 func newPresence(capacity uint64) *presence {
@@ -117,20 +123,18 @@ func (l *presenceLayer) block(h uint64) uint64 {
 
 func (p *presence) add(key []byte) {
 	h := p.hash(key)
-	var mask [blockWords]uint64
-	for i, x := 0, remix(h); i < presenceProbes; i, x = i+1, x>>9 {
-		bit := x & 511
-		mask[bit/64] |= 1 << (bit % 64)
-	}
 	layers := *p.layers.Load()
 	l := layers[len(layers)-1]
 	base := l.block(h)
-	for i, m := range mask {
-		if w := &l.words[base+uint64(i)]; m != 0 && w.Load()&m != m {
+	added := false // a key whose bits are all set already (written again) is not counted
+	for i, x := 0, remix(h); i < presenceProbes; i, x = i+1, x>>9 {
+		bit := x & 511
+		if w, m := &l.words[base+bit/64], uint64(1)<<(bit%64); w.Load()&m == 0 {
 			w.Or(m)
+			added = true
 		}
 	}
-	if l.adds.Add(1) == l.capacity {
+	if added && l.adds.Add(1) == l.capacity {
 		p.addLayer(l)
 	}
 }
