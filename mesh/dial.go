@@ -107,21 +107,20 @@ const (
 )
 
 // wakeDialer starts a dial round now, without resetting any backoff.
-func (m *Mesh) wakeDialer() {
+func (m *Mesh) wakeDialer() { nudge(m.dialWake) }
+
+// nudge wakes the goroutine that reads ch, a channel with room for one,
+// without waiting: a nudge still pending stands for this one too.
+func nudge(ch chan<- struct{}) {
 	select {
-	case m.dialWake <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
 
 // Redial asks the dial loop to try every unconnected member and bootstrap
 // address now (Sync Now, a new member, a member just connected).
-func (m *Mesh) Redial() {
-	select {
-	case m.redial <- struct{}{}:
-	default:
-	}
-}
+func (m *Mesh) Redial() { nudge(m.redial) }
 
 // resetBackoff makes every target that failed to connect (not one that
 // proved to be no member) due now.

@@ -718,12 +718,7 @@ const heartbeatSoonGap = 250 * time.Millisecond
 // lack that gossip did not bring them, such as a site's write that a relay
 // fetched by catch-up after gossip missed it. Members then fetch them now
 // instead of at the next periodic heartbeat.
-func (m *Mesh) HeartbeatSoon() {
-	select {
-	case m.soon <- struct{}{}:
-	default:
-	}
-}
+func (m *Mesh) HeartbeatSoon() { nudge(m.soon) }
 
 // PublishHeartbeat gossips this node's heartbeat now (nothing while the
 // family's gossip sleeps: no member is connected to hear it).

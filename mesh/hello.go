@@ -224,39 +224,38 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	_, member := m.cfg.Family.Member(p)
 	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
 	defer cancel()
-	s, err := m.streamOn(ctx, c, helloProto, "hello")
-	if err != nil {
-		m.log.Debug("hello failed", "peer", p, "err", err)
+	// failed ends the hello on c without a membership: no answer in time,
+	// or the reason given.
+	failed := func(err error, reason string) {
 		m.helloEnded(c, false)
-		if helloTimedOut(ctx, err) {
+		if err != nil && helloTimedOut(ctx, err) {
 			m.helloOutcome(p, noHelloAnswer)
 			return
 		}
-		m.helloOutcome(p, helloResult{reason: "it does not speak ppsync's hello protocol (" + plainDialError(err) + ")"})
+		m.helloOutcome(p, helloResult{reason: reason})
+	}
+	s, err := m.streamOn(ctx, c, helloProto, "hello")
+	if err != nil {
+		m.log.Debug("hello failed", "peer", p, "err", err)
+		failed(err, "it does not speak ppsync's hello protocol ("+plainDialError(err)+")")
 		return
 	}
 	defer s.Close()
 	if err := m.sendHello(s, p, false); err != nil {
 		s.Reset()
-		m.helloEnded(c, false)
-		m.helloOutcome(p, helloResult{reason: "the hello exchange broke off"})
+		failed(nil, "the hello exchange broke off")
 		return
 	}
 	theirs, err := m.readHello(s, m.helloLimit(p, member, true))
 	if err != nil {
 		s.Reset()
-		m.helloEnded(c, false)
-		if helloTimedOut(ctx, err) {
-			m.helloOutcome(p, noHelloAnswer)
-			return
-		}
 		reason := "the hello exchange broke off"
 		if !member {
 			// A node refuses to answer a peer it cannot accept: one of another
 			// family, or one whose certificate it cannot verify.
 			reason = "it refused this node's hello: it belongs to another family, or to none"
 		}
-		m.helloOutcome(p, helloResult{reason: reason})
+		failed(err, reason)
 		return
 	}
 	if m.acceptHello(c, theirs, member) && !member {
