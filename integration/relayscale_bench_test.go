@@ -310,6 +310,8 @@ func runRelayScale(b *testing.B, families, active int, batchFor, every time.Dura
 		families, active, batchFor, every, entries/(batchFor.Seconds()*float64((families+active-1)/active)), joined.Round(time.Second))
 	fmt.Printf("  RSS: %.0f MB empty, %.0f MB with every family joined and idle (%.0f KB per family), peak %.0f MB active (target < 2048 MB)\n",
 		base.rss/1e6, idle.rss/1e6, perFamilyIdle/1e3, peak.rss/1e6)
+	fmt.Printf("  of it the Go heap's spans in use / idle and not yet returned to the OS: %.0f / %.0f MB empty, %.0f / %.0f MB joined and idle, %.0f / %.0f MB at the peak\n",
+		base.heapInuse/1e6, base.heapUnreturned/1e6, idle.heapInuse/1e6, idle.heapUnreturned/1e6, peak.heapInuse/1e6, peak.heapUnreturned/1e6)
 	fmt.Printf("  goroutines: %d empty, %d idle (%.1f per family), %d at peak; open files: %d empty, %d idle, %d at peak\n",
 		base.goro, idle.goro, float64(idle.goro-base.goro)/float64(max(1, families-1)), peak.goro, base.fds, idle.fds, peak.fds)
 	fmt.Printf("  CPU: %.2f s per thousand entries (%.0f entries relayed)\n", cpu/max(entries/1000, 1e-9), entries)
@@ -331,6 +333,10 @@ type procSample struct {
 	cpu  float64 // seconds of user and system time
 	fds  int
 	goro int // go_goroutines of its metrics
+	// What of the RSS is the Go heap, from its metrics: spans in use (live
+	// objects and garbage not yet swept), and spans idle that the runtime
+	// has not yet returned to the OS.
+	heapInuse, heapUnreturned float64
 }
 
 func sampleProc(tb testing.TB, p *proc) procSample {
@@ -344,7 +350,12 @@ func sampleProc(tb testing.TB, p *proc) procSample {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := procSample{goro: relayGoroutines(tb, p), rss: float64(mem.rss), cpu: cpu.Seconds()}
+	metrics := nodeMetrics(tb, p, "/metrics")
+	goro, _ := metricValue(metrics, "go_goroutines")
+	inuse, _ := metricValue(metrics, "go_memstats_heap_inuse_bytes")
+	idle, _ := metricValue(metrics, "go_memstats_heap_idle_bytes")
+	released, _ := metricValue(metrics, "go_memstats_heap_released_bytes")
+	s := procSample{goro: int(goro), rss: float64(mem.rss), cpu: cpu.Seconds(), heapInuse: inuse, heapUnreturned: idle - released}
 	if ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
 		s.fds = len(ents)
 	}
@@ -360,7 +371,7 @@ func settleSample(tb testing.TB, p *proc) procSample {
 
 func (s procSample) max(o procSample) procSample {
 	if o.rss > s.rss {
-		s.rss = o.rss
+		s.rss, s.heapInuse, s.heapUnreturned = o.rss, o.heapInuse, o.heapUnreturned
 	}
 	if o.fds > s.fds {
 		s.fds = o.fds
@@ -369,13 +380,6 @@ func (s procSample) max(o procSample) procSample {
 		s.goro = o.goro
 	}
 	return s
-}
-
-// relayGoroutines reads go_goroutines from the relay's metrics.
-func relayGoroutines(tb testing.TB, p *proc) int {
-	tb.Helper()
-	v, _ := metricValue(nodeMetrics(tb, p, "/metrics"), "go_goroutines")
-	return int(v)
 }
 
 // delayLog collects write-to-arrival delays.
