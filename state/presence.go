@@ -27,16 +27,15 @@ import (
 // "never stored" for a record the store or the batch being applied holds.
 // The argument:
 //   - every record key is written in one place, applyOp, which adds the key
-//     to the filters (the one in use and the one being built) before it puts
-//     the record in the batch;
+//     to the filter (built, or being built) before it puts the record in the
+//     batch;
 //   - a filter being built is installed before anything else, so every apply
 //     call that begins after that adds to it; of the calls begun before, only
 //     the last can still be under way (calls run one at a time, each batch
 //     committed or discarded before the next call begins), and the build
 //     waits until a later call has begun, so that the last one's batch is
 //     committed, before it opens the snapshot it scans;
-//   - a reader asks only the filter in use, which is published once its scan
-//     is complete;
+//   - a reader asks the filter only once its scan is complete;
 //   - a filter that grows appends a layer and never drops one, and a reader
 //     asks every layer, so a key lands in a layer a reader asks whichever
 //     layer was newest when it was added.
@@ -176,20 +175,26 @@ func (l *presenceLayer) holds(base, x uint64) bool {
 	return true
 }
 
-// noteStored adds key to the filters: called before a record is put under it.
+// noteStored adds key to the filter, if one is built or being built: called
+// before a record is put under it.
 func (s *State) noteStored(key []byte) {
-	if p := s.present.Load(); p != nil {
+	if p := s.filter.Load(); p != nil {
 		p.add(key)
 	}
-	if p := s.building.Load(); p != nil {
-		p.add(key)
+}
+
+// inUse returns the filter readers may ask: nil until its scan is complete.
+func (s *State) inUse() *presence {
+	if !s.filterReady.Load() {
+		return nil
 	}
+	return s.filter.Load()
 }
 
 // neverStored reports whether the filter in use says no record was ever
 // stored under key (false when no filter is in use yet).
 func (s *State) neverStored(key []byte) bool {
-	p := s.present.Load()
+	p := s.inUse()
 	return p != nil && !p.mayHold(key)
 }
 
@@ -202,12 +207,10 @@ func (s *State) neverStored(key []byte) bool {
 // site; a relay's state is empty). It returns once the filter is published,
 // or ctx's error, or a store error (no filter is then used).
 func (s *State) BuildPresence(ctx context.Context) error {
-	if !s.prefetches.Load() {
-		select {
-		case <-s.ownWrites:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	select {
+	case <-s.ownWrites:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	return s.buildPresence(ctx)
 }
@@ -220,8 +223,13 @@ func (s *State) buildPresence(ctx context.Context) error {
 		return fmt.Errorf("state: presence filter: %w", err)
 	}
 	next := newPresence(max(2*c.Records, s.presenceMin))
-	s.building.Store(next)
-	defer s.building.Store(nil)
+	s.filter.Store(next) // from here every apply call adds to it
+	ready := false
+	defer func() {
+		if !ready {
+			s.filter.Store(nil)
+		}
+	}()
 	if err := s.awaitLaterCall(ctx, s.applies.Load()); err != nil {
 		return err
 	}
@@ -245,7 +253,8 @@ func (s *State) buildPresence(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.present.Store(next)
+	ready = true
+	s.filterReady.Store(true)
 	s.log.Debug("presence filter built", "records", n, "capacity", next.capacity())
 	return nil
 }

@@ -111,14 +111,14 @@ func TestPresenceWaitsForOwnWrites(t *testing.T) {
 			apply(t, s, db, ent("b", uint64(i+1), 10, nil, put("patients", fmt.Sprint(i), nil)))
 		}
 		synctest.Wait()
-		if s.present.Load() != nil || s.building.Load() != nil {
+		if s.filter.Load() != nil {
 			t.Fatal("a filter was built before any own write")
 		}
 		ownWrite(t, s)
 		synctest.Wait() // the build waits for a call after the last one begun
 		apply(t, s, db, ent("a", 1, 10, nil, put("patients", "own", nil)))
 		synctest.Wait()
-		if s.present.Load() == nil {
+		if s.inUse() == nil {
 			t.Fatal("no filter after own writes began")
 		}
 	})
@@ -133,12 +133,12 @@ func TestPresenceFilterCoversEveryStoredRecord(t *testing.T) {
 		buildPresenceBg(t, s)
 		ownWrite(t, s)
 		synctest.Wait() // the build waits: call 1 may not be committed, for all it knows
-		if s.present.Load() != nil {
+		if s.inUse() != nil {
 			t.Fatal("a filter was published before a later apply call began")
 		}
 		apply(t, s, db, ent("a", 2, 11, nil, put("patients", "new", map[string]any{"n": int64(2)})))
 		synctest.Wait()
-		if s.present.Load() == nil {
+		if s.inUse() == nil {
 			t.Fatal("no filter built")
 		}
 		for _, k := range []string{"old", "new"} {
@@ -173,7 +173,7 @@ func TestPresenceBuildWaitsForTheCallUnderWay(t *testing.T) {
 		buildPresenceBg(t, s)
 		ownWrite(t, s)
 		synctest.Wait()
-		if s.present.Load() != nil {
+		if s.inUse() != nil {
 			t.Fatal("a filter was published while an apply call was under way")
 		}
 		if err := b.Commit(pebble.NoSync); err != nil {
@@ -182,7 +182,7 @@ func TestPresenceBuildWaitsForTheCallUnderWay(t *testing.T) {
 		b.Close()
 		apply(t, s, db, ent("a", 3, 12, nil, put("patients", "p3", nil))) // call 3 begins
 		synctest.Wait()
-		if s.present.Load() == nil {
+		if s.inUse() == nil {
 			t.Fatal("no filter once a later call began")
 		}
 		for _, k := range []string{"p1", "p2", "p3"} {
@@ -202,14 +202,14 @@ func TestPresenceFilterGrowsWithTheRecords(t *testing.T) {
 		buildPresenceBg(t, s)
 		ownWrite(t, s)
 		synctest.Wait()
-		p := s.present.Load()
+		p := s.inUse()
 		if p == nil || p.capacity() != 4 {
 			t.Fatalf("filter %+v: want capacity 4", p)
 		}
 		for i := range 20 {
 			apply(t, s, db, ent("a", uint64(i+1), 10, nil, put("patients", fmt.Sprint(i), nil)))
 		}
-		if s.present.Load() != p || len(*p.layers.Load()) < 3 {
+		if s.inUse() != p || len(*p.layers.Load()) < 3 {
 			t.Fatalf("after 20 records: %d layers; want the same filter, grown", len(*p.layers.Load()))
 		}
 		for i := range 20 {
@@ -281,7 +281,7 @@ func TestPresenceKeepsApplyExact(t *testing.T) {
 				}
 				both(es, pre)
 			}
-			if p := fast.present.Load(); p == nil || len(*p.layers.Load()) < 3 {
+			if p := fast.inUse(); p == nil || len(*p.layers.Load()) < 3 {
 				t.Fatal("the filter did not grow: the test did not see layers added")
 			}
 			mustMatch(t, "the filtered state", fast, fdb, slow, sdb)

@@ -47,14 +47,14 @@ type State struct {
 	// forgets it and reads again.
 	fresh map[string]freshTable
 
-	// present is the presence filter in use, nil until BuildPresence has
-	// built it; building is the one it builds, nil before and after;
-	// callBegun tells a build waiting for an apply call that one began (see
-	// presence.go).
-	present   atomic.Pointer[presence]
-	building  atomic.Pointer[presence]
-	callBegun chan struct{}
-	ownWrites chan struct{} // closed by the first Prefetch
+	// filter is the presence filter, installed when BuildPresence begins
+	// its build (every apply call adds to it from then on) and asked once
+	// filterReady says its scan is complete; callBegun tells a build waiting
+	// for an apply call that one began (see presence.go).
+	filter      atomic.Pointer[presence]
+	filterReady atomic.Bool
+	callBegun   chan struct{}
+	ownWrites   chan struct{} // closed by the first Prefetch
 	// presenceMin is the smallest capacity of a filter: presenceMinKeys
 	// (tests set less, to see filters grow).
 	presenceMin uint64
@@ -305,7 +305,7 @@ func (s *State) applyAll(b *pebble.Batch, es []*wire.Signed, loads []uint64, pre
 	// records would cost a set entry each, and a writer's read ahead that
 	// it comes after is read again (readAhead), which is rare.
 	call := s.applies.Add(1)
-	if s.building.Load() != nil {
+	if !s.filterReady.Load() && s.filter.Load() != nil {
 		select { // a filter's build may wait for this call to begin
 		case s.callBegun <- struct{}{}:
 		default:
