@@ -22,6 +22,7 @@ import (
 // by Mesh.mu.
 type connState struct {
 	peer     peer.ID       // the remote peer
+	relayed  bool          // it runs through a relay's circuit
 	started  bool          // a hello exchange began on it (said or received)
 	received int           // hellos received on it
 	ok       bool          // a hello on it proved a current membership
@@ -32,9 +33,13 @@ type connState struct {
 // trackConn registers a new connection. It runs in libp2p's Connected
 // notification, before the connection accepts any stream.
 func (m *Mesh) trackConn(c network.Conn, saying bool) {
+	relayed := isRelayed(c)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.conns[c.ID()] = &connState{peer: c.RemotePeer(), started: saying, done: make(chan struct{})}
+	if _, known := m.conns[c.ID()]; !known {
+		m.links[c.RemotePeer()] = m.links[c.RemotePeer()].add(relayed, 1)
+	}
+	m.conns[c.ID()] = &connState{peer: c.RemotePeer(), relayed: relayed, started: saying, done: make(chan struct{})}
 }
 
 // untrackConn forgets a closed connection and wakes whoever waits on it.
@@ -44,7 +49,24 @@ func (m *Mesh) untrackConn(c network.Conn) {
 	if st := m.conns[c.ID()]; st != nil {
 		st.end()
 		delete(m.conns, c.ID())
+		if l := m.links[st.peer].add(st.relayed, -1); l == (links{}) {
+			delete(m.links, st.peer)
+		} else {
+			m.links[st.peer] = l
+		}
 	}
+}
+
+// links counts a peer's open connections.
+type links struct{ direct, relayed int }
+
+func (l links) add(relayed bool, n int) links {
+	if relayed {
+		l.relayed += n
+	} else {
+		l.direct += n
+	}
+	return l
 }
 
 func (st *connState) end() {

@@ -59,5 +59,9 @@ func (m *Mesh) Probe(ctx context.Context, p peer.ID) (Heartbeat, error) {
 	if err := wire.Unmarshal(b, &hb); err != nil {
 		return hb, fmt.Errorf("mesh: frontier of %s: %w", p, err)
 	}
+	// An answer is a sign of life: a member reached only through a
+	// relay's circuit sends no gossip over it, and a node probes each
+	// member every heartbeat interval, so it needs no ping besides.
+	m.touch(p)
 	return hb, nil
 }

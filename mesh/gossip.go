@@ -133,6 +133,9 @@ func (g *gossip) retire() {
 // and starts reading them.
 func (m *Mesh) startGossip(g *gossip) error {
 	isMember := func(p peer.ID) bool { _, ok := m.cfg.Family.Member(p); return ok }
+	// Gossip goes to members this node reaches directly, not to those it
+	// reaches only through a relay's circuit (see relayedOnly).
+	gossipWith := func(p peer.ID) bool { return isMember(p) && !m.relayedOnly(p) }
 	ps, err := pubsub.NewGossipSub(g.ctx, m.host,
 		// No pubsub signatures: every group ends at an entry that carries its
 		// site's signature, and
@@ -153,7 +156,7 @@ func (m *Mesh) startGossip(g *gossip) error {
 		pubsub.WithValidateQueueSize(1024),
 		pubsub.WithValidateWorkers(1),
 		pubsub.WithMaxMessageSize(wire.MaxEntryBytes+64<<10),
-		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return isMember(p) }),
+		pubsub.WithPeerFilter(func(p peer.ID, _ string) bool { return gossipWith(p) }),
 		// The family's own gossip protocol ("/ppsync/f/<family>/meshsub/1.2.0"):
 		// at a relay each family runs its own pubsub on the shared host.
 		pubsub.WithGossipSubProtocols([]protocol.ID{m.host.scoped(gossipKind)}, gossipFeatures),
@@ -163,7 +166,7 @@ func (m *Mesh) startGossip(g *gossip) error {
 			return func(p protocol.ID) bool { return p == own || p == protoBase }
 		}),
 		pubsub.WithRawTracer(graftTracer{m, g}),
-		pubsub.WithPeerScore(scoreParams(m.topicName("groups"), m.topicName("heartbeat"), isMember), scoreThresholds()),
+		pubsub.WithPeerScore(scoreParams(m.topicName("groups"), m.topicName("heartbeat"), m.appScore), scoreThresholds()),
 	)
 	if err != nil {
 		return fmt.Errorf("mesh: start gossip: %w", err)
@@ -287,7 +290,52 @@ func gossipFeatures(feat pubsub.GossipSubFeature, p protocol.ID) bool {
 	return pubsub.GossipSubDefaultFeatures(feat, p)
 }
 
-func scoreParams(entries, heartbeat string, isMember func(peer.ID) bool) *pubsub.PeerScoreParams {
+// Scores a member is given by this node's own judgement (pubsub's
+// application-specific score): a stranger is below every threshold, and a
+// member reached only through a relay's circuit below the publish threshold
+// but above the graylist: nothing is published or forwarded to it, and
+// what it sends (its subscriptions) is still taken.
+const (
+	scoreStranger     = -1000
+	scoreRelayedOnly  = -250
+	scoreGossipFloor  = -100
+	scorePublishFloor = -200
+	scoreGraylist     = -300
+)
+
+// appScore is pubsub's application-specific score of peer p.
+func (m *Mesh) appScore(p peer.ID) float64 {
+	if _, ok := m.cfg.Family.Member(p); !ok {
+		return scoreStranger
+	}
+	if m.relayedOnly(p) {
+		return scoreRelayedOnly
+	}
+	return 0
+}
+
+// relayedOnly reports whether every connection to p runs through a relay's
+// circuit. Such a member gets no gossip from this node: the relay whose
+// circuit joins them is a member of the family too (a relay lets only the
+// members of a family it serves reserve and meet), connected to both, and
+// forwards every message of the family's gossip to each. Sent over the
+// circuit as well, each message crossed the relay three times more: a
+// site's heartbeat went to the relay and over the circuits to each other
+// site, and each of them forwarded it again over theirs. With 900 sites
+// connected that traffic was a third of the relay's CPU and of the sites'.
+// A circuit still carries everything else: hellos, probes, catch-up, fork
+// proofs, liveness pings.
+//
+// pubsub asks for a peer's score many times a second, so the connections
+// are counted as they open and close (trackConn), not listed here.
+func (m *Mesh) relayedOnly(p peer.ID) bool {
+	m.mu.Lock()
+	l := m.links[p]
+	m.mu.Unlock()
+	return l.relayed > 0 && l.direct == 0
+}
+
+func scoreParams(entries, heartbeat string, appScore func(peer.ID) float64) *pubsub.PeerScoreParams {
 	topic := func() *pubsub.TopicScoreParams {
 		return &pubsub.TopicScoreParams{
 			SkipAtomicValidation:           true,
@@ -301,21 +349,16 @@ func scoreParams(entries, heartbeat string, isMember func(peer.ID) bool) *pubsub
 	return &pubsub.PeerScoreParams{
 		SkipAtomicValidation: true,
 		Topics:               map[string]*pubsub.TopicScoreParams{entries: topic(), heartbeat: topic()},
-		AppSpecificScore: func(p peer.ID) float64 {
-			if isMember(p) {
-				return 0
-			}
-			return -1000
-		},
-		AppSpecificWeight: 1,
-		SeenMsgTTL:        gossipSeenTTL,
-		DecayInterval:     time.Second,
-		DecayToZero:       0.01,
+		AppSpecificScore:     appScore,
+		AppSpecificWeight:    1,
+		SeenMsgTTL:           gossipSeenTTL,
+		DecayInterval:        time.Second,
+		DecayToZero:          0.01,
 	}
 }
 
 func scoreThresholds() *pubsub.PeerScoreThresholds {
-	return &pubsub.PeerScoreThresholds{GossipThreshold: -100, PublishThreshold: -200, GraylistThreshold: -300}
+	return &pubsub.PeerScoreThresholds{GossipThreshold: scoreGossipFloor, PublishThreshold: scorePublishFloor, GraylistThreshold: scoreGraylist}
 }
 
 // groupMessage is what the groups topic carries: the envelopes of one run of

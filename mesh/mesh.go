@@ -111,6 +111,7 @@ type Mesh struct {
 	mu           sync.Mutex
 	peers        map[peer.ID]*peerState
 	conns        map[string]*connState // by connection ID: the hello on each
+	links        map[peer.ID]links     // by peer: its open connections, direct and through a relay's circuit
 	knownDocs    map[[32]byte]struct{} // hashes of documents installed
 	serving      map[peer.ID]int       // catch-up sessions being served, per peer
 	servingAll   int                   // catch-up sessions being served, to all
@@ -181,7 +182,7 @@ func newMesh(ctx context.Context, cfg Config, hb *Host) (*Mesh, error) {
 	m := &Mesh{cfg: cfg, log: cfg.Logger, hub: hb, peers: map[peer.ID]*peerState{}, counts: map[string]uint64{}, redial: make(chan struct{}, 1), dialWake: make(chan struct{}, 1), soon: make(chan struct{}, 1),
 		targets: map[peer.ID]*target{}, lan: map[peer.ID]peer.AddrInfo{}, waiters: map[peer.ID][]chan helloResult{},
 		reservations: map[peer.ID]time.Time{}, reserving: map[peer.ID]bool{}, handlers: map[protocol.ID]network.StreamHandler{},
-		conns: map[string]*connState{}, knownDocs: map[[32]byte]struct{}{}, serving: map[peer.ID]int{}, starts: map[peer.ID]*bucket{}}
+		conns: map[string]*connState{}, links: map[peer.ID]links{}, knownDocs: map[[32]byte]struct{}{}, serving: map[peer.ID]int{}, starts: map[peer.ID]*bucket{}}
 	m.host = famHost{Host: hb.h, m: m}
 	if cfg.Tap != nil {
 		m.tap = &tap{w: cfg.Tap}

@@ -11,6 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/ppsync/ppsync/internal/wire"
 )
 
 // The relay's ACL, called directly: members only, on both ends.
@@ -253,5 +255,69 @@ func TestRelayACLRemembersNothingThatLetsIn(t *testing.T) {
 	}
 	if !acl.AllowConnect(ix.id, nil, ib1.id) {
 		t.Fatal("the family still served refuses its members")
+	}
+}
+
+// Two sites that reach each other only through the relay's circuit get
+// each other's gossip from the relay, which forwards all of the family's
+// gossip, and none over the circuit (every message sent that way crossed
+// the relay again); the circuit still keeps them connected: probes and
+// pings pass, and neither takes the other for silent or its gossip for
+// stalled.
+func TestCircuitCarriesNoGossip(t *testing.T) {
+	ir, ia, ib := newIdentity(t, "relay"), newIdentity(t, "a"), newIdentity(t, "b")
+	ir.relay = true
+	fam := func() *fakeFamily { return newFamily(testFamily, ir, ia, ib) }
+	fast := func(c *Config) {
+		c.HeartbeatInterval, c.RedialInterval, c.LivenessTimeout = 200*time.Millisecond, 500*time.Millisecond, 2*time.Second
+	}
+	r := startNode(t, ir, fam(), nil, func(c *Config) { c.Relay = true; fast(c) })
+	site := func(id identity) *testNode {
+		return startNode(t, id, fam(), nil, func(c *Config) { c.Listen, c.Bootstrap = nil, r.m.Addrs(); fast(c) })
+	}
+	a, b := site(ia), site(ib)
+	waitFor(t, "a and b connected through the relay", func() bool {
+		return connected(a.m.host, ib.id) && a.h.hasEvent(ib.id, true) && b.h.hasEvent(ia.id, true)
+	})
+	if !a.m.relayedOnly(ib.id) || !b.m.relayedOnly(ia.id) || a.m.relayedOnly(ir.id) {
+		t.Fatal("the sites are not connected through the relay's circuit only, or the relay not directly")
+	}
+	if s := a.m.appScore(ib.id); s >= scorePublishFloor || s <= scoreGraylist {
+		t.Errorf("a member behind a circuit scores %v: want below %v (nothing published to it) and above %v (its subscriptions taken)",
+			s, scorePublishFloor, scoreGraylist)
+	}
+
+	// The relay forwards to a once its mesh holds a (its next gossip
+	// heartbeat); b's heartbeats reaching a show that it does.
+	waitFor(t, "b's heartbeats reach a", func() bool { return len(a.h.heartbeatsFrom(ib.id)) > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, e := range signChain(t, testFamily, ib, 1, wire.Hash{}, 30) {
+		if err := b.m.Publish(ctx, groupMsg(t, e)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "a receives b's 30 entries", func() bool { return sitesReceived(a.h)["b"] == 30 })
+	for _, c := range a.h.entryCalls() {
+		if c.gossip && c.from != ir.id {
+			t.Fatalf("a received gossip from %s, want every message from the relay", c.from)
+		}
+	}
+	// Past the liveness timeout and the grace for gossip to start: b's
+	// heartbeats still reach a (from the relay), and neither site dropped
+	// the other.
+	seen := len(a.h.heartbeatsFrom(ib.id))
+	until := time.Now().Add(a.m.gossipGrace() + time.Second)
+	waitFor(t, "the liveness timeout and the grace for gossip passing, b's heartbeats still reaching a", func() bool {
+		return time.Now().After(until) && len(a.h.heartbeatsFrom(ib.id)) > seen
+	})
+	for _, n := range []*testNode{a, b} {
+		got := n.m.Rejections()
+		if got["member_silent"] != 0 || got["gossip_stalled"] != 0 {
+			t.Errorf("%s dropped a member: %v", n.site, got)
+		}
+	}
+	if a.h.hasEvent(ib.id, false) || b.h.hasEvent(ia.id, false) {
+		t.Error("the sites lost each other")
 	}
 }
