@@ -717,6 +717,9 @@ func (m *Mesh) readHeartbeats(ctx context.Context, sub *pubsub.Subscription) {
 		m.mu.Lock()
 		if ps := m.peers[from]; ps != nil {
 			ps.lastSeen = time.Now()
+			if msg.ReceivedFrom == from {
+				ps.direct = ps.lastSeen
+			}
 			hbc := hb
 			ps.heartbeat = &hbc
 		}

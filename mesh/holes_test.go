@@ -457,3 +457,38 @@ func TestCatchupStartsAreRateLimited(t *testing.T) {
 		t.Error("more sessions than the rate allows were served")
 	}
 }
+
+// A probe is skipped only where it could tell nothing new: a member
+// connected over one direct connection whose own heartbeat came over it
+// lately. A second connection under its peer ID (a cloned twin, or a
+// stolen key) makes it needed again, as does a heartbeat gone stale.
+func TestProbeNeededOnlyWhereGossipCannotTell(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	fast := func(c *Config) { c.HeartbeatInterval = 200 * time.Millisecond }
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, fast)
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, fast)
+	if !a.m.ProbeNeeded(ib.id, time.Hour) {
+		t.Fatal("a member not connected needs no probe")
+	}
+	connect(t, b, a)
+	const span = 2 * time.Second
+	waitFor(t, "b's own heartbeat reaching a over their one connection", func() bool { return !a.m.ProbeNeeded(ib.id, span) })
+	if !a.m.ProbeNeeded(ib.id, 0) {
+		t.Error("a heartbeat older than the span still makes the probe needless")
+	}
+
+	twin := rawHost(t, ib.key)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := twin.Connect(ctx, a.addrInfo()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a second connection under b's peer ID", func() bool { return len(a.m.host.Network().ConnsToPeer(ib.id)) == 2 })
+	if !a.m.ProbeNeeded(ib.id, span) {
+		t.Error("b with two connections (a twin) is not probed")
+	}
+	if err := twin.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "one connection again, and no probe needed", func() bool { return !a.m.ProbeNeeded(ib.id, span) })
+}

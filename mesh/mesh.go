@@ -135,6 +135,7 @@ type peerState struct {
 	member    Member
 	hello     bool      // the hello exchange completed
 	lastSeen  time.Time // last heartbeat or hello
+	direct    time.Time // last heartbeat it sent this node itself (not forwarded by another)
 	heartbeat *Heartbeat
 	alive     time.Time // last sign of life on a connection to it
 	pinging   bool      // a liveness ping is under way

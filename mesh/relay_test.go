@@ -282,6 +282,9 @@ func TestCircuitCarriesNoGossip(t *testing.T) {
 	if !a.m.relayedOnly(ib.id) || !b.m.relayedOnly(ia.id) || a.m.relayedOnly(ir.id) {
 		t.Fatal("the sites are not connected through the relay's circuit only, or the relay not directly")
 	}
+	if !a.m.ProbeNeeded(ib.id, time.Hour) {
+		t.Error("a member behind a circuit, whose heartbeats come forwarded, is not probed")
+	}
 	if s := a.m.appScore(ib.id); s >= scorePublishFloor || s <= scoreGraylist {
 		t.Errorf("a member behind a circuit scores %v: want below %v (nothing published to it) and above %v (its subscriptions taken)",
 			s, scorePublishFloor, scoreGraylist)

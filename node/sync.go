@@ -309,7 +309,9 @@ func (c *call) PushBranch(a engine.PushBranch) {
 }
 
 // Probe asks a member for its heartbeat over this node's own stream: a
-// cloned twin that no gossip reaches still shows within seconds.
+// cloned twin that no gossip reaches still shows within seconds. A member
+// whose own heartbeat came over its one direct connection lately is not
+// asked again (mesh.ProbeNeeded).
 func (c *call) Probe(a engine.Probe) {
 	s := c.s
 	p, err := peer.Decode(a.Peer)
@@ -319,6 +321,10 @@ func (c *call) Probe(a engine.Probe) {
 	every := s.n.cfg.HeartbeatInterval
 	if every <= 0 {
 		every = mesh.DefaultHeartbeatInterval
+	}
+	// Its heartbeats arrive every interval; half of one more is their slack.
+	if !s.n.mesh.ProbeNeeded(p, every*3/2) {
+		return
 	}
 	s.n.goTracked(func() { _, _ = s.probe(s.n.ctx, p, every) })
 }
