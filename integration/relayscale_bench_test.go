@@ -34,8 +34,9 @@ import (
 // families of three sites each. The sites are light clients in this
 // process that speak the real protocol (a mesh.Mesh each, with a real
 // certificate, signed entries and an in-memory log, catching up on a gap,
-// a heartbeat that shows it behind, a connection, and every 30 s in a sync
-// round with the relay, as a node does); they run in batches of
+// a heartbeat that shows it behind, a connection, and as a node does on
+// its own: every 30 s a sync round with each connected member, every 5 s a
+// probe of each); they run in batches of
 // PPSYNC_SCALE_ACTIVE families while every family stays joined (a batch's
 // sites come up 100 families at a time). Each site
 // writes one entry every PPSYNC_SCALE_EVERY with a burst of five every fifth
@@ -563,37 +564,71 @@ func startLightSites(tb testing.TB, fams []scaleFamily, relayAddr string, delays
 			s := &lightSite{site: name, fam: f.info.FamilyID, key: key, roster: roster, relay: relayID.ID, delays: delays,
 				logs: map[string][][]byte{}, sentAt: sent, hbs: map[peer.ID]int{}}
 			m, err := mesh.New(context.Background(), mesh.Config{Key: key, Bootstrap: []string{relayAddr}, Family: lightFamily{s},
-				Log: lightLog{s}, Handler: lightHandler{s}, Heartbeat: s.heartbeat, HeartbeatInterval: 5 * time.Second})
+				Log: lightLog{s}, Handler: lightHandler{s}, Heartbeat: s.heartbeat, HeartbeatInterval: lightHeartbeat})
 			if err != nil {
 				tb.Fatal(err)
 			}
 			s.m = m
 			s.stop = make(chan struct{})
-			go s.rounds(node.DefaultSyncInterval)
+			go s.rounds(lightHeartbeat, node.DefaultSyncInterval)
 			out = append(out, s)
 		}
 	}
 	return out
 }
 
-// rounds runs a sync round every interval, as a node's engine does with its
-// default setting: a catch-up session with the relay, which answers with
-// whatever the site lacks (mostly nothing). The first comes at a random
-// point of the first interval, as the sites' own starts spread theirs.
-func (s *lightSite) rounds(every time.Duration) {
-	first := time.Duration(mrand.Int64N(int64(every)))
-	t := time.NewTimer(first)
-	defer t.Stop()
+// rounds does what a node's engine does on its own with its default
+// settings: every heartbeat interval it probes each connected member (asks
+// it for its heartbeat over a stream of its own), and every sync interval it
+// runs a catch-up session with each connected member, which answers with
+// whatever the site lacks (mostly nothing). The first of each comes at a
+// random point of its interval, as the sites' own starts spread theirs.
+func (s *lightSite) rounds(probeEvery, every time.Duration) {
+	probe := time.NewTimer(time.Duration(mrand.Int64N(int64(probeEvery))))
+	round := time.NewTimer(time.Duration(mrand.Int64N(int64(every))))
+	defer probe.Stop()
+	defer round.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
-		case <-t.C:
-			s.fetchFrom(s.relay)
-			t.Reset(every)
+		case <-probe.C:
+			for _, p := range s.connected() {
+				if !s.m.ProbeNeeded(p, probeEvery*3/2) { // as a node skips it
+					continue
+				}
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), probeEvery)
+					defer cancel()
+					_, _ = s.m.Probe(ctx, p)
+				}()
+			}
+			probe.Reset(probeEvery)
+		case <-round.C:
+			go func() { // one member after another, as a node's engine runs them
+				for _, p := range s.connected() {
+					s.fetchNow(p)
+				}
+			}()
+			round.Reset(every)
 		}
 	}
 }
+
+// connected lists the members the site is connected to.
+func (s *lightSite) connected() []peer.ID {
+	var out []peer.ID
+	for _, p := range s.m.Peers() {
+		if p.Connected {
+			out = append(out, p.Member.PeerID)
+		}
+	}
+	return out
+}
+
+// lightHeartbeat is a light site's heartbeat and probe interval, a node's
+// default.
+const lightHeartbeat = mesh.DefaultHeartbeatInterval
 
 // startWave is how many families' light sites start at once.
 const startWave = 100
@@ -904,25 +939,41 @@ func (h lightHandler) Heartbeat(from peer.ID, hb mesh.Heartbeat) {
 // fetchFrom pulls from member p whatever it holds beyond this site, unless
 // a catch-up is under way already.
 func (s *lightSite) fetchFrom(p peer.ID) {
-	if !s.fetching.CompareAndSwap(false, true) {
-		s.mu.Lock()
-		s.skipped++
-		s.mu.Unlock()
-		return
+	if s.fetching.CompareAndSwap(false, true) {
+		go s.fetched(p)
+	} else {
+		s.skip()
 	}
+}
+
+// fetchNow is fetchFrom that returns when the session ended.
+func (s *lightSite) fetchNow(p peer.ID) {
+	if s.fetching.CompareAndSwap(false, true) {
+		s.fetched(p)
+	} else {
+		s.skip()
+	}
+}
+
+func (s *lightSite) skip() {
+	s.mu.Lock()
+	s.skipped++
+	s.mu.Unlock()
+}
+
+// fetched runs one catch-up session with p; the caller set fetching.
+func (s *lightSite) fetched(p peer.ID) {
+	defer s.fetching.Store(false)
 	have := lightLog{s}.Frontier()
-	go func() {
-		defer s.fetching.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, err := s.m.Fetch(ctx, p, have, nil, nil)
-		s.mu.Lock()
-		s.fetches++
-		if err != nil {
-			s.fetchErr = err.Error()
-		}
-		s.mu.Unlock()
-	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := s.m.Fetch(ctx, p, have, nil, nil)
+	s.mu.Lock()
+	s.fetches++
+	if err != nil {
+		s.fetchErr = err.Error()
+	}
+	s.mu.Unlock()
 }
 
 // PeerChanged notes when the relay connected, and catches up with a member
