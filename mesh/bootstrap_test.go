@@ -320,3 +320,32 @@ func TestLateButAnsweredPingKeepsTheMember(t *testing.T) {
 		t.Error("B is not connected to A")
 	}
 }
+
+// A connection that breaks off under the hello proves nothing about the
+// peer's membership: the bootstrap address is reported unreachable, why,
+// and tried again within a redial interval, not after the 30 s to 10
+// minutes of a peer that refused. A relay closing connections while
+// thousands of sites reconnected left a site out that long.
+func TestHelloCutByTheConnectionIsRetriedSoon(t *testing.T) {
+	is := newIdentity(t, "site")
+	cutter, cutterID := plainHost(t)
+	// Every stream opened to it closes its connection before a protocol
+	// is agreed (libp2p's network-level handler, under the host's own).
+	var hellos atomic.Int32
+	cutter.Network().SetStreamHandler(func(s network.Stream) {
+		hellos.Add(1)
+		_ = s.Conn().Close()
+	})
+	addr := cutter.Addrs()[0].String() + "/p2p/" + cutterID.String()
+	site := startNode(t, is, newFamily(testFamily, is), nil, func(c *Config) {
+		c.Bootstrap, c.RedialInterval = []string{addr}, 500*time.Millisecond
+	})
+	waitFor(t, "the bootstrap reported after its connection broke off", func() bool {
+		bs := site.m.Bootstrap()
+		return len(bs) == 1 && bs[0].State != CandidateTrying && hellos.Load() > 0
+	})
+	if bs := site.m.Bootstrap()[0]; bs.State != CandidateUnreachable || !strings.Contains(bs.Detail, "broke off before the hello") {
+		t.Fatalf("the bootstrap that cut the connection is %s (%s), want unreachable, broken off", bs.State, bs.Detail)
+	}
+	waitFor(t, "the hello tried again soon", func() bool { return hellos.Load() >= 3 })
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
+	msmux "github.com/multiformats/go-multistream"
 
 	"github.com/ppsync/ppsync/internal/wire"
 )
@@ -96,14 +97,21 @@ type helloResult struct {
 	ok     bool
 	reason string // why the peer was not accepted, in plain words
 	// noAnswer: the peer did not answer in time (a relay busy with
-	// thousands of reconnecting sites, a slow link), which proves nothing
-	// about its membership: it is tried again soon, not after the long wait
-	// of a peer that refused.
+	// thousands of reconnecting sites, a slow link), or the connection
+	// broke off under the hello, which proves nothing about its
+	// membership: it is tried again soon, not after the long wait of a peer
+	// that refused.
 	noAnswer bool
 }
 
 // noHelloAnswer is the outcome of a hello the peer did not answer in time.
 var noHelloAnswer = helloResult{reason: "it did not answer the hello in time", noAnswer: true}
+
+// connLostInHello is the outcome of a hello whose stream could not be
+// opened on its connection.
+func connLostInHello(err error) helloResult {
+	return helloResult{reason: "the connection broke off before the hello (" + plainDialError(err) + ")", noAnswer: true}
+}
 
 // helloTimedOut reports whether a hello step failed for want of an answer
 // in time rather than by the peer's refusal.
@@ -225,7 +233,10 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	ctx, cancel := context.WithTimeout(m.ctx, helloTimeout)
 	defer cancel()
 	// failed ends the hello on c without a membership: no answer in time,
-	// or the reason given.
+	// or the reason given. (A peer that refuses the hello closes the
+	// connection, so a connection closed after the hello was sent says
+	// nothing either way; one that could not carry it, below, proves
+	// nothing about the peer.)
 	failed := func(err error, reason string) {
 		m.helloEnded(c, false)
 		if err != nil && helloTimedOut(ctx, err) {
@@ -235,9 +246,24 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 		m.helloOutcome(p, helloResult{reason: reason})
 	}
 	s, err := m.streamOn(ctx, c, helloProto, "hello")
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, msmux.ErrNotSupported[protocol.ID]{}):
+		m.log.Debug("hello refused", "peer", p, "err", err)
+		failed(err, "it does not speak ppsync's hello protocol")
+		return
+	default:
+		// A stream that could not be opened (the connection reset or
+		// closed, a limit of either side) is not a refusal: a relay
+		// closing connections as thousands of sites reconnect left a site
+		// waiting 30 s, then longer, before it tried again.
 		m.log.Debug("hello failed", "peer", p, "err", err)
-		failed(err, "it does not speak ppsync's hello protocol ("+plainDialError(err)+")")
+		m.helloEnded(c, false)
+		if helloTimedOut(ctx, err) {
+			m.helloOutcome(p, noHelloAnswer)
+		} else {
+			m.helloOutcome(p, connLostInHello(err))
+		}
 		return
 	}
 	defer s.Close()
