@@ -57,6 +57,53 @@ type gossip struct {
 	hostHeld *atomic.Int64
 	hostMu   sync.Mutex
 	retired  bool // guarded by hostMu: this gossip ended and counts on the host no more
+
+	// unsent holds this node's group messages published while no member it
+	// gossips with directly had joined the groups topic (see Publish), to be
+	// sent when one joins; guarded by unsentMu.
+	unsentMu    sync.Mutex
+	unsent      []unsentMsg
+	unsentBytes int
+}
+
+type unsentMsg struct {
+	at   time.Time
+	data []byte
+}
+
+// Own group messages published with no direct gossip peer are held for
+// unsentFor, up to unsentBytes in all: past either, catch-up brings them.
+const (
+	unsentFor   = 10 * time.Second
+	unsentBytes = 1 << 20
+)
+
+// holdUnsent keeps msg until a member joins; past the bound it drops everything
+// held (catch-up brings it), so what is sent later never skips a message.
+func (g *gossip) holdUnsent(msg []byte) {
+	g.unsentMu.Lock()
+	defer g.unsentMu.Unlock()
+	if g.unsentBytes+len(msg) > unsentBytes {
+		g.unsent, g.unsentBytes = nil, 0
+		return
+	}
+	g.unsent = append(g.unsent, unsentMsg{at: time.Now(), data: msg})
+	g.unsentBytes += len(msg)
+}
+
+// takeUnsent returns the held messages younger than unsentFor, in order,
+// and forgets them all.
+func (g *gossip) takeUnsent() [][]byte {
+	g.unsentMu.Lock()
+	defer g.unsentMu.Unlock()
+	var out [][]byte
+	for _, u := range g.unsent {
+		if time.Since(u.at) < unsentFor {
+			out = append(out, u.data)
+		}
+	}
+	g.unsent, g.unsentBytes = nil, 0
+	return out
 }
 
 // gossipHeldBytes bounds gossip.held: about two thirds of a second of a
@@ -215,6 +262,12 @@ func (m *Mesh) startGossip(g *gossip) error {
 	if err != nil {
 		return fmt.Errorf("mesh: watch the heartbeat topic: %w", err)
 	}
+	entJoins, err := g.ent.EventHandler()
+	if err != nil {
+		joins.Cancel()
+		return fmt.Errorf("mesh: watch the groups topic: %w", err)
+	}
+	m.goAwake(g, func(ctx context.Context) { m.publishUnsent(ctx, g, entJoins) })
 	m.goAwake(g, func(ctx context.Context) { m.heartbeatOnJoin(ctx, joins) })
 	return nil
 }
@@ -813,16 +866,46 @@ func (m *Mesh) Publish(ctx context.Context, msg []byte) error {
 	if g == nil {
 		return nil // asleep: no member is connected; catch-up delivers it
 	}
-	if len(g.ent.ListPeers()) == 0 {
-		// Nobody to send it to: catch-up brings it to peers that come. Pubsub
-		// would still keep it (its message cache and seen map) for a while.
+	if !slices.ContainsFunc(g.ent.ListPeers(), func(p peer.ID) bool { return !m.relayedOnly(p) }) {
+		// Nobody it would go to: no member joined, or only members behind
+		// a relay's circuit, which get gossip from the relay (relayedOnly).
+		// A site writing just as its relay came back (reconnected, its
+		// gossip not joined yet) sent its write to no one, and the other
+		// sites got it seconds later by catch-up. It is held and sent when
+		// a member joins (publishUnsent); a message held too long is left to
+		// catch-up.
+		g.holdUnsent(msg)
 		return nil
 	}
+	return m.publishGroup(ctx, g, msg)
+}
+
+func (m *Mesh) publishGroup(ctx context.Context, g *gossip, msg []byte) error {
 	m.tap.write(msg)
 	if err := g.ent.Publish(ctx, msg); err != nil {
 		return fmt.Errorf("mesh: publish: %w", err)
 	}
 	return nil
+}
+
+// publishUnsent sends the held group messages once a member this node
+// gossips with directly joins the groups topic.
+func (m *Mesh) publishUnsent(ctx context.Context, g *gossip, joins *pubsub.TopicEventHandler) {
+	defer joins.Cancel()
+	for {
+		ev, err := joins.NextPeerEvent(ctx)
+		if err != nil {
+			return
+		}
+		if ev.Type != pubsub.PeerJoin || m.relayedOnly(ev.Peer) {
+			continue
+		}
+		for _, msg := range g.takeUnsent() {
+			if err := m.publishGroup(ctx, g, msg); err != nil && ctx.Err() == nil {
+				m.log.Debug("publish held gossip", "err", err)
+			}
+		}
+	}
 }
 
 // forkProof is what the forks topic and the fork-proof stream carry: two

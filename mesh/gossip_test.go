@@ -622,3 +622,39 @@ func TestHeartbeatOfUnknownMemberDoesNotBlameTheForwarder(t *testing.T) {
 		return len(a.h.heartbeatsFrom(ic.id)) > 0
 	})
 }
+
+// A group message published while no member has joined the family's
+// gossip is held and sent when one joins: a site writing just as its relay
+// came back sent the write to no one, and the other sites got it seconds
+// later by catch-up. One held past unsentFor is left to catch-up.
+func TestGroupPublishedBeforeAnyMemberJoinsIsSentWhenOneDoes(t *testing.T) {
+	ia, ib := newIdentity(t, "a"), newIdentity(t, "b")
+	a := startNode(t, ia, newFamily(testFamily, ia, ib), nil, nil)
+	g := a.m.gossip.Load()
+	if g == nil {
+		t.Fatal("a site's gossip is not running")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, e := range signChain(t, testFamily, ia, 1, wire.Hash{}, 2) {
+		if err := a.m.Publish(ctx, groupMsg(t, e)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.unsentMu.Lock()
+	if len(g.unsent) != 2 {
+		g.unsentMu.Unlock()
+		t.Fatalf("%d messages held, want the 2 published with nobody joined", len(g.unsent))
+	}
+	g.unsent[0].at = time.Now().Add(-2 * unsentFor) // the first held too long
+	g.unsentMu.Unlock()
+
+	b := startNode(t, ib, newFamily(testFamily, ia, ib), nil, nil)
+	connect(t, b, a)
+	waitFor(t, "b receives the held entry by gossip", func() bool { return sitesReceived(b.h)["a"] >= 1 })
+	for _, c := range b.h.entryCalls() {
+		if !c.gossip || c.from != ia.id || len(c.run) != 1 || c.run[0].Seq != 2 {
+			t.Errorf("b received %d entries from %s (gossip %v), want only the second, by gossip from a", len(c.run), c.from, c.gossip)
+		}
+	}
+}
