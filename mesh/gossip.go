@@ -372,10 +372,11 @@ func (m *Mesh) appScore(p peer.ID) float64 {
 // circuit joins them is a member of the family too (a relay lets only the
 // members of a family it serves reserve and meet), connected to both, and
 // forwards every message of the family's gossip to each. Sent over the
-// circuit as well, each message crossed the relay three times more: a
-// site's heartbeat went to the relay and over the circuits to each other
-// site, and each of them forwarded it again over theirs. With 900 sites
-// connected that traffic was a third of the relay's CPU and of the sites'.
+// circuit as well, each message crossed the relay about five times where
+// once carries it: a site's heartbeat went to the relay and over the
+// circuits to each other site, and each of them forwarded it again over
+// theirs. With 900 sites connected that traffic was a fifth of the relay's
+// CPU and of the sites'.
 // A circuit still carries everything else: hellos, probes, catch-up, fork
 // proofs, liveness pings.
 //

@@ -237,20 +237,19 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 	// connection, so a connection closed after the hello was sent says
 	// nothing either way; one that could not carry it, below, proves
 	// nothing about the peer.)
-	failed := func(err error, reason string) {
+	failed := func(err error, res helloResult) {
 		m.helloEnded(c, false)
 		if err != nil && helloTimedOut(ctx, err) {
-			m.helloOutcome(p, noHelloAnswer)
-			return
+			res = noHelloAnswer
 		}
-		m.helloOutcome(p, helloResult{reason: reason})
+		m.helloOutcome(p, res)
 	}
 	s, err := m.streamOn(ctx, c, helloProto, "hello")
 	switch {
 	case err == nil:
 	case errors.Is(err, msmux.ErrNotSupported[protocol.ID]{}):
 		m.log.Debug("hello refused", "peer", p, "err", err)
-		failed(err, "it does not speak ppsync's hello protocol")
+		failed(err, helloResult{reason: "it does not speak ppsync's hello protocol"})
 		return
 	default:
 		// A stream that could not be opened (the connection reset or
@@ -258,18 +257,13 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 		// closing connections as thousands of sites reconnect left a site
 		// waiting 30 s, then longer, before it tried again.
 		m.log.Debug("hello failed", "peer", p, "err", err)
-		m.helloEnded(c, false)
-		if helloTimedOut(ctx, err) {
-			m.helloOutcome(p, noHelloAnswer)
-		} else {
-			m.helloOutcome(p, connLostInHello(err))
-		}
+		failed(err, connLostInHello(err))
 		return
 	}
 	defer s.Close()
 	if err := m.sendHello(s, p, false); err != nil {
 		s.Reset()
-		failed(nil, "the hello exchange broke off")
+		failed(nil, helloResult{reason: "the hello exchange broke off"})
 		return
 	}
 	theirs, err := m.readHello(s, m.helloLimit(p, member, true))
@@ -281,7 +275,7 @@ func (m *Mesh) sayHelloOn(c network.Conn) {
 			// family, or one whose certificate it cannot verify.
 			reason = "it refused this node's hello: it belongs to another family, or to none"
 		}
-		failed(err, reason)
+		failed(err, helloResult{reason: reason})
 		return
 	}
 	if m.acceptHello(c, theirs, member) && !member {

@@ -20,8 +20,9 @@ const pingProto protocol.ID = "/ppsync/alive/1"
 // minutes. So every member must show signs of life on its connection: any
 // gossip it forwards (heartbeats every HeartbeatInterval, entries) counts,
 // as does its answer to a probe (a member reached only through a relay's
-// circuit forwards no gossip: see relayedOnly), and when it has been quiet for a little longer than a heartbeat interval
-// this node pings it over a stream of its own. A member silent for
+// circuit forwards no gossip: see relayedOnly), and when it has been quiet
+// for a little longer than a heartbeat interval this node pings it over a
+// stream of its own. A member silent for
 // LivenessTimeout has its connections closed and is reported gone; the dial
 // loop then tries it again at once and every few seconds, so a link that
 // comes back is used within seconds.
