@@ -268,7 +268,7 @@ func (m *Mesh) startGossip(g *gossip) error {
 		return fmt.Errorf("mesh: watch the groups topic: %w", err)
 	}
 	m.goAwake(g, func(ctx context.Context) { m.publishUnsent(ctx, g, entJoins) })
-	m.goAwake(g, func(ctx context.Context) { m.heartbeatOnJoin(ctx, joins) })
+	m.goAwake(g, func(ctx context.Context) { m.heartbeatOnJoin(ctx, g, joins) })
 	return nil
 }
 
@@ -319,15 +319,43 @@ func (t graftTracer) UndeliverableMessage(msg *pubsub.Message) {
 // frontier tells the member at once what to fetch, such as entries written
 // between the connection and the gossip joining, which gossip could not
 // carry, instead of at the next periodic heartbeat.
-func (m *Mesh) heartbeatOnJoin(ctx context.Context, joins *pubsub.TopicEventHandler) {
+func (m *Mesh) heartbeatOnJoin(ctx context.Context, g *gossip, joins *pubsub.TopicEventHandler) {
 	defer joins.Cancel()
 	for {
 		ev, err := joins.NextPeerEvent(ctx)
 		if err != nil {
 			return
 		}
-		if ev.Type == pubsub.PeerJoin {
+		if ev.Type == pubsub.PeerJoin && awaitListed(ctx, g.hbt, ev.Peer) {
 			m.PublishHeartbeat()
+		}
+	}
+}
+
+// listedWait bounds how long a message for a member that just joined a
+// topic waits for pubsub to be able to send it one.
+const listedWait = 2 * time.Second
+
+// awaitListed waits until topic t lists member p, at most listedWait, and
+// reports whether it does. Pubsub announces a member's joining as soon as
+// the member's subscription arrives on the member's own stream, and that
+// can come before pubsub has set up its queue to the member: a message
+// published in between goes to every other peer but not to it (the
+// member's heartbeat on joining was lost so, 1 time in about 50 on a
+// loaded machine). A topic lists only the peers that have both.
+func awaitListed(ctx context.Context, t *pubsub.Topic, p peer.ID) bool {
+	deadline := time.Now().Add(listedWait)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		if slices.Contains(t.ListPeers(), p) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
 		}
 	}
 }
@@ -898,7 +926,7 @@ func (m *Mesh) publishUnsent(ctx context.Context, g *gossip, joins *pubsub.Topic
 		if err != nil {
 			return
 		}
-		if ev.Type != pubsub.PeerJoin || m.relayedOnly(ev.Peer) {
+		if ev.Type != pubsub.PeerJoin || m.relayedOnly(ev.Peer) || !awaitListed(ctx, g.ent, ev.Peer) {
 			continue
 		}
 		for _, msg := range g.takeUnsent() {
