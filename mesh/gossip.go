@@ -895,7 +895,7 @@ func (m *Mesh) Publish(ctx context.Context, msg []byte) error {
 	if g == nil {
 		return nil // asleep: no member is connected; catch-up delivers it
 	}
-	if !slices.ContainsFunc(g.ent.ListPeers(), func(p peer.ID) bool { return !m.relayedOnly(p) }) {
+	if !m.gossipsDirectly(g) {
 		// Nobody it would go to: no member joined, or only members behind
 		// a relay's circuit, which get gossip from the relay (relayedOnly).
 		// A site writing just as its relay came back (reconnected, its
@@ -904,9 +904,29 @@ func (m *Mesh) Publish(ctx context.Context, msg []byte) error {
 		// a member joins (publishUnsent); a message held too long is left to
 		// catch-up.
 		g.holdUnsent(msg)
+		if m.gossipsDirectly(g) {
+			// A member was listed since the look above, and publishUnsent
+			// may have sent what was held before this message was.
+			m.sendUnsent(ctx, g)
+		}
 		return nil
 	}
 	return m.publishGroup(ctx, g, msg)
+}
+
+// gossipsDirectly reports whether a member this node gossips with directly
+// (not only through a relay's circuit) has joined the groups topic.
+func (m *Mesh) gossipsDirectly(g *gossip) bool {
+	return slices.ContainsFunc(g.ent.ListPeers(), func(p peer.ID) bool { return !m.relayedOnly(p) })
+}
+
+// sendUnsent publishes the held group messages.
+func (m *Mesh) sendUnsent(ctx context.Context, g *gossip) {
+	for _, msg := range g.takeUnsent() {
+		if err := m.publishGroup(ctx, g, msg); err != nil && ctx.Err() == nil {
+			m.log.Debug("publish held gossip", "err", err)
+		}
+	}
 }
 
 func (m *Mesh) publishGroup(ctx context.Context, g *gossip, msg []byte) error {
@@ -929,11 +949,7 @@ func (m *Mesh) publishUnsent(ctx context.Context, g *gossip, joins *pubsub.Topic
 		if ev.Type != pubsub.PeerJoin || m.relayedOnly(ev.Peer) || !awaitListed(ctx, g.ent, ev.Peer) {
 			continue
 		}
-		for _, msg := range g.takeUnsent() {
-			if err := m.publishGroup(ctx, g, msg); err != nil && ctx.Err() == nil {
-				m.log.Debug("publish held gossip", "err", err)
-			}
-		}
+		m.sendUnsent(ctx, g)
 	}
 }
 
