@@ -326,7 +326,7 @@ func (m *Mesh) heartbeatOnJoin(ctx context.Context, g *gossip, joins *pubsub.Top
 		if err != nil {
 			return
 		}
-		if ev.Type == pubsub.PeerJoin && awaitListed(ctx, g.hbt, ev.Peer) {
+		if ev.Type == pubsub.PeerJoin && m.awaitListed(ctx, g.hbt, ev.Peer) {
 			m.PublishHeartbeat()
 		}
 	}
@@ -336,20 +336,21 @@ func (m *Mesh) heartbeatOnJoin(ctx context.Context, g *gossip, joins *pubsub.Top
 // topic waits for pubsub to be able to send it one.
 const listedWait = 2 * time.Second
 
-// awaitListed waits until topic t lists member p, at most listedWait, and
-// reports whether it does. Pubsub announces a member's joining as soon as
+// awaitListed waits until topic t lists member p, at most listedWait and
+// while p stays connected, and reports whether it does. Pubsub announces a member's joining as soon as
 // the member's subscription arrives on the member's own stream, and that
 // can come before pubsub has set up its queue to the member: a message
 // published in between goes to every other peer but not to it (the
 // member's heartbeat on joining was lost so, 1 time in about 50 on a
 // loaded machine). A topic lists only the peers that have both.
-func awaitListed(ctx context.Context, t *pubsub.Topic, p peer.ID) bool {
+func (m *Mesh) awaitListed(ctx context.Context, t *pubsub.Topic, p peer.ID) bool {
 	deadline := time.Now().Add(listedWait)
 	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
 		if slices.Contains(t.ListPeers(), p) {
 			return true
 		}
-		if time.Now().After(deadline) {
+		// Pubsub lists only a peer it is connected to without limits.
+		if time.Now().After(deadline) || m.host.Network().Connectedness(p) != network.Connected {
 			return false
 		}
 		select {
@@ -946,7 +947,7 @@ func (m *Mesh) publishUnsent(ctx context.Context, g *gossip, joins *pubsub.Topic
 		if err != nil {
 			return
 		}
-		if ev.Type != pubsub.PeerJoin || m.relayedOnly(ev.Peer) || !awaitListed(ctx, g.ent, ev.Peer) {
+		if ev.Type != pubsub.PeerJoin || m.relayedOnly(ev.Peer) || !m.awaitListed(ctx, g.ent, ev.Peer) {
 			continue
 		}
 		m.sendUnsent(ctx, g)

@@ -658,3 +658,29 @@ func TestGroupPublishedBeforeAnyMemberJoinsIsSentWhenOneDoes(t *testing.T) {
 		}
 	}
 }
+
+// awaitListed says whether pubsub can send a joining member a message: yes
+// for a member connected and joined, no for one that is not connected (at
+// once, not after listedWait: a member gone right after joining held back
+// the heartbeat on joining of every member after it).
+func TestAwaitListed(t *testing.T) {
+	ia, ib, ic := newIdentity(t, "a"), newIdentity(t, "b"), newIdentity(t, "c")
+	fam := newFamily(testFamily, ia, ib, ic)
+	a := startNode(t, ia, fam, nil, nil)
+	b := startNode(t, ib, fam, nil, nil)
+	connect(t, b, a)
+	waitGossip(t, a, b)
+	g := a.m.gossip.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if !a.m.awaitListed(ctx, g.hbt, ib.id) {
+		t.Error("B, connected and joined, is not listed")
+	}
+	start := time.Now()
+	if a.m.awaitListed(ctx, g.hbt, ic.id) {
+		t.Error("C, never connected, is listed")
+	}
+	if took := time.Since(start); took >= listedWait {
+		t.Errorf("awaitListed waited %s for a member not connected", took)
+	}
+}
