@@ -295,13 +295,7 @@ func TestLateButAnsweredPingKeepsTheMember(t *testing.T) {
 		answered.Add(1)
 	})
 	connect(t, b, a)
-	deadline := time.Now().Add(30 * time.Second)
-	for answered.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("B's ping never reached A")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitWithin(t, 30*time.Second, "B's ping reaches A", func() bool { return answered.Load() > 0 })
 	// Let B's liveness loop see the answer (its next tick).
 	waitFor(t, "B's ping settled", func() bool {
 		b.m.mu.Lock()

@@ -320,14 +320,21 @@ func (t graftTracer) UndeliverableMessage(msg *pubsub.Message) {
 // between the connection and the gossip joining, which gossip could not
 // carry, instead of at the next periodic heartbeat.
 func (m *Mesh) heartbeatOnJoin(ctx context.Context, g *gossip, joins *pubsub.TopicEventHandler) {
+	m.onJoin(ctx, joins, g.hbt, nil, m.PublishHeartbeat)
+}
+
+// onJoin calls then each time a member joins topic t (joins: its events),
+// once pubsub can send the member a message (awaitListed), unless skip
+// (if not nil) says to pass the member by. It returns when ctx ends.
+func (m *Mesh) onJoin(ctx context.Context, joins *pubsub.TopicEventHandler, t *pubsub.Topic, skip func(peer.ID) bool, then func()) {
 	defer joins.Cancel()
 	for {
 		ev, err := joins.NextPeerEvent(ctx)
 		if err != nil {
 			return
 		}
-		if ev.Type == pubsub.PeerJoin && m.awaitListed(ctx, g.hbt, ev.Peer) {
-			m.PublishHeartbeat()
+		if ev.Type == pubsub.PeerJoin && (skip == nil || !skip(ev.Peer)) && m.awaitListed(ctx, t, ev.Peer) {
+			then()
 		}
 	}
 }
@@ -337,12 +344,13 @@ func (m *Mesh) heartbeatOnJoin(ctx context.Context, g *gossip, joins *pubsub.Top
 const listedWait = 2 * time.Second
 
 // awaitListed waits until topic t lists member p, at most listedWait and
-// while p stays connected, and reports whether it does. Pubsub announces a member's joining as soon as
-// the member's subscription arrives on the member's own stream, and that
-// can come before pubsub has set up its queue to the member: a message
-// published in between goes to every other peer but not to it (the
-// member's heartbeat on joining was lost so, 1 time in about 50 on a
-// loaded machine). A topic lists only the peers that have both.
+// while p stays connected, and reports whether it does. Pubsub announces a
+// member's joining as soon as the member's subscription arrives on the
+// member's own stream, and that can come before pubsub has set up its
+// queue to the member: a message published in between goes to every other
+// peer but not to it (the member's heartbeat on joining was lost so, 1 time
+// in about 50 on a loaded machine). A topic lists only the peers that have
+// both.
 func (m *Mesh) awaitListed(ctx context.Context, t *pubsub.Topic, p peer.ID) bool {
 	deadline := time.Now().Add(listedWait)
 	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
@@ -941,17 +949,7 @@ func (m *Mesh) publishGroup(ctx context.Context, g *gossip, msg []byte) error {
 // publishUnsent sends the held group messages once a member this node
 // gossips with directly joins the groups topic.
 func (m *Mesh) publishUnsent(ctx context.Context, g *gossip, joins *pubsub.TopicEventHandler) {
-	defer joins.Cancel()
-	for {
-		ev, err := joins.NextPeerEvent(ctx)
-		if err != nil {
-			return
-		}
-		if ev.Type != pubsub.PeerJoin || m.relayedOnly(ev.Peer) || !m.awaitListed(ctx, g.ent, ev.Peer) {
-			continue
-		}
-		m.sendUnsent(ctx, g)
-	}
+	m.onJoin(ctx, joins, g.ent, m.relayedOnly, func() { m.sendUnsent(ctx, g) })
 }
 
 // forkProof is what the forks topic and the fork-proof stream carry: two

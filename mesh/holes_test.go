@@ -130,11 +130,7 @@ func TestStolenKeyWithoutHelloGetsNothing(t *testing.T) {
 	}
 	// After helloTimeout from the connection: longer than waitFor waits
 	// from here (it timed out a few milliseconds before the count came).
-	for deadline := time.Now().Add(helloTimeout + 5*time.Second); a.m.Rejections()["no_hello"] < 1; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no \"no_hello\" rejection %s after the connection", helloTimeout+5*time.Second)
-		}
-	}
+	waitWithin(t, helloTimeout+5*time.Second, `a "no_hello" rejection`, func() bool { return a.m.Rejections()["no_hello"] >= 1 })
 	select {
 	case <-closed:
 	case <-ctx.Done():
